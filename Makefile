@@ -1,0 +1,40 @@
+# Two commands: `make run` and `make test`. Everything else is set up on the way.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast lint typecheck models bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(PY) functions/build_models.py
+
+run: models
+	$(VENV)/bin/faasd up --host 127.0.0.1 --port 8080 --functions functions --state-dir state
+
+# The whole suite this machine can run (everything but the GPU tests), then lint and types.
+test: models
+	$(PY) -m pytest -m "not gpu"
+	$(MAKE) --no-print-directory lint typecheck
+
+# The quick layer only: pure cores and fast checks.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not cluster and not gpu"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+bench: models
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) state build *.egg-info

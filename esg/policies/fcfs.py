@@ -1,0 +1,95 @@
+"""FCFS with dynamic batching: the daemon's default policy and the simplest baseline.
+
+Each AFW queue is served oldest job first. A batch leaves when `max_batch` jobs are waiting or
+when the oldest has waited `max_queue_delay_s` (Triton's dynamic batcher), at the function's
+fixed configuration (`max_batch`, `vcpu`, `vgpu`) from its `FunctionLimits`. Nodes are tried
+warm-first, then by most free vCPUs; a node must have the vCPUs (and a GPU with the units) free,
+and a function never has more than `max_instances` batches in flight. When nothing fits, the
+jobs stay queued until the next completion frees resources.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from esg.model import Config, Job
+from esg.policy import (
+    Action,
+    Dispatch,
+    Event,
+    FunctionLimits,
+    NodeView,
+    Snapshot,
+    WakeUp,
+)
+
+
+class FcfsPolicy:
+    name: ClassVar[str] = "fcfs"
+
+    def __init__(self, default_limits: FunctionLimits | None = None) -> None:
+        self._default = default_limits or FunctionLimits()
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        actions: list[Action] = []
+        wake_at: float | None = None
+        # Oldest head-of-queue first, so that queues are served in arrival order overall.
+        keys = sorted(
+            (k for k, jobs in snapshot.queues.items() if jobs),
+            key=lambda k: (snapshot.queues[k][0].enqueued_s, k),
+        )
+        for app, function in keys:
+            limits = snapshot.limits.get(function, self._default)
+            while True:
+                jobs = snapshot.queues.get((app, function), ())
+                if not jobs:
+                    break
+                ready_at = jobs[0].enqueued_s + limits.max_queue_delay_s
+                if len(jobs) < limits.max_batch and snapshot.now_s < ready_at:
+                    wake_at = ready_at if wake_at is None else min(wake_at, ready_at)
+                    break
+                dispatch = self._place(app, function, jobs, limits, snapshot)
+                if dispatch is None:
+                    break  # retried on the next completion, which frees resources
+                actions.append(dispatch)
+                snapshot = snapshot.reserve(dispatch)
+        if wake_at is not None:
+            actions.append(WakeUp(wake_at))
+        return actions
+
+    @staticmethod
+    def _place(
+        app: str,
+        function: str,
+        jobs: tuple[Job, ...],
+        limits: FunctionLimits,
+        snapshot: Snapshot,
+    ) -> Dispatch | None:
+        if limits.max_instances is not None and snapshot.running.get(function, 0) >= (
+            limits.max_instances
+        ):
+            return None
+        config = Config(batch=limits.max_batch, vcpu=limits.vcpu, vgpu=limits.vgpu)
+
+        def preference(node: NodeView) -> tuple[int, int, str]:
+            return (-node.warm.get((function, config), 0), -node.free_vcpu, node.name)
+
+        for node in sorted(snapshot.nodes, key=preference):
+            if not node.healthy or node.free_vcpu < config.vcpu:
+                continue
+            gpu = _gpu_with(node, config.vgpu)
+            if config.vgpu and gpu is None:
+                continue
+            taken = tuple(job.id for job in jobs[: config.batch])
+            return Dispatch(app, function, taken, config, node.name, gpu=gpu)
+        return None
+
+
+def _gpu_with(node: NodeView, units: int) -> int | None:
+    """The GPU on `node` with the fewest free units that still has `units` free (best fit)."""
+    if not units:
+        return None
+    fitting = [g for g in node.gpus if g.free_units >= units]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda g: (g.free_units, g.index)).index

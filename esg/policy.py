@@ -1,0 +1,223 @@
+"""The policy seam: one interface, two drivers (the daemon's controller and `esg.sim`).
+
+A policy is a deterministic object. The driver owns the clock, the AFW queues and the
+resources; it hands the policy one event at a time together with a read-only `Snapshot` of the
+cluster, and the policy answers with actions. The driver then
+
+* carries out each `Dispatch` in order: removes its jobs from their AFW queue, reserves the
+  vCPUs and GPU units on the node, and runs the batch. A policy returning several dispatches in
+  one answer must account for the resources its earlier dispatches in that answer take
+  (`Snapshot.reserve` does the bookkeeping). A dispatch naming a job that is not queued, or that
+  over-commits a node, is a policy bug: the driver raises `PolicyError`.
+* delivers a `Timer` event at (or just after) every `WakeUp.at_s` it was asked for; times
+  already past are delivered at once and equal times coalesce.
+* fails each job of a `Drop` with its reason (the HTTP caller gets a 503/504 with that reason).
+
+Events are delivered in time order. After a `Completion` the snapshot already shows the freed
+resources. Policies never read a clock or unseeded randomness: `Snapshot.now_s` is the time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import ClassVar, Protocol
+
+from esg.model import GPU_UNITS, Config, Job, Profile, Workflow
+
+_EMPTY: Mapping[object, object] = MappingProxyType({})
+
+
+# ---------------------------------------------------------------- the cluster, read-only
+
+
+@dataclass(frozen=True)
+class GpuView:
+    """One GPU: `free_units` of its `total_units` slice units are free. `mode` is mig or mps."""
+
+    index: int
+    free_units: int
+    total_units: int = GPU_UNITS
+    mode: str = "mig"
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One worker node as the scheduler sees it.
+
+    `warm` counts idle warm sandboxes by (function, config); `healthy` is False for a node that
+    membership suspects or declared dead (never dispatch there).
+    """
+
+    name: str
+    total_vcpu: int
+    free_vcpu: int
+    gpus: tuple[GpuView, ...] = ()
+    warm: Mapping[tuple[str, Config], int] = field(default_factory=dict)
+    healthy: bool = True
+
+
+@dataclass(frozen=True)
+class FunctionLimits:
+    """Per-function knobs from the function's faasd.yaml / config.pbtxt.
+
+    FCFS-style policies run every batch at (`max_batch`, `vcpu`, `vgpu`) and wait at most
+    `max_queue_delay_s` for a batch to fill; planning policies treat `max_batch` as the largest
+    batch the model accepts and `max_instances` as the cap on concurrent batches.
+    """
+
+    max_batch: int = 1
+    max_queue_delay_s: float = 0.0
+    vcpu: int = 1
+    vgpu: int = 0
+    max_instances: int | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a policy may look at when it decides. Read-only by convention and by type.
+
+    `queues` maps (application, function) to its AFW queue, oldest job first.
+    `running` counts batches in flight per function (for `max_instances`).
+    """
+
+    now_s: float
+    nodes: tuple[NodeView, ...]
+    queues: Mapping[tuple[str, str], tuple[Job, ...]]
+    workflows: Mapping[str, Workflow]
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+    limits: Mapping[str, FunctionLimits] = field(default_factory=dict)
+    running: Mapping[str, int] = field(default_factory=dict)
+
+    def node(self, name: str) -> NodeView:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def reserve(self, dispatch: Dispatch) -> Snapshot:
+        """The snapshot once `dispatch` is carried out (jobs dequeued, resources held).
+
+        Lets a policy that returns several dispatches in one answer see what it already took.
+        """
+        taken = set(dispatch.job_ids)
+        key = (dispatch.app, dispatch.function)
+        queues = dict(self.queues)
+        queues[key] = tuple(j for j in self.queues.get(key, ()) if j.id not in taken)
+        nodes = tuple(
+            _reserve_on(node, dispatch) if node.name == dispatch.node else node
+            for node in self.nodes
+        )
+        running = dict(self.running)
+        running[dispatch.function] = running.get(dispatch.function, 0) + 1
+        return replace(self, nodes=nodes, queues=queues, running=running)
+
+
+def _reserve_on(node: NodeView, dispatch: Dispatch) -> NodeView:
+    gpus = node.gpus
+    if dispatch.config.vgpu:
+        gpus = tuple(
+            replace(g, free_units=g.free_units - dispatch.config.vgpu)
+            if g.index == dispatch.gpu
+            else g
+            for g in gpus
+        )
+    warm = dict(node.warm)
+    key = (dispatch.function, dispatch.config)
+    if warm.get(key, 0) > 0:
+        warm[key] -= 1
+    return replace(node, free_vcpu=node.free_vcpu - dispatch.config.vcpu, gpus=gpus, warm=warm)
+
+
+# ---------------------------------------------------------------- events in
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A job entered its AFW queue (a request arrived, or all its predecessors finished)."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A dispatched batch finished on `dispatch.node` after `exec_s` of execution.
+
+    `cold_start` tells whether a new sandbox had to be started; `ok` is False when the sandbox
+    crashed or timed out (its jobs have been failed by the driver).
+    """
+
+    dispatch: Dispatch
+    exec_s: float
+    cold_start: bool = False
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A wake-up the policy asked for is due (or the driver's periodic tick)."""
+
+
+Event = Arrival | Completion | Timer
+
+
+# ---------------------------------------------------------------- actions out
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Run these queued jobs of one AFW queue as one batch with `config` on `node`.
+
+    `gpu` is the GPU index on that node when `config.vgpu > 0`. `plan` optionally carries the
+    configurations the policy intends for the rest of the workflow (for reporting only; the
+    next stage is planned again when it is queued).
+    """
+
+    app: str
+    function: str
+    job_ids: tuple[str, ...]
+    config: Config
+    node: str
+    gpu: int | None = None
+    plan: Mapping[str, Config] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.job_ids:
+            raise ValueError("a dispatch needs at least one job")
+        if len(self.job_ids) > self.config.batch:
+            raise ValueError(
+                f"{len(self.job_ids)} jobs do not fit a batch of {self.config.batch}"
+            )
+        if self.config.vgpu and self.gpu is None:
+            raise ValueError("a dispatch with vgpu > 0 must name the GPU index")
+
+
+@dataclass(frozen=True)
+class WakeUp:
+    """Deliver a `Timer` event at `at_s` (driver clock, seconds)."""
+
+    at_s: float
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Give up on these queued jobs (their SLO cannot be met, or admission control refused them)."""
+
+    app: str
+    function: str
+    job_ids: tuple[str, ...]
+    reason: str
+
+
+Action = Dispatch | WakeUp | Drop
+
+
+class Policy(Protocol):
+    """A scheduling policy. Pure and deterministic: same events and snapshots, same actions."""
+
+    name: ClassVar[str]
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        """Decide what to do now. Returns actions in the order the driver must apply them."""
+        ...

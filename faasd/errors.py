@@ -1,0 +1,88 @@
+"""Errors of the daemon: one rooted hierarchy, mapped to HTTP in one middleware.
+
+Each error carries the HTTP status it maps to and a message that says what happened and what
+to do. `extra` adds structured fields to the JSON body (e.g. the file a deploy error is about).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FaasdError(Exception):
+    """Root of every error the daemon turns into a JSON `{"error": ...}` response."""
+
+    status: int = 500
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class BadRequest(FaasdError):
+    """The request body or its tensors are wrong (shape, dtype, JSON, image)."""
+
+    status = 400
+
+
+class NotFound(FaasdError):
+    status = 404
+
+
+class MethodNotAllowed(FaasdError):
+    status = 405
+
+
+class Conflict(FaasdError):
+    status = 409
+
+
+class PayloadTooLarge(FaasdError):
+    status = 413
+
+
+class UnsupportedMediaType(FaasdError):
+    status = 415
+
+
+class Overloaded(FaasdError):
+    """Queue full or shutting down; `retry_after_s` becomes the Retry-After header."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(Overloaded):
+    status = 503
+
+
+class DeployError(FaasdError):
+    """A function directory that cannot be deployed: `file` names the culprit, the message the fix."""
+
+    status = 400
+
+    def __init__(self, message: str, file: str | None = None, **extra: Any) -> None:
+        super().__init__(message, file=file, **extra)
+        self.file = file
+
+
+class SandboxCrashed(FaasdError):
+    """The function's process died (crash, signal, out of memory) while serving the call."""
+
+    status = 502
+
+
+class FunctionError(FaasdError):
+    """The function's handler raised for this input; the sandbox itself is fine."""
+
+    status = 502
+
+
+class SandboxTimeout(FaasdError):
+    """The call ran past the function's timeout; its sandbox was killed and will be replaced."""
+
+    status = 504

@@ -61,7 +61,7 @@ class Unavailable(Overloaded):
 
 
 class DeployError(FaasdError):
-    """A function directory that cannot be deployed: `file` names the culprit, the message the fix."""
+    """A function directory that cannot be deployed: `file` names the culprit, message the fix."""
 
     status = 400
 

@@ -88,6 +88,9 @@ class FunctionVersion:
     outputs: tuple[TensorSpec, ...] = ()
     batched: bool = False
     deployed_at: float = 0.0
+    # What the handler defines, as the sandbox found at deploy time (recorded by the registry).
+    has_preprocess: bool = False
+    has_postprocess: bool = False
 
 
 @dataclass(frozen=True)

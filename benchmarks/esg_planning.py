@@ -1,0 +1,288 @@
+"""ESG planning core: ESG_1Q time on groups of 3 × 256 configurations, brute force for the
+ratio, and a 20-function workflow planned stage by stage.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/esg_planning.py            # about a minute on one core
+    .venv/bin/python benchmarks/esg_planning.py --json out.json
+
+Instances: each function has 256 configurations, 4 batch sizes (1, 2, 4, 8) × 8 vCPU levels
+(1, 2, 3, 4, 6, 8, 12, 16) × 8 GPU levels (0..7 units), latencies from a synthetic surface
+(`esg.testing.synthetic_latency_ms`: sub-linear batch growth, Amdahl vCPU scaling with 10%
+serial work, GPU speed-up up to 4–12× at 7 units) with ±5% seeded noise, costs from the default
+prices (`configs/pricing.yaml`). Budgets are multiples of each group's fastest plan latency
+(×0.9 is infeasible: ESG then returns the fastest plans). K = 8. Times are wall-clock
+`time.perf_counter()` in one CPython process (one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esg.model import Workflow
+from esg.pricing import DEFAULT_PRICING
+from esg.search import (
+    Option,
+    PreparedOptions,
+    compile_group,
+    prepare_options,
+    search,
+)
+from esg.slo import split_slo
+from esg.testing import options_of, synthetic_profile
+
+K = 8
+FACTORS = (0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, float("inf"))
+CHAIN3 = (("f0", "f1"), ("f1", "f2"))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """(milliseconds, value) of one call."""
+    start = time.perf_counter()
+    value = fn(*args)
+    return (time.perf_counter() - start) * 1000.0, value
+
+
+def _plan(names: Sequence[str], edges: Any, tables: Any, budget: float) -> Any:
+    """One planning call: assemble the group from its tables, then search it."""
+    return search(compile_group(names, edges, tables, K), budget)
+
+
+def _group_options(rng: random.Random, names: Sequence[str]) -> dict[str, list[Option]]:
+    return {
+        name: options_of(
+            synthetic_profile(
+                name,
+                rng.uniform(10.0, 200.0),
+                rng=rng,
+                noise=0.05,
+                gpu_speedup=rng.uniform(4.0, 12.0),
+            ),
+            DEFAULT_PRICING,
+        )
+        for name in names
+    }
+
+
+def bench_groups(instances: int, repeats: int, seed: int) -> dict[str, Any]:
+    """ESG_1Q on chains of 3 × 256: per budget factor, median/p99 of prepared-table planning."""
+    rng = random.Random(seed)
+    names = ("f0", "f1", "f2")
+    prepare_ms: list[float] = []
+    per_factor: dict[float, dict[str, list[float]]] = {
+        f: {"plan": [], "search": [], "cold": [], "expanded": []} for f in FACTORS
+    }
+    for _ in range(instances):
+        options = _group_options(rng, names)
+        prepared: dict[str, PreparedOptions] = {}
+        for name in names:
+            ms, prepared[name] = _timed(prepare_options, options[name], K, name)
+            prepare_ms.append(ms)
+        group = compile_group(names, CHAIN3, prepared, K)
+        fastest_ms = group.fastest / group.lat_scale
+        for factor in FACTORS:
+            budget = fastest_ms * factor
+            stats = per_factor[factor]
+            for _ in range(repeats):
+                # Planning = assembling the group from the per-profile tables + the search.
+                ms, result = _timed(_plan, names, CHAIN3, prepared, budget)
+                stats["plan"].append(ms)
+                ms, _ = _timed(search, group, budget)
+                stats["search"].append(ms)
+            ms, _ = _timed(_plan, names, CHAIN3, options, budget)
+            stats["cold"].append(ms)
+            stats["expanded"].append(result.expanded)
+    rows = []
+    all_plan: list[float] = []
+    all_cold: list[float] = []
+    for factor, stats in per_factor.items():
+        all_plan += [v for v in stats["plan"] if factor != 0.9]
+        all_cold += stats["cold"]
+        rows.append(
+            {
+                "budget": "infeasible (x0.9)" if factor == 0.9 else f"x{factor:g} fastest",
+                "plan_median_ms": statistics.median(stats["plan"]),
+                "plan_p99_ms": _percentile(stats["plan"], 0.99),
+                "search_median_ms": statistics.median(stats["search"]),
+                "cold_median_ms": statistics.median(stats["cold"]),
+                "expanded_mean": statistics.fmean(stats["expanded"]),
+            }
+        )
+    return {
+        "instances": instances,
+        "repeats": repeats,
+        "prepare_median_ms": statistics.median(prepare_ms),
+        "rows": rows,
+        "feasible_plan_median_ms": statistics.median(all_plan),
+        "feasible_plan_p99_ms": _percentile(all_plan, 0.99),
+        "cold_median_ms": statistics.median(all_cold),
+        "cold_p99_ms": _percentile(all_cold, 0.99),
+    }
+
+
+def _numpy_brute_force(
+    options: dict[str, list[Option]], budget_ms: float
+) -> list[tuple[float, ...]]:
+    """All 256^3 chain plans, vectorised: the K cheapest feasible (cost, then latency)."""
+    names = ("f0", "f1", "f2")
+    cost = [np.array([o.cost for o in options[n]]) for n in names]
+    lat = [np.array([o.latency_ms for o in options[n]]) for n in names]
+    total_cost = (cost[0][:, None, None] + cost[1][None, :, None]) + cost[2][None, None, :]
+    total_lat = (lat[0][:, None, None] + lat[1][None, :, None]) + lat[2][None, None, :]
+    masked = np.where(total_lat <= budget_ms, total_cost, np.inf).ravel()
+    top = np.argpartition(masked, K)[: K + 8]
+    top = top[np.lexsort((total_lat.ravel()[top], masked[top]))][:K]
+    return [float(masked[i]) for i in top if np.isfinite(masked[i])]
+
+
+def bench_brute_force(instances: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed + 1)
+    names = ("f0", "f1", "f2")
+    numpy_ms, esg_ms, agree = [], [], 0
+    checked = 0
+    for _ in range(instances):
+        options = _group_options(rng, names)
+        group = compile_group(names, CHAIN3, options, K)
+        fastest_ms = group.fastest / group.lat_scale
+        for factor in (1.1, 2.0, 10.0):
+            budget = fastest_ms * factor
+            ms, expected = _timed(_numpy_brute_force, options, budget)
+            numpy_ms.append(ms)
+            ms, result = _timed(_plan, names, CHAIN3, options, budget)
+            esg_ms.append(ms)
+            got = [p.cost for p in result.plans]
+            checked += 1
+            # numpy adds in floating point, ESG exactly: equal up to rounding.
+            agree += len(got) == len(expected) and all(
+                abs(a - b) <= 1e-12 * max(abs(b), 1e-30) for a, b in zip(got, expected, strict=True)
+            )
+    # Pure Python for reference: time a sample of the loop and extrapolate to 256^3.
+    options = _group_options(rng, names)
+    rows = [[(o.cost, o.latency_ms) for o in options[n]] for n in names]
+    sample = 200_000
+    start = time.perf_counter()
+    best: list[float] = []
+    for (c0, l0), (c1, l1), (c2, l2) in itertools.islice(itertools.product(*rows), sample):
+        if l0 + l1 + l2 <= 500.0:
+            best.append(c0 + c1 + c2)
+    python_ms = (time.perf_counter() - start) * 1000.0 * (256**3 / sample)
+    return {
+        "instances": checked,
+        "numpy_median_ms": statistics.median(numpy_ms),
+        "esg_cold_median_ms": statistics.median(esg_ms),
+        "ratio_numpy_over_esg": statistics.median(numpy_ms) / statistics.median(esg_ms),
+        "python_extrapolated_ms": python_ms,
+        "top_k_agree": f"{agree}/{checked}",
+    }
+
+
+def _workflow20() -> tuple[Workflow, list[tuple[str, str]]]:
+    """20 functions: a chain with two fork/join diamonds and a 3-way fan-out."""
+    edges = [(f"s{i}", f"s{i + 1}") for i in range(4)]  # s0..s4
+    edges += [("s4", "a1"), ("s4", "a2"), ("a1", "j1"), ("a2", "j1")]  # diamond
+    edges += [("j1", "m0"), ("m0", "m1"), ("m1", "m2")]
+    edges += [("m2", "b1"), ("m2", "b2"), ("m2", "b3"), ("b1", "j2"), ("b2", "j2"), ("b3", "j2")]
+    edges += [(f"t{i}", f"t{i + 1}") for i in range(4)]
+    edges += [("j2", "t0")]
+    names = sorted({f for e in edges for f in e})
+    assert len(names) == 20, len(names)
+    return Workflow.from_edges("w20", names, edges, slo_s=1.0), edges
+
+
+def bench_workflow(repeats: int, seed: int) -> dict[str, Any]:
+    """Plan a 20-function workflow stage by stage, as the policy does, with the time left."""
+    rng = random.Random(seed + 2)
+    workflow, _ = _workflow20()
+    options = _group_options(rng, workflow.functions)
+    t_prepare, prepared = _timed(
+        lambda: {f: prepare_options(options[f], K, f) for f in workflow.functions}
+    )
+    fastest = {f: min(o.latency_ms for o in options[f]) for f in workflow.functions}
+    latency = {f: {o.config: o.latency_ms for o in options[f]} for f in workflow.functions}
+    # SLO = 1.5 × the sum of the groups' fastest critical paths: a moderate budget.
+    slo_ms = 1.5 * sum(g.min_latency_ms for g in split_slo(workflow, fastest).groups)
+    totals, stage_ms = [], []
+    finish: dict[str, float] = {}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        split = split_slo(workflow, fastest, slo_ms=slo_ms, group_size=3)
+        finish = {}
+        for f in workflow.topological_order():
+            stage_start = time.perf_counter()
+            # Each stage starts when its inputs are there; it ran as planned (no noise).
+            ready_ms = max((finish[p] for p in workflow.predecessors(f)), default=0.0)
+            members, edges = split.remaining(f)
+            budget = split.budget_ms(f, elapsed_ms=ready_ms)
+            group = compile_group(members, edges, {m: prepared[m] for m in members}, K)
+            result = search(group, budget)
+            finish[f] = ready_ms + latency[f][result.plans[0].configs[f]]
+            stage_ms.append((time.perf_counter() - stage_start) * 1000.0)
+        totals.append((time.perf_counter() - start) * 1000.0)
+    return {
+        "functions": len(workflow.functions),
+        "slo_ms": slo_ms,
+        "groups": [list(g.functions) for g in split.groups],
+        "end_to_end_ms": max(finish.values()),
+        "slo_met": max(finish.values()) <= slo_ms,
+        "total_median_ms": statistics.median(totals),
+        "total_max_ms": max(totals),
+        "stage_median_ms": statistics.median(stage_ms),
+        "prepare_all_profiles_ms": t_prepare,
+    }
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "numpy": np.__version__,
+        "os": platform.platform(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--instances", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    results = {
+        "machine": machine(),
+        "groups": bench_groups(args.instances, args.repeats, args.seed),
+        "brute_force": bench_brute_force(max(2, args.instances // 8), args.seed),
+        "workflow20": bench_workflow(max(5, args.repeats * 4), args.seed),
+    }
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

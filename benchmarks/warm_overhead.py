@@ -1,0 +1,156 @@
+"""A warm call's overhead over in-process `session.run`: squeezenet, batch 1, one client.
+
+Each iteration of one loop takes, back to back: an in-process `session.run` (a session built
+exactly as a sandbox builds it, intra-op threads = vcpu, spinning off), an HTTP call to
+`/v2/models/squeezenet/infer` with the binary tensor extension, and every `--json-every`-th
+iteration the same call in V2 JSON, to faasd and to the peer (MLServer speaks no binary
+extension over REST, so the peer is compared on JSON). A second copy, `squeezenet-b8`, has the
+example function's dynamic batching (max 8, 2 ms queue delay) and gets the same binary call,
+to show what batching costs a lone client. Interleaving keeps the machine's drift
+out of the differences. Overhead = p50(HTTP) - p50(in-process), and the same for p99; the
+median of per-iteration differences is reported beside it. Every answer is checked against
+the in-process output before timing starts.
+
+    .venv/bin/python benchmarks/warm_overhead.py [--calls 400] [--no-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from faasd_bench import prom, v2
+from faasd_bench.client import Answer, Client
+from faasd_bench.session import Bench, Options, open_bench
+from faasd_bench.stats import overhead, summarize
+
+from faasd.runtime.onnx import OnnxModel
+
+PATH = "/v2/models/squeezenet/infer"
+BATCHING_PATH = "/v2/models/squeezenet-b8/infer"
+
+
+def _checked(answer: Answer, expected: dict[str, np.ndarray], what: str) -> None:
+    if answer.status != 200:
+        raise RuntimeError(f"{what}: HTTP {answer.status}: {answer.body[:300]!r}")
+    got = v2.decode_response(answer.body, answer.header_length)
+    for name, array in expected.items():
+        if name not in got or not np.allclose(got[name], array, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"{what}: output {name!r} differs from the in-process run")
+
+
+def _call(client: Client, request: v2.Request, what: str, path: str = PATH) -> Answer:
+    answer = client.post(path, request)
+    if answer.status != 200:
+        raise RuntimeError(f"{what}: HTTP {answer.status}: {answer.body[:300]!r}")
+    return answer
+
+
+def _daemon_view(before: prom.Samples, after: prom.Samples) -> dict[str, float]:
+    """Means over the timed calls (binary and JSON alike) from the daemon's own histograms."""
+    labels = {"function_name": "squeezenet"}
+    view = {}
+    for key, metric in (("call", "faasd_function_duration_seconds"),
+                        ("queue", "faasd_function_queue_duration_seconds"),
+                        ("sandbox_exec", "faasd_function_compute_duration_seconds")):
+        count, mean_s = prom.histogram_mean(before, after, metric, labels)
+        view[key] = round(mean_s * 1e3, 3)
+        view[f"{key}_n"] = count
+    return view
+
+
+def measure(
+    bench: Bench, calls: int = 400, json_every: int = 2, warmup: int = 20
+) -> dict[str, Any]:
+    model = OnnxModel.load(bench.squeezenet_model(), vcpu=bench.options.vcpu)
+    spec = model.inputs[0]
+    shape = tuple(1 if d == -1 else d for d in spec.shape)
+    # Image-like values in [0, 1) with two decimals, so V2 JSON carries ~5 characters a value.
+    pixels = np.round(np.random.default_rng(0).random(shape), 2).astype(np.float32)
+    feeds = {spec.name: pixels}
+    names = model.output_names
+    expected = dict(zip(names, model.session.run(names, feeds), strict=True))
+    binary, as_json = v2.binary_request(feeds), v2.json_request(feeds)
+    faasd = Client("127.0.0.1", bench.daemon.port)
+    peer = Client("127.0.0.1", bench.peer.port) if bench.peer else None
+
+    _checked(faasd.post(PATH, binary), expected, "faasd binary")
+    _checked(faasd.post(PATH, as_json), expected, "faasd json")
+    if peer:
+        _checked(peer.post(PATH, as_json), expected, "peer json")
+    _checked(faasd.post(BATCHING_PATH, binary), expected, "faasd binary, batching on")
+    for _ in range(warmup):
+        model.session.run(names, feeds)
+        _call(faasd, binary, "faasd binary")
+        _call(faasd, binary, "faasd binary, batching on", BATCHING_PATH)
+        _call(faasd, as_json, "faasd json")
+        if peer:
+            _call(peer, as_json, "peer json")
+
+    series: dict[str, list[float]] = {k: [] for k in
+                                      ("inproc", "binary", "server", "batching", "inproc_j",
+                                       "json", "peer")}
+    before = prom.parse(bench.daemon.metrics())
+    for i in range(calls):
+        started = time.perf_counter()
+        model.session.run(names, feeds)
+        series["inproc"].append(time.perf_counter() - started)
+        answer = _call(faasd, binary, "faasd binary")
+        series["binary"].append(answer.elapsed_s)
+        series["server"].append(float(answer.headers.get("x-duration-seconds", "nan")))
+        answer = _call(faasd, binary, "faasd binary, batching on", BATCHING_PATH)
+        series["batching"].append(answer.elapsed_s)
+        if i % json_every == 0:
+            series["inproc_j"].append(series["inproc"][-1])
+            series["json"].append(_call(faasd, as_json, "faasd json").elapsed_s)
+            if peer:
+                series["peer"].append(_call(peer, as_json, "peer json").elapsed_s)
+    faasd.close()
+    if peer:
+        peer.close()
+    after = prom.parse(bench.daemon.metrics())
+
+    result: dict[str, Any] = {
+        "calls": calls,
+        "json_calls": len(series["json"]),
+        "vcpu": bench.options.vcpu,
+        "request_bytes": {"binary": len(binary.body), "json": len(as_json.body)},
+        "inproc": summarize(series["inproc"]).as_dict(),
+        "binary": summarize(series["binary"]).as_dict(),
+        "json": summarize(series["json"]).as_dict(),
+        "overhead_binary": overhead(series["binary"], series["inproc"]).as_dict(),
+        "overhead_json": overhead(series["json"], series["inproc_j"]).as_dict(),
+        "binary_batching_on": summarize(series["batching"]).as_dict(),
+        "overhead_binary_batching_on": overhead(series["batching"], series["inproc"]).as_dict(),
+    }
+    result["daemon_view_mean_ms"] = _daemon_view(before, after)
+    server_s = [s for s in series["server"] if s == s]
+    if server_s:
+        result["binary_server_side"] = summarize(server_s).as_dict()
+    if series["peer"]:
+        peer_latency = summarize(series["peer"])
+        result["peer_json"] = peer_latency.as_dict()
+        ratio = peer_latency.p50_ms / result["json"]["p50_ms"]
+        result["peer_over_faasd_json_p50"] = round(ratio, 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=400, help="iterations of the timed loop")
+    parser.add_argument("--json-every", type=int, default=2,
+                        help="send the JSON calls every N-th iteration")
+    Options.add_arguments(parser)
+    args = parser.parse_args()
+    with open_bench(Options.from_args(args)) as bench:
+        result = measure(bench, calls=args.calls, json_every=args.json_every)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

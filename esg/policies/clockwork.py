@@ -1,0 +1,169 @@
+"""Clockwork (Gujarati et al., OSDI'20), the controller's infer5 policy, fitted to the seam.
+
+What the code does (reference/other-seeds.md §C.1): every model keeps its requests with a
+deadline (arrival + SLO − a 5 ms buffer); each (model, supported batch size) with enough queued
+requests is a *strategy* with priority = deadline of the head − estimated execution time of the
+batch (its latest start); strategies are taken in ascending priority, ties to the smaller batch;
+requests that can no longer meet their deadline are dropped before a batch is formed
+(proactive cancellation); execution estimates are the p99 of the last 10 measurements of that
+(model, batch). Workers run one action at a time per GPU.
+
+Fitted here [inferred]: a "model" is one AFW queue; a Clockwork worker GPU is one MIG instance
+of `gpu_units` (default 1: MIG's hardware isolation gives each instance the predictable,
+exclusive executor Clockwork assumes; 7 = whole GPUs, no sharing); a DNN function runs there
+with its `FunctionLimits` vCPUs, a host-only function on those vCPUs alone. Deadlines are per stage: the request's
+end-to-end deadline minus the buffer minus the downstream critical path at each later
+function's batch-1 estimate. Before any measurement the estimate is the profile's mean × 1.12
+(p99 of the simulator's 5 % lognormal noise). Loading/evicting weights is not modelled (the
+driver's warm sandboxes stand in for loaded models).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from esg.model import Config, Workflow
+from esg.policy import Action, Completion, Dispatch, Drop, Event, Snapshot
+from esg.policies.toolkit import downstream_s, percentile, place
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Run `batch` jobs of queue `key` with `config`; `priority` = latest start time (s)."""
+
+    priority: float
+    batch: int
+    key: tuple[str, str]
+    config: Config
+
+
+class ClockworkPolicy:
+    name: ClassVar[str] = "clockwork"
+
+    def __init__(
+        self,
+        *,
+        batches: Sequence[int] = (1, 2, 4, 8),
+        buffer_s: float = 0.005,
+        window: int = 10,
+        estimate_percentile: float = 0.99,
+        prior_margin: float = 1.12,
+        gpu_units: int = 1,
+    ) -> None:
+        self.batches = tuple(sorted(batches))
+        self.buffer_s = buffer_s
+        self.window = window
+        self.estimate_percentile = estimate_percentile
+        self.prior_margin = prior_margin
+        self.gpu_units = gpu_units
+        self._samples: dict[tuple[str, Config], deque[float]] = {}
+
+    # ------------------------------------------------------------ estimates
+
+    def base_config(self, function: str, snapshot: Snapshot, batch: int) -> Config | None:
+        limits = snapshot.limits.get(function)
+        vcpu = limits.vcpu if limits else 1
+        profile = snapshot.profiles[function]
+        gpu = any(c.vgpu for c in profile.latency_ms)
+        config = Config(batch, vcpu, self.gpu_units if gpu else 0)
+        return config if config in profile.latency_ms else None
+
+    def estimate_s(self, function: str, config: Config, snapshot: Snapshot) -> float:
+        samples = self._samples.get((function, config))
+        if samples:
+            return percentile(list(samples), self.estimate_percentile)
+        return snapshot.profiles[function].latency_ms[config] / 1000 * self.prior_margin
+
+    def downstream(self, workflow: Workflow, snapshot: Snapshot) -> dict[str, float]:
+        """Per function of `workflow`: the downstream critical path at batch-1 estimates."""
+        alone = {}
+        for f in workflow.functions:
+            config = self.base_config(f, snapshot, 1)
+            alone[f] = self.estimate_s(f, config, snapshot) if config else 0.0
+        return {f: downstream_s(workflow, f, alone) for f in workflow.functions}
+
+    # ------------------------------------------------------------ the seam
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if isinstance(event, Completion):
+            d = event.dispatch
+            window = self._samples.setdefault((d.function, d.config), deque(maxlen=self.window))
+            window.append(event.exec_s)
+        self.observe(event, snapshot)
+        return self.schedule(snapshot)
+
+    def observe(self, event: Event, snapshot: Snapshot) -> None:
+        """Hook for subclasses that keep more state (InferFair's estimator)."""
+
+    def order(self, strategies: list[Strategy], snapshot: Snapshot) -> list[Strategy]:
+        """Clockwork's order: latest start first-come, ties to the smaller batch, then key."""
+        return sorted(strategies, key=lambda s: (s.priority, s.batch, s.key))
+
+    def schedule(self, snapshot: Snapshot) -> list[Action]:
+        actions: list[Action] = []
+        down = {app: self.downstream(wf, snapshot) for app, wf in snapshot.workflows.items()}
+        heads: dict[tuple[str, str], float] = {}
+        for (app, function), jobs in snapshot.queues.items():
+            one = self.base_config(function, snapshot, 1)
+            alone_s = self.estimate_s(function, one, snapshot) if one else 0.0
+            # Deadlines grow along a FIFO queue of one application, so the late jobs are a prefix.
+            late = []
+            for job in jobs:
+                if snapshot.now_s + alone_s <= job.deadline_s - self.buffer_s - down[app][function]:
+                    break
+                late.append(job.id)
+            if late:
+                actions.append(Drop(app, function, tuple(late), "deadline cannot be met"))
+                snapshot = _without(snapshot, (app, function), set(late))
+        for key, jobs in snapshot.queues.items():
+            if jobs:
+                heads[key] = jobs[0].deadline_s - self.buffer_s - down[key[0]][key[1]]
+        progress = True
+        while progress:
+            progress = False
+            for strategy in self.order(self.strategies(snapshot, heads), snapshot):
+                jobs = snapshot.queues.get(strategy.key, ())
+                where = place(snapshot, strategy.key[1], strategy.config)
+                if len(jobs) < strategy.batch or where is None:
+                    continue
+                node, gpu = where
+                taken = tuple(j.id for j in jobs[: strategy.batch])
+                dispatch = Dispatch(*strategy.key, taken, strategy.config, node, gpu=gpu)
+                actions.append(dispatch)
+                snapshot = snapshot.reserve(dispatch)
+                rest = snapshot.queues[strategy.key]
+                if rest:
+                    heads[strategy.key] = (
+                        rest[0].deadline_s - self.buffer_s - down[strategy.key[0]][strategy.key[1]]
+                    )
+                progress = True
+                break  # the order changes once a queue's head moves on
+        return actions
+
+    def strategies(
+        self, snapshot: Snapshot, heads: dict[tuple[str, str], float]
+    ) -> list[Strategy]:
+        """Every (queue, batch) with enough jobs whose batch can still meet the head's deadline."""
+        out = []
+        for key, jobs in snapshot.queues.items():
+            if not jobs:
+                continue
+            head_deadline = heads[key]
+            for batch in self.batches:
+                config = self.base_config(key[1], snapshot, batch)
+                if config is None or batch > len(jobs):
+                    continue
+                est = self.estimate_s(key[1], config, snapshot)
+                if snapshot.now_s + est > head_deadline and batch > 1:
+                    continue  # a smaller batch may still make it
+                out.append(Strategy(head_deadline - est, batch, key, config))
+        return out
+
+
+def _without(snapshot: Snapshot, key: tuple[str, str], ids: set[str]) -> Snapshot:
+    queues = dict(snapshot.queues)
+    queues[key] = tuple(j for j in snapshot.queues[key] if j.id not in ids)
+    return replace(snapshot, queues=queues)

@@ -1,0 +1,135 @@
+"""Orion's best-first sizing (Mahgoub et al., OSDI'22), pre-planned per request as ESG ran it.
+
+From the code (reference/esg.md §6.3): every function starts at its smallest size; while the
+predicted end-to-end P95 latency exceeds the target, try bumping each function by one step and
+commit the single bump with the lowest resulting P95; stop when the target is met (or after
+10,000 steps). Serial stages compose by convolution, parallel ones by the max. ESG compares
+against this search only, applied to *all* functions when the *first* function of a request is
+scheduled, with no later adjustment; a planned configuration that cannot be placed when its
+stage is dispatched is a configuration miss.
+
+Fitted here [inferred]: the lattice of one function is its profiled configurations, cheapest
+per request first, keeping only those faster than every cheaper one (a step = the next such);
+P95 of a stage = mean × `p95_factor` (the simulator's 5 % lognormal noise), composed along the
+critical path (sum in series, max in parallel) instead of full distributions; the target is
+the request's remaining time when its first function is queued. Jobs of one queue are bundled
+when they share the planned configuration (up to its batch), with no wait. A miss falls back to
+the configuration of the same batch that fits now and is closest in latency (not slower if
+possible); when nothing fits the job waits for a completion.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from esg.model import Config, Job, Workflow
+from esg.policies.toolkit import closest_fitting, pareto_steps, place
+from esg.policy import Action, Arrival, Dispatch, Event, Snapshot
+from esg.pricing import DEFAULT_PRICING, Pricing
+
+
+class OrionPolicy:
+    name: ClassVar[str] = "orion"
+
+    def __init__(
+        self,
+        *,
+        pricing: Pricing = DEFAULT_PRICING,
+        p95_factor: float = 1.08,
+        max_steps: int = 10_000,
+    ) -> None:
+        self.pricing = pricing
+        self.p95_factor = p95_factor
+        self.max_steps = max_steps
+        self._steps: dict[str, list[tuple[Config, float, float]]] = {}
+        self._plans: dict[str, dict[str, Config]] = {}
+        self._pending: dict[str, set[str]] = {}
+
+    def lattice(self, function: str, snapshot: Snapshot) -> list[tuple[Config, float, float]]:
+        if function not in self._steps:
+            table = snapshot.profiles[function].latency_ms
+            self._steps[function] = pareto_steps(table, self.pricing.cost_per_request)
+        return self._steps[function]
+
+    def e2e_s(self, workflow: Workflow, latency_ms: dict[str, float]) -> float:
+        finish: dict[str, float] = {}
+        for f in workflow.topological_order():
+            start = max((finish[p] for p in workflow.predecessors(f)), default=0.0)
+            finish[f] = start + latency_ms[f] * self.p95_factor / 1000
+        return max(finish.values())
+
+    def search(self, workflow: Workflow, budget_s: float, snapshot: Snapshot) -> dict[str, Config]:
+        """Best-first: bump the one function whose next step lowers the P95 the most."""
+        steps = {f: self.lattice(f, snapshot) for f in workflow.functions}
+        index = dict.fromkeys(workflow.functions, 0)
+        latency = {f: steps[f][0][1] for f in workflow.functions}
+        current = self.e2e_s(workflow, latency)
+        for _ in range(self.max_steps):
+            if current <= budget_s:
+                break
+            best: tuple[float, str] | None = None
+            for f in workflow.functions:
+                if index[f] + 1 >= len(steps[f]):
+                    continue
+                trial = dict(latency)
+                trial[f] = steps[f][index[f] + 1][1]
+                candidate = (self.e2e_s(workflow, trial), f)
+                if best is None or candidate < best:
+                    best = candidate
+            if best is None:
+                break  # every function is at its fastest: run the fastest plan
+            current, bumped = best
+            index[bumped] += 1
+            latency[bumped] = steps[bumped][index[bumped]][1]
+        return {f: steps[f][index[f]][0] for f in workflow.functions}
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if isinstance(event, Arrival) and event.job.request_id not in self._plans:
+            job = event.job
+            workflow = snapshot.workflows[job.app]
+            self._plans[job.request_id] = self.search(
+                workflow, job.deadline_s - snapshot.now_s, snapshot
+            )
+        actions: list[Action] = []
+        for (app, function), jobs in sorted(snapshot.queues.items()):
+            # Bundle jobs that share the planned configuration, oldest bundle first.
+            groups: dict[Config, list[Job]] = {}
+            for job in jobs:
+                groups.setdefault(self._plans[job.request_id][function], []).append(job)
+            for planned, members in groups.items():
+                for start in range(0, len(members), planned.batch):
+                    if not any(node.free_vcpu for node in snapshot.nodes):
+                        return actions  # the cluster is full: wait for a completion
+                    chunk = members[start : start + planned.batch]
+                    ids = tuple(j.id for j in chunk)
+                    dispatch = self._dispatch(app, function, ids, planned, snapshot)
+                    if dispatch is None:
+                        break
+                    actions.append(dispatch)
+                    snapshot = snapshot.reserve(dispatch)
+                    for job in chunk:
+                        self._forget(job.request_id, function, snapshot.workflows[app])
+        return actions
+
+    def _dispatch(self, app: str, function: str, ids: tuple[str, ...], planned: Config,
+                  snapshot: Snapshot) -> Dispatch | None:
+        """The planned configuration where it fits, else the closest that fits (a miss)."""
+        where = place(snapshot, function, planned)
+        if where is not None:
+            config, node, gpu = planned, where[0], where[1]
+        else:
+            fallback = closest_fitting(snapshot, function, planned, self.pricing.cost_per_request)
+            if fallback is None:
+                return None
+            config, node, gpu = fallback
+        return Dispatch(app, function, ids, config, node, gpu=gpu, plan={function: planned})
+
+    def _forget(self, request_id: str, function: str, workflow: Workflow) -> None:
+        """Drop a request's plan once its exit functions have all been dispatched."""
+        if request_id not in self._plans:
+            return
+        pending = self._pending.setdefault(request_id, set(workflow.functions))
+        pending.discard(function)
+        if not pending:
+            del self._plans[request_id]
+            del self._pending[request_id]

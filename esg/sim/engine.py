@@ -1,0 +1,349 @@
+"""The discrete-event simulator: drives one policy over one scenario on a simulated cluster.
+
+Events (a heap ordered by time, then insertion): a request arrives, a batch completes, a policy
+timer fires. For each event the engine builds a read-only `Snapshot`, calls the policy with the
+injected `timer` around the call (its wall time is the scheduling overhead), and applies the
+actions as `esg.policy` specifies; a bad dispatch raises `PolicyError`.
+
+A dispatched batch takes its vCPUs and slice units at once and runs
+`setup + exec` seconds, where
+
+* setup = max(cold start if no idle warm sandbox of the function with that (vCPUs, slice)
+  shape on the node,
+  transfer of every job's inputs from the nodes its predecessors ran on): data streams in while
+  the sandbox starts; with `charge_overhead` the policy call's wall time is added too;
+* exec = the profile's mean latency (of the smallest profiled batch holding the jobs, at the
+  same vCPUs and slice, for a partial batch) × a lognormal noise factor (median 1, `noise_sigma`) drawn
+  from a seeded RNG, one draw per batch.
+
+Cost of a batch = (P_cpu·vcpu + P_gpu·vgpu) · exec (billed execution time, `esg.pricing`),
+shared equally by its jobs. When it completes, the sandbox is parked warm for
+`keep_alive_s`, the policy gets a `Completion`, and each request's successors whose
+predecessors are all done are enqueued (one `Arrival` each). A request finishes when all its
+exit functions have; a `Drop` fails it. Everything but the overhead samples is a function of the
+scenario, the policy and the seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from esg.errors import PolicyError
+from esg.model import MIG_SIZES, Config, Job
+from esg.policy import (
+    Action,
+    Arrival,
+    Completion,
+    Dispatch,
+    Drop,
+    Event,
+    Policy,
+    Snapshot,
+    Timer,
+    WakeUp,
+)
+from esg.pricing import DEFAULT_PRICING, Pricing
+from esg.sim.cluster import ClusterSpec, NodeState
+from esg.sim.metrics import BatchRecord, RequestRecord, RunRecord
+from esg.sim.workloads import Scenario
+
+_ARRIVE, _DONE, _TIMER = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    noise_sigma: float = 0.05
+    seed: int = 0
+    pricing: Pricing = DEFAULT_PRICING
+    #: Delay each dispatch by the wall time of the policy call that made it (not deterministic).
+    charge_overhead: bool = False
+    #: Stop this long after the last arrival; what is unfinished then counts as missed.
+    drain_s: float = 30.0
+
+
+@dataclass
+class _Request:
+    id: str
+    app: str
+    start_s: float
+    deadline_s: float
+    measured: bool
+    waiting_on: dict[str, int]
+    output_node: dict[str, str] = field(default_factory=dict)
+    plan: dict[str, Config] = field(default_factory=dict)
+    exits_left: int = 0
+    cost: float = 0.0
+    failed: str | None = None
+    finish_s: float | None = None
+
+
+@dataclass
+class _Batch:
+    dispatch: Dispatch
+    start_s: float
+    exec_s: float
+    cold: bool
+    jobs: tuple[Job, ...]
+
+
+class Simulation:
+    """One run. Call `run()` once; it returns the `RunRecord` the metrics are computed from."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        policy: Policy,
+        cluster: ClusterSpec | None = None,
+        *,
+        timer: Callable[[], float],
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.policy = policy
+        self.cluster = cluster or ClusterSpec()
+        self.settings = settings or EngineSettings()
+        self._timer = timer
+        self._rng = random.Random(f"{self.settings.seed}:noise")
+        self._nodes = {n: NodeState.fresh(n, self.cluster) for n in self.cluster.node_names()}
+        self._node_order = tuple(self._nodes)
+        self._batches = {
+            name: tuple(sorted({c.batch for c in profile.latency_ms}))
+            for name, profile in scenario.profiles.items()
+        }
+        self._queues: dict[tuple[str, str], dict[str, Job]] = {}
+        self._queue_views: dict[tuple[str, str], tuple[Job, ...]] = {}
+        self._jobs: dict[str, _Request] = {}
+        self._running: dict[str, int] = {}
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._timers: set[float] = set()
+        self._now = 0.0
+        self._record = RunRecord(
+            policy=policy.name,
+            scenario=scenario.name,
+            total_vcpu=self.cluster.total_vcpu,
+            total_units=self.cluster.total_units,
+            measure_from_s=scenario.measure_from_s,
+        )
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> RunRecord:
+        for i, (t, app) in enumerate(self.scenario.arrivals):
+            self._push(t, _ARRIVE, (f"r{i}", app))
+        last = self.scenario.arrivals[-1][0] if self.scenario.arrivals else 0.0
+        horizon = last + self.settings.drain_s
+        while self._heap and self._heap[0][0] <= horizon:
+            t, _, kind, data = heapq.heappop(self._heap)
+            self._now = t
+            if kind == _ARRIVE:
+                rid, app = data  # type: ignore[misc]
+                self._arrive(rid, app)
+            elif kind == _DONE:
+                assert isinstance(data, _Batch)
+                self._complete(data)
+            else:
+                self._timers.discard(t)
+                self._call(Timer())
+        self._record.end_s = max(self._now, last)
+        return self._record
+
+    def _push(self, t: float, kind: int, data: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, data))
+
+    # ------------------------------------------------------------ events
+
+    def _arrive(self, rid: str, app: str) -> None:
+        workflow = self.scenario.workflows[app]
+        request = _Request(
+            id=rid,
+            app=app,
+            start_s=self._now,
+            deadline_s=self._now + workflow.slo_s,
+            measured=self._now >= self.scenario.measure_from_s,
+            waiting_on={f: len(workflow.predecessors(f)) for f in workflow.functions},
+            exits_left=len(workflow.exits()),
+        )
+        self._record.requests[rid] = RequestRecord(app, self._now, workflow.slo_s, request.measured)
+        for function in workflow.entries():
+            self._enqueue(request, function, None, 0.0)
+
+    def _enqueue(self, request: _Request, function: str, node: str | None, nbytes: float) -> None:
+        job = Job(
+            id=f"{request.id}/{function}",
+            request_id=request.id,
+            app=request.app,
+            function=function,
+            request_start_s=request.start_s,
+            enqueued_s=self._now,
+            deadline_s=request.deadline_s,
+            input_node=node,
+            input_bytes=int(nbytes),
+        )
+        key = (request.app, function)
+        self._queues.setdefault(key, {})[job.id] = job
+        self._queue_views.pop(key, None)
+        self._jobs[job.id] = request
+        self._call(Arrival(job))
+
+    def _complete(self, batch: _Batch) -> None:
+        d = batch.dispatch
+        node = self._nodes[d.node]
+        node.hold(d.config, d.gpu, +1)
+        node.park(d.function, d.config, self._now + self.cluster.keep_alive_s)
+        self._running[d.function] -= 1
+        self._record.batches.append(
+            BatchRecord(
+                d.app,
+                d.function,
+                d.config,
+                d.node,
+                batch.start_s,
+                self._now,
+                batch.exec_s,
+                batch.cold,
+                len(batch.jobs),
+                tuple(self._now - j.enqueued_s for j in batch.jobs),
+            )
+        )
+        self._call(Completion(d, batch.exec_s, cold_start=batch.cold))
+        workflow = self.scenario.workflows[d.app]
+        for job in batch.jobs:
+            request = self._jobs.pop(job.id)
+            request.output_node[d.function] = d.node
+            if request.failed is not None:
+                continue
+            successors = workflow.successors(d.function)
+            if not successors:
+                request.exits_left -= 1
+                if request.exits_left == 0:
+                    request.finish_s = self._now
+                    self._record.requests[request.id].finish_s = self._now
+            for succ in successors:
+                request.waiting_on[succ] -= 1
+                if request.waiting_on[succ] == 0:
+                    preds = workflow.predecessors(succ)
+                    nbytes = sum(self.scenario.output_bytes[p] for p in preds)
+                    self._enqueue(request, succ, d.node, nbytes)
+
+    # ------------------------------------------------------------ the policy
+
+    def _snapshot(self) -> Snapshot:
+        queues = {}
+        for key, jobs in self._queues.items():
+            view = self._queue_views.get(key)
+            if view is None:
+                view = self._queue_views[key] = tuple(jobs.values())
+            queues[key] = view
+        return Snapshot(
+            now_s=self._now,
+            nodes=tuple(self._nodes[n].view(self._batches) for n in self._node_order),
+            queues=queues,
+            workflows=self.scenario.workflows,
+            profiles=self.scenario.profiles,
+            limits=self.scenario.limits,
+            running=dict(self._running),
+        )
+
+    def _call(self, event: Event) -> None:
+        snapshot = self._snapshot()
+        before = self._timer()
+        actions = self.policy.on_event(event, snapshot)
+        spent_s = max(0.0, self._timer() - before)
+        self._record.overhead_ms.append(spent_s * 1000)
+        delay = spent_s if self.settings.charge_overhead else 0.0
+        for action in actions:
+            self._apply(action, delay)
+
+    def _apply(self, action: Action, delay_s: float) -> None:
+        if isinstance(action, Dispatch):
+            self._dispatch(action, delay_s)
+        elif isinstance(action, WakeUp):
+            at = max(action.at_s, self._now)
+            if at not in self._timers:
+                self._timers.add(at)
+                self._push(at, _TIMER, None)
+        elif isinstance(action, Drop):
+            queue = self._queues.get((action.app, action.function), {})
+            for job_id in action.job_ids:
+                if queue.pop(job_id, None) is None:
+                    raise PolicyError(f"{self.policy.name} dropped {job_id}, which is not queued")
+                request = self._jobs.pop(job_id)
+                request.failed = request.failed or action.reason
+                self._record.requests[request.id].failed = request.failed
+            self._queue_views.pop((action.app, action.function), None)
+        else:  # pragma: no cover - the Action union is closed
+            raise PolicyError(f"{self.policy.name} returned {action!r}")
+
+    def _dispatch(self, d: Dispatch, delay_s: float) -> None:
+        node = self._nodes.get(d.node)
+        if node is None:
+            raise PolicyError(f"{self.policy.name} dispatched to unknown node {d.node!r}")
+        if d.config.vgpu and d.config.vgpu not in MIG_SIZES:
+            raise PolicyError(f"{self.policy.name}: {d.config.vgpu} units is not a MIG size")
+        if not node.fits(d.config, d.gpu):
+            raise PolicyError(f"{self.policy.name} over-commits {d.node} with {d.config}")
+        profile = self.scenario.profiles[d.function]
+        if d.config not in profile.latency_ms:
+            raise PolicyError(f"{self.policy.name}: {d.config} is not profiled for {d.function}")
+        key = (d.app, d.function)
+        queue = self._queues.get(key, {})
+        jobs = []
+        for job_id in d.job_ids:
+            job = queue.pop(job_id, None)
+            if job is None:
+                raise PolicyError(f"{self.policy.name} dispatched {job_id}, which is not queued")
+            jobs.append(job)
+        self._queue_views.pop(key, None)
+        node.hold(d.config, d.gpu, -1)
+        self._running[d.function] = self._running.get(d.function, 0) + 1
+        cold = not node.take_warm(d.function, d.config, self._now)
+        setup_s = max(
+            self.cluster.cold_start_s(d.config) if cold else 0.0,
+            max(self._transfer_s(job, d.node) for job in jobs),
+        )
+        noise = math.exp(self._rng.gauss(0.0, self.settings.noise_sigma))
+        exec_s = profile.latency_ms[_run_as(d.config, len(jobs), profile.latency_ms)] / 1000 * noise
+        # The resource-time of the whole batch, shared by the jobs in it.
+        batch_cost = self.settings.pricing.cost_per_request(
+            d.config, exec_s * 1000 * d.config.batch
+        )
+        for job in jobs:
+            request = self._jobs[job.id]
+            request.cost += batch_cost / len(jobs)
+            planned = request.plan.get(d.function, d.plan.get(d.function))
+            self._record.stage(request.id, batch_cost / len(jobs), planned, d.config)
+            for function, config in d.plan.items():
+                if function != d.function:
+                    request.plan.setdefault(function, config)
+        start = self._now + delay_s
+        batch = _Batch(d, start, exec_s, cold, tuple(jobs))
+        self._push(start + setup_s + exec_s, _DONE, batch)
+
+    def _transfer_s(self, job: Job, node: str) -> float:
+        """Time to bring every predecessor output of `job` that lives elsewhere to `node`."""
+        request = self._jobs[job.id]
+        workflow = self.scenario.workflows[job.app]
+        total = 0.0
+        for pred in workflow.predecessors(job.function):
+            where = request.output_node.get(pred)
+            if where is not None and where != node:
+                total += self.cluster.transfer_s(self.scenario.output_bytes[pred])
+        return total
+
+
+def _run_as(config: Config, jobs: int, table: Mapping[Config, float]) -> Config:
+    """The profiled configuration a partial batch runs as: the smallest profiled batch that
+    holds `jobs` at the same vCPUs and slice (dynamic batch dimension), else `config` itself."""
+    if jobs >= config.batch:
+        return config
+    for batch in range(jobs, config.batch):
+        candidate = Config(batch, config.vcpu, config.vgpu)
+        if candidate in table:
+            return candidate
+    return config

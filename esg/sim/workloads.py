@@ -1,0 +1,272 @@
+"""The four applications, their SLOs and their arrivals: one `Scenario` per grid cell.
+
+Applications (ESG §5.1 names them; their DAGs and models are not published, so these are ours,
+built from the ImageNet architectures we measured, each a stand-in for the paper's model):
+
+* image-classification: preprocess → resnet50 → label
+* depth-recognition: preprocess → densenet121 (depth encoder stand-in) → colorize
+* background-elimination: preprocess → {inception_v2 (segmentation stand-in),
+  squeezenet (edge stand-in)} → composite
+* expanded-image-classification: preprocess → {squeezenet, shufflenet, inception_v1,
+  resnet50} → vote (an ensemble; the largest DAG)
+
+**L** (the SLO unit) of an application is its critical-path latency with every function at the
+reference configuration, warm, unqueued: a batch of 4 (Triton's and FCFS's default here) on
+2 vCPUs and a 1-unit slice for DNN functions (CPU only for the rest), plus one inter-node
+transfer of each edge's data. Strict, moderate and relaxed SLOs are 0.8, 1.0 and 1.2 × L:
+strict needs smaller batches, bigger slices or locality; relaxed leaves room to batch and wait.
+
+**Arrivals** follow the published statistics of the Azure Functions trace (Shahrad et al.,
+"Serverless in the Wild", ATC'20): a strong diurnal cycle (peak ≈ 3× trough) and bursty
+inter-arrival times (CV > 1). Each application's rate is a Poisson process modulated by a
+sinusoid (amplitude 0.5, one compressed "day" per run) and a two-state Markov burst process
+(×2.5 for a mean 0.5 s, calm for a mean 5 s, normalised to keep the mean), sampled by thinning
+from a seeded RNG. During the warm-up the rate ramps up linearly from 0, so that sandboxes are
+started as demand grows rather than in one storm. Popularity is skewed like the trace's head: 40/25/20/15 % of requests.
+**Load** light/normal/heavy = 20/40/60 % of the cluster's capacity at the reference
+configuration without batching (batch 1; the binding one of vCPUs and slice units). Bursts
+at the diurnal peak offer about 2× the mean, so heavy load overloads a cluster that cannot batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from esg.model import Config, Profile, Workflow
+from esg.policy import FunctionLimits
+from esg.sim.cluster import ClusterSpec
+from esg.sim.functions import ConfigGrid, FunctionSpec, build_profile, load_models
+
+SLO_FACTORS: dict[str, float] = {"strict": 0.8, "moderate": 1.0, "relaxed": 1.2}
+LOAD_LEVELS: dict[str, float] = {"light": 0.2, "normal": 0.4, "heavy": 0.6}
+
+_IMAGE_KB = 3 * 224 * 224 * 4 / 1024
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    functions: tuple[FunctionSpec, ...]
+    edges: tuple[tuple[str, str], ...]
+    share: float
+
+
+def _pre(prefix: str) -> FunctionSpec:
+    return FunctionSpec(f"{prefix}-preprocess", None, host_ms=4.0, output_kb=_IMAGE_KB)
+
+
+def _dnn(prefix: str, model: str, host_ms: float = 0.5, output_kb: float = 4.0) -> FunctionSpec:
+    return FunctionSpec(f"{prefix}-{model}", model, host_ms=host_ms, output_kb=output_kb)
+
+
+def _fan(
+    prefix: str, middle: tuple[FunctionSpec, ...], last: FunctionSpec
+) -> tuple[tuple[FunctionSpec, ...], tuple[tuple[str, str], ...]]:
+    first = _pre(prefix)
+    edges = [(first.name, m.name) for m in middle] + [(m.name, last.name) for m in middle]
+    return (first, *middle, last), tuple(edges)
+
+
+def default_apps() -> tuple[App, ...]:
+    apps = []
+    for name, prefix, middle, last, share in (
+        (
+            "image-classification",
+            "ic",
+            (_dnn("ic", "resnet50"),),
+            FunctionSpec("ic-label", None, 0.3, 1.0),
+            0.40,
+        ),
+        (
+            "depth-recognition",
+            "dr",
+            (_dnn("dr", "densenet121", 2.0, 196.0),),
+            FunctionSpec("dr-colorize", None, 3.0, 150.0),
+            0.20,
+        ),
+        (
+            "background-elimination",
+            "be",
+            (_dnn("be", "inception_v2", 2.0, 49.0), _dnn("be", "squeezenet", 1.0, 49.0)),
+            FunctionSpec("be-composite", None, 5.0, 150.0),
+            0.25,
+        ),
+        (
+            "expanded-image-classification",
+            "eic",
+            tuple(_dnn("eic", m) for m in ("squeezenet", "shufflenet", "inception_v1", "resnet50")),
+            FunctionSpec("eic-vote", None, 0.3, 1.0),
+            0.15,
+        ),
+    ):
+        functions, edges = _fan(prefix, middle, last)
+        apps.append(App(name, functions, edges, share))
+    return tuple(apps)
+
+
+def reference_config(spec: FunctionSpec, batch: int = 4) -> Config:
+    return Config(batch=batch, vcpu=2, vgpu=1 if spec.gpu_capable else 0)
+
+
+def reference_latency_s(app: App, profiles: Mapping[str, Profile], cluster: ClusterSpec) -> float:
+    """L: critical path at the reference configuration, with one transfer per edge."""
+    specs = {f.name: f for f in app.functions}
+    finish: dict[str, float] = {}
+    workflow = Workflow.from_edges(app.name, specs, app.edges, 1.0)
+    for name in workflow.topological_order():
+        ready = max(
+            (
+                finish[p] + cluster.transfer_s(specs[p].output_kb * 1024)
+                for p in workflow.predecessors(name)
+            ),
+            default=0.0,
+        )
+        finish[name] = ready + profiles[name].latency_ms[reference_config(specs[name])] / 1000
+    return max(finish.values())
+
+
+@dataclass(frozen=True)
+class ArrivalModel:
+    """Diurnal × two-state burst modulation of a Poisson process (see the module docstring)."""
+
+    diurnal_amplitude: float = 0.5
+    burst_factor: float = 2.5
+    burst_mean_s: float = 0.5
+    calm_mean_s: float = 5.0
+
+    def times(
+        self, rate_rps: float, duration_s: float, rng: random.Random, ramp_s: float = 0.0
+    ) -> list[float]:
+        """Arrival times in [0, duration_s); the rate ramps up linearly over the first `ramp_s`."""
+        on, off = self.burst_mean_s, self.calm_mean_s
+        norm = (off + on * self.burst_factor) / (on + off)
+        peak = rate_rps * (1 + self.diurnal_amplitude) * self.burst_factor / norm
+        bursting, switch_at = False, rng.expovariate(1 / off)
+        t, out = 0.0, []
+        while True:
+            t += rng.expovariate(peak)
+            if t >= duration_s:
+                return out
+            while t >= switch_at:
+                bursting = not bursting
+                switch_at += rng.expovariate(1 / (on if bursting else off))
+            phase = 2 * math.pi * t / duration_s - math.pi / 2
+            rate = rate_rps * (1 + self.diurnal_amplitude * math.sin(phase))
+            rate *= (self.burst_factor if bursting else 1.0) / norm
+            if t < ramp_s:
+                rate *= t / ramp_s
+            if rng.random() * peak < rate:
+                out.append(t)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything one simulation run needs besides the policy."""
+
+    name: str
+    workflows: Mapping[str, Workflow]
+    profiles: Mapping[str, Profile]
+    limits: Mapping[str, FunctionLimits]
+    output_bytes: Mapping[str, float]
+    arrivals: tuple[tuple[float, str], ...]
+    measure_from_s: float = 0.0
+    reference_s: Mapping[str, float] | None = None
+
+
+def capacity_rps(
+    apps: tuple[App, ...], profiles: Mapping[str, Profile], cluster: ClusterSpec
+) -> float:
+    """Requests/s the cluster sustains with every function at its reference configuration."""
+    cpu_s = gpu_s = 0.0
+    for app in apps:
+        for spec in app.functions:
+            ref = reference_config(spec, batch=1)
+            seconds = profiles[spec.name].latency_ms[ref] / 1000
+            cpu_s += app.share * seconds * ref.vcpu
+            gpu_s += app.share * seconds * ref.vgpu
+    limits = [cluster.total_vcpu / cpu_s]
+    if gpu_s and cluster.total_units:
+        limits.append(cluster.total_units / gpu_s)
+    return min(limits)
+
+
+def make_scenario(
+    load: str,
+    slo: str,
+    *,
+    cluster: ClusterSpec,
+    seed: int,
+    duration_s: float = 20.0,
+    warmup_s: float = 5.0,
+    grid: ConfigGrid | None = None,
+    apps: tuple[App, ...] | None = None,
+    arrival_model: ArrivalModel | None = None,
+) -> Scenario:
+    """One cell of the grid: `load` in LOAD_LEVELS, `slo` in SLO_FACTORS.
+
+    Requests arrive during `warmup_s + duration_s`; only those after `warmup_s` are measured
+    (the warm-up lets every policy pay its own cold starts first).
+    """
+    apps = apps or default_apps()
+    models = load_models()
+    specs = {f.name: f for app in apps for f in app.functions}
+    profiles = {name: build_profile(spec, models, grid) for name, spec in specs.items()}
+    reference = {app.name: reference_latency_s(app, profiles, cluster) for app in apps}
+    workflows = {
+        app.name: Workflow.from_edges(
+            app.name,
+            [f.name for f in app.functions],
+            app.edges,
+            SLO_FACTORS[slo] * reference[app.name],
+        )
+        for app in apps
+    }
+    limits = {
+        name: FunctionLimits(
+            max_batch=4, max_queue_delay_s=0.005, vcpu=2, vgpu=1 if spec.gpu_capable else 0
+        )
+        for name, spec in specs.items()
+    }
+    rate = LOAD_LEVELS[load] * capacity_rps(apps, profiles, cluster)
+    model = arrival_model or ArrivalModel()
+    arrivals: list[tuple[float, str]] = []
+    for app in apps:
+        rng = random.Random(f"{seed}:{app.name}")
+        arrivals += [
+            (t, app.name)
+            for t in model.times(app.share * rate, warmup_s + duration_s, rng, warmup_s)
+        ]
+    arrivals.sort()
+    return Scenario(
+        name=f"{load}/{slo}",
+        workflows=workflows,
+        profiles=profiles,
+        limits=limits,
+        output_bytes={name: spec.output_kb * 1024 for name, spec in specs.items()},
+        arrivals=tuple(arrivals),
+        measure_from_s=warmup_s,
+        reference_s=reference,
+    )
+
+
+def custom_scenario(
+    workflow: Workflow,
+    tables: Mapping[str, Mapping[Config, float]],
+    arrivals: list[float],
+    *,
+    output_bytes: Mapping[str, float] | None = None,
+    limits: Mapping[str, FunctionLimits] | None = None,
+    name: str = "light/moderate",
+) -> Scenario:
+    """A hand-made scenario: one workflow, latency tables (ms), arrival times (s)."""
+    return Scenario(
+        name=name,
+        workflows={workflow.name: workflow},
+        profiles={f: Profile(f, dict(t)) for f, t in tables.items()},
+        limits=dict(limits or {}),
+        output_bytes=dict(output_bytes or dict.fromkeys(workflow.functions, 0.0)),
+        arrivals=tuple((t, workflow.name) for t in arrivals),
+    )

@@ -1,0 +1,40 @@
+"""The HTTP API on one port: OpenFaaS-style and Open Inference Protocol paths side by side.
+
+`create_app(config, services)` wires thin handlers (one module per resource) to the services;
+the daemon owns the services' lifecycle. Every error is JSON (see `errors.py`).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from faasd.api import functions, health, invoke, metrics, v2
+from faasd.api.errors import json_errors
+from faasd.api.keys import SERVICES
+from faasd.config import DaemonConfig
+from faasd.services import Services
+
+__all__ = ["SERVICES", "create_app"]
+
+
+def create_app(config: DaemonConfig, services: Services) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app[SERVICES] = services
+    add = app.router.add_route
+    add("POST", "/function/{name}", invoke.function_call)
+    add("GET", "/system/functions", functions.list_functions)
+    add("POST", "/system/functions", functions.deploy)
+    add("PUT", "/system/functions", functions.deploy)
+    add("DELETE", "/system/functions", functions.remove)
+    add("GET", "/system/function/{name}", functions.get_function)
+    add("GET", "/healthz", health.healthz)
+    add("GET", "/metrics", metrics.metrics)
+    add("GET", "/v2", v2.server_metadata)
+    add("GET", "/v2/health/live", v2.live)
+    add("GET", "/v2/health/ready", v2.ready)
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        add("GET", prefix, v2.model_metadata)
+        add("GET", prefix + "/ready", v2.model_ready)
+        add("GET", prefix + "/config", v2.model_config)
+        add("POST", prefix + "/infer", invoke.v2_infer)
+    return app

@@ -1,0 +1,74 @@
+"""Every error leaves the daemon as JSON `{"error": ...}` with its status, in one place.
+
+`FaasdError`s carry their status (and Retry-After for 429/503); aiohttp's own 404, 405 and 413
+are rewritten the same way, and anything unexpected becomes a logged 500 — tritonclient and
+curl users always get a body they can parse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from faasd.api.keys import SERVICES
+from faasd.errors import FaasdError, Overloaded
+
+log = logging.getLogger("faasd.api")
+
+
+def error_response(
+    status: int,
+    message: str,
+    extra: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    doc: dict[str, Any] = {"error": message}
+    doc.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return web.Response(
+        status=status,
+        body=json.dumps(doc).encode(),
+        content_type="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+def render_error(exc: FaasdError, headers: Mapping[str, str] | None = None) -> web.Response:
+    out = dict(headers or {})
+    if isinstance(exc, Overloaded):
+        out["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return error_response(exc.status, exc.message, exc.extra, out)
+
+
+def _http_message(exc: web.HTTPException, request: web.Request) -> str:
+    if exc.status == 404:
+        return f"no route for {request.method} {request.path}; see the API table in the README"
+    if exc.status == 405:
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ())))
+        return f"{request.method} is not allowed on {request.path}; use {allowed}"
+    if exc.status == 413:
+        limit = request.app[SERVICES].config.max_body_mb if SERVICES in request.app else None
+        suffix = f" of {limit} MiB" if limit else ""
+        return f"request body exceeds the limit{suffix}; send a smaller body or raise max_body_mb"
+    return exc.reason
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except FaasdError as exc:
+        return render_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(exc.status, _http_message(exc, request), headers=headers)
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal error in faasd; see the daemon's log")

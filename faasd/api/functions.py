@@ -1,0 +1,104 @@
+"""Functions as a resource: `/system/functions` (GET, POST, PUT, DELETE), `/system/function/{n}`.
+
+Deploys read a directory on the daemon's own host: `{"path": "/abs/dir", "name": optional}`,
+or take the directory as a tar archive (`Content-Type: application/x-tar` or gzip, `?name=`).
+POST creates or updates (201 when new, 200 when it replaced a version); PUT only updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from faasd.api.keys import SERVICES
+from faasd.archive import TAR_TYPES
+from faasd.catalog import Deployed
+from faasd.errors import BadRequest
+from faasd.functions.spec import FunctionVersion, ModelInfo
+from faasd.services import Services
+from faasd.v2 import tensor_meta
+
+
+async def list_functions(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    return web.json_response([status(services, v, i) for v, i in services.catalog.list()])
+
+
+async def get_function(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    version, info = services.catalog.get(request.match_info["name"])
+    return web.json_response(status(services, version, info))
+
+
+async def deploy(request: web.Request) -> web.Response:
+    mode = "update" if request.method == "PUT" else "any"
+    services = request.app[SERVICES]
+    if request.content_type in TAR_TYPES:
+        scratch = services.config.state_dir.resolve() / "uploads"
+        uploaded = await services.catalog.deploy_archive(
+            await request.read(), request.query.get("name"), scratch, mode=mode
+        )
+        return _deployed(services, uploaded)
+    doc = await _json_object(request)
+    path, name = doc.get("path"), doc.get("name") or doc.get("service")
+    if not isinstance(path, str) or not path:
+        raise BadRequest('deploy needs {"path": "/absolute/dir/on/the/daemon/host"}')
+    if name is not None and not isinstance(name, str):
+        raise BadRequest("name must be a string")
+    return _deployed(services, await services.catalog.deploy(Path(path), name, mode=mode))
+
+
+def _deployed(services: Services, deployed: Deployed) -> web.Response:
+    body = status(services, deployed.version, deployed.info)
+    body["replaced_version"] = deployed.replaced
+    return web.json_response(body, status=201 if deployed.created else 200)
+
+
+async def remove(request: web.Request) -> web.Response:
+    name = request.query.get("name")
+    if name is None and request.can_read_body:
+        doc = await _json_object(request)
+        name = doc.get("functionName") or doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest('remove needs {"functionName": "<name>"} or ?name=<name>')
+    removed = await request.app[SERVICES].catalog.remove(name)
+    return web.json_response({"removed": removed.name, "version": removed.version})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        doc = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("request body must be a JSON object")
+    return doc
+
+
+def status(services: Services, version: FunctionVersion, info: ModelInfo) -> dict[str, Any]:
+    """One function as the API shows it (OpenFaaS FunctionStatus fields plus ours)."""
+    settings = dataclasses.asdict(version.settings)
+    settings["env"] = dict(version.settings.env)
+    warm = services.pool_stats().get("functions", {}).get(version.name, {})
+    name = version.name
+    return {
+        "name": name,
+        "version": version.version,
+        "ready": True,
+        "directory": str(version.directory),
+        "deployed_at": version.deployed_at,
+        "batched": version.batched,
+        "handler": {"preprocess": info.has_preprocess, "postprocess": info.has_postprocess},
+        "inputs": [tensor_meta(s) for s in version.inputs],
+        "outputs": [tensor_meta(s) for s in version.outputs],
+        "settings": settings,
+        "replicas": warm.get("alive", 0),
+        "availableReplicas": warm.get("idle", 0),
+        "invocationCount": services.gateway.calls.get(name, 0),
+        "queue_length": services.controller.queue_lengths().get(name, 0),
+        "urls": {"invoke": f"/function/{name}", "v2": f"/v2/models/{name}/infer"},
+    }

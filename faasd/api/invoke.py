@@ -1,0 +1,93 @@
+"""Invocations: `POST /function/{name}` and `POST /v2/models/{name}[/versions/{v}]/infer`.
+
+Both go the same way (gateway → controller → invoker → sandbox); the V2 path accepts only V2
+requests. Every answer carries `X-Call-Id`, `X-Start-Time` (Unix nanoseconds, as OpenFaaS),
+`X-Duration-Seconds` and, on success, `X-Faasd-Cold-Start`.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from faasd.api.errors import render_error
+from faasd.api.keys import SERVICES
+from faasd.errors import BadRequest, FaasdError, NotFound
+from faasd.gateway import CallResult, Payload, parse_payload
+from faasd.sandbox.items import BodyResult, TensorResult
+from faasd.v2 import HEADER_LENGTH, encode_plain, encode_response
+
+
+async def function_call(request: web.Request) -> web.StreamResponse:
+    return await _call(request, request.match_info["name"], v2_only=False)
+
+
+async def v2_infer(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    wanted = request.match_info.get("version")
+    if wanted is not None:
+        version, _ = request.app[SERVICES].catalog.get(name)
+        if wanted != str(version.version):
+            raise NotFound(f"{name!r} serves version {version.version} only, not {wanted}")
+    return await _call(request, name, v2_only=True)
+
+
+async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    start_s = services.clock.now()
+    start_ns = int(services.clock.wall() * 1e9)
+    version, info = services.catalog.get(name)
+    try:
+        body = await request.read()
+        payload = parse_payload(
+            version,
+            info,
+            body,
+            request.headers.get("Content-Type", ""),
+            _header_length(request),
+            v2_only=v2_only,
+        )
+    except FaasdError as exc:
+        services.gateway.rejected(name, exc.status, start_s)
+        raise
+    invocation = services.gateway.new_invocation(version, payload.item)
+    headers = {"X-Call-Id": invocation.id, "X-Start-Time": str(start_ns)}
+    try:
+        result = await services.gateway.call(invocation)
+    except FaasdError as exc:
+        headers["X-Duration-Seconds"] = f"{services.clock.now() - start_s:.6f}"
+        return render_error(exc, headers)
+    headers["X-Duration-Seconds"] = f"{services.clock.now() - start_s:.6f}"
+    headers["X-Faasd-Cold-Start"] = "true" if result.cold_start else "false"
+    return render(version.name, str(version.version), payload, result, headers)
+
+
+def _header_length(request: web.Request) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw!r}") from None
+
+
+def render(
+    name: str, version: str, payload: Payload, result: CallResult, headers: dict[str, str]
+) -> web.Response:
+    """The HTTP answer for a finished call, in the form the caller used."""
+    answer = result.result
+    if isinstance(answer, BodyResult):
+        headers["Content-Type"] = answer.content_type
+        return web.Response(body=answer.body, headers=headers)
+    if not isinstance(answer, TensorResult):  # failures were raised by the invoker
+        raise TypeError(f"unexpected result {type(answer).__name__}")
+    if payload.form == "v2" and payload.request is not None:
+        body, json_length = encode_response(name, version, payload.request, answer.tensors)
+        if json_length is not None:
+            headers[HEADER_LENGTH] = str(json_length)
+            headers["Content-Type"] = "application/octet-stream"
+        else:
+            headers["Content-Type"] = "application/json"
+        return web.Response(body=body, headers=headers)
+    headers["Content-Type"] = "application/json"
+    return web.Response(body=encode_plain(answer.tensors), headers=headers)

@@ -1,0 +1,103 @@
+"""Open Inference Protocol (V2) metadata and health, as `tritonclient.http` expects them.
+
+Inference itself is in `invoke.py`. Health answers 200 with a JSON body (tritonclient only looks
+at the status); a model that is not deployed is a JSON 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from faasd.api.keys import SERVICES
+from faasd.config import faasd_version
+from faasd.errors import NotFound, Unavailable
+from faasd.functions.spec import FunctionVersion
+from faasd.v2 import tensor_meta
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+PLATFORM = "onnxruntime_onnx"
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"name": "faasd", "version": faasd_version(), "extensions": EXTENSIONS}
+    )
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """200 once the startup functions are loaded, until shutdown begins; else 503."""
+    services = request.app[SERVICES]
+    if not services.controller.accepting:
+        raise Unavailable("faasd is shutting down", retry_after_s=5)
+    if not services.readiness.ready:
+        raise Unavailable(services.readiness.detail, retry_after_s=1)
+    return web.json_response({"ready": True})
+
+
+def _version(request: web.Request) -> FunctionVersion:
+    name = request.match_info["name"]
+    version, _ = request.app[SERVICES].catalog.get(name)
+    wanted = request.match_info.get("version")
+    if wanted is not None and wanted != str(version.version):
+        raise NotFound(f"{name!r} serves version {version.version} only, not {wanted}")
+    return version
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    version = _version(request)
+    return web.json_response(
+        {
+            "name": version.name,
+            "versions": [str(version.version)],
+            "platform": PLATFORM,
+            "inputs": [tensor_meta(s) for s in version.inputs],
+            "outputs": [tensor_meta(s) for s in version.outputs],
+        }
+    )
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    version = _version(request)
+    return web.json_response({"name": version.name, "ready": True})
+
+
+async def model_config(request: web.Request) -> web.Response:
+    """The effective configuration in Triton's field names (max_batch_size 0 = no batching)."""
+    version = _version(request)
+    settings = version.settings
+    batching = version.batched and settings.max_batch_size > 1
+
+    def dims(shape: tuple[int, ...]) -> list[int]:
+        return list(shape[1:] if version.batched else shape)
+
+    config: dict[str, Any] = {
+        "name": version.name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": settings.max_batch_size if batching else 0,
+        "input": [
+            {"name": s.name, "data_type": f"TYPE_{_type(s.datatype)}", "dims": dims(s.shape)}
+            for s in version.inputs
+        ],
+        "output": [
+            {"name": s.name, "data_type": f"TYPE_{_type(s.datatype)}", "dims": dims(s.shape)}
+            for s in version.outputs
+        ],
+        "instance_group": [{"count": settings.max_instances, "kind": "KIND_CPU"}],
+    }
+    if batching:
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000)
+        }
+    return web.json_response(config)
+
+
+def _type(datatype: str) -> str:
+    return "STRING" if datatype == "BYTES" else datatype

@@ -1,0 +1,200 @@
+"""The deployed functions as the daemon serves them: deploy, redeploy, remove, look up.
+
+A deploy is stage (static checks, copy into a new version directory) → inspect (load the model
+and handler in a throwaway sandbox) → commit (atomically the current version). Until the
+commit, the old version serves every call; calls admitted before it stay pinned to the old
+version and finish there; once they have, the old version's idle sandboxes are retired. A
+failed deploy discards the staged copy and leaves the current version untouched. Deploys are
+serialised by one lock, so two deploys of one name cannot interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from esg.model import Config
+from faasd.archive import unpack
+from faasd.controller import limits_of
+from faasd.errors import Conflict, DeployError, NotFound
+from faasd.functions.spec import FunctionVersion, ModelInfo
+
+log = logging.getLogger("faasd.catalog")
+
+RETIRE_POLL_S = 0.1
+
+
+class RegistryLike(Protocol):
+    def stage(self, source: Path, name: str | None = None) -> FunctionVersion: ...
+    def commit(self, staged: FunctionVersion, info: ModelInfo) -> FunctionVersion: ...
+    def discard(self, staged: FunctionVersion) -> None: ...
+    def get(self, name: str) -> FunctionVersion | None: ...
+    def list(self) -> list[FunctionVersion]: ...
+    def remove(self, name: str) -> FunctionVersion: ...
+
+
+class PoolLike(Protocol):
+    async def inspect(self, version: FunctionVersion) -> ModelInfo: ...
+    async def prewarm(self, version: FunctionVersion, config: Config, count: int) -> None: ...
+    async def retire(self, name: str, keep_version: int | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Deployed:
+    version: FunctionVersion
+    info: ModelInfo
+    created: bool
+    replaced: int | None  # the version it replaced
+
+
+class Catalog:
+    def __init__(
+        self,
+        registry: RegistryLike,
+        pool: PoolLike,
+        in_flight: Callable[[str, int | None], int],
+        vcpu_capacity: int,
+    ) -> None:
+        self._registry = registry
+        self._pool = pool
+        self._in_flight = in_flight
+        self._capacity = vcpu_capacity
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ look-ups
+
+    def get(self, name: str) -> tuple[FunctionVersion, ModelInfo]:
+        """The current version of `name` and what loading it revealed; NotFound otherwise."""
+        version = self._registry.get(name)
+        if version is None:
+            raise NotFound(f"no function named {name!r}; deploy one with `faasd deploy DIR`")
+        info = ModelInfo(
+            version.inputs,
+            version.outputs,
+            version.batched,
+            version.has_preprocess,
+            version.has_postprocess,
+        )
+        return version, info
+
+    def list(self) -> list[tuple[FunctionVersion, ModelInfo]]:
+        return [self.get(v.name) for v in self._registry.list()]
+
+    def ready(self, name: str) -> bool:
+        return self._registry.get(name) is not None
+
+    # ------------------------------------------------------------ changes
+
+    async def deploy(self, source: Path, name: str | None = None, *, mode: str = "any") -> Deployed:
+        """Install `source` as the next version. `mode`: "create" (409 if the name exists),
+        "update" (404 if it does not) or "any"."""
+        if not source.is_absolute():
+            raise DeployError(f"{source} is not an absolute path; give the full path",
+                              file=str(source))
+        if not source.is_dir():
+            raise DeployError(f"{source} is not a directory on the daemon's host",
+                              file=str(source))
+        async with self._lock:
+            staged = await asyncio.to_thread(self._registry.stage, source, name)
+            try:
+                old = self._registry.get(staged.name)
+                if mode == "create" and old is not None:
+                    raise Conflict(f"function {staged.name!r} exists; update it with PUT "
+                                   "(`faasd deploy` does this)")
+                if mode == "update" and old is None:
+                    raise NotFound(f"no function named {staged.name!r} to update; POST it first")
+                self._check_resources(staged)
+                info = await self._pool.inspect(staged)
+            except BaseException:
+                self._registry.discard(staged)
+                raise
+            try:
+                final = self._registry.commit(staged, info)
+            except BaseException:
+                self._registry.discard(staged)
+                raise
+        log.info("deployed %s v%d from %s", final.name, final.version, source)
+        if old is not None:
+            self._spawn(self._retire_when_idle(final.name, old.version, keep=final.version))
+        if final.settings.min_instances > 0:
+            self._spawn(self._prewarm(final))
+        return Deployed(final, info, old is None, None if old is None else old.version)
+
+    async def deploy_archive(
+        self, data: bytes, name: str | None, scratch: Path, *, mode: str = "any"
+    ) -> Deployed:
+        """Deploy a tar archive of a function directory (unpacked under `scratch`, then
+        removed). Without `name`, the archive's top directory (or config.pbtxt) names it."""
+        workdir = scratch / f"upload-{uuid.uuid4().hex}"
+        workdir.mkdir(parents=True)
+        try:
+            directory = await asyncio.to_thread(unpack, data, workdir)
+            if name is None and directory == workdir:
+                name = _pbtxt_name(directory)
+                if name is None:
+                    raise DeployError(
+                        "the archive has no top-level directory to name the function; "
+                        "pass ?name=<name> (faasd deploy --upload does)", file="(upload)")
+            return await self.deploy(directory, name, mode=mode)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    async def remove(self, name: str) -> FunctionVersion:
+        async with self._lock:
+            removed = self._registry.remove(name)
+        self._spawn(self._retire_when_idle(name, removed.version, keep=None))
+        return removed
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------ helpers
+
+    def _check_resources(self, version: FunctionVersion) -> None:
+        if version.settings.vcpu > self._capacity:
+            raise DeployError(
+                f"{version.name} asks for {version.settings.vcpu} vCPUs but this node has "
+                f"{self._capacity}; lower resources.vcpu",
+                file="faasd.yaml",
+            )
+
+    async def _retire_when_idle(self, name: str, old: int, keep: int | None) -> None:
+        while self._in_flight(name, old) > 0:
+            await asyncio.sleep(RETIRE_POLL_S)
+        await self._pool.retire(name, keep_version=keep)
+
+    async def _prewarm(self, version: FunctionVersion) -> None:
+        limits = limits_of(version)
+        config = Config(batch=limits.max_batch, vcpu=limits.vcpu)
+        try:
+            await self._pool.prewarm(version, config, version.settings.min_instances)
+        except Exception:
+            log.exception("prewarming %s v%d failed", version.name, version.version)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _pbtxt_name(directory: Path) -> str | None:
+    """The `name:` of a config.pbtxt at the top of `directory`, if there is one."""
+    pbtxt = directory / "config.pbtxt"
+    if not pbtxt.is_file():
+        return None
+    for line in pbtxt.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "name":
+            return value.strip().strip('"') or None
+    return None

@@ -1,0 +1,349 @@
+"""The `faasd` command: run the daemon (`up`, `install`) and talk to it (everything else).
+
+Client commands reach the daemon at `--gateway` or `$FAASD_URL` (default
+http://127.0.0.1:8080), print tables for people and JSON with `-o json`, and exit non-zero with
+one clear line on stderr when something fails (2 when the daemon cannot be reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import mimetypes
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from faasd.client import Client, ClientError, gateway_url
+from faasd.config import ConfigError, faasd_version, load_config
+
+EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ClientError as exc:
+        print(f"faasd: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except (ConfigError, OSError) as exc:
+        print(f"faasd: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faasd", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client_command(name: str, help_text: str, func: Callable[[Any], int]) -> Any:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("-g", "--gateway", help="daemon URL (default $FAASD_URL or %(default)s)")
+        p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+        p.set_defaults(func=func)
+        return p
+
+    up = sub.add_parser("up", help="run the daemon in the foreground")
+    up.add_argument("--host")
+    up.add_argument("--port", type=int)
+    up.add_argument("--state-dir", type=Path)
+    up.add_argument("--functions", type=Path, help="deploy every function directory in DIR")
+    up.add_argument("--config", type=Path, help="faasd.yaml with the daemon's settings")
+    up.add_argument("--scheduler", help="policy name (default fcfs)")
+    up.add_argument("--port-file", type=Path, help="write the bound port here once ready")
+    up.add_argument("--log-level", default=None)
+    up.set_defaults(func=_up)
+
+    deploy = client_command("deploy", "deploy (or redeploy) a function directory", _deploy)
+    deploy.add_argument("directory", type=Path)
+    deploy.add_argument("--name", help="function name (default: the directory's name)")
+    deploy.add_argument("--upload", action="store_true",
+                        help="send the directory as a tar archive (for a daemon on another host)")
+
+    client_command("list", "list deployed functions", _list)
+    describe = client_command("describe", "show one function", _describe)
+    describe.add_argument("name")
+
+    invoke = client_command("invoke", "call a function; body from --data, @file or stdin",
+                            _invoke)
+    invoke.add_argument("name")
+    invoke.add_argument("-d", "--data", help="the body, or @FILE to read it from a file")
+    invoke.add_argument("--content-type", help="default: guessed from @FILE, else JSON")
+    invoke.add_argument("-v", "--verbose", action="store_true", help="print call headers")
+
+    remove = client_command("remove", "remove a function", _remove)
+    remove.add_argument("name")
+
+    install = sub.add_parser("install", help="install the systemd unit and start faasd")
+    install.add_argument("--dry-run", action="store_true", help="print what would be done")
+    install.set_defaults(func=_install)
+
+    version = client_command("version", "print client and daemon versions", _version)
+    version.set_defaults(func=_version)
+    return parser
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+def _up(args: argparse.Namespace) -> int:
+    from faasd.daemon import Daemon
+    from faasd.systemd import Notifier
+
+    config = load_config(
+        args.config,
+        overrides={
+            "host": args.host,
+            "port": args.port,
+            "state_dir": args.state_dir,
+            "functions_dir": args.functions,
+            "scheduler": args.scheduler,
+            "log_level": args.log_level,
+        },
+    )
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    def ready(daemon: Daemon) -> None:
+        names = ", ".join(v.name for v, _ in daemon.services.catalog.list()) or "none"
+        print(f"faasd {faasd_version()} listening on {daemon.url} (functions: {names})",
+              flush=True)
+        for name, error in daemon.load_errors.items():
+            print(f"  could not load {name}: {error}", file=sys.stderr, flush=True)
+        if args.port_file is not None:
+            tmp = args.port_file.with_suffix(".tmp")
+            tmp.write_text(str(daemon.port))
+            tmp.replace(args.port_file)
+
+    daemon = Daemon(config, notifier=Notifier())
+    _run_async(daemon.serve_until_signalled(ready))
+    return EXIT_OK
+
+
+def _run_async(coro: Any) -> None:
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; tolerate its absence
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from faasd import install
+
+    steps = install.plan(install.faasd_executable(), install.CONFIG_PATH.exists())
+    if args.dry_run:
+        print("faasd install would:")
+        for step in steps:
+            print(f"  {step.describe()}")
+        unit = next(s for s in steps if s.target == str(install.UNIT_PATH))
+        print(f"\n--- {unit.target}\n{unit.content}", end="")
+        return EXIT_OK
+    import os
+
+    if os.geteuid() != 0:
+        raise ClientError("faasd install needs root: run it with sudo "
+                          "(or with --dry-run to see what it would do)")
+    install.apply(steps)
+    print("faasd is installed and running; follow its log with: journalctl -u faasd -f")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- client commands
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(gateway_url(args.gateway))
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    directory = args.directory.resolve()
+    if not directory.is_dir():
+        raise ClientError(f"{args.directory} is not a directory")
+    started = time.monotonic()
+    with _Progress(f"deploying {directory.name}", enabled=args.output == "table"):
+        if args.upload:
+            from urllib.parse import quote
+
+            from faasd.archive import pack
+
+            name = quote(args.name or directory.name)
+            reply = _client(args).request(
+                "POST", f"/system/functions?name={name}", pack(directory),
+                {"Content-Type": "application/gzip"},
+            )
+            status = reply.json()
+        else:
+            doc: dict[str, Any] = {"path": str(directory)}
+            if args.name:
+                doc["name"] = args.name
+            status = _client(args).json("POST", "/system/functions", doc)
+    if args.output == "json":
+        return _print_json(status)
+    took = time.monotonic() - started
+    action = "redeployed" if status.get("replaced_version") else "deployed"
+    print(f"{action} {status['name']} v{status['version']} in {took:.1f}s: "
+          f"POST {_client(args).url}{status['urls']['invoke']}")
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    functions = _client(args).json("GET", "/system/functions")
+    if args.output == "json":
+        return _print_json(functions)
+    rows = [
+        [f["name"], str(f["version"]), _tensors(f["inputs"]),
+         str(f["settings"]["max_batch_size"]), f"{f['availableReplicas']}/{f['replicas']}",
+         str(f["invocationCount"])]
+        for f in functions
+    ]
+    _print_table(["NAME", "VERSION", "INPUTS", "BATCH", "IDLE/ALIVE", "CALLS"], rows)
+    return EXIT_OK
+
+
+def _describe(args: argparse.Namespace) -> int:
+    client = _client(args)
+    f = client.json("GET", f"/system/function/{args.name}")
+    if args.output == "json":
+        return _print_json(f)
+    handler = [k for k, v in f["handler"].items() if v]
+    rows = [
+        ("Name", f["name"]),
+        ("Version", str(f["version"])),
+        ("Directory", f["directory"]),
+        ("Inputs", _tensors(f["inputs"])),
+        ("Outputs", _tensors(f["outputs"])),
+        ("Handler", ", ".join(handler) or "none"),
+        ("Batching", f"max {f['settings']['max_batch_size']}, "
+                     f"delay {f['settings']['max_queue_delay_ms']} ms"),
+        ("Resources", f"{f['settings']['vcpu']} vCPU, {f['settings']['memory_mb']} MB"),
+        ("Timeout", f"{f['settings']['timeout_s']} s"),
+        ("Sandboxes", f"{f['availableReplicas']} idle of {f['replicas']} alive"),
+        ("Calls", str(f["invocationCount"])),
+        ("Invoke", f"{client.url}{f['urls']['invoke']}"),
+        ("V2", f"{client.url}{f['urls']['v2']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 2}}{value}")
+    return EXIT_OK
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    body, guessed = _body(args.data)
+    content_type = args.content_type or guessed
+    reply = _client(args).request(
+        "POST", f"/function/{args.name}", body, {"Content-Type": content_type}
+    )
+    if args.verbose:
+        for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "Content-Type"):
+            if key in reply.headers:
+                print(f"{key}: {reply.headers[key]}", file=sys.stderr)
+    sys.stdout.buffer.write(reply.body)
+    if sys.stdout.isatty() and not reply.body.endswith(b"\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _body(data: str | None) -> tuple[bytes, str]:
+    if data is None:
+        if sys.stdin.isatty():
+            raise ClientError("no body: pass --data '{...}', --data @file, or pipe it on stdin")
+        return sys.stdin.buffer.read(), "application/json"
+    if data.startswith("@"):
+        path = Path(data[1:])
+        guessed = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return path.read_bytes(), guessed
+    return data.encode(), "application/json"
+
+
+def _remove(args: argparse.Namespace) -> int:
+    result = _client(args).json("DELETE", "/system/functions", {"functionName": args.name})
+    if args.output == "json":
+        return _print_json(result)
+    print(f"removed {result['removed']} (was v{result['version']})")
+    return EXIT_OK
+
+
+def _version(args: argparse.Namespace) -> int:
+    server: Any
+    try:
+        server = _client(args).json("GET", "/v2").get("version")
+    except ClientError as exc:
+        server = None if exc.exit_code == EXIT_UNREACHABLE else "?"
+    if args.output == "json":
+        return _print_json({"client": faasd_version(), "server": server})
+    print(f"client: faasd {faasd_version()}")
+    print(f"server: {'faasd ' + server if server else 'not reachable'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- output
+
+
+def _tensors(specs: list[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"{s['name']} {s['datatype']}[{','.join('N' if d < 0 else str(d) for d in s['shape'])}]"
+        for s in specs
+    )
+
+
+def _print_json(doc: Any) -> int:
+    print(json.dumps(doc, indent=2))
+    return EXIT_OK
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+class _Progress:
+    """A spinner with elapsed seconds on stderr while something slow runs (terminals only)."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self._label = label
+        self._enabled = enabled and sys.stderr.isatty()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def __enter__(self) -> _Progress:
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._enabled:
+            self._done.set()
+            self._thread.join()
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def _spin(self) -> None:
+        started = time.monotonic()
+        frames = "|/-\\"
+        i = 0
+        while not self._done.wait(0.1):
+            elapsed = time.monotonic() - started
+            sys.stderr.write(f"\r{frames[i % 4]} {self._label} ({elapsed:.1f}s)")
+            sys.stderr.flush()
+            i += 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The controller: AFW queues, the policy seam driven with the real clock, dispatches.
+
+One node, in process. Each invocation becomes an `esg.model.Job` in the queue of its
+(application, function) — a function invoked alone is its own application. Every event
+(arrival, completion, timer) builds a `Snapshot` of this node (vCPUs free, warm sandboxes,
+batches in flight) and asks the policy what to do. The controller enforces the seam's
+contract: a dispatch of a job that is not queued, or one that over-commits the node's vCPUs,
+is a policy bug and raises `PolicyError`; wake-ups are delivered at (or just after) their time,
+equal times coalesce; dropped jobs fail with 503 and the policy's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from esg.errors import PolicyError
+from esg.model import Config, Job, Workflow
+from esg.policy import (
+    Action,
+    Arrival,
+    Completion,
+    Dispatch,
+    Drop,
+    Event,
+    FunctionLimits,
+    NodeView,
+    Policy,
+    Snapshot,
+    Timer,
+    WakeUp,
+)
+from faasd.clock import Clock
+from faasd.errors import FaasdError, Overloaded, Unavailable
+from faasd.functions.spec import FunctionVersion
+from faasd.gateway import CallResult, Invocation
+
+log = logging.getLogger("faasd.controller")
+
+NODE = "local"
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What the invoker reports for one dispatch: one result or error per invocation."""
+
+    results: list[CallResult | FaasdError]
+    exec_s: float
+    cold_start: bool
+    ok: bool
+
+
+class Executor(Protocol):
+    """What the controller needs from the invoker."""
+
+    async def execute(
+        self, config: Config, invocations: list[Invocation], now_s: float
+    ) -> BatchOutcome: ...
+
+
+@dataclass
+class _Pending:
+    invocation: Invocation
+    future: asyncio.Future[CallResult]
+    job: Job
+    running: bool = False
+
+
+@dataclass
+class _Running:
+    dispatch: Dispatch
+    task: asyncio.Task[None] | None = None
+    versions: set[tuple[str, int]] = field(default_factory=set)
+
+
+def limits_of(version: FunctionVersion) -> FunctionLimits:
+    """The FCFS knobs of a version: its batching, vCPUs and instance cap (CPU only here)."""
+    settings = version.settings
+    return FunctionLimits(
+        max_batch=max(1, settings.max_batch_size) if version.batched else 1,
+        max_queue_delay_s=settings.max_queue_delay_ms / 1000,
+        vcpu=max(1, settings.vcpu),
+        vgpu=0,
+        max_instances=settings.max_instances,
+    )
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        executor: Executor,
+        clock: Clock,
+        vcpu_capacity: int,
+        warm: Callable[[], Mapping[tuple[str, Config], int]] = dict,
+        max_queue: int = 1024,
+    ) -> None:
+        self._policy = policy
+        self._executor = executor
+        self._clock = clock
+        self._capacity = vcpu_capacity
+        self._warm = warm
+        self._max_queue = max_queue
+        self._queues: dict[tuple[str, str], deque[Job]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._limits: dict[str, FunctionLimits] = {}
+        self._workflows: dict[str, Workflow] = {}
+        self._running: dict[int, _Running] = {}
+        self._used_vcpu = 0
+        self._timers: dict[float, asyncio.TimerHandle] = {}
+        self._accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._batch_ids = 0
+
+    # ------------------------------------------------------------ calls in
+
+    def submit(self, invocation: Invocation) -> asyncio.Future[CallResult]:
+        """Queue `invocation`; the future resolves to its result or a FaasdError."""
+        if not self._accepting:
+            raise Unavailable("faasd is shutting down; retry on another node", retry_after_s=5)
+        name = invocation.function
+        key = (name, name)
+        queue = self._queues.setdefault(key, deque())
+        if len(queue) >= self._max_queue:
+            raise Overloaded(
+                f"{len(queue)} calls are already queued for {name!r}; retry later",
+                retry_after_s=1,
+            )
+        self._limits[name] = limits_of(invocation.version)
+        if name not in self._workflows:
+            self._workflows[name] = Workflow.single(name)
+        now = self._clock.now()
+        job = Job(
+            id=invocation.id,
+            request_id=invocation.id,
+            app=name,
+            function=name,
+            request_start_s=invocation.start_s,
+            enqueued_s=now,
+            deadline_s=invocation.deadline_s,
+        )
+        future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+        self._pending[invocation.id] = _Pending(invocation, future, job)
+        self._idle.clear()
+        queue.append(job)
+        self._step(Arrival(job))
+        return future
+
+    def cancel(self, invocation_id: str) -> None:
+        """Forget a call whose client left, if it is still queued (a running one finishes)."""
+        pending = self._pending.get(invocation_id)
+        if pending is None or pending.running:
+            return
+        job = pending.job
+        queue = self._queues.get((job.app, job.function))
+        if queue is not None and job in queue:
+            queue.remove(job)
+        self._forget(invocation_id)
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no call is queued or running; False if `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Fail what is still queued (after a drain that timed out) and stop the timers."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for pending in list(self._pending.values()):
+            if not pending.running and not pending.future.done():
+                pending.future.set_exception(Unavailable("faasd stopped before the call ran"))
+        for queue in self._queues.values():
+            queue.clear()
+
+    # ------------------------------------------------------------ views
+
+    def queue_lengths(self) -> dict[str, int]:
+        return {function: len(q) for (_, function), q in self._queues.items()}
+
+    def pending_total(self) -> int:
+        """Calls admitted and not yet answered (queued or running), all functions."""
+        return len(self._pending)
+
+    def in_flight(self, function: str, version: int | None = None) -> int:
+        """Calls of `function` (of `version`, if given) queued or running."""
+        return sum(
+            1
+            for p in self._pending.values()
+            if p.invocation.function == function
+            and (version is None or p.invocation.version.version == version)
+        )
+
+    def snapshot(self) -> Snapshot:
+        running: dict[str, int] = {}
+        for r in self._running.values():
+            running[r.dispatch.function] = running.get(r.dispatch.function, 0) + 1
+        node = NodeView(
+            name=NODE,
+            total_vcpu=self._capacity,
+            free_vcpu=self._capacity - self._used_vcpu,
+            warm=dict(self._warm()),
+        )
+        return Snapshot(
+            now_s=self._clock.now(),
+            nodes=(node,),
+            queues={k: tuple(q) for k, q in self._queues.items()},
+            workflows=dict(self._workflows),
+            limits=dict(self._limits),
+            running=running,
+        )
+
+    # ------------------------------------------------------------ the policy loop
+
+    def _step(self, event: Event) -> None:
+        actions = self._policy.on_event(event, self.snapshot())
+        for action in actions:
+            self._apply(action)
+
+    def _apply(self, action: Action) -> None:
+        if isinstance(action, Dispatch):
+            self._dispatch(action)
+        elif isinstance(action, WakeUp):
+            self._wake_at(action.at_s)
+        elif isinstance(action, Drop):
+            self._drop(action)
+        else:  # pragma: no cover - the Action union is closed
+            raise PolicyError(f"unknown action {action!r}")
+
+    def _dispatch(self, dispatch: Dispatch) -> None:
+        if dispatch.node != NODE:
+            raise PolicyError(f"dispatch to unknown node {dispatch.node!r}")
+        if self._used_vcpu + dispatch.config.vcpu > self._capacity:
+            raise PolicyError(
+                f"dispatch of {dispatch.function} needs {dispatch.config.vcpu} vCPU but only "
+                f"{self._capacity - self._used_vcpu} are free"
+            )
+        queue = self._queues.get((dispatch.app, dispatch.function), deque())
+        queued = {job.id: job for job in queue}
+        missing = [j for j in dispatch.job_ids if j not in queued]
+        if missing:
+            raise PolicyError(f"dispatch names jobs that are not queued: {missing}")
+        taken = set(dispatch.job_ids)
+        self._queues[(dispatch.app, dispatch.function)] = deque(
+            j for j in queue if j.id not in taken
+        )
+        self._used_vcpu += dispatch.config.vcpu
+        invocations = []
+        for job_id in dispatch.job_ids:
+            pending = self._pending[job_id]
+            pending.running = True
+            invocations.append(pending.invocation)
+        self._batch_ids += 1
+        batch_id = self._batch_ids
+        running = _Running(dispatch)
+        self._running[batch_id] = running
+        running.task = asyncio.get_running_loop().create_task(
+            self._run(batch_id, dispatch, invocations), name=f"faasd-batch-{batch_id}"
+        )
+
+    async def _run(self, batch_id: int, dispatch: Dispatch, invocations: list[Invocation]) -> None:
+        try:
+            outcome = await self._executor.execute(dispatch.config, invocations, self._clock.now())
+        except Exception as exc:  # a bug in the invoker: fail the calls, keep serving
+            log.exception("batch %d of %s failed unexpectedly", batch_id, dispatch.function)
+            error = FaasdError(f"internal error while running {dispatch.function}: {exc}")
+            outcome = BatchOutcome([error] * len(invocations), 0.0, False, False)
+        self._used_vcpu -= dispatch.config.vcpu
+        del self._running[batch_id]
+        results = list(outcome.results)
+        if len(results) != len(invocations):  # an invoker bug must not leave callers hanging
+            log.error("batch %d of %s: %d results for %d calls", batch_id, dispatch.function,
+                      len(results), len(invocations))
+            results = [FaasdError("internal error: the batch lost its results")] * len(
+                invocations
+            )
+        for invocation, result in zip(invocations, results, strict=True):
+            pending = self._pending.get(invocation.id)
+            if pending is not None and not pending.future.done():
+                if isinstance(result, FaasdError):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
+            self._forget(invocation.id)
+        try:
+            self._step(Completion(dispatch, outcome.exec_s, outcome.cold_start, outcome.ok))
+        except Exception:
+            log.exception("the %s policy failed on a completion", self._policy.name)
+            raise
+
+    def _drop(self, drop: Drop) -> None:
+        taken = set(drop.job_ids)
+        key = (drop.app, drop.function)
+        self._queues[key] = deque(j for j in self._queues.get(key, ()) if j.id not in taken)
+        for job_id in drop.job_ids:
+            pending = self._pending.get(job_id)
+            if pending is not None and not pending.future.done():
+                pending.future.set_exception(Unavailable(drop.reason, retry_after_s=1))
+            self._forget(job_id)
+
+    def _wake_at(self, at_s: float) -> None:
+        if at_s in self._timers:
+            return  # equal times coalesce
+        delay = max(0.0, at_s - self._clock.now())
+        loop = asyncio.get_running_loop()
+        self._timers[at_s] = loop.call_later(delay, self._on_timer, at_s)
+
+    def _on_timer(self, at_s: float) -> None:
+        self._timers.pop(at_s, None)
+        self._step(Timer())
+
+    def _forget(self, invocation_id: str) -> None:
+        pending = self._pending.pop(invocation_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.cancel()
+        if not self._pending:
+            self._idle.set()

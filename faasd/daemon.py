@@ -1,0 +1,235 @@
+"""The daemon's lifecycle: build the services, bind the port, load functions, drain, stop.
+
+Start order: sandbox pool (fork server) → registry, controller, gateway → HTTP listener bound →
+functions under `functions_dir` deployed → installed versions inspected → READY=1.
+
+Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the next:
+
+1. stop accepting: STOPPING=1; the controller answers new calls 503; the listener closes;
+2. drain: calls already admitted finish (queued ones are still dispatched), up to
+   `drain_timeout_s`; HTTP handlers answer them;
+3. stop sandboxes: the pool stops every sandbox and the fork server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from esg.policies import make_policy
+from faasd.api import create_app
+from faasd.catalog import Catalog
+from faasd.clock import Clock, SystemClock
+from faasd.config import ConfigError, DaemonConfig, faasd_version
+from faasd.controller import Controller
+from faasd.errors import FaasdError
+from faasd.functions.registry import Registry
+from faasd.gateway import Gateway
+from faasd.invoker import Invoker
+from faasd.metrics import Metrics
+from faasd.sandbox.pool import SandboxPool
+from faasd.services import Services
+from faasd.systemd import Notifier
+
+log = logging.getLogger("faasd.daemon")
+
+
+def function_dirs(root: Path) -> list[Path]:
+    """Sub-directories of `root` that look like functions (hidden and `_` names skipped)."""
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+    )
+
+
+class Daemon:
+    """One faasd daemon. `async with Daemon(config) as d:` serves on `d.url` until exit."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        notifier: Notifier | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier(env={})
+        self.clock = clock or SystemClock()
+        self.port: int | None = None
+        self.load_errors: dict[str, str] = {}
+        self._stack = AsyncExitStack()
+        self._runner: web.AppRunner | None = None
+        self._services: Services | None = None
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("the daemon is not started; call start() first")
+        return self._services
+
+    async def __aenter__(self) -> Daemon:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        config = self.config
+        state_dir = config.state_dir.resolve()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.notifier.status("starting the sandbox pool")
+        pool = await self._stack.enter_async_context(
+            SandboxPool(
+                state_dir=state_dir,
+                cgroup_parent=config.cgroup_parent,
+                max_sandboxes=config.max_sandboxes,
+            )
+        )
+        metrics = Metrics(faasd_version())
+        try:
+            policy = make_policy(config.scheduler)
+        except (ImportError, TypeError, ValueError) as exc:
+            raise ConfigError(f"scheduler {config.scheduler!r} cannot be used: {exc}") from exc
+        controller = Controller(
+            policy=policy,
+            executor=Invoker(pool, metrics),
+            clock=self.clock,
+            vcpu_capacity=config.vcpu_capacity,
+            warm=pool.warm_counts,
+            max_queue=config.max_queue_per_function,
+        )
+        registry = Registry(state_dir, config.function_defaults)
+        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
+        metrics.watch(controller.queue_lengths, pool.warm_counts)
+        self._services = Services(
+            config=config,
+            clock=self.clock,
+            catalog=catalog,
+            controller=controller,
+            gateway=Gateway(controller, self.clock, metrics),
+            metrics=metrics,
+            pool_stats=_stats_view(pool),
+        )
+        app = create_app(config, self._services)
+        # handler_cancellation: a client that hangs up takes its queued call with it.
+        self._runner = web.AppRunner(
+            app,
+            shutdown_timeout=config.drain_timeout_s,
+            access_log=None,
+            handler_cancellation=True,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, config.host, config.port)
+        await site.start()
+        self.port = _bound_port(self._runner)
+        log.info("faasd %s listening on %s", faasd_version(), self.url)
+        await self._load_functions(catalog)
+        self._services.readiness.ready = True
+        loaded = len(catalog.list())
+        self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
+        self.notifier.start_watchdog()
+
+    async def _load_functions(self, catalog: Catalog) -> None:
+        if self.config.functions_dir is not None:
+            root = self.config.functions_dir.resolve()
+            if not root.is_dir():
+                raise ConfigError(f"functions directory {root} does not exist")
+            for directory in function_dirs(root):
+                self.notifier.status(f"deploying {directory.name}")
+                try:
+                    deployed = await catalog.deploy(directory)
+                except FaasdError as exc:
+                    self.load_errors[directory.name] = exc.message
+                    log.error("cannot deploy %s: %s", directory, exc.message)
+                    continue
+                log.info("loaded %s v%d", deployed.version.name, deployed.version.version)
+
+    async def stop(self) -> None:
+        """Stop accepting → drain in-flight calls → stop sandboxes (see the module doc)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.notifier.stopping()
+        services = self._services
+        if services is not None:
+            services.controller.stop_accepting()
+        if self._runner is not None:
+            # Closes the listener, then waits up to drain_timeout_s for running handlers.
+            await self._runner.cleanup()
+        if services is not None:
+            if not await services.controller.drain(timeout_s=1.0):
+                log.warning("calls still queued after the drain; failing them")
+            services.controller.close()
+            await services.catalog.close()
+        await self.notifier.stop_watchdog()
+        await self._stack.aclose()
+        log.info("faasd stopped")
+
+    async def serve_until_signalled(self, on_ready: Callable[[Daemon], Any] | None = None) -> None:
+        """Start, run until SIGTERM or SIGINT, then stop in order (what `faasd up` runs)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.ensure_future(self.start())
+        signalled = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # raises what made the start fail
+                if on_ready is not None:
+                    on_ready(self)
+                await signalled
+                log.info("signal received: draining in-flight calls")
+            else:  # a signal while functions were still loading: give up loading
+                log.info("signal received while starting; stopping")
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        finally:
+            signalled.cancel()
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    raise RuntimeError("the listener has no TCP address")
+
+
+def _stats_view(pool: SandboxPool) -> Callable[[], dict[str, Any]]:
+    def view() -> dict[str, Any]:
+        stats = pool.stats()
+        names = sorted(set(stats.alive) | set(stats.idle))
+        return {
+            "functions": {
+                n: {"alive": stats.alive.get(n, 0), "idle": stats.idle.get(n, 0)} for n in names
+            },
+            "cold_starts": stats.cold_starts,
+            "crashes": stats.crashes,
+            "timeouts": stats.timeouts,
+        }
+
+    return view

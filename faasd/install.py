@@ -1,0 +1,130 @@
+"""`faasd install`: the systemd unit, `/etc/faasd/faasd.yaml`, the state directories.
+
+The plan is a list of steps computed first and carried out second, so `--dry-run` prints
+exactly what a real run would do. The unit text here is the one in `systemd/faasd.service`
+(a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+UNIT_PATH = Path("/etc/systemd/system/faasd.service")
+CONFIG_PATH = Path("/etc/faasd/faasd.yaml")
+STATE_DIRS = (Path("/var/lib/faasd"), Path("/var/lib/faasd/functions"))
+
+UNIT_TEMPLATE = """\
+# faasd: serverless ONNX functions. Installed by `faasd install`.
+# systemd accepts comments only on their own lines, never after a value.
+[Unit]
+Description=faasd - serverless ONNX inference functions
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+# READY=1 once the listener is bound and the functions are loaded; WATCHDOG=1 every 15 s
+Type=notify
+NotifyAccess=main
+ExecStart={exec_start} up --config /etc/faasd/faasd.yaml --state-dir /var/lib/faasd
+WorkingDirectory=/var/lib/faasd
+StateDirectory=faasd
+RuntimeDirectory=faasd
+EnvironmentFile=-/etc/default/faasd
+Restart=on-failure
+RestartSec=5s
+# model loading can be slow; stopping drains in-flight calls first
+TimeoutStartSec=300
+TimeoutStopSec=60
+WatchdogSec=30
+# SIGTERM to the daemon only (it drains, then stops its sandboxes); SIGKILL to stragglers
+KillMode=mixed
+# the daemon creates per-sandbox cgroups (cpu quota, cpuset, memory limit) below its own
+Delegate=yes
+LimitNOFILE=1048576
+TasksMax=infinity
+# protect the daemon; sandboxes raise their own oom_score_adj
+OOMScoreAdjust=-500
+NoNewPrivileges=yes
+ProtectSystem=full
+ProtectHome={protect_home}
+PrivateTmp=yes
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing the installer does: write a file, make a directory, or run a command."""
+
+    kind: str  # "write" | "mkdir" | "run"
+    target: str
+    content: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "write":
+            return f"write {self.target} ({len(self.content.encode())} bytes)"
+        if self.kind == "mkdir":
+            return f"mkdir -p {self.target}"
+        return self.target
+
+
+HOME_PREFIXES = ("/home/", "/root/", "/run/user/")
+
+
+def render_unit(exec_start: str) -> str:
+    """The unit for `exec_start`. A faasd installed under a home directory (a clone's .venv)
+    must stay readable, so ProtectHome= is then read-only instead of yes."""
+    protect_home = "read-only" if exec_start.startswith(HOME_PREFIXES) else "yes"
+    return UNIT_TEMPLATE.format(exec_start=exec_start, protect_home=protect_home)
+
+
+def default_config_text() -> str:
+    """The documented defaults (configs/faasd.yaml next to the sources), or generated ones."""
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "faasd.yaml"
+    if shipped.is_file():
+        return shipped.read_text().replace("\nstate_dir: state\n", "\nstate_dir: /var/lib/faasd\n")
+    from faasd.config import DaemonConfig
+
+    defaults = DaemonConfig()
+    doc = {"host": defaults.host, "port": defaults.port, "scheduler": defaults.scheduler}
+    return "# faasd daemon settings; see the README for every key.\n" + yaml.safe_dump(doc)
+
+
+def faasd_executable() -> str:
+    found = shutil.which("faasd")
+    if found:
+        return str(Path(found).resolve())
+    return str(Path(sys.executable).with_name("faasd"))
+
+
+def plan(exec_start: str, config_exists: bool) -> list[Step]:
+    steps = [Step("mkdir", str(d)) for d in (*STATE_DIRS, CONFIG_PATH.parent)]
+    if not config_exists:  # never overwrite an administrator's settings
+        steps.append(Step("write", str(CONFIG_PATH), default_config_text()))
+    steps.append(Step("write", str(UNIT_PATH), render_unit(exec_start)))
+    steps += [
+        Step("run", "systemctl daemon-reload"),
+        Step("run", "systemctl enable --now faasd"),
+    ]
+    return steps
+
+
+def apply(steps: list[Step]) -> None:
+    for step in steps:
+        if step.kind == "mkdir":
+            Path(step.target).mkdir(parents=True, exist_ok=True)
+        elif step.kind == "write":
+            path = Path(step.target)
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(step.content)
+            tmp.replace(path)
+        else:
+            subprocess.run(step.target.split(), check=True)

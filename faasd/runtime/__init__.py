@@ -1,0 +1,1 @@
+"""Inference runtimes. Only `faasd.runtime.onnx` imports onnxruntime."""

@@ -1,0 +1,118 @@
+"""onnxruntime behind one importer: session creation, model inspection, run.
+
+This is the only module of the project that imports onnxruntime (STYLE rule 12). Sessions are
+created with the sandbox's thread budget: intra-op threads = vcpu, inter-op threads = 1, and
+spinning off, because spinning threads burn shared cores while they wait for work (measured on
+2 cores: 45 ms of CPU per squeezenet call with spinning, 18 ms without; reference/peers.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from faasd.functions.spec import TensorSpec
+
+#: ONNX tensor element types (as onnxruntime names them) to Open Inference Protocol datatypes.
+ONNX_TO_V2: Mapping[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+class ModelLoadError(Exception):
+    """onnxruntime could not load the model file; the message is onnxruntime's own."""
+
+
+class RunError(Exception):
+    """onnxruntime rejected the inputs of one run (wrong shape, dtype, missing input)."""
+
+
+def choose_providers(vgpu: int, available: Sequence[str] | None = None) -> list[str]:
+    """The `auto` provider choice: CUDA only when a GPU share is asked for and CUDA exists."""
+    have = ort.get_available_providers() if available is None else list(available)
+    if vgpu > 0 and CUDA_PROVIDER in have:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+def session_options(vcpu: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, vcpu)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise
+    return options
+
+
+def _spec(node: Any) -> TensorSpec:
+    datatype = ONNX_TO_V2.get(node.type)
+    if datatype is None:
+        raise ModelLoadError(f"tensor {node.name!r} has type {node.type}, which faasd cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+    return TensorSpec(name=node.name, datatype=datatype, shape=shape)
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """A loaded model: its session and what it takes and gives.
+
+    `batched` is True when every input's first dimension is dynamic, so calls can be stacked
+    along it.
+    """
+
+    session: ort.InferenceSession
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batched: bool
+
+    @classmethod
+    def load(cls, path: Path, vcpu: int = 1, vgpu: int = 0) -> OnnxModel:
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=session_options(vcpu), providers=choose_providers(vgpu)
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+            raise ModelLoadError(str(exc).strip()) from exc
+        inputs = tuple(_spec(node) for node in session.get_inputs())
+        outputs = tuple(_spec(node) for node in session.get_outputs())
+        batched = bool(inputs) and all(spec.shape and spec.shape[0] == -1 for spec in inputs)
+        return cls(session=session, inputs=inputs, outputs=outputs, batched=batched)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One session.run; RunError carries onnxruntime's message for bad inputs."""
+        try:
+            values = self.session.run(self.output_names, dict(feeds))
+        except Exception as exc:
+            message = str(exc).strip()
+            if "bad_alloc" in message or "Failed to allocate memory" in message:
+                raise MemoryError(message) from exc  # under RLIMIT_AS: out of memory, not bad input
+            raise RunError(message) from exc
+        return {
+            name: np.asarray(value) for name, value in zip(self.output_names, values, strict=True)
+        }

@@ -1,0 +1,146 @@
+"""The fork server: a process that has imported onnxruntime and numpy once and forks workers.
+
+Started by the pool as `python -m faasd.sandbox.forkserver FD`, where FD is its end of a
+SOCK_SEQPACKET control socket. Each control message is one msgpack map:
+
+- daemon -> server `{"op": "spawn", "id", "spec"}` with two file descriptors attached
+  (SCM_RIGHTS): the worker's end of its socketpair and the write end of its stderr pipe;
+- server -> daemon `{"op": "spawned", "id", "pid"}` with the worker's pidfd attached, or
+  `{"op": "spawn_failed", "id", "message"}`;
+- server -> daemon `{"op": "exited", "pid", "code"}` when a worker ends (code < 0: killed by
+  signal -code), so the daemon learns how a sandbox died although it is not the parent.
+
+The server forks from a single thread (no thread of onnxruntime exists before a session is
+created), reaps its children on SIGCHLD, and when the daemon closes the control socket it kills
+every worker and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import sys
+from typing import Any
+
+import msgpack
+import numpy  # noqa: F401  imported here so every worker inherits it
+import onnxruntime  # noqa: F401  the import a cold start must not pay
+
+from faasd.sandbox import protocol, worker
+
+# Handlers decode images with pillow; importing it once here saves each worker ~30 ms.
+with contextlib.suppress(ImportError):
+    import PIL.Image  # noqa: F401
+
+MAX_CONTROL_BYTES = 1 << 20
+
+
+class ForkServer:
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.children: set[int] = set()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.selector = selectors.DefaultSelector()
+
+    def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        socket.send_fds(self.control, [msgpack.packb(message)], fds or [])
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self.wake_w)
+        self.selector.register(self.control, selectors.EVENT_READ)
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        self.send({"op": "ready", "pid": os.getpid()})
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj is self.control:
+                    data, fds, _, _ = socket.recv_fds(self.control, MAX_CONTROL_BYTES, 2)
+                    if not data:
+                        return
+                    self.handle(msgpack.unpackb(data, raw=False), fds)
+                else:
+                    self.reap()
+
+    def handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        if message.get("op") != "spawn" or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            return
+        sock_fd, stderr_fd = fds
+        spec = protocol.WorkerSpec.from_wire(message["spec"])
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(sock_fd)
+            os.close(stderr_fd)
+            self.send({"op": "spawn_failed", "id": message["id"], "message": str(exc)})
+            return
+        if pid == 0:
+            self.become_worker(sock_fd, stderr_fd, spec)
+        os.close(sock_fd)
+        os.close(stderr_fd)
+        self.children.add(pid)
+        pidfd = os.pidfd_open(pid)
+        try:
+            self.send({"op": "spawned", "id": message["id"], "pid": pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+
+    def become_worker(self, sock_fd: int, stderr_fd: int, spec: protocol.WorkerSpec) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.selector.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        self.control.close()
+        try:
+            worker.main(sock_fd, stderr_fd, spec)
+        finally:
+            os._exit(1)  # never return into the fork server's loop
+
+    def reap(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            self.send({"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    def shutdown(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def main(argv: list[str]) -> int:
+    control = socket.socket(fileno=int(argv[1]))
+    control.setblocking(True)
+    server = ForkServer(control)
+    try:
+        server.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the daemon went away
+    finally:
+        server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,137 @@
+"""Length-prefixed msgpack frames, numpy tensors carried out of band. Pure: bytes in, values out.
+
+A frame is an 8-byte prefix (`<II`: body length, header length), then the body: a msgpack
+header, padding to 8 bytes, then the raw bytes of every tensor back to back (each padded to 8).
+In the header a tensor is a msgpack extension holding `(dtype, shape, offset, nbytes)` into the
+data section, so tensors never pass through per-element Python code:
+
+- encoding returns a list of buffers (prefix + header, then a memoryview of each tensor) for a
+  scatter-gather send: the tensor bytes are not copied in user space;
+- decoding wraps the received body with `np.frombuffer`: the tensors are views of the one
+  buffer the bytes were received into.
+
+Object tensors (V2 BYTES) are the exception: they are small strings and travel as a msgpack list.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PREFIX = struct.Struct("<II")
+PREFIX_SIZE = PREFIX.size
+#: Larger frames are refused: the daemon caps request bodies far below this.
+MAX_BODY_BYTES = 2**31
+TENSOR_EXT = 1
+OBJECT_TENSOR_EXT = 2
+_ALIGN = 8
+_PADDING = bytes(_ALIGN)
+
+Buffer = bytes | bytearray | memoryview
+
+
+class FrameError(ValueError):
+    """The bytes are not a frame this module wrote (corrupt, truncated or too large)."""
+
+
+def _pad(size: int) -> int:
+    return -size % _ALIGN
+
+
+def encode(message: Any) -> list[Buffer]:
+    """Serialise `message` (msgpack types plus numpy arrays and scalars) into send buffers."""
+    tensors: list[memoryview] = []
+    data_bytes = 0
+
+    def default(obj: Any) -> Any:
+        nonlocal data_bytes
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.hasobject:
+                items = [x.encode() if isinstance(x, str) else x for x in obj.ravel().tolist()]
+                return msgpack.ExtType(OBJECT_TENSOR_EXT, msgpack.packb((obj.shape, items)))
+            # ascontiguousarray would turn a 0-d array into 1-d: keep the shape
+            array = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj).reshape(obj.shape)
+            meta = (array.dtype.str, array.shape, data_bytes, array.nbytes)
+            if array.nbytes:
+                tensors.append(array.reshape(-1).view(np.uint8).data)
+                data_bytes += array.nbytes + _pad(array.nbytes)
+            return msgpack.ExtType(TENSOR_EXT, msgpack.packb(meta))
+        if isinstance(obj, np.generic):
+            return obj.item()
+        raise TypeError(f"cannot frame a value of type {type(obj).__name__}")
+
+    header = msgpack.packb(message, default=default, use_bin_type=True)
+    header_padded = len(header) + _pad(len(header))
+    body_bytes = header_padded + data_bytes
+    if body_bytes >= MAX_BODY_BYTES:
+        raise FrameError(f"frame of {body_bytes} bytes exceeds the limit of {MAX_BODY_BYTES}")
+    buffers: list[Buffer] = [
+        PREFIX.pack(body_bytes, len(header)) + header + _PADDING[: _pad(len(header))]
+    ]
+    for view in tensors:
+        buffers.append(view)
+        if _pad(len(view)):
+            buffers.append(_PADDING[: _pad(len(view))])
+    return buffers
+
+
+def encode_bytes(message: Any) -> bytes:
+    """`encode` joined into one bytes object (tests, small control messages)."""
+    return b"".join(encode(message))
+
+
+def parse_prefix(prefix: Buffer) -> tuple[int, int]:
+    """(body length, header length) of the frame whose first 8 bytes are `prefix`."""
+    if len(prefix) != PREFIX_SIZE:
+        raise FrameError(f"a frame prefix is {PREFIX_SIZE} bytes, got {len(prefix)}")
+    body_bytes, header_bytes = PREFIX.unpack(prefix)
+    if body_bytes >= MAX_BODY_BYTES or header_bytes > body_bytes:
+        raise FrameError(f"bad frame prefix: body {body_bytes} bytes, header {header_bytes}")
+    return body_bytes, header_bytes
+
+
+def decode(body: Buffer, header_bytes: int) -> Any:
+    """The message of one frame body; tensors are views of `body` (writable if it is)."""
+    data_start = header_bytes + _pad(header_bytes)
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == TENSOR_EXT:
+            dtype_str, shape, offset, nbytes = msgpack.unpackb(data)
+            dtype = np.dtype(dtype_str)
+            if nbytes == 0:
+                return np.empty(shape, dtype=dtype)
+            start = data_start + offset
+            if start + nbytes > len(body):
+                raise FrameError("tensor runs past the end of the frame")
+            flat = np.frombuffer(body, dtype=dtype, count=nbytes // dtype.itemsize, offset=start)
+            return flat.reshape(shape)
+        if code == OBJECT_TENSOR_EXT:
+            shape, items = msgpack.unpackb(data)
+            array = np.empty(len(items), dtype=object)
+            array[:] = items
+            return array.reshape(shape)
+        return msgpack.ExtType(code, data)
+
+    try:
+        return msgpack.unpackb(
+            memoryview(body)[:header_bytes], ext_hook=ext_hook, raw=False, strict_map_key=False
+        )
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        raise FrameError(f"corrupt frame header: {exc}") from exc
+
+
+def decode_frame(frame: Buffer) -> Any:
+    """Decode one whole frame (prefix included), e.g. the output of `encode_bytes`."""
+    body_bytes, header_bytes = parse_prefix(frame[:PREFIX_SIZE])
+    body = bytearray(frame[PREFIX_SIZE:])
+    if len(body) != body_bytes:
+        raise FrameError(f"frame body is {len(body)} bytes, prefix says {body_bytes}")
+    return decode(body, header_bytes)
+
+
+def total_size(buffers: Sequence[Buffer]) -> int:
+    return sum(len(b) for b in buffers)

@@ -1,0 +1,433 @@
+"""The sandbox pool: warm sandboxes per (function, version, configuration), started on demand.
+
+- A call takes an idle sandbox of its key, else starts one from the fork server (a cold start),
+  within the function's cap (`max_instances`) and the pool's (`max_sandboxes`); at a cap it
+  stops an idle sandbox of another key to make room, or waits for one to come free.
+- A sandbox that crashes, runs past the function's timeout or runs out of memory is killed and
+  dropped; the call raises SandboxCrashed or SandboxTimeout; the next call starts a new one.
+- Idle sandboxes older than `keep_alive_s` are stopped (scale to zero, down to
+  `min_instances`), and idle ones are pinged now and then; a silent one is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from esg.model import Config
+from faasd.clock import Clock, SystemClock
+from faasd.errors import SandboxCrashed, SandboxTimeout, Unavailable
+from faasd.functions.spec import FunctionVersion, ModelInfo
+from faasd.sandbox import protocol
+from faasd.sandbox.cgroups import Backend
+from faasd.sandbox.items import Execution, Item, PoolStats
+from faasd.sandbox.process import Death, LoadFailed, SandboxDied, SandboxProcess, State
+from faasd.sandbox.spawner import Spawner
+from faasd.sandbox.validation import deploy_error, oversized_batch
+
+logger = logging.getLogger("faasd.sandbox")
+
+SandboxKey = tuple[str, int, Config]
+
+#: Loading a model may take longer than a call may; a start gets at least this long.
+MIN_LOAD_TIMEOUT_S = 60.0
+PING_INTERVAL_S = 30.0
+PING_TIMEOUT_S = 5.0
+
+
+@dataclass(eq=False)
+class _Entry:
+    key: SandboxKey
+    version: FunctionVersion
+    process: SandboxProcess
+    cpus: tuple[int, ...]
+    last_used_s: float
+    last_ping_s: float
+    retired: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.key[0]
+
+
+@dataclass
+class _Counters:
+    cold_starts: int = 0
+    crashes: int = 0
+    timeouts: int = 0
+    reserved: Counter[str] = field(default_factory=Counter)
+
+
+class SandboxPool:
+    """Async context manager: starts the fork server on enter, stops every sandbox on exit."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        cgroup_parent: str = "faasd",
+        max_sandboxes: int = 32,
+        confinement: str = "auto",
+        clock: Clock | None = None,
+        reap_interval_s: float = 1.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.max_sandboxes = max_sandboxes
+        self._spawner = Spawner(self.state_dir, cgroup_parent, confinement)
+        self._clock = clock or SystemClock()
+        self._reap_interval_s = reap_interval_s
+        self._entries: dict[str, _Entry] = {}
+        self._idle: dict[SandboxKey, list[_Entry]] = {}
+        self._counters = _Counters()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._reaper: asyncio.Task[None] | None = None
+        self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
+        #: name -> (how many retire() calls so far, the version the last one kept)
+        self._retirements: dict[str, tuple[int, int | None]] = {}
+
+    @property
+    def backend(self) -> Backend:
+        return self._spawner.confinement.backend
+
+    @property
+    def fork_server_pid(self) -> int | None:
+        return self._spawner.launcher.pid
+
+    async def __aenter__(self) -> SandboxPool:
+        await self._spawner.start()
+        self._reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(self._drop(entry) for entry in list(self._entries.values())))
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._spawner.stop()
+        self._wake()
+
+    # --- the contract ------------------------------------------------------------------------
+
+    async def inspect(self, version: FunctionVersion) -> ModelInfo:
+        """Load model and handler in a throwaway sandbox; DeployError naming the file if not."""
+        settings = version.settings
+        config = Config(max(1, settings.max_batch_size), max(1, settings.vcpu), settings.vgpu)
+        process, cpus = await self._spawner.spawn(version, config)
+        try:
+            info = await process.wait_ready(max(MIN_LOAD_TIMEOUT_S, settings.timeout_s))
+        except LoadFailed as failed:
+            if failed.kind == protocol.FAILED_SANDBOX:
+                raise SandboxCrashed(f"{version.name}: {failed.message}") from None
+            raise deploy_error(version, failed.kind, failed.message) from None
+        except SandboxDied:
+            death = await process.death()
+            raise deploy_error(version, "died", death.describe(), death.out_of_memory) from None
+        except TimeoutError:
+            process.kill()
+            raise deploy_error(version, "timeout", "loading took too long") from None
+        finally:
+            await process.stop()
+            self._spawner.release(cpus)
+        problem = oversized_batch(version, info)
+        if problem is not None:
+            raise problem
+        return info
+
+    async def run(
+        self, version: FunctionVersion, config: Config, items: Sequence[Item]
+    ) -> Execution:
+        """Run one batch in a sandbox of (version, config); see the module docstring."""
+        if not items:
+            raise ValueError("run() needs at least one item")
+        entry, cold = await self._acquire(version, config)
+        process = entry.process
+        process.state = State.BUSY
+        message = {"op": "run", "items": protocol.items_to_wire(items)}
+        try:
+            reply = await process.call(message, version.settings.timeout_s)
+        except TimeoutError:
+            self._counters.timeouts += 1
+            process.kill()
+            logger.warning(
+                "sandbox [%d] of %s ran past its timeout of %g s; killed",
+                process.pid,
+                version.name,
+                version.settings.timeout_s,
+            )
+            await self._drop(entry)
+            raise SandboxTimeout(
+                f"{version.name} did not answer within its timeout of "
+                f"{version.settings.timeout_s:g} s; its sandbox (pid {process.pid}) was killed",
+                function=version.name,
+            ) from None
+        except SandboxDied:
+            self._counters.crashes += 1
+            death = await process.death()
+            await self._drop(entry)
+            logger.warning("sandbox [%d] of %s %s", process.pid, version.name, death.describe())
+            raise SandboxCrashed(
+                self._crash_message(version, process.pid, death), function=version.name
+            ) from None
+        except BaseException:  # cancelled mid-exchange: the channel is out of step, drop it
+            process.kill()
+            await self._drop(entry)
+            raise
+        self._release(entry)
+        return Execution(
+            results=protocol.results_from_wire(reply["results"]),
+            cold_start=cold,
+            exec_s=float(reply["exec_s"]),
+            sandbox_pid=process.pid,
+        )
+
+    async def prewarm(self, version: FunctionVersion, config: Config, count: int) -> None:
+        """Start sandboxes of (version, config) until `count` are idle, within the caps."""
+        key = (version.name, version.version, config)
+        while len(self._idle.get(key, [])) < count and self._has_room(version):
+            entry = await self._start(version, config)
+            self._release(entry)
+
+    async def retire(self, name: str, keep_version: int | None = None) -> None:
+        """Stop idle sandboxes of `name` other than `keep_version`; busy ones when they finish."""
+        count, _ = self._retirements.get(name, (0, None))
+        self._retirements[name] = (count + 1, keep_version)
+        doomed = [e for e in self._entries.values() if e.name == name and e.key[1] != keep_version]
+        for entry in doomed:
+            entry.retired = True
+        await asyncio.gather(*(self._drop(e) for e in doomed if e.process.state is State.IDLE))
+
+    def warm_counts(self) -> dict[tuple[str, Config], int]:
+        counts: Counter[tuple[str, Config]] = Counter()
+        for (name, _, config), idle in self._idle.items():
+            if idle:
+                counts[(name, config)] += len(idle)
+        return dict(counts)
+
+    def stats(self) -> PoolStats:
+        alive = Counter(e.name for e in self._entries.values())
+        idle: Counter[str] = Counter()
+        for (name, _, _), entries in self._idle.items():
+            idle[name] += len(entries)
+        return PoolStats(
+            alive=dict(alive),
+            idle={n: c for n, c in idle.items() if c},
+            cold_starts=self._counters.cold_starts,
+            crashes=self._counters.crashes,
+            timeouts=self._counters.timeouts,
+        )
+
+    # --- acquiring and releasing -----------------------------------------------------------
+
+    async def _acquire(self, version: FunctionVersion, config: Config) -> tuple[_Entry, bool]:
+        key = (version.name, version.version, config)
+        deadline_s = self._clock.now() + version.settings.timeout_s
+        while True:
+            if self._closing:
+                raise Unavailable("the sandbox pool is shutting down", retry_after_s=1.0)
+            entry = self._pop_idle(key)
+            if entry is not None:
+                return entry, False
+            if self._has_room(version):
+                return await self._start(version, config), True
+            if await self._evict_for(version.name):
+                continue
+            remaining_s = deadline_s - self._clock.now()
+            if remaining_s <= 0:
+                raise Unavailable(
+                    f"{version.name}: all {version.settings.max_instances} sandboxes stayed busy "
+                    f"for {version.settings.timeout_s:g} s",
+                    retry_after_s=1.0,
+                )
+            await self._wait_for_change(remaining_s)
+
+    def _pop_idle(self, key: SandboxKey) -> _Entry | None:
+        idle = self._idle.get(key)
+        while idle:
+            entry = idle.pop()  # most recently used first, so the others can expire
+            if not entry.process.spawned.has_exited():
+                return entry
+            self._in_background(self._drop(entry))
+        return None
+
+    def _count(self, name: str) -> int:
+        return (
+            sum(1 for e in self._entries.values() if e.name == name) + self._counters.reserved[name]
+        )
+
+    def _has_room(self, version: FunctionVersion) -> bool:
+        total = len(self._entries) + sum(self._counters.reserved.values())
+        return (
+            self._count(version.name) < max(1, version.settings.max_instances)
+            and total < self.max_sandboxes
+        )
+
+    async def _evict_for(self, name: str) -> bool:
+        """Stop the least recently used idle sandbox that blocks `name`: its own other keys first
+        (when the function is at its cap), else any (when the pool is). False if none is idle."""
+        idle = [e for entries in self._idle.values() for e in entries]
+        own = [e for e in idle if e.name == name]
+        candidates = own or idle
+        if not candidates:
+            return False
+        victim = min(candidates, key=lambda e: e.last_used_s)
+        logger.info(
+            "stopping idle sandbox [%d] of %s to make room", victim.process.pid, victim.name
+        )
+        await self._drop(victim)
+        return True
+
+    async def _wait_for_change(self, timeout_s: float) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _release(self, entry: _Entry) -> None:
+        if entry.retired or self._closing:
+            self._in_background(self._drop(entry))
+            return
+        entry.process.state = State.IDLE
+        entry.last_used_s = self._clock.now()
+        self._idle.setdefault(entry.key, []).append(entry)
+        self._wake()
+
+    # --- starting and stopping -------------------------------------------------------------
+
+    async def _start(self, version: FunctionVersion, config: Config) -> _Entry:
+        """A cold start: fork, confine, load; SandboxCrashed if the function cannot load."""
+        name = version.name
+        retired_before = self._retirements.get(name)
+        self._counters.reserved[name] += 1
+        try:
+            process, cpus = await self._spawner.spawn(version, config)
+            try:
+                await process.wait_ready(max(MIN_LOAD_TIMEOUT_S, version.settings.timeout_s))
+            except (LoadFailed, SandboxDied, TimeoutError) as exc:
+                reason = await self._start_failure(process, exc)
+                await process.stop()
+                self._spawner.release(cpus)
+                raise SandboxCrashed(
+                    f"{name} v{version.version} could not start: {reason}"
+                ) from None
+            except BaseException:  # cancelled while loading: leave nothing behind
+                process.kill()
+                await asyncio.shield(process.stop())
+                self._spawner.release(cpus)
+                raise
+        finally:
+            self._counters.reserved[name] -= 1
+            self._wake()
+        self._counters.cold_starts += 1
+        now = self._clock.now()
+        entry = _Entry((name, version.version, config), version, process, cpus, now, now)
+        retirement = self._retirements.get(name)
+        if retirement != retired_before and retirement is not None:
+            entry.retired = retirement[1] != version.version  # retired while it was loading
+        self._entries[process.id] = entry
+        logger.info("sandbox [%d] of %s ready in %.0f ms", process.pid, name, process.load_s * 1e3)
+        return entry
+
+    async def _start_failure(self, process: SandboxProcess, exc: BaseException) -> str:
+        if isinstance(exc, LoadFailed):
+            return exc.message
+        if isinstance(exc, TimeoutError):
+            process.kill()
+            return "loading the model took too long"
+        death = await process.death()
+        return f"the sandbox {death.describe()} while loading"
+
+    async def _drop(self, entry: _Entry) -> None:
+        """Forget a sandbox and stop it (kill after a grace period)."""
+        if self._entries.pop(entry.process.id, None) is None:
+            return
+        idle = self._idle.get(entry.key)
+        if idle is not None and entry in idle:
+            idle.remove(entry)
+        self._spawner.release(entry.cpus)
+        await entry.process.stop()
+        self._wake()
+
+    def _crash_message(self, version: FunctionVersion, pid: int, death: Death) -> str:
+        if death.out_of_memory:
+            return (
+                f"{version.name} ran out of memory (limit {version.settings.memory_mb} MB): its "
+                f"sandbox (pid {pid}) was killed; raise resources.memory_mb in faasd.yaml"
+            )
+        return f"{version.name}'s sandbox (pid {pid}) {death.describe()} while serving the call"
+
+    # --- keep-alive and liveness -------------------------------------------------------------
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._reap_interval_s)
+            try:
+                await self.reap()
+            except Exception:
+                logger.exception("reaping idle sandboxes failed")
+
+    async def reap(self) -> None:
+        """Stop expired idle sandboxes (down to min_instances) and ping long-idle ones."""
+        now = self._clock.now()
+        for entry in [e for entries in self._idle.values() for e in entries]:
+            settings = entry.version.settings
+            alive = sum(1 for e in self._entries.values() if e.key[:2] == entry.key[:2])
+            if now - entry.last_used_s >= settings.keep_alive_s and alive > settings.min_instances:
+                logger.info(
+                    "sandbox [%d] of %s idle for %.0f s; stopping",
+                    entry.process.pid,
+                    entry.name,
+                    now - entry.last_used_s,
+                )
+                await self._drop(entry)
+            elif now - entry.last_ping_s >= PING_INTERVAL_S:
+                await self._ping(entry, now)
+
+    async def _ping(self, entry: _Entry, now: float) -> None:
+        idle = self._idle.get(entry.key, [])
+        if entry not in idle:
+            return
+        idle.remove(entry)
+        entry.process.state = State.BUSY
+        entry.last_ping_s = now
+        if await entry.process.ping(PING_TIMEOUT_S):
+            entry.process.state = State.IDLE
+            idle.insert(0, entry)  # still the least recently used
+            self._wake()
+            return
+        logger.warning(
+            "sandbox [%d] of %s did not answer a ping; killed", entry.process.pid, entry.name
+        )
+        entry.process.kill()
+        await self._drop(entry)

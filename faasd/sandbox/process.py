@@ -1,0 +1,254 @@
+"""One sandbox as the daemon sees it: start, call, ping, terminate, kill, join, stop.
+
+Supervision follows uvicorn's worker processes: a sandbox that does not answer in time is
+killed through its pidfd, joined (its exit code comes from the fork server, its parent), logged
+with its pid, and dropped; the pool starts a new one for the next call. A worker's stderr is
+relayed line by line into the daemon's log with the function's name and the worker's pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from faasd.functions.spec import ModelInfo
+from faasd.sandbox import channel, framing, protocol
+from faasd.sandbox.cgroups import SandboxGroups
+from faasd.sandbox.launcher import Launcher, Spawned, kill
+
+logger = logging.getLogger("faasd.sandbox")
+
+#: How long a dead worker's exit code may take to arrive from the fork server.
+EXIT_REPORT_TIMEOUT_S = 2.0
+STOP_GRACE_S = 1.0
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPED = "stopped"
+
+
+class SandboxDied(Exception):
+    """The worker's end of the channel closed: it exited or was killed."""
+
+
+class LoadFailed(Exception):
+    """The worker could not load its function; `kind` says which part (protocol.FAILED_*)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Death:
+    """How a worker ended: exit code (negative: signal; None: unknown) and whether memory did it."""
+
+    code: int | None
+    out_of_memory: bool
+
+    def describe(self) -> str:
+        if self.out_of_memory:
+            return "ran out of memory and was killed"
+        if self.code is None:
+            return "stopped answering"
+        if self.code < 0:
+            try:
+                name = signal.Signals(-self.code).name
+            except ValueError:
+                name = str(-self.code)
+            return f"was killed by {name}"
+        return f"exited with code {self.code}"
+
+
+class _StderrRelay:
+    """Logs a worker's stderr, one record per line, tagged with its function and pid."""
+
+    def __init__(self, fd: int, label: str) -> None:
+        self.fd = fd
+        self.label = label
+        self.partial = b""
+        os.set_blocking(fd, False)
+        asyncio.get_running_loop().add_reader(fd, self.on_readable)
+
+    def on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            logger.info("%s: %s", self.label, line.decode(errors="replace").rstrip())
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):  # what the worker wrote just before it exited
+            while data := os.read(self.fd, 65536):
+                self.partial += data
+        *lines, self.partial = self.partial.split(b"\n")
+        for line in lines:
+            logger.info("%s: %s", self.label, line.decode(errors="replace").rstrip())
+        if self.partial:
+            logger.info("%s: %s", self.label, self.partial.decode(errors="replace"))
+            self.partial = b""
+        asyncio.get_running_loop().remove_reader(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+
+class SandboxProcess:
+    """A worker process serving one function version at one configuration."""
+
+    def __init__(
+        self,
+        sandbox_id: str,
+        spawned: Spawned,
+        sock: socket.socket,
+        relay: _StderrRelay,
+        groups: SandboxGroups | None,
+        tmp_dir: Path | None,
+    ) -> None:
+        self.id = sandbox_id
+        self.spawned = spawned
+        self.sock = sock
+        self.relay = relay
+        self.groups = groups
+        self.tmp_dir = tmp_dir
+        self.state = State.STARTING
+        self.info: ModelInfo | None = None
+        self.load_s = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.spawned.pid
+
+    @classmethod
+    async def start(
+        cls,
+        launcher: Launcher,
+        sandbox_id: str,
+        spec: protocol.WorkerSpec,
+        groups: SandboxGroups | None,
+        tmp_dir: Path | None,
+    ) -> SandboxProcess:
+        """Fork a worker; it is STARTING until `wait_ready`."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stderr_r, stderr_w = os.pipe()
+        try:
+            for sock in (ours, theirs):
+                channel.tune(sock)
+            spawned = await launcher.spawn(spec, theirs, stderr_w)
+        except BaseException:
+            ours.close()
+            os.close(stderr_r)
+            raise
+        finally:
+            theirs.close()
+            os.close(stderr_w)
+        ours.setblocking(False)
+        relay = _StderrRelay(stderr_r, f"{spec.name} v{spec.version} [{spawned.pid}]")
+        return cls(sandbox_id, spawned, ours, relay, groups, tmp_dir)
+
+    async def wait_ready(self, timeout_s: float) -> ModelInfo:
+        """The worker's model info once loaded. LoadFailed if it says why it could not load;
+        SandboxDied if it died loading; TimeoutError past `timeout_s`."""
+        message = await asyncio.wait_for(self._recv(), timeout_s)
+        if message.get("op") == "failed":
+            raise LoadFailed(str(message["kind"]), str(message["message"]))
+        self.info = protocol.info_from_wire(message["info"])
+        self.load_s = float(message.get("load_s", 0.0))
+        self.state = State.IDLE
+        return self.info
+
+    async def _recv(self) -> dict[str, Any]:
+        try:
+            message = await channel.recv_async(self.sock)
+        except (OSError, framing.FrameError) as exc:  # ChannelClosed, reset, garbage
+            raise SandboxDied(str(exc)) from exc
+        if not isinstance(message, dict):
+            raise SandboxDied(f"worker answered {type(message).__name__}, not a message")
+        return message
+
+    async def call(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Send one request and wait for its reply; TimeoutError past `timeout_s`."""
+        async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
+            try:
+                await channel.send_async(self.sock, message)
+            except OSError as exc:
+                raise SandboxDied(str(exc)) from exc
+            reply: dict[str, Any] = await self._recv()
+        return reply
+
+    async def ping(self, timeout_s: float) -> bool:
+        try:
+            reply = await self.call({"op": "ping"}, timeout_s)
+        except (TimeoutError, SandboxDied):
+            return False
+        return reply.get("op") == "pong"
+
+    def terminate(self) -> None:
+        kill(self.spawned, signal.SIGTERM)
+
+    def kill(self) -> None:
+        kill(self.spawned, signal.SIGKILL)
+
+    async def join(self, timeout_s: float) -> int | None:
+        """The exit code once the worker has ended, or None if it has not within `timeout_s`."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.spawned.exited), timeout_s)
+        except TimeoutError:
+            return None
+
+    async def death(self) -> Death:
+        """How the (dead or dying) worker ended; kills it if it has not ended yet."""
+        code = await self.join(EXIT_REPORT_TIMEOUT_S)
+        if code is None:
+            self.kill()
+            code = await self.join(EXIT_REPORT_TIMEOUT_S)
+        oom = code == protocol.OUT_OF_MEMORY_EXIT or (
+            self.groups is not None and self.groups.oom_killed()
+        )
+        return Death(code=code, out_of_memory=oom)
+
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Ask the worker to exit (closing its channel), kill it after `grace_s`, clean up."""
+        if self.state is State.STOPPED:
+            return
+        self.state = State.STOPPED
+        self.sock.close()  # the worker reads EOF and exits
+        if await self.join(grace_s) is None:
+            self.kill()
+            if await self.join(EXIT_REPORT_TIMEOUT_S) is None:
+                logger.warning("sandbox [%d] did not exit after SIGKILL", self.pid)
+        self.release()
+
+    def release(self) -> None:
+        """Free what the sandbox held in the daemon: socket, pidfd, stderr pipe, groups, tmp."""
+        self.state = State.STOPPED
+        self.sock.close()
+        self.relay.close()
+        self.spawned.close()
+        if self.groups is not None:
+            self.groups.remove()
+            self.groups = None
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = None

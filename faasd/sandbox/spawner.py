@@ -1,0 +1,117 @@
+"""Forking confined workers: CPUs, cgroups and a scratch directory, then the fork server.
+
+The pool decides *when* a sandbox starts; the spawner decides *where* it runs: it spreads
+sandboxes over the daemon's CPUs (least-loaded first), makes the sandbox's cgroups (or, without
+cgroups, hands the worker its affinity and rlimit), and asks the fork server for the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from esg.model import Config
+from faasd.errors import SandboxCrashed
+from faasd.functions.spec import FunctionVersion
+from faasd.sandbox import protocol
+from faasd.sandbox.cgroups import (
+    ADDRESS_SPACE_HEADROOM_MB,
+    Backend,
+    Confinement,
+    Limits,
+    SandboxGroups,
+    pick_cpus,
+)
+from faasd.sandbox.launcher import Launcher, LaunchError
+from faasd.sandbox.process import SandboxProcess
+
+logger = logging.getLogger("faasd.sandbox")
+
+
+def worker_spec(
+    version: FunctionVersion,
+    config: Config,
+    groups: SandboxGroups | None,
+    cpus: tuple[int, ...],
+    tmp_dir: Path,
+) -> protocol.WorkerSpec:
+    settings = version.settings
+    fallback = groups is None
+    return protocol.WorkerSpec(
+        name=version.name,
+        version=version.version,
+        directory=str(version.directory),
+        model_path=str(version.model_path),
+        handler_path=str(version.handler_path) if version.handler_path else None,
+        vcpu=config.vcpu,
+        vgpu=config.vgpu,
+        env=dict(settings.env),
+        cgroup_procs=groups.procs_files if groups is not None else (),
+        cpus=cpus if fallback else (),
+        address_space_bytes=(settings.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 2**20
+        if fallback
+        else 0,
+        tmp_dir=str(tmp_dir),
+    )
+
+
+class Spawner:
+    def __init__(self, state_dir: Path, cgroup_parent: str, confinement: str = "auto") -> None:
+        self.state_dir = state_dir
+        self.cgroup_parent = cgroup_parent
+        self._choice = confinement
+        self.confinement = Confinement(Backend.NONE, {})
+        self.launcher = Launcher()
+        self._cpu_load: Counter[int] = Counter()
+        self._ids = itertools.count(1)
+
+    async def start(self) -> None:
+        self.confinement = Confinement.detect(self.cgroup_parent, self._choice)
+        await self.launcher.start()
+
+    async def stop(self) -> None:
+        await self.launcher.stop()
+        self.confinement.close()
+
+    async def spawn(
+        self, version: FunctionVersion, config: Config
+    ) -> tuple[SandboxProcess, tuple[int, ...]]:
+        """A forked, confined worker for (version, config) that still has to load, and its
+        CPUs (give them back with `release`). SandboxCrashed if the sandbox cannot be made."""
+        sandbox_id = f"{version.name}-v{version.version}-{os.getpid()}-{next(self._ids)}"
+        cpus = pick_cpus(sorted(os.sched_getaffinity(0)), self._cpu_load, config.vcpu)
+        limits = Limits(vcpu=config.vcpu, cpus=cpus, memory_mb=version.settings.memory_mb)
+        tmp_dir = self.state_dir / "sandboxes" / sandbox_id
+        groups: SandboxGroups | None = None
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            groups = self.confinement.create(sandbox_id, limits)
+            spec = worker_spec(version, config, groups, cpus, tmp_dir)
+            process = await SandboxProcess.start(self.launcher, sandbox_id, spec, groups, tmp_dir)
+        except BaseException as exc:
+            if groups is not None:
+                groups.remove()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            if isinstance(exc, OSError | LaunchError):
+                logger.error("could not start a sandbox for %s: %s", version.name, exc)
+                raise SandboxCrashed(
+                    f"could not start a sandbox for {version.name}: {exc}"
+                ) from exc
+            raise
+        self._cpu_load.update(cpus)
+        logger.info(
+            "sandbox [%d] forked for %s v%d at %s on cpus %s",
+            process.pid,
+            version.name,
+            version.version,
+            config,
+            cpus,
+        )
+        return process, cpus
+
+    def release(self, cpus: tuple[int, ...]) -> None:
+        self._cpu_load.subtract(cpus)

@@ -1,0 +1,36 @@
+"""The long-lived services one daemon holds, passed to the HTTP app as one value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faasd.catalog import Catalog
+from faasd.clock import Clock
+from faasd.config import DaemonConfig
+from faasd.controller import Controller
+from faasd.gateway import Gateway
+from faasd.metrics import Metrics
+
+
+@dataclass
+class Readiness:
+    """False while `faasd up` is still deploying its startup functions (the port is bound)."""
+
+    ready: bool = False
+    detail: str = "starting: loading functions"
+
+
+@dataclass(frozen=True)
+class Services:
+    """`pool_stats` returns a JSON-able view of the sandboxes (for /healthz and describe)."""
+
+    config: DaemonConfig
+    clock: Clock
+    catalog: Catalog
+    controller: Controller
+    gateway: Gateway
+    metrics: Metrics
+    pool_stats: Callable[[], dict[str, Any]]
+    readiness: Readiness = field(default_factory=Readiness)

@@ -1,0 +1,316 @@
+"""Open Inference Protocol (KServe V2) tensors: JSON and the binary tensor extension.
+
+Pure functions from bytes to numpy arrays and back; no per-element Python loops except for
+BYTES tensors, whose elements are variable-length by nature. Shapes and rules follow the V2
+REST spec and Triton's `binary_tensor_data` extension:
+
+* a request is a JSON header, optionally followed by raw tensors in the order listed; the
+  header's length is `Inference-Header-Content-Length` (absent = the whole body is JSON);
+* an input with `parameters.binary_data_size` takes that many bytes (little-endian,
+  row-major, BOOL = 1 byte, BYTES = 4-byte little-endian length + bytes per element);
+* outputs are returned binary when the request asks (`binary_data_output`, or per output
+  `parameters.binary_data`), else as JSON `data`.
+
+Also the plain form `/function/{name}` accepts: `{"<input name>": nested lists, ...}`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from faasd.errors import BadRequest
+from faasd.functions.spec import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # None: follow the request-level default
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded V2 inference request. `outputs` None means every output."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[RequestedOutput, ...] | None = None
+    binary_output: bool = False
+
+
+# ---------------------------------------------------------------- requests
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # also raised for bytes that are not UTF-8
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def is_v2_request(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("inputs"), list)
+
+
+def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    """Decode a V2 request: all-JSON when `header_length` is None, else JSON + binary tail."""
+    if header_length is None:
+        header, tail = body, b""
+    else:
+        if not 0 < header_length <= len(body):
+            raise BadRequest(
+                f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes"
+            )
+        header, tail = body[:header_length], body[header_length:]
+    obj = parse_json(header)
+    if not is_v2_request(obj):
+        raise BadRequest('a V2 inference request needs an "inputs" list')
+    return _decode_header(obj, tail)
+
+
+def decode_parsed(obj: dict[str, Any]) -> InferRequest:
+    """A V2 request already parsed from JSON (no binary tail)."""
+    return _decode_header(obj, b"")
+
+
+def _decode_header(obj: dict[str, Any], tail: bytes) -> InferRequest:
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for entry in obj["inputs"]:
+        if not isinstance(entry, dict):
+            raise BadRequest("each entry of inputs must be an object with name, shape, datatype")
+        name, shape, datatype = _tensor_header(entry)
+        size = (entry.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+                raise BadRequest(f"input {name!r}: binary_data_size {size} exceeds the body")
+            inputs[name] = _from_bytes(name, tail[offset : offset + size], shape, datatype)
+            offset += size
+        elif "data" in entry:
+            inputs[name] = from_json_data(name, entry["data"], shape, datatype)
+        else:
+            raise BadRequest(f"input {name!r} has neither data nor parameters.binary_data_size")
+    if offset != len(tail):
+        raise BadRequest(f"{len(tail) - offset} bytes of binary data follow no input")
+    request_id = obj.get("id")
+    params = obj.get("parameters") or {}
+    outputs = None
+    if isinstance(obj.get("outputs"), list):
+        outputs = tuple(
+            RequestedOutput(str(o.get("name")), (o.get("parameters") or {}).get("binary_data"))
+            for o in obj["outputs"]
+            if isinstance(o, dict)
+        )
+    return InferRequest(
+        id=None if request_id is None else str(request_id),
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=bool(params.get("binary_data_output", False)),
+    )
+
+
+def _tensor_header(entry: Mapping[str, Any]) -> tuple[str, tuple[int, ...], str]:
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise BadRequest("every input needs a string name")
+    datatype = entry.get("datatype")
+    if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
+        known = ", ".join(V2_TO_NUMPY)
+        raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}; use one of {known}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers")
+    return name, tuple(shape), datatype
+
+
+def from_json_data(name: str, data: Any, shape: tuple[int, ...], datatype: str) -> np.ndarray:
+    """JSON `data` (flat or nested, row-major) as an array of `shape` and `datatype`."""
+    try:
+        if datatype == "BYTES":
+            flat = np.asarray(data, dtype=object).reshape(-1)
+            array = np.array([_to_bytes(v) for v in flat], dtype=object)
+        else:
+            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
+    expected = int(np.prod(shape, dtype=np.int64))
+    if array.size != expected:
+        raise BadRequest(
+            f"input {name!r}: shape {list(shape)} needs {expected} values, got {array.size}"
+        )
+    return array.reshape(shape)
+
+
+def _to_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise ValueError(f"BYTES elements must be strings, got {type(value).__name__}")
+
+
+def _from_bytes(name: str, raw: bytes, shape: tuple[int, ...], datatype: str) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    if datatype == "BYTES":
+        return _bytes_elements(name, raw, count).reshape(shape)
+    dtype = np.dtype(V2_TO_NUMPY[datatype]).newbyteorder("<")
+    if len(raw) != count * dtype.itemsize:
+        raise BadRequest(
+            f"input {name!r}: shape {list(shape)} of {datatype} needs "
+            f"{count * dtype.itemsize} bytes, got {len(raw)}"
+        )
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(raw):
+            raise BadRequest(f"input {name!r}: BYTES data ends early at element {i}")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        out[i] = raw[offset : offset + length]
+        offset += length
+    if offset != len(raw):
+        raise BadRequest(f"input {name!r}: BYTES data has {len(raw) - offset} extra bytes")
+    return out
+
+
+def decode_raw(body: bytes, spec: TensorSpec) -> np.ndarray:
+    """Triton's raw binary request: the body is the single input's bytes, batch 1."""
+    dims = [1 if d < 0 else d for d in spec.shape]
+    if spec.datatype != "BYTES":
+        itemsize = np.dtype(spec.numpy_dtype).itemsize
+        fixed = int(np.prod(dims, dtype=np.int64))
+        dynamic = [i for i, d in enumerate(spec.shape) if d < 0][1:]
+        if dynamic and fixed and len(body) % (fixed * itemsize) == 0:
+            dims[dynamic[0]] = len(body) // (fixed * itemsize)
+    return _from_bytes(spec.name, body, tuple(dims), spec.datatype)
+
+
+def decode_plain(obj: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """`{"input name": nested lists}` as arrays of each input's declared dtype."""
+    if not isinstance(obj, dict) or not obj:
+        raise BadRequest(
+            'expected a JSON object of input name -> nested lists, e.g. {"input": [[1, 2]]}, '
+            "or a V2 inference request"
+        )
+    by_name = {s.name: s for s in specs}
+    if len(obj) == 1 and len(specs) == 1 and next(iter(obj)) not in by_name:
+        obj = {specs[0].name: next(iter(obj.values()))}  # lone input: any key will do
+    arrays = {}
+    for name, data in obj.items():
+        spec = by_name.get(name)
+        if spec is None:
+            raise BadRequest(f"unknown input {name!r}; the model takes {sorted(by_name)}")
+        try:
+            array = np.asarray(data, dtype=spec.numpy_dtype)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"input {name!r}: data is not {spec.datatype}: {exc}") from None
+        arrays[name] = array
+    return arrays
+
+
+# ---------------------------------------------------------------- responses
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype == object:
+        return "BYTES"
+    try:
+        return NUMPY_TO_V2[array.dtype.name]
+    except KeyError:
+        raise ValueError(f"no V2 datatype for numpy {array.dtype}") from None
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    outputs: Mapping[str, np.ndarray],
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length."""
+    wanted = request.outputs or tuple(RequestedOutput(n) for n in outputs)
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for req in wanted:
+        if req.name not in outputs:
+            raise BadRequest(f"unknown output {req.name!r}; the model has {sorted(outputs)}")
+        array = outputs[req.name]
+        entry: dict[str, Any] = {
+            "name": req.name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        binary = request.binary_output if req.binary is None else req.binary
+        if binary:
+            blob = to_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = to_json_data(array)
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        doc["id"] = request.id
+    doc["outputs"] = entries
+    header = _dumps(doc)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)
+
+
+def to_bytes(array: np.ndarray) -> bytes:
+    if array.dtype == object:
+        return b"".join(struct.pack("<I", len(v)) + v for v in map(_to_bytes, array.flat))
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def to_json_data(array: np.ndarray) -> Any:
+    """Flat row-major data, as V2 JSON carries it (a list, or an array `_dumps` writes)."""
+    if array.dtype == object:
+        return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in array.flat]
+    return _json_ready(array.reshape(-1))
+
+
+def encode_plain(outputs: Mapping[str, np.ndarray]) -> bytes:
+    """`{"output name": nested lists}`, the plain answer to a plain request."""
+    return _dumps(
+        {name: (to_json_data(a) if a.dtype == object else _json_ready(a))
+         for name, a in outputs.items()}
+    )
+
+
+def _json_ready(array: np.ndarray) -> np.ndarray:
+    """`array` as orjson serialises it natively: C-contiguous, native order, finite floats."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        array = np.nan_to_num(array)  # JSON has no NaN or Infinity
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+
+
+def _dumps(doc: Any) -> bytes:
+    """Compact JSON; numpy arrays become (nested) lists without a Python loop."""
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:  # a dtype orjson does not take natively (e.g. float16)
+        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY, default=_as_list)
+
+
+def _as_list(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def tensor_meta(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}

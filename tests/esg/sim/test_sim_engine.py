@@ -1,0 +1,205 @@
+"""The engine on hand-built scenarios whose latencies and costs are worked out by hand."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+
+from esg.errors import PolicyError
+from esg.model import Config, Workflow
+from esg.policies.fcfs import FcfsPolicy
+from esg.policy import Action, Arrival, Dispatch, Drop, Event, FunctionLimits, Snapshot, WakeUp
+from esg.pricing import Pricing
+from esg.sim.cluster import ClusterSpec
+from esg.sim.engine import EngineSettings, Simulation
+from esg.sim.metrics import summarize
+from esg.sim.workloads import custom_scenario as scenario
+
+CPU = Config(1, 2, 0)
+GPU = Config(1, 2, 1)
+EXACT = EngineSettings(noise_sigma=0.0, pricing=Pricing(cpu_per_s=1.0, gpu_per_s=10.0))
+
+
+class Fixed:
+    """Dispatches every queued job alone at `config` on `node` (per function), at once."""
+
+    name: ClassVar[str] = "fixed"
+
+    def __init__(self, config: Config, nodes: dict[str, str] | None = None,
+                 gpu: int | None = None) -> None:
+        self.config, self.nodes, self.gpu = config, nodes or {}, gpu
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        actions: list[Action] = []
+        for (app, function), jobs in snapshot.queues.items():
+            for job in jobs:
+                node = self.nodes.get(function, "node00")
+                gpu = self.gpu if self.config.vgpu else None
+                actions.append(Dispatch(app, function, (job.id,), self.config, node, gpu=gpu))
+        return actions
+
+
+def small_cluster(nodes: int = 1, **overrides: float) -> ClusterSpec:
+    return ClusterSpec(nodes=nodes, **overrides)  # type: ignore[arg-type]
+
+
+def fake_timer(step_s: float = 0.0005):  # type: ignore[no-untyped-def]
+    ticks = iter(range(10**9))
+    return lambda: next(ticks) * step_s
+
+
+def run(policy, sc, cluster=None, settings=EXACT, timer=None):  # type: ignore[no-untyped-def]
+    return Simulation(sc, policy, cluster or small_cluster(), timer=timer or fake_timer(),
+                      settings=settings).run()
+
+
+def test_one_function_cold_then_warm_latencies_and_costs_are_exact() -> None:
+    wf = Workflow.single("f", slo_s=0.5)
+    sc = scenario(wf, {"f": {CPU: 40.0}}, arrivals=[0.0, 1.0, 2.0])
+    record = run(Fixed(CPU), sc, small_cluster(cold_start_cpu_s=0.25))
+
+    latencies = [r.latency_s for r in record.requests.values()]
+    # First request: cold start 0.25 s + 40 ms; the others find the sandbox warm: 40 ms.
+    assert latencies == pytest.approx([0.29, 0.04, 0.04])
+    # Cost: (1 $/vCPU·s × 2 vCPU) × 0.04 s = 0.08 $ per request (billed on execution only).
+    assert [r.cost for r in record.requests.values()] == pytest.approx([0.08] * 3)
+    metrics = summarize(record)
+    assert metrics.slo_hit_rate == 1.0
+    assert metrics.cold_start_rate == pytest.approx(1 / 3)
+    assert metrics.p50_ms == pytest.approx(40.0)
+
+
+def test_gpu_cost_and_cold_start_include_the_slice() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    sc = scenario(wf, {"f": {GPU: 10.0}}, arrivals=[0.0])
+    record = run(Fixed(GPU, gpu=0), sc, small_cluster(cold_start_cpu_s=0.25,
+                                                      cold_start_gpu_extra_s=0.75))
+    (request,) = record.requests.values()
+    assert request.latency_s == pytest.approx(1.0 + 0.01)
+    assert request.cost == pytest.approx((2 * 1.0 + 1 * 10.0) * 0.01)  # 0.12 $
+
+
+def test_a_chain_across_nodes_pays_the_transfer_and_locality_does_not() -> None:
+    wf = Workflow.from_edges("app", ["a", "b"], [("a", "b")], slo_s=1.0)
+    tables = {"a": {CPU: 10.0}, "b": {CPU: 20.0}}
+    cluster = small_cluster(2, cold_start_cpu_s=0.0, net_latency_s=0.001,
+                            net_bytes_per_s=1e6)
+    sc = scenario(wf, tables, arrivals=[0.0], output_bytes={"a": 5000.0, "b": 0.0})
+    apart = run(Fixed(CPU, {"a": "node00", "b": "node01"}), sc, cluster)
+    together = run(Fixed(CPU), sc, cluster)
+    # 10 ms + (1 ms + 5000 B / 1 MB/s = 6 ms) + 20 ms = 36 ms apart; 30 ms on one node.
+    assert next(iter(apart.requests.values())).latency_s == pytest.approx(0.036)
+    assert next(iter(together.requests.values())).latency_s == pytest.approx(0.030)
+
+
+def test_fcfs_batches_two_close_arrivals_and_a_partial_batch_runs_smaller() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    b2, b1 = Config(2, 2, 0), Config(1, 2, 0)
+    limits = {"f": FunctionLimits(max_batch=2, max_queue_delay_s=0.005, vcpu=2)}
+    sc = scenario(wf, {"f": {b1: 10.0, b2: 15.0}}, arrivals=[0.0, 0.002, 1.0],
+                  limits=limits)
+    record = run(FcfsPolicy(), sc, small_cluster(cold_start_cpu_s=0.0))
+    lat = [r.latency_s for r in record.requests.values()]
+    # Requests 0 and 1 leave together at 2 ms as a batch of 2 (15 ms); request 2 waits the
+    # 5 ms queue delay alone and runs as a batch of 1 (10 ms).
+    assert lat == pytest.approx([0.017, 0.015, 0.015])
+    assert [b.jobs for b in record.batches] == [2, 1]
+
+
+def test_keep_alive_expiry_makes_the_next_start_cold() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    sc = scenario(wf, {"f": {CPU: 10.0}}, arrivals=[0.0, 5.0, 20.0])
+    record = run(Fixed(CPU), sc, small_cluster(cold_start_cpu_s=0.5, keep_alive_s=10.0))
+    assert [b.cold for b in record.batches] == [True, False, True]
+
+
+class Overcommit(Fixed):
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if not isinstance(event, Arrival):
+            return []
+        job = event.job
+        return [Dispatch(job.app, job.function, (job.id,), Config(1, 17, 0), "node00")]
+
+
+class BadSlice(Fixed):
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if not isinstance(event, Arrival):
+            return []
+        job = event.job
+        return [Dispatch(job.app, job.function, (job.id,), Config(1, 1, 5), "node00", gpu=0)]
+
+
+class Twice(Fixed):
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if not isinstance(event, Arrival):
+            return []
+        job = event.job
+        d = Dispatch(job.app, job.function, (job.id,), CPU, "node00")
+        return [d, d]
+
+
+@pytest.mark.parametrize("policy", [Overcommit(CPU), BadSlice(CPU), Twice(CPU)])
+def test_a_policy_bug_raises_policy_error(policy: Fixed) -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    table = {CPU: 10.0, Config(1, 17, 0): 1.0, Config(1, 1, 5): 1.0}
+    with pytest.raises(PolicyError):
+        run(policy, scenario(wf, {"f": table}, arrivals=[0.0]))
+
+
+class DropAll(Fixed):
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if isinstance(event, Arrival):
+            return [Drop(event.job.app, event.job.function, (event.job.id,), "no")]
+        return []
+
+
+def test_dropped_requests_miss_and_are_counted() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    record = run(DropAll(CPU), scenario(wf, {"f": {CPU: 1.0}}, arrivals=[0.0, 0.1]))
+    metrics = summarize(record)
+    assert metrics.slo_hit_rate == 0.0
+    assert metrics.drop_rate == 1.0
+    assert metrics.requests == 2
+
+
+class Waiter(Fixed):
+    """Asks to be woken 0.1 s after each arrival, and dispatches then."""
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if isinstance(event, Arrival):
+            return [WakeUp(snapshot.now_s + 0.1)]
+        return super().on_event(event, snapshot)
+
+
+def test_wakeups_are_delivered_at_the_asked_time() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    record = run(Waiter(CPU), scenario(wf, {"f": {CPU: 10.0}}, arrivals=[0.0]),
+                 small_cluster(cold_start_cpu_s=0.0))
+    assert next(iter(record.requests.values())).latency_s == pytest.approx(0.11)
+
+
+def test_overhead_is_measured_with_the_injected_timer_and_optionally_charged() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    sc = scenario(wf, {"f": {CPU: 10.0}}, arrivals=[0.0])
+    cluster = small_cluster(cold_start_cpu_s=0.0)
+    record = run(Fixed(CPU), sc, cluster, timer=fake_timer(0.002))
+    # Each policy call reads the timer twice: 2 ms apart.
+    assert record.overhead_ms == pytest.approx([2.0, 2.0])
+    charged = run(Fixed(CPU), sc, cluster, timer=fake_timer(0.002),
+                  settings=EngineSettings(noise_sigma=0.0, charge_overhead=True))
+    assert next(iter(charged.requests.values())).latency_s == pytest.approx(0.012)
+
+
+def test_noise_is_seeded() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    sc = scenario(wf, {"f": {CPU: 10.0}}, arrivals=[0.0, 1.0, 2.0])
+
+    def lat(seed: int) -> list[float | None]:
+        rec = run(Fixed(CPU), sc, small_cluster(cold_start_cpu_s=0.0),
+                  settings=EngineSettings(noise_sigma=0.1, seed=seed))
+        return [r.latency_s for r in rec.requests.values()]
+
+    assert lat(1) == lat(1)
+    assert lat(1) != lat(2)
+    assert all(x is not None and 0.005 < x < 0.02 for x in lat(3))

@@ -1,0 +1,228 @@
+"""EsgPolicy behind the seam: hand-worked decisions on small clusters, then invariants."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from esg.model import Config, Job, Profile, Workflow
+from esg.policies import make_policy
+from esg.policies.esg import EsgPolicy
+from esg.policy import (
+    Action,
+    Arrival,
+    Completion,
+    Dispatch,
+    FunctionLimits,
+    NodeView,
+    Snapshot,
+    Timer,
+    WakeUp,
+)
+from esg.pricing import Pricing
+from esg.testing import cluster, job, node, snapshot, synthetic_profile
+
+# Prices chosen for hand arithmetic: $1 per vCPU-second, $10 per GPU-unit-second.
+PRICES = Pricing(cpu_per_s=1.0, gpu_per_s=10.0)
+CPU1, CPU4, PAIR, GPU1 = Config(1, 1), Config(1, 4), Config(2, 1), Config(1, 1, 1)
+# Cost per request = (vcpu + 10 vgpu) * latency_s / batch:
+#   CPU1 100 ms: 1 * 0.1 / 1 = 0.100     CPU4  40 ms: 4 * 0.04 / 1 = 0.160
+#   PAIR 150 ms: 1 * 0.15 / 2 = 0.075    GPU1  20 ms: 11 * 0.02 / 1 = 0.220
+PROFILE = Profile("f", {CPU1: 100.0, CPU4: 40.0, PAIR: 150.0, GPU1: 20.0})
+
+
+def _policy() -> EsgPolicy:
+    return EsgPolicy(pricing=PRICES)
+
+
+def _snap(
+    now_s: float,
+    jobs: list[Job],
+    *,
+    slo_s: float = 1.0,
+    nodes: tuple[NodeView, ...] = (),
+    limits: dict[str, FunctionLimits] | None = None,
+    running: dict[str, int] | None = None,
+) -> Snapshot:
+    """One node of 16 vCPUs and a 7-unit GPU (unless `nodes`), function f alone, PROFILE."""
+    return snapshot(
+        now_s=now_s,
+        nodes=nodes or (node("n0", vcpu=16, gpu_units=(7,)),),
+        jobs=jobs,
+        workflows=[Workflow.single("f", slo_s)],
+        profiles=[PROFILE],
+        limits=limits,
+        running=running,
+    )
+
+
+def _dispatches(actions: list[Action]) -> list[Dispatch]:
+    return [a for a in actions if isinstance(a, Dispatch)]
+
+
+def test_make_policy_builds_esg_with_keyword_settings() -> None:
+    policy = make_policy("esg", {"k": 4, "group_size": 2, "pricing": {"gpu_to_cpu_ratio": 10}})
+    assert isinstance(policy, EsgPolicy)
+    assert (policy.k, policy.group_size) == (4, 2)
+    assert policy.pricing.gpu_per_s == pytest.approx(10 * policy.pricing.cpu_per_s)
+    assert isinstance(make_policy("esg"), EsgPolicy)
+
+
+def test_a_lone_job_waits_for_a_pair_while_the_budget_allows() -> None:
+    # Best plan: PAIR ($0.075) but only one job is queued. Runnable now: CPU1 ($0.100, 100 ms),
+    # PAIR with one job ($0.150), CPU4, GPU1. Slack = 1000 - 100 = 900 ms: wait, waking
+    # min_wait/2 = 0.25 ms early, at 0.89975 s.
+    j0 = job(0, start_s=0.0, slo_s=1.0)
+    actions = _policy().on_event(Arrival(j0), _snap(0.0, [j0]))
+    [wake] = actions
+    assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.89975)
+
+
+def test_the_second_job_completes_the_pair() -> None:
+    j0, j1 = job(0, slo_s=1.0), job(1, start_s=0.1, slo_s=1.0)
+    actions = _policy().on_event(Arrival(j1), _snap(0.1, [j0, j1]))
+    [dispatch] = _dispatches(actions)
+    assert (dispatch.config, dispatch.job_ids) == (PAIR, ("j0", "j1"))
+    assert dispatch.plan == {"f": PAIR}
+
+
+def test_when_the_wait_is_over_the_best_plan_runnable_now_goes() -> None:
+    # At 0.89975 s: budget = 100.25 ms. PAIR (150 ms) no longer fits; CPU1 (100 ms) does.
+    j0 = job(0, slo_s=1.0)
+    [dispatch] = _dispatches(_policy().on_event(Timer(), _snap(0.89975, [j0])))
+    assert (dispatch.config, dispatch.job_ids) == (CPU1, ("j0",))
+
+
+@pytest.mark.parametrize(
+    ("slo_s", "expected"),
+    [
+        (0.045, CPU4),  # 45 ms: CPU1 and PAIR are too slow; CPU4 ($0.16) beats GPU1 ($0.22)
+        (0.030, GPU1),  # 30 ms: only GPU1 (20 ms) fits
+        (0.010, GPU1),  # 10 ms: nothing fits; the fastest plan runs anyway (not dropped)
+    ],
+)
+def test_tight_budgets_buy_speed(slo_s: float, expected: Config) -> None:
+    # Two jobs queued so that no waiting is involved; batch-1 plans: one dispatch per job.
+    jobs = [job(0, slo_s=slo_s), job(1, slo_s=slo_s)]
+    dispatches = _dispatches(_policy().on_event(Timer(), _snap(0.0, jobs, slo_s=slo_s)))
+    assert [d.config for d in dispatches] == [expected, expected]
+    assert [d.gpu for d in dispatches] == [0 if expected.vgpu else None] * 2
+    assert [d.job_ids for d in dispatches] == [("j0",), ("j1",)]
+
+
+def test_nothing_fits_keeps_the_jobs_queued() -> None:
+    full = (node("n0", vcpu=16, free_vcpu=0, gpu_units=(0,)),)
+    jobs = [job(0), job(1)]
+    assert _policy().on_event(Timer(), _snap(0.0, jobs, nodes=full)) == []
+
+
+def test_the_predecessors_node_is_preferred() -> None:
+    wf = Workflow.from_edges("app", ["a", "b"], [("a", "b")], slo_s=2.0)
+    profiles = [synthetic_profile("a", 40.0), synthetic_profile("b", 60.0)]
+    jobs = [job(i, function="b", slo_s=2.0, input_node="n7") for i in range(8)]
+    snap = snapshot(nodes=cluster(), jobs=jobs, workflows=[wf], profiles=profiles)
+    dispatches = _dispatches(EsgPolicy().on_event(Timer(), snap))
+    assert dispatches and dispatches[0].node == "n7"
+
+
+def test_the_whole_group_is_planned_within_its_budget() -> None:
+    # a -> b -> c, 300 ms SLO, one group of three: the plan for a covers b and c too.
+    wf = Workflow.from_edges("app", ["a", "b", "c"], [("a", "b"), ("b", "c")], slo_s=0.3)
+    profiles = [synthetic_profile(f, base) for f, base in (("a", 40.0), ("b", 120.0), ("c", 25.0))]
+    jobs = [job(i, function="a", slo_s=0.3) for i in range(8)]
+    snap = snapshot(nodes=cluster(), jobs=jobs, workflows=[wf], profiles=profiles)
+    [dispatch, *_] = _dispatches(EsgPolicy().on_event(Timer(), snap))
+    assert set(dispatch.plan) == {"a", "b", "c"}
+    assert dispatch.plan["a"] == dispatch.config
+    total_ms = sum(p.latency_ms[dispatch.plan[f]] for p, f in zip(profiles, "abc", strict=True))
+    assert total_ms <= 300.0
+
+
+def test_a_function_without_a_profile_runs_fcfs_at_its_limits() -> None:
+    # The daemon's case: one CPU-only node, a freshly deployed function, 5 jobs, max_batch 4.
+    limits = {"x": FunctionLimits(max_batch=4, max_queue_delay_s=0.01, vcpu=2)}
+    jobs = [job(i, function="x", start_s=1.0) for i in range(5)]
+    snap = snapshot(
+        now_s=1.0, nodes=[node("local", vcpu=4, gpu_units=())], jobs=jobs, limits=limits
+    )
+    actions = EsgPolicy().on_event(Arrival(jobs[-1]), snap)
+    assert actions == [
+        Dispatch("app", "x", ("j0", "j1", "j2", "j3"), Config(4, 2), "local"),
+        WakeUp(1.01),  # the fifth waits up to max_queue_delay_s for company
+    ]
+
+
+def test_the_daemon_bounds_batch_and_has_no_gpu() -> None:
+    # GPU configurations are dropped (no GPU on the node), batches above max_batch too.
+    profile = synthetic_profile("x", 30.0)
+    limits = {"x": FunctionLimits(max_batch=2, vcpu=2)}
+    jobs = [job(i, function="x", slo_s=0.5) for i in range(6)]
+    snap = snapshot(
+        nodes=[node("local", vcpu=4, gpu_units=())], jobs=jobs, profiles=[profile], limits=limits
+    )
+    dispatches = _dispatches(EsgPolicy().on_event(Timer(), snap))
+    assert dispatches
+    for d in dispatches:
+        assert d.config.vgpu == 0 and d.config.batch <= 2 and d.config.vcpu <= 4
+    assert sum(d.config.vcpu for d in dispatches) <= 4  # never more than the node has
+
+
+def test_max_instances_caps_concurrent_batches() -> None:
+    limits = {"f": FunctionLimits(max_batch=2, max_instances=1)}
+    jobs = [job(i) for i in range(4)]
+    busy = _snap(0.0, jobs, limits=limits, running={"f": 1})
+    assert _policy().on_event(Timer(), busy) == []
+    idle = _snap(0.0, jobs, limits=limits)
+    assert len(_dispatches(_policy().on_event(Timer(), idle))) == 1
+
+
+def _random_snapshot(rng: random.Random, now_s: float) -> Snapshot:
+    names = ["a", "b", "c", "d"]
+    wf = Workflow.from_edges("app", names, [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")], 0.4)
+    profiles = [synthetic_profile(f, rng.uniform(10, 100), rng=rng, noise=0.1) for f in names]
+    jobs = [
+        job(
+            i,
+            function=rng.choice(names),
+            start_s=now_s - rng.uniform(0, 0.2),
+            slo_s=0.4,
+            input_node=f"n{rng.randrange(16)}",
+        )
+        for i in range(rng.randrange(1, 40))
+    ]
+    nodes = [
+        node(f"n{i}", free_vcpu=rng.randrange(0, 17), gpu_units=(rng.randrange(0, 8),))
+        for i in range(16)
+    ]
+    return snapshot(now_s=now_s, nodes=nodes, jobs=jobs, workflows=[wf], profiles=profiles)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_actions_never_over_commit_and_are_deterministic(seed: int) -> None:
+    snap = _random_snapshot(random.Random(seed), now_s=1.0)
+    policy = EsgPolicy()
+    actions = policy.on_event(Timer(), snap)
+    # A fresh policy (empty caches) decides the same: caching never changes an answer.
+    assert EsgPolicy().on_event(Timer(), snap) == actions
+    assert policy.on_event(Timer(), snap) == actions
+    wakeups = [a for a in actions if isinstance(a, WakeUp)]
+    assert len(wakeups) <= 1 and all(w.at_s > snap.now_s for w in wakeups)
+    after = snap
+    for d in _dispatches(actions):
+        queued = {j.id for j in after.queues[(d.app, d.function)]}
+        assert set(d.job_ids) <= queued
+        after = after.reserve(d)
+        view = after.node(d.node)
+        assert view.free_vcpu >= 0 and all(g.free_units >= 0 for g in view.gpus)
+        assert d.config.vgpu in (0, 1, 2, 3, 4, 7)
+
+
+def test_completion_events_retry_what_did_not_fit() -> None:
+    jobs = [job(0), job(1)]
+    full = (node("n0", vcpu=16, free_vcpu=0, gpu_units=(0,)),)
+    policy = _policy()
+    assert policy.on_event(Timer(), _snap(0.0, jobs, nodes=full)) == []
+    done = Dispatch("other", "g", ("z",), Config(1, 16), "n0")
+    freed = _snap(0.05, jobs)
+    assert _dispatches(policy.on_event(Completion(done, exec_s=0.05), freed))

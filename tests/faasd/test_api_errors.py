@@ -1,0 +1,72 @@
+"""The error middleware on its own: every failure becomes JSON with the right status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from faasd.api.errors import json_errors
+from faasd.errors import BadRequest, Overloaded, SandboxTimeout, Unavailable
+
+
+async def _raise(request: web.Request) -> web.Response:
+    kind = request.match_info["kind"]
+    if kind == "bug":
+        raise RuntimeError("secret internals")
+    if kind == "busy":
+        raise Overloaded("queue full", retry_after_s=2.5)
+    if kind == "down":
+        raise Unavailable("shutting down", retry_after_s=5)
+    if kind == "slow":
+        raise SandboxTimeout("too slow", function="f")
+    raise BadRequest("bad", file=None)
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    app = web.Application(middlewares=[json_errors])
+    app.router.add_get("/x/{kind}", _raise)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "retry_after", "extra"),
+    [
+        ("bug", 500, None, {}),
+        ("busy", 429, "3", {}),
+        ("down", 503, "5", {}),
+        ("slow", 504, None, {"function": "f"}),
+        ("bad", 400, None, {}),
+    ],
+)
+async def test_errors_are_json(url: str, kind: str, status: int, retry_after: str | None,
+                               extra: dict[str, str]) -> None:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/x/{kind}") as resp:
+        assert resp.status == status
+        doc = await resp.json()
+        assert resp.headers.get("Retry-After") == retry_after
+    message = doc.pop("error")
+    assert isinstance(message, str) and message
+    assert doc == extra  # None-valued extras (file=None) are left out
+    if kind == "bug":
+        assert "secret" not in message and "daemon's log" in message
+
+
+async def test_aiohttp_404_and_405_are_json_with_allow(url: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/nope") as resp:
+            assert resp.status == 404
+            assert "GET /nope" in (await resp.json())["error"]
+        async with s.post(f"{url}/x/bad") as resp:
+            assert resp.status == 405
+            assert "GET" in resp.headers["Allow"]
+            assert "use GET" in (await resp.json())["error"]

@@ -1,0 +1,72 @@
+"""`faasd install`: the plan, the unit file in the repo, and systemd's own verdict on it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from faasd import install
+from faasd.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repo_unit_is_what_install_writes() -> None:
+    assert (REPO / "systemd" / "faasd.service").read_text() == install.render_unit(
+        "/usr/bin/env faasd")
+
+
+def test_unit_has_the_required_settings() -> None:
+    unit = install.render_unit("/usr/bin/env faasd")
+    for line in ("Type=notify", "KillMode=mixed", "Restart=on-failure", "StateDirectory=faasd",
+                 "Delegate=yes", "WatchdogSec=30", "NotifyAccess=main"):
+        assert line in unit.splitlines()
+
+
+def test_a_faasd_under_a_home_directory_stays_readable() -> None:
+    assert "ProtectHome=read-only" in install.render_unit("/home/ann/faasd/.venv/bin/faasd")
+    assert "ProtectHome=yes" in install.render_unit("/usr/local/bin/faasd")
+
+
+def test_plan_never_overwrites_an_existing_config() -> None:
+    fresh = install.plan("/usr/bin/faasd", config_exists=False)
+    kept = install.plan("/usr/bin/faasd", config_exists=True)
+    assert str(install.CONFIG_PATH) in [s.target for s in fresh]
+    assert str(install.CONFIG_PATH) not in [s.target for s in kept]
+    assert [s.target for s in fresh][-2:] == ["systemctl daemon-reload",
+                                              "systemctl enable --now faasd"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    existed = install.UNIT_PATH.exists()
+    assert main(["install", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "mkdir -p /var/lib/faasd" in out
+    assert "systemctl enable --now faasd" in out
+    assert "Type=notify" in out
+    assert install.UNIT_PATH.exists() == existed
+
+
+@pytest.mark.parametrize("unit", ["faasd.service", "faasd@.service"])
+def test_systemd_analyze_verify_accepts_the_units(unit: str, tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed on this machine")
+    target = tmp_path / unit.replace("@.", "@node1.")
+    shutil.copy(REPO / "systemd" / unit, target)
+    result = subprocess.run(["systemd-analyze", "verify", str(target)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "faasd" not in result.stderr, result.stderr
+
+
+def test_systemd_analyze_verify_accepts_what_install_would_write(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed on this machine")
+    unit = tmp_path / "faasd.service"
+    unit.write_text(install.render_unit(install.faasd_executable()))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,99 @@
+"""The README's quick start and CLI tour, run exactly as printed against the example functions.
+
+Only the port differs: the daemon binds port 0 and the commands' 8080 is replaced by the port
+it got. The example models must be built (`make test` builds them first).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faasd.daemon_process import DaemonProcess, start_daemon
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+EXAMPLES = ("digits", "squeezenet", "resnet50")
+
+
+def _block(after: str) -> list[str]:
+    start = README.index(after)
+    body = README[README.index("```sh\n", start) + 6 :]
+    return [line for line in body[: body.index("```")].splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    missing = [n for n in EXAMPLES if not (REPO / "functions" / n / "model.onnx").exists()]
+    if missing:
+        pytest.skip(f"example models not built ({', '.join(missing)}); run `make models`")
+    daemon = start_daemon(tmp_path_factory.mktemp("readme"), REPO / "functions")
+    yield daemon
+    assert daemon.stop() == 0, daemon.log()
+
+
+def test_quickstart_names_the_two_commands() -> None:
+    quick = README[README.index("## Quick start") : README.index("## The CLI")]
+    assert "make run" in quick and "make test" in quick
+
+
+def test_quickstart_curl_lines_work_as_printed(examples: DaemonProcess) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    lines = _block("<!-- quickstart-curl: begin -->")
+    assert len(lines) >= 4
+    for names in EXAMPLES:
+        assert any(f"/function/{names}" in line for line in lines)
+    for line in lines:
+        command = line.replace("127.0.0.1:8080", f"127.0.0.1:{examples.port}")
+        out = subprocess.run(command + " -w '\\n%{http_code}'", shell=True, cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        body, _, status = out.stdout.rpartition("\n")
+        assert out.returncode == 0 and status == "200", (line, out.stdout[-500:], out.stderr)
+        if "/function/digits" in line:
+            assert '"label": 3' in body
+        if "/function/squeezenet" in line or "/function/resnet50" in line:
+            assert '"top5"' in body
+
+
+def test_cli_tour_works_as_printed(examples: DaemonProcess) -> None:
+    lines = [line for line in _block("## The CLI") if not line.startswith("export ")]
+    assert any(line.startswith("faasd deploy") for line in lines)
+    env = {**os.environ, "FAASD_URL": examples.url,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for line in lines:
+        out = subprocess.run(["bash", "-o", "pipefail", "-c", line], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (line, out.stdout[-500:], out.stderr)
+        if line.startswith("faasd list"):
+            assert re.search(r"^squeezenet\s+\d+", out.stdout, re.M)
+        if line.startswith("faasd invoke digits"):
+            assert '"label": 3' in out.stdout
+
+
+def test_example_functions_reject_corrupt_images_and_stay_healthy(
+    examples: DaemonProcess,
+) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    for name in EXAMPLES:
+        req = urllib.request.Request(f"{examples.url}/function/{name}", method="POST",
+                                     data=b"\x89PNG\r\n\x1a\n garbage",
+                                     headers={"Content-Type": "image/png"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(req, timeout=60)
+        assert caught.value.code == 400
+        assert "picture" in json.loads(caught.value.read())["error"]
+    with urllib.request.urlopen(f"{examples.url}/healthz", timeout=10) as resp:
+        assert json.loads(resp.read())["functions"] == len(EXAMPLES)

@@ -62,10 +62,11 @@ def _esg_planning(stamp: str) -> str | None:
     script = Path(__file__).resolve().parent / "esg_planning.py"
     if not script.is_file():
         return None
-    print("esg planning ...", file=sys.stderr, flush=True)
-    argv = [sys.executable, str(script), "--json", str(RESULTS / f"esg-{stamp}.json")]
+    out = RESULTS / f"esg-{stamp}.json"
+    print(f"esg planning ... (results: {out})", file=sys.stderr, flush=True)
+    argv = [sys.executable, str(script), "--json", str(out)]
     try:
-        done = subprocess.run(argv, timeout=300, check=False)
+        done = subprocess.run(argv, timeout=300, check=False, stdout=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return "esg_planning.py ran past 300 s"
     return None if done.returncode == 0 else f"esg_planning.py exited {done.returncode}"
@@ -79,7 +80,10 @@ def main() -> int:
     Options.add_arguments(parser)
     args = parser.parse_args()
     options = Options.from_args(args)
-    wrk.ensure_installed()
+    try:
+        wrk.ensure_installed()  # before any server starts; the load phase says so if it failed
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"wrk is missing and could not be installed: {exc}", file=sys.stderr)
     results: dict[str, Any] = {"machine": machine.describe(), "options": vars(options),
                                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "errors": {}}

@@ -9,7 +9,8 @@ example function's dynamic batching (max 8, 2 ms queue delay) and gets the same 
 to show what batching costs a lone client. Interleaving keeps the machine's drift
 out of the differences. Overhead = p50(HTTP) - p50(in-process), and the same for p99; the
 median of per-iteration differences is reported beside it. Every answer is checked against
-the in-process output before timing starts.
+the in-process output before timing starts. A last loop of binary calls alone reads the CPU
+time each side spends per call, a figure the machine's other load barely moves.
 
     .venv/bin/python benchmarks/warm_overhead.py [--calls 400] [--no-peer]
 """
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 from faasd_bench import prom, v2
 from faasd_bench.client import Answer, Client
+from faasd_bench.procs import cpu_seconds
 from faasd_bench.session import Bench, Options, open_bench
 from faasd_bench.stats import overhead, summarize
 
@@ -61,6 +63,32 @@ def _daemon_view(before: prom.Samples, after: prom.Samples) -> dict[str, float]:
         view[key] = round(mean_s * 1e3, 3)
         view[f"{key}_n"] = count
     return view
+
+
+def _cpu_per_call(bench: Bench, model: OnnxModel, feeds: dict[str, np.ndarray],
+                  request: v2.Request, calls: int) -> dict[str, float]:
+    """CPU milliseconds per call, which the other load on a shared machine barely moves:
+    in-process `session.run`; the daemon process alone; the daemon with its fork server and
+    sandboxes; this client's own HTTP work. Binary calls to `squeezenet` only."""
+    names = model.output_names
+    started = time.process_time()
+    for _ in range(calls):
+        model.session.run(names, feeds)
+    inproc_s = time.process_time() - started
+    pid = bench.daemon.server.pid
+    client = Client("127.0.0.1", bench.daemon.port)
+    daemon_s, tree_s, client_s = cpu_seconds(pid, tree=False), cpu_seconds(pid), time.process_time()
+    for _ in range(calls):
+        _call(client, request, "faasd binary")
+    client_s = time.process_time() - client_s
+    daemon_s = cpu_seconds(pid, tree=False) - daemon_s
+    tree_s = cpu_seconds(pid) - tree_s
+    client.close()
+    per_call_ms = 1e3 / calls
+    return {"inproc": round(inproc_s * per_call_ms, 3),
+            "daemon": round(daemon_s * per_call_ms, 3),
+            "daemon_and_sandboxes": round(tree_s * per_call_ms, 3),
+            "client_http": round(client_s * per_call_ms, 3)}
 
 
 def measure(
@@ -128,6 +156,7 @@ def measure(
         "overhead_binary_batching_on": overhead(series["batching"], series["inproc"]).as_dict(),
     }
     result["daemon_view_mean_ms"] = _daemon_view(before, after)
+    result["cpu_ms_per_call"] = _cpu_per_call(bench, model, feeds, binary, max(50, calls // 2))
     server_s = [s for s in series["server"] if s == s]
     if server_s:
         result["binary_server_side"] = summarize(server_s).as_dict()

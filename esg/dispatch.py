@@ -3,13 +3,15 @@
 "ESG_Dispatch repeatedly dequeues the priority queue until [a] suitable configuration is found
 and assign[s] the task to [an] appropriate machine" (slides). The outer loop is over plans in
 priority order, the inner over nodes in preference order; the first (plan, node) that fits
-wins. The preference order of nodes (a reconstruction; the slides say home invoker for the first
-function, the predecessor's invoker for the others):
+wins. The preference order of nodes (a reconstruction: the slides say home invoker for the first
+function, the predecessor's invoker for the others, and the goal "data locality and warm
+starts"; a cold start costs far more than moving an input, so warm comes first):
 
-1. the nodes holding the inputs of the jobs to be taken (most jobs first): data locality;
-2. the function's home node (OpenWhisk: hash of the name mod N);
-3. nodes holding an idle warm sandbox of the function at that configuration;
-4. the rest of OpenWhisk's progression (home + i · step mod N, the step coprime with N).
+1. nodes holding an idle warm sandbox of the function at that configuration, those holding the
+   jobs' inputs first, then in home-progression order;
+2. the nodes holding the inputs of the jobs to be taken (most jobs first): data locality;
+3. the function's home node (OpenWhisk: hash of the name mod N), then the rest of OpenWhisk's
+   progression (home + i · step mod N, the step coprime with N).
 
 A node fits a configuration when it is healthy, has the vCPUs free, and (for vgpu > 0) has a GPU
 that can give a slice of that size: MIG instance sizes 1, 2, 3, 4, 7 only, MPS any share, and
@@ -20,6 +22,7 @@ completion frees resources.
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections import Counter
@@ -31,6 +34,7 @@ from esg.policy import NodeView
 from esg.search import Plan
 
 
+@functools.lru_cache(maxsize=256)
 def pairwise_coprimes(n: int) -> tuple[int, ...]:
     """OpenWhisk's step sizes: 1..n, each coprime with n and with every step kept before it."""
     steps: list[int] = []
@@ -45,6 +49,7 @@ def stable_hash(key: str) -> int:
     return zlib.crc32(key.encode("utf-8"))
 
 
+@functools.lru_cache(maxsize=4096)
 def home_progression(key: str, count: int) -> tuple[int, ...]:
     """Node indices in OpenWhisk's probing order for `key`: home, home + step, ... (all of them)."""
     if count < 1:
@@ -83,15 +88,16 @@ def candidate_nodes(
     nodes: Sequence[NodeView], function: str, config: Config, jobs: Iterable[Job], home_key: str
 ) -> list[NodeView]:
     """All nodes, in the preference order of the module docstring."""
-    by_name = {n.name: n for n in nodes}
-    order: list[str] = []
     inputs = Counter(j.input_node for j in jobs if j.input_node is not None)
     # Most jobs' inputs first; ties by name so that the order is deterministic.
-    order.extend(name for name, _ in sorted(inputs.items(), key=lambda kv: (-kv[1], kv[0])))
-    progression = [nodes[i].name for i in home_progression(home_key, len(nodes))]
-    order.extend(progression[:1])
-    order.extend(n.name for n in nodes if n.warm.get((function, config), 0) > 0)
-    order.extend(progression[1:])
+    local = [name for name, _ in sorted(inputs.items(), key=lambda kv: (-kv[1], kv[0]))]
+    progression = [nodes[i] for i in home_progression(home_key, len(nodes))]
+    warm = {n.name for n in nodes if n.warm.get((function, config), 0) > 0}
+    order = [name for name in local if name in warm]
+    order += [n.name for n in progression if n.name in warm]
+    order += local
+    order += [n.name for n in progression]
+    by_name = {n.name: n for n in nodes}
     seen: set[str] = set()
     result = []
     for name in order:
@@ -124,8 +130,12 @@ def place(
     `jobs` are the queued jobs (oldest first); the input locations of those a plan would take
     decide the locality preference.
     """
+    tried: set[Config] = set()
     for index, plan in enumerate(plans):
         config = plan.configs[function]
+        if config in tried:
+            continue  # same head configuration as a plan that fitted nowhere
+        tried.add(config)
         taken = jobs[: config.batch]
         for node in candidate_nodes(nodes, function, config, taken, home_key):
             ok, gpu = fits(node, config)

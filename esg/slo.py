@@ -77,6 +77,11 @@ class SloSplit:
         """
         return self.rest[function]
 
+    def min_after_ms(self, function: str) -> float:
+        """The fastest the groups after `function`'s group can possibly take, in sum."""
+        later = self.groups[self.group_of[function] + 1 :]
+        return sum(g.min_latency_ms for g in later)
+
     def budget_ms(self, function: str, elapsed_ms: float) -> float:
         """The run-time budget of `function`'s group: SLO − elapsed − reserved for later groups."""
         return self.group(function).deadline_ms - elapsed_ms

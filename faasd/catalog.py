@@ -6,6 +6,11 @@ commit, the old version serves every call; calls admitted before it stay pinned 
 version and finish there; once they have, the old version's idle sandboxes are retired. A
 failed deploy discards the staged copy and leaves the current version untouched. Deploys are
 serialised by one lock, so two deploys of one name cannot interleave.
+
+`deploy(..., reuse_unchanged=True)` (what `faasd up --functions DIR` does at every start) keeps
+the current version when the directory would install exactly it again (the registry's source
+digest: same files, same settings): it is only loaded in a throwaway sandbox, to be sure it
+still loads here, and no new version is made.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class RegistryLike(Protocol):
     def commit(self, staged: FunctionVersion, info: ModelInfo) -> FunctionVersion: ...
     def discard(self, staged: FunctionVersion) -> None: ...
     def get(self, name: str) -> FunctionVersion | None: ...
+    def unchanged(self, source: Path, name: str | None = None) -> FunctionVersion | None: ...
     def list(self) -> list[FunctionVersion]: ...
     def remove(self, name: str) -> FunctionVersion: ...
 
@@ -52,6 +58,7 @@ class Deployed:
     info: ModelInfo
     created: bool
     replaced: int | None  # the version it replaced
+    unchanged: bool = False  # the current version was kept: the source had not changed
 
 
 class Catalog:
@@ -93,9 +100,17 @@ class Catalog:
 
     # ------------------------------------------------------------ changes
 
-    async def deploy(self, source: Path, name: str | None = None, *, mode: str = "any") -> Deployed:
+    async def deploy(
+        self,
+        source: Path,
+        name: str | None = None,
+        *,
+        mode: str = "any",
+        reuse_unchanged: bool = False,
+    ) -> Deployed:
         """Install `source` as the next version. `mode`: "create" (409 if the name exists),
-        "update" (404 if it does not) or "any"."""
+        "update" (404 if it does not) or "any". With `reuse_unchanged`, a source that would
+        install the current version again keeps it (see the module docstring)."""
         if not source.is_absolute():
             raise DeployError(f"{source} is not an absolute path; give the full path",
                               file=str(source))
@@ -103,6 +118,10 @@ class Catalog:
             raise DeployError(f"{source} is not a directory on the daemon's host",
                               file=str(source))
         async with self._lock:
+            if reuse_unchanged and mode != "create":
+                kept = await self._keep_unchanged(source, name)
+                if kept is not None:
+                    return kept
             staged = await asyncio.to_thread(self._registry.stage, source, name)
             try:
                 old = self._registry.get(staged.name)
@@ -160,6 +179,23 @@ class Catalog:
                 await task
 
     # ------------------------------------------------------------ helpers
+
+    async def _keep_unchanged(self, source: Path, name: str | None) -> Deployed | None:
+        """The current version of `source`'s function, loaded once to check it, if `source`
+        has not changed since it was deployed; None when a new version is needed."""
+        current = await asyncio.to_thread(self._registry.unchanged, source, name)
+        if current is None:
+            return None
+        _, recorded = self.get(current.name)
+        info = await self._pool.inspect(current)
+        if info != recorded:  # same files, yet they load differently here: record it anew
+            log.warning("%s v%d loads differently than when it was deployed; redeploying",
+                        current.name, current.version)
+            return None
+        log.info("%s v%d is unchanged in %s; kept", current.name, current.version, source)
+        if current.settings.min_instances > 0:
+            self._spawn(self._prewarm(current))
+        return Deployed(current, info, created=False, replaced=None, unchanged=True)
 
     def _check_resources(self, version: FunctionVersion) -> None:
         if version.settings.vcpu > self._capacity:

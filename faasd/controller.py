@@ -16,6 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 from esg.errors import PolicyError
@@ -109,8 +110,12 @@ class Controller:
         self._queues: dict[tuple[str, str], deque[Job]] = {}
         self._pending: dict[str, _Pending] = {}
         self._limits: dict[str, FunctionLimits] = {}
+        #: the version each function's limits were computed from (recomputed when it changes)
+        self._limits_of: dict[str, FunctionVersion] = {}
         self._workflows: dict[str, Workflow] = {}
         self._running: dict[int, _Running] = {}
+        #: batches in flight per function, kept as batches start and end (for the snapshot)
+        self._running_count: dict[str, int] = {}
         self._used_vcpu = 0
         self._timers: dict[float, asyncio.TimerHandle] = {}
         self._accepting = True
@@ -132,7 +137,9 @@ class Controller:
                 f"{len(queue)} calls are already queued for {name!r}; retry later",
                 retry_after_s=1,
             )
-        self._limits[name] = limits_of(invocation.version)
+        if self._limits_of.get(name) is not invocation.version:
+            self._limits[name] = limits_of(invocation.version)
+            self._limits_of[name] = invocation.version
         if name not in self._workflows:
             self._workflows[name] = Workflow.single(name)
         now = self._clock.now()
@@ -210,22 +217,21 @@ class Controller:
         )
 
     def snapshot(self) -> Snapshot:
-        running: dict[str, int] = {}
-        for r in self._running.values():
-            running[r.dispatch.function] = running.get(r.dispatch.function, 0) + 1
+        """This node as the policy sees it. Built on every event, so it copies only what
+        changes under the policy's feet (queues, counts); the rest are read-only views."""
         node = NodeView(
             name=NODE,
             total_vcpu=self._capacity,
             free_vcpu=self._capacity - self._used_vcpu,
-            warm=dict(self._warm()),
+            warm=self._warm(),
         )
         return Snapshot(
             now_s=self._clock.now(),
             nodes=(node,),
             queues={k: tuple(q) for k, q in self._queues.items()},
-            workflows=dict(self._workflows),
-            limits=dict(self._limits),
-            running=running,
+            workflows=MappingProxyType(self._workflows),
+            limits=MappingProxyType(self._limits),
+            running=dict(self._running_count),
         )
 
     # ------------------------------------------------------------ the policy loop
@@ -263,6 +269,8 @@ class Controller:
             j for j in queue if j.id not in taken
         )
         self._used_vcpu += dispatch.config.vcpu
+        function = dispatch.function
+        self._running_count[function] = self._running_count.get(function, 0) + 1
         invocations = []
         for job_id in dispatch.job_ids:
             pending = self._pending[job_id]
@@ -285,6 +293,11 @@ class Controller:
             outcome = BatchOutcome([error] * len(invocations), 0.0, False, False)
         self._used_vcpu -= dispatch.config.vcpu
         del self._running[batch_id]
+        left = self._running_count[dispatch.function] - 1
+        if left:
+            self._running_count[dispatch.function] = left
+        else:
+            del self._running_count[dispatch.function]
         results = list(outcome.results)
         if len(results) != len(invocations):  # an invoker bug must not leave callers hanging
             log.error("batch %d of %s: %d results for %d calls", batch_id, dispatch.function,

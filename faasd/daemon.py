@@ -155,12 +155,14 @@ class Daemon:
             for directory in function_dirs(root):
                 self.notifier.status(f"deploying {directory.name}")
                 try:
-                    deployed = await catalog.deploy(directory)
+                    deployed = await catalog.deploy(directory, reuse_unchanged=True)
                 except FaasdError as exc:
                     self.load_errors[directory.name] = exc.message
                     log.error("cannot deploy %s: %s", directory, exc.message)
                     continue
-                log.info("loaded %s v%d", deployed.version.name, deployed.version.version)
+                how = "unchanged" if deployed.unchanged else "deployed"
+                log.info("loaded %s v%d (%s)", deployed.version.name, deployed.version.version,
+                         how)
 
     async def stop(self) -> None:
         """Stop accepting → drain in-flight calls → stop sandboxes (see the module doc)."""

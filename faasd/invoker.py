@@ -2,7 +2,9 @@
 
 A batch normally holds calls of one version. During a redeploy it may hold calls pinned to the
 old version and calls of the new one; each version's group runs as its own `pool.run`, so every
-call is answered by the version it was admitted under. A sandbox that crashes or times out
+call is answered by the version it was admitted under. Likewise tensor and body items, and calls
+that want the handler's `postprocess` and calls that want the model's tensors (the V2 path), run
+as separate, homogeneous `pool.run`s. A sandbox that crashes or times out
 fails only the calls of its own run, with the pool's 502/504 error.
 """
 
@@ -25,7 +27,11 @@ log = logging.getLogger("faasd.invoker")
 
 class Runner(Protocol):
     async def run(
-        self, version: FunctionVersion, config: Config, items: Sequence[Item]
+        self,
+        version: FunctionVersion,
+        config: Config,
+        items: Sequence[Item],
+        postprocess: bool = True,
     ) -> Execution: ...
 
 
@@ -37,17 +43,18 @@ class Invoker:
     async def execute(
         self, config: Config, invocations: list[Invocation], now_s: float
     ) -> BatchOutcome:
-        groups: dict[tuple[int, type], list[int]] = {}
+        groups: dict[tuple[int, type, bool], list[int]] = {}
         for i, invocation in enumerate(invocations):
-            key = (invocation.version.version, type(invocation.item))
+            key = (invocation.version.version, type(invocation.item), invocation.postprocess)
             groups.setdefault(key, []).append(i)
         results: list[CallResult | FaasdError | None] = [None] * len(invocations)
         exec_s, cold, ok = 0.0, False, True
-        for indices in groups.values():
+        for (_, _, postprocess), indices in groups.items():
             group = [invocations[i] for i in indices]
             version = group[0].version
+            items = [inv.item for inv in group]
             try:
-                execution = await self._pool.run(version, config, [inv.item for inv in group])
+                execution = await self._pool.run(version, config, items, postprocess)
             except FaasdError as exc:
                 log.warning(
                     "batch of %d call(s) to %s v%d failed: %s (calls %s)",

@@ -4,15 +4,28 @@ One `CollectorRegistry` per daemon (not the process-global one), so several daem
 process — the tests — never share counters. Labels are `function_name` and `code`; never a
 call id. Queue lengths and warm sandboxes are read live at scrape time from the controller
 and the pool through `watch()`.
+
+The per-call figures are plain Python numbers kept by `Metrics` and turned into metric
+families only when `/metrics` is scraped: a call updates half a dozen of them, and
+prometheus_client's labelled children cost a lock and several calls per update (about 10 µs a
+call in all, measured). Every update and every scrape runs on the daemon's event loop, so no
+lock is needed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from esg.model import Config
@@ -26,53 +39,57 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+@dataclass
+class _Histogram:
+    """Counts per bucket (the last one is +Inf), not cumulative, and the sum."""
+
+    bounds: Sequence[float]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # `le` is inclusive
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((_le(bound), running))
+        return out
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus writes it: "+Inf", "0.0005", "1.0"."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+@dataclass
+class _FunctionStats:
+    """Everything counted for one function."""
+
+    started: int = 0
+    inflight: int = 0
+    inferences: int = 0
+    cold_starts: int = 0
+    failed_batches: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
+    duration: dict[str, _Histogram] = field(default_factory=dict)
+    queue: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS_S))
+    compute: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS_S))
+    batch_size: _Histogram = field(default_factory=lambda: _Histogram(BATCH_BUCKETS))
+
+
 class Metrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        r = self.registry
-        self.invocations = Counter(
-            "faasd_function_invocations", "Calls finished, by function and HTTP status.",
-            ["function_name", "code"], registry=r,
-        )
-        self.started = Counter(
-            "faasd_function_invocations_started", "Calls admitted to a queue.",
-            ["function_name"], registry=r,
-        )
-        self.duration = Histogram(
-            "faasd_function_duration_seconds", "End-to-end latency of a call, by status.",
-            ["function_name", "code"], buckets=LATENCY_BUCKETS_S, registry=r,
-        )
-        self.queue_duration = Histogram(
-            "faasd_function_queue_duration_seconds", "Time a call waited for its batch.",
-            ["function_name"], buckets=LATENCY_BUCKETS_S, registry=r,
-        )
-        self.compute = Histogram(
-            "faasd_function_compute_duration_seconds", "Sandbox execution time of one batch.",
-            ["function_name", "device"], buckets=LATENCY_BUCKETS_S, registry=r,
-        )
-        self.batch_size = Histogram(
-            "faasd_function_batch_size", "Calls per executed batch.",
-            ["function_name"], buckets=BATCH_BUCKETS, registry=r,
-        )
-        self.inferences = Counter(
-            "faasd_function_inferences", "Calls executed (a batch of n counts n).",
-            ["function_name"], registry=r,
-        )
-        self.cold_starts = Counter(
-            "faasd_function_cold_starts", "Batches that had to start a new sandbox.",
-            ["function_name"], registry=r,
-        )
-        self.failed_batches = Counter(
-            "faasd_function_failed_batches", "Batches whose sandbox crashed or timed out.",
-            ["function_name"], registry=r,
-        )
-        self.inflight = Gauge(
-            "faasd_function_inflight_requests", "Calls admitted and not yet answered.",
-            ["function_name"], registry=r,
-        )
-        build = Gauge("faasd_build_info", "faasd version.", ["version"], registry=r)
-        build.labels(version=version).set(1)
+        self._version = version
+        self._functions: dict[str, _FunctionStats] = {}
+        self.registry.register(_CallMetrics(self))
 
     def watch(
         self,
@@ -82,43 +99,120 @@ class Metrics:
         """Expose live gauges read at scrape time."""
         self.registry.register(_LiveGauges(queue_lengths, warm))
 
-    def _of(self, metric: Any, *labels: str) -> Any:
-        """The labelled child of `metric`, cached: `labels()` costs more than the update."""
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _of(self, function: str) -> _FunctionStats:
+        stats = self._functions.get(function)
+        if stats is None:
+            stats = self._functions[function] = _FunctionStats()
+        return stats
 
     def call_started(self, function: str) -> None:
-        self._of(self.started, function).inc()
-        self._of(self.inflight, function).inc()
+        stats = self._of(function)
+        stats.started += 1
+        stats.inflight += 1
 
     def call_finished(self, function: str, code: int, duration_s: float) -> None:
-        self._of(self.inflight, function).dec()
+        self._of(function).inflight -= 1
         self.call_rejected(function, code, duration_s)
 
     def call_rejected(self, function: str, code: int, duration_s: float) -> None:
         """A call that never reached a queue (bad input, overload)."""
+        stats = self._of(function)
         status = str(code)
-        self._of(self.invocations, function, status).inc()
-        self._of(self.duration, function, status).observe(duration_s)
+        stats.calls[status] = stats.calls.get(status, 0) + 1
+        histogram = stats.duration.get(status)
+        if histogram is None:
+            histogram = stats.duration[status] = _Histogram(LATENCY_BUCKETS_S)
+        histogram.observe(duration_s)
 
     def queued(self, function: str, queue_s: float) -> None:
-        self._of(self.queue_duration, function).observe(queue_s)
+        self._of(function).queue.observe(queue_s)
 
     def batch_ran(self, function: str, size: int, exec_s: float, cold_start: bool) -> None:
-        self._of(self.compute, function, "cpu").observe(exec_s)
-        self._of(self.batch_size, function).observe(size)
-        self._of(self.inferences, function).inc(size)
+        stats = self._of(function)
+        stats.compute.observe(exec_s)
+        stats.batch_size.observe(size)
+        stats.inferences += size
         if cold_start:
-            self._of(self.cold_starts, function).inc()
+            stats.cold_starts += 1
 
     def batch_failed(self, function: str) -> None:
-        self._of(self.failed_batches, function).inc()
+        self._of(function).failed_batches += 1
+
+    def families(self) -> Iterator[Metric]:
+        """The call metrics as Prometheus metric families (what a scrape reads)."""
+        fn = ["function_name"]
+        stats = sorted(self._functions.items())
+        calls = CounterMetricFamily(
+            "faasd_function_invocations", "Calls finished, by function and HTTP status.",
+            labels=["function_name", "code"],
+        )
+        duration = HistogramMetricFamily(
+            "faasd_function_duration_seconds", "End-to-end latency of a call, by status.",
+            labels=["function_name", "code"],
+        )
+        for name, s in stats:
+            for code, count in sorted(s.calls.items()):
+                calls.add_metric([name, code], count)
+                histogram = s.duration[code]
+                duration.add_metric([name, code], histogram.buckets(), histogram.total)
+        yield calls
+        yield duration
+        counters = (
+            ("faasd_function_invocations_started", "Calls admitted to a queue.", "started"),
+            ("faasd_function_inferences", "Calls executed (a batch of n counts n).",
+             "inferences"),
+            ("faasd_function_cold_starts", "Batches that had to start a new sandbox.",
+             "cold_starts"),
+            ("faasd_function_failed_batches", "Batches whose sandbox crashed or timed out.",
+             "failed_batches"),
+        )
+        for metric, doc, attribute in counters:
+            family = CounterMetricFamily(metric, doc, labels=fn)
+            for name, s in stats:
+                family.add_metric([name], getattr(s, attribute))
+            yield family
+        histograms = (
+            ("faasd_function_queue_duration_seconds", "Time a call waited for its batch.",
+             "queue"),
+            ("faasd_function_batch_size", "Calls per executed batch.", "batch_size"),
+        )
+        for metric, doc, attribute in histograms:
+            hist_family = HistogramMetricFamily(metric, doc, labels=fn)
+            for name, s in stats:
+                histogram = getattr(s, attribute)
+                hist_family.add_metric([name], histogram.buckets(), histogram.total)
+            yield hist_family
+        compute = HistogramMetricFamily(
+            "faasd_function_compute_duration_seconds", "Sandbox execution time of one batch.",
+            labels=["function_name", "device"],
+        )
+        for name, s in stats:
+            compute.add_metric([name, "cpu"], s.compute.buckets(), s.compute.total)
+        yield compute
+        inflight = GaugeMetricFamily(
+            "faasd_function_inflight_requests", "Calls admitted and not yet answered.",
+            labels=fn,
+        )
+        for name, s in stats:
+            inflight.add_metric([name], s.inflight)
+        yield inflight
+        build = GaugeMetricFamily("faasd_build_info", "faasd version.", labels=["version"])
+        build.add_metric([self._version], 1)
+        yield build
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CallMetrics(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.families()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _LiveGauges(Collector):

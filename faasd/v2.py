@@ -16,6 +16,7 @@ Also the plain form `/function/{name}` accepts: `{"<input name>": nested lists, 
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from faasd.errors import BadRequest
 from faasd.functions.spec import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: numpy dtype -> V2 datatype, keyed by dtype objects (`dtype.name` is slow Python code).
+_DTYPE_TO_V2: Mapping[np.dtype[Any], str] = {np.dtype(k): v for k, v in NUMPY_TO_V2.items()}
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class InferRequest:
 # ---------------------------------------------------------------- requests
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | memoryview) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # also raised for bytes that are not UTF-8
@@ -61,15 +64,19 @@ def is_v2_request(obj: Any) -> bool:
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Decode a V2 request: all-JSON when `header_length` is None, else JSON + binary tail."""
+    """Decode a V2 request: all-JSON when `header_length` is None, else JSON + binary tail.
+
+    The binary tensors are views of `body` (a tensor of 600 KB is not copied on its way).
+    """
     if header_length is None:
-        header, tail = body, b""
+        header, tail = memoryview(body), memoryview(b"")
     else:
         if not 0 < header_length <= len(body):
             raise BadRequest(
                 f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes"
             )
-        header, tail = body[:header_length], body[header_length:]
+        view = memoryview(body)
+        header, tail = view[:header_length], view[header_length:]
     obj = parse_json(header)
     if not is_v2_request(obj):
         raise BadRequest('a V2 inference request needs an "inputs" list')
@@ -81,7 +88,7 @@ def decode_parsed(obj: dict[str, Any]) -> InferRequest:
     return _decode_header(obj, b"")
 
 
-def _decode_header(obj: dict[str, Any], tail: bytes) -> InferRequest:
+def _decode_header(obj: dict[str, Any], tail: bytes | memoryview) -> InferRequest:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for entry in obj["inputs"]:
@@ -141,7 +148,7 @@ def from_json_data(name: str, data: Any, shape: tuple[int, ...], datatype: str) 
             array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)
     if array.size != expected:
         raise BadRequest(
             f"input {name!r}: shape {list(shape)} needs {expected} values, got {array.size}"
@@ -157,8 +164,10 @@ def _to_bytes(value: Any) -> bytes:
     raise ValueError(f"BYTES elements must be strings, got {type(value).__name__}")
 
 
-def _from_bytes(name: str, raw: bytes, shape: tuple[int, ...], datatype: str) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
+def _from_bytes(
+    name: str, raw: bytes | memoryview, shape: tuple[int, ...], datatype: str
+) -> np.ndarray:
+    count = math.prod(shape)
     if datatype == "BYTES":
         return _bytes_elements(name, raw, count).reshape(shape)
     dtype = np.dtype(V2_TO_NUMPY[datatype]).newbyteorder("<")
@@ -171,7 +180,7 @@ def _from_bytes(name: str, raw: bytes, shape: tuple[int, ...], datatype: str) ->
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def _bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
+def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     out = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):
@@ -179,7 +188,7 @@ def _bytes_elements(name: str, raw: bytes, count: int) -> np.ndarray:
             raise BadRequest(f"input {name!r}: BYTES data ends early at element {i}")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
-        out[i] = raw[offset : offset + length]
+        out[i] = bytes(raw[offset : offset + length])
         offset += length
     if offset != len(raw):
         raise BadRequest(f"input {name!r}: BYTES data has {len(raw) - offset} extra bytes")
@@ -191,7 +200,7 @@ def decode_raw(body: bytes, spec: TensorSpec) -> np.ndarray:
     dims = [1 if d < 0 else d for d in spec.shape]
     if spec.datatype != "BYTES":
         itemsize = np.dtype(spec.numpy_dtype).itemsize
-        fixed = int(np.prod(dims, dtype=np.int64))
+        fixed = math.prod(dims)
         dynamic = [i for i, d in enumerate(spec.shape) if d < 0][1:]
         if dynamic and fixed and len(body) % (fixed * itemsize) == 0:
             dims[dynamic[0]] = len(body) // (fixed * itemsize)
@@ -225,12 +234,16 @@ def decode_plain(obj: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]
 
 
 def datatype_of(array: np.ndarray) -> str:
-    if array.dtype == object:
+    dtype = array.dtype
+    found = _DTYPE_TO_V2.get(dtype)
+    if found is not None:
+        return found
+    if dtype.kind == "O":
         return "BYTES"
     try:
-        return NUMPY_TO_V2[array.dtype.name]
+        return NUMPY_TO_V2[dtype.newbyteorder("=").name]  # a non-native byte order
     except KeyError:
-        raise ValueError(f"no V2 datatype for numpy {array.dtype}") from None
+        raise ValueError(f"no V2 datatype for numpy {dtype}") from None
 
 
 def encode_response(
@@ -240,19 +253,24 @@ def encode_response(
     outputs: Mapping[str, np.ndarray],
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length."""
-    wanted = request.outputs or tuple(RequestedOutput(n) for n in outputs)
+    wanted: Sequence[tuple[str, bool | None]] = (
+        [(o.name, o.binary) for o in request.outputs]
+        if request.outputs
+        else [(name, None) for name in outputs]
+    )
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for req in wanted:
-        if req.name not in outputs:
-            raise BadRequest(f"unknown output {req.name!r}; the model has {sorted(outputs)}")
-        array = outputs[req.name]
+    for name, binary in wanted:
+        array = outputs.get(name)
+        if array is None:
+            raise BadRequest(f"unknown output {name!r}; the model has {sorted(outputs)}")
         entry: dict[str, Any] = {
-            "name": req.name,
+            "name": name,
             "datatype": datatype_of(array),
             "shape": list(array.shape),
         }
-        binary = request.binary_output if req.binary is None else req.binary
+        if binary is None:
+            binary = request.binary_output
         if binary:
             blob = to_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
@@ -295,6 +313,8 @@ def _json_ready(array: np.ndarray) -> np.ndarray:
     """`array` as orjson serialises it natively: C-contiguous, native order, finite floats."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         array = np.nan_to_num(array)  # JSON has no NaN or Infinity
+    if array.flags.c_contiguous and array.dtype.isnative:
+        return array
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
 
 

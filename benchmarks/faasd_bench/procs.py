@@ -56,10 +56,10 @@ def start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
-def cpu_seconds(root: int) -> float:
-    """CPU time (user + system) used so far by `root` and every live process below it."""
+def cpu_seconds(root: int, *, tree: bool = True) -> float:
+    """CPU time (user + system) used so far by `root` and (`tree`) every live process below it."""
     ticks = 0
-    for pid in (root, *descendants_of(root)):
+    for pid in (root, *(descendants_of(root) if tree else ())):
         fields = _stat_fields(pid)
         if fields:
             ticks += int(fields[11]) + int(fields[12])

@@ -32,6 +32,11 @@ def _warm_rows(warm: dict[str, Any]) -> list[str]:
         _row("warm overhead p99, binary V2", f"≤ {TARGET_OVERHEAD_P99_MS:g} ms",
              f"{o['p99_ms']:.2f} ms", o["p99_ms"] <= TARGET_OVERHEAD_P99_MS),
     ]
+    if "cpu_ms_per_call" in warm:
+        cpu = warm["cpu_ms_per_call"]
+        rows.append(_row("CPU per binary call: daemon / daemon + sandboxes / in-process run", "–",
+                         f"{cpu['daemon']:.2f} / {cpu['daemon_and_sandboxes']:.2f} / "
+                         f"{cpu['inproc']:.2f} ms", None))
     j = warm["overhead_json"]
     rows.append(_row(f"warm overhead p50 / p99, V2 JSON ({warm['request_bytes']['json']:,} B)",
                      "–", f"{j['p50_ms']:.2f} / {j['p99_ms']:.2f} ms", None))

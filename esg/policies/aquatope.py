@@ -80,7 +80,7 @@ class AquatopePolicy:
     def evaluate(self, workflow: Workflow, plan: dict[str, Config],
                  snapshot: Snapshot) -> tuple[float, float]:
         """(cost per request, e2e latency − SLO) of a plan on the profile model."""
-        cost, finish = 0.0, {}
+        cost, finish = 0.0, dict[str, float]()
         for f in workflow.topological_order():
             config = plan[f]
             ms = snapshot.profiles[f].latency_ms[config]
@@ -176,7 +176,8 @@ def _gp(x: np.ndarray, y: np.ndarray, cand: np.ndarray,
 
     def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-        return np.exp(-d2 / (2 * length_scale**2 * a.shape[1]))
+        result: np.ndarray = np.exp(-d2 / (2 * length_scale**2 * a.shape[1]))
+        return result
 
     k = kernel(x, x) + 1e-6 * np.eye(len(x))
     chol = np.linalg.cholesky(k)
@@ -189,7 +190,8 @@ def _gp(x: np.ndarray, y: np.ndarray, cand: np.ndarray,
 
 
 def _cdf(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+    result: np.ndarray = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+    return result
 
 
 def _pdf(z: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ requests that can no longer meet their deadline are dropped before a batch is fo
 Fitted here [inferred]: a "model" is one AFW queue; a Clockwork worker GPU is one MIG instance
 of `gpu_units` (default 1: MIG's hardware isolation gives each instance the predictable,
 exclusive executor Clockwork assumes; 7 = whole GPUs, no sharing); a DNN function runs there
-with its `FunctionLimits` vCPUs, a host-only function on those vCPUs alone. Deadlines are per stage: the request's
+with its `FunctionLimits` vCPUs, a host-only function on those vCPUs alone. Deadlines are per
+stage: the request's
 end-to-end deadline minus the buffer minus the downstream critical path at each later
 function's batch-1 estimate. Before any measurement the estimate is the profile's mean × 1.12
 (p99 of the simulator's 5 % lognormal noise). Loading/evicting weights is not modelled (the
@@ -26,8 +27,8 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from esg.model import Config, Workflow
-from esg.policy import Action, Completion, Dispatch, Drop, Event, Snapshot
 from esg.policies.toolkit import downstream_s, percentile, place
+from esg.policy import Action, Completion, Dispatch, Drop, Event, Snapshot
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class ClockworkPolicy:
         self.prior_margin = prior_margin
         self.gpu_units = gpu_units
         self._samples: dict[tuple[str, Config], deque[float]] = {}
+        # Estimates change only when a batch completes; both caches are cleared then.
+        self._estimates: dict[tuple[str, Config], float] = {}
+        self._down: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------ estimates
 
@@ -72,18 +76,26 @@ class ClockworkPolicy:
         return config if config in profile.latency_ms else None
 
     def estimate_s(self, function: str, config: Config, snapshot: Snapshot) -> float:
-        samples = self._samples.get((function, config))
-        if samples:
-            return percentile(list(samples), self.estimate_percentile)
-        return snapshot.profiles[function].latency_ms[config] / 1000 * self.prior_margin
+        key = (function, config)
+        if key not in self._estimates:
+            samples = self._samples.get(key)
+            self._estimates[key] = (
+                percentile(list(samples), self.estimate_percentile) if samples
+                else snapshot.profiles[function].latency_ms[config] / 1000 * self.prior_margin
+            )
+        return self._estimates[key]
 
     def downstream(self, workflow: Workflow, snapshot: Snapshot) -> dict[str, float]:
         """Per function of `workflow`: the downstream critical path at batch-1 estimates."""
+        if workflow.name in self._down:
+            return self._down[workflow.name]
         alone = {}
         for f in workflow.functions:
             config = self.base_config(f, snapshot, 1)
             alone[f] = self.estimate_s(f, config, snapshot) if config else 0.0
-        return {f: downstream_s(workflow, f, alone) for f in workflow.functions}
+        down = {f: downstream_s(workflow, f, alone) for f in workflow.functions}
+        self._down[workflow.name] = down
+        return down
 
     # ------------------------------------------------------------ the seam
 
@@ -92,6 +104,8 @@ class ClockworkPolicy:
             d = event.dispatch
             window = self._samples.setdefault((d.function, d.config), deque(maxlen=self.window))
             window.append(event.exec_s)
+            self._estimates.pop((d.function, d.config), None)
+            self._down.clear()
         self.observe(event, snapshot)
         return self.schedule(snapshot)
 

@@ -1,7 +1,7 @@
 """ESG as a policy behind the seam: plan every queued stage, dispatch the first plan that fits.
 
-On every event (arrival, completion, timer) each non-empty AFW queue is looked at, the one with
-the earliest deadline first:
+On every event (arrival, completion, timer) each non-empty AFW queue is looked at, the one whose
+oldest job has the earliest deadline first:
 
 1. Its function's group (`esg.slo`) is planned by ESG_1Q (`esg.search`) with the time actually
    left: budget = (earliest deadline among the jobs a batch would take − now) − what later
@@ -10,11 +10,19 @@ the earliest deadline first:
    (WakeUp) as long as the cheapest plan runnable with the jobs already queued still meets the
    budget, and dispatches that plan when the wait is over or more jobs came. A plan runnable
    now may use a batch configuration larger than the queue: its batch latency is kept (a safe
-   bound) and its cost shared by the jobs actually there. No waiting when the budget is lost.
+   bound) and its cost shared by the jobs actually there.
 3. ESG_Dispatch (`esg.dispatch`) takes the plans in priority order and places the first that
    fits a node; nothing fits: the jobs stay queued and the next completion retries.
-4. Infeasible (no plan meets the budget): the fastest plans are run, not dropped. A late
-   answer is still an answer for the caller, and dropping is admission control's job.
+4. Infeasible group budget: while the end-to-end SLO can still be met (time left >= fastest
+   path through this group and the later ones), the fastest plans run, to win time back. Once
+   it cannot (the request is late whatever happens), `late="cheapest"` (default) runs the
+   cheapest plan runnable now: the most requests per resource, so that late work does not
+   starve requests that can still make it; `late="fastest"` keeps running the fastest plans.
+   Nothing is dropped: a late answer is still an answer, and dropping is admission control's.
+5. Cold starts (reconstruction; the paper's ESG_Dispatch only prefers warm invokers): with
+   `cold_start_ms` > 0, a plan whose first configuration has no idle warm sandbox that fits
+   must meet the budget minus `cold_start_ms`; a plan on a warm configuration wins when it
+   meets the budget and is no dearer than the best cold one.
 
 Functions without a profile (a function the daemon deployed a moment ago) are run FCFS-style
 at their `FunctionLimits` (max_batch, vcpu, vgpu), waiting at most `max_queue_delay_s` for a
@@ -23,32 +31,42 @@ batch to fill, until the profiler provides a table.
 Settings (keyword only, all with defaults): `k` plans per search (8), `group_size` (3),
 `pricing` (a `Pricing`, a mapping or YAML text; default `configs/pricing.yaml`'s values),
 `wait_for_batch` (True), `min_wait_ms` (0.5: shorter waits dispatch at once),
-`no_slo_wait_s` (0.0: how long to wait for a batch when a job has no deadline).
+`no_slo_wait_s` (0.0: how long to wait for a batch when a job has no deadline), `late`
+("cheapest" or "fastest"), `cold_start_ms` (0.0: planning ignores cold starts, as the paper).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from esg.cache import PlanCache
 from esg.dispatch import candidate_nodes, fits, place
-from esg.model import Config, Job, Profile, Workflow
+from esg.model import Config, Job, Workflow
 from esg.policy import Action, Dispatch, Event, FunctionLimits, Snapshot, WakeUp
 from esg.pricing import Pricing, parse_pricing
-from esg.profiles import Capacity, priced_options
-from esg.search import (
-    CompiledGroup,
-    Option,
-    PlanCache,
-    PreparedOptions,
-    SearchResult,
-    compile_group,
-    prepare_options,
-)
+from esg.profiles import Capacity
+from esg.search import CompiledGroup, Plan, SearchResult, compile_group
 from esg.slo import SloSplit, split_slo
+from esg.tables import OptionTables, fastest_by_function
 
 _Outcome = Dispatch | float | None  # a dispatch, a time to look again, or keep waiting
+LATE_CHOICES = ("cheapest", "fastest")
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One AFW queue being planned: its group's members (head first) and its time."""
+
+    app: str
+    function: str
+    members: tuple[str, ...]
+    edges: tuple[tuple[str, str], ...]
+    budget_ms: float  # for this group: time left minus what later groups are promised
+    left_ms: float  # until the earliest deadline among the jobs a batch would take
+    min_after_ms: float  # fastest the later groups can possibly be
 
 
 class EsgPolicy:
@@ -63,22 +81,27 @@ class EsgPolicy:
         wait_for_batch: bool = True,
         min_wait_ms: float = 0.5,
         no_slo_wait_s: float = 0.0,
+        late: str = "cheapest",
+        cold_start_ms: float = 0.0,
         default_limits: FunctionLimits | None = None,
     ) -> None:
         if k < 1 or group_size < 1:
             raise ValueError(f"k and group_size must be >= 1, got k={k}, group_size={group_size}")
+        if late not in LATE_CHOICES:
+            raise ValueError(f"late must be one of {LATE_CHOICES}, got {late!r}")
+        if cold_start_ms < 0 or min_wait_ms < 0 or no_slo_wait_s < 0:
+            raise ValueError("cold_start_ms, min_wait_ms and no_slo_wait_s must be >= 0")
         self.k = k
         self.group_size = group_size
         self.pricing = pricing if isinstance(pricing, Pricing) else parse_pricing(pricing)
         self.wait_for_batch = wait_for_batch
         self.min_wait_ms = min_wait_ms
         self.no_slo_wait_s = no_slo_wait_s
+        self.late = late
+        self.cold_start_ms = cold_start_ms
         self.default_limits = default_limits or FunctionLimits()
         self.cache = PlanCache()
-        self._profiles: dict[str, tuple[Profile, int]] = {}
-        self._generation = 0
-        self._options: dict[tuple[Any, ...], tuple[Option, ...]] = {}
-        self._prepared_cache: dict[tuple[Any, ...], PreparedOptions] = {}
+        self.tables = OptionTables(self.pricing, k)
         self._splits: dict[tuple[Any, ...], SloSplit] = {}
 
     # ------------------------------------------------------------------ the seam
@@ -89,9 +112,11 @@ class EsgPolicy:
         wake_at: float | None = None
         capacity = Capacity.of(snapshot.nodes)
         queues = [(k, jobs) for k, jobs in snapshot.queues.items() if jobs]
-        queues.sort(key=lambda kv: (min(j.deadline_s for j in kv[1]), kv[0]))
+        queues.sort(key=lambda kv: (kv[1][0].deadline_s, kv[0]))
         for key, _ in queues:
             while jobs := snapshot.queues.get(key, ()):
+                if not any(n.healthy and n.free_vcpu > 0 for n in snapshot.nodes):
+                    return [*actions, WakeUp(wake_at)] if wake_at is not None else actions
                 outcome = self._decide(key, jobs, snapshot, capacity)
                 if isinstance(outcome, Dispatch):
                     actions.append(outcome)
@@ -107,38 +132,22 @@ class EsgPolicy:
     # ------------------------------------------------------------------ one queue
 
     def _decide(
-        self,
-        key: tuple[str, str],
-        jobs: tuple[Job, ...],
-        snapshot: Snapshot,
-        capacity: Capacity,
+        self, key: tuple[str, str], jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
     ) -> _Outcome:
         app, function = key
         limits = snapshot.limits.get(function)
         cap = None if limits is None else limits.max_instances
         if cap is not None and snapshot.running.get(function, 0) >= cap:
             return None  # a completion of this function will call again
-        options = self._priced(function, snapshot, capacity)
+        profile = snapshot.profiles.get(function)
+        options = () if profile is None else self._priced(function, snapshot, capacity)
         if not options:
             return self._unprofiled(app, function, jobs, snapshot, limits or self.default_limits)
-        workflow = self._workflow(app, function, snapshot)
-        split = self._split(workflow, snapshot, capacity)
-        members, edges = split.remaining(function)
-        members = tuple(f for f in members if f == function or self._priced(f, snapshot, capacity))
-        edges = tuple((a, b) for a, b in edges if a in members and b in members)
         widest = max(o.config.batch for o in options)
-        urgent = min(j.deadline_s for j in jobs[:widest])
-        reserved_ms = split.group(function).reserved_after_ms
-        budget_ms = (urgent - snapshot.now_s) * 1000.0 - reserved_ms
-        result = self._search(members, edges, snapshot, capacity, budget_ms, None)
-        plans = result.plans
-        if result.feasible and plans[0].configs[function].batch > len(jobs):
-            now = self._search(members, edges, snapshot, capacity, budget_ms, len(jobs))
-            if now.feasible:
-                wait_until = self._wait_until(jobs, snapshot, budget_ms - now.plans[0].latency_ms)
-                if wait_until is not None:
-                    return wait_until
-                plans = now.plans
+        stage = self._stage(app, function, jobs[:widest], snapshot, capacity)
+        plans = self._plans(stage, jobs, snapshot, capacity)
+        if isinstance(plans, float):
+            return plans
         placement = place(plans, function, jobs, snapshot.nodes, f"{app}/{function}")
         if placement is None:
             return None
@@ -152,6 +161,71 @@ class EsgPolicy:
             gpu=placement.gpu,
             plan=dict(placement.plan.configs),
         )
+
+    def _stage(
+        self,
+        app: str,
+        function: str,
+        batch: tuple[Job, ...],
+        snapshot: Snapshot,
+        capacity: Capacity,
+    ) -> _Stage:
+        workflow = self._workflow(app, function, snapshot)
+        split = self._split(workflow, snapshot, capacity)
+        members, edges = split.remaining(function)
+        members = tuple(f for f in members if f == function or self._priced(f, snapshot, capacity))
+        edges = tuple((a, b) for a, b in edges if a in members and b in members)
+        left_ms = (min(j.deadline_s for j in batch) - snapshot.now_s) * 1000.0
+        reserved_ms = split.group(function).reserved_after_ms
+        return _Stage(
+            app,
+            function,
+            members,
+            edges,
+            left_ms - reserved_ms,
+            left_ms,
+            split.min_after_ms(function),
+        )
+
+    def _plans(
+        self, stage: _Stage, jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
+    ) -> tuple[Plan, ...] | float:
+        """The plans to dispatch from, in priority order, or when to look again."""
+        only, budget_ms = self._warm_or_cold(stage, snapshot, capacity)
+        result = self._search(stage, snapshot, capacity, budget_ms, None, only)
+        if not result.feasible:
+            # plans[0] is the fastest plan: the group alone already misses its budget.
+            fastest_ms = result.plans[0].latency_ms + stage.min_after_ms
+            if self.late == "fastest" or stage.left_ms >= fastest_ms:
+                return result.plans
+            return self._search(stage, snapshot, capacity, math.inf, len(jobs), None).plans
+        if result.plans[0].configs[stage.function].batch <= len(jobs):
+            return result.plans
+        now = self._search(stage, snapshot, capacity, budget_ms, len(jobs), only)
+        if not now.feasible:
+            return result.plans  # odd profile: only the fuller batch is fast enough
+        wait_until = self._wait_until(jobs, snapshot, budget_ms - now.plans[0].latency_ms)
+        return now.plans if wait_until is None else wait_until
+
+    def _warm_or_cold(
+        self, stage: _Stage, snapshot: Snapshot, capacity: Capacity
+    ) -> tuple[frozenset[Config] | None, float]:
+        """Head configurations to keep (None: all) and the budget to plan with (rule 5)."""
+        if not self.cold_start_ms:
+            return None, stage.budget_ms
+        cold_budget = stage.budget_ms - self.cold_start_ms
+        cold = self._search(stage, snapshot, capacity, cold_budget, None, None)
+        runnable = {o.config for o in self._priced(stage.function, snapshot, capacity)}
+        warm = _warm_configs(stage.function, snapshot) & runnable
+        if warm:
+            hot = self._search(stage, snapshot, capacity, stage.budget_ms, None, warm)
+            if hot.feasible and (not cold.feasible or hot.plans[0].cost <= cold.plans[0].cost):
+                return warm, stage.budget_ms
+        if cold.feasible:
+            return None, cold_budget
+        # Not even a cold plan makes it: plan as if warm, so that the sandbox started now has
+        # the configuration later requests want.
+        return None, stage.budget_ms
 
     def _wait_until(
         self, jobs: tuple[Job, ...], snapshot: Snapshot, slack_ms: float
@@ -193,93 +267,54 @@ class EsgPolicy:
 
     def _search(
         self,
-        members: Sequence[str],
-        edges: tuple[tuple[str, str], ...],
+        stage: _Stage,
         snapshot: Snapshot,
         capacity: Capacity,
         budget_ms: float,
-        head_cap: int | None,
+        jobs: int | None,
+        only: frozenset[Config] | None,
     ) -> SearchResult:
-        head = members[0]
+        """ESG_1Q over the stage's group; the head may run `jobs` jobs, configs in `only`."""
+        members, edges, head = stage.members, stage.edges, stage.members[0]
+        profiles = snapshot.profiles
         key = (
             tuple(
-                (f, self._version(snapshot.profiles[f]), self._max_batch(f, snapshot))
+                (f, self.tables.generation(profiles[f]), self._max_batch(f, snapshot))
                 for f in members
             ),
             edges,
             capacity,
             self.pricing,
             self.k,
-            head_cap,
+            jobs,
+            only,
         )
 
         def build() -> CompiledGroup:
             tables = {
-                f: self._prepared(f, snapshot, capacity, head_cap if f == head else None)
+                f: self.tables.prepared(
+                    profiles[f],
+                    capacity,
+                    self._max_batch(f, snapshot),
+                    jobs if f == head else None,
+                    only if f == head else None,
+                )
                 for f in members
             }
             return compile_group(members, edges, tables, self.k)
 
         return self.cache.search(key, build, budget_ms)
 
-    def _prepared(
-        self, function: str, snapshot: Snapshot, capacity: Capacity, head_cap: int | None
-    ) -> PreparedOptions:
-        """The function's options sorted and K-filtered, once per profile version (and cap)."""
-        profile = snapshot.profiles[function]
-        key = (
-            function,
-            self._version(profile),
-            capacity,
-            self._max_batch(function, snapshot),
-            head_cap,
-        )
-        prepared = self._prepared_cache.get(key)
-        if prepared is None:
-            if len(self._prepared_cache) > 4096:
-                self._prepared_cache.clear()
-            options = self._priced(function, snapshot, capacity)
-            if head_cap is not None:
-                options = tuple(_partial(o, head_cap) for o in options)
-            prepared = prepare_options(options, self.k, function)
-            self._prepared_cache[key] = prepared
-        return prepared
-
-    def _priced(self, function: str, snapshot: Snapshot, capacity: Capacity) -> tuple[Option, ...]:
-        """The function's runnable options (empty without a profile)."""
+    def _priced(self, function: str, snapshot: Snapshot, capacity: Capacity) -> tuple[Any, ...]:
         profile = snapshot.profiles.get(function)
         if profile is None:
             return ()
-        max_batch = self._max_batch(function, snapshot)
-        key = (function, self._version(profile), capacity, max_batch)
-        options = self._options.get(key)
-        if options is None:
-            if len(self._options) > 4096:
-                self._options.clear()
-            options = tuple(priced_options(profile, self.pricing, capacity, max_batch))
-            self._options[key] = options
-        return options
+        return self.tables.priced(profile, capacity, self._max_batch(function, snapshot))
 
     @staticmethod
     def _max_batch(function: str, snapshot: Snapshot) -> int | None:
         limits = snapshot.limits.get(function)
         return None if limits is None else limits.max_batch
-
-    def _version(self, profile: Profile) -> int:
-        """A number that changes whenever the function's table does (even if `version` did not)."""
-        seen = self._profiles.get(profile.function)
-        if seen is not None and seen[0] is profile:
-            return seen[1]
-        same = (
-            seen is not None
-            and seen[0].version == profile.version
-            and seen[0].latency_ms == profile.latency_ms
-        )
-        if not same:
-            self._generation += 1
-        generation = seen[1] if same and seen is not None else self._generation
-        self._profiles[profile.function] = (profile, generation)
-        return generation
 
     @staticmethod
     def _workflow(app: str, function: str, snapshot: Snapshot) -> Workflow:
@@ -289,11 +324,10 @@ class EsgPolicy:
         return workflow
 
     def _split(self, workflow: Workflow, snapshot: Snapshot, capacity: Capacity) -> SloSplit:
-        fastest: dict[str, float] = {}
-        for f in workflow.functions:
-            options = self._priced(f, snapshot, capacity)
-            if options:
-                fastest[f] = min(o.latency_ms for o in options)
+        max_batch = {f: self._max_batch(f, snapshot) for f in workflow.functions}
+        fastest = fastest_by_function(
+            self.tables, snapshot.profiles, workflow.functions, capacity, max_batch
+        )
         key = (
             workflow.name,
             workflow.functions,
@@ -310,9 +344,11 @@ class EsgPolicy:
         return split
 
 
-def _partial(option: Option, jobs: int) -> Option:
-    """`option` run with only `jobs` jobs: a batch that large or larger costs the same per batch
-    (its latency taken as the full batch's, a safe upper bound), shared by fewer requests."""
-    if option.config.batch <= jobs:
-        return option
-    return Option(option.config, option.latency_ms, option.cost * option.config.batch / jobs)
+def _warm_configs(function: str, snapshot: Snapshot) -> frozenset[Config]:
+    """Configurations of `function` with an idle warm sandbox on a node where it fits now."""
+    warm = set()
+    for node in snapshot.nodes:
+        for (f, config), count in node.warm.items():
+            if f == function and count > 0 and config not in warm and fits(node, config)[0]:
+                warm.add(config)
+    return frozenset(warm)

@@ -22,7 +22,13 @@ import math
 from typing import ClassVar
 
 from esg.model import GPU_UNITS, Config
-from esg.policies.toolkit import RateMeter, batch1_reference_ms, place, static_slo_shares
+from esg.policies.toolkit import (
+    NodeKey,
+    RateMeter,
+    batch1_reference_ms,
+    place,
+    static_slo_shares,
+)
 from esg.policy import Action, Arrival, Completion, Dispatch, Event, NodeView, Snapshot
 
 
@@ -100,7 +106,7 @@ class FastGSharePolicy:
         return actions
 
 
-def _best_fit(config: Config):  # type: ignore[no-untyped-def]
+def _best_fit(config: Config) -> NodeKey:
     def key(node: NodeView, gpu: int | None) -> tuple[int, int, str]:
         left = next((g.free_units for g in node.gpus if g.index == gpu), 0) - config.vgpu
         return (left if config.vgpu else 0, node.free_vcpu - config.vcpu, node.name)

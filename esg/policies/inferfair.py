@@ -53,8 +53,10 @@ class InferFairPolicy(ClockworkPolicy):
         self.overload_at = overload_at
         self._rates: dict[tuple[str, str], RateMeter] = {}
         self._done: dict[tuple[str, str], deque[float]] = {}
+        self._estimate: tuple[float, dict[tuple[str, str], float], bool] | None = None
 
     def observe(self, event: Event, snapshot: Snapshot) -> None:
+        self._estimate = None
         if isinstance(event, Arrival):
             key = (event.job.app, event.job.function)
             self._rates.setdefault(key, RateMeter(self.window_s)).observe(snapshot.now_s)
@@ -98,7 +100,10 @@ class InferFairPolicy(ClockworkPolicy):
         return service, load > self.overload_at
 
     def order(self, strategies: list[Strategy], snapshot: Snapshot) -> list[Strategy]:
-        service, overloaded = self.normalised_service(snapshot)
+        # One estimate per decision: the order is asked for again after every dispatch.
+        if self._estimate is None or self._estimate[0] != snapshot.now_s:
+            self._estimate = (snapshot.now_s, *self.normalised_service(snapshot))
+        _, service, overloaded = self._estimate
         if not overloaded:
             return super().order(strategies, snapshot)
         return sorted(strategies, key=lambda s: (

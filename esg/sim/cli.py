@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from esg.policies import POLICIES
@@ -19,7 +19,7 @@ from esg.sim.report import (
     ReportSettings,
     available_policies,
     cells,
-    markdown_table,
+    results_markdown,
     run_cell,
     table_rows,
     write_csv,
@@ -57,13 +57,17 @@ def report(settings: ReportSettings, out: Path, jobs: int) -> int:
             _progress(len(results), len(tasks), f"{task[0]} {task[1]}/{task[2]}", started)
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for task, metrics in zip(tasks, pool.map(_run, tasks), strict=True):
-                results.append(metrics)
+            futures = {pool.submit(_run, task): task for task in tasks}
+            for future in as_completed(futures):
+                task = futures[future]
+                results.append(future.result())
                 _progress(len(results), len(tasks), f"{task[0]} {task[1]}/{task[2]}", started)
     sys.stderr.write("\n")
+    order = {name: i for i, name in enumerate(POLICIES)}
+    results.sort(key=lambda m: (m.scenario, order.get(m.policy, len(order)), m.policy))
     rows = table_rows(results)
     write_csv(rows, out / "results.csv")
-    (out / "results.md").write_text(markdown_table(rows))
+    (out / "results.md").write_text(results_markdown(rows))
     from esg.sim.figures import write_figures
 
     for path in write_figures(results, out):
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="run every policy on the 3 × 3 grid and write results")
     rep.add_argument("--quick", action="store_true", help="tiny cells (a test run, < 60 s)")
-    rep.add_argument("--out", type=Path, default=Path("sim-results"), help="output directory")
+    rep.add_argument("--out", type=Path, default=Path("sim-report"), help="output directory")
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     rep.add_argument("--policies", default=",".join(POLICIES),

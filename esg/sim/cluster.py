@@ -63,26 +63,35 @@ class ClusterSpec:
 
 @dataclass
 class NodeState:
-    """Mutable state of one node, owned by the engine."""
+    """Mutable state of one node, owned by the engine.
+
+    `batches` lists each function's profiled batch sizes: a warm sandbox of a shape is shown
+    to policies under every configuration of that shape.
+    """
 
     name: str
     total_vcpu: int
     free_vcpu: int
     gpu_free: list[int]
     units_per_gpu: int
+    batches: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     #: (function, vcpu, vgpu) -> expiry times of idle warm sandboxes (a min-heap).
     idle: dict[tuple[str, int, int], list[float]] = field(default_factory=dict)
+    _warm: dict[tuple[str, Config], int] = field(default_factory=dict)
+    _warm_view: dict[tuple[str, Config], int] | None = None
     _view: NodeView | None = None
-    _warm: dict[tuple[str, Config], int] | None = None
 
     @classmethod
-    def fresh(cls, name: str, spec: ClusterSpec) -> NodeState:
+    def fresh(
+        cls, name: str, spec: ClusterSpec, batches: Mapping[str, tuple[int, ...]] | None = None
+    ) -> NodeState:
         return cls(
             name=name,
             total_vcpu=spec.vcpu_per_node,
             free_vcpu=spec.vcpu_per_node,
             gpu_free=[spec.units_per_gpu] * spec.gpus_per_node,
             units_per_gpu=spec.units_per_gpu,
+            batches=batches or {},
         )
 
     def fits(self, config: Config, gpu: int | None) -> bool:
@@ -90,10 +99,8 @@ class NodeState:
             return False
         if not config.vgpu:
             return True
-        return (
-            gpu is not None
-            and 0 <= gpu < len(self.gpu_free)
-            and (self.gpu_free[gpu] >= config.vgpu)
+        return gpu is not None and 0 <= gpu < len(self.gpu_free) and (
+            self.gpu_free[gpu] >= config.vgpu
         )
 
     def hold(self, config: Config, gpu: int | None, sign: int) -> None:
@@ -105,40 +112,54 @@ class NodeState:
 
     def take_warm(self, function: str, config: Config, now_s: float) -> bool:
         """Use an idle warm sandbox of this shape if one is alive; True on a warm start."""
-        heap = self.idle.get((function, config.vcpu, config.vgpu))
+        key = (function, config.vcpu, config.vgpu)
+        heap = self.idle.get(key)
         while heap and heap[0] <= now_s:
             heapq.heappop(heap)
+        self._count(key)
         if not heap:
             return False
         # The sandbox idle the longest is the one whose keep-alive expires first.
         heapq.heappop(heap)
-        self._view = self._warm = None
+        self._count(key)
         return True
 
     def park(self, function: str, config: Config, expires_s: float) -> None:
         key = (function, config.vcpu, config.vgpu)
         heapq.heappush(self.idle.setdefault(key, []), expires_s)
-        self._view = self._warm = None
+        self._count(key)
 
     def expire(self, now_s: float) -> None:
         for key, heap in self.idle.items():
             if heap and heap[0] <= now_s:
                 while heap and heap[0] <= now_s:
                     heapq.heappop(heap)
-                self._view = self._warm = None
+                self._count(key)
 
-    def view(self, batches: Mapping[str, tuple[int, ...]]) -> NodeView:
-        """The policy's view; `batches` lists each function's profiled batch sizes."""
+    def _count(self, key: tuple[str, int, int]) -> None:
+        """Refresh the policy-facing warm counts of one sandbox shape."""
+        function, vcpu, vgpu = key
+        n = len(self.idle.get(key, ()))
+        old = self._warm.get((function, Config(self.batches.get(function, (1,))[0], vcpu, vgpu)))
+        if old == (n or None):
+            return
+        for batch in self.batches.get(function, (1,)):
+            if n:
+                self._warm[(function, Config(batch, vcpu, vgpu))] = n
+            else:
+                self._warm.pop((function, Config(batch, vcpu, vgpu)), None)
+        self._warm_view = None
+        self._view = None
+
+    def view(self) -> NodeView:
+        """The policy's view (a fresh copy whenever something changed)."""
         if self._view is None:
             gpus = tuple(
                 GpuView(index=i, free_units=free, total_units=self.units_per_gpu)
                 for i, free in enumerate(self.gpu_free)
             )
-            if self._warm is None:
-                self._warm = {
-                    (function, Config(batch, vcpu, vgpu)): len(heap)
-                    for (function, vcpu, vgpu), heap in self.idle.items() if heap
-                    for batch in batches.get(function, (1,))
-                }
-            self._view = NodeView(self.name, self.total_vcpu, self.free_vcpu, gpus, self._warm)
+            if self._warm_view is None:
+                self._warm_view = dict(self._warm)
+            self._view = NodeView(self.name, self.total_vcpu, self.free_vcpu, gpus,
+                                  self._warm_view)
         return self._view

@@ -13,7 +13,8 @@ A dispatched batch takes its vCPUs and slice units at once and runs
   transfer of every job's inputs from the nodes its predecessors ran on): data streams in while
   the sandbox starts; with `charge_overhead` the policy call's wall time is added too;
 * exec = the profile's mean latency (of the smallest profiled batch holding the jobs, at the
-  same vCPUs and slice, for a partial batch) × a lognormal noise factor (median 1, `noise_sigma`) drawn
+  same vCPUs and slice, for a partial batch) × a lognormal noise factor (median 1,
+  `noise_sigma`) drawn
   from a seeded RNG, one draw per batch.
 
 Cost of a batch = (P_cpu·vcpu + P_gpu·vgpu) · exec (billed execution time, `esg.pricing`),
@@ -63,6 +64,10 @@ class EngineSettings:
     charge_overhead: bool = False
     #: Stop this long after the last arrival; what is unfinished then counts as missed.
     drain_s: float = 30.0
+    #: Cold starts during the warm-up (before the scenario's `measure_from_s`) take no time:
+    #: each policy builds the sandbox pool its own choices need, as if it had been serving
+    #: this load for hours; afterwards a cold start costs what the cluster says.
+    instant_warmup: bool = True
 
 
 @dataclass
@@ -108,12 +113,14 @@ class Simulation:
         self.settings = settings or EngineSettings()
         self._timer = timer
         self._rng = random.Random(f"{self.settings.seed}:noise")
-        self._nodes = {n: NodeState.fresh(n, self.cluster) for n in self.cluster.node_names()}
-        self._node_order = tuple(self._nodes)
-        self._batches = {
+        batches = {
             name: tuple(sorted({c.batch for c in profile.latency_ms}))
             for name, profile in scenario.profiles.items()
         }
+        self._nodes = {
+            n: NodeState.fresh(n, self.cluster, batches) for n in self.cluster.node_names()
+        }
+        self._node_order = tuple(self._nodes)
         self._queues: dict[tuple[str, str], dict[str, Job]] = {}
         self._queue_views: dict[tuple[str, str], tuple[Job, ...]] = {}
         self._jobs: dict[str, _Request] = {}
@@ -121,6 +128,7 @@ class Simulation:
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
         self._timers: set[float] = set()
+        self._next_expiry = math.inf
         self._now = 0.0
         self._record = RunRecord(
             policy=policy.name,
@@ -141,8 +149,8 @@ class Simulation:
             t, _, kind, data = heapq.heappop(self._heap)
             self._now = t
             if kind == _ARRIVE:
-                rid, app = data  # type: ignore[misc]
-                self._arrive(rid, app)
+                assert isinstance(data, tuple)
+                self._arrive(str(data[0]), str(data[1]))
             elif kind == _DONE:
                 assert isinstance(data, _Batch)
                 self._complete(data)
@@ -195,7 +203,9 @@ class Simulation:
         d = batch.dispatch
         node = self._nodes[d.node]
         node.hold(d.config, d.gpu, +1)
-        node.park(d.function, d.config, self._now + self.cluster.keep_alive_s)
+        expires = self._now + self.cluster.keep_alive_s
+        node.park(d.function, d.config, expires)
+        self._next_expiry = min(self._next_expiry, expires)
         self._running[d.function] -= 1
         self._record.batches.append(
             BatchRecord(
@@ -234,6 +244,13 @@ class Simulation:
     # ------------------------------------------------------------ the policy
 
     def _snapshot(self) -> Snapshot:
+        if self._now >= self._next_expiry:
+            for state in self._nodes.values():
+                state.expire(self._now)
+            self._next_expiry = min(
+                (heap[0] for s in self._nodes.values() for heap in s.idle.values() if heap),
+                default=math.inf,
+            )
         queues = {}
         for key, jobs in self._queues.items():
             view = self._queue_views.get(key)
@@ -242,7 +259,7 @@ class Simulation:
             queues[key] = view
         return Snapshot(
             now_s=self._now,
-            nodes=tuple(self._nodes[n].view(self._batches) for n in self._node_order),
+            nodes=tuple(self._nodes[n].view() for n in self._node_order),
             queues=queues,
             workflows=self.scenario.workflows,
             profiles=self.scenario.profiles,
@@ -303,8 +320,9 @@ class Simulation:
         node.hold(d.config, d.gpu, -1)
         self._running[d.function] = self._running.get(d.function, 0) + 1
         cold = not node.take_warm(d.function, d.config, self._now)
+        warming = self.settings.instant_warmup and self._now < self.scenario.measure_from_s
         setup_s = max(
-            self.cluster.cold_start_s(d.config) if cold else 0.0,
+            self.cluster.cold_start_s(d.config) if cold and not warming else 0.0,
             max(self._transfer_s(job, d.node) for job in jobs),
         )
         noise = math.exp(self._rng.gauss(0.0, self.settings.noise_sigma))

@@ -1,4 +1,5 @@
-"""The evaluation grid: every policy × load (light, normal, heavy) × SLO (strict, moderate, relaxed).
+"""The evaluation grid: every policy × load (light, normal, heavy) × SLO (strict, moderate,
+relaxed).
 
 Pure: the wall-clock timer that measures scheduling overhead is passed in by the shell
 (`esg/sim/cli.py`). `run_cell` is one simulation; `table_rows` turns the metrics of a whole
@@ -38,14 +39,14 @@ class ReportSettings:
     docs/evaluation.md for why."""
 
     nodes: int = 2
-    duration_s: float = 10.0
-    warmup_s: float = 6.0
+    duration_s: float = 6.0
+    warmup_s: float = 4.0
     seed: int = 0
     policies: tuple[str, ...] = field(default_factory=lambda: tuple(POLICIES))
 
     @classmethod
     def quick(cls, seed: int = 0) -> ReportSettings:
-        return cls(nodes=1, duration_s=1.0, warmup_s=1.0, seed=seed)
+        return cls(nodes=1, duration_s=0.6, warmup_s=1.0, seed=seed)
 
 
 def cells() -> list[tuple[str, str]]:
@@ -143,3 +144,30 @@ def markdown_table(rows: Sequence[dict[str, object]]) -> str:
                 cells.append(_fmt(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def pivot_table(rows: Sequence[dict[str, object]], column: str, *, percent: bool = False) -> str:
+    """One row per policy, one column per setting ("strict-light" ...), cells = `column`."""
+    settings = [(load, slo) for load, slo in cells()]
+    header = ["policy"] + [f"{slo}-{load}" for load, slo in settings]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for policy in dict.fromkeys(str(r["policy"]) for r in rows):
+        out = [policy]
+        for load, slo in settings:
+            value = next((r[column] for r in rows if r["policy"] == policy
+                          and r["workload"] == load and r["slo"] == slo), math.nan)
+            if not isinstance(value, float) or math.isnan(value):
+                out.append("")
+            else:
+                out.append(f"{100 * value:.1f}" if percent else f"{value:.2f}")
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(rows: Sequence[dict[str, object]]) -> str:
+    """results.md: the two headline pivots, then every row."""
+    return (
+        "## SLO hit rate (%)\n\n" + pivot_table(rows, "slo_hit_rate", percent=True)
+        + "\n## Cost per request, normalised to ESG\n\n" + pivot_table(rows, "cost_norm")
+        + "\n## All metrics\n\n" + markdown_table(rows)
+    )

@@ -33,8 +33,9 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("GET", "/v2/health/live", v2.live)
     add("GET", "/v2/health/ready", v2.ready)
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        # infer first: the router tries a prefix's routes in this order, and infer is the hot one
+        add("POST", prefix + "/infer", invoke.v2_infer)
         add("GET", prefix, v2.model_metadata)
         add("GET", prefix + "/ready", v2.model_ready)
         add("GET", prefix + "/config", v2.model_config)
-        add("POST", prefix + "/infer", invoke.v2_infer)
     return app

@@ -6,15 +6,19 @@ Layout under `<state_dir>/functions/<name>/`:
                    sandbox of a removed function can never be mistaken for a new one)
     current        the current version number; replaced with write-temp + os.replace
     <n>/           version n: a copy of the deployed directory, files read-only
-    <n>.json       version n's metadata (settings, tensors, handler hooks, deployed_at),
-                   written at commit; a version directory without one is staged (or was left
-                   by a crash mid-deploy and is removed at the next start)
+    <n>.json       version n's metadata (settings, tensors, handler hooks, deployed_at, the
+                   source digest), written at commit; a version directory without one is
+                   staged (or was left by a crash mid-deploy and is removed at the next start)
     .staging-<n>/  a copy in progress, renamed to <n>/ when complete
 
 `stage` validates (faasd.functions.loader) and copies; `commit` records what the sandbox found
 and switches `current`; a new Registry over the same state directory serves the same current
-versions. The newest `keep_versions` committed versions of a name are kept (calls still in
-flight on the previous version keep their files); older ones are pruned at each commit.
+versions. Each version records a digest of what it was deployed from (every copied file's path
+and bytes, and the effective settings): `unchanged` tells whether a source directory would
+install exactly the current version again, so `faasd up --functions DIR` does not pile up a
+new version of every function at every start. The newest `keep_versions` committed versions
+of a name are kept (calls still in flight on the previous version keep their files); older
+ones are pruned at each commit.
 
 One process owns a state directory. Methods take a lock, so `stage` may run in a worker thread
 (`asyncio.to_thread`) while the event loop reads `get`/`list`.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +36,7 @@ import re
 import shutil
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +78,9 @@ class Registry:
         self._keep = keep_versions
         self._lock = threading.RLock()
         self._current: dict[str, FunctionVersion] = {}
-        self._staged: dict[tuple[str, int], FunctionSource] = {}
+        #: the source digest of each current version ("" if it predates digests)
+        self._digests: dict[str, str] = {}
+        self._staged: dict[tuple[str, int], tuple[FunctionSource, str]] = {}
         for directory in sorted(self.root.iterdir()):
             if directory.is_dir() and NAME_PATTERN.match(directory.name):
                 self._recover(directory)
@@ -90,6 +97,18 @@ class Registry:
         with self._lock:
             return [self._current[name] for name in sorted(self._current)]
 
+    def unchanged(self, source: Path, name: str | None = None) -> FunctionVersion | None:
+        """The current version if deploying `source` now would install exactly it again (same
+        files, same effective settings), else None. DeployError if `source` does not pass the
+        static checks."""
+        checked = load_function(source, self._defaults, name)
+        digest = source_digest(checked)
+        with self._lock:
+            current = self._current.get(checked.name)
+            if current is None or self._digests.get(checked.name) != digest:
+                return None
+            return current
+
     def versions(self, name: str) -> builtins.list[int]:
         """The committed versions of `name` still on disk, oldest first."""
         with self._lock:
@@ -104,6 +123,7 @@ class Registry:
         yet: `SandboxPool.inspect` finds them, `commit` records them.
         """
         checked = load_function(source, self._defaults, name)
+        digest = source_digest(checked)  # before the copy: what was checked is what is hashed
         with self._lock:
             home = self.root / checked.name
             home.mkdir(exist_ok=True)
@@ -118,7 +138,7 @@ class Registry:
             raise DeployError(f"cannot copy {checked.directory} into {home}: {exc}",
                               file=str(checked.directory)) from exc
         with self._lock:
-            self._staged[(checked.name, number)] = checked
+            self._staged[(checked.name, number)] = (checked, digest)
         log.info("staged %s v%d from %s", checked.name, number, checked.directory)
         return _version_of(checked, home / str(number), number)
 
@@ -130,9 +150,10 @@ class Registry:
         config.pbtxt declares and the model does not have. The caller discards `staged` then.
         """
         with self._lock:
-            source = self._staged.get((staged.name, staged.version))
-            if source is None:
+            entry = self._staged.get((staged.name, staged.version))
+            if entry is None:
                 raise ValueError(f"{staged.name} v{staged.version} is not staged")
+            source, digest = entry
             _check_against_model(source, info)
             final = dataclasses.replace(
                 staged,
@@ -144,10 +165,12 @@ class Registry:
                 deployed_at=self._clock.wall(),
             )
             home = self.root / staged.name
-            _write_atomic(home / f"{staged.version}.json", json.dumps(_to_json(final), indent=2))
+            metadata = {**_to_json(final), "source_digest": digest}
+            _write_atomic(home / f"{staged.version}.json", json.dumps(metadata, indent=2))
             _write_atomic(home / "current", f"{staged.version}\n")
             del self._staged[(staged.name, staged.version)]
             self._current[staged.name] = final
+            self._digests[staged.name] = digest
             self._prune(home, final.version)
         log.info("%s v%d is current", final.name, final.version)
         return final
@@ -172,6 +195,7 @@ class Registry:
             version = self._current.pop(name, None)
             if version is None:
                 raise NotFound(f"no function named {name!r}")
+            self._digests.pop(name, None)
             home = self.root / name
             (home / "current").unlink(missing_ok=True)
             _sync_directory(home)
@@ -232,6 +256,7 @@ class Registry:
                               home.name, number, candidate)
                     _write_atomic(home / "current", f"{candidate}\n")
                 self._current[home.name] = version
+                self._digests[home.name] = _read_digest(home, candidate)
                 return
         log.error("%s: no readable version left; the function is not served", home.name)
 
@@ -254,9 +279,8 @@ def _version_of(source: FunctionSource, directory: Path, number: int) -> Functio
     )
 
 
-def _copy_function(source: FunctionSource, destination: Path) -> None:
-    """Copy the function directory (all but caches, VCS data and unserved Triton versions),
-    following symlinks, and make every copied file read-only."""
+def _ignore_for(source: FunctionSource) -> Callable[[str, list[str]], Iterable[str]]:
+    """What a deploy leaves behind: caches, VCS data and unserved Triton versions."""
     model_relative = source.model_path.relative_to(source.directory)
     served = model_relative.parts[0] if len(model_relative.parts) > 1 else None
 
@@ -268,7 +292,36 @@ def _copy_function(source: FunctionSource, destination: Path) -> None:
             or (top and _NUMERIC.match(n) and n != served and (Path(directory) / n).is_dir())
         ]
 
-    shutil.copytree(source.directory, destination, ignore=ignore, symlinks=False)
+    return ignore
+
+
+def source_digest(source: FunctionSource) -> str:
+    """sha256 of what deploying `source` installs: the path and bytes of every file the copy
+    takes (symlinks followed, as the copy does) and the effective settings, in a fixed order."""
+    ignore = _ignore_for(source)
+    digest = hashlib.sha256()
+    settings = dataclasses.asdict(source.settings)
+    settings["env"] = dict(source.settings.env)
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    model = source.model_path.relative_to(source.directory).as_posix()
+    digest.update(f"\0model\0{model}".encode())
+    for directory, subdirectories, files in os.walk(source.directory, followlinks=True):
+        skipped = set(ignore(directory, [*subdirectories, *files]))
+        subdirectories[:] = sorted(d for d in subdirectories if d not in skipped)
+        for name in sorted(f for f in files if f not in skipped):
+            path = Path(directory) / name
+            relative = path.relative_to(source.directory).as_posix()
+            digest.update(f"\0file\0{relative}\0".encode())
+            with path.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_function(source: FunctionSource, destination: Path) -> None:
+    """Copy the function directory (all but what `_ignore_for` names), following symlinks,
+    and make every copied file read-only."""
+    shutil.copytree(source.directory, destination, ignore=_ignore_for(source), symlinks=False)
     read_only = ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     for path in destination.rglob("*"):
         if path.is_file():
@@ -375,6 +428,16 @@ def _read_version(home: Path, number: int) -> FunctionVersion | None:
         log.error("%s v%d: %s is missing", home.name, number, version.model_path)
         return None
     return version
+
+
+def _read_digest(home: Path, number: int) -> str:
+    """Version `number`'s source digest; "" when its metadata predates digests."""
+    try:
+        doc = json.loads((home / f"{number}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    digest = doc.get("source_digest") if isinstance(doc, dict) else None
+    return digest if isinstance(digest, str) else ""
 
 
 def _spec_from_json(doc: dict[str, Any]) -> TensorSpec:

@@ -106,13 +106,12 @@ class OnnxModel:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session.run; RunError carries onnxruntime's message for bad inputs."""
+        names = self.output_names
         try:
-            values = self.session.run(self.output_names, dict(feeds))
+            values = self.session.run(names, dict(feeds))
         except Exception as exc:
             message = str(exc).strip()
             if "bad_alloc" in message or "Failed to allocate memory" in message:
                 raise MemoryError(message) from exc  # under RLIMIT_AS: out of memory, not bad input
             raise RunError(message) from exc
-        return {
-            name: np.asarray(value) for name, value in zip(self.output_names, values, strict=True)
-        }
+        return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}

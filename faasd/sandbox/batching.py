@@ -113,9 +113,12 @@ def run_batch(model: Model, batch: Sequence[Tensors]) -> list[Tensors | ItemFail
         except RunError:
             outputs = None  # find out which item is bad by running each alone
         if outputs is not None and all(o.ndim and o.shape[0] == total for o in outputs.values()):
-            bounds = np.cumsum(rows)[:-1]
-            split = {name: np.split(value, bounds) for name, value in outputs.items()}
-            return [{name: parts[i] for name, parts in split.items()} for i in range(len(rows))]
+            split: list[Tensors | ItemFailure] = []
+            start = 0
+            for count in rows:  # plain slices: views, and far cheaper than np.split
+                split.append({name: out[start : start + count] for name, out in outputs.items()})
+                start += count
+            return split
     return [_run_alone(model, feeds) for feeds in batch]
 
 
@@ -171,8 +174,15 @@ def _finish(handler: Handler, outputs: Tensors) -> ItemResult:
         return handler_failure(exc, "postprocess")
 
 
-def execute(model: Model, handler: Handler, items: Sequence[Item]) -> list[ItemResult]:
-    """Results of `items`, in order; a failure of one item never fails the others."""
+def execute(
+    model: Model, handler: Handler, items: Sequence[Item], postprocess: bool = True
+) -> list[ItemResult]:
+    """Results of `items`, in order; a failure of one item never fails the others.
+
+    With `postprocess` False the model's output tensors are returned as they are, even when the
+    handler has a `postprocess` (the Open Inference Protocol path: tensors in, tensors out).
+    """
+    finisher = handler if postprocess else Handler(preprocess=handler.preprocess)
     prepared = [_prepare(model, handler, item) for item in items]
     runnable = [i for i, p in enumerate(prepared) if not isinstance(p, ItemFailure)]
     results: list[ItemResult | None] = [p if isinstance(p, ItemFailure) else None for p in prepared]
@@ -180,5 +190,7 @@ def execute(model: Model, handler: Handler, items: Sequence[Item]) -> list[ItemR
         batch = [prepared[i] for i in runnable]
         outputs = run_batch(model, [p for p in batch if not isinstance(p, ItemFailure)])
         for index, output in zip(runnable, outputs, strict=True):
-            results[index] = output if isinstance(output, ItemFailure) else _finish(handler, output)
+            results[index] = (
+                output if isinstance(output, ItemFailure) else _finish(finisher, output)
+            )
     return [r for r in results if r is not None]

@@ -57,7 +57,8 @@ def send(sock: socket.socket, message: Any) -> None:
 def _recv_into(sock: socket.socket, view: memoryview) -> None:
     got = 0
     while got < len(view):
-        n = sock.recv_into(view[got:])
+        # MSG_WAITALL: one return per message, not one per chunk the daemon's send was cut into
+        n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
         if n == 0:
             raise ChannelClosed("peer closed the channel")
         got += n

@@ -3,7 +3,8 @@
 A frame is an 8-byte prefix (`<II`: body length, header length), then the body: a msgpack
 header, padding to 8 bytes, then the raw bytes of every tensor back to back (each padded to 8).
 In the header a tensor is a msgpack extension holding `(dtype, shape, offset, nbytes)` into the
-data section, so tensors never pass through per-element Python code:
+data section (packed with `struct`: `<B` dtype length, the dtype string, `<B` rank, `<q` per
+dimension, `<QQ` offset and size), so tensors never pass through per-element Python code:
 
 - encoding returns a list of buffers (prefix + header, then a memoryview of each tensor) for a
   scatter-gather send: the tensor bytes are not copied in user space;
@@ -24,6 +25,7 @@ import numpy as np
 
 PREFIX = struct.Struct("<II")
 PREFIX_SIZE = PREFIX.size
+_PLACE = struct.Struct("<QQ")
 #: Larger frames are refused: the daemon caps request bodies far below this.
 MAX_BODY_BYTES = 2**31
 TENSOR_EXT = 1
@@ -55,11 +57,11 @@ def encode(message: Any) -> list[Buffer]:
                 return msgpack.ExtType(OBJECT_TENSOR_EXT, msgpack.packb((obj.shape, items)))
             # ascontiguousarray would turn a 0-d array into 1-d: keep the shape
             array = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj).reshape(obj.shape)
-            meta = (array.dtype.str, array.shape, data_bytes, array.nbytes)
+            meta = _tensor_meta(array.dtype.str, array.shape, data_bytes, array.nbytes)
             if array.nbytes:
                 tensors.append(array.reshape(-1).view(np.uint8).data)
                 data_bytes += array.nbytes + _pad(array.nbytes)
-            return msgpack.ExtType(TENSOR_EXT, msgpack.packb(meta))
+            return msgpack.ExtType(TENSOR_EXT, meta)
         if isinstance(obj, np.generic):
             return obj.item()
         raise TypeError(f"cannot frame a value of type {type(obj).__name__}")
@@ -77,6 +79,27 @@ def encode(message: Any) -> list[Buffer]:
         if _pad(len(view)):
             buffers.append(_PADDING[: _pad(len(view))])
     return buffers
+
+
+def _tensor_meta(dtype: str, shape: tuple[int, ...], offset: int, nbytes: int) -> bytes:
+    """A tensor's place in the data section (no msgpack.packb: each call allocates 1 MiB)."""
+    code = dtype.encode()
+    return (
+        struct.pack(f"<B{len(code)}sB{len(shape)}q", len(code), code, len(shape), *shape)
+        + _PLACE.pack(offset, nbytes)
+    )
+
+
+def _read_tensor_meta(data: bytes) -> tuple[np.dtype[Any], tuple[int, ...], int, int]:
+    try:
+        size = data[0]
+        dtype = np.dtype(data[1 : 1 + size].decode())
+        rank = data[1 + size]
+        shape = struct.unpack_from(f"<{rank}q", data, 2 + size)
+        offset, nbytes = _PLACE.unpack_from(data, 2 + size + 8 * rank)
+    except (IndexError, struct.error, TypeError, UnicodeDecodeError) as exc:
+        raise FrameError(f"corrupt tensor header: {exc}") from exc
+    return dtype, shape, offset, nbytes
 
 
 def encode_bytes(message: Any) -> bytes:
@@ -100,8 +123,7 @@ def decode(body: Buffer, header_bytes: int) -> Any:
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code == TENSOR_EXT:
-            dtype_str, shape, offset, nbytes = msgpack.unpackb(data)
-            dtype = np.dtype(dtype_str)
+            dtype, shape, offset, nbytes = _read_tensor_meta(data)
             if nbytes == 0:
                 return np.empty(shape, dtype=dtype)
             start = data_start + offset

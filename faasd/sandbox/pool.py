@@ -15,10 +15,10 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from esg.model import Config
@@ -85,6 +85,8 @@ class SandboxPool:
         self._reap_interval_s = reap_interval_s
         self._entries: dict[str, _Entry] = {}
         self._idle: dict[SandboxKey, list[_Entry]] = {}
+        #: warm_counts(), computed once per change of `_idle` (the controller reads it per event)
+        self._warm_view: Mapping[tuple[str, Config], int] | None = None
         self._counters = _Counters()
         self._waiters: list[asyncio.Future[None]] = []
         self._reaper: asyncio.Task[None] | None = None
@@ -150,15 +152,27 @@ class SandboxPool:
         return info
 
     async def run(
-        self, version: FunctionVersion, config: Config, items: Sequence[Item]
+        self,
+        version: FunctionVersion,
+        config: Config,
+        items: Sequence[Item],
+        postprocess: bool = True,
     ) -> Execution:
-        """Run one batch in a sandbox of (version, config); see the module docstring."""
+        """Run one batch in a sandbox of (version, config); see the module docstring.
+
+        With `postprocess` False every item is answered with the model's output tensors, even
+        when the function's handler has a `postprocess` (the V2 inference path).
+        """
         if not items:
             raise ValueError("run() needs at least one item")
         entry, cold = await self._acquire(version, config)
         process = entry.process
         process.state = State.BUSY
-        message = {"op": "run", "items": protocol.items_to_wire(items)}
+        message = {
+            "op": "run",
+            "items": protocol.items_to_wire(items),
+            "postprocess": postprocess,
+        }
         try:
             reply = await process.call(message, version.settings.timeout_s)
         except TimeoutError:
@@ -212,12 +226,15 @@ class SandboxPool:
             entry.retired = True
         await asyncio.gather(*(self._drop(e) for e in doomed if e.process.state is State.IDLE))
 
-    def warm_counts(self) -> dict[tuple[str, Config], int]:
-        counts: Counter[tuple[str, Config]] = Counter()
-        for (name, _, config), idle in self._idle.items():
-            if idle:
-                counts[(name, config)] += len(idle)
-        return dict(counts)
+    def warm_counts(self) -> Mapping[tuple[str, Config], int]:
+        """Idle warm sandboxes by (function, config): a read-only view, fixed once returned."""
+        if self._warm_view is None:
+            counts: Counter[tuple[str, Config]] = Counter()
+            for (name, _, config), idle in self._idle.items():
+                if idle:
+                    counts[(name, config)] += len(idle)
+            self._warm_view = MappingProxyType(dict(counts))
+        return self._warm_view
 
     def stats(self) -> PoolStats:
         alive = Counter(e.name for e in self._entries.values())
@@ -260,6 +277,7 @@ class SandboxPool:
         idle = self._idle.get(key)
         while idle:
             entry = idle.pop()  # most recently used first, so the others can expire
+            self._warm_view = None
             if not entry.process.spawned.has_exited():
                 return entry
             self._in_background(self._drop(entry))
@@ -321,6 +339,7 @@ class SandboxPool:
         entry.process.state = State.IDLE
         entry.last_used_s = self._clock.now()
         self._idle.setdefault(entry.key, []).append(entry)
+        self._warm_view = None
         self._wake()
 
     # --- starting and stopping -------------------------------------------------------------
@@ -375,6 +394,7 @@ class SandboxPool:
         idle = self._idle.get(entry.key)
         if idle is not None and entry in idle:
             idle.remove(entry)
+            self._warm_view = None
         self._spawner.release(entry.cpus)
         await entry.process.stop()
         self._wake()
@@ -419,11 +439,13 @@ class SandboxPool:
         if entry not in idle:
             return
         idle.remove(entry)
+        self._warm_view = None
         entry.process.state = State.BUSY
         entry.last_ping_s = now
         if await entry.process.ping(PING_TIMEOUT_S):
             entry.process.state = State.IDLE
             idle.insert(0, entry)  # still the least recently used
+            self._warm_view = None
             self._wake()
             return
         logger.warning(

@@ -1,6 +1,7 @@
 """The messages daemon and worker exchange, as plain msgpack-able values. Pure.
 
-Daemon -> worker: `run` (items), `ping`, `stop`. Worker -> daemon: `ready` (what the model
+Daemon -> worker: `run` (items, and `postprocess`: False to answer with the model's tensors
+even when the handler has a postprocess), `ping`, `stop`. Worker -> daemon: `ready` (what the model
 takes and gives) or `failed` (why it could not load), then one `result` per `run` and one `pong`
 per `ping`. Items travel as `{"t": tensors}` or `{"b": body, "ct": content type}`; results as
 `{"t": tensors}`, `{"b": body, "ct": ...}` or `{"f": [status, message]}`.

@@ -71,7 +71,11 @@ class Spawner:
 
     async def start(self) -> None:
         self.confinement = Confinement.detect(self.cgroup_parent, self._choice)
-        await self.launcher.start()
+        try:
+            await self.launcher.start()
+        except BaseException:
+            self.confinement.close()
+            raise
 
     async def stop(self) -> None:
         await self.launcher.stop()
@@ -84,6 +88,9 @@ class Spawner:
         CPUs (give them back with `release`). SandboxCrashed if the sandbox cannot be made."""
         sandbox_id = f"{version.name}-v{version.version}-{os.getpid()}-{next(self._ids)}"
         cpus = pick_cpus(sorted(os.sched_getaffinity(0)), self._cpu_load, config.vcpu)
+        # Counted at once, before the first await: sandboxes started side by side must see
+        # each other's CPUs, or they all land on the same least-loaded one.
+        self._cpu_load.update(cpus)
         limits = Limits(vcpu=config.vcpu, cpus=cpus, memory_mb=version.settings.memory_mb)
         tmp_dir = self.state_dir / "sandboxes" / sandbox_id
         groups: SandboxGroups | None = None
@@ -93,6 +100,7 @@ class Spawner:
             spec = worker_spec(version, config, groups, cpus, tmp_dir)
             process = await SandboxProcess.start(self.launcher, sandbox_id, spec, groups, tmp_dir)
         except BaseException as exc:
+            self.release(cpus)
             if groups is not None:
                 groups.remove()
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -102,7 +110,6 @@ class Spawner:
                     f"could not start a sandbox for {version.name}: {exc}"
                 ) from exc
             raise
-        self._cpu_load.update(cpus)
         logger.info(
             "sandbox [%d] forked for %s v%d at %s on cpus %s",
             process.pid,

@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from faasd.functions.spec import ModelInfo
-from faasd.runtime.onnx import ModelLoadError, OnnxModel
+from faasd.runtime.onnx import CUDA_PROVIDER, ModelLoadError, OnnxModel, choose_providers
 from faasd.sandbox import cgroups, channel, protocol
 from faasd.sandbox.batching import Handler, execute
 
@@ -114,6 +114,10 @@ def _load_parts(spec: protocol.WorkerSpec) -> tuple[OnnxModel, Handler]:
         _prepare_process(spec)
     except OSError as exc:
         raise _LoadFailed(protocol.FAILED_SANDBOX, f"could not confine the sandbox: {exc}") from exc
+    if spec.vgpu > 0 and CUDA_PROVIDER not in choose_providers(spec.vgpu):
+        logger.warning(
+            "vgpu=%d asked for, but onnxruntime has no CUDA here: running on CPU", spec.vgpu
+        )
     try:
         model = OnnxModel.load(Path(spec.model_path), spec.vcpu, spec.vgpu)
     except ModelLoadError as exc:
@@ -152,7 +156,8 @@ def _serve(sock: socket.socket, model: OnnxModel, handler: Handler) -> None:
         op = message.get("op")
         if op == "run":
             started = time.perf_counter()
-            results = execute(model, handler, protocol.items_from_wire(message["items"]))
+            items = protocol.items_from_wire(message["items"])
+            results = execute(model, handler, items, bool(message.get("postprocess", True)))
             reply = {
                 "op": "result",
                 "results": protocol.results_to_wire(results),

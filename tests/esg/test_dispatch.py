@@ -75,17 +75,21 @@ def test_fits(view: object, config: Config, expected: tuple[bool, int | None]) -
     assert fits(view, config) == expected  # type: ignore[arg-type]
 
 
-def test_preference_is_input_node_then_home_then_warm_then_the_progression() -> None:
+def test_preference_is_warm_then_input_nodes_then_the_home_progression() -> None:
     config = Config(1, 2)
-    nodes = [node(f"n{i}") for i in range(4)]
+    nodes = [node(f"n{i}") for i in range(6)]
     nodes[3] = node("n3", warm={("f", config): 1})
-    home = nodes[home_progression("app/f", 4)[0]].name
+    nodes[1] = node("n1", warm={("f", config): 2, ("f", Config(1, 1)): 1})
+    progression = [f"n{i}" for i in home_progression("app/f", 6)]
     jobs = [job(0, input_node="n1"), job(1, input_node="n2"), job(2, input_node="n2")]
     order = [n.name for n in candidate_nodes(nodes, "f", config, jobs, "app/f")]
-    # n2 holds two inputs, n1 one; then home; then the warm n3; then the rest.
-    expected_head = ["n2", "n1"] + [x for x in [home, "n3"] if x not in ("n1", "n2")]
-    assert order[: len(expected_head)] == expected_head
-    assert sorted(order) == ["n0", "n1", "n2", "n3"]
+    # Warm at this config: n1 (it also holds an input) before n3. Then the input nodes, n2
+    # (two inputs) before n1. Then the OpenWhisk progression from the home node.
+    rest = [name for name in progression if name not in ("n1", "n2", "n3")]
+    assert order == ["n1", "n3", "n2", *rest]
+    # Another configuration is warm nowhere: locality first, then home and its progression.
+    other = [n.name for n in candidate_nodes(nodes, "f", Config(2, 2), jobs, "app/f")]
+    assert other == ["n2", "n1", *[p for p in progression if p not in ("n1", "n2")]]
 
 
 def _plan(config: Config) -> Plan:

@@ -99,7 +99,6 @@ def test_when_the_wait_is_over_the_best_plan_runnable_now_goes() -> None:
     [
         (0.045, CPU4),  # 45 ms: CPU1 and PAIR are too slow; CPU4 ($0.16) beats GPU1 ($0.22)
         (0.030, GPU1),  # 30 ms: only GPU1 (20 ms) fits
-        (0.010, GPU1),  # 10 ms: nothing fits; the fastest plan runs anyway (not dropped)
     ],
 )
 def test_tight_budgets_buy_speed(slo_s: float, expected: Config) -> None:
@@ -109,6 +108,55 @@ def test_tight_budgets_buy_speed(slo_s: float, expected: Config) -> None:
     assert [d.config for d in dispatches] == [expected, expected]
     assert [d.gpu for d in dispatches] == [0 if expected.vgpu else None] * 2
     assert [d.job_ids for d in dispatches] == [("j0",), ("j1",)]
+
+
+def test_late_requests_run_cheap_unless_told_to_run_fast() -> None:
+    # 10 ms left, the fastest plan takes 20 ms: these requests are late whatever happens.
+    jobs = [job(0, slo_s=0.01), job(1, slo_s=0.01)]
+    snap = _snap(0.0, jobs, slo_s=0.01)
+    # Default: the cheapest plan runnable now, PAIR ($0.075) for both jobs in one batch.
+    [cheap] = _dispatches(_policy().on_event(Timer(), snap))
+    assert (cheap.config, cheap.job_ids) == (PAIR, ("j0", "j1"))
+    # late="fastest": the fastest plan, GPU1, once per job.
+    fast = _dispatches(EsgPolicy(pricing=PRICES, late="fastest").on_event(Timer(), snap))
+    assert [d.config for d in fast] == [GPU1, GPU1]
+
+
+@pytest.mark.parametrize(
+    ("left_ms", "expected"),
+    [
+        (45.0, GPU1),  # a's budget 45 - 50 < 0, but 20 + 20 <= 45: run fast to win time back
+        (35.0, PAIR),  # 35 < 20 + 20: late whatever happens, run cheap
+    ],
+)
+def test_a_blown_group_budget_runs_fast_while_the_slo_is_still_reachable(
+    left_ms: float, expected: Config
+) -> None:
+    # a -> b, one function per group; both have PROFILE's table (fastest 20 ms each), so the
+    # 100 ms SLO is split 50/50 and a's group must leave 50 ms for b's.
+    wf = Workflow.from_edges("app", ["a", "b"], [("a", "b")], slo_s=0.1)
+    profiles = [Profile(f, PROFILE.latency_ms) for f in "ab"]
+    start = left_ms / 1000.0 - 0.1  # the requests arrived this long before now = 0
+    jobs = [job(i, function="a", start_s=start, enqueued_s=0.0, slo_s=0.1) for i in range(2)]
+    snap = snapshot(
+        nodes=[node("n0", gpu_units=(7,))], jobs=jobs, workflows=[wf], profiles=profiles
+    )
+    dispatches = _dispatches(EsgPolicy(pricing=PRICES, group_size=1).on_event(Timer(), snap))
+    assert dispatches[0].config == expected
+
+
+def test_with_cold_starts_a_warm_configuration_wins_when_a_cold_one_cannot_make_it() -> None:
+    warm_node = node("n0", warm={("f", CPU4): 1})
+    jobs = [job(0, slo_s=0.3), job(1, slo_s=0.3)]
+    snap = _snap(0.0, jobs, slo_s=0.3, nodes=(warm_node,))
+    policy = EsgPolicy(pricing=PRICES, cold_start_ms=500.0)
+    # 300 ms: any cold plan needs 500 ms more; the warm CPU4 (40 ms) fits. Without the cold
+    # start setting, PAIR ($0.075, 150 ms) would be chosen.
+    assert _dispatches(policy.on_event(Timer(), snap))[0].config == CPU4
+    assert _dispatches(_policy().on_event(Timer(), snap))[0].config == PAIR
+    # 1 s: PAIR fits even after a 500 ms cold start and is cheaper than the warm CPU4.
+    relaxed = _snap(0.0, [job(0, slo_s=1.0), job(1, slo_s=1.0)], nodes=(warm_node,))
+    assert _dispatches(policy.on_event(Timer(), relaxed))[0].config == PAIR
 
 
 def test_nothing_fits_keeps_the_jobs_queued() -> None:

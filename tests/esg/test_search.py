@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from esg.cache import PlanCache
 from esg.model import Config
-from esg.search import Option, PlanCache, compile_group, esg_1q, search
+from esg.search import Option, compile_group, esg_1q, search
 from esg.testing import brute_force, options_of, synthetic_profile
 
 C1, C2, C4 = Config(1, 1), Config(1, 2), Config(1, 4)

@@ -72,6 +72,51 @@ async def test_plain_v2_and_handler_calls(daemon: Daemon) -> None:
         assert doc["sum"] == pytest.approx(sum(expected_y(X)), rel=1e-5)
 
 
+async def test_v2_path_answers_model_tensors_and_function_path_the_handler(
+    daemon: Daemon,
+) -> None:
+    """texty has preprocess and postprocess: /v2 skips both, /function applies postprocess."""
+    url = daemon.url
+    v2 = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": X}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/v2/models/texty/infer", json=v2) as resp:
+            assert resp.status == 200, await resp.text()
+            doc = await resp.json()
+        assert doc["model_name"] == "texty"
+        [out] = doc["outputs"]
+        assert out["name"] == "y" and out["shape"] == [1, 3] and out["datatype"] == "FP32"
+        np.testing.assert_allclose(out["data"], expected_y(X), rtol=1e-6)
+
+        # the same request on the OpenFaaS path gets the handler's answer
+        async with s.post(f"{url}/function/texty", json=v2) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+        assert answer["sum"] == pytest.approx(sum(expected_y(X)), rel=1e-5)
+
+        # binary tensor extension on the V2 path: raw little-endian FP32 back
+        header = json.dumps({
+            "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                        "parameters": {"binary_data_size": 16}}],
+            "parameters": {"binary_data_output": True},
+        }).encode()
+        body = header + np.asarray([X], dtype="<f4").tobytes()
+        headers = {"Inference-Header-Content-Length": str(len(header)),
+                   "Content-Type": "application/octet-stream"}
+        async with s.post(f"{url}/v2/models/texty/infer", data=body, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            raw = await resp.read()
+            length = int(resp.headers["Inference-Header-Content-Length"])
+        meta = json.loads(raw[:length])
+        assert meta["outputs"][0]["parameters"]["binary_data_size"] == 12
+        np.testing.assert_allclose(np.frombuffer(raw[length:], dtype="<f4"), expected_y(X),
+                                   rtol=1e-6)
+
+        # a raw body has no place on the tensor path, whatever the handler reads
+        async with s.post(f"{url}/v2/models/texty/infer", data=b"1,2,3,4",
+                          headers={"Content-Type": "text/plain"}) as resp:
+            assert "V2 inference request" in await error_of(resp, 400)
+
+
 async def test_bad_inputs_get_the_right_json_error(daemon: Daemon) -> None:
     url = daemon.url
     async with aiohttp.ClientSession() as s:

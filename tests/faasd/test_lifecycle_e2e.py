@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
 from tests.faasd.builders import TEXT_HANDLER, WEIGHTS, make_function
 from tests.faasd.daemon_process import start_daemon
@@ -155,3 +156,31 @@ def test_sigterm_while_functions_load_stops_promptly(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_restart_over_unchanged_functions_keeps_their_versions(tmp_path: Path) -> None:
+    """`faasd up --functions DIR` twice over one state directory: an unchanged function keeps
+    its version (and still answers), a changed one gets the next version."""
+    root = tmp_path / "functions"
+    make_function(root, "linear", "batching: {max_batch_size: 4}\n")
+    make_function(root, "texty", "timeout_s: 5\n", TEXT_HANDLER)
+    config = DaemonConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
+                          functions_dir=root)
+
+    async def versions() -> dict[str, int]:
+        async with Daemon(config) as running:
+            assert not running.load_errors, running.load_errors
+            async with aiohttp.ClientSession() as s:
+                async with s.post(f"{running.url}/function/linear", json={"x": [[1, 2, 3, 4]]}) \
+                        as resp:
+                    assert resp.status == 200, await resp.text()
+                async with s.get(f"{running.url}/system/functions") as resp:
+                    listed = await resp.json()
+        return {f["name"]: f["version"] for f in listed}
+
+    assert await versions() == {"linear": 1, "texty": 1}
+    assert await versions() == {"linear": 1, "texty": 1}
+    (root / "texty" / "faasd.yaml").write_text("timeout_s: 6\n")
+    assert await versions() == {"linear": 1, "texty": 2}
+    installed = sorted(p.name for p in (tmp_path / "state" / "functions" / "linear").iterdir())
+    assert installed == ["1", "1.json", "counter", "current"]

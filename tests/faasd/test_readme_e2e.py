@@ -6,6 +6,7 @@ it got. The example models must be built (`make test` builds them first).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -61,6 +62,10 @@ def test_quickstart_curl_lines_work_as_printed(examples: DaemonProcess) -> None:
         assert out.returncode == 0 and status == "200", (line, out.stdout[-500:], out.stderr)
         if "/function/digits" in line:
             assert '"label": 3' in body
+        if "/v2/models/digits/infer" in line:  # the model's tensor, not the handler's answer
+            [output] = json.loads(body)["outputs"]
+            assert output["name"] == "probabilities" and output["shape"] == [1, 10]
+            assert max(range(10), key=output["data"].__getitem__) == 3
         if "/function/squeezenet" in line or "/function/resnet50" in line:
             assert '"top5"' in body
 

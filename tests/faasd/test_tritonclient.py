@@ -5,13 +5,20 @@ The sync client is gevent-based, so the daemon runs as a subprocess (`faasd up`)
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import shutil
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.faasd.builders import WEIGHTS, make_function
 from tests.faasd.daemon_process import DaemonProcess, start_daemon
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "functions"
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +93,55 @@ def test_errors_reach_the_client_as_messages(client: object) -> None:
     with pytest.raises(InferenceServerException, match="no function named"):
         c.get_model_metadata("ghost")
     assert not c.is_model_ready("ghost")
+
+
+def _example_digits(root: Path) -> Path:
+    """A copy of functions/digits, its model built here if `make models` has not built it."""
+    target = root / "digits"
+    shutil.copytree(EXAMPLES / "digits", target)
+    if not (target / "model.onnx").is_file():
+        spec = importlib.util.spec_from_file_location("build_models",
+                                                      EXAMPLES / "build_models.py")
+        assert spec is not None and spec.loader is not None
+        build = importlib.util.module_from_spec(spec)
+        before, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+        try:
+            spec.loader.exec_module(build)
+        finally:
+            sys.dont_write_bytecode = before
+        assert build.main(["--out", str(root), "digits"]) == 0
+    return target
+
+
+@pytest.fixture(scope="module")
+def digits_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    tmp = tmp_path_factory.mktemp("triton-digits")
+    _example_digits(tmp / "functions")
+    daemon = start_daemon(tmp, tmp / "functions")
+    yield daemon
+    daemon.stop()
+
+
+def test_digits_handler_is_skipped_on_the_v2_path(digits_live: DaemonProcess) -> None:
+    """digits has preprocess and postprocess, yet tritonclient reads its model's output tensor."""
+    sample = json.loads((EXAMPLES / "digits" / "sample.json").read_text())
+    pixels = np.asarray(sample["inputs"][0]["data"], dtype=np.float32).reshape(1, 64)
+    batch = np.concatenate([pixels, np.zeros_like(pixels), pixels])
+    c = httpclient.InferenceServerClient(f"127.0.0.1:{digits_live.port}")
+    try:
+        meta = c.get_model_metadata("digits")
+        assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32",
+                                    "shape": [-1, 10]}]
+        inp = httpclient.InferInput("input", list(batch.shape), "FP32")
+        inp.set_data_from_numpy(batch, binary_data=True)
+        wanted = [httpclient.InferRequestedOutput("probabilities", binary_data=True)]
+        result = c.infer("digits", [inp], outputs=wanted)
+    finally:
+        c.close()
+    output = result.get_output("probabilities")
+    assert output["parameters"]["binary_data_size"] == 3 * 10 * 4  # raw FP32 bytes, not JSON
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.dtype == np.float32 and probabilities.shape == (3, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    assert np.argmax(probabilities[0]) == np.argmax(probabilities[2]) == 3  # sample.json is a 3
+    np.testing.assert_array_equal(probabilities[0], probabilities[2])

@@ -14,7 +14,7 @@ import pytest
 from esg.model import Config
 from faasd.functions.registry import Registry
 from faasd.functions.spec import FunctionSettings, FunctionVersion, TensorSpec
-from faasd.sandbox.items import BodyItem, BodyResult, ItemFailure, TensorItem
+from faasd.sandbox.items import BodyItem, BodyResult, ItemFailure, TensorItem, TensorResult
 from faasd.sandbox.pool import SandboxPool
 
 from .conftest import FUNCTIONS
@@ -65,13 +65,23 @@ async def test_digits_in_a_sandbox(models: Path, pool: SandboxPool, tmp_path: Pa
     assert isinstance(bad, ItemFailure) and bad.status == 400
     assert "cannot read the body as a picture" in bad.message
 
-    # The tensor path skips preprocess: sample.json's digit as a tensor. The handler has a
-    # postprocess, so (as the pool's contract says) the answer goes through it too.
+    # Tensors skip preprocess: sample.json's digit as a tensor. By default the handler's
+    # postprocess shapes the answer (the OpenFaaS path) ...
     request = json.loads((FUNCTIONS / "digits" / "sample.json").read_text())
     x = np.asarray(request["inputs"][0]["data"], dtype=np.float32).reshape(1, 64)
     execution = await pool.run(version, Config(batch=1, vcpu=1), [TensorItem({"input": x})])
     (result,) = execution.results
-    assert body_of(result)["label"] == 3
+    answer = body_of(result)
+    assert answer["label"] == 3
+    # ... and without postprocess the model's own tensor comes back (the V2 path).
+    execution = await pool.run(
+        version, Config(batch=1, vcpu=1), [TensorItem({"input": x})], postprocess=False
+    )
+    (raw,) = execution.results
+    assert isinstance(raw, TensorResult) and sorted(raw.tensors) == ["probabilities"]
+    probabilities = raw.tensors["probabilities"]
+    assert probabilities.shape == (1, 10) and int(np.argmax(probabilities)) == 3
+    np.testing.assert_allclose(probabilities[0], answer["probabilities"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["squeezenet", "resnet50"])

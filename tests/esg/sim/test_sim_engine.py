@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 import pytest
@@ -203,3 +204,43 @@ def test_noise_is_seeded() -> None:
     assert lat(1) == lat(1)
     assert lat(1) != lat(2)
     assert all(x is not None and 0.005 < x < 0.02 for x in lat(3))
+
+
+class WarmWatcher(Fixed):
+    """Records how many warm sandboxes of its shape the snapshot shows at each arrival."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.seen: list[int] = []
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if isinstance(event, Arrival):
+            self.seen.append(snapshot.node("node00").warm.get(("f", self.config), 0))
+        return super().on_event(event, snapshot)
+
+
+def test_the_snapshot_shows_warm_sandboxes_until_their_keep_alive_ends() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    b2 = Config(2, 2, 0)
+    sc = scenario(wf, {"f": {CPU: 10.0, b2: 15.0}}, arrivals=[0.0, 5.0, 20.0])
+    watcher = WarmWatcher(CPU)
+    run(watcher, sc, small_cluster(cold_start_cpu_s=0.5, keep_alive_s=10.0))
+    # None at first; one after the first run (parked at 0.51 s); expired by 20 s (15.51 s).
+    assert watcher.seen == [0, 1, 0]
+
+
+def test_cold_starts_are_instant_during_the_warm_up_only() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    sc = scenario(wf, {"f": {CPU: 10.0}}, arrivals=[0.0, 0.0, 2.0, 2.0])
+    sc = replace(sc, measure_from_s=1.0)
+    record = run(Fixed(CPU), sc, small_cluster(cold_start_cpu_s=0.5))
+    latencies = [r.latency_s for r in record.requests.values()]
+    # Two concurrent requests during the warm-up start two sandboxes at no cost; two more at
+    # 2 s find them warm. Without instant warm-up the first two pay 0.5 s each.
+    assert latencies == pytest.approx([0.01] * 4)
+    harsh = run(Fixed(CPU), sc, small_cluster(cold_start_cpu_s=0.5),
+                settings=replace(EXACT, instant_warmup=False))
+    assert [r.latency_s for r in harsh.requests.values()] == pytest.approx(
+        [0.51, 0.51, 0.01, 0.01]
+    )
+    assert [r.measured for r in record.requests.values()] == [False, False, True, True]

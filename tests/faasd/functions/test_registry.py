@@ -284,3 +284,59 @@ def test_look_ups_do_not_wait_for_a_copy(
         release.set()
         stager.join(10)
     assert registry.versions("tiny") == [1]  # the second version is staged, not committed
+
+
+def test_unchanged_source_is_recognised_across_restarts(state: Path, source_root: Path) -> None:
+    source = make_function(source_root, "tiny", {
+        "faasd.yaml": "timeout_s: 3\n", "handler.py": "def postprocess(o):\n    return 1\n",
+        "extra/vocab.txt": "words\n",
+    })
+    first = Registry(state, DEFAULTS)
+    assert first.unchanged(source) is None  # nothing deployed yet
+    assert deploy(first, source) == 1
+    assert first.unchanged(source) == first.get("tiny")
+    (source / "__pycache__").mkdir()
+    (source / "__pycache__" / "handler.cpython-311.pyc").write_bytes(b"cache")  # not copied
+    again = Registry(state, DEFAULTS)  # a restart reads the digest back from the metadata
+    kept = again.unchanged(source)
+    assert kept is not None and kept.version == 1
+
+
+@pytest.mark.parametrize("change", ["edit", "add", "rename", "defaults", "name"])
+def test_any_change_to_what_a_deploy_installs_needs_a_new_version(
+    state: Path, source_root: Path, change: str
+) -> None:
+    source = make_function(source_root, "tiny", {"labels.txt": "a\nb\n",
+                                                 "extra/vocab.txt": "words\n"})
+    registry = Registry(state, DEFAULTS)
+    deploy(registry, source)
+    defaults, name = DEFAULTS, None
+    if change == "edit":
+        (source / "extra" / "vocab.txt").write_text("other words\n")
+    elif change == "add":
+        (source / "faasd.yaml").write_text("timeout_s: 3\n")
+    elif change == "rename":
+        (source / "extra" / "vocab.txt").rename(source / "extra" / "words.txt")
+    elif change == "defaults":
+        defaults = FunctionSettings(memory_mb=DEFAULTS.memory_mb * 2)
+    else:
+        name = "other"
+    restarted = Registry(state, defaults)
+    assert restarted.unchanged(source, name) is None
+    if change != "name":
+        assert deploy(restarted, source) == 2
+
+
+def test_metadata_without_a_digest_is_never_taken_as_unchanged(
+    state: Path, source_root: Path
+) -> None:
+    source = make_function(source_root, "tiny")
+    registry = Registry(state, DEFAULTS)
+    deploy(registry, source)
+    metadata = state / "functions" / "tiny" / "1.json"
+    doc = json.loads(metadata.read_text())
+    del doc["source_digest"]  # as written before digests existed
+    metadata.chmod(0o644)
+    metadata.write_text(json.dumps(doc))
+    older = Registry(state, DEFAULTS)
+    assert older.get("tiny") is not None and older.unchanged(source) is None

@@ -121,6 +121,23 @@ def test_body_items_are_preprocessed_conformed_batched_and_postprocessed(
     assert decoded[0]["first"] == pytest.approx(float(expected[0, 0]), rel=1e-5)
 
 
+def test_without_postprocess_the_model_tensors_come_back_even_with_a_handler(
+    model: CountingModel,
+) -> None:
+    x = rows(3, 5)
+    results = execute(model, _echo_handler(), [TensorItem({"x": x[:1]}), TensorItem({"x": x[1:]})],
+                      postprocess=False)
+    assert model.runs == 1
+    assert all(isinstance(r, TensorResult) for r in results)
+    tensors = [r.tensors for r in results if isinstance(r, TensorResult)]
+    assert sorted(tensors[0]) == ["y"]  # the model's outputs, not the handler's {"y", "first"}
+    np.testing.assert_allclose(np.concatenate([t["y"] for t in tensors]), reference_output(x),
+                               rtol=1e-5, atol=1e-5)
+    # the handler still answers when asked (the OpenFaaS path)
+    [answer] = execute(model, _echo_handler(), [TensorItem({"x": x[:1]})])
+    assert isinstance(answer, BodyResult) and "first" in json.loads(answer.body)
+
+
 @pytest.mark.parametrize(
     ("error", "status", "fragment"),
     [

@@ -432,3 +432,18 @@ async def test_batch_error_names_config_pbtxt_when_it_set_the_batch(
         await pool.inspect(make_version(directory, max_batch_size=8))
     assert failed.value.file == "config.pbtxt"
     assert "Set max_batch_size to 1 in config.pbtxt" in failed.value.message
+
+
+async def test_a_gpu_share_without_cuda_runs_on_cpu_and_says_so(
+    pool: SandboxPool, function_dir: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this host has CUDA: the CPU fallback is not taken")
+    caplog.set_level(logging.INFO, logger="faasd.sandbox")
+    version = make_version(function_dir(), vgpu=1)
+    execution = await pool.run(version, Config(1, 1, vgpu=1), [TensorItem({"x": rows(1, 0)})])
+    assert isinstance(execution.results[0], TensorResult)
+    await pool.retire("tiny")  # its stderr is drained into the log as it stops
+    assert any("no CUDA here" in r.getMessage() for r in caplog.records)

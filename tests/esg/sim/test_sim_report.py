@@ -1,0 +1,85 @@
+"""The report: rows, normalised cost, the CSV's columns, and the command line end to end."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from esg.sim.cli import main
+from esg.sim.metrics import RunMetrics, jain, percentile
+from esg.sim.report import COLUMNS, markdown_table, table_rows, write_csv
+
+ISSUE_COLUMNS = ["policy", "workload", "slo", "slo_hit_rate", "cost_norm", "p50_ms", "p99_ms",
+                 "overhead_p50_ms", "overhead_p99_ms", "config_miss_rate"]
+
+
+def _metrics(policy: str, cell: str, cost: float, hit: float = 0.5) -> RunMetrics:
+    return RunMetrics(policy, cell, 10, hit, 0.0, cost, 10.0, 20.0, 0.1, 0.2, math.nan,
+                      0.5, 0.5, 0.9, 0.1, 1.5, latencies_ms=(10.0, 20.0))
+
+
+def test_cost_is_normalised_to_esg_in_the_same_cell(tmp_path: Path) -> None:
+    results = [_metrics("fcfs", "light/strict", 3.0), _metrics("esg", "light/strict", 2.0),
+               _metrics("fcfs", "heavy/relaxed", 1.0), _metrics("esg", "heavy/relaxed", 4.0)]
+    rows = table_rows(results)
+    by = {(r["policy"], r["workload"]): r["cost_norm"] for r in rows}
+    assert by[("fcfs", "light")] == pytest.approx(1.5)
+    assert by[("fcfs", "heavy")] == pytest.approx(0.25)
+    assert by[("esg", "light")] == pytest.approx(1.0)
+    # Grid order: light before heavy, esg before fcfs (the policy table's order).
+    assert [(r["workload"], r["policy"]) for r in rows][:2] == [("light", "esg"),
+                                                                ("light", "fcfs")]
+    path = tmp_path / "results.csv"
+    write_csv(rows, path)
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames is not None
+        assert list(reader.fieldnames)[: len(ISSUE_COLUMNS)] == ISSUE_COLUMNS
+        first = next(reader)
+    assert first["config_miss_rate"] == ""  # NaN: not a pre-planned policy
+    assert 0 <= float(first["slo_hit_rate"]) <= 1
+    table = markdown_table(rows)
+    assert table.count("\n") == len(rows) + 2 and "50.0%" in table
+
+
+def test_without_esg_costs_normalise_to_the_first_policy() -> None:
+    rows = table_rows([_metrics("fcfs", "light/strict", 2.0),
+                       _metrics("orion", "light/strict", 3.0)])
+    assert [r["cost_norm"] for r in rows] == pytest.approx([1.0, 1.5])
+
+
+def test_percentile_and_jain() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == pytest.approx(2.5)
+    assert math.isnan(percentile([], 0.5))
+    assert jain([1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    assert jain([1.0, 0.0, 0.0]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+def test_quick_report_writes_every_output_and_is_reproducible(tmp_path: Path) -> None:
+    policies = "fcfs,clockwork,harmonybatch"
+    for out in ("a", "b"):
+        assert main(["report", "--quick", "--out", str(tmp_path / out), "--seed", "3",
+                     "--jobs", "1", "--policies", policies]) == 0
+    for name in ("results.csv", "results.md", "slo_hit_rate.png", "cost_norm.png",
+                 "latency_cdf.png"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+
+    def table(out: str) -> list[dict[str, str]]:
+        with (tmp_path / out / "results.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:  # the measured wall time of policy calls is not deterministic
+            del row["overhead_p50_ms"], row["overhead_p99_ms"]
+        return rows
+
+    rows = table("a")
+    assert rows == table("b")
+    assert len(rows) == 3 * 9
+    assert {r["policy"] for r in rows} == set(policies.split(","))
+    assert list(rows[0])[: len(ISSUE_COLUMNS) - 2] == [
+        c for c in ISSUE_COLUMNS if not c.startswith("overhead")
+    ]
+    assert set(COLUMNS) >= set(ISSUE_COLUMNS)

@@ -26,7 +26,7 @@ import functools
 import math
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from esg.model import MIG_SIZES, Config, Job
@@ -124,21 +124,27 @@ def place(
     jobs: Sequence[Job],
     nodes: Sequence[NodeView],
     home_key: str,
+    *,
+    allowance_ms: Sequence[float] | None = None,
+    setup_ms: Callable[[NodeView, Config], float] | None = None,
 ) -> Placement | None:
     """The first plan, in priority order, whose configuration for `function` fits some node.
 
     `jobs` are the queued jobs (oldest first); the input locations of those a plan would take
-    decide the locality preference.
+    decide the locality preference. With `setup_ms` (the time a node needs before the batch can
+    start there: a cold start, moving inputs) and `allowance_ms` (per plan, how much setup its
+    budget leaves), a node is taken for a plan only when its setup fits the plan's allowance.
     """
-    tried: set[Config] = set()
+    tried: dict[Config, float] = {}
     for index, plan in enumerate(plans):
         config = plan.configs[function]
-        if config in tried:
-            continue  # same head configuration as a plan that fitted nowhere
-        tried.add(config)
+        allowance = math.inf if allowance_ms is None else allowance_ms[index]
+        if tried.get(config, -math.inf) >= allowance:
+            continue  # same head configuration as a plan that fitted nowhere with more room
+        tried[config] = allowance
         taken = jobs[: config.batch]
         for node in candidate_nodes(nodes, function, config, taken, home_key):
             ok, gpu = fits(node, config)
-            if ok:
+            if ok and (setup_ms is None or setup_ms(node, config) <= allowance + 1e-9):
                 return Placement(index, plan, config, node.name, gpu)
     return None

@@ -64,7 +64,8 @@ class FunctionLimits:
 
     FCFS-style policies run every batch at (`max_batch`, `vcpu`, `vgpu`) and wait at most
     `max_queue_delay_s` for a batch to fill; planning policies treat `max_batch` as the largest
-    batch the model accepts and `max_instances` as the cap on concurrent batches.
+    batch the model accepts and `max_instances` as the cap on concurrent batches, and may plan
+    with the cold-start estimates (`cold_start_ms`, `cold_start_gpu_ms`).
     """
 
     max_batch: int = 1
@@ -72,6 +73,10 @@ class FunctionLimits:
     vcpu: int = 1
     vgpu: int = 0
     max_instances: int | None = None
+    #: Estimated time to start a new sandbox of the function (ms), and the extra for one with a
+    #: GPU slice; None = unknown (a planning policy then uses its own setting).
+    cold_start_ms: float | None = None
+    cold_start_gpu_ms: float | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,10 @@ EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _OFFLINE:
+        # The scheduling library's commands parse their own arguments (and --help).
+        return _OFFLINE[argv[0]](argv[1:])
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)
@@ -87,7 +91,41 @@ def _parser() -> argparse.ArgumentParser:
 
     version = client_command("version", "print client and daemon versions", _version)
     version.set_defaults(func=_version)
+
+    for name, help_text in _OFFLINE_HELP.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _esg_plan(argv: list[str]) -> int:
+    from esg.cli import main as esg_main
+
+    return esg_main(["plan", *argv])
+
+
+def _esg_split(argv: list[str]) -> int:
+    from esg.cli import main as esg_main
+
+    return esg_main(["split", *argv])
+
+
+def _simulate(argv: list[str]) -> int:
+    from esg.sim.cli import main as sim_main
+
+    return sim_main(["report", *argv])
+
+
+#: Offline commands of the scheduling library: no daemon needed; they parse their own flags.
+_OFFLINE: dict[str, Callable[[list[str]], int]] = {
+    "plan": _esg_plan,
+    "split": _esg_split,
+    "simulate": _simulate,
+}
+_OFFLINE_HELP = {
+    "plan": "top-K ESG plans of a planning instance FILE (same as python -m esg plan)",
+    "split": "SLO groups and budgets of a workflow FILE (same as python -m esg split)",
+    "simulate": "compare the schedulers in the simulator (same as python -m esg.sim report)",
+}
 
 
 # ---------------------------------------------------------------- the daemon

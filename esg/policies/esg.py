@@ -6,23 +6,36 @@ oldest job has the earliest deadline first:
 1. Its function's group (`esg.slo`) is planned by ESG_1Q (`esg.search`) with the time actually
    left: budget = (earliest deadline among the jobs a batch would take − now) − what later
    groups are promised. Only functions with a profile join the plan.
-2. Partial batch: when the best plan wants more jobs than are queued, the policy waits
-   (WakeUp) as long as the cheapest plan runnable with the jobs already queued still meets the
-   budget, and dispatches that plan when the wait is over or more jobs came. A plan runnable
-   now may use a batch configuration larger than the queue: its batch latency is kept (a safe
-   bound) and its cost shared by the jobs actually there.
-3. ESG_Dispatch (`esg.dispatch`) takes the plans in priority order and places the first that
-   fits a node; nothing fits: the jobs stay queued and the next completion retries.
-4. Infeasible group budget: while the end-to-end SLO can still be met (time left >= fastest
-   path through this group and the later ones), the fastest plans run, to win time back. Once
-   it cannot (the request is late whatever happens), `late="cheapest"` (default) runs the
-   cheapest plan runnable now: the most requests per resource, so that late work does not
-   starve requests that can still make it; `late="fastest"` keeps running the fastest plans.
-   Nothing is dropped: a late answer is still an answer, and dropping is admission control's.
-5. Cold starts (reconstruction; the paper's ESG_Dispatch only prefers warm invokers): with
-   `cold_start_ms` > 0, a plan whose first configuration has no idle warm sandbox that fits
-   must meet the budget minus `cold_start_ms`; a plan on a warm configuration wins when it
-   meets the budget and is no dearer than the best cold one.
+2. What a plan's latency includes (reference/esg.md §1.3: W_batch + T_cold·P[cold] + T_xfer +
+   T_exec, "plus a configurable safety margin"): the group's critical path of profiled means
+   × (1 + `latency_margin`), plus the setup of the head's batch on the node that would run it:
+   the function's cold-start estimate when that node holds no idle warm sandbox of the head's
+   configuration (P[cold] is 0 or 1: the snapshot says), plus the transfer of the inputs of
+   the jobs taken that live on another node (latency + bytes / bandwidth). The search itself
+   is unchanged and exact: for each distinct setup time s over the head configurations that
+   fit some node now, ESG_1Q runs on the head configurations whose best node needs at most s,
+   with the budget (budget − s) / (1 + margin); the answers are merged in cost order. A
+   configuration that fits no node now (vCPUs or slices exhausted) is not in the plans, so the
+   dispatcher pops the next plan that fits (e.g. a GPU plan) instead of waiting.
+3. W_batch: when the best plan wants more jobs than are queued, the policy waits (WakeUp) as
+   long as the cheapest plan runnable with the jobs already queued still meets the budget
+   (margin and setup included), and dispatches that plan when the wait is over or more jobs
+   came. A plan runnable now may use a batch configuration larger than the queue: its batch
+   latency is kept (a safe bound) and its cost shared by the jobs actually there.
+   [Reconstruction: later members of the group are planned without a batch wait; each is
+   re-planned with the time actually left when its jobs are queued.]
+4. ESG_Dispatch (`esg.dispatch`) takes the plans in priority order and places the first that
+   fits a node whose setup fits what the plan's budget leaves (warm sandboxes and the inputs'
+   node preferred); nothing fits: the jobs stay queued and the next completion retries.
+5. No plan meets the budget with margin and setup: if one meets it on warm means, the
+   cheapest such runs (better late by a cold start than not at all; its sandbox then has the
+   configuration later requests want). Infeasible group budget: while the end-to-end SLO can
+   still be met (time left >= fastest path through this group and the later ones), the
+   fastest plans run, to win time back. Once it cannot (the request is late whatever
+   happens), `late="cheapest"` (default) runs the cheapest plan runnable now: the most
+   requests per resource, so that late work does not starve requests that can still make it;
+   `late="fastest"` keeps running the fastest plans. Nothing is dropped: a late answer is
+   still an answer, and dropping is admission control's.
 
 Functions without a profile (a function the daemon deployed a moment ago) are run FCFS-style
 at their `FunctionLimits` (max_batch, vcpu, vgpu), waiting at most `max_queue_delay_s` for a
@@ -32,20 +45,24 @@ Settings (keyword only, all with defaults): `k` plans per search (8), `group_siz
 `pricing` (a `Pricing`, a mapping or YAML text; default `configs/pricing.yaml`'s values),
 `wait_for_batch` (True), `min_wait_ms` (0.5: shorter waits dispatch at once),
 `no_slo_wait_s` (0.0: how long to wait for a batch when a job has no deadline), `late`
-("cheapest" or "fastest"), `cold_start_ms` (0.0: planning ignores cold starts, as the paper).
+("cheapest" or "fastest"), `latency_margin` (0.1: plan on mean × 1.1, about the p95 of
+execution noise with a 6 % spread), `cold_start_ms` and `cold_start_gpu_ms` (0.0, 0.0: the
+cold-start estimate of a sandbox and the extra for one with a GPU slice, used for functions
+whose `FunctionLimits` do not carry their own), `net_bytes_per_s` (1.25e9, 10 GbE) and
+`net_latency_ms` (0.2) for input transfers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from esg.cache import PlanCache
-from esg.dispatch import candidate_nodes, fits, place
-from esg.model import Config, Job, Workflow
-from esg.policy import Action, Dispatch, Event, FunctionLimits, Snapshot, WakeUp
+from esg.dispatch import candidate_nodes, fits, gpu_for, place
+from esg.model import GPU_UNITS, Config, Job, Workflow
+from esg.policy import Action, Dispatch, Event, FunctionLimits, NodeView, Snapshot, WakeUp
 from esg.pricing import Pricing, parse_pricing
 from esg.profiles import Capacity
 from esg.search import CompiledGroup, Plan, SearchResult, compile_group
@@ -83,14 +100,25 @@ class EsgPolicy:
         no_slo_wait_s: float = 0.0,
         late: str = "cheapest",
         cold_start_ms: float = 0.0,
+        cold_start_gpu_ms: float = 0.0,
+        latency_margin: float = 0.1,
+        net_bytes_per_s: float = 1.25e9,
+        net_latency_ms: float = 0.2,
         default_limits: FunctionLimits | None = None,
     ) -> None:
         if k < 1 or group_size < 1:
             raise ValueError(f"k and group_size must be >= 1, got k={k}, group_size={group_size}")
         if late not in LATE_CHOICES:
             raise ValueError(f"late must be one of {LATE_CHOICES}, got {late!r}")
-        if cold_start_ms < 0 or min_wait_ms < 0 or no_slo_wait_s < 0:
-            raise ValueError("cold_start_ms, min_wait_ms and no_slo_wait_s must be >= 0")
+        nonnegative = (
+            cold_start_ms, cold_start_gpu_ms, latency_margin, net_latency_ms, min_wait_ms,
+            no_slo_wait_s,
+        )
+        if min(nonnegative) < 0 or not net_bytes_per_s > 0:
+            raise ValueError(
+                "cold starts, latency_margin, net_latency_ms, min_wait_ms and no_slo_wait_s "
+                "must be >= 0 and net_bytes_per_s > 0"
+            )
         self.k = k
         self.group_size = group_size
         self.pricing = pricing if isinstance(pricing, Pricing) else parse_pricing(pricing)
@@ -99,6 +127,10 @@ class EsgPolicy:
         self.no_slo_wait_s = no_slo_wait_s
         self.late = late
         self.cold_start_ms = cold_start_ms
+        self.cold_start_gpu_ms = cold_start_gpu_ms
+        self.latency_margin = latency_margin
+        self.net_bytes_per_s = net_bytes_per_s
+        self.net_latency_ms = net_latency_ms
         self.default_limits = default_limits or FunctionLimits()
         self.cache = PlanCache()
         self.tables = OptionTables(self.pricing, k)
@@ -145,10 +177,20 @@ class EsgPolicy:
             return self._unprofiled(app, function, jobs, snapshot, limits or self.default_limits)
         widest = max(o.config.batch for o in options)
         stage = self._stage(app, function, jobs[:widest], snapshot, capacity)
-        plans = self._plans(stage, jobs, snapshot, capacity)
-        if isinstance(plans, float):
-            return plans
-        placement = place(plans, function, jobs, snapshot.nodes, f"{app}/{function}")
+        choice = self._plans(stage, jobs, snapshot, capacity)
+        if isinstance(choice, float):
+            return choice
+        plans, allowance = choice
+        setup = None if allowance is None else self._setup_fn(function, jobs, snapshot)
+        placement = place(
+            plans,
+            function,
+            jobs,
+            snapshot.nodes,
+            f"{app}/{function}",
+            allowance_ms=allowance,
+            setup_ms=setup,
+        )
         if placement is None:
             return None
         taken = tuple(j.id for j in jobs[: placement.config.batch])
@@ -189,43 +231,140 @@ class EsgPolicy:
 
     def _plans(
         self, stage: _Stage, jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
-    ) -> tuple[Plan, ...] | float:
-        """The plans to dispatch from, in priority order, or when to look again."""
-        only, budget_ms = self._warm_or_cold(stage, snapshot, capacity)
-        result = self._search(stage, snapshot, capacity, budget_ms, None, only)
-        if not result.feasible:
-            # plans[0] is the fastest plan: the group alone already misses its budget.
-            fastest_ms = result.plans[0].latency_ms + stage.min_after_ms
-            if self.late == "fastest" or stage.left_ms >= fastest_ms:
-                return result.plans
-            return self._search(stage, snapshot, capacity, math.inf, len(jobs), None).plans
-        if result.plans[0].configs[stage.function].batch <= len(jobs):
-            return result.plans
-        now = self._search(stage, snapshot, capacity, budget_ms, len(jobs), only)
-        if not now.feasible:
-            return result.plans  # odd profile: only the fuller batch is fast enough
-        wait_until = self._wait_until(jobs, snapshot, budget_ms - now.plans[0].latency_ms)
-        return now.plans if wait_until is None else wait_until
+    ) -> tuple[tuple[Plan, ...], tuple[float, ...] | None] | float:
+        """The plans to dispatch from, in priority order, with the setup time each one's budget
+        allows on its node (None: no setup check), or when to look again."""
+        head_setup = self._head_setups(stage.function, jobs, snapshot, capacity)
+        ready = self._ready(stage, snapshot, capacity, head_setup, None)
+        if ready is not None:
+            plans, allowance, _ = ready
+            if plans[0].configs[stage.function].batch <= len(jobs):
+                return plans, allowance
+            now = self._ready(stage, snapshot, capacity, head_setup, len(jobs))
+            if now is None:
+                return plans, allowance  # odd profile: only the fuller batch is fast enough
+            wait_until = self._wait_until(jobs, snapshot, now[1][0] - now[2][0])
+            return (now[0], now[1]) if wait_until is None else wait_until
+        # No plan meets the budget with its setup and margin on a node that can take it now.
+        result = self._search(stage, snapshot, capacity, stage.budget_ms, None, None)
+        if result.feasible:
+            # On mean latencies and warm it would make it: run it (a sandbox started now has the
+            # configuration later requests want) rather than give up on the request.
+            return result.plans, None
+        # plans[0] is the fastest plan: the group alone already misses its budget.
+        fastest_ms = result.plans[0].latency_ms + stage.min_after_ms
+        if self.late == "fastest" or stage.left_ms >= fastest_ms:
+            return result.plans, None
+        return self._search(stage, snapshot, capacity, math.inf, len(jobs), None).plans, None
 
-    def _warm_or_cold(
-        self, stage: _Stage, snapshot: Snapshot, capacity: Capacity
-    ) -> tuple[frozenset[Config] | None, float]:
-        """Head configurations to keep (None: all) and the budget to plan with (rule 5)."""
-        if not self.cold_start_ms:
-            return None, stage.budget_ms
-        cold_budget = stage.budget_ms - self.cold_start_ms
-        cold = self._search(stage, snapshot, capacity, cold_budget, None, None)
-        runnable = {o.config for o in self._priced(stage.function, snapshot, capacity)}
-        warm = _warm_configs(stage.function, snapshot) & runnable
-        if warm:
-            hot = self._search(stage, snapshot, capacity, stage.budget_ms, None, warm)
-            if hot.feasible and (not cold.feasible or hot.plans[0].cost <= cold.plans[0].cost):
-                return warm, stage.budget_ms
-        if cold.feasible:
-            return None, cold_budget
-        # Not even a cold plan makes it: plan as if warm, so that the sandbox started now has
-        # the configuration later requests want.
-        return None, stage.budget_ms
+    def _ready(
+        self,
+        stage: _Stage,
+        snapshot: Snapshot,
+        capacity: Capacity,
+        head_setup: Mapping[Config, float],
+        count: int | None,
+    ) -> tuple[tuple[Plan, ...], tuple[float, ...], tuple[float, ...]] | None:
+        """The top-K plans that meet the budget with the margin and the setup (cold start,
+        input transfer) of the best node that can take their head configuration now.
+
+        Returns (plans, allowance, setup): per plan the setup its budget leaves room for and
+        the setup it needs; None when no such plan exists. Exact: one ESG_1Q search per
+        distinct setup time s, over the head configurations whose best node needs at most s,
+        with the budget (budget − s) / (1 + margin); the union is merged in cost order.
+        """
+        scale = 1.0 + self.latency_margin
+        found: dict[tuple[tuple[str, Config], ...], tuple[Plan, float]] = {}
+        for setup_ms in sorted(set(head_setup.values())):
+            budget_ms = (stage.budget_ms - setup_ms) / scale
+            if budget_ms <= 0:
+                break
+            only = frozenset(c for c, s in head_setup.items() if s <= setup_ms)
+            result = self._search(stage, snapshot, capacity, budget_ms, count, only)
+            for plan in result.plans:
+                key = tuple(sorted(plan.configs.items()))
+                if plan.feasible and key not in found:
+                    found[key] = (plan, head_setup[plan.configs[stage.function]])
+        if not found:
+            return None
+        ranked = sorted(found.values(), key=lambda ps: (ps[0].cost, ps[0].latency_ms, ps[1]))
+        ranked = ranked[: self.k]
+        return (
+            tuple(p for p, _ in ranked),
+            tuple(stage.budget_ms - p.latency_ms * scale for p, _ in ranked),
+            tuple(s for _, s in ranked),
+        )
+
+    def _head_setups(
+        self, function: str, jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
+    ) -> dict[Config, float]:
+        """For each runnable configuration of `function` that fits some node now, the least
+        setup time (ms) over those nodes (as `_setup_fn` computes it), rounded up to 0.1 ms
+        (fewer distinct searches). Per node the inputs are gathered once: this runs for every
+        queue on every event."""
+        cpu_ms, gpu_ms = self._cold_ms(function, snapshot)
+        options = self._priced(function, snapshot, capacity)
+        batches = sorted({o.config.batch for o in options})
+        per_node = []
+        for node in snapshot.nodes:
+            if not node.healthy or node.free_vcpu < 1:
+                continue
+            units = {0} | {u for u in range(1, GPU_UNITS + 1) if gpu_for(node, u) is not None}
+            warm = {c for (f, c), n in node.warm.items() if f == function and n > 0}
+            xfer = {b: self._transfer_ms(jobs[:b], node.name) for b in batches}
+            per_node.append((node.free_vcpu, units, warm, xfer))
+        best: dict[Config, float] = {}
+        for option in options:
+            config = option.config
+            batch, vcpu, vgpu = config.batch, config.vcpu, config.vgpu
+            cold = cpu_ms + (gpu_ms if vgpu else 0.0)
+            least = math.inf
+            for free_vcpu, units, warm, xfer in per_node:
+                if vcpu <= free_vcpu and vgpu in units:
+                    ms = xfer[batch] if warm and config in warm else cold + xfer[batch]
+                    if ms < least:
+                        least = ms
+            if least < math.inf:
+                best[config] = math.ceil(least * 10 - 1e-9) / 10
+        return best
+
+    def _cold_ms(self, function: str, snapshot: Snapshot) -> tuple[float, float]:
+        """The cold-start estimates (CPU sandbox, extra for a GPU slice) of `function`, ms: its
+        `FunctionLimits` where they give one, else the policy's settings."""
+        limits = snapshot.limits.get(function)
+        cpu_ms = self.cold_start_ms
+        gpu_ms = self.cold_start_gpu_ms
+        if limits is not None and limits.cold_start_ms is not None:
+            cpu_ms = limits.cold_start_ms
+        if limits is not None and limits.cold_start_gpu_ms is not None:
+            gpu_ms = limits.cold_start_gpu_ms
+        return cpu_ms, gpu_ms
+
+    def _transfer_ms(self, jobs: tuple[Job, ...], node_name: str) -> float:
+        """T_xfer: the slowest input of `jobs` that lives on a node other than `node_name`."""
+        worst = 0.0
+        for job in jobs:
+            if job.input_node is not None and job.input_node != node_name:
+                ms = self.net_latency_ms + job.input_bytes / self.net_bytes_per_s * 1000.0
+                worst = max(worst, ms)
+        return worst
+
+    def _setup_fn(
+        self, function: str, jobs: tuple[Job, ...], snapshot: Snapshot
+    ) -> Callable[[NodeView, Config], float]:
+        """Setup time (ms) of a batch of `function` at a configuration on a node:
+        T_cold · P[cold] + T_xfer (reference/esg.md §1.3). P[cold] is 0 or 1 here: the snapshot
+        says whether the node holds an idle warm sandbox of that shape. T_xfer: the slowest
+        input of the jobs the batch would take that lives on another node."""
+        cpu_ms, gpu_ms = self._cold_ms(function, snapshot)
+
+        def setup(node: NodeView, config: Config) -> float:
+            cold = 0.0
+            if node.warm.get((function, config), 0) <= 0:
+                cold = cpu_ms + (gpu_ms if config.vgpu else 0.0)
+            return cold + self._transfer_ms(jobs[: config.batch], node.name)
+
+        return setup
 
     def _wait_until(
         self, jobs: tuple[Job, ...], snapshot: Snapshot, slack_ms: float
@@ -343,12 +482,3 @@ class EsgPolicy:
             self._splits[key] = split
         return split
 
-
-def _warm_configs(function: str, snapshot: Snapshot) -> frozenset[Config]:
-    """Configurations of `function` with an idle warm sandbox on a node where it fits now."""
-    warm = set()
-    for node in snapshot.nodes:
-        for (f, config), count in node.warm.items():
-            if f == function and count > 0 and config not in warm and fits(node, config)[0]:
-                warm.add(config)
-    return frozenset(warm)

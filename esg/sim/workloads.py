@@ -227,9 +227,16 @@ def make_scenario(
         )
         for app in apps
     }
+    # Every policy sees the same limits, including the cluster's cold-start times as the
+    # per-function estimates a planner may use (the daemon's profiler would measure them).
     limits = {
         name: FunctionLimits(
-            max_batch=4, max_queue_delay_s=0.005, vcpu=2, vgpu=1 if spec.gpu_capable else 0
+            max_batch=4,
+            max_queue_delay_s=0.005,
+            vcpu=2,
+            vgpu=1 if spec.gpu_capable else 0,
+            cold_start_ms=cluster.cold_start_cpu_s * 1000.0,
+            cold_start_gpu_ms=cluster.cold_start_gpu_extra_s * 1000.0,
         )
         for name, spec in specs.items()
     }

@@ -3,6 +3,9 @@
 Both sides send a frame's buffers with one scatter-gather `sendmsg` where the socket takes them
 all, and receive a body straight into one preallocated buffer that the decoded tensors then
 view, so a tensor is copied once by the kernel each way and never in Python.
+
+With a `SharedPair`, large tensors cross through shared memory instead (one `memcpy` by the
+sender; see `faasd.sandbox.sharedmem`) and only the frame's header goes through the socket.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from faasd.sandbox import framing
+from faasd.sandbox.sharedmem import SharedPair
 
 #: Socket buffers big enough that a squeezenet input (600 KB) crosses in a few syscalls.
 SOCKET_BUFFER_BYTES = 4 * 2**20
@@ -45,11 +49,17 @@ def _views(buffers: Sequence[framing.Buffer]) -> list[memoryview]:
     return [memoryview(b) for b in buffers if len(b)]
 
 
+def _encode(message: Any, shared: SharedPair | None) -> list[memoryview]:
+    if shared is not None:
+        shared.out.begin_frame()  # one frame in flight: the peer is done with the last one
+    return _views(framing.encode(message, shared))
+
+
 # --- blocking: the worker -------------------------------------------------------------------
 
 
-def send(sock: socket.socket, message: Any) -> None:
-    pending = _views(framing.encode(message))
+def send(sock: socket.socket, message: Any, shared: SharedPair | None = None) -> None:
+    pending = _encode(message, shared)
     while pending:
         pending = _advance(pending, sock.sendmsg(pending[:_MAX_IOV]))
 
@@ -57,8 +67,7 @@ def send(sock: socket.socket, message: Any) -> None:
 def _recv_into(sock: socket.socket, view: memoryview) -> None:
     got = 0
     while got < len(view):
-        # MSG_WAITALL: one return per message, not one per chunk the daemon's send was cut into
-        n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
+        n = sock.recv_into(view[got:])
         if n == 0:
             raise ChannelClosed("peer closed the channel")
         got += n
@@ -82,8 +91,9 @@ class Receiver:
     (handlers see bodies as bytes, postprocess sees fresh outputs).
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, shared: SharedPair | None = None) -> None:
         self.sock = sock
+        self.shared = shared
         self.prefix = bytearray(framing.PREFIX_SIZE)
         self.buffer = bytearray(0)
 
@@ -94,16 +104,16 @@ class Receiver:
             self.buffer = bytearray(body_bytes)
         body = memoryview(self.buffer)[:body_bytes]
         _recv_into(self.sock, body)
-        return framing.decode(body, header_bytes)
+        return framing.decode(body, header_bytes, self.shared)
 
 
 # --- asyncio: the daemon --------------------------------------------------------------------
 
 
-async def send_async(sock: socket.socket, message: Any) -> None:
+async def send_async(sock: socket.socket, message: Any, shared: SharedPair | None = None) -> None:
     """Send one frame on a non-blocking socket: one sendmsg, then wait for room if needed."""
     loop = asyncio.get_running_loop()
-    pending = _views(framing.encode(message))
+    pending = _encode(message, shared)
     with contextlib.suppress(BlockingIOError):
         pending = _advance(pending, sock.sendmsg(pending[:_MAX_IOV]))
     for view in pending:
@@ -123,7 +133,7 @@ async def _recv_exactly_async(sock: socket.socket, size: int) -> bytearray:
     return buffer
 
 
-async def recv_async(sock: socket.socket) -> Any:
+async def recv_async(sock: socket.socket, shared: SharedPair | None = None) -> Any:
     prefix = await _recv_exactly_async(sock, framing.PREFIX_SIZE)
     body_bytes, header_bytes = framing.parse_prefix(prefix)
-    return framing.decode(await _recv_exactly_async(sock, body_bytes), header_bytes)
+    return framing.decode(await _recv_exactly_async(sock, body_bytes), header_bytes, shared)

@@ -4,7 +4,8 @@ Started by the pool as `python -m faasd.sandbox.forkserver FD`, where FD is its 
 SOCK_SEQPACKET control socket. Each control message is one msgpack map:
 
 - daemon -> server `{"op": "spawn", "id", "spec"}` with two file descriptors attached
-  (SCM_RIGHTS): the worker's end of its socketpair and the write end of its stderr pipe;
+  (SCM_RIGHTS): the worker's end of its socketpair and the write end of its stderr pipe, and
+  where the sandbox has shared memory two more, its request and response memfds;
 - server -> daemon `{"op": "spawned", "id", "pid"}` with the worker's pidfd attached, or
   `{"op": "spawn_failed", "id", "message"}`;
 - server -> daemon `{"op": "exited", "pid", "code"}` when a worker ends (code < 0: killed by
@@ -60,7 +61,7 @@ class ForkServer:
         while True:
             for key, _ in self.selector.select():
                 if key.fileobj is self.control:
-                    data, fds, _, _ = socket.recv_fds(self.control, MAX_CONTROL_BYTES, 2)
+                    data, fds, _, _ = socket.recv_fds(self.control, MAX_CONTROL_BYTES, 4)
                     if not data:
                         return
                     self.handle(msgpack.unpackb(data, raw=False), fds)
@@ -68,23 +69,23 @@ class ForkServer:
                     self.reap()
 
     def handle(self, message: dict[str, Any], fds: list[int]) -> None:
-        if message.get("op") != "spawn" or len(fds) != 2:
+        if message.get("op") != "spawn" or len(fds) not in (2, 4):
             for fd in fds:
                 os.close(fd)
             return
-        sock_fd, stderr_fd = fds
+        sock_fd, stderr_fd, *shared_fds = fds
         spec = protocol.WorkerSpec.from_wire(message["spec"])
         try:
             pid = os.fork()
         except OSError as exc:
-            os.close(sock_fd)
-            os.close(stderr_fd)
+            for fd in fds:
+                os.close(fd)
             self.send({"op": "spawn_failed", "id": message["id"], "message": str(exc)})
             return
         if pid == 0:
-            self.become_worker(sock_fd, stderr_fd, spec)
-        os.close(sock_fd)
-        os.close(stderr_fd)
+            self.become_worker(sock_fd, stderr_fd, spec, tuple(shared_fds))
+        for fd in fds:
+            os.close(fd)
         self.children.add(pid)
         pidfd = os.pidfd_open(pid)
         try:
@@ -92,7 +93,13 @@ class ForkServer:
         finally:
             os.close(pidfd)
 
-    def become_worker(self, sock_fd: int, stderr_fd: int, spec: protocol.WorkerSpec) -> None:
+    def become_worker(
+        self,
+        sock_fd: int,
+        stderr_fd: int,
+        spec: protocol.WorkerSpec,
+        shared_fds: tuple[int, ...],
+    ) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.selector.close()
@@ -100,7 +107,7 @@ class ForkServer:
         os.close(self.wake_w)
         self.control.close()
         try:
-            worker.main(sock_fd, stderr_fd, spec)
+            worker.main(sock_fd, stderr_fd, spec, shared_fds)
         finally:
             os._exit(1)  # never return into the fork server's loop
 

@@ -12,16 +12,23 @@ dimension, `<QQ` offset and size), so tensors never pass through per-element Pyt
   buffer the bytes were received into.
 
 Object tensors (V2 BYTES) are the exception: they are small strings and travel as a msgpack list.
+
+With a `SharedPair` (see `faasd.sandbox.sharedmem`), tensors above its threshold are copied into
+the sender's shared area instead and the header holds a third extension, the same
+`(dtype, shape, offset, nbytes)` but into that area; the receiver views (or copies) them there.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
+
+if TYPE_CHECKING:
+    from faasd.sandbox.sharedmem import SharedPair
 
 PREFIX = struct.Struct("<II")
 PREFIX_SIZE = PREFIX.size
@@ -30,6 +37,7 @@ _PLACE = struct.Struct("<QQ")
 MAX_BODY_BYTES = 2**31
 TENSOR_EXT = 1
 OBJECT_TENSOR_EXT = 2
+SHARED_TENSOR_EXT = 3
 _ALIGN = 8
 _PADDING = bytes(_ALIGN)
 
@@ -44,8 +52,10 @@ def _pad(size: int) -> int:
     return -size % _ALIGN
 
 
-def encode(message: Any) -> list[Buffer]:
-    """Serialise `message` (msgpack types plus numpy arrays and scalars) into send buffers."""
+def encode(message: Any, shared: SharedPair | None = None) -> list[Buffer]:
+    """Serialise `message` (msgpack types plus numpy arrays and scalars) into send buffers.
+
+    With `shared`, large tensors go into `shared.out` (the caller has called `begin_frame`)."""
     tensors: list[memoryview] = []
     data_bytes = 0
 
@@ -57,6 +67,11 @@ def encode(message: Any) -> list[Buffer]:
                 return msgpack.ExtType(OBJECT_TENSOR_EXT, msgpack.packb((obj.shape, items)))
             # ascontiguousarray would turn a 0-d array into 1-d: keep the shape
             array = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj).reshape(obj.shape)
+            if shared is not None:
+                place = shared.out.place(array)
+                if place is not None:
+                    meta = _tensor_meta(array.dtype.str, array.shape, place, array.nbytes)
+                    return msgpack.ExtType(SHARED_TENSOR_EXT, meta)
             meta = _tensor_meta(array.dtype.str, array.shape, data_bytes, array.nbytes)
             if array.nbytes:
                 tensors.append(array.reshape(-1).view(np.uint8).data)
@@ -117,8 +132,9 @@ def parse_prefix(prefix: Buffer) -> tuple[int, int]:
     return body_bytes, header_bytes
 
 
-def decode(body: Buffer, header_bytes: int) -> Any:
-    """The message of one frame body; tensors are views of `body` (writable if it is)."""
+def decode(body: Buffer, header_bytes: int, shared: SharedPair | None = None) -> Any:
+    """The message of one frame body; tensors are views of `body` (writable if it is), shared
+    ones whatever `shared.read` makes of them (FrameError if there is no `shared`)."""
     data_start = header_bytes + _pad(header_bytes)
 
     def ext_hook(code: int, data: bytes) -> Any:
@@ -131,6 +147,11 @@ def decode(body: Buffer, header_bytes: int) -> Any:
                 raise FrameError("tensor runs past the end of the frame")
             flat = np.frombuffer(body, dtype=dtype, count=nbytes // dtype.itemsize, offset=start)
             return flat.reshape(shape)
+        if code == SHARED_TENSOR_EXT:
+            dtype, shape, offset, nbytes = _read_tensor_meta(data)
+            if shared is None:
+                raise FrameError("a shared tensor arrived on a channel without shared memory")
+            return shared.read(dtype, offset, nbytes).reshape(shape)
         if code == OBJECT_TENSOR_EXT:
             shape, items = msgpack.unpackb(data)
             array = np.empty(len(items), dtype=object)

@@ -102,8 +102,15 @@ class Launcher:
             raise LaunchError(f"the sandbox fork server did not start: {exc}") from exc
         logger.info("fork server [%d] ready", pid)
 
-    async def spawn(self, spec: WorkerSpec, sock: socket.socket, stderr_fd: int) -> Spawned:
-        """Fork a worker that will serve `sock` and write its stderr to `stderr_fd`.
+    async def spawn(
+        self,
+        spec: WorkerSpec,
+        sock: socket.socket,
+        stderr_fd: int,
+        shared_fds: tuple[int, ...] = (),
+    ) -> Spawned:
+        """Fork a worker that will serve `sock` and write its stderr to `stderr_fd`, with the
+        request and response memfds `shared_fds` where it has shared memory.
 
         A fork server found dead (before its exit was noticed) is replaced once.
         """
@@ -116,7 +123,7 @@ class Launcher:
             message["id"] = request_id
             future: asyncio.Future[Spawned] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = future
-            fds = [sock.fileno(), stderr_fd]
+            fds = [sock.fileno(), stderr_fd, *shared_fds]
             try:
                 socket.send_fds(self._control, [msgpack.packb(message)], fds)
             except OSError as exc:

@@ -24,6 +24,7 @@ from faasd.functions.spec import ModelInfo
 from faasd.sandbox import channel, framing, protocol
 from faasd.sandbox.cgroups import SandboxGroups
 from faasd.sandbox.launcher import Launcher, Spawned, kill
+from faasd.sandbox.sharedmem import SharedArea, SharedPair, create_fd
 
 logger = logging.getLogger("faasd.sandbox")
 
@@ -125,8 +126,11 @@ class SandboxProcess:
         relay: _StderrRelay,
         groups: SandboxGroups | None,
         tmp_dir: Path | None,
+        shared: SharedPair | None = None,
     ) -> None:
         self.id = sandbox_id
+        #: Where large tensors cross (see `faasd.sandbox.sharedmem`); None: all in frames.
+        self.shared = shared
         self.spawned = spawned
         self.sock = sock
         self.relay = relay
@@ -152,20 +156,24 @@ class SandboxProcess:
         """Fork a worker; it is STARTING until `wait_ready`."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stderr_r, stderr_w = os.pipe()
+        shared = _shared_pair(sandbox_id, spec)
         try:
             for sock in (ours, theirs):
                 channel.tune(sock)
-            spawned = await launcher.spawn(spec, theirs, stderr_w)
+            shared_fds = (shared.out.fd, shared.into.fd) if shared is not None else ()
+            spawned = await launcher.spawn(spec, theirs, stderr_w, shared_fds)
         except BaseException:
             ours.close()
             os.close(stderr_r)
+            if shared is not None:
+                shared.close()
             raise
         finally:
             theirs.close()
             os.close(stderr_w)
         ours.setblocking(False)
         relay = _StderrRelay(stderr_r, f"{spec.name} v{spec.version} [{spawned.pid}]")
-        return cls(sandbox_id, spawned, ours, relay, groups, tmp_dir)
+        return cls(sandbox_id, spawned, ours, relay, groups, tmp_dir, shared)
 
     async def wait_ready(self, timeout_s: float) -> ModelInfo:
         """The worker's model info once loaded. LoadFailed if it says why it could not load;
@@ -180,7 +188,7 @@ class SandboxProcess:
 
     async def _recv(self) -> dict[str, Any]:
         try:
-            message = await channel.recv_async(self.sock)
+            message = await channel.recv_async(self.sock, self.shared)
         except (OSError, framing.FrameError) as exc:  # ChannelClosed, reset, garbage
             raise SandboxDied(str(exc)) from exc
         if not isinstance(message, dict):
@@ -191,7 +199,7 @@ class SandboxProcess:
         """Send one request and wait for its reply; TimeoutError past `timeout_s`."""
         async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
             try:
-                await channel.send_async(self.sock, message)
+                await channel.send_async(self.sock, message, self.shared)
             except OSError as exc:
                 raise SandboxDied(str(exc)) from exc
             reply: dict[str, Any] = await self._recv()
@@ -246,9 +254,22 @@ class SandboxProcess:
         self.sock.close()
         self.relay.close()
         self.spawned.close()
+        if self.shared is not None:  # results were copied out: nothing views the mappings
+            self.shared.close()
+            self.shared = None
         if self.groups is not None:
             self.groups.remove()
             self.groups = None
         if self.tmp_dir is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir = None
+
+
+def _shared_pair(sandbox_id: str, spec: protocol.WorkerSpec) -> SharedPair | None:
+    """The daemon's side: it writes the request area and reads (copying) the response area."""
+    if spec.shared_cap_bytes <= 0:
+        return None
+    cap, threshold = spec.shared_cap_bytes, spec.shared_threshold_bytes
+    request = SharedArea(create_fd(f"{sandbox_id}-request"), cap, threshold)
+    response = SharedArea(create_fd(f"{sandbox_id}-response"), cap, threshold)
+    return SharedPair(out=request, into=response, copy_in=True)

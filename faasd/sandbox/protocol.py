@@ -50,6 +50,10 @@ class WorkerSpec:
     cpus: tuple[int, ...] = ()
     address_space_bytes: int = 0
     tmp_dir: str | None = None
+    #: Largest either shared-memory area may grow (0: no shared memory, tensors in frames).
+    shared_cap_bytes: int = 0
+    #: Tensors of at least this many bytes cross through shared memory.
+    shared_threshold_bytes: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         wire = asdict(self)

@@ -17,7 +17,7 @@ from pathlib import Path
 from esg.model import Config
 from faasd.errors import SandboxCrashed
 from faasd.functions.spec import FunctionVersion
-from faasd.sandbox import protocol
+from faasd.sandbox import protocol, sharedmem
 from faasd.sandbox.cgroups import (
     ADDRESS_SPACE_HEADROOM_MB,
     Backend,
@@ -56,6 +56,8 @@ def worker_spec(
         if fallback
         else 0,
         tmp_dir=str(tmp_dir),
+        shared_cap_bytes=sharedmem.cap_for_memory(settings.memory_mb),
+        shared_threshold_bytes=sharedmem.THRESHOLD_BYTES,
     )
 
 

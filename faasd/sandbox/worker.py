@@ -27,6 +27,7 @@ from faasd.functions.spec import ModelInfo
 from faasd.runtime.onnx import CUDA_PROVIDER, ModelLoadError, OnnxModel, choose_providers
 from faasd.sandbox import cgroups, channel, protocol
 from faasd.sandbox.batching import Handler, execute
+from faasd.sandbox.sharedmem import SharedArea, SharedPair
 
 logger = logging.getLogger("faasd.sandbox")
 
@@ -149,8 +150,10 @@ def _load(sock: socket.socket, spec: protocol.WorkerSpec) -> tuple[OnnxModel, Ha
     return model, handler
 
 
-def _serve(sock: socket.socket, model: OnnxModel, handler: Handler) -> None:
-    receiver = channel.Receiver(sock)
+def _serve(
+    sock: socket.socket, model: OnnxModel, handler: Handler, shared: SharedPair | None
+) -> None:
+    receiver = channel.Receiver(sock, shared)
     while True:
         message = receiver.recv()
         op = message.get("op")
@@ -163,7 +166,8 @@ def _serve(sock: socket.socket, model: OnnxModel, handler: Handler) -> None:
                 "results": protocol.results_to_wire(results),
                 "exec_s": time.perf_counter() - started,
             }
-            channel.send(sock, reply)
+            del items, message  # inputs in the request area are not read past this point
+            channel.send(sock, reply, shared)
         elif op == "ping":
             channel.send(sock, {"op": "pong"})
         elif op == "stop":
@@ -172,7 +176,22 @@ def _serve(sock: socket.socket, model: OnnxModel, handler: Handler) -> None:
             raise ValueError(f"unknown operation {op!r}")
 
 
-def main(sock_fd: int, stderr_fd: int, spec: protocol.WorkerSpec) -> NoReturn:
+def _shared_pair(spec: protocol.WorkerSpec, shared_fds: tuple[int, ...]) -> SharedPair | None:
+    """The worker's side: it reads the request area and writes the response area."""
+    if len(shared_fds) != 2:
+        return None
+    request_fd, response_fd = shared_fds
+    cap, threshold = spec.shared_cap_bytes, spec.shared_threshold_bytes
+    return SharedPair(
+        out=SharedArea(response_fd, cap, threshold),
+        into=SharedArea(request_fd, cap, threshold),
+        copy_in=False,
+    )
+
+
+def main(
+    sock_fd: int, stderr_fd: int, spec: protocol.WorkerSpec, shared_fds: tuple[int, ...] = ()
+) -> NoReturn:
     """The forked child's whole life. Exit 0 when told to stop or when the daemon lets go."""
     os.dup2(stderr_fd, 1)
     os.dup2(stderr_fd, 2)
@@ -184,7 +203,7 @@ def main(sock_fd: int, stderr_fd: int, spec: protocol.WorkerSpec) -> NoReturn:
         sock.setblocking(True)
         loaded = _load(sock, spec)
         if loaded is not None:
-            _serve(sock, *loaded)
+            _serve(sock, *loaded, _shared_pair(spec, shared_fds))
     except ConnectionError:  # the daemon closed our channel (ChannelClosed) or went away
         pass
     except MemoryError:

@@ -18,7 +18,7 @@ from esg.dispatch import (
     slice_is_valid,
 )
 from esg.model import MIG_SIZES, Config
-from esg.policy import Dispatch
+from esg.policy import Dispatch, NodeView
 from esg.search import Plan
 from esg.testing import job, node, snapshot
 
@@ -150,3 +150,26 @@ def test_dispatch_never_over_commits_a_node_nor_hands_out_an_invalid_mig_size(
         for view in snap.nodes:
             assert view.free_vcpu >= 0
             assert all(g.free_units >= 0 for g in view.gpus)
+
+
+def test_place_takes_a_node_only_when_its_setup_fits_the_plans_allowance() -> None:
+    # n0 is cold for Config(1, 2) (setup 300 ms), n1 is warm but listed second. The first plan
+    # allows 100 ms of setup: only n1 will do. A plan allowing 500 ms takes the first node in
+    # preference order that fits, and warm nodes come first: still n1. With n1 full, the
+    # 100-ms plan fits nowhere and the next one (500 ms) goes cold on n0.
+    config = Config(1, 2)
+    warm_n1 = {("f", config): 1}
+
+    def setup_ms(view: NodeView, c: Config) -> float:
+        return 0.0 if view.warm.get(("f", c), 0) else 300.0
+
+    nodes = [node("n0"), node("n1", warm=warm_n1)]
+    plans = [_plan(config), _plan(config)]
+    got = place(plans, "f", [job(0)], nodes, "k", allowance_ms=[100.0, 500.0], setup_ms=setup_ms)
+    assert got is not None and (got.plan_index, got.node) == (0, "n1")
+    full = [node("n0"), node("n1", free_vcpu=0, warm=warm_n1)]
+    got = place(plans, "f", [job(0)], full, "k", allowance_ms=[100.0, 500.0], setup_ms=setup_ms)
+    assert got is not None and (got.plan_index, got.node) == (1, "n0")
+    # Without the second plan nothing is placed: the jobs wait rather than miss.
+    none = place(plans[:1], "f", [job(0)], full, "k", allowance_ms=[100.0], setup_ms=setup_ms)
+    assert none is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -71,11 +72,16 @@ def test_make_policy_builds_esg_with_keyword_settings() -> None:
 
 def test_a_lone_job_waits_for_a_pair_while_the_budget_allows() -> None:
     # Best plan: PAIR ($0.075) but only one job is queued. Runnable now: CPU1 ($0.100, 100 ms),
-    # PAIR with one job ($0.150), CPU4, GPU1. Slack = 1000 - 100 = 900 ms: wait, waking
-    # min_wait/2 = 0.25 ms early, at 0.89975 s.
+    # PAIR with one job ($0.150), CPU4, GPU1. Planned on mean x (1 + 10 % margin), warm (no
+    # cold-start estimate) and local: slack = 1000 - 1.1 * 100 = 890 ms: wait, waking
+    # min_wait/2 = 0.25 ms early, at 0.88975 s.
     j0 = job(0, start_s=0.0, slo_s=1.0)
     actions = _policy().on_event(Arrival(j0), _snap(0.0, [j0]))
     [wake] = actions
+    assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.88975)
+    # Without the margin the slack is 1000 - 100 = 900 ms.
+    exact = EsgPolicy(pricing=PRICES, latency_margin=0.0)
+    [wake] = exact.on_event(Arrival(j0), _snap(0.0, [j0]))
     assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.89975)
 
 
@@ -88,10 +94,13 @@ def test_the_second_job_completes_the_pair() -> None:
 
 
 def test_when_the_wait_is_over_the_best_plan_runnable_now_goes() -> None:
-    # At 0.89975 s: budget = 100.25 ms. PAIR (150 ms) no longer fits; CPU1 (100 ms) does.
+    # At 0.88975 s: budget = 110.25 ms. PAIR (1.1 * 150 ms) no longer fits; CPU1 (110) does.
     j0 = job(0, slo_s=1.0)
-    [dispatch] = _dispatches(_policy().on_event(Timer(), _snap(0.89975, [j0])))
+    [dispatch] = _dispatches(_policy().on_event(Timer(), _snap(0.88975, [j0])))
     assert (dispatch.config, dispatch.job_ids) == (CPU1, ("j0",))
+    # 5 ms later only CPU4 (1.1 * 40 ms) meets the budget with the margin: speed is bought.
+    [dispatch] = _dispatches(_policy().on_event(Timer(), _snap(0.89475, [j0])))
+    assert dispatch.config == CPU4
 
 
 @pytest.mark.parametrize(
@@ -274,3 +283,100 @@ def test_completion_events_retry_what_did_not_fit() -> None:
     done = Dispatch("other", "g", ("z",), Config(1, 16), "n0")
     freed = _snap(0.05, jobs)
     assert _dispatches(policy.on_event(Completion(done, exec_s=0.05), freed))
+
+
+# ---------------------------------------------------------------- what the planned latency includes
+
+
+def test_a_per_function_cold_start_estimate_in_the_limits_is_planned_for() -> None:
+    # As the cold_start_ms setting above, but the estimate comes with the function's limits.
+    warm_node = node("n0", warm={("f", CPU4): 1})
+    limits = {"f": FunctionLimits(max_batch=2, cold_start_ms=500.0)}
+    jobs = [job(0, slo_s=0.3), job(1, slo_s=0.3)]
+    snap = _snap(0.0, jobs, slo_s=0.3, nodes=(warm_node,), limits=limits)
+    assert _dispatches(_policy().on_event(Timer(), snap))[0].config == CPU4
+    # The limits' estimate wins over the policy's setting.
+    quick = {"f": FunctionLimits(max_batch=2, cold_start_ms=0.0)}
+    snap = _snap(0.0, jobs, slo_s=0.3, nodes=(warm_node,), limits=quick)
+    slow_setting = EsgPolicy(pricing=PRICES, cold_start_ms=500.0)
+    assert _dispatches(slow_setting.on_event(Timer(), snap))[0].config == PAIR
+
+
+def test_a_gpu_slice_costs_its_extra_cold_start() -> None:
+    # 43 ms SLO, nothing warm, CPU cold start 0, GPU extra 100 ms. With the margin only GPU1
+    # fits (1.1 * 20 ms; see the next test), but cold it needs 122 ms; no plan meets the
+    # budget with margin and setup, so the cheapest plan that meets it on warm means runs:
+    # CPU4 (40 ms <= 43).
+    limits = {"f": FunctionLimits(max_batch=2, cold_start_ms=0.0, cold_start_gpu_ms=100.0)}
+    jobs = [job(0, slo_s=0.043), job(1, slo_s=0.043)]
+    snap = _snap(0.0, jobs, slo_s=0.043, limits=limits)
+    assert {d.config for d in _dispatches(_policy().on_event(Timer(), snap))} == {CPU4}
+    # A warm GPU1 sandbox on the node: no cold start, GPU1 it is.
+    warm_gpu = (node("n0", warm={("f", GPU1): 2}),)
+    snap = _snap(0.0, jobs, slo_s=0.043, nodes=warm_gpu, limits=limits)
+    assert {d.config for d in _dispatches(_policy().on_event(Timer(), snap))} == {GPU1}
+
+
+def test_the_latency_margin_buys_speed_where_the_mean_is_just_inside_the_budget() -> None:
+    # 43 ms: CPU4's mean (40 ms) fits, but 1.1 * 40 = 44 ms does not: GPU1 (22 ms) runs.
+    jobs = [job(0, slo_s=0.043), job(1, slo_s=0.043)]
+    snap = _snap(0.0, jobs, slo_s=0.043)
+    assert {d.config for d in _dispatches(_policy().on_event(Timer(), snap))} == {GPU1}
+    exact = EsgPolicy(pricing=PRICES, latency_margin=0.0)
+    assert {d.config for d in _dispatches(exact.on_event(Timer(), snap))} == {CPU4}
+
+
+def _remote_job(i: int, slo_s: float, nbytes: int, where: str) -> Job:
+    return dataclasses.replace(job(i, slo_s=slo_s, input_node=where), input_bytes=nbytes)
+
+
+def test_moving_the_inputs_is_part_of_the_planned_latency() -> None:
+    # The inputs (10 MB each) are on n1, which is full; n0 must pull them over 10 GbE:
+    # 0.2 + 10e6 / 1.25e9 s = 8.2 ms. 50 ms SLO: CPU4 needs 1.1 * 40 + 8.2 = 52.2 ms (too
+    # slow), GPU1 1.1 * 20 + 8.2 = 30.2 ms.
+    nodes = (node("n0"), node("n1", free_vcpu=0, gpu_units=(0,)))
+    jobs = [_remote_job(i, 0.05, 10_000_000, "n1") for i in range(2)]
+    snap = _snap(0.0, jobs, slo_s=0.05, nodes=nodes)
+    assert {(d.config, d.node) for d in _dispatches(_policy().on_event(Timer(), snap))} == {
+        (GPU1, "n0")
+    }
+    # Inputs that are small to move: CPU4 on n0 (44 + 0.2 ms).
+    light = [_remote_job(i, 0.05, 1_000, "n1") for i in range(2)]
+    snap = _snap(0.0, light, slo_s=0.05, nodes=nodes)
+    assert {d.config for d in _dispatches(_policy().on_event(Timer(), snap))} == {CPU4}
+    # With room on n1 the data stays put: CPU4 on n1.
+    roomy = (node("n0"), node("n1"))
+    snap = _snap(0.0, jobs, slo_s=0.05, nodes=roomy)
+    assert {(d.config, d.node) for d in _dispatches(_policy().on_event(Timer(), snap))} == {
+        (CPU4, "n1")
+    }
+
+
+def test_when_the_vcpus_run_out_the_next_plan_that_fits_runs() -> None:
+    # Only 2 vCPUs free; the CPU configurations want 4. Even with K = 1 (the priority queue
+    # holds only the cheapest plan, CPU4) the policy dispatches the GPU plan that fits now
+    # instead of leaving the jobs queued.
+    cpu4, pair4 = Config(1, 4), Config(2, 4)
+    profile = Profile("f", {cpu4: 40.0, pair4: 60.0, GPU1: 20.0})
+    snap = snapshot(
+        nodes=[node("n0", free_vcpu=2)],
+        jobs=[job(0, slo_s=0.2), job(1, slo_s=0.2)],
+        workflows=[Workflow.single("f", 0.2)],
+        profiles=[profile],
+    )
+    dispatches = _dispatches(EsgPolicy(pricing=PRICES, k=1).on_event(Timer(), snap))
+    assert [d.config for d in dispatches] == [GPU1, GPU1]  # one vCPU and one unit each
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"latency_margin": -0.1},
+        {"cold_start_gpu_ms": -1.0},
+        {"net_bytes_per_s": 0.0},
+        {"net_latency_ms": -1.0},
+    ],
+)
+def test_bad_planning_settings_are_refused(settings: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        EsgPolicy(**settings)  # type: ignore[arg-type]

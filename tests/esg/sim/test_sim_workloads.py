@@ -109,3 +109,13 @@ def test_profiles_from_the_measured_models_behave_physically() -> None:
     host_only = build_profile(FunctionSpec("h", None, 4.0, 1.0), models)
     assert all(c.vgpu == 0 for c in host_only.latency_ms)
     assert reference_config(spec) == Config(4, 2, 1)
+
+
+def test_every_policy_sees_the_clusters_cold_start_times_in_the_limits() -> None:
+    cluster = ClusterSpec(nodes=1, cold_start_cpu_s=0.3, cold_start_gpu_extra_s=0.5)
+    sc = make_scenario("light", "moderate", cluster=cluster, seed=0, duration_s=0.1,
+                       warmup_s=0.1)
+    assert sc.limits
+    for limits in sc.limits.values():
+        assert limits.cold_start_ms == pytest.approx(300.0)
+        assert limits.cold_start_gpu_ms == pytest.approx(500.0)

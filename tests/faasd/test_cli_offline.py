@@ -1,0 +1,52 @@
+"""`faasd plan`, `faasd split` and `faasd simulate` hand their arguments to the esg shells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from faasd.cli import main
+
+
+def test_plan_prints_the_cheapest_feasible_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a: 10 ms for 1.0 or 4 ms for 3.0; budget 8 ms leaves only the dearer one.
+    instance = {
+        "functions": [
+            {
+                "name": "a",
+                "configs": [
+                    {"batch": 1, "vcpu": 1, "vgpu": 0, "latency_ms": 10, "cost": 1.0},
+                    {"batch": 1, "vcpu": 4, "vgpu": 0, "latency_ms": 4, "cost": 3.0},
+                ],
+            }
+        ],
+        "budget_ms": 8,
+        "k": 2,
+    }
+    path = tmp_path / "instance.json"
+    path.write_text(json.dumps(instance))
+
+    assert main(["plan", str(path)]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert [p["cost"] for p in answer["plans"]] == [3.0]
+    assert answer["plans"][0]["configs"]["a"] == {"batch": 1, "vcpu": 4, "vgpu": 0}
+
+
+def test_malformed_instance_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"functions": [{"name": "a"}], "budget_ms": 3}))
+    assert main(["plan", str(path)]) == 2
+    assert "functions[0].configs" in capsys.readouterr().err
+
+
+def test_simulate_help_is_the_simulators(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out

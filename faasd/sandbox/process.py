@@ -203,6 +203,8 @@ class SandboxProcess:
             except OSError as exc:
                 raise SandboxDied(str(exc)) from exc
             reply: dict[str, Any] = await self._recv()
+        if self.shared is not None:  # the reply's tensors were copied out; the worker waits
+            self.shared.trim()
         return reply
 
     async def ping(self, timeout_s: float) -> bool:

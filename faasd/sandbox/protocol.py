@@ -4,7 +4,9 @@ Daemon -> worker: `run` (items, and `postprocess`: False to answer with the mode
 even when the handler has a postprocess), `ping`, `stop`. Worker -> daemon: `ready` (what the model
 takes and gives) or `failed` (why it could not load), then one `result` per `run` and one `pong`
 per `ping`. Items travel as `{"t": tensors}` or `{"b": body, "ct": content type}`; results as
-`{"t": tensors}`, `{"b": body, "ct": ...}` or `{"f": [status, message]}`.
+`{"t": tensors}`, `{"b": body, "ct": ...}` or `{"f": [status, message]}`. Tensors of
+`WorkerSpec.shared_threshold_bytes` and more cross through the sandbox's shared-memory areas
+(see `faasd.sandbox.sharedmem`), the frame saying only where they lie.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ area to the worker (its outputs count against its limit), the request area to th
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import mmap
 import os
 from typing import Any
@@ -40,6 +42,10 @@ THRESHOLD_BYTES = 64 * 2**10
 CAP_SHARE_OF_MEMORY = 0.25
 #: ... nor past this.
 MAX_CAP_BYTES = 256 * 2**20
+#: After each batch the daemon frees an area's pages past this, so that one large batch does
+#: not pin its memory (the request area's in the daemon, the response area's in the sandbox's
+#: cgroup) for the rest of the sandbox's life; below it pages stay, sparing page faults.
+KEEP_BYTES = 16 * 2**20
 _PAGE = mmap.PAGESIZE
 _ALIGN = 64
 
@@ -50,8 +56,13 @@ def cap_for_memory(memory_mb: int) -> int:
 
 
 def create_fd(name: str) -> int:
-    """A new, empty memfd (close-on-exec: only the fork server's SCM_RIGHTS passes it on)."""
-    return os.memfd_create(f"faasd-{name}", os.MFD_CLOEXEC)
+    """A new, empty memfd (close-on-exec: only the fork server's SCM_RIGHTS passes it on).
+
+    Sealed against shrinking: a worker that truncated an area under the daemon's mapping would
+    make the daemon's next access to it a SIGBUS."""
+    fd = os.memfd_create(f"faasd-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    return fd
 
 
 class SharedArea:
@@ -84,18 +95,34 @@ class SharedArea:
         end = offset + nbytes
         if end > self.cap_bytes:
             return None
-        if end > self.mapped_bytes:
-            self._grow(end)
+        if end > self.mapped_bytes and not self._grow(end):
+            return None
         assert self.map is not None
         self.map[offset:end] = array.reshape(-1).view(np.uint8).data
         self.cursor = end + (-end % _ALIGN)
         return offset
 
-    def _grow(self, needed: int) -> None:
+    def _grow(self, needed: int) -> bool:
+        """Make the area at least `needed` bytes; False where memory is short (the tensor then
+        rides in the frame, and a real shortage shows there as a MemoryError)."""
         size = min(self.cap_bytes, max(needed, 2 * self.mapped_bytes))
         size += -size % _PAGE
-        os.ftruncate(self.fd, size)
-        self._remap(size)
+        try:
+            if os.fstat(self.fd).st_size < size:
+                os.ftruncate(self.fd, size)
+            self._remap(size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOMEM, errno.ENOSPC, errno.EFBIG):
+                return False
+            raise
+        return True
+
+    def trim(self, keep_bytes: int = KEEP_BYTES) -> None:
+        """Free the pages past `keep_bytes` (they read as zeros, the file keeps its size).
+        Only between frames: neither side may be using them."""
+        if self.map is not None and self.mapped_bytes > keep_bytes:
+            keep = keep_bytes + -keep_bytes % _PAGE
+            self.map.madvise(mmap.MADV_REMOVE, keep, self.mapped_bytes - keep)
 
     # --- reader ------------------------------------------------------------------------------
 
@@ -104,7 +131,8 @@ class SharedArea:
         writer's next frame). ValueError if the area does not hold that range."""
         end = offset + nbytes
         if end > self.mapped_bytes:
-            size = os.fstat(self.fd).st_size
+            # never map more than the cap, whatever size the other side set the file to
+            size = min(os.fstat(self.fd).st_size, self.cap_bytes + -self.cap_bytes % _PAGE)
             if end > size:
                 raise ValueError(f"shared tensor at {offset}+{nbytes} runs past the area ({size})")
             self._remap(size)
@@ -138,6 +166,10 @@ class SharedPair:
     def read(self, dtype: np.dtype[Any], offset: int, nbytes: int) -> np.ndarray[Any, Any]:
         flat = self.into.view(dtype, offset, nbytes)
         return flat.copy() if self.copy_in else flat
+
+    def trim(self) -> None:
+        self.out.trim()
+        self.into.trim()
 
     def close(self) -> None:
         self.out.close()

@@ -50,3 +50,20 @@ def test_simulate_help_is_the_simulators(capsys: pytest.CaptureFixture[str]) -> 
         main(["simulate", "--help"])
     assert exit_info.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_the_readme_examples_plan_and_split(capsys: pytest.CaptureFixture[str]) -> None:
+    examples = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+    assert main(["plan", str(examples / "plan.json")]) == 0
+    plans = json.loads(capsys.readouterr().out)["plans"]
+    # Budget 15 ms: preprocess b1 (4 ms, 0.052) + resnet50 b4 on 1 unit (5.5 ms, 0.286) +
+    # label (0.3 ms, 0.0039) = 9.8 ms for 0.3419 is the cheapest path that fits.
+    assert plans[0]["cost"] == pytest.approx(0.3419)
+    assert plans[0]["latency_ms"] == pytest.approx(9.8)
+    assert all(p["feasible"] and p["latency_ms"] <= 15 for p in plans)
+
+    assert main(["split", str(examples / "split.json")]) == 0
+    split = json.loads(capsys.readouterr().out)
+    assert split["dominators"] == ["preprocess", "composite", "encode"]
+    assert sum(g["budget_ms"] for g in split["groups"]) == pytest.approx(40.0)

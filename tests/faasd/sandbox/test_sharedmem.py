@@ -119,16 +119,22 @@ def test_past_the_cap_tensors_ride_in_the_frame(sides: tuple[SharedPair, SharedP
 def test_a_shared_tensor_without_its_area_is_a_frame_error(
     sides: tuple[SharedPair, SharedPair],
 ) -> None:
-    daemon, worker = sides
+    daemon, _ = sides
     daemon.out.begin_frame()
     frame = b"".join(framing.encode({"x": np.ones(1_000)}, daemon))
     with pytest.raises(framing.FrameError, match="without shared memory"):
         framing.decode_frame(frame)
-    os.ftruncate(worker.into.fd, 0)  # the area no longer holds the range the frame names
-    worker.into.map = None
+    with pytest.raises(OSError):  # sealed: neither side can pull the pages from under the other
+        os.ftruncate(daemon.out.fd, 0)
+    elsewhere = SharedPair(  # an area that does not hold the range the frame names
+        out=SharedArea(sharedmem.create_fd("a"), CAP),
+        into=SharedArea(sharedmem.create_fd("b"), CAP),
+        copy_in=False,
+    )
     _, header_bytes = framing.parse_prefix(frame[: framing.PREFIX_SIZE])
     with pytest.raises(framing.FrameError, match="runs past the area"):
-        framing.decode(bytearray(frame[framing.PREFIX_SIZE :]), header_bytes, worker)
+        framing.decode(bytearray(frame[framing.PREFIX_SIZE :]), header_bytes, elsewhere)
+    elsewhere.close()
 
 
 def test_the_cap_follows_the_memory_limit() -> None:
@@ -233,13 +239,18 @@ def count_own_memfds() -> int:
     return count
 
 
-def memory_usage_bytes(pid: int, backend: Backend) -> int:
+def cgroup_shmem_bytes(pid: int, backend: Backend) -> int:
+    """Shared memory charged to `pid`'s memory cgroup (its `memory.stat`)."""
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if backend is Backend.V2 and controllers == "":
-            return int(Path(f"/sys/fs/cgroup{path}/memory.current").read_text())
-        if backend is Backend.V1 and "memory" in controllers.split(","):
-            return int(Path(f"/sys/fs/cgroup/memory{path}/memory.usage_in_bytes").read_text())
+            stat = Path(f"/sys/fs/cgroup{path}/memory.stat")
+        elif backend is Backend.V1 and "memory" in controllers.split(","):
+            stat = Path(f"/sys/fs/cgroup/memory{path}/memory.stat")
+        else:
+            continue
+        fields = dict(line.split() for line in stat.read_text().splitlines())
+        return int(fields["shmem"])
     raise AssertionError(f"no memory cgroup for {pid}")
 
 
@@ -250,10 +261,37 @@ async def test_the_response_area_counts_against_the_sandbox_memory_limit(
         pytest.skip("needs a memory cgroup (root)")
     version = make_version(function_dir(), max_batch_size=4, memory_mb=512)
     first = await pool.run(version, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
-    before = memory_usage_bytes(first.sandbox_pid, pool.backend)
+    before = cgroup_shmem_bytes(first.sandbox_pid, pool.backend)
     x = rows(200_000, 10)  # 12.8 MB out, written into the response area by the worker
     second = await pool.run(version, Config(1, 1), [TensorItem({"x": x})])
     assert second.sandbox_pid == first.sandbox_pid
     assert_matches(second.results[0], x)
-    after = memory_usage_bytes(second.sandbox_pid, pool.backend)
+    after = cgroup_shmem_bytes(second.sandbox_pid, pool.backend)
     assert after - before >= 0.9 * x.nbytes
+
+
+def own_memfd_bytes() -> dict[str, int]:
+    """Memory held by the daemon's memfds (allocated pages, not file size), by name."""
+    held: dict[str, int] = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("/memfd:faasd-"):
+                name = target.split(":", 1)[1].split()[0]
+                held[name] = max(held.get(name, 0), os.stat(f"/proc/self/fd/{fd}").st_blocks * 512)
+        except OSError:
+            continue
+    return held
+
+
+@pytest.mark.slow
+async def test_a_large_batch_does_not_pin_its_memory_after_it(
+    pool: SandboxPool, function_dir: Callable[..., Path]
+) -> None:
+    version = make_version(function_dir(), max_batch_size=4)
+    x = rows(40 * 2**20 // 64, 11)  # 40 MiB in and out
+    execution = await pool.run(version, Config(1, 1), [TensorItem({"x": x})])
+    assert_matches(execution.results[0], x)
+    assert min(shared_mappings(execution.sandbox_pid).values()) >= x.nbytes  # it went shared
+    held = own_memfd_bytes()
+    assert len(held) == 2 and max(held.values()) <= sharedmem.KEEP_BYTES

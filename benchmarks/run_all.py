@@ -4,7 +4,7 @@ Order matters: memory first (the daemon must still be idle), then the warm overh
 starts and the tiny model under load. A phase that fails is recorded and the others still
 run; the exit status is 1 if any failed. Results go to `benchmarks/results/daemon-<UTC>.json`
 (git-ignored) and a Markdown summary against the targets is printed. Then the ESG planning
-benchmark (`esg_planning.py`, its own script) runs unless `--no-esg`. About 3–4 minutes on
+benchmark (`esg_planning.py`, its own script) runs unless `--no-esg`. About 2–3 minutes on
 2 cores (plus a minute once to create the peer's virtual environment).
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--no-peer] [--no-esg]

@@ -14,11 +14,12 @@ A body that is not a picture, or a blank picture, raises ValueError: a 400 for t
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from faasd.handlers import decode_image
 
 INPUT = "input"
 OUTPUT = "probabilities"
@@ -28,22 +29,6 @@ MAX_INTENSITY = 16.0
 INK_FRACTION = 0.1
 #: Below this contrast (of 255) between ink and paper, the picture is taken to be blank.
 MIN_CONTRAST = 24.0
-
-
-def decode(body: bytes) -> Image.Image:
-    """The picture in `body` (PNG, JPEG, anything Pillow reads); ValueError if there is none."""
-    if not body:
-        raise ValueError("empty body: send a PNG or JPEG picture of one digit")
-    try:
-        image = Image.open(io.BytesIO(body))
-        image.load()
-    except UnidentifiedImageError:
-        raise ValueError(
-            "cannot read the body as a picture (PNG or JPEG expected): unknown format"
-        ) from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # truncated, corrupt
-        raise ValueError(f"cannot read the body as a picture: {exc}") from exc
-    return image
 
 
 def _gray(image: Image.Image) -> np.ndarray:
@@ -75,7 +60,8 @@ def to_dataset_pixels(image: Image.Image) -> np.ndarray:
 
 
 def preprocess(body: bytes, content_type: str) -> dict[str, np.ndarray]:
-    return {INPUT: to_dataset_pixels(decode(body))[np.newaxis, :]}
+    image = decode_image(body, "a PNG or JPEG picture of one digit")
+    return {INPUT: to_dataset_pixels(image)[np.newaxis, :]}
 
 
 def postprocess(outputs: dict[str, np.ndarray]) -> dict[str, Any]:

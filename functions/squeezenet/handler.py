@@ -11,74 +11,32 @@ A body that is not a picture raises ValueError: a 400 for that call.
 
 from __future__ import annotations
 
-import io
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from faasd.handlers import decode_image, imagenet_tensor, read_labels, top_k
 
 INPUT = "data_0"
-RESIZE = 256
-CROP = 224
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-TOP = 5
-
-
-def decode(body: bytes) -> Image.Image:
-    """The picture in `body` as RGB; ValueError if there is none."""
-    if not body:
-        raise ValueError("empty body: send a PNG or JPEG picture")
-    try:
-        image = Image.open(io.BytesIO(body))
-        image.load()
-    except UnidentifiedImageError:
-        raise ValueError(
-            "cannot read the body as a picture (PNG or JPEG expected): unknown format"
-        ) from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # truncated, corrupt
-        raise ValueError(f"cannot read the body as a picture: {exc}") from exc
-    return image.convert("RGB")
 
 
 def to_tensor(image: Image.Image) -> np.ndarray:
     """float32 [3, 224, 224]: resized, centre-cropped, normalized, channels first."""
-    width, height = image.size
-    scale = RESIZE / min(width, height)
-    size = (max(CROP, round(width * scale)), max(CROP, round(height * scale)))
-    image = image.resize(size, Image.Resampling.BILINEAR)
-    left, top = (size[0] - CROP) // 2, (size[1] - CROP) // 2
-    image = image.crop((left, top, left + CROP, top + CROP))
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(((pixels - MEAN) / STD).transpose(2, 0, 1))
+    return imagenet_tensor(image)
 
 
 @cache
 def labels() -> tuple[str, ...]:
-    path = Path(__file__).with_name("labels.txt")
-    if not path.exists():
-        return ()
-    return tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return read_labels(Path(__file__).with_name("labels.txt"))
 
 
 def preprocess(body: bytes, content_type: str) -> dict[str, np.ndarray]:
-    return {INPUT: to_tensor(decode(body))[np.newaxis]}
+    return {INPUT: to_tensor(decode_image(body))[np.newaxis]}
 
 
 def postprocess(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     (scores,) = outputs.values()
-    probabilities = np.asarray(scores, dtype=np.float64).reshape(-1)
-    best = np.argsort(-probabilities, kind="stable")[:TOP]
-    names = labels()
-    return {
-        "top5": [
-            {
-                "label": names[i] if i < len(names) else f"class {i}",
-                "index": int(i),
-                "probability": float(probabilities[i]),
-            }
-            for i in best
-        ]
-    }
+    return {"top5": top_k(scores, labels(), 5)}

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from faasd.functions.loader import load_function
 from faasd.functions.registry import Registry
 from faasd.functions.spec import FunctionSettings, ModelInfo
+from faasd.handlers import IMAGENET_MEAN, IMAGENET_STD
 
 from .conftest import EXAMPLES, FUNCTIONS
 
@@ -143,7 +144,7 @@ def test_imagenet_preprocess_resizes_crops_and_normalizes(imagenet_handler: Modu
     picture.paste((0, 0, 255), (200, 0, 400, 300))
     x = imagenet_handler.preprocess(encode(picture, "PNG"), "image/png")["data_0"]
     assert x.shape == (1, 3, 224, 224) and x.dtype == np.float32
-    mean, std = imagenet_handler.MEAN, imagenet_handler.STD
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
     red = (np.array([1.0, 0.0, 0.0]) - mean) / std
     blue = (np.array([0.0, 0.0, 1.0]) - mean) / std
     np.testing.assert_allclose(x[0, :, 100, 0], red, rtol=1e-5)  # left edge of the crop

@@ -4,6 +4,10 @@ Both sides send a frame's buffers with one scatter-gather `sendmsg` where the so
 all, and receive a body straight into one preallocated buffer that the decoded tensors then
 view, so a tensor is copied once by the kernel each way and never in Python.
 
+The daemon's side reads through an asyncio protocol (`AsyncChannel`): the event loop reads a
+small frame whole in one `read` and a large body straight into its buffer, with no
+`add_reader`/`remove_reader` per receive.
+
 With a `SharedPair`, large tensors cross through shared memory instead (one `memcpy` by the
 sender; see `faasd.sandbox.sharedmem`) and only the frame's header goes through the socket.
 """
@@ -11,6 +15,7 @@ sender; see `faasd.sandbox.sharedmem`) and only the frame's header goes through 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 from collections.abc import Sequence
@@ -109,31 +114,171 @@ class Receiver:
 
 # --- asyncio: the daemon --------------------------------------------------------------------
 
-
-async def send_async(sock: socket.socket, message: Any, shared: SharedPair | None = None) -> None:
-    """Send one frame on a non-blocking socket: one sendmsg, then wait for room if needed."""
-    loop = asyncio.get_running_loop()
-    pending = _encode(message, shared)
-    with contextlib.suppress(BlockingIOError):
-        pending = _advance(pending, sock.sendmsg(pending[:_MAX_IOV]))
-    for view in pending:
-        await loop.sock_sendall(sock, view)
+#: What one read may take when no large body is being filled: a whole small frame, usually.
+_SCRATCH_BYTES = 64 * 2**10
 
 
-async def _recv_exactly_async(sock: socket.socket, size: int) -> bytearray:
-    loop = asyncio.get_running_loop()
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        n = await loop.sock_recv_into(sock, view[got:])
-        if n == 0:
-            raise ChannelClosed("peer closed the channel")
-        got += n
-    return buffer
+class _FrameProtocol(asyncio.BufferedProtocol):
+    """Cuts the byte stream into frames as the event loop reads it.
+
+    A small frame is read into a scratch buffer together with its prefix (one `read` a frame);
+    the rest of a large body is read straight into its own buffer. Whole frames wait, undecoded,
+    in `frames` until `AsyncChannel.recv` takes them.
+    """
+
+    def __init__(self) -> None:
+        self.frames: collections.deque[tuple[bytearray, int]] = collections.deque()
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.drained: asyncio.Future[None] | None = None
+        self._scratch = bytearray(_SCRATCH_BYTES)
+        self._prefix = bytearray()
+        self._body: bytearray | None = None
+        self._header_bytes = 0
+        self._filled = 0
+        self._direct = False
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        body = self._body
+        if body is not None and len(body) - self._filled >= _SCRATCH_BYTES:
+            self._direct = True
+            return memoryview(body)[self._filled :]
+        self._direct = False
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            if self._direct:
+                self._filled += nbytes
+                self._finish_body()
+            else:
+                self._feed(memoryview(self._scratch)[:nbytes])
+        except framing.FrameError as exc:  # garbage: nothing after it can be trusted
+            self._fail(exc)
+            if self._transport is not None:
+                self._transport.close()
+
+    def _feed(self, data: memoryview) -> None:
+        while data:
+            if self._body is None:
+                take = framing.PREFIX_SIZE - len(self._prefix)
+                self._prefix += data[:take]
+                data = data[take:]
+                if len(self._prefix) < framing.PREFIX_SIZE:
+                    return
+                body_bytes, self._header_bytes = framing.parse_prefix(self._prefix)
+                self._prefix = bytearray()
+                self._body, self._filled = bytearray(body_bytes), 0
+            else:
+                take = min(len(data), len(self._body) - self._filled)
+                self._body[self._filled : self._filled + take] = data[:take]
+                self._filled += take
+                data = data[take:]
+            self._finish_body()
+
+    def _finish_body(self) -> None:
+        if self._body is None or self._filled < len(self._body):
+            return
+        self.frames.append((self._body, self._header_bytes))
+        self._body = None
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self._wake()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._fail(ChannelClosed("peer closed the channel"))
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc if exc is not None else ChannelClosed("the channel was closed"))
+
+    def pause_writing(self) -> None:
+        if self.drained is None or self.drained.done():
+            self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
 
 
-async def recv_async(sock: socket.socket, shared: SharedPair | None = None) -> Any:
-    prefix = await _recv_exactly_async(sock, framing.PREFIX_SIZE)
-    body_bytes, header_bytes = framing.parse_prefix(prefix)
-    return framing.decode(await _recv_exactly_async(sock, body_bytes), header_bytes, shared)
+class AsyncChannel:
+    """The daemon's end of a sandbox's socketpair: frames out and in, one at a time.
+
+    The event loop reads the socket through a protocol, so waiting for a reply costs no
+    `add_reader`/`remove_reader` (and their `epoll_ctl`s) per receive, as `loop.sock_recv_into`
+    does. A frame goes out with one `sendmsg` on the socket itself; what the socket does not
+    take at once goes through the transport, which is then drained before `send` returns, so
+    frames never interleave.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        transport: asyncio.Transport,
+        protocol: _FrameProtocol,
+        shared: SharedPair | None,
+    ) -> None:
+        self._sock = sock
+        self._transport = transport
+        self._protocol = protocol
+        self.shared = shared
+
+    @classmethod
+    async def open(cls, sock: socket.socket, shared: SharedPair | None = None) -> AsyncChannel:
+        """Wrap a connected non-blocking stream socket; the channel owns it from now on."""
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_unix_connection(_FrameProtocol, sock=sock)
+        transport.set_write_buffer_limits(high=0)  # pause_writing whenever bytes are queued
+        return cls(sock, transport, protocol, shared)
+
+    async def send(self, message: Any) -> None:
+        """Send one frame (ChannelClosed or OSError if the peer is gone)."""
+        if self._protocol.error is not None:
+            raise ChannelClosed(str(self._protocol.error))
+        pending = _encode(message, self.shared)
+        if not self._transport.get_write_buffer_size():
+            with contextlib.suppress(BlockingIOError):
+                pending = _advance(pending, self._sock.sendmsg(pending[:_MAX_IOV]))
+        if not pending:
+            return
+        self._transport.writelines(pending)
+        while self._transport.get_write_buffer_size() and self._protocol.error is None:
+            drained = self._protocol.drained
+            if drained is None or drained.done():
+                await asyncio.sleep(0)  # not paused (yet): let the loop write
+            else:
+                await drained
+        if self._protocol.error is not None:
+            raise ChannelClosed(str(self._protocol.error))
+
+    async def recv(self) -> Any:
+        """The next message (ChannelClosed or OSError once the peer is gone, FrameError if it
+        sent garbage); its tensors are the caller's to keep."""
+        protocol = self._protocol
+        while not protocol.frames:
+            if protocol.error is not None:
+                raise protocol.error
+            protocol.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await protocol.waiter
+            finally:
+                protocol.waiter = None
+        body, header_bytes = protocol.frames.popleft()
+        return framing.decode(body, header_bytes, self.shared)
+
+    def close(self) -> None:
+        """Close the socket: the worker reads EOF."""
+        self._transport.close()

@@ -122,7 +122,7 @@ class SandboxProcess:
         self,
         sandbox_id: str,
         spawned: Spawned,
-        sock: socket.socket,
+        chan: channel.AsyncChannel,
         relay: _StderrRelay,
         groups: SandboxGroups | None,
         tmp_dir: Path | None,
@@ -132,7 +132,7 @@ class SandboxProcess:
         #: Where large tensors cross (see `faasd.sandbox.sharedmem`); None: all in frames.
         self.shared = shared
         self.spawned = spawned
-        self.sock = sock
+        self.channel = chan
         self.relay = relay
         self.groups = groups
         self.tmp_dir = tmp_dir
@@ -172,8 +172,18 @@ class SandboxProcess:
             theirs.close()
             os.close(stderr_w)
         ours.setblocking(False)
+        try:
+            chan = await channel.AsyncChannel.open(ours, shared)
+        except BaseException:
+            kill(spawned, signal.SIGKILL)
+            spawned.close()
+            ours.close()
+            os.close(stderr_r)
+            if shared is not None:
+                shared.close()
+            raise
         relay = _StderrRelay(stderr_r, f"{spec.name} v{spec.version} [{spawned.pid}]")
-        return cls(sandbox_id, spawned, ours, relay, groups, tmp_dir, shared)
+        return cls(sandbox_id, spawned, chan, relay, groups, tmp_dir, shared)
 
     async def wait_ready(self, timeout_s: float) -> ModelInfo:
         """The worker's model info once loaded. LoadFailed if it says why it could not load;
@@ -188,7 +198,7 @@ class SandboxProcess:
 
     async def _recv(self) -> dict[str, Any]:
         try:
-            message = await channel.recv_async(self.sock, self.shared)
+            message = await self.channel.recv()
         except (OSError, framing.FrameError) as exc:  # ChannelClosed, reset, garbage
             raise SandboxDied(str(exc)) from exc
         if not isinstance(message, dict):
@@ -199,7 +209,7 @@ class SandboxProcess:
         """Send one request and wait for its reply; TimeoutError past `timeout_s`."""
         async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
             try:
-                await channel.send_async(self.sock, message, self.shared)
+                await self.channel.send(message)
             except OSError as exc:
                 raise SandboxDied(str(exc)) from exc
             reply: dict[str, Any] = await self._recv()
@@ -243,7 +253,7 @@ class SandboxProcess:
         if self.state is State.STOPPED:
             return
         self.state = State.STOPPED
-        self.sock.close()  # the worker reads EOF and exits
+        self.channel.close()  # the worker reads EOF and exits
         if await self.join(grace_s) is None:
             self.kill()
             if await self.join(EXIT_REPORT_TIMEOUT_S) is None:
@@ -253,7 +263,7 @@ class SandboxProcess:
     def release(self) -> None:
         """Free what the sandbox held in the daemon: socket, pidfd, stderr pipe, groups, tmp."""
         self.state = State.STOPPED
-        self.sock.close()
+        self.channel.close()
         self.relay.close()
         self.spawned.close()
         if self.shared is not None:  # results were copied out: nothing views the mappings

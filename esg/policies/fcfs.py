@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from esg.dispatch import fits
 from esg.model import Config, Job
 from esg.policy import (
     Action,
@@ -75,21 +76,10 @@ class FcfsPolicy:
             return (-node.warm.get((function, config), 0), -node.free_vcpu, node.name)
 
         for node in sorted(snapshot.nodes, key=preference):
-            if not node.healthy or node.free_vcpu < config.vcpu:
-                continue
-            gpu = _gpu_with(node, config.vgpu)
-            if config.vgpu and gpu is None:
+            fit, gpu = fits(node, config)
+            if not fit:
                 continue
             taken = tuple(job.id for job in jobs[: config.batch])
             return Dispatch(app, function, taken, config, node.name, gpu=gpu)
         return None
 
-
-def _gpu_with(node: NodeView, units: int) -> int | None:
-    """The GPU on `node` with the fewest free units that still has `units` free (best fit)."""
-    if not units:
-        return None
-    fitting = [g for g in node.gpus if g.free_units >= units]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda g: (g.free_units, g.index)).index

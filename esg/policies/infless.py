@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from esg.dispatch import fits
 from esg.model import Config
-from esg.policies.toolkit import RateMeter, batch1_reference_ms, fits, static_slo_shares
+from esg.policies.toolkit import RateMeter, batch1_reference_ms, static_slo_shares
 from esg.policy import Action, Arrival, Dispatch, Event, Snapshot, WakeUp
 
 #: INFless weighs resources by compute capacity: GFLOPs per CPU core and per GPU share.

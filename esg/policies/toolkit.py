@@ -12,33 +12,12 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from esg.model import MIG_SIZES, Config, Profile, Workflow
+from esg.dispatch import fits
+from esg.model import Config, Profile, Workflow
 from esg.policy import NodeView, Snapshot
 
 #: Ranks candidate (node, gpu) pairs; smaller is better.
 NodeKey = Callable[[NodeView, int | None], tuple[float | int | str, ...]]
-
-
-def gpu_best_fit(node: NodeView, units: int) -> int | None:
-    """The GPU with the fewest free units that still has `units` free (None if none, or units=0)."""
-    if not units:
-        return None
-    fitting = [g for g in node.gpus if g.free_units >= units]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda g: (g.free_units, g.index)).index
-
-
-def fits(node: NodeView, config: Config) -> tuple[bool, int | None]:
-    """Whether `config` fits on `node` now, and on which GPU."""
-    if not node.healthy or node.free_vcpu < config.vcpu:
-        return False, None
-    if config.vgpu and config.vgpu not in MIG_SIZES:
-        return False, None
-    gpu = gpu_best_fit(node, config.vgpu)
-    if config.vgpu and gpu is None:
-        return False, None
-    return True, gpu
 
 
 def warm_then_fullest(function: str, config: Config) -> NodeKey:

@@ -22,13 +22,7 @@ import math
 from typing import ClassVar
 
 from esg.model import GPU_UNITS, Config
-from esg.policies.toolkit import (
-    NodeKey,
-    RateMeter,
-    batch1_reference_ms,
-    place,
-    static_slo_shares,
-)
+from esg.policies.toolkit import NodeKey, RateMeter, SloShares, place
 from esg.policy import Action, Arrival, Completion, Dispatch, Event, NodeView, Snapshot
 
 
@@ -43,18 +37,14 @@ class FastGSharePolicy:
     ) -> None:
         self.node_vcpu = node_vcpu
         self.rescale_s = rescale_s
-        self._shares: dict[str, dict[str, float]] = {}
+        self._shares = SloShares()
         self._rates: dict[tuple[str, str], RateMeter] = {}
         self._pool: dict[tuple[str, str], dict[Config, int]] = {}
         self._pool_at: dict[tuple[str, str], float] = {}
         self._busy: dict[tuple[str, str, Config], int] = {}
 
     def share_s(self, app: str, function: str, snapshot: Snapshot) -> float:
-        if app not in self._shares:
-            wf = snapshot.workflows[app]
-            ref = {f: batch1_reference_ms(snapshot.profiles[f]) for f in wf.functions}
-            self._shares[app] = static_slo_shares(wf, ref)
-        return self._shares[app][function]
+        return self._shares.share_s(app, function, snapshot)
 
     def resource(self, config: Config) -> float:
         return config.vgpu / GPU_UNITS + config.vcpu / self.node_vcpu

@@ -24,7 +24,7 @@ import math
 from typing import ClassVar
 
 from esg.model import Config
-from esg.policies.toolkit import RateMeter, batch1_reference_ms, place, static_slo_shares
+from esg.policies.toolkit import RateMeter, SloShares, place
 from esg.policy import Action, Arrival, Dispatch, Event, Snapshot, WakeUp
 from esg.pricing import DEFAULT_PRICING, Pricing
 
@@ -42,16 +42,12 @@ class HarmonyBatchPolicy:
         self.pricing = pricing
         self.max_latency_factor = max_latency_factor
         self.replan_s = replan_s
-        self._shares: dict[str, dict[str, float]] = {}
+        self._shares = SloShares()
         self._rates: dict[tuple[str, str], RateMeter] = {}
         self._plans: dict[tuple[str, str], tuple[float, Config, float]] = {}
 
     def share_s(self, app: str, function: str, snapshot: Snapshot) -> float:
-        if app not in self._shares:
-            wf = snapshot.workflows[app]
-            ref = {f: batch1_reference_ms(snapshot.profiles[f]) for f in wf.functions}
-            self._shares[app] = static_slo_shares(wf, ref)
-        return self._shares[app][function]
+        return self._shares.share_s(app, function, snapshot)
 
     def provision(self, function: str, slo_s: float, rate: float,
                   snapshot: Snapshot) -> tuple[Config, float]:

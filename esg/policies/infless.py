@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from esg.dispatch import fits
 from esg.model import Config
-from esg.policies.toolkit import RateMeter, batch1_reference_ms, static_slo_shares
+from esg.policies.toolkit import RateMeter, SloShares
 from esg.policy import Action, Arrival, Dispatch, Event, Snapshot, WakeUp
 
 #: INFless weighs resources by compute capacity: GFLOPs per CPU core and per GPU share.
@@ -45,15 +45,11 @@ class InflessPolicy:
         self.batches = tuple(sorted(batches, reverse=True))
         self.max_vgpu = max_vgpu
         self.rate_window_s = rate_window_s
-        self._shares: dict[str, dict[str, float]] = {}
+        self._shares = SloShares()
         self._rates: dict[tuple[str, str], RateMeter] = {}
 
     def share_s(self, app: str, function: str, snapshot: Snapshot) -> float:
-        if app not in self._shares:
-            wf = snapshot.workflows[app]
-            ref = {f: batch1_reference_ms(snapshot.profiles[f]) for f in wf.functions}
-            self._shares[app] = static_slo_shares(wf, ref)
-        return self._shares[app][function]
+        return self._shares.share_s(app, function, snapshot)
 
     def candidates(self, function: str, slo_s: float, rate: float,
                    snapshot: Snapshot) -> tuple[int, list[tuple[Config, float]]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from esg.dispatch import fits
@@ -78,6 +78,23 @@ def static_slo_shares(
     return {f: workflow.slo_s * seconds[f] / through[f] for f in workflow.functions}
 
 
+class SloShares:
+    """Each application's static per-function SLO shares, computed once from batch-1 profiles.
+
+    The stage-agnostic split that INFless, FaST-GShare and HarmonyBatch use (`static_slo_shares`).
+    """
+
+    def __init__(self) -> None:
+        self._shares: dict[str, dict[str, float]] = {}
+
+    def share_s(self, app: str, function: str, snapshot: Snapshot) -> float:
+        if app not in self._shares:
+            wf = snapshot.workflows[app]
+            ref = {f: batch1_reference_ms(snapshot.profiles[f]) for f in wf.functions}
+            self._shares[app] = static_slo_shares(wf, ref)
+        return self._shares[app][function]
+
+
 def downstream_s(workflow: Workflow, function: str, seconds: Mapping[str, float]) -> float:
     """Longest path strictly after `function` to an exit, with `seconds` per function."""
     memo: dict[str, float] = {}
@@ -90,7 +107,7 @@ def downstream_s(workflow: Workflow, function: str, seconds: Mapping[str, float]
     return after(function)
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     """The q-quantile (0..1) by linear interpolation; NaN for no values."""
     if not values:
         return math.nan

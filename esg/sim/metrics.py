@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from esg.model import Config
+from esg.policies.toolkit import percentile
 
 
 @dataclass
@@ -95,17 +96,6 @@ class RunMetrics:
     cold_start_rate: float
     mean_batch: float
     latencies_ms: tuple[float, ...] = field(repr=False, compare=False, default=())
-
-
-def percentile(values: list[float] | tuple[float, ...], q: float) -> float:
-    """The q-quantile (0..1) by linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def jain(values: list[float]) -> float:

@@ -259,15 +259,7 @@ class Controller:
                 f"dispatch of {dispatch.function} needs {dispatch.config.vcpu} vCPU but only "
                 f"{self._capacity - self._used_vcpu} are free"
             )
-        queue = self._queues.get((dispatch.app, dispatch.function), deque())
-        queued = {job.id: job for job in queue}
-        missing = [j for j in dispatch.job_ids if j not in queued]
-        if missing:
-            raise PolicyError(f"dispatch names jobs that are not queued: {missing}")
-        taken = set(dispatch.job_ids)
-        self._queues[(dispatch.app, dispatch.function)] = deque(
-            j for j in queue if j.id not in taken
-        )
+        self._dequeue(dispatch)
         self._used_vcpu += dispatch.config.vcpu
         function = dispatch.function
         self._running_count[function] = self._running_count.get(function, 0) + 1
@@ -283,6 +275,22 @@ class Controller:
         running.task = asyncio.get_running_loop().create_task(
             self._run(batch_id, dispatch, invocations), name=f"faasd-batch-{batch_id}"
         )
+
+    def _dequeue(self, dispatch: Dispatch) -> None:
+        """Take the dispatch's jobs out of their queue; PolicyError if one is not queued."""
+        key = (dispatch.app, dispatch.function)
+        queue = self._queues.get(key, deque())
+        ids = dispatch.job_ids
+        if len(ids) <= len(queue) and all(queue[i].id == ids[i] for i in range(len(ids))):
+            for _ in ids:  # the usual case, FCFS: the oldest jobs, in order
+                queue.popleft()
+            return
+        queued = {job.id for job in queue}
+        missing = [j for j in ids if j not in queued]
+        if missing:
+            raise PolicyError(f"dispatch names jobs that are not queued: {missing}")
+        taken = set(ids)
+        self._queues[key] = deque(j for j in queue if j.id not in taken)
 
     async def _run(self, batch_id: int, dispatch: Dispatch, invocations: list[Invocation]) -> None:
         try:

@@ -53,6 +53,8 @@ class FcfsPolicy:
                 if dispatch is None:
                     break  # retried on the next completion, which frees resources
                 actions.append(dispatch)
+                if len(dispatch.job_ids) == len(jobs) and len(keys) == 1:
+                    break  # nothing left to place: spare the copy `reserve` makes (hot path)
                 snapshot = snapshot.reserve(dispatch)
         if wake_at is not None:
             actions.append(WakeUp(wake_at))

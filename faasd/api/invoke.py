@@ -8,8 +8,6 @@ OpenFaaS), `X-Duration-Seconds` and, on success, `X-Faasd-Cold-Start`.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from faasd.api.errors import render_error
@@ -65,20 +63,25 @@ async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamRes
 
 
 async def read_body(request: web.Request, limit_bytes: int) -> bytes:
-    """The whole request body, with one copy of it fewer than `request.read()` (which extends a
-    bytearray, then copies it into bytes) when its length is known and it is not compressed:
-    a 600 KB tensor is copied once in user space instead of twice."""
+    """The whole request body, copied once in user space when its length is known and it is
+    not compressed: the chunks aiohttp's parser hands over are taken as they are and joined
+    once. (`request.read()` extends a bytearray and then copies it into bytes; `readexactly`
+    joins what each of its reads finds and then joins the reads: both copy a 600 KB tensor
+    twice, and each copy of it costs the daemon about 50 µs of CPU on a call.)"""
     length = request.content_length
     if length is None or "Content-Encoding" in request.headers:
         return await request.read()  # chunked or compressed: aiohttp counts and inflates
     if length > limit_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=limit_bytes, actual_size=length)
-    try:
-        return await request.content.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise BadRequest(
-            f"the body ended after {len(exc.partial)} of its {length} bytes"
-        ) from None
+    chunks: list[bytes] = []
+    received = 0
+    while received < length:
+        chunk, _ = await request.content.readchunk()
+        if not chunk:
+            raise BadRequest(f"the body ended after {received} of its {length} bytes")
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)  # one chunk: the same object, no copy
 
 
 def _header_length(request: web.Request) -> int | None:

@@ -40,6 +40,8 @@ OBJECT_TENSOR_EXT = 2
 SHARED_TENSOR_EXT = 3
 _ALIGN = 8
 _PADDING = bytes(_ALIGN)
+#: A header's first buffer (it grows if need be); `msgpack.packb` starts every call with 256 KiB.
+_PACK_BUFFER_BYTES = 4096
 
 Buffer = bytes | bytearray | memoryview
 
@@ -81,7 +83,8 @@ def encode(message: Any, shared: SharedPair | None = None) -> list[Buffer]:
             return obj.item()
         raise TypeError(f"cannot frame a value of type {type(obj).__name__}")
 
-    header = msgpack.packb(message, default=default, use_bin_type=True)
+    packer = msgpack.Packer(default=default, use_bin_type=True, buf_size=_PACK_BUFFER_BYTES)
+    header = packer.pack(message)
     header_padded = len(header) + _pad(len(header))
     body_bytes = header_padded + data_bytes
     if body_bytes >= MAX_BODY_BYTES:

@@ -158,6 +158,16 @@ def test_report_says_which_targets_are_met() -> None:
     assert "4,000 (p50 5.0 ms, p99 9.0 ms; 0.25 CPU ms/call) | **misses** |" in missed
 
 
+def test_report_judges_the_steady_series_when_there_is_one() -> None:
+    results = _results(1.4, 6000)
+    warm = results["warm_overhead"]
+    assert isinstance(warm, dict)
+    warm["steady"] = {"block": 20, "overhead_binary": {"p50_ms": 0.9, "p99_ms": 1.8}}
+    text = report.render(results)
+    assert "batch 1; blocks of 20) | ≤ 1 ms | 0.90 ms | meets |" in text
+    assert "interleaved per call with the other series | – | 1.40 / 2.00 ms | – |" in text
+
+
 @pytest.mark.slow
 def test_server_waits_measures_and_stops_its_process_tree(tmp_path: Path) -> None:
     port = free_port()

@@ -425,3 +425,52 @@ async def test_a_client_that_hangs_up_takes_its_queued_call_with_it(
         assert response.status == 200
         response.release()
         await until(lambda: controller.in_flight("texty") == 0)
+
+
+async def _raw_exchange(daemon: Daemon, pieces: list[bytes], half_close: bool) -> bytes:
+    """Send `pieces` over one raw connection with a pause between them; the whole answer."""
+    assert daemon.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        if half_close:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+def _binary_request(rows: int) -> tuple[bytes, np.ndarray]:
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) / rows
+    header = json.dumps({"inputs": [{"name": "x", "shape": [rows, 4], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "y"}]}).encode()
+    return header + x.tobytes(), x
+
+
+async def test_a_body_in_many_pieces_and_a_truncated_one(daemon: Daemon) -> None:
+    body, x = _binary_request(20_000)  # 320 KB: aiohttp hands it over in several chunks
+    head = (f"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
+            f"Inference-Header-Content-Length: {len(body) - x.nbytes}\r\n\r\n").encode()
+    fifth = len(body) // 5
+    pieces = [head] + [body[i : i + fifth] for i in range(0, len(body), fifth)]
+    answer = await _raw_exchange(daemon, pieces, half_close=False)
+    status, _, rest = answer.partition(b"\r\n")
+    assert b" 200 " in status, answer[:300]
+    doc = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    y = np.array(doc["outputs"][0]["data"], dtype=np.float32).reshape(20_000, 3)
+    assert np.allclose(y, expected_y(x), rtol=1e-5)
+
+    # A client that stops halfway and half-closes has left: aiohttp cancels the call and
+    # closes the connection; the daemon serves on.
+    truncated = await _raw_exchange(daemon, [head, body[: len(body) // 2]], half_close=True)
+    assert truncated == b"" or b" 400 " in truncated.partition(b"\r\n")[0], truncated[:300]
+    async with aiohttp.ClientSession() as session:
+        await healthy(session, daemon.url)
+        async with session.post(f"{daemon.url}/v2/models/linear/infer", data=body, headers={
+            "Inference-Header-Content-Length": str(len(body) - x.nbytes)}) as resp:
+            assert resp.status == 200, await resp.text()

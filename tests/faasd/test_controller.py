@@ -181,6 +181,31 @@ async def test_a_policy_bug_raises_policy_error() -> None:
         controller.submit(call(0, version()))
 
 
+class _Newest:
+    """Dispatches the newest queued job once two are waiting: not the queue's head."""
+
+    name: ClassVar[str] = "newest"
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        jobs = snapshot.queues.get(("f", "f"), ())
+        if len(jobs) < 2 or snapshot.running:
+            return []
+        return [Dispatch("f", "f", (jobs[-1].id,), Config(1, 1), "local")]
+
+
+async def test_a_dispatch_may_take_jobs_from_the_middle_of_a_queue() -> None:
+    script = Script()
+    controller = Controller(policy=_Newest(), executor=script, clock=SystemClock(),
+                            vcpu_capacity=1)
+    first = controller.submit(call(0, version()))
+    second = controller.submit(call(1, version()))
+    await asyncio.wait_for(second, 5)
+    assert script.batches[0][1] == ["1"]
+    assert controller.queue_lengths() == {"f": 1}  # the older call still waits its turn
+    assert not first.done()
+    controller.close()
+
+
 class _Dropper:
     """Refuses every arrival (admission control), asking to be woken later."""
 

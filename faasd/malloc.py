@@ -5,8 +5,8 @@ that threshold, from the top of the heap, which it hands back to the kernel as s
 than twice the threshold lies free there. A daemon that reads a 600 KB tensor per call (into
 aiohttp's chunks, then one joined body) therefore gets fresh pages from the kernel on every
 call and faults each of them in: measured on 2 cores, about 240 page faults and 0.4 ms of CPU
-a call for a 600 KB POST to aiohttp, against none and 0.13 ms with the thresholds below
-(`docs/benchmarks.md`, "Large bodies and the allocator").
+a call for a 600 KB POST to aiohttp, against none and about 0.13 ms with the thresholds below
+(`docs/benchmarks.md`, the warm overhead's reading).
 
 `tune` raises both thresholds with `mallopt`: blocks below `MMAP_THRESHOLD_BYTES` come from
 the heap, and up to `TRIM_THRESHOLD_BYTES` of free heap is kept for reuse instead of being
@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import platform
 from collections.abc import Mapping
 
 logger = logging.getLogger("faasd.malloc")
@@ -53,6 +54,8 @@ def tune(environ: Mapping[str, str] = os.environ) -> bool:
     """Raise glibc's trim and mmap thresholds in this process; True if it did."""
     if user_tuned(environ):
         return False  # the user tuned the allocator: leave it as they asked
+    if platform.libc_ver()[0] != "glibc":
+        return False  # musl's mallopt is a stub; other C libraries tune themselves
     path = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(path)

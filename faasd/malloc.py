@@ -61,7 +61,7 @@ def tune(environ: Mapping[str, str] = os.environ) -> bool:
         libc = ctypes.CDLL(path)
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
-        return False  # not glibc (musl has no mallopt), or no C library to load
+        return False  # no C library to load, or one without mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(

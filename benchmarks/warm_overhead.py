@@ -3,7 +3,11 @@
 The target's figure comes from the steady series: blocks of `--block` (20) in-process runs and
 `--block` binary V2 calls to `/v2/models/squeezenet/infer`, alternating, `--calls` of each.
 Within a block each series runs back to back, as a lone client's calls do; alternating blocks
-keeps the machine's drift out of the difference. (Interleaving per call, as the loop below
+keeps the machine's drift out of the difference. The calls go through `faasd_bench.client.Client`,
+whose own cost is as small as wrk's; a third block in each round makes the same calls through
+`http.client`, whose own cost (about 0.25 ms here) is reported beside it, not charged to faasd.
+Last, wrk itself (`-t1 -c1`) makes the same call for `--wrk-seconds`, as a check on that ruler.
+(Interleaving per call, as the loop below
 does, makes every HTTP call follow an in-process run whose 3 ms of compute has just evicted
 the daemon's and the sandbox's working sets from the two cores' caches: it measures the
 baseline's cache footprint as much as faasd.)
@@ -19,20 +23,22 @@ differences is reported beside it. Every answer is checked against the in-proces
 before timing starts. A last loop of binary calls alone reads the CPU time each side spends
 per call, a figure the machine's other load moves less.
 
-    .venv/bin/python benchmarks/warm_overhead.py [--calls 400] [--block 20] [--no-peer]
+    .venv/bin/python benchmarks/warm_overhead.py [--calls 400] [--block 20] [--wrk-seconds 8]
+                                                 [--no-peer]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from typing import Any
 
 import numpy as np
-from faasd_bench import prom, v2
-from faasd_bench.client import Answer, Client
+from faasd_bench import prom, v2, wrk
+from faasd_bench.client import Answer, Client, StdlibClient
 from faasd_bench.procs import cpu_seconds
 from faasd_bench.session import Bench, Options, open_bench
 from faasd_bench.stats import overhead, summarize
@@ -52,7 +58,8 @@ def _checked(answer: Answer, expected: dict[str, np.ndarray], what: str) -> None
             raise RuntimeError(f"{what}: output {name!r} differs from the in-process run")
 
 
-def _call(client: Client, request: v2.Request, what: str, path: str = PATH) -> Answer:
+def _call(client: Client | StdlibClient, request: v2.Request, what: str, path: str = PATH
+          ) -> Answer:
     answer = client.post(path, request)
     if answer.status != 200:
         raise RuntimeError(f"{what}: HTTP {answer.status}: {answer.body[:300]!r}")
@@ -98,29 +105,68 @@ def _cpu_per_call(bench: Bench, model: OnnxModel, feeds: dict[str, np.ndarray],
             "client_http": round(client_s * per_call_ms, 3)}
 
 
-def _steady(model: OnnxModel, feeds: dict[str, np.ndarray], client: Client,
+def _steady(model: OnnxModel, feeds: dict[str, np.ndarray], port: int,
             request: v2.Request, calls: int, block: int) -> dict[str, Any]:
     """The target's figure: a lone client's back-to-back binary calls against back-to-back
     in-process runs, in alternating blocks of `block` (drift still cancels out, and neither
-    series runs right after the other's work, whose cache footprint it would pay for)."""
+    series runs right after the other's work, whose cache footprint it would pay for).
+
+    A third block in each round makes the same calls through `http.client`, to show what a
+    standard-library client adds of its own (see `faasd_bench.client`)."""
     names = model.output_names
+    ruler, stdlib = Client("127.0.0.1", port), StdlibClient("127.0.0.1", port)
+    for _ in range(block):  # both connections open and warm before timing starts
+        _call(ruler, request, "faasd binary")
+        _call(stdlib, request, "faasd binary, http.client")
     inproc: list[float] = []
     http: list[float] = []
-    for _ in range(max(1, calls // block)):
+    http_stdlib: list[float] = []
+    clients = [(ruler, http, "faasd binary"), (stdlib, http_stdlib, "faasd binary, http.client")]
+    for round_ in range(max(1, calls // block)):
         for _ in range(block):
             started = time.perf_counter()
             model.session.run(names, feeds)
             inproc.append(time.perf_counter() - started)
-        for _ in range(block):
-            http.append(_call(client, request, "faasd binary").elapsed_s)
+        # each client goes first (right after the in-process block) in half the rounds
+        for client, series, what in clients[:: 1 if round_ % 2 else -1]:
+            for _ in range(block):
+                series.append(_call(client, request, what).elapsed_s)
+    ruler.close()
+    stdlib.close()
     return {"block": block,
             "inproc": summarize(inproc).as_dict(),
             "binary": summarize(http).as_dict(),
-            "overhead_binary": overhead(http, inproc).as_dict()}
+            "overhead_binary": overhead(http, inproc).as_dict(),
+            "binary_http_client": summarize(http_stdlib).as_dict(),
+            "overhead_binary_http_client": overhead(http_stdlib, inproc).as_dict()}
+
+
+def _wrk_one_connection(model: OnnxModel, feeds: dict[str, np.ndarray], port: int,
+                        request: v2.Request, seconds: float) -> dict[str, Any]:
+    """The same binary call from wrk (`-t1 -c1`, a public tool with a client cost near zero),
+    against the median of in-process runs taken right before and right after it: a check on
+    `Client` as a ruler. wrk reports latency percentiles only, so no paired figure."""
+    names = model.output_names
+
+    def inproc_p50_ms() -> float:
+        runs = []
+        for _ in range(200):
+            started = time.perf_counter()
+            model.session.run(names, feeds)
+            runs.append(time.perf_counter() - started)
+        return float(np.median(runs)) * 1e3
+
+    before = inproc_p50_ms()
+    result = wrk.run(f"http://127.0.0.1:{port}{PATH}", request.body, request.headers,
+                     connections=1, duration_s=seconds)
+    inproc_ms = (before + inproc_p50_ms()) / 2
+    return {"wrk": result.as_dict(), "inproc_p50_ms": round(inproc_ms, 3),
+            "overhead_p50_ms": round(result.p50_ms - inproc_ms, 3)}
 
 
 def measure(
-    bench: Bench, calls: int = 400, json_every: int = 2, warmup: int = 20, block: int = 20
+    bench: Bench, calls: int = 400, json_every: int = 2, warmup: int = 20, block: int = 20,
+    wrk_seconds: float = 8.0,
 ) -> dict[str, Any]:
     model = OnnxModel.load(bench.squeezenet_model(), vcpu=bench.options.vcpu)
     spec = model.inputs[0]
@@ -147,7 +193,7 @@ def measure(
         if peer:
             _call(peer, as_json, "peer json")
 
-    steady = _steady(model, feeds, faasd, binary, calls, block)
+    steady = _steady(model, feeds, bench.daemon.port, binary, calls, block)
     series: dict[str, list[float]] = {k: [] for k in
                                       ("inproc", "binary", "server", "batching", "inproc_j",
                                        "json", "peer")}
@@ -187,6 +233,12 @@ def measure(
     }
     result["daemon_view_mean_ms"] = _daemon_view(before, after)
     result["cpu_ms_per_call"] = _cpu_per_call(bench, model, feeds, binary, max(50, calls // 2))
+    if wrk_seconds > 0:
+        try:
+            result["wrk_one_connection"] = _wrk_one_connection(
+                model, feeds, bench.daemon.port, binary, wrk_seconds)
+        except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+            result["wrk_one_connection"] = {"error": f"{type(exc).__name__}: {exc}"}
     server_s = [s for s in series["server"] if s == s]
     if server_s:
         result["binary_server_side"] = summarize(server_s).as_dict()
@@ -205,10 +257,13 @@ def main() -> None:
                         help="send the JSON calls every N-th iteration")
     parser.add_argument("--block", type=int, default=20,
                         help="calls per block in the steady (target) series")
+    parser.add_argument("--wrk-seconds", type=float, default=8.0,
+                        help="length of the wrk -c1 cross-check (0 skips it)")
     Options.add_arguments(parser)
     args = parser.parse_args()
     with open_bench(Options.from_args(args)) as bench:
-        result = measure(bench, calls=args.calls, json_every=args.json_every, block=args.block)
+        result = measure(bench, calls=args.calls, json_every=args.json_every, block=args.block,
+                         wrk_seconds=args.wrk_seconds)
     json.dump(result, sys.stdout, indent=2)
     print()
 

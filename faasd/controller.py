@@ -122,6 +122,8 @@ class Controller:
         self._idle = asyncio.Event()
         self._idle.set()
         self._batch_ids = 0
+        #: completions not yet told to the policy (delivered on the next loop turn)
+        self._completions: deque[Completion] = deque()
 
     # ------------------------------------------------------------ calls in
 
@@ -153,6 +155,8 @@ class Controller:
             deadline_s=invocation.deadline_s,
         )
         future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+        if self._completions:  # what ended before this call came is told first
+            self._deliver_completions()
         self._pending[invocation.id] = _Pending(invocation, future, job)
         self._idle.clear()
         queue.append(job)
@@ -237,6 +241,11 @@ class Controller:
     # ------------------------------------------------------------ the policy loop
 
     def _step(self, event: Event) -> None:
+        if self._completions:  # events reach the policy in the order they happened
+            self._deliver_completions()
+        self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
         actions = self._policy.on_event(event, self.snapshot())
         for action in actions:
             self._apply(action)
@@ -321,11 +330,22 @@ class Controller:
                 else:
                     pending.future.set_result(result)
             self._forget(invocation.id)
-        try:
-            self._step(Completion(dispatch, outcome.exec_s, outcome.cold_start, outcome.ok))
-        except Exception:
-            log.exception("the %s policy failed on a completion", self._policy.name)
-            raise
+        # The policy hears of the completion after the callers just answered have been
+        # resumed (their answers go out first), and before any other event (see `_step`).
+        self._completions.append(
+            Completion(dispatch, outcome.exec_s, outcome.cold_start, outcome.ok)
+        )
+        if len(self._completions) == 1:
+            asyncio.get_running_loop().call_soon(self._deliver_completions)
+
+    def _deliver_completions(self) -> None:
+        while self._completions:
+            completion = self._completions.popleft()
+            try:
+                self._deliver(completion)
+            except Exception:
+                log.exception("the %s policy failed on a completion", self._policy.name)
+                raise
 
     def _drop(self, drop: Drop) -> None:
         taken = set(drop.job_ids)

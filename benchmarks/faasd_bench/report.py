@@ -35,6 +35,18 @@ def _warm_rows(warm: dict[str, Any]) -> list[str]:
         _row("warm overhead p99, binary V2", f"≤ {TARGET_OVERHEAD_P99_MS:g} ms",
              f"{o['p99_ms']:.2f} ms", o["p99_ms"] <= TARGET_OVERHEAD_P99_MS),
     ]
+    if steady and "overhead_binary_http_client" in steady:
+        h = steady["overhead_binary_http_client"]
+        rows.append(_row("the same, client through Python's http.client (its own cost included)",
+                         "–", f"{h['p50_ms']:.2f} / {h['p99_ms']:.2f} ms", None))
+    check = warm.get("wrk_one_connection", {})
+    if "overhead_p50_ms" in check:
+        rows.append(_row("the same call from wrk -t1 -c1: p50 latency − in-process p50", "–",
+                         f"{check['wrk']['p50_ms']:.2f} − {check['inproc_p50_ms']:.2f} = "
+                         f"{check['overhead_p50_ms']:.2f} ms", None))
+    elif "error" in check:
+        rows.append(_row("the same call from wrk -t1 -c1", "–", f"failed: {check['error']}",
+                         None))
     if steady:
         mixed = warm["overhead_binary"]
         rows.append(_row("warm overhead p50 / p99, binary, interleaved per call with the "

@@ -3,8 +3,12 @@ the report's verdicts, and the process wrapper. No timing is asserted anywhere."
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from faasd_bench import models, report, stats, v2, wrk
+from faasd_bench import client, models, report, stats, v2, wrk
 from faasd_bench.procs import Server, cpu_seconds, descendants_of, free_port, memory_of
 
 WRK_REPORT = """\
@@ -166,6 +170,15 @@ def test_report_judges_the_steady_series_when_there_is_one() -> None:
     text = report.render(results)
     assert "batch 1; blocks of 20) | ≤ 1 ms | 0.90 ms | meets |" in text
     assert "interleaved per call with the other series | – | 1.40 / 2.00 ms | – |" in text
+    assert "http.client" not in text and "wrk -t1" not in text  # older results lack both
+    warm["steady"]["overhead_binary_http_client"] = {"p50_ms": 1.15, "p99_ms": 2.1}
+    warm["wrk_one_connection"] = {"wrk": {"p50_ms": 3.9}, "inproc_p50_ms": 3.1,
+                                  "overhead_p50_ms": 0.8}
+    text = report.render(results)
+    assert "http.client (its own cost included) | – | 1.15 / 2.10 ms | – |" in text
+    assert "in-process p50 | – | 3.90 − 3.10 = 0.80 ms | – |" in text
+    warm["wrk_one_connection"] = {"error": "FileNotFoundError: wrk"}
+    assert "wrk -t1 -c1 | – | failed: FileNotFoundError: wrk | – |" in report.render(results)
 
 
 @pytest.mark.slow
@@ -209,3 +222,73 @@ def test_metrics_histogram_mean_between_two_scrapes() -> None:
     assert mean_s == pytest.approx(0.05)
     assert prom.histogram_mean(before, before, "faasd_function_compute_duration_seconds",
                                {"function_name": "tiny"}) == (0, 0.0)
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    """Answers a POST with the body's length and digest, framed the way the path asks."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # the name http.server calls
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        answer = json.dumps({"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                             "type": self.headers["Content-Type"]}).encode()
+        self.send_response(200)
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (answer[:5], answer[5:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        self.send_header("Content-Length", str(len(answer)))
+        if self.path == "/close":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def echo_server() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("client_class", [client.Client, client.StdlibClient])
+def test_clients_send_the_whole_body_and_read_every_framing(
+    echo_server: int, client_class: type[client.Client] | type[client.StdlibClient]
+) -> None:
+    body = np.random.default_rng(1).bytes(700_000)  # more than one send and one receive
+    request = v2.Request(body, {"Content-Type": "application/octet-stream"})
+    expected = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                "type": "application/octet-stream"}
+    poster = client_class("127.0.0.1", echo_server)
+    for path in ("/length", "/chunked", "/close", "/length"):  # /close: the next call reconnects
+        answer = poster.post(path, request)
+        assert answer.status == 200
+        assert json.loads(answer.body) == expected
+        assert answer.elapsed_s > 0
+    poster.close()
+
+
+def test_response_heads_are_parsed_and_garbage_is_refused() -> None:
+    status, headers = client.parse_head(
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 12\r\nX-Call-Id:  abc ")
+    assert status == 404
+    assert headers == {"content-length": "12", "x-call-id": "abc"}
+    with pytest.raises(ValueError, match="not an HTTP"):
+        client.parse_head(b"SSH-2.0-OpenSSH_9.2")
+    with pytest.raises(ValueError, match="malformed"):
+        client.parse_head(b"HTTP/1.1 200 OK\r\nno colon here")
+    head = client.request_head("h:1", "/p", {"A": "b"}, 3)
+    assert head == b"POST /p HTTP/1.1\r\nHost: h:1\r\nContent-Length: 3\r\nA: b\r\n\r\n"

@@ -232,3 +232,34 @@ async def test_dropped_jobs_fail_with_503_and_wake_ups_are_delivered() -> None:
     assert controller.queue_lengths() == {"f": 0}
     await asyncio.sleep(0.1)
     assert any(isinstance(e, Timer) for e in policy.events)
+
+
+class _Recorder:
+    """FCFS that writes down every event it is told, in order, with the snapshot's free vCPUs."""
+
+    name: ClassVar[str] = "recorder"
+
+    def __init__(self) -> None:
+        self.fcfs = make_policy("fcfs")
+        self.seen: list[tuple[str, int]] = []
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        self.seen.append((type(event).__name__, snapshot.nodes[0].free_vcpu))
+        return self.fcfs.on_event(event, snapshot)
+
+
+async def test_a_completion_reaches_the_policy_after_the_answer_and_before_later_events() -> None:
+    policy = _Recorder()
+    controller = Controller(policy=policy, executor=Script(), clock=SystemClock(),
+                            vcpu_capacity=1)
+    v = version()
+    await controller.submit(call(0, v))  # awaited directly: resumed on the loop's next turn
+    # The caller is answered first: the policy has not heard of the completion yet ...
+    assert [name for name, _ in policy.seen] == ["Arrival"]
+    # ... but it does before the next event, with the freed vCPU in its snapshot.
+    second = controller.submit(call(1, v))
+    assert policy.seen == [("Arrival", 1), ("Completion", 1), ("Arrival", 1)]
+    await second
+    await asyncio.sleep(0)  # the loop's next turn delivers the second completion on its own
+    assert [name for name, _ in policy.seen][-1] == "Completion"
+    assert controller.pending_total() == 0

@@ -2,9 +2,11 @@
 
 What a call costs over in-process `session.run` when nothing but HTTP stands between the
 client and the model: no queue, no sandbox process, no V2 parsing (the body is the raw float32
-tensor, the answer the raw output). faasd's own warm overhead (`warm_overhead.py`) is measured
-the same way (same client, same thread settings, interleaved with the in-process runs), so the
-difference between the two is what the platform's layers add.
+tensor, the answer the raw output). The server tunes glibc's allocator as `faasd up` does
+(`faasd.malloc`). It is measured as faasd's own warm overhead is (`warm_overhead.py`): the
+same client (`faasd_bench.client.Client`), the same thread settings, the same steady series
+(alternating blocks of `--block` in-process runs and `--block` calls), so the difference
+between the two is what the platform's layers add.
 
     .venv/bin/python benchmarks/raw_floor.py [--model functions/squeezenet/model.onnx] [--calls 400]
 
@@ -14,7 +16,6 @@ Starts its own server on a free 127.0.0.1 port and stops it by pid.
 from __future__ import annotations
 
 import argparse
-import http.client
 import socket
 import subprocess
 import sys
@@ -23,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from faasd_bench.client import Client
+from faasd_bench.stats import overhead
+from faasd_bench.v2 import Request
+
+from faasd import malloc
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_CALLS = 30
@@ -51,43 +57,43 @@ def serve(model: Path, port: int) -> None:
         (output,) = session.run(None, {meta.name: np.frombuffer(body, np.float32).reshape(shape)})
         return web.Response(body=output.tobytes(), content_type="application/octet-stream")
 
+    malloc.tune()
     app = web.Application(client_max_size=64 << 20)
     app.router.add_post("/infer", infer)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def measure(model: Path, port: int, calls: int) -> dict[str, float]:
+def measure(model: Path, port: int, calls: int, block: int) -> dict[str, float]:
     session = _session(model)
     meta = session.get_inputs()[0]
     shape = [1 if not isinstance(d, int) else d for d in meta.shape]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    body = x.tobytes()
-    conn = http.client.HTTPConnection("127.0.0.1", port)
-    conn.connect()
-    assert conn.sock is not None
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    local_ms: list[float] = []
-    http_ms: list[float] = []
-    for i in range(calls + WARMUP_CALLS):
-        started = time.perf_counter()
+    request = Request(x.tobytes(), {"Content-Type": "application/octet-stream"})
+    client = Client("127.0.0.1", port)
+    for _ in range(WARMUP_CALLS):
         session.run(None, {meta.name: x})
-        local = time.perf_counter() - started
-        started = time.perf_counter()
-        conn.request("POST", "/infer", body, {"Content-Type": "application/octet-stream"})
-        conn.getresponse().read()
-        remote = time.perf_counter() - started
-        if i >= WARMUP_CALLS:
-            local_ms.append(local * 1e3)
-            http_ms.append(remote * 1e3)
-    conn.close()
+        client.post("/infer", request)
+    local_s: list[float] = []
+    http_s: list[float] = []
+    for _ in range(max(1, calls // block)):
+        for _ in range(block):
+            started = time.perf_counter()
+            session.run(None, {meta.name: x})
+            local_s.append(time.perf_counter() - started)
+        for _ in range(block):
+            answer = client.post("/infer", request)
+            if answer.status != 200:
+                raise RuntimeError(f"the raw server answered {answer.status}")
+            http_s.append(answer.elapsed_s)
+    client.close()
     result = {}
     for q in (50, 99):
-        local_q = float(np.percentile(local_ms, q))
-        http_q = float(np.percentile(http_ms, q))
-        result[f"in_process_p{q}_ms"] = round(local_q, 3)
-        result[f"raw_http_p{q}_ms"] = round(http_q, 3)
-        result[f"overhead_p{q}_ms"] = round(http_q - local_q, 3)
+        result[f"in_process_p{q}_ms"] = round(float(np.percentile(local_s, q)) * 1e3, 3)
+        result[f"raw_http_p{q}_ms"] = round(float(np.percentile(http_s, q)) * 1e3, 3)
+    measured = overhead(http_s, local_s)
+    result["overhead_p50_ms"] = measured.p50_ms
+    result["overhead_p99_ms"] = measured.p99_ms
     return result
 
 
@@ -105,6 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=REPO / "functions/squeezenet/model.onnx")
     parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--block", type=int, default=20, help="calls per block")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -117,7 +124,7 @@ def main() -> int:
                                "--serve", str(port)])
     try:
         _wait_for(port)
-        result = measure(args.model, port, args.calls)
+        result = measure(args.model, port, args.calls, args.block)
     finally:
         server.terminate()
         server.wait(10)

@@ -132,6 +132,8 @@ _OFFLINE_HELP = {
 
 
 def _up(args: argparse.Namespace) -> int:
+    import gc
+
     from faasd import malloc
     from faasd.daemon import Daemon
     from faasd.systemd import Notifier
@@ -155,6 +157,11 @@ def _up(args: argparse.Namespace) -> int:
     malloc.tune()  # process-wide: large bodies reuse the heap instead of fresh pages a call
 
     def ready(daemon: Daemon) -> None:
+        # What startup left alive lives as long as the daemon: out of the collector's view,
+        # a full collection no longer walks its ~66,000 objects, a 30-50 ms stall of the
+        # event loop that every call in flight would wait out.
+        gc.collect()
+        gc.freeze()
         names = ", ".join(v.name for v, _ in daemon.services.catalog.list()) or "none"
         print(f"faasd {faasd_version()} listening on {daemon.url} (functions: {names})",
               flush=True)

@@ -16,10 +16,12 @@ Starts its own server on a free 127.0.0.1 port and stops it by pid.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from faasd import malloc
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_CALLS = 30
+RAW_PATH = "/infer"
 
 
 def _session(model: Path) -> Any:
@@ -59,7 +62,7 @@ def serve(model: Path, port: int) -> None:
 
     malloc.tune()
     app = web.Application(client_max_size=64 << 20)
-    app.router.add_post("/infer", infer)
+    app.router.add_post(RAW_PATH, infer)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
@@ -69,11 +72,11 @@ def measure(model: Path, port: int, calls: int, block: int) -> dict[str, float]:
     meta = session.get_inputs()[0]
     shape = [1 if not isinstance(d, int) else d for d in meta.shape]
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    request = Request(x.tobytes(), {"Content-Type": "application/octet-stream"})
+    request = raw_request(x)
     client = Client("127.0.0.1", port)
     for _ in range(WARMUP_CALLS):
         session.run(None, {meta.name: x})
-        client.post("/infer", request)
+        client.post(RAW_PATH, request)
     local_s: list[float] = []
     http_s: list[float] = []
     for _ in range(max(1, calls // block)):
@@ -82,7 +85,7 @@ def measure(model: Path, port: int, calls: int, block: int) -> dict[str, float]:
             session.run(None, {meta.name: x})
             local_s.append(time.perf_counter() - started)
         for _ in range(block):
-            answer = client.post("/infer", request)
+            answer = client.post(RAW_PATH, request)
             if answer.status != 200:
                 raise RuntimeError(f"the raw server answered {answer.status}")
             http_s.append(answer.elapsed_s)
@@ -107,6 +110,27 @@ def _wait_for(port: int, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"the raw server did not listen on port {port} in {timeout_s} s")
 
 
+@contextlib.contextmanager
+def running(model: Path) -> Iterator[int]:
+    """The raw server on a free 127.0.0.1 port (yielded) for the block; stopped by pid after."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, __file__, "--model", str(model),
+                               "--serve", str(port)])
+    try:
+        _wait_for(port)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def raw_request(inputs: np.ndarray) -> Request:
+    """What the raw server takes: the input tensor's bytes, nothing else."""
+    return Request(inputs.tobytes(), {"Content-Type": "application/octet-stream"})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=REPO / "functions/squeezenet/model.onnx")
@@ -117,17 +141,8 @@ def main() -> int:
     if args.serve:
         serve(args.model, args.serve)
         return 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, __file__, "--model", str(args.model),
-                               "--serve", str(port)])
-    try:
-        _wait_for(port)
+    with running(args.model) as port:
         result = measure(args.model, port, args.calls, args.block)
-    finally:
-        server.terminate()
-        server.wait(10)
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value:.3f}")

@@ -4,9 +4,12 @@ The target's figure comes from the steady series: blocks of `--block` (20) in-pr
 `--block` binary V2 calls to `/v2/models/squeezenet/infer`, alternating, `--calls` of each.
 Within a block each series runs back to back, as a lone client's calls do; alternating blocks
 keeps the machine's drift out of the difference. The calls go through `faasd_bench.client.Client`,
-whose own cost is as small as wrk's; a third block in each round makes the same calls through
-`http.client`, whose own cost (about 0.25 ms here) is reported beside it, not charged to faasd.
-Last, wrk itself (`-t1 -c1`) makes the same call for `--wrk-seconds`, as a check on that ruler.
+whose own cost is as small as wrk's. Each round has two more blocks of calls: the same calls
+through `http.client`, whose own cost (0.1-0.25 ms here) is reported beside the target's
+figure, not charged to faasd; and the floor, the raw tensor POSTed to `raw_floor.py`'s server
+(aiohttp + uvloop running the model inline), so that what faasd adds over bare HTTP is read in
+the same minutes. Last, wrk itself (`-t1 -c1`) makes the same binary call for
+`--wrk-seconds`, as a check on the ruler.
 (Interleaving per call, as the loop below
 does, makes every HTTP call follow an in-process run whose 3 ms of compute has just evicted
 the daemon's and the sandbox's working sets from the two cores' caches: it measures the
@@ -37,6 +40,7 @@ import time
 from typing import Any
 
 import numpy as np
+import raw_floor
 from faasd_bench import prom, v2, wrk
 from faasd_bench.client import Answer, Client, StdlibClient
 from faasd_bench.procs import cpu_seconds
@@ -105,40 +109,49 @@ def _cpu_per_call(bench: Bench, model: OnnxModel, feeds: dict[str, np.ndarray],
             "client_http": round(client_s * per_call_ms, 3)}
 
 
-def _steady(model: OnnxModel, feeds: dict[str, np.ndarray], port: int,
-            request: v2.Request, calls: int, block: int) -> dict[str, Any]:
+def _steady(model: OnnxModel, feeds: dict[str, np.ndarray], port: int, request: v2.Request,
+            calls: int, block: int, floor_port: int | None = None) -> dict[str, Any]:
     """The target's figure: a lone client's back-to-back binary calls against back-to-back
     in-process runs, in alternating blocks of `block` (drift still cancels out, and neither
     series runs right after the other's work, whose cache footprint it would pay for).
 
-    A third block in each round makes the same calls through `http.client`, to show what a
-    standard-library client adds of its own (see `faasd_bench.client`)."""
+    Each round has more blocks of calls, whose order rotates so each follows the in-process
+    block equally often: the same calls through `http.client`, to show what a standard-library
+    client adds of its own (see `faasd_bench.client`); and, with `floor_port`, the raw tensor
+    POSTed to `raw_floor.py`'s server (aiohttp + uvloop running the model inline), the floor
+    measured in the same minutes as faasd."""
     names = model.output_names
     ruler, stdlib = Client("127.0.0.1", port), StdlibClient("127.0.0.1", port)
-    for _ in range(block):  # both connections open and warm before timing starts
-        _call(ruler, request, "faasd binary")
-        _call(stdlib, request, "faasd binary, http.client")
+    series: dict[str, list[float]] = {"binary": [], "binary_http_client": []}
+    blocks = [(ruler, PATH, request, series["binary"]),
+              (stdlib, PATH, request, series["binary_http_client"])]
+    if floor_port is not None:
+        series["floor"] = []
+        raw = raw_floor.raw_request(next(iter(feeds.values())))
+        blocks.append((Client("127.0.0.1", floor_port), raw_floor.RAW_PATH, raw, series["floor"]))
+    for client, path, body, _ in blocks:  # every connection open and warm before timing
+        for _ in range(block):
+            _call(client, body, f"warm-up of {path}", path)
     inproc: list[float] = []
-    http: list[float] = []
-    http_stdlib: list[float] = []
-    clients = [(ruler, http, "faasd binary"), (stdlib, http_stdlib, "faasd binary, http.client")]
     for round_ in range(max(1, calls // block)):
         for _ in range(block):
             started = time.perf_counter()
             model.session.run(names, feeds)
             inproc.append(time.perf_counter() - started)
-        # each client goes first (right after the in-process block) in half the rounds
-        for client, series, what in clients[:: 1 if round_ % 2 else -1]:
+        turn = round_ % len(blocks)
+        for client, path, body, times in blocks[turn:] + blocks[:turn]:
             for _ in range(block):
-                series.append(_call(client, request, what).elapsed_s)
-    ruler.close()
-    stdlib.close()
-    return {"block": block,
-            "inproc": summarize(inproc).as_dict(),
-            "binary": summarize(http).as_dict(),
-            "overhead_binary": overhead(http, inproc).as_dict(),
-            "binary_http_client": summarize(http_stdlib).as_dict(),
-            "overhead_binary_http_client": overhead(http_stdlib, inproc).as_dict()}
+                times.append(_call(client, body, path, path).elapsed_s)
+    for client, *_ in blocks:
+        client.close()
+    result: dict[str, Any] = {"block": block, "inproc": summarize(inproc).as_dict()}
+    for name, times in series.items():
+        result[name] = summarize(times).as_dict()
+        result[f"overhead_{name}"] = overhead(times, inproc).as_dict()
+    if "floor" in series:
+        faasd, floor = result["overhead_binary"], result["overhead_floor"]
+        result["faasd_over_floor_p50_ms"] = round(faasd["p50_ms"] - floor["p50_ms"], 3)
+    return result
 
 
 def _wrk_one_connection(model: OnnxModel, feeds: dict[str, np.ndarray], port: int,
@@ -193,7 +206,8 @@ def measure(
         if peer:
             _call(peer, as_json, "peer json")
 
-    steady = _steady(model, feeds, bench.daemon.port, binary, calls, block)
+    with raw_floor.running(bench.squeezenet_model()) as floor_port:
+        steady = _steady(model, feeds, bench.daemon.port, binary, calls, block, floor_port)
     series: dict[str, list[float]] = {k: [] for k in
                                       ("inproc", "binary", "server", "batching", "inproc_j",
                                        "json", "peer")}

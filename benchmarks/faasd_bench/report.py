@@ -35,6 +35,12 @@ def _warm_rows(warm: dict[str, Any]) -> list[str]:
         _row("warm overhead p99, binary V2", f"≤ {TARGET_OVERHEAD_P99_MS:g} ms",
              f"{o['p99_ms']:.2f} ms", o["p99_ms"] <= TARGET_OVERHEAD_P99_MS),
     ]
+    if steady and "overhead_floor" in steady:
+        f = steady["overhead_floor"]
+        rows.append(_row("the floor in the same minutes: aiohttp + uvloop running the model "
+                         "inline (raw tensor in and out), p50 / p99", "–",
+                         f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms; faasd adds "
+                         f"{steady['faasd_over_floor_p50_ms']:.2f} ms over it", None))
     if steady and "overhead_binary_http_client" in steady:
         h = steady["overhead_binary_http_client"]
         rows.append(_row("the same, client through Python's http.client (its own cost included)",

@@ -172,10 +172,13 @@ def test_report_judges_the_steady_series_when_there_is_one() -> None:
     assert "interleaved per call with the other series | – | 1.40 / 2.00 ms | – |" in text
     assert "http.client" not in text and "wrk -t1" not in text  # older results lack both
     warm["steady"]["overhead_binary_http_client"] = {"p50_ms": 1.15, "p99_ms": 2.1}
+    warm["steady"]["overhead_floor"] = {"p50_ms": 0.45, "p99_ms": 0.9}
+    warm["steady"]["faasd_over_floor_p50_ms"] = 0.45
     warm["wrk_one_connection"] = {"wrk": {"p50_ms": 3.9}, "inproc_p50_ms": 3.1,
                                   "overhead_p50_ms": 0.8}
     text = report.render(results)
     assert "http.client (its own cost included) | – | 1.15 / 2.10 ms | – |" in text
+    assert "p50 / p99 | – | 0.45 / 0.90 ms; faasd adds 0.45 ms over it | – |" in text
     assert "in-process p50 | – | 3.90 − 3.10 = 0.80 ms | – |" in text
     warm["wrk_one_connection"] = {"error": "FileNotFoundError: wrk"}
     assert "wrk -t1 -c1 | – | failed: FileNotFoundError: wrk | – |" in report.render(results)

@@ -16,6 +16,7 @@ beside the ruler so that the difference stays visible.
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import time
 from collections.abc import Mapping
@@ -118,6 +119,17 @@ class _Reader:
         return b"".join(parts)
 
 
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed this idle connection (an end of file waits in it)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False  # nothing to read: still open
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True  # reset
+
+
 class Client:
     """POSTs to one host:port over one kept-alive connection (reconnects if the server closed)."""
 
@@ -128,6 +140,8 @@ class Client:
         self._heads: dict[tuple[str, tuple[tuple[str, str], ...], int], bytes] = {}
 
     def _connect(self) -> tuple[socket.socket, _Reader]:
+        if self._sock is not None and _closed_by_server(self._sock):
+            self.close()  # an idle keep-alive connection the server let go (uvicorn: after 5 s)
         if self._sock is None or self._reader is None:
             sock = socket.create_connection((self._host, self._port), self._timeout_s)
             # As wrk does: a body's last partial segment must not wait for the server's delayed

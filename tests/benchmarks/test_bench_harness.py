@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -282,6 +284,30 @@ def test_clients_send_the_whole_body_and_read_every_framing(
         assert json.loads(answer.body) == expected
         assert answer.elapsed_s > 0
     poster.close()
+
+
+def test_the_client_reconnects_when_the_server_let_an_idle_connection_go() -> None:
+    """As uvicorn does after 5 s of keep-alive: close the connection between two calls."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        poster = client.Client("127.0.0.1", listener.getsockname()[1])
+
+        def serve_one_call_then_hang_up() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(answer)
+
+        for _ in range(2):  # the second call finds the first connection closed
+            server = threading.Thread(target=serve_one_call_then_hang_up)
+            server.start()
+            reply = poster.post("/", v2.Request(b"x", {}))
+            server.join()
+            assert (reply.status, reply.body) == (200, b"ok")
+            time.sleep(0.05)  # the server's FIN reaches the client's socket
+        poster.close()
 
 
 def test_response_heads_are_parsed_and_garbage_is_refused() -> None:

@@ -263,3 +263,29 @@ async def test_a_completion_reaches_the_policy_after_the_answer_and_before_later
     await asyncio.sleep(0)  # the loop's next turn delivers the second completion on its own
     assert [name for name, _ in policy.seen][-1] == "Completion"
     assert controller.pending_total() == 0
+
+
+class _FailsOnCompletion(_Recorder):
+    """FCFS that raises whenever it is told of a completion (a policy bug)."""
+
+    name: ClassVar[str] = "fails-on-completion"
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        actions = super().on_event(event, snapshot)
+        if type(event).__name__ == "Completion":
+            raise RuntimeError("bug")
+        return actions
+
+
+async def test_a_policy_failing_on_a_completion_fails_no_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = _FailsOnCompletion()
+    controller = Controller(policy=policy, executor=Script(), clock=SystemClock(),
+                            vcpu_capacity=1)
+    v = version()
+    await controller.submit(call(0, v))
+    second = await asyncio.wait_for(controller.submit(call(1, v)), 5)  # told the completion first
+    assert int(second.result.tensors["y"][0]) == 1  # type: ignore[union-attr]
+    assert [name for name, _ in policy.seen][:3] == ["Arrival", "Completion", "Arrival"]
+    assert "failed on a completion" in caplog.text

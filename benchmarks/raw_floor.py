@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from faasd_bench.client import Client
 from faasd_bench.stats import overhead
+from faasd_bench.steady import steady_rounds
 from faasd_bench.v2 import Request
 
 from faasd import malloc
@@ -77,18 +78,15 @@ def measure(model: Path, port: int, calls: int, block: int) -> dict[str, float]:
     for _ in range(WARMUP_CALLS):
         session.run(None, {meta.name: x})
         client.post(RAW_PATH, request)
-    local_s: list[float] = []
-    http_s: list[float] = []
-    for _ in range(max(1, calls // block)):
-        for _ in range(block):
-            started = time.perf_counter()
-            session.run(None, {meta.name: x})
-            local_s.append(time.perf_counter() - started)
-        for _ in range(block):
-            answer = client.post(RAW_PATH, request)
-            if answer.status != 200:
-                raise RuntimeError(f"the raw server answered {answer.status}")
-            http_s.append(answer.elapsed_s)
+
+    def call() -> float:
+        answer = client.post(RAW_PATH, request)
+        if answer.status != 200:
+            raise RuntimeError(f"the raw server answered {answer.status}")
+        return answer.elapsed_s
+
+    local_s, (http_s,) = steady_rounds(lambda: session.run(None, {meta.name: x}), [call],
+                                       calls, block)
     client.close()
     result = {}
     for q in (50, 99):

@@ -37,6 +37,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from faasd_bench.client import Answer, Client, StdlibClient
 from faasd_bench.procs import cpu_seconds
 from faasd_bench.session import Bench, Options, open_bench
 from faasd_bench.stats import overhead, summarize
+from faasd_bench.steady import steady_rounds
 
 from faasd.runtime.onnx import OnnxModel
 
@@ -111,44 +113,37 @@ def _cpu_per_call(bench: Bench, model: OnnxModel, feeds: dict[str, np.ndarray],
 
 def _steady(model: OnnxModel, feeds: dict[str, np.ndarray], port: int, request: v2.Request,
             calls: int, block: int, floor_port: int | None = None) -> dict[str, Any]:
-    """The target's figure: a lone client's back-to-back binary calls against back-to-back
-    in-process runs, in alternating blocks of `block` (drift still cancels out, and neither
-    series runs right after the other's work, whose cache footprint it would pay for).
-
-    Each round has more blocks of calls, whose order rotates so each follows the in-process
-    block equally often: the same calls through `http.client`, to show what a standard-library
-    client adds of its own (see `faasd_bench.client`); and, with `floor_port`, the raw tensor
-    POSTed to `raw_floor.py`'s server (aiohttp + uvloop running the model inline), the floor
-    measured in the same minutes as faasd."""
+    """The target's figure, from `faasd_bench.steady`: the binary calls against in-process
+    runs, with two more series in the same rounds: the same calls through `http.client`, to
+    show what a standard-library client adds of its own (see `faasd_bench.client`); and, with
+    `floor_port`, the raw tensor POSTed to `raw_floor.py`'s server (aiohttp + uvloop running
+    the model inline), the floor measured in the same minutes as faasd."""
     names = model.output_names
-    ruler, stdlib = Client("127.0.0.1", port), StdlibClient("127.0.0.1", port)
-    series: dict[str, list[float]] = {"binary": [], "binary_http_client": []}
-    blocks = [(ruler, PATH, request, series["binary"]),
-              (stdlib, PATH, request, series["binary_http_client"])]
+    clients: list[Client | StdlibClient] = [Client("127.0.0.1", port),
+                                            StdlibClient("127.0.0.1", port)]
+    targets = [(clients[0], PATH, request), (clients[1], PATH, request)]
+    names_out = ["binary", "binary_http_client"]
     if floor_port is not None:
-        series["floor"] = []
+        clients.append(Client("127.0.0.1", floor_port))
         raw = raw_floor.raw_request(next(iter(feeds.values())))
-        blocks.append((Client("127.0.0.1", floor_port), raw_floor.RAW_PATH, raw, series["floor"]))
-    for client, path, body, _ in blocks:  # every connection open and warm before timing
+        targets.append((clients[2], raw_floor.RAW_PATH, raw))
+        names_out.append("floor")
+    for client, path, body in targets:  # every connection open and warm before timing
         for _ in range(block):
             _call(client, body, f"warm-up of {path}", path)
-    inproc: list[float] = []
-    for round_ in range(max(1, calls // block)):
-        for _ in range(block):
-            started = time.perf_counter()
-            model.session.run(names, feeds)
-            inproc.append(time.perf_counter() - started)
-        turn = round_ % len(blocks)
-        for client, path, body, times in blocks[turn:] + blocks[:turn]:
-            for _ in range(block):
-                times.append(_call(client, body, path, path).elapsed_s)
-    for client, *_ in blocks:
+
+    def timed(client: Client | StdlibClient, path: str, body: v2.Request) -> Callable[[], float]:
+        return lambda: _call(client, body, path, path).elapsed_s
+
+    inproc, series = steady_rounds(lambda: model.session.run(names, feeds),
+                                   [timed(*target) for target in targets], calls, block)
+    for client in clients:
         client.close()
     result: dict[str, Any] = {"block": block, "inproc": summarize(inproc).as_dict()}
-    for name, times in series.items():
+    for name, times in zip(names_out, series, strict=True):
         result[name] = summarize(times).as_dict()
         result[f"overhead_{name}"] = overhead(times, inproc).as_dict()
-    if "floor" in series:
+    if floor_port is not None:
         faasd, floor = result["overhead_binary"], result["overhead_floor"]
         result["faasd_over_floor_p50_ms"] = round(faasd["p50_ms"] - floor["p50_ms"], 3)
     return result

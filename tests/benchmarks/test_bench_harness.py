@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from faasd_bench import client, models, report, stats, v2, wrk
+from faasd_bench import client, models, report, stats, steady, v2, wrk
 from faasd_bench.procs import Server, cpu_seconds, descendants_of, free_port, memory_of
 
 WRK_REPORT = """\
@@ -321,3 +321,20 @@ def test_response_heads_are_parsed_and_garbage_is_refused() -> None:
         client.parse_head(b"HTTP/1.1 200 OK\r\nno colon here")
     head = client.request_head("h:1", "/p", {"A": "b"}, 3)
     assert head == b"POST /p HTTP/1.1\r\nHost: h:1\r\nContent-Length: 3\r\nA: b\r\n\r\n"
+
+
+def test_steady_rounds_alternate_blocks_and_rotate_the_series() -> None:
+    log: list[str] = []
+
+    def series(name: str) -> Callable[[], float]:
+        def call() -> float:
+            log.append(name)
+            return float(len(log))
+        return call
+
+    inproc, (a, b) = steady.steady_rounds(lambda: log.append("run"), [series("a"), series("b")],
+                                          total=4, block=2)
+    assert log == ["run", "run", "a", "a", "b", "b",   # round 0: a first
+                   "run", "run", "b", "b", "a", "a"]   # round 1: b first
+    assert len(inproc) == 4 and all(t >= 0 for t in inproc)
+    assert a == [3.0, 4.0, 11.0, 12.0] and b == [5.0, 6.0, 9.0, 10.0]

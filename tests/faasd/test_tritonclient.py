@@ -5,10 +5,8 @@ The sync client is gevent-based, so the daemon runs as a subprocess (`faasd up`)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 
 from tests.faasd.builders import WEIGHTS, make_function
 from tests.faasd.daemon_process import DaemonProcess, start_daemon
+from tests.functions.conftest import import_path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "functions"
 
@@ -100,15 +99,7 @@ def _example_digits(root: Path) -> Path:
     target = root / "digits"
     shutil.copytree(EXAMPLES / "digits", target)
     if not (target / "model.onnx").is_file():
-        spec = importlib.util.spec_from_file_location("build_models",
-                                                      EXAMPLES / "build_models.py")
-        assert spec is not None and spec.loader is not None
-        build = importlib.util.module_from_spec(spec)
-        before, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-        try:
-            spec.loader.exec_module(build)
-        finally:
-            sys.dont_write_bytecode = before
+        build = import_path(EXAMPLES / "build_models.py", "build_models")
         assert build.main(["--out", str(root), "digits"]) == 0
     return target
 

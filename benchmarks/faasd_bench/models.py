@@ -4,6 +4,9 @@
   that the model costs microseconds and a served call measures the platform, not the model.
 - `squeezenet`: the example function's model (functions/squeezenet, built by
   functions/build_models.py), served without its handler: tensors in, tensors out.
+- `wide` and `long` (for `fixed_cost.py`): one has squeezenet's input and almost no compute,
+  the other a small input and a run about as long as squeezenet's, so that what a large body
+  costs and what a long run costs can be told apart.
 
 The benchmark copies get their own faasd.yaml (batching, vcpu, keep-alive) so that the
 figures do not move when someone retunes an example function.
@@ -11,6 +14,7 @@ figures do not move when someone retunes an example function.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_FEATURES = 16
 
 
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9  # what every onnxruntime >= 1.17 loads
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def build_tiny(path: Path, seed: int = 0) -> Path:
     """Write the tiny model to `path`: input `x` [N,16] FP32 -> output `y` = relu(x @ W)."""
     weights = np.random.default_rng(seed).standard_normal((TINY_FEATURES, TINY_FEATURES))
@@ -33,12 +46,41 @@ def build_tiny(path: Path, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", TINY_FEATURES])],
         initializer=[numpy_helper.from_array(weights.astype(np.float32), "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9  # what every onnxruntime >= 1.17 loads
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
+
+
+def build_wide(path: Path) -> Path:
+    """Squeezenet's input, [N,3,224,224] FP32 (602 KB at batch 1), and a 13 µs run: the mean
+    of each channel, `y` [N,3]."""
+    return _save(
+        helper.make_graph(
+            [helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=0)],
+            "wide",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        ),
+        path,
+    )
+
+
+def build_long(path: Path, chain: int = 320, width: int = 512, seed: int = 0) -> Path:
+    """A small input, [N,width] FP32, through `chain` MatMuls by one width x width matrix (1 MB
+    of weights at 512): about 3 ms a run at chain 320 on one core here, squeezenet's length.
+    The matrix is orthogonal, so values keep their size down the chain (no overflow, and no
+    denormals, which would slow the run down)."""
+    weights, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((width, width)))
+    names = ["x", *(f"h{i}" for i in range(1, chain)), "y"]
+    nodes = [helper.make_node("MatMul", [a, "w"], [b]) for a, b in itertools.pairwise(names)]
+    return _save(
+        helper.make_graph(
+            nodes,
+            "long",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+            initializer=[numpy_helper.from_array(weights.astype(np.float32), "w")],
+        ),
+        path,
+    )
 
 
 def squeezenet_model(functions_dir: Path = REPO_ROOT / "functions") -> Path:

@@ -126,6 +126,28 @@ def test_tiny_model_is_relu_of_a_matmul(tmp_path: Path) -> None:
     np.testing.assert_allclose(y, np.maximum(x @ weights, 0), rtol=1e-5, atol=1e-5)
 
 
+def test_wide_model_takes_squeezenets_input_and_averages_each_channel(tmp_path: Path) -> None:
+    path = models.build_wide(tmp_path / "wide.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [("x", ["N", 3, 224, 224])]
+    x = np.random.default_rng(0).random((2, 3, 224, 224), dtype=np.float32)
+    (y,) = session.run(None, {"x": x})
+    np.testing.assert_allclose(y, x.mean(axis=(2, 3)), rtol=1e-5)
+
+
+def test_long_model_chains_one_orthogonal_matrix(tmp_path: Path) -> None:
+    path = models.build_long(tmp_path / "long.onnx", chain=5, width=8, seed=2)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [("x", ["N", 8])]
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    (y,) = session.run(None, {"x": x})
+    weights, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((8, 8)))
+    expected = x.astype(np.float64) @ np.linalg.matrix_power(weights, 5)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    # orthogonal: each row keeps its length however long the chain
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), np.linalg.norm(x, axis=1), rtol=1e-4)
+
+
 def test_bench_function_writes_a_faasd_yaml(tmp_path: Path) -> None:
     import yaml
 

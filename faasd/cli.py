@@ -315,7 +315,10 @@ def _body(data: str | None) -> tuple[bytes, str]:
     if data.startswith("@"):
         path = Path(data[1:])
         guessed = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return path.read_bytes(), guessed
+        try:
+            return path.read_bytes(), guessed
+        except OSError as exc:
+            raise ClientError(f"cannot read the body from {path}: {exc.strerror}") from None
     return data.encode(), "application/json"
 
 
@@ -329,8 +332,9 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _version(args: argparse.Namespace) -> int:
     server: Any
+    client = _client(args)  # a malformed --gateway is an error, not "not reachable"
     try:
-        server = _client(args).json("GET", "/v2").get("version")
+        server = client.json("GET", "/v2").get("version")
     except ClientError as exc:
         server = None if exc.exit_code == EXIT_UNREACHABLE else "?"
     if args.output == "json":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,23 @@ class Reply:
 
 
 def gateway_url(flag: str | None) -> str:
-    return (flag or os.environ.get("FAASD_URL") or DEFAULT_URL).rstrip("/")
+    """The daemon's base URL: `--gateway`, else $FAASD_URL, else the default. `host:port`
+    alone means http://host:port, the form tritonclient takes; anything that is not an http(s)
+    URL with a host and a valid port is a ClientError that says so."""
+    raw = (flag or os.environ.get("FAASD_URL") or DEFAULT_URL).strip()
+    url = raw if "://" in raw else f"http://{raw}"
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or past 65535
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ClientError(
+            f"{raw!r} is not a daemon URL: give --gateway / FAASD_URL as http://HOST:PORT, "
+            f"e.g. {DEFAULT_URL}"
+        )
+    return url.rstrip("/")
 
 
 class Client:

@@ -119,6 +119,33 @@ def test_daemon_down_is_a_clear_error(tmp_path: Path) -> None:
     assert version.returncode == 0 and b"not reachable" in version.stdout
 
 
+def test_gateway_without_scheme_means_http(live: DaemonProcess) -> None:
+    bare = live.url.removeprefix("http://")  # host:port, as tritonclient takes it
+    out = faasd("list", "-o", "json", url=bare)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["name"] == "linear"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "ftp://127.0.0.1", "http://:8080",
+                                 "http://127.0.0.1:port"])
+def test_a_malformed_gateway_is_one_line_not_a_traceback(url: str) -> None:
+    for command in ("list", "version"):
+        out = faasd(command, url=url)
+        assert out.returncode == 1
+        lines = out.stderr.decode().strip().splitlines()
+        assert len(lines) == 1 and "is not a daemon URL" in lines[0], lines
+        assert "http://HOST:PORT" in lines[0]
+
+
+def test_invoke_with_an_unreadable_file_says_which(live: DaemonProcess, tmp_path: Path) -> None:
+    for target, reason in ((tmp_path / "nope.json", "No such file"), (tmp_path, "Is a directory")):
+        out = faasd("invoke", "linear", "--data", f"@{target}", url=live.url)
+        assert out.returncode == 1
+        message = out.stderr.decode().strip()
+        assert message == f"faasd: cannot read the body from {target}: {reason}" + (
+            " or directory" if reason == "No such file" else "")
+
+
 def test_version_reports_both_sides(live: DaemonProcess) -> None:
     out = json.loads(faasd("version", "-o", "json", url=live.url).stdout)
     assert out["client"] == out["server"]

@@ -107,10 +107,13 @@ class Catalog:
         *,
         mode: str = "any",
         reuse_unchanged: bool = False,
+        name_files_in_source: bool = True,
     ) -> Deployed:
         """Install `source` as the next version. `mode`: "create" (409 if the name exists),
         "update" (404 if it does not) or "any". With `reuse_unchanged`, a source that would
-        install the current version again keeps it (see the module docstring)."""
+        install the current version again keeps it (see the module docstring). Errors name
+        files by their path under `source` unless `name_files_in_source` is off (an unpacked
+        upload, whose paths mean nothing to the client)."""
         if not source.is_absolute():
             raise DeployError(f"{source} is not an absolute path; give the full path",
                               file=str(source))
@@ -118,20 +121,20 @@ class Catalog:
             raise DeployError(f"{source} is not a directory on the daemon's host",
                               file=str(source))
         async with self._lock:
+            if name is not None:  # refuse a wrong mode before copying anything (without an
+                self._check_mode(name, mode)  # explicit name, it is known once staged)
             if reuse_unchanged and mode != "create":
                 kept = await self._keep_unchanged(source, name)
                 if kept is not None:
                     return kept
             staged = await asyncio.to_thread(self._registry.stage, source, name)
             try:
-                old = self._registry.get(staged.name)
-                if mode == "create" and old is not None:
-                    raise Conflict(f"function {staged.name!r} exists; update it with PUT "
-                                   "(`faasd deploy` does this)")
-                if mode == "update" and old is None:
-                    raise NotFound(f"no function named {staged.name!r} to update; POST it first")
+                old = self._check_mode(staged.name, mode)
                 self._check_resources(staged)
                 info = await self._pool.inspect(staged)
+            except DeployError as exc:  # the sandbox names files as they are in the copy
+                self._registry.discard(staged)
+                raise exc.located_in(source) if name_files_in_source else exc from None
             except BaseException:
                 self._registry.discard(staged)
                 raise
@@ -162,7 +165,7 @@ class Catalog:
                     raise DeployError(
                         "the archive has no top-level directory to name the function; "
                         "pass ?name=<name> (faasd deploy --upload does)", file="(upload)")
-            return await self.deploy(directory, name, mode=mode)
+            return await self.deploy(directory, name, mode=mode, name_files_in_source=False)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
@@ -196,6 +199,16 @@ class Catalog:
         if current.settings.min_instances > 0:
             self._spawn(self._prewarm(current))
         return Deployed(current, info, created=False, replaced=None, unchanged=True)
+
+    def _check_mode(self, name: str, mode: str) -> FunctionVersion | None:
+        """The current version of `name`, if `mode` allows deploying it; Conflict/NotFound."""
+        old = self._registry.get(name)
+        if mode == "create" and old is not None:
+            raise Conflict(f"function {name!r} exists; update it with PUT "
+                           "(`faasd deploy` does this)")
+        if mode == "update" and old is None:
+            raise NotFound(f"no function named {name!r} to update; POST it first")
+        return old
 
     def _check_resources(self, version: FunctionVersion) -> None:
         if version.settings.vcpu > self._capacity:

@@ -6,6 +6,7 @@ to do. `extra` adds structured fields to the JSON body (e.g. the file a deploy e
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -68,6 +69,14 @@ class DeployError(FaasdError):
     def __init__(self, message: str, file: str | None = None, **extra: Any) -> None:
         super().__init__(message, file=file, **extra)
         self.file = file
+
+    def located_in(self, directory: Path) -> DeployError:
+        """The same error with a file named relative to the function (as a sandbox reports
+        it) named by its full path under `directory`, in the message too; else itself."""
+        if not self.file or Path(self.file).is_absolute():
+            return self
+        full = str(directory / self.file)
+        return DeployError(self.message.replace(self.file, full, 1), file=full)
 
 
 class SandboxCrashed(FaasdError):

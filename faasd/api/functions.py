@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ from aiohttp import web
 from faasd.api.keys import SERVICES
 from faasd.archive import TAR_TYPES
 from faasd.catalog import Deployed
-from faasd.errors import BadRequest
+from faasd.errors import BadRequest, FaasdError
 from faasd.functions.spec import FunctionVersion, ModelInfo
 from faasd.services import Services
 from faasd.v2 import tensor_meta
+
+log = logging.getLogger("faasd.api")
 
 
 async def list_functions(request: web.Request) -> web.Response:
@@ -37,19 +40,26 @@ async def get_function(request: web.Request) -> web.Response:
 async def deploy(request: web.Request) -> web.Response:
     mode = "update" if request.method == "PUT" else "any"
     services = request.app[SERVICES]
-    if request.content_type in TAR_TYPES:
-        scratch = services.config.state_dir.resolve() / "uploads"
-        uploaded = await services.catalog.deploy_archive(
-            await request.read(), request.query.get("name"), scratch, mode=mode
-        )
-        return _deployed(services, uploaded)
-    doc = await _json_object(request)
-    path, name = doc.get("path"), doc.get("name") or doc.get("service")
-    if not isinstance(path, str) or not path:
-        raise BadRequest('deploy needs {"path": "/absolute/dir/on/the/daemon/host"}')
-    if name is not None and not isinstance(name, str):
-        raise BadRequest("name must be a string")
-    return _deployed(services, await services.catalog.deploy(Path(path), name, mode=mode))
+    source = "an uploaded archive"
+    try:
+        if request.content_type in TAR_TYPES:
+            scratch = services.config.state_dir.resolve() / "uploads"
+            deployed = await services.catalog.deploy_archive(
+                await request.read(), request.query.get("name"), scratch, mode=mode
+            )
+        else:
+            doc = await _json_object(request)
+            path, name = doc.get("path"), doc.get("name") or doc.get("service")
+            if not isinstance(path, str) or not path:
+                raise BadRequest('deploy needs {"path": "/absolute/dir/on/the/daemon/host"}')
+            if name is not None and not isinstance(name, str):
+                raise BadRequest("name must be a string")
+            source = path
+            deployed = await services.catalog.deploy(Path(path), name, mode=mode)
+    except FaasdError as exc:  # the client gets the reason; the operator's log gets it too
+        log.warning("deploy of %s rejected: %s", source, exc.message)
+        raise
+    return _deployed(services, deployed)
 
 
 def _deployed(services: Services, deployed: Deployed) -> web.Response:

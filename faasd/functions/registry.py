@@ -27,6 +27,7 @@ One process owns a state directory. Methods take a lock, so `stage` may run in a
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -176,7 +177,11 @@ class Registry:
         return final
 
     def discard(self, staged: FunctionVersion) -> None:
-        """Delete a staged version that will not be committed. Harmless if already gone."""
+        """Delete a staged version that will not be committed. Harmless if already gone.
+
+        A name's first deploy that is rejected leaves nothing behind (its directory and
+        counter go, so the first deploy that works is v1); a later number is not given back,
+        as numbers of a name that has had versions are never reused."""
         with self._lock:
             current = self._current.get(staged.name)
             if current is not None and current.version == staged.version:
@@ -185,6 +190,10 @@ class Registry:
             home = self.root / staged.name
             shutil.rmtree(home / str(staged.version), ignore_errors=True)
             (home / f"{staged.version}.json").unlink(missing_ok=True)
+            if staged.version == 1 and _read_int(home / "counter") == 1:
+                (home / "counter").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # not empty: another deploy is staging
+                    home.rmdir()
 
     def remove(self, name: str) -> FunctionVersion:
         """Uninstall `name` (all its versions); returns the version that was current.

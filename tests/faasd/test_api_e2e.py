@@ -208,6 +208,37 @@ async def test_deploy_errors_and_lifecycle_over_http(daemon: Daemon, tmp_path: P
         await healthy(s, url)
 
 
+async def test_a_rejected_deploy_changes_nothing_and_is_logged(
+    daemon: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = daemon.url
+    functions_state = tmp_path / "state" / "functions"
+    raising = make_function(tmp_path / "src", "raising", "",
+                            "raise RuntimeError('boom at import')\n"
+                            "def postprocess(outputs):\n    return 1\n")
+    async with aiohttp.ClientSession() as s:
+        # an update of a name that does not exist is refused before anything is copied
+        doc = {"path": str(raising), "name": "nope"}
+        async with s.put(f"{url}/system/functions", json=doc) as resp:
+            await error_of(resp, 404)
+        assert not (functions_state / "nope").exists()
+        # a first deploy that fails in the sandbox leaves no trace, so the fixed one is v1
+        async with s.post(f"{url}/system/functions", json={"path": str(raising)}) as resp:
+            # named by its path in the deployed directory, not in faasd's copy of it
+            assert (await error_of(resp, 400)).startswith(
+                f"{raising / 'handler.py'} failed to import in the sandbox: RuntimeError")
+            assert (await resp.json())["file"] == str(raising / "handler.py")
+        assert not (functions_state / "raising").exists()
+        (raising / "handler.py").write_text(TEXT_HANDLER)
+        async with s.post(f"{url}/system/functions", json={"path": str(raising)}) as resp:
+            assert resp.status == 201, await resp.text()
+            assert (await resp.json())["version"] == 1
+        await healthy(s, url)
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(rejected) == 2 and "boom at import" in rejected[1], rejected
+    assert rejected[0].startswith(f"deploy of {raising} rejected: no function named 'nope'")
+
+
 async def test_v2_metadata_health_and_metrics(daemon: Daemon) -> None:
     url = daemon.url
     async with aiohttp.ClientSession() as s:

@@ -132,6 +132,14 @@ def test_discard_leaves_the_current_version(registry: Registry, source_root: Pat
         registry.discard(first)
 
 
+def test_a_rejected_first_deploy_leaves_nothing(registry: Registry, state: Path,
+                                               source_root: Path) -> None:
+    source = make_function(source_root, "tiny")
+    registry.discard(registry.stage(source))
+    assert not (state / "functions" / "tiny").exists()
+    assert deploy(registry, source) == 1  # the first deploy that works is v1
+
+
 def test_version_numbers_are_never_reused(state: Path, source_root: Path) -> None:
     """A sandbox of a removed or discarded version must never pass for a new one."""
     registry = Registry(state, DEFAULTS)

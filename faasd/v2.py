@@ -56,6 +56,19 @@ def parse_json(body: bytes | memoryview) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # also raised for bytes that are not UTF-8
+        if not bytes(body).strip():
+            raise BadRequest(
+                "the request body is empty; send a V2 inference request, "
+                '{"<input name>": nested lists}, or what the function\'s handler takes'
+            ) from None
+        try:
+            bytes(body).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(
+                "request body is not valid JSON: it is binary data, not UTF-8 text; send a "
+                "picture or other bytes with its own Content-Type (e.g. image/png), and "
+                "tensors as JSON or with the binary tensor extension"
+            ) from None
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
@@ -97,7 +110,12 @@ def _decode_header(obj: dict[str, Any], tail: bytes | memoryview) -> InferReques
         name, shape, datatype = _tensor_header(entry)
         size = (entry.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size must be a whole number of bytes >= 0, "
+                    f"got {size!r}"
+                )
+            if offset + size > len(tail):
                 raise BadRequest(f"input {name!r}: binary_data_size {size} exceeds the body")
             inputs[name] = _from_bytes(name, tail[offset : offset + size], shape, datatype)
             offset += size

@@ -76,11 +76,13 @@ def check_name(name: str, file: str | None, source: str) -> None:
     if NAME_PATTERN.match(name):
         return
     better = suggest_name(name)
-    fix = f"; e.g. {better!r}" if better else ""
+    example = f", e.g. {better!r}" if better else ""
+    fix = (f"choose another --name{example}" if source == "--name"
+           else f"rename it or deploy with --name{example}")
     raise DeployError(
         f"bad function name {name!r} (from {source}): use lowercase letters, digits and '-', "
         f"starting and ending with a letter or digit, at most 63 characters "
-        f"(pattern {NAME_PATTERN.pattern}); rename it or deploy with --name{fix}",
+        f"(pattern {NAME_PATTERN.pattern}); {fix}",
         file=file,
     )
 
@@ -126,8 +128,8 @@ def check_model_file(path: Path) -> None:
                           file=str(path))
     if head[0] not in _MODEL_PROTO_TAGS:
         raise DeployError(
-            f"{path} is not an ONNX model (a protobuf ModelProto does not start with "
-            f"{head[:8]!r}); export the model with torch.onnx.export, tf2onnx or onnx.save",
+            f"{path} is not an ONNX model (its first bytes, {head[:8]!r}, cannot start a "
+            "protobuf ModelProto); export the model with torch.onnx.export, tf2onnx or onnx.save",
             file=str(path),
         )
 

@@ -66,7 +66,11 @@ _SHORT = (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32",'
         (b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": ["a", 2]}]}',
          None, "not FP32"),
         (_SHORT + b"\0" * 4, len(_SHORT), "exceeds the body"),
+        (_SHORT.replace(b"8}", b"-4}"), len(_SHORT) + 1, "whole number of bytes >= 0, got -4"),
         (b'{"inputs": []}', 500, "body has"),
+        (b"", None, "the request body is empty"),
+        (b"  \n", None, "the request body is empty"),
+        (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", None, "binary data, not UTF-8 text"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(body: bytes, header_length: int | None,

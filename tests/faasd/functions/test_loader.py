@@ -142,7 +142,8 @@ BAD_DIRECTORIES = [
                                     "put the ONNX model at"]),
     ("empty model", {"model.onnx": b""}, "model.onnx", ["is empty (0 bytes)", "export"]),
     ("text as model", {"model.onnx": "hello world"}, "model.onnx", ["is not an ONNX model"]),
-    ("png as model", {"model.onnx": b"\x89PNG\r\n\x1a\n"}, "model.onnx", ["not an ONNX model"]),
+    ("png as model", {"model.onnx": b"\x89PNG\r\n\x1a\n"}, "model.onnx",
+     ["not an ONNX model (its first bytes, b'\\x89PNG\\r\\n\\x1a\\n', cannot start"]),
     ("LFS pointer", {"model.onnx": "version https://git-lfs.github.com/spec/v1\noid x\n"},
      "model.onnx", ["Git LFS pointer", "git lfs pull"]),
     ("model is a directory", {"model.onnx/model.onnx": "x"}, "model.onnx", ["is not a file"]),
@@ -242,8 +243,10 @@ def test_bad_directory_name(source_root: Path) -> None:
 
 def test_bad_explicit_name(source_root: Path) -> None:
     directory = make_function(source_root, "fine")
-    with pytest.raises(DeployError, match="from --name"):
-        load_function(directory, DEFAULTS, name="no spaces")
+    with pytest.raises(DeployError, match="from --name") as caught:
+        load_function(directory, DEFAULTS, name="Bad Name!")
+    # the fix for a bad --name is another --name, not "deploy with --name"
+    assert caught.value.message.endswith("; choose another --name, e.g. 'bad-name'")
 
 
 def test_not_a_directory(tmp_path: Path) -> None:

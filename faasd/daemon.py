@@ -140,7 +140,8 @@ class Daemon:
         site = web.TCPSite(self._runner, config.host, config.port)
         await site.start()
         self.port = _bound_port(self._runner)
-        log.info("faasd %s listening on %s", faasd_version(), self.url)
+        log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",
+                 faasd_version(), self.url)
         await self._load_functions(catalog)
         self._services.readiness.ready = True
         loaded = len(catalog.list())

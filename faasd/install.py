@@ -53,7 +53,7 @@ OOMScoreAdjust=-500
 NoNewPrivileges=yes
 ProtectSystem=full
 ProtectHome={protect_home}
-PrivateTmp=yes
+PrivateTmp={private_tmp}
 
 [Install]
 WantedBy=multi-user.target
@@ -77,13 +77,17 @@ class Step:
 
 
 HOME_PREFIXES = ("/home/", "/root/", "/run/user/")
+TMP_PREFIXES = ("/tmp/", "/var/tmp/")
 
 
 def render_unit(exec_start: str) -> str:
     """The unit for `exec_start`. A faasd installed under a home directory (a clone's .venv)
-    must stay readable, so ProtectHome= is then read-only instead of yes."""
+    must stay readable, so ProtectHome= is then read-only instead of yes; one under /tmp or
+    /var/tmp would vanish behind a private /tmp, so PrivateTmp= is then off."""
     protect_home = "read-only" if exec_start.startswith(HOME_PREFIXES) else "yes"
-    return UNIT_TEMPLATE.format(exec_start=exec_start, protect_home=protect_home)
+    private_tmp = "no" if exec_start.startswith(TMP_PREFIXES) else "yes"
+    return UNIT_TEMPLATE.format(exec_start=exec_start, protect_home=protect_home,
+                                private_tmp=private_tmp)
 
 
 def default_config_text() -> str:

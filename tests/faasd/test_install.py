@@ -31,6 +31,12 @@ def test_a_faasd_under_a_home_directory_stays_readable() -> None:
     assert "ProtectHome=yes" in install.render_unit("/usr/local/bin/faasd")
 
 
+def test_a_faasd_under_tmp_is_not_hidden_behind_a_private_tmp() -> None:
+    for path in ("/tmp/faasd/.venv/bin/faasd", "/var/tmp/faasd/.venv/bin/faasd"):
+        assert "\nPrivateTmp=no\n" in install.render_unit(path)
+    assert "\nPrivateTmp=yes\n" in install.render_unit("/usr/local/bin/faasd")
+
+
 def test_plan_never_overwrites_an_existing_config() -> None:
     fresh = install.plan("/usr/bin/faasd", config_exists=False)
     kept = install.plan("/usr/bin/faasd", config_exists=True)

@@ -142,7 +142,7 @@ def test_sigterm_while_functions_load_stops_promptly(tmp_path: Path) -> None:
              str(port_file)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
-        while "listening on" not in log_path.read_text():
+        while "bound to" not in log_path.read_text():
             assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
             time.sleep(0.05)
         time.sleep(0.3)  # inside the slow deploy now

@@ -8,6 +8,7 @@ are errors that name the key and list the known ones, so a typo never passes sil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from faasd.functions.settings import check_setting, merge_settings
 from faasd.functions.spec import FunctionSettings
 
 MIB = 1024 * 1024
@@ -69,23 +71,37 @@ class DaemonConfig:
             return self.node_vcpu
         return max(1, len(os.sched_getaffinity(0)))
 
-    def validate(self) -> DaemonConfig:
+    def validate(self, where: Mapping[str, str] | None = None) -> DaemonConfig:
+        """Range checks; `where` says where each key's value came from (for the message)."""
+        def fail(key: str, problem: str) -> ConfigError:
+            return ConfigError(f"{(where or {}).get(key, 'settings')}: {key} {problem}")
+
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+            raise fail("port", f"must be in 0..65535, got {self.port}")
         if self.max_body_mb < 1:
-            raise ConfigError(f"max_body_mb must be >= 1, got {self.max_body_mb}")
+            raise fail("max_body_mb", f"must be >= 1, got {self.max_body_mb}")
         if self.node_vcpu < 0:
-            raise ConfigError(f"node_vcpu must be >= 0 (0 = all cores), got {self.node_vcpu}")
+            raise fail("node_vcpu", f"must be >= 0 (0 = all cores), got {self.node_vcpu}")
+        if self.max_sandboxes < 1:
+            raise fail("max_sandboxes", f"must be >= 1, got {self.max_sandboxes}")
         if self.max_queue_per_function < 1:
-            raise ConfigError("max_queue_per_function must be >= 1")
+            raise fail("max_queue_per_function",
+                       f"must be >= 1, got {self.max_queue_per_function}")
         if self.drain_timeout_s < 0:
-            raise ConfigError("drain_timeout_s must be >= 0")
+            raise fail("drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise fail("log_level",
+                       f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         from esg.policies import POLICIES
 
         if self.scheduler not in POLICIES:
             known = ", ".join(sorted(POLICIES))
-            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of: {known}")
+            raise fail("scheduler", f"names no scheduler ({self.scheduler!r}); choose one of: "
+                                    f"{known}")
         return self
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 _TOP_KEYS = {f.name: f for f in fields(DaemonConfig)}
@@ -99,14 +115,33 @@ def load_config(
 ) -> DaemonConfig:
     """Defaults, then the YAML file at `path` (if given), then `FAASD_*` env, then overrides.
 
-    Overrides whose value is None are ignored (unset command-line flags).
+    Overrides whose value is None are ignored (unset command-line flags). Every error names
+    where the bad value came from: the file, the environment variable, or the command line.
     """
     values: dict[str, Any] = {}
+    where: dict[str, str] = {}
     if path is not None:
-        values.update(_read_file(path))
-    values.update(_from_env(os.environ if env is None else env))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return _build(values, source=str(path) if path else "settings")
+        from_file = _read_file(path)
+        unknown = sorted(set(from_file) - set(_TOP_KEYS))
+        if unknown:
+            known = ", ".join(sorted(_TOP_KEYS))
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {known}")
+        values.update(from_file)
+        where.update(dict.fromkeys(from_file, str(path)))
+    for key, raw in _from_env(os.environ if env is None else env).items():
+        values[key] = raw
+        where[key] = f"environment variable FAASD_{key.upper()}"
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+            where[key] = "the command line"
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "function_defaults":
+            kwargs[key] = _settings(value, where[key])
+        else:
+            kwargs[key] = _coerce(key, value, where[key])
+    return DaemonConfig(**kwargs).validate(where)
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -114,8 +149,13 @@ def _read_file(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass --config FILE") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({exc.problem or exc.context}); "
+                          "check the indentation and the ':' after each key") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -134,20 +174,6 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return found
 
 
-def _build(values: Mapping[str, Any], source: str) -> DaemonConfig:
-    unknown = sorted(set(values) - set(_TOP_KEYS))
-    if unknown:
-        known = ", ".join(sorted(_TOP_KEYS))
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {known}")
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "function_defaults":
-            kwargs[key] = _settings(value, source)
-        else:
-            kwargs[key] = _coerce(key, value, source)
-    return DaemonConfig(**kwargs).validate()
-
-
 def _settings(value: Any, source: str) -> FunctionSettings:
     if isinstance(value, FunctionSettings):
         return value
@@ -159,34 +185,49 @@ def _settings(value: Any, source: str) -> FunctionSettings:
         raise ConfigError(
             f"{source}: unknown function_defaults key(s) {', '.join(unknown)}; known: {known}"
         )
-    base = FunctionSettings()
-    coerced: dict[str, Any] = {}
-    for key, raw in value.items():
-        default = getattr(base, key)
-        if key == "env":
-            coerced[key] = {str(k): str(v) for k, v in (raw or {}).items()}
-        elif key == "slo_ms" and raw is None:
-            coerced[key] = None
-        else:
-            kind = float if isinstance(default, float) or default is None else type(default)
-            coerced[key] = _convert(f"function_defaults.{key}", raw, kind, source)
-    return dataclasses.replace(base, **coerced)
+    checked: dict[str, object] = {}
+    for key, raw in value.items():  # the same rules, and messages, as a function's faasd.yaml
+        try:
+            checked[key] = check_setting(key, raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: function_defaults: {exc}") from None
+    try:
+        return merge_settings(FunctionSettings(), checked)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: function_defaults: {exc}") from None
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     if key in ("state_dir", "functions_dir"):
-        return None if value is None else Path(str(value)).expanduser()
+        if value is None or isinstance(value, str | Path):
+            return None if value is None else Path(str(value)).expanduser()
+        raise ConfigError(f"{source}: {key} must be a path, got {value!r}")
     default = _TOP_KEYS[key].default
     kind = type(default) if default is not dataclasses.MISSING else str
     return _convert(key, value, kind, source)
 
 
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+
+
 def _convert(key: str, value: Any, kind: type, source: str) -> Any:
-    try:
+    """`value` as `kind`: a value of that type (an int for a float), or text that parses as
+    one (what environment variables hold). Never a silent cut: 1.5 is not a whole number."""
+    converted: Any = None
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
         if kind is bool:
-            return str(value).lower() in ("1", "true", "yes", "on")
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{source}: {key} must be a {kind.__name__}, got {value!r}"
-        ) from None
+            converted = {"1": True, "true": True, "yes": True, "on": True,
+                         "0": False, "false": False, "no": False, "off": False}.get(text)
+        else:
+            with contextlib.suppress(ValueError):
+                converted = kind(text)
+    elif isinstance(value, bool):
+        converted = value if kind is bool else None
+    elif kind is float and isinstance(value, int | float):
+        converted = float(value)
+    elif isinstance(value, kind):
+        converted = value
+    if converted is None:
+        raise ConfigError(f"{source}: {key} must be {_KIND_NAMES[kind]}, got {value!r}")
+    return converted

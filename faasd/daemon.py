@@ -93,6 +93,10 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
+        if config.functions_dir is not None and not config.functions_dir.resolve().is_dir():
+            # before anything starts or binds: a typo must not look like a started daemon
+            raise ConfigError(f"functions directory {config.functions_dir.resolve()} does not "
+                              "exist; check --functions / functions_dir")
         state_dir = config.state_dir.resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
         self.notifier.status("starting the sandbox pool")
@@ -151,8 +155,6 @@ class Daemon:
     async def _load_functions(self, catalog: Catalog) -> None:
         if self.config.functions_dir is not None:
             root = self.config.functions_dir.resolve()
-            if not root.is_dir():
-                raise ConfigError(f"functions directory {root} does not exist")
             for directory in function_dirs(root):
                 self.notifier.status(f"deploying {directory.name}")
                 try:

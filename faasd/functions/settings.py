@@ -219,6 +219,17 @@ def parse_settings(text: str, file: str = "faasd.yaml") -> dict[str, tuple[objec
         raise DeployError(f"{file} line {exc.line}: {exc.problem}", file=file) from exc
 
 
+def check_setting(name: str, value: object) -> object:
+    """One FunctionSettings field's value, checked as faasd.yaml checks it (the daemon's
+    `function_defaults` use the same rules); ValueError with the fix."""
+    if name not in FIELDS:
+        raise ValueError(f"unknown setting {name!r}{_suggest(name, None)}")
+    try:
+        return _check_value(name, value, 0)
+    except _YamlProblem as exc:
+        raise ValueError(exc.problem) from None
+
+
 def merge_settings(defaults: FunctionSettings, overrides: Mapping[str, object]) -> FunctionSettings:
     """`defaults` with `overrides` (field -> checked value) applied; min <= max checked."""
     settings = dataclasses.replace(defaults, **overrides)  # type: ignore[arg-type]

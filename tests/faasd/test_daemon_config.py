@@ -31,11 +31,24 @@ def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:
     ("text", "fragment"),
     [
         ("prot: 80\n", "unknown key(s) prot"),
-        ("port: eighty\n", "port must be a int"),
-        ("scheduler: magic\n", "unknown scheduler 'magic'"),
+        ("port: eighty\n", "faasd.yaml: port must be a whole number, got 'eighty'"),
+        ("scheduler: magic\n", "names no scheduler ('magic')"),
         ("function_defaults: {timeout: 3}\n", "unknown function_defaults key(s) timeout"),
-        ("port: [1\n", "not valid YAML"),
+        ("port: [1\n", "faasd.yaml line 2: not valid YAML"),
         ("- 1\n", "must hold a mapping"),
+        # a function's faasd.yaml rules hold for the defaults every function starts from
+        ("function_defaults: {max_batch_size: 0}\n",
+         "function_defaults: max_batch_size must be a whole number >= 1"),
+        ("function_defaults: {timeout_s: -1}\n", "timeout_s must be a positive number"),
+        ("function_defaults: {env: [a]}\n", "env must be a mapping NAME: value"),
+        ("function_defaults: {min_instances: 3, max_instances: 2}\n",
+         "min_instances (3) is larger than max_instances (2)"),
+        # no silent conversions
+        ("max_body_mb: 1.5\n", "max_body_mb must be a whole number, got 1.5"),
+        ("max_sandboxes: true\n", "max_sandboxes must be a whole number, got True"),
+        ("host: 12\n", "host must be text, got 12"),
+        ("log_level: verbose\n", "log_level must be one of debug, info, warning, error"),
+        ("max_body_mb: -1\n", "faasd.yaml: max_body_mb must be >= 1, got -1"),
     ],
 )
 def test_bad_files_are_errors_that_name_the_problem(tmp_path: Path, text: str,
@@ -47,6 +60,21 @@ def test_bad_files_are_errors_that_name_the_problem(tmp_path: Path, text: str,
     assert fragment in str(info.value)
 
 
+def test_a_bad_environment_variable_is_named() -> None:
+    cases = [
+        ({"FAASD_PORT": "abc"}, {},
+         "environment variable FAASD_PORT: port must be a whole number, got 'abc'"),
+        ({"FAASD_LOG_LEVEL": "verbose"}, {},
+         "environment variable FAASD_LOG_LEVEL: log_level must be one of debug, info, warning, "
+         "error, got 'verbose'"),
+        ({}, {"port": 70000}, "the command line: port must be in 0..65535, got 70000"),
+    ]
+    for env, overrides, message in cases:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, env=env, overrides=overrides)
+        assert str(info.value) == message
+
+
 def test_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml", env={})
@@ -55,3 +83,16 @@ def test_missing_file_says_so(tmp_path: Path) -> None:
 def test_vcpu_capacity_defaults_to_the_usable_cores() -> None:
     assert DaemonConfig().vcpu_capacity >= 1
     assert DaemonConfig(node_vcpu=3).vcpu_capacity == 3
+
+
+async def test_a_missing_functions_directory_fails_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    from faasd.daemon import Daemon
+
+    config = DaemonConfig(port=0, state_dir=tmp_path / "state",
+                          functions_dir=tmp_path / "no-such-dir")
+    with pytest.raises(ConfigError, match="no-such-dir does not exist; check --functions"):
+        async with Daemon(config):
+            pass
+    assert not (tmp_path / "state").exists()  # not even the state directory was made

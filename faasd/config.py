@@ -96,8 +96,7 @@ class DaemonConfig:
 
         if self.scheduler not in POLICIES:
             known = ", ".join(sorted(POLICIES))
-            raise fail("scheduler", f"names no scheduler ({self.scheduler!r}); choose one of: "
-                                    f"{known}")
+            raise fail("scheduler", f"{self.scheduler!r} is unknown; choose one of: {known}")
         return self
 
 

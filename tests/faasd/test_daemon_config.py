@@ -32,7 +32,7 @@ def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:
     [
         ("prot: 80\n", "unknown key(s) prot"),
         ("port: eighty\n", "faasd.yaml: port must be a whole number, got 'eighty'"),
-        ("scheduler: magic\n", "names no scheduler ('magic')"),
+        ("scheduler: magic\n", "faasd.yaml: scheduler 'magic' is unknown; choose one of"),
         ("function_defaults: {timeout: 3}\n", "unknown function_defaults key(s) timeout"),
         ("port: [1\n", "faasd.yaml line 2: not valid YAML"),
         ("- 1\n", "must hold a mapping"),

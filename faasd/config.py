@@ -206,7 +206,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return _convert(key, value, kind, source)
 
 
-_KIND_NAMES = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
 
 
 def _convert(key: str, value: Any, kind: type, source: str) -> Any:
@@ -214,15 +214,10 @@ def _convert(key: str, value: Any, kind: type, source: str) -> Any:
     one (what environment variables hold). Never a silent cut: 1.5 is not a whole number."""
     converted: Any = None
     if isinstance(value, str) and kind is not str:
-        text = value.strip().lower()
-        if kind is bool:
-            converted = {"1": True, "true": True, "yes": True, "on": True,
-                         "0": False, "false": False, "no": False, "off": False}.get(text)
-        else:
-            with contextlib.suppress(ValueError):
-                converted = kind(text)
-    elif isinstance(value, bool):
-        converted = value if kind is bool else None
+        with contextlib.suppress(ValueError):
+            converted = kind(value.strip())
+    elif isinstance(value, bool):  # YAML's true/false is no count and no text
+        converted = None
     elif kind is float and isinstance(value, int | float):
         converted = float(value)
     elif isinstance(value, kind):

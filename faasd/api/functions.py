@@ -40,9 +40,10 @@ async def get_function(request: web.Request) -> web.Response:
 async def deploy(request: web.Request) -> web.Response:
     mode = "update" if request.method == "PUT" else "any"
     services = request.app[SERVICES]
-    source = "an uploaded archive"
+    archive = request.content_type in TAR_TYPES
+    source = "an uploaded archive" if archive else "a request"  # the path, once it is known
     try:
-        if request.content_type in TAR_TYPES:
+        if archive:
             scratch = services.config.state_dir.resolve() / "uploads"
             deployed = await services.catalog.deploy_archive(
                 await request.read(), request.query.get("name"), scratch, mode=mode

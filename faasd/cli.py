@@ -243,7 +243,8 @@ def _deploy(args: argparse.Namespace) -> int:
         return _print_json(status)
     took = time.monotonic() - started
     action = "redeployed" if status.get("replaced_version") else "deployed"
-    print(f"{action} {status['name']} v{status['version']} in {took:.1f}s: "
+    elapsed = f"{took:.1f} s" if took >= 1 else f"{took * 1e3:.0f} ms"  # "0.0s" says nothing
+    print(f"{action} {status['name']} v{status['version']} in {elapsed}: "
           f"POST {_client(args).url}{status['urls']['invoke']}")
     return EXIT_OK
 

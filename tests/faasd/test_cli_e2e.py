@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,7 +74,8 @@ def test_deploy_redeploy_remove(live: DaemonProcess, tmp_path: Path) -> None:
     source = make_function(tmp_path, "words", "timeout_s: 5\n", TEXT_HANDLER)
     first = faasd("deploy", str(source), "--name", "wordy", url=live.url)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.decode().startswith("deployed wordy v")
+    assert re.fullmatch(r"deployed wordy v\d+ in (\d+ ms|\d+\.\d s): POST http://\S+/function/"
+                        r"wordy\n", first.stdout.decode()), first.stdout
     again = faasd("deploy", str(source), "--name", "wordy", "-o", "json", url=live.url)
     assert json.loads(again.stdout)["replaced_version"] is not None
     called = faasd("invoke", "wordy", "--data", "1,2,3,4", "--content-type", "text/plain",

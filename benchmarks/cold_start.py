@@ -38,10 +38,7 @@ def _request(bench: Bench) -> v2.Request:
 
 
 def _call(client: Client, request: v2.Request) -> Answer:
-    answer = client.post(PATH, request)
-    if answer.status != 200:
-        raise RuntimeError(f"{NAME}: HTTP {answer.status}: {answer.body[:300]!r}")
-    return answer
+    return client.post(PATH, request).ok(NAME)
 
 
 def _wait_gone(pids: set[int], parent: int, timeout_s: float) -> float | None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import raw_floor
 from faasd_bench import v2
-from faasd_bench.client import Answer, Client
+from faasd_bench.client import Client
 from faasd_bench.models import BenchFunction, build_long, build_wide
 from faasd_bench.procs import cpu_seconds
 from faasd_bench.session import Bench, Options, open_bench
@@ -55,12 +55,6 @@ def _deploy(bench: Bench, function: BenchFunction) -> None:
         answer.read()
 
 
-def _ok(answer: Answer, what: str) -> Answer:
-    if answer.status != 200:
-        raise RuntimeError(f"{what}: HTTP {answer.status}: {answer.body[:300]!r}")
-    return answer
-
-
 def measure_model(bench: Bench, name: str, path: Path, calls: int, block: int,
                   cpu_seconds_of_calls: float) -> dict[str, float]:
     """One model's row: faasd's and the floor's p50 overhead, and the daemon's CPU a call."""
@@ -73,11 +67,7 @@ def measure_model(bench: Bench, name: str, path: Path, calls: int, block: int,
     request = v2.binary_request(feeds)
     url_path = f"/v2/models/{name}/infer"
     client = Client("127.0.0.1", bench.daemon.port)
-    first = _ok(client.post(url_path, request), name)
-    got = v2.decode_response(first.body, first.header_length)
-    for output, array in expected.items():
-        if not np.allclose(got[output], array, rtol=1e-4, atol=1e-5):
-            raise RuntimeError(f"{name}: output {output!r} differs from the in-process run")
+    client.post(url_path, request).check_outputs(expected, name)
     names = model.output_names
 
     def run_in_process() -> None:  # the bare session.run, as warm_overhead.py's baseline
@@ -91,8 +81,8 @@ def measure_model(bench: Bench, name: str, path: Path, calls: int, block: int,
             client.post(url_path, request)
             floor.post(raw_floor.RAW_PATH, floor_request)
         series: list[Callable[[], float]] = [
-            lambda: _ok(client.post(url_path, request), name).elapsed_s,
-            lambda: _ok(floor.post(raw_floor.RAW_PATH, floor_request), "floor").elapsed_s,
+            lambda: client.post(url_path, request).ok(name).elapsed_s,
+            lambda: floor.post(raw_floor.RAW_PATH, floor_request).ok("floor").elapsed_s,
         ]
         local_s, (faasd_s, floor_s) = steady_rounds(run_in_process, series, calls, block)
         floor.close()

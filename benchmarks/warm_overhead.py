@@ -55,21 +55,9 @@ PATH = "/v2/models/squeezenet/infer"
 BATCHING_PATH = "/v2/models/squeezenet-b8/infer"
 
 
-def _checked(answer: Answer, expected: dict[str, np.ndarray], what: str) -> None:
-    if answer.status != 200:
-        raise RuntimeError(f"{what}: HTTP {answer.status}: {answer.body[:300]!r}")
-    got = v2.decode_response(answer.body, answer.header_length)
-    for name, array in expected.items():
-        if name not in got or not np.allclose(got[name], array, rtol=1e-4, atol=1e-5):
-            raise RuntimeError(f"{what}: output {name!r} differs from the in-process run")
-
-
 def _call(client: Client | StdlibClient, request: v2.Request, what: str, path: str = PATH
           ) -> Answer:
-    answer = client.post(path, request)
-    if answer.status != 200:
-        raise RuntimeError(f"{what}: HTTP {answer.status}: {answer.body[:300]!r}")
-    return answer
+    return client.post(path, request).ok(what)
 
 
 def _daemon_view(before: prom.Samples, after: prom.Samples) -> dict[str, float]:
@@ -188,11 +176,11 @@ def measure(
     faasd = Client("127.0.0.1", bench.daemon.port)
     peer = Client("127.0.0.1", bench.peer.port) if bench.peer else None
 
-    _checked(faasd.post(PATH, binary), expected, "faasd binary")
-    _checked(faasd.post(PATH, as_json), expected, "faasd json")
+    faasd.post(PATH, binary).check_outputs(expected, "faasd binary")
+    faasd.post(PATH, as_json).check_outputs(expected, "faasd json")
     if peer:
-        _checked(peer.post(PATH, as_json), expected, "peer json")
-    _checked(faasd.post(BATCHING_PATH, binary), expected, "faasd binary, batching on")
+        peer.post(PATH, as_json).check_outputs(expected, "peer json")
+    faasd.post(BATCHING_PATH, binary).check_outputs(expected, "faasd binary, batching on")
     for _ in range(warmup):
         model.session.run(names, feeds)
         _call(faasd, binary, "faasd binary")

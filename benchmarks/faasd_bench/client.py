@@ -22,7 +22,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from faasd_bench.v2 import HEADER_LENGTH, Request
+import numpy as np
+
+from faasd_bench.v2 import HEADER_LENGTH, Request, decode_response
 
 _RECV_BYTES = 256 * 1024
 _MAX_HEAD_BYTES = 64 * 1024
@@ -39,6 +41,19 @@ class Answer:
     def header_length(self) -> int | None:
         value = self.headers.get(HEADER_LENGTH.lower())
         return int(value) if value is not None else None
+
+    def ok(self, what: str) -> Answer:
+        """This answer, if it is a 200; RuntimeError naming `what` and the body if not."""
+        if self.status != 200:
+            raise RuntimeError(f"{what}: HTTP {self.status}: {self.body[:300]!r}")
+        return self
+
+    def check_outputs(self, expected: Mapping[str, np.ndarray], what: str) -> None:
+        """RuntimeError unless this is a 200 V2 answer whose outputs match `expected`."""
+        got = decode_response(self.ok(what).body, self.header_length)
+        for name, array in expected.items():
+            if name not in got or not np.allclose(got[name], array, rtol=1e-4, atol=1e-5):
+                raise RuntimeError(f"{what}: output {name!r} differs from the in-process run")
 
 
 def request_head(host: str, path: str, headers: Mapping[str, str], body_bytes: int) -> bytes:

@@ -81,6 +81,25 @@ def test_decode_response_reads_binary_and_json_outputs() -> None:
         v2.decode_response(b'{"error": "no such model"}', None)
 
 
+def test_an_answer_checks_its_status_and_its_outputs() -> None:
+    a = np.array([[1.5, -2.0]], dtype=np.float32)
+    body = json.dumps({"outputs": [{"name": "a", "shape": [1, 2], "datatype": "FP32",
+                                    "data": a.ravel().tolist()}]}).encode()
+    good = client.Answer(200, body, {}, 0.001)
+    assert good.ok("f") is good
+    good.check_outputs({"a": a}, "f")
+    with pytest.raises(RuntimeError, match="f: output 'a' differs"):
+        good.check_outputs({"a": a + 1}, "f")
+    with pytest.raises(RuntimeError, match="f: output 'b' differs"):
+        good.check_outputs({"b": a}, "f")
+    failed = client.Answer(503, b'{"error": "busy"}', {}, 0.001)
+    with pytest.raises(RuntimeError) as caught:
+        failed.ok("f")
+    assert str(caught.value) == """f: HTTP 503: b'{"error": "busy"}'"""
+    with pytest.raises(RuntimeError, match="HTTP 503"):
+        failed.check_outputs({"a": a}, "f")
+
+
 def test_wrk_report_counts_only_2xx_and_reads_units() -> None:
     result = wrk.parse(WRK_REPORT)
     assert result.requests == 61000

@@ -5,7 +5,12 @@ Measures, on this machine, with no HTTP in the way:
 - warm overhead: `pool.run` of one batch-1 call in a warm sandbox minus `session.run` of the
   same input in this process, with the sandbox's settings (1 intra-op thread, no spinning), for
   squeezenet (a 602,112-byte input) and for a tiny [1,16] model (where the model costs ~µs and
-  the difference is all framing, socket and scheduling);
+  the difference is all framing, socket and scheduling), the two interleaved call by call;
+- the hop alone, steady: `pool.run` back to back in blocks of 20 (as a lone client's calls
+  come), rotating over four models: tiny, `wide` (squeezenet's input, a 13 µs run), `long` (a
+  small input, a run about squeezenet's length) and squeezenet. For each, the round trip minus
+  the sandbox's own execution time, and the CPU this process (the daemon's side) spends a call;
+  the spread of the blocks' medians shows how much the machine moved during the run;
 - cold start: a call for a version that has no sandbox, from the call to its answer (fork from
   the warm fork server, cgroups, session creation, first run), repeated with new versions;
 - memory: resident set of the fork server, and of one warm sandbox (all of it, and the part
@@ -33,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from faasd_bench.models import build_long, build_tiny, build_wide
 
 from esg.model import Config
 from faasd.functions.spec import FunctionSettings, FunctionVersion
@@ -52,22 +57,6 @@ def build_squeezenet(directory: Path) -> Path:
             dims[0].ClearField("dim_value")
             dims[0].dim_param = "N"
     del model.graph.value_info[:]
-    directory.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(directory / "model.onnx"))
-    return directory
-
-
-def build_tiny(directory: Path) -> Path:
-    weights = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-        initializer=[numpy_helper.from_array(weights, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
     directory.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(directory / "model.onnx"))
     return directory
@@ -162,11 +151,57 @@ async def cold(
     }
 
 
+async def steady(pool: SandboxPool, directories: list[Path], calls: int) -> dict[str, Any]:
+    """Each model's calls back to back in blocks of 20, the models taking turns block by block,
+    so that the machine's drift hits all of them alike."""
+    block = 20
+    setups = []
+    for directory in directories:
+        spec = OnnxModel.load(directory / "model.onnx", vcpu=1).inputs[0]
+        shape = tuple(1 if size < 0 else size for size in spec.shape)
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        version, items = version_of(directory), [TensorItem({spec.name: x})]
+        for _ in range(block):  # warm the sandbox, its arenas and the area
+            await pool.run(version, Config(1, 1), items)
+        setups.append((directory.name, version, items))
+    outside: dict[str, list[float]] = {name: [] for name, _, _ in setups}
+    executed: dict[str, list[float]] = {name: [] for name, _, _ in setups}
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in setups}
+    block_medians: dict[str, list[float]] = {name: [] for name, _, _ in setups}
+    for round_ in range(max(1, calls // block)):
+        turn = round_ % len(setups)  # each model follows each other equally often
+        for name, version, items in setups[turn:] + setups[:turn]:
+            cpu_started = time.process_time()
+            samples = []
+            for _ in range(block):
+                started = time.perf_counter()
+                execution = await pool.run(version, Config(1, 1), items)
+                samples.append(time.perf_counter() - started - execution.exec_s)
+                executed[name].append(execution.exec_s)
+            cpu[name].append((time.process_time() - cpu_started) / block)
+            outside[name].extend(samples)
+            block_medians[name].append(float(np.median(samples)))
+    return {
+        name: {
+            "round_trip_minus_sandbox_exec_ms": percentiles_ms(outside[name]),
+            "blocks_p50_ms_min_max": [
+                round(min(block_medians[name]) * 1e3, 3),
+                round(max(block_medians[name]) * 1e3, 3),
+            ],
+            "sandbox_exec_ms_p50": percentiles_ms(executed[name])["p50"],
+            "daemon_side_cpu_ms_per_call": round(float(np.mean(cpu[name])) * 1e3, 3),
+        }
+        for name, _, _ in setups
+    }
+
+
 async def main(calls: int, repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         squeezenet = build_squeezenet(root / "squeezenet")
-        tiny = build_tiny(root / "tiny")
+        tiny = build_tiny(root / "tiny" / "model.onnx").parent
+        wide = build_wide(root / "wide" / "model.onnx").parent
+        long = build_long(root / "long" / "model.onnx").parent
         async with SandboxPool(
             state_dir=root / "state", cgroup_parent=f"faasd-bench-{uuid.uuid4().hex[:6]}"
         ) as pool:
@@ -179,6 +214,7 @@ async def main(calls: int, repeats: int) -> dict[str, Any]:
             report["cold_start_squeezenet"] = await cold(pool, squeezenet, "data_0", image, repeats)
             report["warm_tiny"] = await warm(pool, tiny, "x", (1, 16), calls)
             report["warm_squeezenet"] = await warm(pool, squeezenet, "data_0", image, calls)
+            report["steady_hop"] = await steady(pool, [tiny, wide, long, squeezenet], calls)
     return report
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from faasd_bench.models import BenchFunction
@@ -38,8 +39,12 @@ class Daemon:
             return text
 
 
-def start_daemon(scratch: Path, functions: list[BenchFunction], timeout_s: float = 240) -> Daemon:
+def start_daemon(scratch: Path, functions: list[BenchFunction], timeout_s: float = 240,
+                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Daemon:
     """Write the function copies under `scratch`, start faasd on a free port, wait until ready.
+    `env` is added to this process's environment for the daemon (and so its sandboxes); `cwd`
+    is its working directory (the fork server, started with `python -m`, imports from there
+    first).
 
     Raises RuntimeError (with the daemon's log) if it exits or a function never becomes ready;
     the daemon is stopped in that case.
@@ -54,7 +59,7 @@ def start_daemon(scratch: Path, functions: list[BenchFunction], timeout_s: float
         str(FAASD), "up", "--host", "127.0.0.1", "--port", str(port),
         "--functions", str(functions_dir), "--state-dir", str(scratch / "state"),
     ]
-    server = Server("faasd", argv, scratch / "faasd.log")
+    server = Server("faasd", argv, scratch / "faasd.log", env=env, cwd=cwd)
     try:
         server.wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s)
         # `faasd up` deploys the startup functions before it listens: one missing now failed.

@@ -379,3 +379,20 @@ def test_steady_rounds_alternate_blocks_and_rotate_the_series() -> None:
                    "run", "run", "b", "b", "a", "a"]   # round 1: b first
     assert len(inproc) == 4 and all(t >= 0 for t in inproc)
     assert a == [3.0, 4.0, 11.0, 12.0] and b == [5.0, 6.0, 9.0, 10.0]
+
+
+def test_ab_daemons_gives_b_its_env_and_its_checkout(tmp_path: Path) -> None:
+    import ab_daemons
+
+    env, cwd = ab_daemons.daemon_env(["FAASD_LOG_LEVEL=debug", "GLIBC_TUNABLES=a=b"], None)
+    assert env == {"FAASD_LOG_LEVEL": "debug", "GLIBC_TUNABLES": "a=b"} and cwd is None
+    checkout = tmp_path / "base"
+    (checkout / "faasd").mkdir(parents=True)
+    (checkout / "faasd" / "__init__.py").write_text("")
+    env, cwd = ab_daemons.daemon_env([], checkout)
+    # the daemon imports the checkout first, and its fork server (`python -m`) starts there
+    assert env == {"PYTHONPATH": str(checkout.resolve())} and cwd == checkout.resolve()
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        ab_daemons.daemon_env(["FAASD_LOG_LEVEL"], None)
+    with pytest.raises(ValueError, match="no faasd/ package"):
+        ab_daemons.daemon_env([], tmp_path)

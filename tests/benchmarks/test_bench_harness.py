@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -396,3 +397,20 @@ def test_ab_daemons_gives_b_its_env_and_its_checkout(tmp_path: Path) -> None:
         ab_daemons.daemon_env(["FAASD_LOG_LEVEL"], None)
     with pytest.raises(ValueError, match="no faasd/ package"):
         ab_daemons.daemon_env([], tmp_path)
+
+
+def test_ab_daemons_averages_the_two_halves() -> None:
+    import ab_daemons
+
+    def half(a: float, b: float, cpu_a: float, cpu_b: float) -> dict[str, Any]:
+        return {
+            "A": {"overhead": {"p50_ms": a}},
+            "B": {"overhead": {"p50_ms": b}},
+            "b_minus_a": {"p50_ms": b - a, "daemon_cpu_ms_per_call": cpu_b - cpu_a},
+        }
+
+    # the daemon started second is 0.1 ms faster in each half: the mean cancels it
+    report = ab_daemons.combine([half(1.2, 1.1, 0.8, 0.8), half(1.0, 1.1, 0.9, 0.7)])
+    assert report["A_overhead_p50_ms"] == 1.1 and report["B_overhead_p50_ms"] == 1.1
+    assert report["b_minus_a"] == {"p50_ms": 0.0, "daemon_cpu_ms_per_call": -0.1}
+    assert report["b_minus_a_p50_ms_by_half"] == pytest.approx([-0.1, 0.1])

@@ -5,7 +5,7 @@ batch 1, binary V2, one client: the call of the warm-overhead target) goes to ea
 rounds (`faasd_bench.steady`): a block of in-process `session.run`s, then a block of calls to
 each daemon, in an order that rotates round by round. The machine's speed drifts by up to 2x
 within minutes, so two runs one after the other differ by 0.1-0.4 ms; here A and B meet the
-same minutes, and their difference is resolved to about a tenth of a millisecond (run it
+same minutes, and their difference is resolved to a few hundredths of a millisecond (run it
 with no flags, A against an identical B, to see what it resolves on your machine). A last
 phase alternates blocks of calls alone and reads each daemon's CPU time per call from /proc.
 All of it runs twice, in halves that start both daemons afresh, first A then B and then the
@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -204,4 +203,3 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(main(), indent=2))
-    sys.exit(0)

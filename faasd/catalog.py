@@ -49,7 +49,7 @@ class RegistryLike(Protocol):
 class PoolLike(Protocol):
     async def inspect(self, version: FunctionVersion) -> ModelInfo: ...
     async def prewarm(self, version: FunctionVersion, config: Config, count: int) -> None: ...
-    async def retire(self, name: str, keep_version: int | None = None) -> None: ...
+    async def retire(self, name: str, through_version: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class Catalog:
                 raise
         log.info("deployed %s v%d from %s", final.name, final.version, source)
         if old is not None:
-            self._spawn(self._retire_when_idle(final.name, old.version, keep=final.version))
+            self._spawn(self._retire_when_idle(final.name, old.version))
         if final.settings.min_instances > 0:
             self._spawn(self._prewarm(final))
         return Deployed(final, info, old is None, None if old is None else old.version)
@@ -172,7 +172,7 @@ class Catalog:
     async def remove(self, name: str) -> FunctionVersion:
         async with self._lock:
             removed = self._registry.remove(name)
-        self._spawn(self._retire_when_idle(name, removed.version, keep=None))
+        self._spawn(self._retire_when_idle(name, removed.version))
         return removed
 
     async def close(self) -> None:
@@ -218,10 +218,10 @@ class Catalog:
                 file="faasd.yaml",
             )
 
-    async def _retire_when_idle(self, name: str, old: int, keep: int | None) -> None:
+    async def _retire_when_idle(self, name: str, old: int) -> None:
         while self._in_flight(name, old) > 0:
             await asyncio.sleep(RETIRE_POLL_S)
-        await self._pool.retire(name, keep_version=keep)
+        await self._pool.retire(name, through_version=old)
 
     async def _prewarm(self, version: FunctionVersion) -> None:
         limits = limits_of(version)

@@ -92,7 +92,7 @@ class SandboxPool:
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
-        #: name -> (how many retire() calls so far, the version the last one kept)
+        #: name -> (how many retire() calls so far, the version the last one retired through)
         self._retirements: dict[str, tuple[int, int | None]] = {}
 
     @property
@@ -217,14 +217,24 @@ class SandboxPool:
             entry = await self._start(version, config)
             self._release(entry)
 
-    async def retire(self, name: str, keep_version: int | None = None) -> None:
-        """Stop idle sandboxes of `name` other than `keep_version`; busy ones when they finish."""
+    async def retire(self, name: str, through_version: int | None = None) -> None:
+        """Stop the sandboxes of `name` up to `through_version` (every version if None): idle
+        ones now, busy ones when their call ends.
+
+        Only versions up to the one retired: a retirement that waited for an old version's
+        calls to end may come after a later redeploy, whose sandboxes it must not touch.
+        Idle ones leave the books before the first await, so that no call can take one of
+        them in between."""
         count, _ = self._retirements.get(name, (0, None))
-        self._retirements[name] = (count + 1, keep_version)
-        doomed = [e for e in self._entries.values() if e.name == name and e.key[1] != keep_version]
+        self._retirements[name] = (count + 1, through_version)
+        doomed = [
+            e for e in self._entries.values()
+            if e.name == name and _retired_by(e.key[1], through_version)
+        ]
         for entry in doomed:
             entry.retired = True
-        await asyncio.gather(*(self._drop(e) for e in doomed if e.process.state is State.IDLE))
+        idle = [e for e in doomed if e.process.state is State.IDLE and self._detach(e)]
+        await asyncio.gather(*(self._stop(e) for e in idle))
 
     def warm_counts(self) -> Mapping[tuple[str, Config], int]:
         """Idle warm sandboxes by (function, config): a read-only view, fixed once returned."""
@@ -372,8 +382,8 @@ class SandboxPool:
         now = self._clock.now()
         entry = _Entry((name, version.version, config), version, process, cpus, now, now)
         retirement = self._retirements.get(name)
-        if retirement != retired_before and retirement is not None:
-            entry.retired = retirement[1] != version.version  # retired while it was loading
+        if retirement != retired_before and retirement is not None:  # retired while it loaded
+            entry.retired = _retired_by(version.version, retirement[1])
         self._entries[process.id] = entry
         logger.info("sandbox [%d] of %s ready in %.0f ms", process.pid, name, process.load_s * 1e3)
         return entry
@@ -389,13 +399,21 @@ class SandboxPool:
 
     async def _drop(self, entry: _Entry) -> None:
         """Forget a sandbox and stop it (kill after a grace period)."""
+        if self._detach(entry):
+            await self._stop(entry)
+
+    def _detach(self, entry: _Entry) -> bool:
+        """Take a sandbox off the books at once (False if it already was): no call gets it."""
         if self._entries.pop(entry.process.id, None) is None:
-            return
+            return False
         idle = self._idle.get(entry.key)
         if idle is not None and entry in idle:
             idle.remove(entry)
             self._warm_view = None
         self._spawner.release(entry.cpus)
+        return True
+
+    async def _stop(self, entry: _Entry) -> None:
         await entry.process.stop()
         self._wake()
 
@@ -453,3 +471,7 @@ class SandboxPool:
         )
         entry.process.kill()
         await self._drop(entry)
+
+
+def _retired_by(version: int, through_version: int | None) -> bool:
+    return through_version is None or version <= through_version

@@ -198,12 +198,43 @@ async def test_retire_stops_old_versions_and_keeps_the_new_one(
     old, new = make_version(directory, 1), make_version(directory, 2)
     old_run = await pool.run(old, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
     new_run = await pool.run(new, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
-    await pool.retire("tiny", keep_version=2)
+    await pool.retire("tiny", through_version=1)
     assert not process_exists(old_run.sandbox_pid)
     assert process_exists(new_run.sandbox_pid)
     assert pool.stats().alive == {"tiny": 1}
     await pool.retire("tiny")
     assert pool.stats().alive == {}
+
+
+async def test_retiring_an_old_version_spares_every_later_one(
+    pool: SandboxPool, function_dir: Callable[..., Path]
+) -> None:
+    """v1's retirement waits for v1's calls to end, so it may come after v3 was deployed:
+    it must stop v1 only (it once stopped everything but v2, v3's sandbox mid-call included)."""
+    directory = function_dir()
+    runs = [
+        await pool.run(make_version(directory, n), Config(1, 1), [TensorItem({"x": rows(1, 0)})])
+        for n in (1, 2, 3)
+    ]
+    await pool.retire("tiny", through_version=1)
+    assert [process_exists(run.sandbox_pid) for run in runs] == [False, True, True]
+    assert pool.stats().alive == {"tiny": 2}
+
+
+async def test_a_call_that_takes_an_idle_sandbox_as_it_is_retired_is_not_lost(
+    pool: SandboxPool, function_dir: Callable[..., Path]
+) -> None:
+    """retire() takes idle sandboxes off the books before it awaits anything: a call in the
+    same turn of the loop cannot be handed one that is about to stop."""
+    old = make_version(function_dir(), 1)
+    first = await pool.run(old, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
+    retiring = asyncio.create_task(pool.retire("tiny", through_version=1))
+    await asyncio.sleep(0)  # retire() runs up to its first await, then this call comes
+    execution = await pool.run(old, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
+    await retiring
+    assert isinstance(execution.results[0], TensorResult)
+    assert execution.cold_start and execution.sandbox_pid != first.sandbox_pid
+    assert not process_exists(first.sandbox_pid)
 
 
 async def test_busy_sandbox_of_a_retired_version_stops_when_it_finishes(
@@ -374,7 +405,7 @@ async def test_a_sandbox_retired_while_it_was_starting_stops_after_its_call(
     version = make_version(function_dir(handler="import time\ntime.sleep(0.3)\n"))
     call = asyncio.create_task(pool.run(version, Config(1, 1), [TensorItem({"x": rows(1, 0)})]))
     await asyncio.sleep(0.1)  # the sandbox is loading: not yet in the pool's books
-    await pool.retire("tiny", keep_version=2)
+    await pool.retire("tiny", through_version=1)
     execution = await call
     assert execution.cold_start and isinstance(execution.results[0], TensorResult)
     for _ in range(100):

@@ -439,6 +439,8 @@ class SandboxPool:
         """Stop expired idle sandboxes (down to min_instances) and ping long-idle ones."""
         now = self._clock.now()
         for entry in [e for entries in self._idle.values() for e in entries]:
+            if entry not in self._idle.get(entry.key, ()):
+                continue  # taken by a call (or stopped) while an earlier one was being stopped
             settings = entry.version.settings
             alive = sum(1 for e in self._entries.values() if e.key[:2] == entry.key[:2])
             if now - entry.last_used_s >= settings.keep_alive_s and alive > settings.min_instances:

@@ -175,6 +175,30 @@ async def test_idle_sandboxes_expire_after_keep_alive(
         assert again.cold_start
 
 
+async def test_reaping_spares_a_sandbox_a_call_took_while_it_stopped_another(
+    tmp_path: Path, function_dir: Callable[..., Path], cgroup_parent: str
+) -> None:
+    """reap() stops expired sandboxes one after another; a call may take one of the later ones
+    while an earlier one stops. That one is no longer idle and must be left to its call."""
+    clock = ManualClock()
+    slow = MISCHIEF_HANDLER.replace(
+        'if text == "bug":', 'if text == "slow":\n        time.sleep(0.5)\n    if text == "bug":'
+    )
+    version = make_version(function_dir(handler=slow), keep_alive_s=60.0, max_instances=2)
+    async with SandboxPool(
+        state_dir=tmp_path / "s", cgroup_parent=cgroup_parent, clock=clock, reap_interval_s=3600
+    ) as pool:
+        await pool.prewarm(version, Config(1, 1), 2)
+        clock.advance(61.0)
+        reaping = asyncio.create_task(pool.reap())
+        await asyncio.sleep(0)  # reap() is stopping the first expired sandbox
+        execution = await pool.run(version, Config(1, 1), [BodyItem(b"slow", "text/plain")])
+        await reaping
+        assert isinstance(execution.results[0], ItemFailure)  # "slow" is not 16 numbers: a 400
+        assert execution.results[0].status == 400 and not execution.cold_start
+        assert pool.stats().alive == {"tiny": 1}
+
+
 async def test_min_instances_are_kept_past_keep_alive(
     tmp_path: Path, function_dir: Callable[..., Path], cgroup_parent: str
 ) -> None:

@@ -233,8 +233,8 @@ class SandboxPool:
         ]
         for entry in doomed:
             entry.retired = True
-        idle = [e for e in doomed if e.process.state is State.IDLE and self._detach(e)]
-        await asyncio.gather(*(self._stop(e) for e in idle))
+        stops = [self._stop(e) for e in doomed if e.process.state is State.IDLE and self._detach(e)]
+        await asyncio.shield(asyncio.gather(*stops))
 
     def warm_counts(self) -> Mapping[tuple[str, Config], int]:
         """Idle warm sandboxes by (function, config): a read-only view, fixed once returned."""
@@ -337,10 +337,11 @@ class SandboxPool:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _release(self, entry: _Entry) -> None:
         if entry.retired or self._closing:
@@ -400,7 +401,7 @@ class SandboxPool:
     async def _drop(self, entry: _Entry) -> None:
         """Forget a sandbox and stop it (kill after a grace period)."""
         if self._detach(entry):
-            await self._stop(entry)
+            await asyncio.shield(self._stop(entry))
 
     def _detach(self, entry: _Entry) -> bool:
         """Take a sandbox off the books at once (False if it already was): no call gets it."""
@@ -413,9 +414,13 @@ class SandboxPool:
         self._spawner.release(entry.cpus)
         return True
 
-    async def _stop(self, entry: _Entry) -> None:
-        await entry.process.stop()
-        self._wake()
+    def _stop(self, entry: _Entry) -> asyncio.Task[None]:
+        """Start stopping a sandbox taken off the books, as a task of the pool's own (which it
+        waits for when it closes): a caller cancelled meanwhile (a retirement cut short by the
+        shutdown, a client gone) leaves no process, cgroup or file behind."""
+        task = self._in_background(entry.process.stop())
+        task.add_done_callback(lambda _: self._wake())
+        return task
 
     def _crash_message(self, version: FunctionVersion, pid: int, death: Death) -> str:
         if death.out_of_memory:

@@ -70,6 +70,10 @@ class Spawner:
         self.launcher = Launcher()
         self._cpu_load: Counter[int] = Counter()
         self._ids = itertools.count(1)
+        # Several pools may share a parent group in one process (the tests' daemons), and a
+        # daemon may get a pid that a dead one had: the token keeps ids (and so the groups'
+        # names) apart even when a group of theirs was left behind.
+        self._token = f"{os.getpid()}-{os.urandom(2).hex()}"
 
     async def start(self) -> None:
         self.confinement = Confinement.detect(self.cgroup_parent, self._choice)
@@ -88,7 +92,7 @@ class Spawner:
     ) -> tuple[SandboxProcess, tuple[int, ...]]:
         """A forked, confined worker for (version, config) that still has to load, and its
         CPUs (give them back with `release`). SandboxCrashed if the sandbox cannot be made."""
-        sandbox_id = f"{version.name}-v{version.version}-{os.getpid()}-{next(self._ids)}"
+        sandbox_id = f"{version.name}-v{version.version}-{self._token}-{next(self._ids)}"
         cpus = pick_cpus(sorted(os.sched_getaffinity(0)), self._cpu_load, config.vcpu)
         # Counted at once, before the first await: sandboxes started side by side must see
         # each other's CPUs, or they all land on the same least-loaded one.

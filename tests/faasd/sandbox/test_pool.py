@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -259,6 +260,55 @@ async def test_a_call_that_takes_an_idle_sandbox_as_it_is_retired_is_not_lost(
     assert isinstance(execution.results[0], TensorResult)
     assert execution.cold_start and execution.sandbox_pid != first.sandbox_pid
     assert not process_exists(first.sandbox_pid)
+
+
+def _group_dirs(pid: int) -> list[Path]:
+    """The cgroup directories `pid` is in below a faasd parent (v1: one per controller)."""
+    dirs = []
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "-v1-" in path:  # a sandbox's own group
+            root = Path("/sys/fs/cgroup") / controllers if controllers else Path("/sys/fs/cgroup")
+            dirs.append(root / path.lstrip("/"))
+    return dirs
+
+
+async def test_a_stop_cut_short_by_cancellation_still_cleans_up(
+    pool: SandboxPool, function_dir: Callable[..., Path]
+) -> None:
+    """A retirement cancelled while it stops a sandbox (the daemon shutting down) must not
+    leave its process, cgroups or files behind: the stop goes on as the pool's own task."""
+    version = make_version(function_dir())
+    execution = await pool.run(version, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
+    dirs = _group_dirs(execution.sandbox_pid)
+    assert dirs or pool.backend is Backend.NONE
+    retiring = asyncio.create_task(pool.retire("tiny"))
+    await asyncio.sleep(0)  # retire() took it off the books and is stopping it
+    retiring.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await retiring
+    for _ in range(200):
+        if not process_exists(execution.sandbox_pid) and not any(d.exists() for d in dirs):
+            break
+        await asyncio.sleep(0.02)
+    assert not process_exists(execution.sandbox_pid)
+    assert [d for d in dirs if d.exists()] == []
+
+
+async def test_two_pools_in_one_process_name_their_sandboxes_apart(
+    tmp_path: Path, function_dir: Callable[..., Path], cgroup_parent: str
+) -> None:
+    """Pools of one process share the parent group: a group one of them left behind must not
+    be the name of the next one's sandbox (it was: pid and counter alone, 'File exists')."""
+    version = make_version(function_dir())
+    names = []
+    for n in range(2):
+        async with SandboxPool(state_dir=tmp_path / f"s{n}", cgroup_parent=cgroup_parent) as pool:
+            if pool.backend is Backend.NONE:
+                pytest.skip("no writable cgroups here (needs root)")
+            execution = await pool.run(version, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
+            names.append({d.name for d in _group_dirs(execution.sandbox_pid)})
+    assert names[0] and names[1] and names[0].isdisjoint(names[1])
 
 
 async def test_busy_sandbox_of_a_retired_version_stops_when_it_finishes(

@@ -19,6 +19,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from faasd.functions.spec import FunctionSettings, FunctionVersion
+from faasd.sandbox.cgroups import (
+    CONTROLLERS,
+    Backend,
+    group_dir,
+    parse_mounts,
+    parse_own_groups,
+)
 from faasd.sandbox.pool import SandboxPool
 
 WEIGHTS = np.random.default_rng(7).standard_normal((16, 16)).astype(np.float32)
@@ -112,6 +119,15 @@ def process_exists(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def group_dirs(pid: int, backend: Backend) -> dict[str, Path]:
+    """The cgroup directory of `pid` for each controller faasd confines with under `backend`
+    (v1: cpu, cpuset, memory; v2: "unified"), found as the daemon finds its own."""
+    wanted = CONTROLLERS if backend is Backend.V1 else ("unified",)
+    mounts = parse_mounts(Path("/proc/self/mountinfo").read_text())
+    groups = parse_own_groups(Path(f"/proc/{pid}/cgroup").read_text())
+    return {c: group_dir(mounts[c], groups[c]) for c in wanted}
 
 
 @pytest.fixture

@@ -23,7 +23,13 @@ from faasd.sandbox.cgroups import Backend
 from faasd.sandbox.items import BodyItem, BodyResult, ItemFailure, TensorItem, TensorResult
 from faasd.sandbox.pool import SandboxPool
 
-from .conftest import MISCHIEF_HANDLER, make_version, process_exists, reference_output
+from .conftest import (
+    MISCHIEF_HANDLER,
+    group_dirs,
+    make_version,
+    process_exists,
+    reference_output,
+)
 
 CONFIG = Config(batch=4, vcpu=1)
 GOOD_BODY = ",".join(["1"] * 16).encode()
@@ -262,17 +268,6 @@ async def test_a_call_that_takes_an_idle_sandbox_as_it_is_retired_is_not_lost(
     assert not process_exists(first.sandbox_pid)
 
 
-def _group_dirs(pid: int) -> list[Path]:
-    """The cgroup directories `pid` is in below a faasd parent (v1: one per controller)."""
-    dirs = []
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "-v1-" in path:  # a sandbox's own group
-            root = Path("/sys/fs/cgroup") / controllers if controllers else Path("/sys/fs/cgroup")
-            dirs.append(root / path.lstrip("/"))
-    return dirs
-
-
 async def test_a_stop_cut_short_by_cancellation_still_cleans_up(
     pool: SandboxPool, function_dir: Callable[..., Path]
 ) -> None:
@@ -280,8 +275,9 @@ async def test_a_stop_cut_short_by_cancellation_still_cleans_up(
     leave its process, cgroups or files behind: the stop goes on as the pool's own task."""
     version = make_version(function_dir())
     execution = await pool.run(version, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
-    dirs = _group_dirs(execution.sandbox_pid)
-    assert dirs or pool.backend is Backend.NONE
+    confined = pool.backend is not Backend.NONE
+    dirs = list(group_dirs(execution.sandbox_pid, pool.backend).values()) if confined else []
+    assert all(d.is_dir() for d in dirs) and (dirs or not confined)
     retiring = asyncio.create_task(pool.retire("tiny"))
     await asyncio.sleep(0)  # retire() took it off the books and is stopping it
     retiring.cancel()
@@ -307,7 +303,7 @@ async def test_two_pools_in_one_process_name_their_sandboxes_apart(
             if pool.backend is Backend.NONE:
                 pytest.skip("no writable cgroups here (needs root)")
             execution = await pool.run(version, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
-            names.append({d.name for d in _group_dirs(execution.sandbox_pid)})
+            names.append({d.name for d in group_dirs(execution.sandbox_pid, pool.backend).values()})
     assert names[0] and names[1] and names[0].isdisjoint(names[1])
 
 

@@ -17,7 +17,7 @@ from faasd.sandbox.items import BodyItem, ItemFailure, TensorItem, TensorResult
 from faasd.sandbox.pool import SandboxPool
 from faasd.sandbox.sharedmem import SharedArea, SharedPair
 
-from .conftest import MISCHIEF_HANDLER, make_version, reference_output
+from .conftest import MISCHIEF_HANDLER, group_dirs, make_version, reference_output
 
 THRESHOLD = 1024
 CAP = 1 << 20
@@ -241,17 +241,9 @@ def count_own_memfds() -> int:
 
 def cgroup_shmem_bytes(pid: int, backend: Backend) -> int:
     """Shared memory charged to `pid`'s memory cgroup (its `memory.stat`)."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if backend is Backend.V2 and controllers == "":
-            stat = Path(f"/sys/fs/cgroup{path}/memory.stat")
-        elif backend is Backend.V1 and "memory" in controllers.split(","):
-            stat = Path(f"/sys/fs/cgroup/memory{path}/memory.stat")
-        else:
-            continue
-        fields = dict(line.split() for line in stat.read_text().splitlines())
-        return int(fields["shmem"])
-    raise AssertionError(f"no memory cgroup for {pid}")
+    memory = group_dirs(pid, backend)["unified" if backend is Backend.V2 else "memory"]
+    fields = dict(line.split() for line in (memory / "memory.stat").read_text().splitlines())
+    return int(fields["shmem"])
 
 
 async def test_the_response_area_counts_against_the_sandbox_memory_limit(

@@ -39,7 +39,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 from faasd_bench.models import squeezenet_model
-from sandbox_roundtrip import percentiles_ms, version_of
+from faasd_bench.stats import summarize
+from sandbox_roundtrip import version_of
 
 from esg.model import Config
 from faasd.runtime.onnx import OnnxModel
@@ -134,18 +135,11 @@ async def main(calls: int, block: int) -> dict[str, Any]:
         transport.close()
         os.kill(pid, signal.SIGKILL)  # our own child, by pid
         os.waitpid(pid, 0)
-    report: dict[str, Any] = {}
-    for key, values in samples.items():
-        ms = np.asarray(values) * 1e3
-        report[key] = {
-            "round_trip_minus_exec_ms": percentiles_ms(values),
-            "p90_ms": round(float(np.percentile(ms, 90)), 3),
-        }
-    report["faasd_minus_bare_p50_ms"] = round(
-        report["faasd"]["round_trip_minus_exec_ms"]["p50"]
-        - report["bare"]["round_trip_minus_exec_ms"]["p50"],
-        3,
-    )
+    faasd_s, bare_s = summarize(samples["faasd"]), summarize(samples["bare"])
+    report: dict[str, Any] = {
+        "round_trip_minus_exec": {"faasd": faasd_s.as_dict(), "bare": bare_s.as_dict()},
+        "faasd_minus_bare_p50_ms": round(faasd_s.p50_ms - bare_s.p50_ms, 3),
+    }
     return report
 
 

@@ -52,6 +52,14 @@ class PoolLike(Protocol):
     async def retire(self, name: str, through_version: int | None = None) -> None: ...
 
 
+class Guard(Protocol):
+    """Vetoes changes that would break something built on functions (a workflow)."""
+
+    def check_name(self, name: str) -> None: ...
+    def check_deploy(self, version: FunctionVersion, info: ModelInfo) -> None: ...
+    def check_remove(self, name: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Deployed:
     version: FunctionVersion
@@ -74,6 +82,8 @@ class Catalog:
         self._in_flight = in_flight
         self._capacity = vcpu_capacity
         self._lock = asyncio.Lock()
+        #: what else must agree to a deploy or removal (the workflows that use functions)
+        self.guard: Guard | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ look-ups
@@ -132,6 +142,8 @@ class Catalog:
                 old = self._check_mode(staged.name, mode)
                 self._check_resources(staged)
                 info = await self._pool.inspect(staged)
+                if self.guard is not None:
+                    self.guard.check_deploy(staged, info)
             except DeployError as exc:  # the sandbox names files as they are in the copy
                 self._registry.discard(staged)
                 raise exc.located_in(source) if name_files_in_source else exc from None
@@ -149,6 +161,21 @@ class Catalog:
         if final.settings.min_instances > 0:
             self._spawn(self._prewarm(final))
         return Deployed(final, info, old is None, None if old is None else old.version)
+
+    async def check(self, source: Path, name: str) -> ModelInfo:
+        """What deploying `source` as `name` would serve, found by loading it in a throwaway
+        sandbox; nothing is installed (DeployError as `deploy` would raise it)."""
+        if self.guard is not None:
+            self.guard.check_name(name)
+        async with self._lock:
+            staged = await asyncio.to_thread(self._registry.stage, source, name)
+            try:
+                self._check_resources(staged)
+                return await self._pool.inspect(staged)
+            except DeployError as exc:
+                raise exc.located_in(source) from None
+            finally:
+                self._registry.discard(staged)
 
     async def deploy_archive(
         self, data: bytes, name: str | None, scratch: Path, *, mode: str = "any"
@@ -171,6 +198,8 @@ class Catalog:
 
     async def remove(self, name: str) -> FunctionVersion:
         async with self._lock:
+            if self.guard is not None:
+                self.guard.check_remove(name)
             removed = self._registry.remove(name)
         self._spawn(self._retire_when_idle(name, removed.version))
         return removed

@@ -59,30 +59,35 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int)
     up.add_argument("--state-dir", type=Path)
     up.add_argument("--functions", type=Path, help="deploy every function directory in DIR")
+    up.add_argument("--workflows", type=Path,
+                    help="then deploy every workflow directory (with a workflow.yaml) in DIR")
     up.add_argument("--config", type=Path, help="faasd.yaml with the daemon's settings")
     up.add_argument("--scheduler", help="policy name (default fcfs)")
     up.add_argument("--port-file", type=Path, help="write the bound port here once ready")
     up.add_argument("--log-level", default=None)
     up.set_defaults(func=_up)
 
-    deploy = client_command("deploy", "deploy (or redeploy) a function directory", _deploy)
+    deploy = client_command(
+        "deploy", "deploy (or redeploy) a function or workflow directory", _deploy)
     deploy.add_argument("directory", type=Path)
     deploy.add_argument("--name", help="function name (default: the directory's name)")
     deploy.add_argument("--upload", action="store_true",
                         help="send the directory as a tar archive (for a daemon on another host)")
 
     client_command("list", "list deployed functions", _list)
-    describe = client_command("describe", "show one function", _describe)
+    client_command("workflows", "list deployed workflows", _workflows)
+    describe = client_command("describe", "show one function or workflow", _describe)
     describe.add_argument("name")
 
-    invoke = client_command("invoke", "call a function; body from --data, @file or stdin",
+    invoke = client_command("invoke", "call a function or workflow; body from --data, @file "
+                            "or stdin",
                             _invoke)
     invoke.add_argument("name")
     invoke.add_argument("-d", "--data", help="the body, or @FILE to read it from a file")
     invoke.add_argument("--content-type", help="default: guessed from @FILE, else JSON")
     invoke.add_argument("-v", "--verbose", action="store_true", help="print call headers")
 
-    remove = client_command("remove", "remove a function", _remove)
+    remove = client_command("remove", "remove a function or workflow", _remove)
     remove.add_argument("name")
 
     install = sub.add_parser("install", help="install the systemd unit and start faasd")
@@ -145,6 +150,7 @@ def _up(args: argparse.Namespace) -> int:
             "port": args.port,
             "state_dir": args.state_dir,
             "functions_dir": args.functions,
+            "workflows_dir": args.workflows,
             "scheduler": args.scheduler,
             "log_level": args.log_level,
         },
@@ -222,8 +228,17 @@ def _deploy(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise ClientError(f"{args.directory} is not a directory")
     started = time.monotonic()
+    workflow = (directory / "workflow.yaml").is_file()
+    if workflow and args.upload:
+        raise ClientError("--upload sends one function; deploy a workflow from a directory on "
+                          "the daemon's host (without --upload)")
     with _Progress(f"deploying {directory.name}", enabled=args.output == "table"):
-        if args.upload:
+        if workflow:
+            doc: dict[str, Any] = {"path": str(directory)}
+            if args.name:
+                doc["name"] = args.name
+            status = _client(args).json("POST", "/system/workflows", doc)
+        elif args.upload:
             from urllib.parse import quote
 
             from faasd.archive import pack
@@ -235,7 +250,7 @@ def _deploy(args: argparse.Namespace) -> int:
             )
             status = reply.json()
         else:
-            doc: dict[str, Any] = {"path": str(directory)}
+            doc = {"path": str(directory)}
             if args.name:
                 doc["name"] = args.name
             status = _client(args).json("POST", "/system/functions", doc)
@@ -243,6 +258,8 @@ def _deploy(args: argparse.Namespace) -> int:
         return _print_json(status)
     took = time.monotonic() - started
     action = "redeployed" if status.get("replaced_version") else "deployed"
+    if workflow:
+        action += " workflow"
     elapsed = f"{took:.1f} s" if took >= 1 else f"{took * 1e3:.0f} ms"  # "0.0s" says nothing
     print(f"{action} {status['name']} v{status['version']} in {elapsed}: "
           f"POST {_client(args).url}{status['urls']['invoke']}")
@@ -263,9 +280,42 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _workflows(args: argparse.Namespace) -> int:
+    workflows = _client(args).json("GET", "/system/workflows")
+    if args.output == "json":
+        return _print_json(workflows)
+    rows = [
+        [w["name"], str(w["version"]), f"{w['slo_ms']:g}", " ".join(w["functions"]),
+         ", ".join(_edge_text(e) for e in w["edges"]) or "-"]
+        for w in workflows
+    ]
+    _print_table(["NAME", "VERSION", "SLO_MS", "FUNCTIONS", "EDGES"], rows)
+    return EXIT_OK
+
+
+def _edge_text(edge: dict[str, Any]) -> str:
+    renames = ",".join(f"{k}:{v}" for k, v in edge.get("map", {}).items())
+    return f"{edge['from']}->{edge['to']}" + (f"[{renames}]" if renames else "")
+
+
+def _find(client: Client, name: str) -> tuple[str, Any]:
+    """("function" | "workflow", its status) for `name`; the function's 404 if neither."""
+    try:
+        return "function", client.json("GET", f"/system/function/{name}")
+    except ClientError as exc:
+        if exc.status != 404:
+            raise
+        try:
+            return "workflow", client.json("GET", f"/system/workflow/{name}")
+        except ClientError:
+            raise exc from None
+
+
 def _describe(args: argparse.Namespace) -> int:
     client = _client(args)
-    f = client.json("GET", f"/system/function/{args.name}")
+    kind, f = _find(client, args.name)
+    if kind == "workflow":
+        return _describe_workflow(args, client, f)
     if args.output == "json":
         return _print_json(f)
     handler = [k for k, v in f["handler"].items() if v]
@@ -291,14 +341,52 @@ def _describe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _describe_workflow(args: argparse.Namespace, client: Client, w: dict[str, Any]) -> int:
+    if args.output == "json":
+        return _print_json(w)
+    rows = [
+        ("Name", w["name"]),
+        ("Version", str(w["version"])),
+        ("SLO", f"{w['slo_ms']:g} ms"),
+        ("Functions", " ".join(w["functions"])),
+        ("Source", w["source"]),
+        ("Sinks", ", ".join(w["sinks"])),
+        ("Scheduler", w["scheduler"]),
+        ("Invoke", f"{client.url}{w['urls']['invoke']}"),
+        ("V2", f"{client.url}{w['urls']['v2']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 2}}{value}")
+    print("Stages:")
+    for name in w["functions"]:
+        stage = w["function_status"][name]
+        if not stage.get("version"):
+            print(f"  {name}: not deployed")
+            continue
+        feeds = ", ".join(f"{f['input']} <- {f['from']}.{f['output']}" for f in stage["feeds"])
+        print(f"  {name} v{stage['version']}: {feeds or 'the call body'} -> "
+              f"{_tensors(stage['outputs'])}")
+    return EXIT_OK
+
+
 def _invoke(args: argparse.Namespace) -> int:
     body, guessed = _body(args.data)
     content_type = args.content_type or guessed
-    reply = _client(args).request(
-        "POST", f"/function/{args.name}", body, {"Content-Type": content_type}
-    )
+    client = _client(args)
+    try:
+        reply = client.request(
+            "POST", f"/function/{args.name}", body, {"Content-Type": content_type}
+        )
+    except ClientError as exc:
+        if exc.status != 404 or not _is_workflow(client, args.name):
+            raise
+        reply = client.request(
+            "POST", f"/workflow/{args.name}", body, {"Content-Type": content_type}
+        )
     if args.verbose:
-        for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "Content-Type"):
+        for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "X-Faasd-Slo-Ms",
+                    "X-Faasd-Slo-Met", "Content-Type"):
             if key in reply.headers:
                 print(f"{key}: {reply.headers[key]}", file=sys.stderr)
     sys.stdout.buffer.write(reply.body)
@@ -323,8 +411,23 @@ def _body(data: str | None) -> tuple[bytes, str]:
     return data.encode(), "application/json"
 
 
+def _is_workflow(client: Client, name: str) -> bool:
+    try:
+        client.json("GET", f"/system/workflow/{name}")
+    except ClientError:
+        return False
+    return True
+
+
 def _remove(args: argparse.Namespace) -> int:
-    result = _client(args).json("DELETE", "/system/functions", {"functionName": args.name})
+    client = _client(args)
+    if _is_workflow(client, args.name):
+        result = client.json("DELETE", "/system/workflows", {"name": args.name})
+        if args.output == "json":
+            return _print_json(result)
+        print(f"removed workflow {result['removed']} (was v{result['version']})")
+        return EXIT_OK
+    result = client.json("DELETE", "/system/functions", {"functionName": args.name})
     if args.output == "json":
         return _print_json(result)
     print(f"removed {result['removed']} (was v{result['version']})")

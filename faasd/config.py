@@ -43,7 +43,8 @@ class DaemonConfig:
     """Everything `faasd up` needs. Units are in the names.
 
     `node_vcpu` 0 means "every core this process may use". `functions_dir` (if set) is scanned
-    at start: every sub-directory is deployed before READY=1. `function_defaults` are the
+    at start: every sub-directory is deployed before READY=1; then every sub-directory of
+    `workflows_dir` (if set) that holds a workflow.yaml. `function_defaults` are the
     settings a function's own faasd.yaml overrides.
     """
 
@@ -51,6 +52,7 @@ class DaemonConfig:
     port: int = 8080
     state_dir: Path = Path("state")
     functions_dir: Path | None = None
+    workflows_dir: Path | None = None
     scheduler: str = "fcfs"
     max_body_mb: int = 64
     node_vcpu: int = 0
@@ -197,7 +199,7 @@ def _settings(value: Any, source: str) -> FunctionSettings:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    if key in ("state_dir", "functions_dir"):
+    if key in ("state_dir", "functions_dir", "workflows_dir"):
         if value is None or isinstance(value, str | Path):
             return None if value is None else Path(str(value)).expanduser()
         raise ConfigError(f"{source}: {key} must be a path, got {value!r}")

@@ -132,7 +132,8 @@ class Controller:
         if not self._accepting:
             raise Unavailable("faasd is shutting down; retry on another node", retry_after_s=5)
         name = invocation.function
-        key = (name, name)
+        app = invocation.application
+        key = (app, name)
         queue = self._queues.setdefault(key, deque())
         if len(queue) >= self._max_queue:
             raise Overloaded(
@@ -142,13 +143,13 @@ class Controller:
         if self._limits_of.get(name) is not invocation.version:
             self._limits[name] = limits_of(invocation.version)
             self._limits_of[name] = invocation.version
-        if name not in self._workflows:
-            self._workflows[name] = Workflow.single(name)
+        if app not in self._workflows:
+            self._workflows[app] = Workflow.single(name)
         now = self._clock.now()
         job = Job(
             id=invocation.id,
-            request_id=invocation.id,
-            app=name,
+            request_id=invocation.request_id or invocation.id,
+            app=app,
             function=name,
             request_start_s=invocation.start_s,
             enqueued_s=now,
@@ -205,7 +206,18 @@ class Controller:
     # ------------------------------------------------------------ views
 
     def queue_lengths(self) -> dict[str, int]:
-        return {function: len(q) for (_, function), q in self._queues.items()}
+        """Jobs queued per function, over every application that calls it."""
+        lengths: dict[str, int] = {}
+        for (_, function), queue in self._queues.items():
+            lengths[function] = lengths.get(function, 0) + len(queue)
+        return lengths
+
+    def set_workflow(self, workflow: Workflow) -> None:
+        """Schedule the calls of application `workflow.name` as stages of this DAG."""
+        self._workflows[workflow.name] = workflow
+
+    def remove_workflow(self, name: str) -> None:
+        self._workflows.pop(name, None)
 
     def pending_total(self) -> int:
         """Calls admitted and not yet answered (queued or running), all functions."""

@@ -38,6 +38,9 @@ from faasd.metrics import Metrics
 from faasd.sandbox.pool import SandboxPool
 from faasd.services import Services
 from faasd.systemd import Notifier
+from faasd.workflows.runner import WorkflowRunner
+from faasd.workflows.service import Workflows
+from faasd.workflows.store import WorkflowStore
 
 log = logging.getLogger("faasd.daemon")
 
@@ -47,6 +50,11 @@ def function_dirs(root: Path) -> list[Path]:
     return sorted(
         p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
     )
+
+
+def workflow_dirs(root: Path) -> list[Path]:
+    """Sub-directories of `root` that hold a workflow.yaml."""
+    return [p for p in function_dirs(root) if (p / "workflow.yaml").is_file()]
 
 
 class Daemon:
@@ -93,6 +101,10 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
+        for directory, what in ((config.workflows_dir, "workflows"),):
+            if directory is not None and not directory.resolve().is_dir():
+                raise ConfigError(f"{what} directory {directory.resolve()} does not exist; "
+                                  f"check --{what} / {what}_dir")
         if config.functions_dir is not None and not config.functions_dir.resolve().is_dir():
             # before anything starts or binds: a typo must not look like a started daemon
             raise ConfigError(f"functions directory {config.functions_dir.resolve()} does not "
@@ -123,14 +135,18 @@ class Daemon:
         registry = Registry(state_dir, config.function_defaults)
         catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
         metrics.watch(controller.queue_lengths, pool.warm_counts)
+        gateway = Gateway(controller, self.clock, metrics)
+        workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
         self._services = Services(
             config=config,
             clock=self.clock,
             catalog=catalog,
             controller=controller,
-            gateway=Gateway(controller, self.clock, metrics),
+            gateway=gateway,
             metrics=metrics,
             pool_stats=_stats_view(pool),
+            workflows=workflows,
+            runner=WorkflowRunner(gateway, self.clock),
         )
         app = create_app(config, self._services)
         # handler_cancellation: a client that hangs up takes its queued call with it.
@@ -147,6 +163,8 @@ class Daemon:
         log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",
                  faasd_version(), self.url)
         await self._load_functions(catalog)
+        workflows.load()
+        await self._load_workflows(workflows)
         self._services.readiness.ready = True
         loaded = len(catalog.list())
         self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
@@ -166,6 +184,19 @@ class Daemon:
                 how = "unchanged" if deployed.unchanged else "deployed"
                 log.info("loaded %s v%d (%s)", deployed.version.name, deployed.version.version,
                          how)
+
+    async def _load_workflows(self, workflows: Workflows) -> None:
+        if self.config.workflows_dir is None:
+            return
+        for directory in workflow_dirs(self.config.workflows_dir.resolve()):
+            self.notifier.status(f"deploying workflow {directory.name}")
+            try:
+                deployed, _ = await workflows.deploy(directory)
+            except FaasdError as exc:
+                self.load_errors[directory.name] = exc.message
+                log.error("cannot deploy workflow %s: %s", directory, exc.message)
+                continue
+            log.info("loaded workflow %s v%d", deployed.spec.name, deployed.version)
 
     async def stop(self) -> None:
         """Stop accepting → drain in-flight calls → stop sandboxes (see the module doc)."""

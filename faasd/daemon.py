@@ -29,7 +29,7 @@ from faasd.api import create_app
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.config import ConfigError, DaemonConfig, faasd_version
-from faasd.controller import Controller
+from faasd.controller import Controller, ProfileSource
 from faasd.errors import FaasdError
 from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
@@ -66,10 +66,12 @@ class Daemon:
         *,
         notifier: Notifier | None = None,
         clock: Clock | None = None,
+        profiles: ProfileSource | None = None,
     ) -> None:
         self.config = config
         self.notifier = notifier or Notifier(env={})
         self.clock = clock or SystemClock()
+        self._profiles = profiles
         self.port: int | None = None
         self.load_errors: dict[str, str] = {}
         self._stack = AsyncExitStack()
@@ -131,6 +133,7 @@ class Daemon:
             vcpu_capacity=config.vcpu_capacity,
             warm=pool.warm_counts,
             max_queue=config.max_queue_per_function,
+            profiles=self._profiles,
         )
         registry = Registry(state_dir, config.function_defaults)
         catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
@@ -266,6 +269,7 @@ def _stats_view(pool: SandboxPool) -> Callable[[], dict[str, Any]]:
             "cold_starts": stats.cold_starts,
             "crashes": stats.crashes,
             "timeouts": stats.timeouts,
+            "cgroups": pool.backend.value,
         }
 
     return view

@@ -149,7 +149,7 @@ class Daemon:
             metrics=metrics,
             pool_stats=_stats_view(pool),
             workflows=workflows,
-            runner=WorkflowRunner(gateway, self.clock),
+            runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
         )
         app = create_app(config, self._services)
         # handler_cancellation: a client that hangs up takes its queued call with it.

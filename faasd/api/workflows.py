@@ -37,19 +37,17 @@ async def call(request: web.Request, name: str, v2_only: bool) -> web.StreamResp
     services = request.app[SERVICES]
     start_s = services.clock.now()
     workflow = services.workflows.get(name)
-    versions = services.workflows.versions(workflow)
-    source = workflow.spec.source
-    _, info = services.catalog.get(source)
+    version, info = services.catalog.get(workflow.spec.source)
     body = await read_body(request, services.config.max_body_bytes)
     payload = parse_payload(
-        versions[source], info, body, request.headers.get("Content-Type", ""),
+        version, info, body, request.headers.get("Content-Type", ""),
         header_length(request), v2_only=v2_only,
     )
     call_id = os.urandom(16).hex()
     headers = {"X-Call-Id": call_id, "X-Faasd-Slo-Ms": f"{workflow.spec.slo_ms:g}"}
     try:
         result = await services.runner.run(
-            workflow, versions, payload.item, call_id=call_id, start_s=start_s,
+            workflow, version, payload.item, call_id=call_id, start_s=start_s,
             postprocess=payload.postprocess,
         )
     except FaasdError as exc:

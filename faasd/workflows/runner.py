@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from faasd.clock import Clock
 from faasd.errors import FaasdError
 from faasd.functions.spec import FunctionVersion
 from faasd.gateway import CallResult, Gateway
@@ -62,8 +61,7 @@ class DeployedWorkflow:
 class WorkflowResult:
     """The sinks' results (in the spec's order) and what each stage took."""
 
-    sinks: dict[str, CallResult]
-    versions: dict[str, FunctionVersion]
+    sinks: dict[str, CallResult] = field(default_factory=dict)
     stages: dict[str, CallResult] = field(default_factory=dict)
 
     @property
@@ -72,14 +70,16 @@ class WorkflowResult:
 
 
 class WorkflowRunner:
-    def __init__(self, gateway: Gateway, clock: Clock) -> None:
+    """Runs workflow calls; `current(name)` is the version of a function that serves now."""
+
+    def __init__(self, gateway: Gateway, current: Callable[[str], FunctionVersion]) -> None:
         self._gateway = gateway
-        self._clock = clock
+        self._current = current
 
     async def run(
         self,
         workflow: DeployedWorkflow,
-        versions: Mapping[str, FunctionVersion],
+        source_version: FunctionVersion,
         source_item: Item,
         *,
         call_id: str,
@@ -88,13 +88,16 @@ class WorkflowRunner:
     ) -> WorkflowResult:
         """Run every stage of `workflow` for one call; StageFailed if one fails.
 
-        `versions` pins each function to the version the call was admitted under, so a redeploy
-        during the call does not mix versions within it.
+        The source runs at `source_version` (the one its body was checked against); every
+        later stage at the version that serves when it is submitted. A redeploy during the call
+        therefore never sends a stage to a version already retired, and a redeploy that would
+        not fit the workflow's edges is refused (`faasd.workflows.service`), so the stages of
+        one call always fit together.
         """
         spec = workflow.spec
         deadline_s = start_s + spec.slo_ms / 1000.0
         sinks = set(spec.sinks())
-        result = WorkflowResult({}, dict(versions))
+        result = WorkflowResult()
         done: dict[str, asyncio.Future[dict[str, np.ndarray]]] = {}
         loop = asyncio.get_running_loop()
         for function in spec.functions:
@@ -104,14 +107,15 @@ class WorkflowRunner:
             preds = spec.predecessors(function)
             if preds:
                 await asyncio.gather(*(done[p] for p in preds))
+                version = self._current(function)
                 item: Item = TensorItem({
                     feed.input: done[feed.source].result()[feed.output]
                     for feed in workflow.wiring[function]
                 })
             else:
-                item = source_item
+                item, version = source_item, source_version
             invocation = self._gateway.stage_invocation(
-                versions[function], item, app=spec.name, request_id=call_id, start_s=start_s,
+                version, item, app=spec.name, request_id=call_id, start_s=start_s,
                 deadline_s=deadline_s, postprocess=postprocess and function in sinks,
             )
             try:

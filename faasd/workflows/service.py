@@ -69,10 +69,6 @@ class Workflows:
     def users_of(self, function: str) -> builtins.list[str]:
         return sorted(n for n, w in self._deployed.items() if w.spec.uses(function))
 
-    def versions(self, workflow: DeployedWorkflow) -> dict[str, FunctionVersion]:
-        """The current version of each function of `workflow` (NotFound if one is gone)."""
-        return {f: self._catalog.get(f)[0] for f in workflow.spec.functions}
-
     # ------------------------------------------------------------ changes
 
     def load(self) -> None:

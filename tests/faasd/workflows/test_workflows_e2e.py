@@ -180,3 +180,51 @@ async def test_subdirectories_deploy_with_the_workflow_and_survive_a_restart(
             assert (await r.json())["version"] == 1
     stored = json.loads((tmp_path / "state" / "workflows" / "local.json").read_text())
     assert stored["spec"]["functions"] == ["src", "triple"]
+
+
+async def test_redeploying_a_stage_under_load_loses_no_call(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Clients call the chain without pause while its middle function is redeployed twice with
+    new constants; every call succeeds, each answer is one of the versions' answers, and the
+    new versions do serve. A redeploy that would not fit the chain's edges is refused."""
+    from tests.faasd.workflows.builders import op_function
+
+    sources = [op_function(tmp_path / f"v{c}", "inc", ["h"], "g", "Add", c) for c in (5.0, 9.0)]
+    stop = asyncio.Event()
+    totals: list[float] = []
+    failures: list[str] = []
+
+    async def client(s: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            status, doc, _ = await post(s, f"{daemon.url}/workflow/chain", data=BODY)
+            if status != 200:
+                failures.append(f"{status}: {doc}")
+            else:
+                totals.append(float(doc["total"]))
+
+    def total(constant: float) -> float:
+        return float(((2 * X + constant) * 0.5).sum())
+
+    async def served(constant: float) -> None:
+        async with asyncio.timeout(60):
+            while sum(1 for t in totals if t == pytest.approx(total(constant))) < 10:
+                await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession() as s:
+        clients = [asyncio.create_task(client(s)) for _ in range(6)]
+        await served(1.0)
+        for constant, source in zip((5.0, 9.0), sources, strict=True):
+            async with s.put(f"{daemon.url}/system/functions", json={"path": str(source)}) as r:
+                assert r.status == 200, await r.text()
+            await served(constant)
+        misfit = op_function(tmp_path / "misfit", "inc", ["h"], "other", "Add", 1.0)
+        async with s.put(f"{daemon.url}/system/functions", json={"path": str(misfit)}) as r:
+            assert r.status == 409
+            doc = await r.json()
+        stop.set()
+        await asyncio.gather(*clients)
+    assert "inc is used by workflow" in doc["error"] and "would not fit it" in doc["error"]
+    assert not failures, failures[:3]
+    allowed = [total(c) for c in (1.0, 5.0, 9.0)]
+    assert all(any(t == pytest.approx(a) for a in allowed) for t in totals)

@@ -103,9 +103,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _esg_plan(argv: list[str]) -> int:
+    """`faasd plan FILE` plans an instance offline; `faasd plan WORKFLOW` asks the daemon."""
+    first = next((a for a in argv if not a.startswith("-") or a == "-"), None)
+    if first is not None and first != "-" and not Path(first).exists():
+        return _workflow_plan(argv)
     from esg.cli import main as esg_main
 
     return esg_main(["plan", *argv])
+
+
+def _stage_text(function: str, config: dict[str, Any]) -> str:
+    gpu = f" {config['vgpu']} GPU units" if config["vgpu"] else ""
+    return (f"{function} batch {config['batch']} x {config['vcpu']} vCPU{gpu} "
+            f"{config['latency_ms']:.3g} ms")
+
+
+def _workflow_plan(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="faasd plan", description="explain ESG's plan of a "
+                                     "deployed workflow with the live profiles")
+    parser.add_argument("workflow")
+    parser.add_argument("-g", "--gateway", help="daemon URL (default $FAASD_URL)")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    args = parser.parse_args(argv)
+    try:
+        doc = Client(gateway_url(args.gateway)).json(
+            "GET", f"/system/workflow/{args.workflow}/plan")
+    except ClientError as exc:
+        print(f"faasd: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    if args.output == "json":
+        return _print_json(doc)
+    state = "feasible" if doc["feasible"] else "infeasible even at the fastest configurations"
+    print(f"workflow {doc['workflow']}: SLO {doc['slo_ms']:g} ms ({state}); scheduler "
+          f"{doc['scheduler']}")
+    for number, group in enumerate(doc["groups"], start=1):
+        print(f"group {number}: {' '.join(group['functions'])}: budget {group['budget_ms']:.4g} "
+              f"ms, done by {group['deadline_ms']:.4g} ms, fastest possible "
+              f"{group['min_latency_ms']:.4g} ms")
+        for plan in group["plans"]:
+            label = "chosen" if plan["rank"] == 1 else f"#{plan['rank']}"
+            stages = ", ".join(_stage_text(f, c) for f, c in plan["configs"].items())
+            why = f"  -- lost: {plan['why_not']}" if plan["why_not"] else ""
+            print(f"  {label}: {stages}; {plan['latency_ms']:.4g} ms, "
+                  f"${plan['cost_per_request']:.3g}/request{why}")
+        if not group["plans"]:
+            print("  no profiled function here: runs FCFS-style at the functions' limits")
+    if doc["unprofiled"]:
+        print(f"not profiled yet (FCFS at their limits): {', '.join(doc['unprofiled'])}; "
+              "run `faasd profile NAME`")
+    return EXIT_OK
 
 
 def _esg_split(argv: list[str]) -> int:
@@ -127,7 +173,8 @@ _OFFLINE: dict[str, Callable[[list[str]], int]] = {
     "simulate": _simulate,
 }
 _OFFLINE_HELP = {
-    "plan": "top-K ESG plans of a planning instance FILE (same as python -m esg plan)",
+    "plan": "explain ESG's plan of a deployed WORKFLOW, or the top-K plans of an instance "
+            "FILE (as python -m esg plan)",
     "split": "SLO groups and budgets of a workflow FILE (same as python -m esg split)",
     "simulate": "compare the schedulers in the simulator (same as python -m esg.sim report)",
 }

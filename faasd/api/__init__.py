@@ -33,6 +33,7 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("PUT", "/system/workflows", workflows.deploy)
     add("DELETE", "/system/workflows", workflows.remove)
     add("GET", "/system/workflow/{name}", workflows.get_workflow)
+    add("GET", "/system/workflow/{name}/plan", workflows.plan)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)
     add("GET", "/v2", v2.server_metadata)

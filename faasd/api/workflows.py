@@ -17,15 +17,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from esg.pricing import parse_pricing
+from esg.profiles import Capacity
 from faasd.api.errors import render_error
 from faasd.api.functions import json_object
 from faasd.api.invoke import header_length, read_body, render
 from faasd.api.keys import SERVICES
+from faasd.controller import limits_of
 from faasd.errors import BadRequest, FaasdError
 from faasd.gateway import CallResult, Payload, parse_payload
 from faasd.sandbox.items import BodyResult, TensorResult
 from faasd.services import Services
 from faasd.v2 import encode_plain, tensor_meta
+from faasd.workflows.plan import explain
 from faasd.workflows.runner import DeployedWorkflow, WorkflowResult
 
 
@@ -139,6 +143,20 @@ async def remove(request: web.Request) -> web.Response:
         raise BadRequest('remove needs {"name": "<workflow>"} or ?name=<workflow>')
     removed = await request.app[SERVICES].workflows.remove(name)
     return web.json_response({"removed": removed.spec.name, "version": removed.version})
+
+
+async def plan(request: web.Request) -> web.Response:
+    """What ESG would do with the workflow on this node, given the live profiles."""
+    services = request.app[SERVICES]
+    workflow = services.workflows.get(request.match_info["name"])
+    snapshot = services.controller.snapshot()
+    max_batch = {
+        f: limits_of(services.catalog.get(f)[0]).max_batch for f in workflow.spec.functions
+    }
+    doc = explain(workflow.spec.to_esg(), snapshot.profiles, max_batch, parse_pricing(None),
+                  Capacity.of(snapshot.nodes))
+    doc["scheduler"] = services.config.scheduler
+    return web.json_response(doc)
 
 
 def status(services: Services, workflow: DeployedWorkflow) -> dict[str, Any]:

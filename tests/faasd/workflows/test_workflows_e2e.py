@@ -44,6 +44,14 @@ async def test_a_chain_answers_as_its_graphs_compose(daemon: Daemon) -> None:
         status, doc, _ = await post(s, f"{daemon.url}/workflow/chain", json={"x": X.tolist()})
         assert status == 200, doc
         np.testing.assert_allclose(doc["out"], expected, rtol=1e-6)
+        async with s.get(f"{daemon.url}/metrics") as resp:
+            text = await resp.text()
+    assert 'faasd_workflow_invocations_total{slo_met="true",workflow="chain"} 2.0' in text
+    assert 'faasd_workflow_duration_seconds_count{workflow="chain"} 2.0' in text
+    for function in ("src", "inc", "half"):
+        for kind in ("queue", "exec"):
+            assert (f'faasd_workflow_stage_{kind}_seconds_count{{function_name="{function}",'
+                    'workflow="chain"} 2.0') in text
 
 
 async def test_a_fork_join_waits_for_both_sides(daemon: Daemon) -> None:

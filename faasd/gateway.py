@@ -30,6 +30,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from esg.model import Config
+from esg.pricing import Pricing
 from faasd.clock import Clock
 from faasd.errors import BadRequest, FaasdError, UnsupportedMediaType
 from faasd.functions.spec import FunctionVersion, ModelInfo, TensorSpec
@@ -92,6 +94,15 @@ class CallResult:
     exec_s: float
     queue_s: float
     batch_size: int
+    #: the configuration the batch ran at (None where no batch ran, e.g. a merged answer)
+    config: Config | None = None
+
+    def cost(self, pricing: Pricing) -> float:
+        """This call's share of its batch's resource-time cost (dollars)."""
+        if self.config is None:
+            return 0.0
+        rate = pricing.cpu_per_s * self.config.vcpu + pricing.gpu_per_s * self.config.vgpu
+        return rate * self.exec_s / max(1, self.batch_size)
 
 
 def parse_payload(

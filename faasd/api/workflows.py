@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from esg.pricing import parse_pricing
+from esg.pricing import DEFAULT_PRICING, parse_pricing
 from esg.profiles import Capacity
 from faasd.api.errors import render_error
 from faasd.api.functions import json_object
@@ -68,6 +68,7 @@ async def call(request: web.Request, name: str, v2_only: bool) -> web.StreamResp
     headers["X-Duration-Seconds"] = f"{elapsed_s:.6f}"
     headers["X-Faasd-Slo-Met"] = "true" if met else "false"
     headers["X-Faasd-Cold-Start"] = "true" if result.cold_start else "false"
+    headers["X-Faasd-Cost"] = f"{result.cost(DEFAULT_PRICING):.6g}"
     return _render(workflow, payload, result, headers)
 
 

@@ -40,6 +40,7 @@ async def test_a_chain_answers_as_its_graphs_compose(daemon: Daemon) -> None:
         assert doc["total"] == pytest.approx(float(expected.sum()))
         assert headers["X-Call-Id"] and float(headers["X-Duration-Seconds"]) > 0
         assert headers["X-Faasd-Slo-Ms"] == "5000" and headers["X-Faasd-Slo-Met"] == "true"
+        assert float(headers["X-Faasd-Cost"]) > 0  # three stages' vCPU-seconds, priced
         # plain tensors for the source take the same way; the sink's postprocess shapes it
         status, doc, _ = await post(s, f"{daemon.url}/workflow/chain", json={"x": X.tolist()})
         assert status == 200, doc

@@ -12,6 +12,7 @@ from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.gateway import Gateway
 from faasd.metrics import Metrics
+from faasd.profiles.service import ProfileService
 
 
 @dataclass
@@ -34,3 +35,4 @@ class Services:
     metrics: Metrics
     pool_stats: Callable[[], dict[str, Any]]
     readiness: Readiness = field(default_factory=Readiness)
+    profiles: ProfileService | None = None

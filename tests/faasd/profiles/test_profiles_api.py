@@ -17,6 +17,7 @@ from esg.model import Config
 from esg.pricing import DEFAULT_PRICING
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
+from tests.faasd.builders import TEXT_HANDLER
 
 from .conftest import linear_function
 
@@ -193,3 +194,57 @@ async def test_cli_profile_show_and_png(start: Start, tmp_path: Path) -> None:
 
         code, _, err = await faasd(daemon, "profile", "nosample")
         assert code == 1 and "add sample.json" in err and "[HTTP 400]" in err
+
+
+def slow_function(root: Path, name: str = "slow") -> Path:
+    """Each call sleeps 0.1 s in its handler: a small profile takes over a second."""
+    directory = linear_function(root, name, sample=None, handler=TEXT_HANDLER)
+    (directory / "sample.png").write_bytes(b"sleep:0.1")  # read by preprocess, not a picture
+    return directory
+
+
+async def deploy(daemon: Daemon, directory: Path) -> int:
+    async with aiohttp.ClientSession() as http, http.post(
+        daemon.url + "/system/functions", json={"path": str(directory)}
+    ) as resp:
+        assert resp.status in (200, 201), await resp.text()
+        version: int = (await resp.json())["version"]
+        return version
+
+
+async def test_a_redeploy_cancels_the_old_background_profile(
+    start: Start, tmp_path: Path
+) -> None:
+    async with start(profile_on_deploy=True) as daemon:
+        profiles = daemon.services.profiles
+        assert profiles is not None
+        directory = slow_function(tmp_path / "more")
+        assert await deploy(daemon, directory) == 1
+        await asyncio.sleep(0.3)  # v1's small profile is under way
+        assert (await get(daemon, "/system/profile/slow"))[1]["running"] is True
+        assert await deploy(daemon, directory) == 2
+        for _ in range(200):
+            _, doc = await get(daemon, "/system/profile/slow")
+            if doc["configurations"] and not doc["running"]:
+                break
+            await asyncio.sleep(0.1)
+        assert doc["version"] == 2
+        # max_batch_size 1: batch 1 at 1 and 2 vCPUs, nothing to fit
+        assert [(r["batch"], r["vcpu"], r["source"]) for r in doc["configurations"]] == [
+            (1, 1, "measured"), (1, 2, "measured")]
+        assert not profiles.store.has_measured("slow", 1)  # cancelled: nothing recorded
+
+
+async def test_shutdown_ends_a_running_profile(start: Start, tmp_path: Path) -> None:
+    slow_function(tmp_path / "functions")  # deployed at start
+    async with start() as daemon:
+        async with aiohttp.ClientSession() as http, \
+                http.post(daemon.url + "/system/profile/slow") as resp:
+            assert json.loads(await resp.content.readline())["event"] == "start"
+            began = asyncio.get_running_loop().time()
+            stopping = asyncio.create_task(daemon.stop())
+            lines = [json.loads(line) async for line in resp.content if line.strip()]
+            await stopping
+        assert lines[-1]["event"] == "error" and lines[-1]["status"] == 503
+        assert "shutting down" in lines[-1]["error"]
+        assert asyncio.get_running_loop().time() - began < 5  # not the 30 s drain timeout

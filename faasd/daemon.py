@@ -114,8 +114,10 @@ class Daemon:
             policy = make_policy(config.scheduler)
         except (ImportError, TypeError, ValueError) as exc:
             raise ConfigError(f"scheduler {config.scheduler!r} cannot be used: {exc}") from exc
+        store = ProfileStore.in_state_dir(state_dir)
+        self._stack.callback(store.close)  # closed by stop() already, unless start failed
         profiles = ProfileService(
-            ProfileStore.in_state_dir(state_dir),
+            store,
             pool,
             node_vcpu=config.vcpu_capacity,
             profile_on_deploy=config.profile_on_deploy,

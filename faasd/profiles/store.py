@@ -91,6 +91,7 @@ class ProfileStore:
         self._generation = 0
         self._profiles_view: Mapping[str, Profile] | None = None
         self._cold_view: Mapping[str, float] | None = None
+        self._closed = False
         self._load()
 
     @classmethod
@@ -234,8 +235,12 @@ class ProfileStore:
         return len(dirty)
 
     def close(self) -> None:
+        """Flush and close the file; closing again does nothing."""
+        if self._closed:
+            return
         self.flush()
         self._db.close()
+        self._closed = True
 
     # ------------------------------------------------------------ internals
 

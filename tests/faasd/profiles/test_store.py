@@ -114,3 +114,9 @@ def test_current_versions_and_pruning(path: Path) -> None:
     store.close()
     rows = sqlite3.connect(path).execute("SELECT COUNT(*) FROM points").fetchone()
     assert rows == (0,)
+
+
+def test_close_is_idempotent(path: Path) -> None:
+    store = recorded(path)
+    store.close()
+    store.close()

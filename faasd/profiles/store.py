@@ -206,8 +206,9 @@ class ProfileStore:
         return refined.changed
 
     def observe_cold_start(self, name: str, version: int, ms: float) -> None:
-        """A measured cold start of (name, version), committed at once (they are rare)."""
-        if not ms > 0:
+        """A measured cold start of (name, version), committed at once (they are rare);
+        ignored once the store is closed (a batch that outlived the daemon's drain)."""
+        if not ms > 0 or self._closed:
             return
         key = (name, version)
         old = self._cold.get(key)

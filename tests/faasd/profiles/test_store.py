@@ -120,3 +120,4 @@ def test_close_is_idempotent(path: Path) -> None:
     store = recorded(path)
     store.close()
     store.close()
+    store.observe_cold_start("f", 1, 50.0)  # late: dropped, no error

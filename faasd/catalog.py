@@ -76,11 +76,15 @@ class Catalog:
         pool: PoolLike,
         in_flight: Callable[[str, int | None], int],
         vcpu_capacity: int,
+        on_change: Callable[[str, FunctionVersion | None], None] | None = None,
     ) -> None:
+        """`on_change(name, version)` hears of every deploy (also one that kept an unchanged
+        version) and, with None, every removal, once it is committed."""
         self._registry = registry
         self._pool = pool
         self._in_flight = in_flight
         self._capacity = vcpu_capacity
+        self._on_change = on_change
         self._lock = asyncio.Lock()
         #: what else must agree to a deploy or removal (the workflows that use functions)
         self.guard: Guard | None = None
@@ -156,6 +160,7 @@ class Catalog:
                 self._registry.discard(staged)
                 raise
         log.info("deployed %s v%d from %s", final.name, final.version, source)
+        self._changed(final.name, final)
         if old is not None:
             self._spawn(self._retire_when_idle(final.name, old.version))
         if final.settings.min_instances > 0:
@@ -201,6 +206,7 @@ class Catalog:
             if self.guard is not None:
                 self.guard.check_remove(name)
             removed = self._registry.remove(name)
+        self._changed(name, None)
         self._spawn(self._retire_when_idle(name, removed.version))
         return removed
 
@@ -225,6 +231,7 @@ class Catalog:
                         current.name, current.version)
             return None
         log.info("%s v%d is unchanged in %s; kept", current.name, current.version, source)
+        self._changed(current.name, current)
         if current.settings.min_instances > 0:
             self._spawn(self._prewarm(current))
         return Deployed(current, info, created=False, replaced=None, unchanged=True)
@@ -259,6 +266,13 @@ class Catalog:
             await self._pool.prewarm(version, config, version.settings.min_instances)
         except Exception:
             log.exception("prewarming %s v%d failed", version.name, version.version)
+
+    def _changed(self, name: str, version: FunctionVersion | None) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change(name, version)
+            except Exception:  # a listener's bug must not undo a committed deploy
+                log.exception("on_change(%s) failed", name)
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

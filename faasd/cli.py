@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     remove = client_command("remove", "remove a function or workflow", _remove)
     remove.add_argument("name")
 
+    profile = client_command("profile", "measure a function's latency per configuration "
+                             "(--show/--png: the stored profile only)", _profile)
+    profile.add_argument("name")
+    profile.add_argument("--show", action="store_true", help="print the stored table")
+    profile.add_argument("--png", type=Path, metavar="FILE", help="draw latency and cost")
+    profile.add_argument("--small", action="store_true", help="the small grid of a deploy")
+
     install = sub.add_parser("install", help="install the systemd unit and start faasd")
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
     install.set_defaults(func=_install)
@@ -479,6 +486,12 @@ def _remove(args: argparse.Namespace) -> int:
         return _print_json(result)
     print(f"removed {result['removed']} (was v{result['version']})")
     return EXIT_OK
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from faasd.profiles import command
+
+    return command.run(_client(args), args.name, args.output, args.show, args.png, args.small)
 
 
 def _version(args: argparse.Namespace) -> int:

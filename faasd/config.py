@@ -61,6 +61,8 @@ class DaemonConfig:
     max_queue_per_function: int = 1024
     drain_timeout_s: float = 30.0
     log_level: str = "info"
+    #: run a small profile in the background after each deploy (faasd.profiles.service)
+    profile_on_deploy: bool = True
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
 
     @property
@@ -208,14 +210,19 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return _convert(key, value, kind, source)
 
 
-_KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+_BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True,
+              "false": False, "no": False, "off": False, "0": False}
 
 
 def _convert(key: str, value: Any, kind: type, source: str) -> Any:
     """`value` as `kind`: a value of that type (an int for a float), or text that parses as
     one (what environment variables hold). Never a silent cut: 1.5 is not a whole number."""
     converted: Any = None
-    if isinstance(value, str) and kind is not str:
+    if kind is bool:
+        converted = value if isinstance(value, bool) else (
+            _BOOL_TEXT.get(value.strip().lower()) if isinstance(value, str) else None)
+    elif isinstance(value, str) and kind is not str:
         with contextlib.suppress(ValueError):
             converted = kind(value.strip())
     elif isinstance(value, bool):  # YAML's true/false is no count and no text

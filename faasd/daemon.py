@@ -35,6 +35,8 @@ from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
 from faasd.invoker import Invoker
 from faasd.metrics import Metrics
+from faasd.profiles.service import ProfileService
+from faasd.profiles.store import ProfileStore
 from faasd.sandbox.pool import SandboxPool
 from faasd.services import Services
 from faasd.systemd import Notifier
@@ -68,6 +70,8 @@ class Daemon:
         clock: Clock | None = None,
         profiles: ProfileSource | None = None,
     ) -> None:
+        """`profiles` replaces the daemon's own profile store as what the policy plans with
+        (tests give fixed tables)."""
         self.config = config
         self.notifier = notifier or Notifier(env={})
         self.clock = clock or SystemClock()
@@ -126,20 +130,32 @@ class Daemon:
             policy = make_policy(config.scheduler)
         except (ImportError, TypeError, ValueError) as exc:
             raise ConfigError(f"scheduler {config.scheduler!r} cannot be used: {exc}") from exc
+        store = ProfileStore.in_state_dir(state_dir)
+        self._stack.callback(store.close)  # closed by stop() already, unless start failed
+        profiles = ProfileService(
+            store,
+            pool,
+            node_vcpu=config.vcpu_capacity,
+            profile_on_deploy=config.profile_on_deploy,
+        )
         controller = Controller(
             policy=policy,
-            executor=Invoker(pool, metrics),
+            executor=Invoker(pool, metrics, on_batch=profiles.on_batch),
             clock=self.clock,
             vcpu_capacity=config.vcpu_capacity,
             warm=pool.warm_counts,
             max_queue=config.max_queue_per_function,
-            profiles=self._profiles,
+            profiles=self._profiles or profiles,
         )
         registry = Registry(state_dir, config.function_defaults)
-        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
+        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity,
+                          on_change=profiles.function_changed)
+        profiles.bind(catalog, busy=controller.pending_total)
+        profiles.start()
         metrics.watch(controller.queue_lengths, pool.warm_counts)
         gateway = Gateway(controller, self.clock, metrics)
         workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
+        metrics.registry.register(profiles.collector())
         self._services = Services(
             config=config,
             clock=self.clock,
@@ -150,6 +166,7 @@ class Daemon:
             pool_stats=_stats_view(pool),
             workflows=workflows,
             runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
+            profiles=profiles,
         )
         app = create_app(config, self._services)
         # handler_cancellation: a client that hangs up takes its queued call with it.
@@ -210,6 +227,8 @@ class Daemon:
         services = self._services
         if services is not None:
             services.controller.stop_accepting()
+            if services.profiles is not None:  # no new sandbox for a profile from now on
+                await services.profiles.stop()
         if self._runner is not None:
             # Closes the listener, then waits up to drain_timeout_s for running handlers.
             await self._runner.cleanup()
@@ -218,6 +237,8 @@ class Daemon:
                 log.warning("calls still queued after the drain; failing them")
             services.controller.close()
             await services.catalog.close()
+            if services.profiles is not None:
+                await services.profiles.close()
         await self.notifier.stop_watchdog()
         await self._stack.aclose()
         log.info("faasd stopped")

@@ -12,6 +12,7 @@ from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.gateway import Gateway
 from faasd.metrics import Metrics
+from faasd.profiles.service import ProfileService
 from faasd.workflows.runner import WorkflowRunner
 from faasd.workflows.service import Workflows
 
@@ -38,3 +39,4 @@ class Services:
     workflows: Workflows
     runner: WorkflowRunner
     readiness: Readiness = field(default_factory=Readiness)
+    profiles: ProfileService | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from faasd.api import functions, health, invoke, metrics, v2, workflows
+from faasd.api import functions, health, invoke, metrics, profiles, v2, workflows
 from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
 from faasd.config import DaemonConfig
@@ -34,6 +34,8 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("DELETE", "/system/workflows", workflows.remove)
     add("GET", "/system/workflow/{name}", workflows.get_workflow)
     add("GET", "/system/workflow/{name}/plan", workflows.plan)
+    add("POST", "/system/profile/{name}", profiles.run_profile)
+    add("GET", "/system/profile/{name}", profiles.get_profile)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)
     add("GET", "/v2", v2.server_metadata)

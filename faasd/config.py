@@ -59,6 +59,12 @@ class DaemonConfig:
     max_queue_per_function: int = 1024
     drain_timeout_s: float = 30.0
     log_level: str = "info"
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    min_body_rate_bps: float = 65536.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 2048
+    deploy_timeout_s: float = 60.0
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
 
     @property
@@ -89,6 +95,9 @@ class DaemonConfig:
                        f"must be >= 1, got {self.max_queue_per_function}")
         if self.drain_timeout_s < 0:
             raise fail("drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s}")
+        problem = self._availability_problem()
+        if problem is not None:
+            raise fail(*problem)
         if self.log_level.lower() not in LOG_LEVELS:
             raise fail("log_level",
                        f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
@@ -99,8 +108,24 @@ class DaemonConfig:
             raise fail("scheduler", f"{self.scheduler!r} is unknown; choose one of: {known}")
         return self
 
+    def _availability_problem(self) -> tuple[str, str] | None:
+        """(key, problem) for the first bad connection or deploy limit, else None."""
+        for key in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            if not 0 < getattr(self, key) <= 3600:
+                return key, f"must be in (0, 3600] seconds, got {getattr(self, key)}"
+        if self.min_body_rate_bps < 0:
+            return "min_body_rate_bps", f"must be >= 0, got {self.min_body_rate_bps}"
+        if self.max_connections < 16:
+            return "max_connections", f"must be >= 16, got {self.max_connections}"
+        if not 0 < self.deploy_timeout_s <= MAX_DEPLOY_TIMEOUT_S:
+            return ("deploy_timeout_s", f"must be in (0, {MAX_DEPLOY_TIMEOUT_S:g}] seconds, "
+                    f"got {self.deploy_timeout_s}")
+        return None
+
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Loading a new version may not hold a deploy longer than this, whatever the file says.
+MAX_DEPLOY_TIMEOUT_S = 600.0
 
 
 _TOP_KEYS = {f.name: f for f in fields(DaemonConfig)}

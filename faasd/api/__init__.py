@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from faasd.api import functions, health, invoke, metrics, v2
+from faasd.api.connections import track_requests
 from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
 from faasd.config import DaemonConfig
@@ -18,7 +19,8 @@ __all__ = ["SERVICES", "create_app"]
 
 
 def create_app(config: DaemonConfig, services: Services) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[track_requests, json_errors])
     app[SERVICES] = services
     add = app.router.add_route
     add("POST", "/function/{name}", invoke.function_call)

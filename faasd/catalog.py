@@ -4,8 +4,10 @@ A deploy is stage (static checks, copy into a new version directory) → inspect
 and handler in a throwaway sandbox) → commit (atomically the current version). Until the
 commit, the old version serves every call; calls admitted before it stay pinned to the old
 version and finish there; once they have, the old version's idle sandboxes are retired. A
-failed deploy discards the staged copy and leaves the current version untouched. Deploys are
-serialised by one lock, so two deploys of one name cannot interleave.
+failed deploy discards the staged copy and leaves the current version untouched. Deploys of
+one name are serialised by that name's lock, so two of them cannot interleave; deploys of
+different names run side by side (a handler whose import hangs for `deploy_timeout_s` holds
+up its own name only).
 
 `deploy(..., reuse_unchanged=True)` (what `faasd up --functions DIR` does at every start) keeps
 the current version when the directory would install exactly it again (the registry's source
@@ -37,6 +39,7 @@ RETIRE_POLL_S = 0.1
 
 
 class RegistryLike(Protocol):
+    def name_of(self, source: Path, name: str | None = None) -> str: ...
     def stage(self, source: Path, name: str | None = None) -> FunctionVersion: ...
     def commit(self, staged: FunctionVersion, info: ModelInfo) -> FunctionVersion: ...
     def discard(self, staged: FunctionVersion) -> None: ...
@@ -73,7 +76,7 @@ class Catalog:
         self._pool = pool
         self._in_flight = in_flight
         self._capacity = vcpu_capacity
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ look-ups
@@ -120,9 +123,10 @@ class Catalog:
         if not source.is_dir():
             raise DeployError(f"{source} is not a directory on the daemon's host",
                               file=str(source))
-        async with self._lock:
-            if name is not None:  # refuse a wrong mode before copying anything (without an
-                self._check_mode(name, mode)  # explicit name, it is known once staged)
+        if name is None:  # the static checks name it (config.pbtxt, or the directory)
+            name = await asyncio.to_thread(self._registry.name_of, source, None)
+        async with self._lock(name):
+            self._check_mode(name, mode)  # refuse a wrong mode before copying anything
             if reuse_unchanged and mode != "create":
                 kept = await self._keep_unchanged(source, name)
                 if kept is not None:
@@ -170,7 +174,7 @@ class Catalog:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     async def remove(self, name: str) -> FunctionVersion:
-        async with self._lock:
+        async with self._lock(name):
             removed = self._registry.remove(name)
         self._spawn(self._retire_when_idle(name, removed.version))
         return removed
@@ -182,6 +186,13 @@ class Catalog:
                 await task
 
     # ------------------------------------------------------------ helpers
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        """The lock of one function name (made on first use; a handful of bytes per name)."""
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
 
     async def _keep_unchanged(self, source: Path, name: str | None) -> Deployed | None:
         """The current version of `source`'s function, loaded once to check it, if `source`

@@ -114,6 +114,7 @@ class Daemon:
                 state_dir=state_dir,
                 cgroup_parent=config.cgroup_parent,
                 max_sandboxes=config.max_sandboxes,
+                load_timeout_s=config.deploy_timeout_s,
             )
         )
         metrics = Metrics(faasd_version())

@@ -29,6 +29,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from faasd.clock import Clock, SystemClock
-from faasd.errors import DeployError, NotFound
+from faasd.errors import DeployError, InsufficientStorage, NotFound
 from faasd.functions.loader import PBTXT_FILE, SETTINGS_FILE, FunctionSource, load_function
 from faasd.functions.spec import (
     NAME_PATTERN,
@@ -51,11 +52,12 @@ from faasd.functions.spec import (
     ModelInfo,
     TensorSpec,
 )
+from faasd.functions.tree import IGNORED_NAMES, copy_regular, open_regular
 
 log = logging.getLogger("faasd.functions")
 
 METADATA_FORMAT = 1
-_IGNORED_NAMES = frozenset({"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints"})
+_IGNORED_NAMES = IGNORED_NAMES
 _NUMERIC = re.compile(r"^[0-9]+$")
 
 
@@ -110,6 +112,11 @@ class Registry:
                 return None
             return current
 
+    def name_of(self, source: Path, name: str | None = None) -> str:
+        """The name deploying `source` would install (`name`, config.pbtxt's, or the
+        directory's); DeployError if `source` does not pass the static checks."""
+        return load_function(source, self._defaults, name).name
+
     def versions(self, name: str) -> builtins.list[int]:
         """The committed versions of `name` still on disk, oldest first."""
         with self._lock:
@@ -125,23 +132,42 @@ class Registry:
         """
         checked = load_function(source, self._defaults, name)
         digest = source_digest(checked)  # before the copy: what was checked is what is hashed
-        with self._lock:
-            home = self.root / checked.name
-            home.mkdir(exist_ok=True)
-            number = self._next_number(home)
-        # The copy may take a while; the lock is not held, so look-ups carry on meanwhile.
-        staging = home / f".staging-{number}"
+        home = self.root / checked.name
+        number = 0
         try:
+            with self._lock:
+                home.mkdir(exist_ok=True)
+                number = self._next_number(home)
+            # The copy may take a while; the lock is not held, so look-ups carry on meanwhile.
+            staging = home / f".staging-{number}"
             _copy_function(checked, staging)
             staging.rename(home / str(number))
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise DeployError(f"cannot copy {checked.directory} into {home}: {exc}",
-                              file=str(checked.directory)) from exc
+        except (OSError, InsufficientStorage) as exc:
+            with self._lock:
+                self._abandon(home, number)
+            if isinstance(exc, InsufficientStorage) or exc.errno == errno.ENOSPC:
+                raise InsufficientStorage(
+                    f"no space left on the daemon's disk to install {checked.name}; free space "
+                    "in the state directory (older versions, uploads) and deploy again"
+                ) from exc
+            raise DeployError(f"cannot copy {checked.directory} into the state directory: "
+                              f"{exc}", file=str(checked.directory)) from exc
         with self._lock:
             self._staged[(checked.name, number)] = (checked, digest)
         log.info("staged %s v%d from %s", checked.name, number, checked.directory)
         return _version_of(checked, home / str(number), number)
+
+    def _abandon(self, home: Path, number: int) -> None:
+        """Remove what a stage that failed midway left: its copy, a temporary counter, and
+        the name's directory and counter when the name has no other version."""
+        if number:
+            shutil.rmtree(home / f".staging-{number}", ignore_errors=True)
+            shutil.rmtree(home / str(number), ignore_errors=True)
+        (home / ".counter.tmp").unlink(missing_ok=True)
+        if home.name not in self._current and not self._committed(home) and not any(
+            n == home.name for n, _ in self._staged
+        ):
+            shutil.rmtree(home, ignore_errors=True)
 
     def commit(self, staged: FunctionVersion, info: ModelInfo) -> FunctionVersion:
         """Record what inspecting `staged` revealed and make it the current version, atomically.
@@ -321,7 +347,7 @@ def source_digest(source: FunctionSource) -> str:
             path = Path(directory) / name
             relative = path.relative_to(source.directory).as_posix()
             digest.update(f"\0file\0{relative}\0".encode())
-            with path.open("rb") as stream:
+            with open_regular(path) as stream:
                 while chunk := stream.read(1 << 20):
                     digest.update(chunk)
     return digest.hexdigest()
@@ -330,7 +356,8 @@ def source_digest(source: FunctionSource) -> str:
 def _copy_function(source: FunctionSource, destination: Path) -> None:
     """Copy the function directory (all but what `_ignore_for` names), following symlinks,
     and make every copied file read-only."""
-    shutil.copytree(source.directory, destination, ignore=_ignore_for(source), symlinks=False)
+    shutil.copytree(source.directory, destination, ignore=_ignore_for(source), symlinks=False,
+                    copy_function=copy_regular)
     read_only = ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     for path in destination.rglob("*"):
         if path.is_file():

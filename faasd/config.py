@@ -65,6 +65,8 @@ class DaemonConfig:
     idle_timeout_s: float = 75.0
     max_connections: int = 2048
     deploy_timeout_s: float = 60.0
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
 
     @property
@@ -222,6 +224,11 @@ def _settings(value: Any, source: str) -> FunctionSettings:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
+    if key in ("allowed_hosts", "allowed_origins"):  # a YAML list, or "a,b" from the env
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{source}: {key} must be a list of names, got {value!r}")
+        return tuple(i.strip() for i in items if i.strip())
     if key in ("state_dir", "functions_dir"):
         if value is None or isinstance(value, str | Path):
             return None if value is None else Path(str(value)).expanduser()

@@ -487,7 +487,7 @@ async def test_a_body_in_many_pieces_and_a_truncated_one(daemon: Daemon, tmp_pat
     await daemon.services.catalog.deploy(
         make_function(tmp_path / "src", "bulk", "batching: {max_batch_size: 20000}\n"))
     body, x = _binary_request(20_000)  # 320 KB: aiohttp hands it over in several chunks
-    head = (f"POST /v2/models/bulk/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head = (f"POST /v2/models/bulk/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
             f"Inference-Header-Content-Length: {len(body) - x.nbytes}\r\n\r\n").encode()
     fifth = len(body) // 5

@@ -31,6 +31,7 @@ from esg.model import Config
 from faasd.archive import unpack
 from faasd.controller import limits_of
 from faasd.errors import Conflict, DeployError, NotFound
+from faasd.functions.limits import NodeLimits, check_limits
 from faasd.functions.spec import FunctionVersion, ModelInfo
 
 log = logging.getLogger("faasd.catalog")
@@ -71,8 +72,12 @@ class Catalog:
         pool: PoolLike,
         in_flight: Callable[[str, int | None], int],
         vcpu_capacity: int,
+        limits: NodeLimits | None = None,
     ) -> None:
+        """`limits` are the node's ceilings, resolved (NodeLimits.resolved); None: only the
+        vCPU capacity is checked."""
         self._registry = registry
+        self._limits = limits
         self._pool = pool
         self._in_flight = in_flight
         self._capacity = vcpu_capacity
@@ -222,6 +227,12 @@ class Catalog:
         return old
 
     def _check_resources(self, version: FunctionVersion) -> None:
+        if self._limits is not None:
+            others = sum(v.settings.min_instances for v in self._registry.list()
+                         if v.name != version.name)
+            problem = check_limits(version.name, version.settings, self._limits, others)
+            if problem is not None:
+                raise problem
         if version.settings.vcpu > self._capacity:
             raise DeployError(
                 f"{version.name} asks for {version.settings.vcpu} vCPUs but this node has "

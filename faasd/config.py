@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from faasd.functions.limits import NodeLimits
 from faasd.functions.settings import check_setting, merge_settings
 from faasd.functions.spec import FunctionSettings
 
@@ -68,6 +69,7 @@ class DaemonConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
+    limits: NodeLimits = field(default_factory=NodeLimits)
 
     @property
     def max_body_bytes(self) -> int:
@@ -165,6 +167,8 @@ def load_config(
     for key, value in values.items():
         if key == "function_defaults":
             kwargs[key] = _settings(value, where[key])
+        elif key == "limits":
+            kwargs[key] = _limits(value, where[key])
         else:
             kwargs[key] = _coerce(key, value, where[key])
     return DaemonConfig(**kwargs).validate(where)
@@ -192,7 +196,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key in _TOP_KEYS:
-        if key == "function_defaults":
+        if key in ("function_defaults", "limits"):
             continue
         raw = env.get(f"FAASD_{key.upper()}")
         if raw is not None and raw != "":
@@ -221,6 +225,31 @@ def _settings(value: Any, source: str) -> FunctionSettings:
         return merge_settings(FunctionSettings(), checked)
     except ValueError as exc:
         raise ConfigError(f"{source}: function_defaults: {exc}") from None
+
+
+_LIMIT_KEYS = {f.name: f for f in fields(NodeLimits)}
+
+
+def _limits(value: Any, source: str) -> NodeLimits:
+    """The `limits:` mapping: whole numbers >= 0 (0 = what the node has), timeout_s > 0."""
+    if isinstance(value, NodeLimits):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: limits must be a mapping, e.g. limits: {{memory_mb: 4096}}")
+    unknown = sorted(set(value) - set(_LIMIT_KEYS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown limits key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(_LIMIT_KEYS)}")
+    checked: dict[str, Any] = {}
+    for key, raw in value.items():
+        kind = float if key == "timeout_s" else int
+        number = _convert(f"limits.{key}", raw, kind, source)
+        if number < 0 or (key == "timeout_s" and number == 0):
+            raise ConfigError(f"{source}: limits.{key} must be "
+                              f"{'> 0' if key == 'timeout_s' else '>= 0 (0 = the node)'}, "
+                              f"got {raw!r}")
+        checked[key] = number
+    return NodeLimits(**checked)
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:

@@ -38,6 +38,7 @@ from faasd.clock import Clock, SystemClock
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller
 from faasd.errors import FaasdError
+from faasd.functions.limits import node_memory_mb
 from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
 from faasd.invoker import Invoker
@@ -131,7 +132,9 @@ class Daemon:
             max_queue=config.max_queue_per_function,
         )
         registry = Registry(state_dir, config.function_defaults)
-        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
+        node_limits = config.limits.resolved(
+            node_memory_mb() or 1 << 40, config.vcpu_capacity, config.max_sandboxes)
+        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity, node_limits)
         metrics.watch(controller.queue_lengths, pool.warm_counts)
         self._services = Services(
             config=config,

@@ -48,6 +48,7 @@ class RegistryLike(Protocol):
     def unchanged(self, source: Path, name: str | None = None) -> FunctionVersion | None: ...
     def list(self) -> list[FunctionVersion]: ...
     def remove(self, name: str) -> FunctionVersion: ...
+    def problem(self, name: str) -> str | None: ...
 
 
 class PoolLike(Protocol):
@@ -104,7 +105,16 @@ class Catalog:
         return [self.get(v.name) for v in self._registry.list()]
 
     def ready(self, name: str) -> bool:
-        return self._registry.get(name) is not None
+        return self._registry.get(name) is not None and self._registry.problem(name) is None
+
+    def problem(self, name: str) -> str | None:
+        """Why `name` is deployed but not served (its installed copy is damaged), or None."""
+        return self._registry.problem(name)
+
+    def problems(self) -> dict[str, str]:
+        """Every function that is deployed but not served, with the reason."""
+        return {v.name: p for v in self._registry.list()
+                if (p := self._registry.problem(v.name)) is not None}
 
     # ------------------------------------------------------------ changes
 

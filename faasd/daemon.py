@@ -166,6 +166,8 @@ class Daemon:
         guard.start()
         self.port = int(self._listener.sockets[0].getsockname()[1])
         log.info("at most %d connections at once (max_connections, open-file limit)", guard.cap)
+        self.notifier.status("verifying the installed versions")
+        await asyncio.to_thread(registry.verify)
         log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",
                  faasd_version(), self.url)
         await self._load_functions(catalog)

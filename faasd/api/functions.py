@@ -99,10 +99,12 @@ def status(services: Services, version: FunctionVersion, info: ModelInfo) -> dic
     settings["env"] = dict.fromkeys(version.settings.env, MASKED)
     warm = services.pool_stats().get("functions", {}).get(version.name, {})
     name = version.name
+    problem = services.catalog.problem(name)
     return {
         "name": name,
         "version": version.version,
-        "ready": True,
+        "ready": problem is None,
+        **({"reason": problem} if problem is not None else {}),
         "directory": str(version.directory),
         "deployed_at": version.deployed_at,
         "batched": version.batched,

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from faasd.api.errors import render_error
 from faasd.api.keys import SERVICES
-from faasd.errors import BadRequest, FaasdError, NotFound
+from faasd.errors import BadRequest, FaasdError, NotFound, Unavailable
 from faasd.gateway import CallResult, Payload, parse_payload
 from faasd.sandbox.items import BodyResult, TensorResult
 from faasd.v2 import HEADER_LENGTH, encode_plain, encode_response
@@ -44,6 +44,9 @@ async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamRes
     start_ns = int(services.clock.wall() * 1e9)
     version, info = services.catalog.get(name)
     try:
+        problem = services.catalog.problem(name)
+        if problem is not None:
+            raise Unavailable(f"{name} is not ready: {problem}", retry_after_s=60)
         body = await read_body(request, services.config.max_body_bytes)
         header_length = _header_length(request)
         args = (version, info, body, request.headers.get("Content-Type", ""), header_length,

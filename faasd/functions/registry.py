@@ -44,6 +44,7 @@ from typing import Any
 
 from faasd.clock import Clock, SystemClock
 from faasd.errors import DeployError, InsufficientStorage, NotFound
+from faasd.functions.integrity import differences, installed_files, replace_directory
 from faasd.functions.loader import PBTXT_FILE, SETTINGS_FILE, FunctionSource, load_function
 from faasd.functions.spec import (
     NAME_PATTERN,
@@ -83,7 +84,9 @@ class Registry:
         self._current: dict[str, FunctionVersion] = {}
         #: the source digest of each current version ("" if it predates digests)
         self._digests: dict[str, str] = {}
-        self._staged: dict[tuple[str, int], tuple[FunctionSource, str]] = {}
+        self._staged: dict[tuple[str, int], tuple[FunctionSource, str, dict[str, str]]] = {}
+        #: name -> why its current version is not served (its installed files are damaged)
+        self._problems: dict[str, str] = {}
         for directory in sorted(self.root.iterdir()):
             if directory.is_dir() and NAME_PATTERN.match(directory.name):
                 self._recover(directory)
@@ -117,6 +120,75 @@ class Registry:
         directory's); DeployError if `source` does not pass the static checks."""
         return load_function(source, self._defaults, name).name
 
+    def problem(self, name: str) -> str | None:
+        """Why `name`'s current version is not served (see `verify`), or None."""
+        with self._lock:
+            return self._problems.get(name)
+
+    def verify(self) -> dict[str, str]:
+        """Check every current version's installed files against the digests recorded when
+        it was staged. A damaged copy is restored from its source if the source still holds
+        exactly what was deployed; else the function is marked not ready (`problem`). Every
+        finding is logged with what differs. Returns name -> what was found and done."""
+        report: dict[str, str] = {}
+        for version in self.list():
+            found = self._verify_one(version)
+            if found is not None:
+                report[version.name] = found
+        return report
+
+    def _verify_one(self, version: FunctionVersion) -> str | None:
+        home = self.root / version.name
+        try:
+            doc = json.loads((home / f"{version.version}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        recorded = doc.get("installed_files") if isinstance(doc, dict) else None
+        if not isinstance(recorded, dict):
+            return None  # metadata from before installed digests: nothing to compare
+        try:
+            actual = installed_files(version.directory)
+        except (OSError, DeployError) as exc:
+            actual = {"(unreadable)": str(exc)}
+        diff = differences(recorded, actual)
+        if not diff:
+            return None
+        what = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+        log.error("%s v%d: installed files differ from what was deployed: %s",
+                  version.name, version.version, what)
+        if self._restore(version, doc, recorded):
+            log.warning("%s v%d: restored from %s", version.name, version.version,
+                        doc.get("source"))
+            return f"restored from its source ({what})"
+        reason = (f"v{version.version}'s installed files are damaged ({what}) and its source "
+                  "no longer holds what was deployed; deploy the function again")
+        with self._lock:
+            self._problems[version.name] = reason
+        return f"not ready: {reason}"
+
+    def _restore(self, version: FunctionVersion, doc: dict[str, Any],
+                 recorded: dict[str, str]) -> bool:
+        """Copy the source again if it still matches the recorded source digest."""
+        source_dir = doc.get("source")
+        if not isinstance(source_dir, str) or not Path(source_dir).is_dir():
+            return False
+        fresh = version.directory.parent / f".restore-{version.version}"
+        try:
+            source = load_function(Path(source_dir), self._defaults, version.name)
+            if source_digest(source) != doc.get("source_digest"):
+                return False
+            shutil.rmtree(fresh, ignore_errors=True)
+            _copy_function(source, fresh)
+            if installed_files(fresh) != recorded:
+                return False
+            replace_directory(version.directory, fresh)
+        except (OSError, DeployError) as exc:
+            log.warning("%s: cannot restore from %s: %s", version.name, source_dir, exc)
+            return False
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)
+        return True
+
     def versions(self, name: str) -> builtins.list[int]:
         """The committed versions of `name` still on disk, oldest first."""
         with self._lock:
@@ -141,6 +213,7 @@ class Registry:
             # The copy may take a while; the lock is not held, so look-ups carry on meanwhile.
             staging = home / f".staging-{number}"
             _copy_function(checked, staging)
+            files = installed_files(staging)
             staging.rename(home / str(number))
         except (OSError, InsufficientStorage) as exc:
             with self._lock:
@@ -153,7 +226,7 @@ class Registry:
             raise DeployError(f"cannot copy {checked.directory} into the state directory: "
                               f"{exc}", file=str(checked.directory)) from exc
         with self._lock:
-            self._staged[(checked.name, number)] = (checked, digest)
+            self._staged[(checked.name, number)] = (checked, digest, files)
         log.info("staged %s v%d from %s", checked.name, number, checked.directory)
         return _version_of(checked, home / str(number), number)
 
@@ -180,7 +253,7 @@ class Registry:
             entry = self._staged.get((staged.name, staged.version))
             if entry is None:
                 raise ValueError(f"{staged.name} v{staged.version} is not staged")
-            source, digest = entry
+            source, digest, files = entry
             _check_against_model(source, info)
             final = dataclasses.replace(
                 staged,
@@ -192,12 +265,14 @@ class Registry:
                 deployed_at=self._clock.wall(),
             )
             home = self.root / staged.name
-            metadata = {**_to_json(final), "source_digest": digest}
+            metadata = {**_to_json(final), "source_digest": digest,
+                        "source": str(source.directory), "installed_files": files}
             _write_atomic(home / f"{staged.version}.json", json.dumps(metadata, indent=2))
             _write_atomic(home / "current", f"{staged.version}\n")
             del self._staged[(staged.name, staged.version)]
             self._current[staged.name] = final
             self._digests[staged.name] = digest
+            self._problems.pop(staged.name, None)
             self._prune(home, final.version)
         log.info("%s v%d is current", final.name, final.version)
         return final
@@ -231,6 +306,7 @@ class Registry:
             if version is None:
                 raise NotFound(f"no function named {name!r}")
             self._digests.pop(name, None)
+            self._problems.pop(name, None)
             home = self.root / name
             (home / "current").unlink(missing_ok=True)
             _sync_directory(home)

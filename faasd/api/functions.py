@@ -93,6 +93,14 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return doc
 
 
+def _in_state_dir(services: Services, directory: Path) -> str:
+    """`directory` relative to the state directory: host paths go to the log, not answers."""
+    try:
+        return str(directory.relative_to(services.config.state_dir.resolve()))
+    except ValueError:
+        return directory.name
+
+
 def status(services: Services, version: FunctionVersion, info: ModelInfo) -> dict[str, Any]:
     """One function as the API shows it (OpenFaaS FunctionStatus fields plus ours)."""
     settings = dataclasses.asdict(version.settings)
@@ -105,7 +113,7 @@ def status(services: Services, version: FunctionVersion, info: ModelInfo) -> dic
         "version": version.version,
         "ready": problem is None,
         **({"reason": problem} if problem is not None else {}),
-        "directory": str(version.directory),
+        "directory": _in_state_dir(services, version.directory),
         "deployed_at": version.deployed_at,
         "batched": version.batched,
         "handler": {"preprocess": info.has_preprocess, "postprocess": info.has_postprocess},

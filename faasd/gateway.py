@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ def parse_payload(
     tensors (`Payload.postprocess` False); see the module docstring.
     """
     post = not v2_only
+    _check_json_length(version, info, len(body), header_length, v2_only)
     if header_length == 0:
         if len(version.inputs) != 1:
             raise BadRequest("a raw binary request needs a model with exactly one input")
@@ -143,6 +145,49 @@ def parse_payload(
         )
     check_image(version, body)
     return Payload(BodyItem(body, mime), "body")
+
+
+#: Bytes one tensor value may take as JSON: "-1.2345678901234567e-308, " and some spacing.
+JSON_BYTES_PER_VALUE = 32
+#: Room for everything in a JSON request besides the values (names, shapes, parameters).
+JSON_OVERHEAD_BYTES = 64 * 1024
+
+
+def max_json_bytes(version: FunctionVersion) -> int | None:
+    """The most JSON a tensor request to `version` can need: its values (max_rows rows of
+    each input, at most JSON_BYTES_PER_VALUE each) plus JSON_OVERHEAD_BYTES. None when the
+    inputs do not bound it (a dynamic dimension past the first, BYTES elements of any length).
+    Checked before the JSON is parsed, so that parsing is bounded by the function's limits.
+    """
+    values = 0
+    for spec in version.inputs:
+        dims = spec.shape[1:] if version.batched else spec.shape
+        if spec.datatype == "BYTES" or any(d < 0 for d in dims):
+            return None
+        values += (max_rows(version) or 1) * math.prod(dims)
+    return values * JSON_BYTES_PER_VALUE + JSON_OVERHEAD_BYTES
+
+
+def _check_json_length(version: FunctionVersion, info: ModelInfo, body_length: int,
+                       header_length: int | None, v2_only: bool) -> None:
+    """BadRequest before parsing if a tensor request's JSON is longer than `version` can
+    need (`max_json_bytes`); a body a handler's preprocess may take is not bounded here."""
+    if header_length == 0 or (info.has_preprocess and not v2_only):
+        return
+    json_length = body_length if header_length is None else header_length
+    limit = max_json_bytes(version)
+    if limit is not None and json_length > limit:
+        raise BadRequest(
+            f"the request's JSON is {json_length} bytes, more than the {limit} that "
+            f"{version.name!r} can need ({_capacity_text(version)}); send fewer rows, or "
+            "the tensors in binary (the binary tensor extension)"
+        )
+
+
+def _capacity_text(version: FunctionVersion) -> str:
+    rows = max_rows(version)
+    per = ", ".join(f"{s.name} {_shape_text(s.shape)}" for s in version.inputs)
+    return f"at most {rows} rows of {per} per call" if rows else f"inputs {per}"
 
 
 def max_rows(version: FunctionVersion) -> int | None:

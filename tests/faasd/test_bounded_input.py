@@ -120,3 +120,21 @@ def test_a_large_json_body_is_parsed_off_the_event_loop() -> None:
     assert _parse_is_slow(header + b"\0" * OFFLOAD_JSON_BYTES, len(header))  # BYTES tail
     fp32 = header.replace(b"BYTES", b"FP32")
     assert not _parse_is_slow(fp32 + b"\0" * OFFLOAD_JSON_BYTES, len(fp32))  # a view: fast
+
+
+async def test_json_longer_than_the_function_can_need_is_refused_before_parsing(
+    daemon: Daemon,
+) -> None:
+    from faasd.gateway import max_json_bytes
+
+    version, _ = daemon.services.catalog.get("linear")
+    assert max_json_bytes(version) == 8 * 4 * 32 + 64 * 1024  # 8 rows of 4 values
+    rows = {"x": [[0.125, 1.0, 2.0, 3.0]] * 20_000}  # 20,000 rows against max_batch_size 8
+    v2 = {"inputs": [{"name": "x", "shape": [20_000, 4], "datatype": "FP32",
+                      "data": rows["x"]}]}
+    async with aiohttp.ClientSession() as session:
+        for path, doc in (("/function/linear", rows), ("/v2/models/linear/infer", v2)):
+            async with session.post(f"{daemon.url}{path}", json=doc) as resp:
+                assert resp.status == 400
+                message = (await resp.json())["error"]
+            assert "more than the 66560" in message and "at most 8 rows" in message, message

@@ -26,6 +26,8 @@ from typing import BinaryIO
 from faasd.errors import DeployError, InsufficientStorage
 
 IGNORED_NAMES = frozenset({"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints"})
+#: A function directory holds a model and a few files; a deploy of `/` must not walk the disk.
+MAX_ENTRIES = 10_000
 
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -51,9 +53,15 @@ def _special(path: Path, mode: int, via: str = "") -> DeployError:
 
 
 def check_tree(root: Path) -> None:
-    """DeployError (400) for the first entry under `root` (resolved) a deploy must not read."""
+    """DeployError (400) for the first entry under `root` (resolved) a deploy must not read,
+    or when it holds more than MAX_ENTRIES entries."""
+    seen = 0
     for directory, subdirectories, files in os.walk(root, followlinks=False):
         subdirectories[:] = [d for d in subdirectories if d not in IGNORED_NAMES]
+        seen += len(subdirectories) + len(files)
+        if seen > MAX_ENTRIES:
+            raise DeployError(f"{root} holds more than {MAX_ENTRIES} files and directories; "
+                              "deploy the function's own directory", file=str(root))
         for name in [*subdirectories, *files]:
             if name in IGNORED_NAMES:
                 continue

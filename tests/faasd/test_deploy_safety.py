@@ -64,6 +64,19 @@ def test_links_out_and_special_files_are_refused_before_reading(
     assert str(directory) in caught.value.message  # names the path
 
 
+def test_a_directory_with_too_many_entries_is_refused_without_walking_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faasd.functions import tree
+
+    directory = make_function(tmp_path, "f")
+    for i in range(30):
+        (directory / f"extra-{i}.txt").write_text("x")
+    monkeypatch.setattr(tree, "MAX_ENTRIES", 20)
+    with pytest.raises(DeployError, match="more than 20 files"):
+        load_function(directory, FunctionSettings())
+
+
 def test_a_link_inside_the_directory_is_followed_and_copied(tmp_path: Path) -> None:
     directory = make_function(tmp_path / "src", "f")
     (directory / "data").mkdir()

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from faasd.functions.limits import NodeLimits
 from faasd.functions.settings import check_setting, merge_settings
 from faasd.functions.spec import FunctionSettings
 
@@ -63,7 +64,16 @@ class DaemonConfig:
     log_level: str = "info"
     #: run a small profile in the background after each deploy (faasd.profiles.service)
     profile_on_deploy: bool = True
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    min_body_rate_bps: float = 65536.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 2048
+    deploy_timeout_s: float = 60.0
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
+    limits: NodeLimits = field(default_factory=NodeLimits)
 
     @property
     def max_body_bytes(self) -> int:
@@ -93,6 +103,9 @@ class DaemonConfig:
                        f"must be >= 1, got {self.max_queue_per_function}")
         if self.drain_timeout_s < 0:
             raise fail("drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s}")
+        problem = self._availability_problem()
+        if problem is not None:
+            raise fail(*problem)
         if self.log_level.lower() not in LOG_LEVELS:
             raise fail("log_level",
                        f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
@@ -103,8 +116,24 @@ class DaemonConfig:
             raise fail("scheduler", f"{self.scheduler!r} is unknown; choose one of: {known}")
         return self
 
+    def _availability_problem(self) -> tuple[str, str] | None:
+        """(key, problem) for the first bad connection or deploy limit, else None."""
+        for key in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            if not 0 < getattr(self, key) <= 3600:
+                return key, f"must be in (0, 3600] seconds, got {getattr(self, key)}"
+        if self.min_body_rate_bps < 0:
+            return "min_body_rate_bps", f"must be >= 0, got {self.min_body_rate_bps}"
+        if self.max_connections < 16:
+            return "max_connections", f"must be >= 16, got {self.max_connections}"
+        if not 0 < self.deploy_timeout_s <= MAX_DEPLOY_TIMEOUT_S:
+            return ("deploy_timeout_s", f"must be in (0, {MAX_DEPLOY_TIMEOUT_S:g}] seconds, "
+                    f"got {self.deploy_timeout_s}")
+        return None
+
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Loading a new version may not hold a deploy longer than this, whatever the file says.
+MAX_DEPLOY_TIMEOUT_S = 600.0
 
 
 _TOP_KEYS = {f.name: f for f in fields(DaemonConfig)}
@@ -142,6 +171,8 @@ def load_config(
     for key, value in values.items():
         if key == "function_defaults":
             kwargs[key] = _settings(value, where[key])
+        elif key == "limits":
+            kwargs[key] = _limits(value, where[key])
         else:
             kwargs[key] = _coerce(key, value, where[key])
     return DaemonConfig(**kwargs).validate(where)
@@ -169,7 +200,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key in _TOP_KEYS:
-        if key == "function_defaults":
+        if key in ("function_defaults", "limits"):
             continue
         raw = env.get(f"FAASD_{key.upper()}")
         if raw is not None and raw != "":
@@ -200,7 +231,37 @@ def _settings(value: Any, source: str) -> FunctionSettings:
         raise ConfigError(f"{source}: function_defaults: {exc}") from None
 
 
+_LIMIT_KEYS = {f.name: f for f in fields(NodeLimits)}
+
+
+def _limits(value: Any, source: str) -> NodeLimits:
+    """The `limits:` mapping: whole numbers >= 0 (0 = what the node has), timeout_s > 0."""
+    if isinstance(value, NodeLimits):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: limits must be a mapping, e.g. limits: {{memory_mb: 4096}}")
+    unknown = sorted(set(value) - set(_LIMIT_KEYS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown limits key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(_LIMIT_KEYS)}")
+    checked: dict[str, Any] = {}
+    for key, raw in value.items():
+        kind = float if key == "timeout_s" else int
+        number = _convert(f"limits.{key}", raw, kind, source)
+        if number < 0 or (key == "timeout_s" and number == 0):
+            raise ConfigError(f"{source}: limits.{key} must be "
+                              f"{'> 0' if key == 'timeout_s' else '>= 0 (0 = the node)'}, "
+                              f"got {raw!r}")
+        checked[key] = number
+    return NodeLimits(**checked)
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
+    if key in ("allowed_hosts", "allowed_origins"):  # a YAML list, or "a,b" from the env
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{source}: {key} must be a list of names, got {value!r}")
+        return tuple(i.strip() for i in items if i.strip())
     if key in ("state_dir", "functions_dir", "workflows_dir"):
         if value is None or isinstance(value, str | Path):
             return None if value is None else Path(str(value)).expanduser()

@@ -26,11 +26,19 @@ from aiohttp import web
 
 from esg.policies import make_policy
 from faasd.api import create_app
+from faasd.api.connections import (
+    CONNECTIONS,
+    ConnectionGuard,
+    ConnectionLimits,
+    effective_cap,
+    raise_fd_limit,
+)
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller, ProfileSource
 from faasd.errors import FaasdError
+from faasd.functions.limits import node_memory_mb
 from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
 from faasd.invoker import Invoker
@@ -80,6 +88,8 @@ class Daemon:
         self.load_errors: dict[str, str] = {}
         self._stack = AsyncExitStack()
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.connections: ConnectionGuard | None = None
         self._services: Services | None = None
         self._stopped = False
 
@@ -123,6 +133,7 @@ class Daemon:
                 state_dir=state_dir,
                 cgroup_parent=config.cgroup_parent,
                 max_sandboxes=config.max_sandboxes,
+                load_timeout_s=config.deploy_timeout_s,
             )
         )
         metrics = Metrics(faasd_version())
@@ -148,8 +159,10 @@ class Daemon:
             profiles=self._profiles or profiles,
         )
         registry = Registry(state_dir, config.function_defaults)
+        node_limits = config.limits.resolved(
+            node_memory_mb() or 1 << 40, config.vcpu_capacity, config.max_sandboxes)
         catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity,
-                          on_change=profiles.function_changed)
+                          on_change=profiles.function_changed, limits=node_limits)
         profiles.bind(catalog, busy=controller.pending_total)
         profiles.start()
         metrics.watch(controller.queue_lengths, pool.warm_counts)
@@ -169,17 +182,28 @@ class Daemon:
             profiles=profiles,
         )
         app = create_app(config, self._services)
+        limits = connection_limits(config)
+        guard = ConnectionGuard(limits, self.clock.now, effective_cap(limits, raise_fd_limit()))
+        app[CONNECTIONS] = self.connections = guard
         # handler_cancellation: a client that hangs up takes its queued call with it.
         self._runner = web.AppRunner(
             app,
             shutdown_timeout=config.drain_timeout_s,
             access_log=None,
             handler_cancellation=True,
+            keepalive_timeout=config.idle_timeout_s,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, config.host, config.port)
-        await site.start()
-        self.port = _bound_port(self._runner)
+        server = self._runner.server
+        assert server is not None
+        # the listener is ours, not a TCPSite: every connection goes through the guard
+        self._listener = await asyncio.get_running_loop().create_server(
+            guard.factory(server), config.host, config.port, reuse_address=True)
+        guard.start()
+        self.port = int(self._listener.sockets[0].getsockname()[1])
+        log.info("at most %d connections at once (max_connections, open-file limit)", guard.cap)
+        self.notifier.status("verifying the installed versions")
+        await asyncio.to_thread(registry.verify)
         log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",
                  faasd_version(), self.url)
         await self._load_functions(catalog)
@@ -229,9 +253,13 @@ class Daemon:
             services.controller.stop_accepting()
             if services.profiles is not None:  # no new sandbox for a profile from now on
                 await services.profiles.stop()
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
-            # Closes the listener, then waits up to drain_timeout_s for running handlers.
+            # Waits up to drain_timeout_s for running handlers, then closes their connections.
             await self._runner.cleanup()
+        if self.connections is not None:
+            await self.connections.stop()
         if services is not None:
             if not await services.controller.drain(timeout_s=1.0):
                 log.warning("calls still queued after the drain; failing them")
@@ -272,11 +300,14 @@ class Daemon:
                     loop.remove_signal_handler(sig)
 
 
-def _bound_port(runner: web.AppRunner) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    raise RuntimeError("the listener has no TCP address")
+def connection_limits(config: DaemonConfig) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=config.header_timeout_s,
+        body_timeout_s=config.body_timeout_s,
+        min_body_rate_bps=config.min_body_rate_bps,
+        idle_timeout_s=config.idle_timeout_s,
+        max_connections=config.max_connections,
+    )
 
 
 def _stats_view(pool: SandboxPool) -> Callable[[], dict[str, Any]]:

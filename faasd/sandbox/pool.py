@@ -36,8 +36,9 @@ logger = logging.getLogger("faasd.sandbox")
 
 SandboxKey = tuple[str, int, Config]
 
-#: Loading a model may take longer than a call may; a start gets at least this long.
-MIN_LOAD_TIMEOUT_S = 60.0
+#: How long loading a version (model, then handler.py) may take, at a deploy's inspection
+#: and at a cold start, unless the pool is told otherwise (the daemon's `deploy_timeout_s`).
+LOAD_TIMEOUT_S = 60.0
 PING_INTERVAL_S = 30.0
 PING_TIMEOUT_S = 5.0
 
@@ -79,12 +80,14 @@ class SandboxPool:
         confinement: str = "auto",
         clock: Clock | None = None,
         reap_interval_s: float = 1.0,
+        load_timeout_s: float = LOAD_TIMEOUT_S,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.max_sandboxes = max_sandboxes
         self._spawner = Spawner(self.state_dir, cgroup_parent, confinement)
         self._clock = clock or SystemClock()
         self._reap_interval_s = reap_interval_s
+        self._load_timeout_s = load_timeout_s
         self._entries: dict[str, _Entry] = {}
         self._idle: dict[SandboxKey, list[_Entry]] = {}
         #: warm_counts(), computed once per change of `_idle` (the controller reads it per event)
@@ -134,7 +137,7 @@ class SandboxPool:
         config = Config(max(1, settings.max_batch_size), max(1, settings.vcpu), settings.vgpu)
         process, cpus = await self._spawner.spawn(version, config)
         try:
-            info = await process.wait_ready(max(MIN_LOAD_TIMEOUT_S, settings.timeout_s))
+            info = await process.wait_ready(self._load_timeout_s)
         except LoadFailed as failed:
             if failed.kind == protocol.FAILED_SANDBOX:
                 raise SandboxCrashed(f"{version.name}: {failed.message}") from None
@@ -144,7 +147,11 @@ class SandboxPool:
             raise deploy_error(version, "died", death.describe(), death.out_of_memory) from None
         except TimeoutError:
             process.kill()
-            raise deploy_error(version, "timeout", "loading took too long") from None
+            raise deploy_error(
+                version, "timeout",
+                f"it did not finish within deploy_timeout_s ({self._load_timeout_s:g} s)",
+                stage=process.loading,
+            ) from None
         finally:
             await process.stop()
             self._spawner.release(cpus)
@@ -375,7 +382,7 @@ class SandboxPool:
         try:
             process, cpus = await self._spawner.spawn(version, config)
             try:
-                await process.wait_ready(max(MIN_LOAD_TIMEOUT_S, version.settings.timeout_s))
+                await process.wait_ready(self._load_timeout_s)
             except (LoadFailed, SandboxDied, TimeoutError) as exc:
                 reason = await self._start_failure(process, exc)
                 await process.stop()

@@ -1,0 +1,1 @@
+"""Workflows: DAGs of functions with an end-to-end latency objective."""

@@ -173,3 +173,18 @@ def png(pixels: np.ndarray) -> bytes:
     stream = io.BytesIO()
     Image.fromarray(pixels).save(stream, "PNG")
     return stream.getvalue()
+
+
+@pytest.mark.parametrize("name", sorted(WORKFLOW_STAGES))
+def test_every_workflow_has_what_the_readme_promises(name: str) -> None:
+    directory = WORKFLOWS / name
+    readme = (directory / "README.md").read_text()
+    slo_ms = parse_workflow((directory / "workflow.yaml").read_text()).slo_ms
+    assert f"slo_ms: {slo_ms:g}" in readme  # the README explains the SLO it shows
+    assert f"--data-binary @workflows/{name}/sample.jpg" in readme
+    assert f"http://127.0.0.1:8080/workflow/{name}" in readme
+    assert (directory / "sample.jpg").is_file()
+    for stage in WORKFLOW_STAGES[name]:
+        assert (directory / stage / "faasd.yaml").is_file()
+        assert f"`{stage}/`" in readme or f"`{stage}`" in readme
+    assert name in (WORKFLOWS / "README.md").read_text()

@@ -1,17 +1,22 @@
-"""faasd.workflows.reference, its pure parts: reading workflow.yaml, the order, and which
-output feeds which input (the contract's edges and maps). The examples run end to end in
-tests/functions/test_workflows.py."""
+"""faasd.workflows.reference: reading workflow.yaml, the order, which output feeds which input
+(the contract's edges and maps), and a run with two sinks over tiny models. The examples run
+end to end in tests/functions/test_workflows.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from faasd.workflows.reference import (
     Edge,
     WorkflowDefinition,
     WorkflowError,
     parse_workflow,
+    run_directly,
     sinks_of,
     source_of,
     stage_feeds,
@@ -112,3 +117,47 @@ def test_feeds_that_do_not_fit_are_errors(
     produced = {"pre": {"image": np.zeros(1)}, "net": {"prob": np.zeros(1), "other": np.zeros(1)}}
     with pytest.raises(WorkflowError, match=message):
         stage_feeds(definition("pre net post", *edges), "post", inputs, produced)
+
+
+def tiny_function(directory: Path, op: str, handler: str = "") -> None:
+    """A function whose model computes out = op(x) on FP32 [N, 2] (Neg, Abs, Relu, ...)."""
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["out"])], op.lower(),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    directory.mkdir(parents=True)
+    onnx.save(model, str(directory / "model.onnx"))
+    if handler:
+        (directory / "handler.py").write_text(handler)
+
+
+def test_two_sinks_answer_an_object_keyed_by_function(tmp_path: Path) -> None:
+    """neg -> {abs, relu}: relu has no postprocess (its tensors come back as a JSON object),
+    abs has one; a function of functions/ is used when the workflow has no such stage."""
+    workflow, shared = tmp_path / "workflows" / "fork", tmp_path / "functions"
+    tiny_function(shared / "neg", "Neg")
+    tiny_function(workflow / "abs", "Abs",
+                  "def postprocess(outputs):\n    return {'sum': float(outputs['out'].sum())}\n")
+    tiny_function(workflow / "relu", "Relu")
+    (workflow / "workflow.yaml").write_text(
+        "slo_ms: 10\nfunctions: [neg, abs, relu]\n"
+        "edges: [{from: neg, to: abs}, {from: neg, to: relu}]\n")
+    x = np.array([[1.0, -2.0], [3.0, 4.0]], dtype=np.float32)
+    result = run_directly(workflow, {"x": x})  # functions/ beside workflows/ by default
+    assert result.answers == (
+        {"abs": {"sum": 3.0}, "relu": {"out": [[0.0, 2.0]]}},
+        {"abs": {"sum": 7.0}, "relu": {"out": [[0.0, 0.0]]}},
+    )
+    np.testing.assert_array_equal(result.tensors["neg"]["out"], -x)
+    assert result.outputs.keys() == {"abs", "relu"}
+    with pytest.raises(ValueError, match="2 batch rows"):
+        _ = result.answer
+    with pytest.raises(WorkflowError, match=r"neg has no preprocess\(\); pass its inputs \(x\)"):
+        run_directly(workflow, b"a body")
+    (workflow / "workflow.yaml").write_text("slo_ms: 10\nfunctions: [neg, nope]\n"
+                                           "edges: [{from: neg, to: nope}]\n")
+    with pytest.raises(WorkflowError, match="function 'nope' is neither"):
+        run_directly(workflow, {"x": x})

@@ -52,6 +52,14 @@ class PoolLike(Protocol):
     async def retire(self, name: str, through_version: int | None = None) -> None: ...
 
 
+class Guard(Protocol):
+    """Vetoes changes that would break something built on functions (a workflow)."""
+
+    def check_name(self, name: str) -> None: ...
+    def check_deploy(self, version: FunctionVersion, info: ModelInfo) -> None: ...
+    def check_remove(self, name: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Deployed:
     version: FunctionVersion
@@ -68,12 +76,18 @@ class Catalog:
         pool: PoolLike,
         in_flight: Callable[[str, int | None], int],
         vcpu_capacity: int,
+        on_change: Callable[[str, FunctionVersion | None], None] | None = None,
     ) -> None:
+        """`on_change(name, version)` hears of every deploy (also one that kept an unchanged
+        version) and, with None, every removal, once it is committed."""
         self._registry = registry
         self._pool = pool
         self._in_flight = in_flight
         self._capacity = vcpu_capacity
+        self._on_change = on_change
         self._lock = asyncio.Lock()
+        #: what else must agree to a deploy or removal (the workflows that use functions)
+        self.guard: Guard | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ look-ups
@@ -132,6 +146,8 @@ class Catalog:
                 old = self._check_mode(staged.name, mode)
                 self._check_resources(staged)
                 info = await self._pool.inspect(staged)
+                if self.guard is not None:
+                    self.guard.check_deploy(staged, info)
             except DeployError as exc:  # the sandbox names files as they are in the copy
                 self._registry.discard(staged)
                 raise exc.located_in(source) if name_files_in_source else exc from None
@@ -144,11 +160,27 @@ class Catalog:
                 self._registry.discard(staged)
                 raise
         log.info("deployed %s v%d from %s", final.name, final.version, source)
+        self._changed(final.name, final)
         if old is not None:
             self._spawn(self._retire_when_idle(final.name, old.version))
         if final.settings.min_instances > 0:
             self._spawn(self._prewarm(final))
         return Deployed(final, info, old is None, None if old is None else old.version)
+
+    async def check(self, source: Path, name: str) -> ModelInfo:
+        """What deploying `source` as `name` would serve, found by loading it in a throwaway
+        sandbox; nothing is installed (DeployError as `deploy` would raise it)."""
+        if self.guard is not None:
+            self.guard.check_name(name)
+        async with self._lock:
+            staged = await asyncio.to_thread(self._registry.stage, source, name)
+            try:
+                self._check_resources(staged)
+                return await self._pool.inspect(staged)
+            except DeployError as exc:
+                raise exc.located_in(source) from None
+            finally:
+                self._registry.discard(staged)
 
     async def deploy_archive(
         self, data: bytes, name: str | None, scratch: Path, *, mode: str = "any"
@@ -171,7 +203,10 @@ class Catalog:
 
     async def remove(self, name: str) -> FunctionVersion:
         async with self._lock:
+            if self.guard is not None:
+                self.guard.check_remove(name)
             removed = self._registry.remove(name)
+        self._changed(name, None)
         self._spawn(self._retire_when_idle(name, removed.version))
         return removed
 
@@ -196,6 +231,7 @@ class Catalog:
                         current.name, current.version)
             return None
         log.info("%s v%d is unchanged in %s; kept", current.name, current.version, source)
+        self._changed(current.name, current)
         if current.settings.min_instances > 0:
             self._spawn(self._prewarm(current))
         return Deployed(current, info, created=False, replaced=None, unchanged=True)
@@ -230,6 +266,13 @@ class Catalog:
             await self._pool.prewarm(version, config, version.settings.min_instances)
         except Exception:
             log.exception("prewarming %s v%d failed", version.name, version.version)
+
+    def _changed(self, name: str, version: FunctionVersion | None) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change(name, version)
+            except Exception:  # a listener's bug must not undo a committed deploy
+                log.exception("on_change(%s) failed", name)
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

@@ -59,31 +59,43 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int)
     up.add_argument("--state-dir", type=Path)
     up.add_argument("--functions", type=Path, help="deploy every function directory in DIR")
+    up.add_argument("--workflows", type=Path,
+                    help="then deploy every workflow directory (with a workflow.yaml) in DIR")
     up.add_argument("--config", type=Path, help="faasd.yaml with the daemon's settings")
     up.add_argument("--scheduler", help="policy name (default fcfs)")
     up.add_argument("--port-file", type=Path, help="write the bound port here once ready")
     up.add_argument("--log-level", default=None)
     up.set_defaults(func=_up)
 
-    deploy = client_command("deploy", "deploy (or redeploy) a function directory", _deploy)
+    deploy = client_command(
+        "deploy", "deploy (or redeploy) a function or workflow directory", _deploy)
     deploy.add_argument("directory", type=Path)
     deploy.add_argument("--name", help="function name (default: the directory's name)")
     deploy.add_argument("--upload", action="store_true",
                         help="send the directory as a tar archive (for a daemon on another host)")
 
     client_command("list", "list deployed functions", _list)
-    describe = client_command("describe", "show one function", _describe)
+    client_command("workflows", "list deployed workflows", _workflows)
+    describe = client_command("describe", "show one function or workflow", _describe)
     describe.add_argument("name")
 
-    invoke = client_command("invoke", "call a function; body from --data, @file or stdin",
+    invoke = client_command("invoke", "call a function or workflow; body from --data, @file "
+                            "or stdin",
                             _invoke)
     invoke.add_argument("name")
     invoke.add_argument("-d", "--data", help="the body, or @FILE to read it from a file")
     invoke.add_argument("--content-type", help="default: guessed from @FILE, else JSON")
     invoke.add_argument("-v", "--verbose", action="store_true", help="print call headers")
 
-    remove = client_command("remove", "remove a function", _remove)
+    remove = client_command("remove", "remove a function or workflow", _remove)
     remove.add_argument("name")
+
+    profile = client_command("profile", "measure a function's latency per configuration "
+                             "(--show/--png: the stored profile only)", _profile)
+    profile.add_argument("name")
+    profile.add_argument("--show", action="store_true", help="print the stored table")
+    profile.add_argument("--png", type=Path, metavar="FILE", help="draw latency and cost")
+    profile.add_argument("--small", action="store_true", help="the small grid of a deploy")
 
     install = sub.add_parser("install", help="install the systemd unit and start faasd")
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
@@ -98,9 +110,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _esg_plan(argv: list[str]) -> int:
+    """`faasd plan FILE` plans an instance offline; `faasd plan WORKFLOW` asks the daemon."""
+    first = next((a for a in argv if not a.startswith("-") or a == "-"), None)
+    if first is not None and first != "-" and not Path(first).exists():
+        return _workflow_plan(argv)
     from esg.cli import main as esg_main
 
     return esg_main(["plan", *argv])
+
+
+def _stage_text(function: str, config: dict[str, Any]) -> str:
+    gpu = f" {config['vgpu']} GPU units" if config["vgpu"] else ""
+    return (f"{function} batch {config['batch']} x {config['vcpu']} vCPU{gpu} "
+            f"{config['latency_ms']:.3g} ms")
+
+
+def _workflow_plan(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="faasd plan", description="explain ESG's plan of a "
+                                     "deployed workflow with the live profiles")
+    parser.add_argument("workflow")
+    parser.add_argument("-g", "--gateway", help="daemon URL (default $FAASD_URL)")
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    args = parser.parse_args(argv)
+    try:
+        doc = Client(gateway_url(args.gateway)).json(
+            "GET", f"/system/workflow/{args.workflow}/plan")
+    except ClientError as exc:
+        print(f"faasd: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    if args.output == "json":
+        return _print_json(doc)
+    state = "feasible" if doc["feasible"] else "infeasible even at the fastest configurations"
+    print(f"workflow {doc['workflow']}: SLO {doc['slo_ms']:g} ms ({state}); scheduler "
+          f"{doc['scheduler']}")
+    for number, group in enumerate(doc["groups"], start=1):
+        print(f"group {number}: {' '.join(group['functions'])}: budget {group['budget_ms']:.4g} "
+              f"ms, done by {group['deadline_ms']:.4g} ms, fastest possible "
+              f"{group['min_latency_ms']:.4g} ms")
+        for plan in group["plans"]:
+            label = "chosen" if plan["rank"] == 1 else f"#{plan['rank']}"
+            stages = ", ".join(_stage_text(f, c) for f, c in plan["configs"].items())
+            why = f"  -- lost: {plan['why_not']}" if plan["why_not"] else ""
+            print(f"  {label}: {stages}; {plan['latency_ms']:.4g} ms, "
+                  f"${plan['cost_per_request']:.3g}/request{why}")
+        if not group["plans"]:
+            print("  no profiled function here: runs FCFS-style at the functions' limits")
+    if doc["unprofiled"]:
+        print(f"not profiled yet (FCFS at their limits): {', '.join(doc['unprofiled'])}; "
+              "run `faasd profile NAME`")
+    return EXIT_OK
 
 
 def _esg_split(argv: list[str]) -> int:
@@ -122,7 +180,8 @@ _OFFLINE: dict[str, Callable[[list[str]], int]] = {
     "simulate": _simulate,
 }
 _OFFLINE_HELP = {
-    "plan": "top-K ESG plans of a planning instance FILE (same as python -m esg plan)",
+    "plan": "explain ESG's plan of a deployed WORKFLOW, or the top-K plans of an instance "
+            "FILE (as python -m esg plan)",
     "split": "SLO groups and budgets of a workflow FILE (same as python -m esg split)",
     "simulate": "compare the schedulers in the simulator (same as python -m esg.sim report)",
 }
@@ -145,6 +204,7 @@ def _up(args: argparse.Namespace) -> int:
             "port": args.port,
             "state_dir": args.state_dir,
             "functions_dir": args.functions,
+            "workflows_dir": args.workflows,
             "scheduler": args.scheduler,
             "log_level": args.log_level,
         },
@@ -222,8 +282,17 @@ def _deploy(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         raise ClientError(f"{args.directory} is not a directory")
     started = time.monotonic()
+    workflow = (directory / "workflow.yaml").is_file()
+    if workflow and args.upload:
+        raise ClientError("--upload sends one function; deploy a workflow from a directory on "
+                          "the daemon's host (without --upload)")
     with _Progress(f"deploying {directory.name}", enabled=args.output == "table"):
-        if args.upload:
+        if workflow:
+            doc: dict[str, Any] = {"path": str(directory)}
+            if args.name:
+                doc["name"] = args.name
+            status = _client(args).json("POST", "/system/workflows", doc)
+        elif args.upload:
             from urllib.parse import quote
 
             from faasd.archive import pack
@@ -235,7 +304,7 @@ def _deploy(args: argparse.Namespace) -> int:
             )
             status = reply.json()
         else:
-            doc: dict[str, Any] = {"path": str(directory)}
+            doc = {"path": str(directory)}
             if args.name:
                 doc["name"] = args.name
             status = _client(args).json("POST", "/system/functions", doc)
@@ -243,6 +312,8 @@ def _deploy(args: argparse.Namespace) -> int:
         return _print_json(status)
     took = time.monotonic() - started
     action = "redeployed" if status.get("replaced_version") else "deployed"
+    if workflow:
+        action += " workflow"
     elapsed = f"{took:.1f} s" if took >= 1 else f"{took * 1e3:.0f} ms"  # "0.0s" says nothing
     print(f"{action} {status['name']} v{status['version']} in {elapsed}: "
           f"POST {_client(args).url}{status['urls']['invoke']}")
@@ -263,9 +334,42 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _workflows(args: argparse.Namespace) -> int:
+    workflows = _client(args).json("GET", "/system/workflows")
+    if args.output == "json":
+        return _print_json(workflows)
+    rows = [
+        [w["name"], str(w["version"]), f"{w['slo_ms']:g}", " ".join(w["functions"]),
+         ", ".join(_edge_text(e) for e in w["edges"]) or "-"]
+        for w in workflows
+    ]
+    _print_table(["NAME", "VERSION", "SLO_MS", "FUNCTIONS", "EDGES"], rows)
+    return EXIT_OK
+
+
+def _edge_text(edge: dict[str, Any]) -> str:
+    renames = ",".join(f"{k}:{v}" for k, v in edge.get("map", {}).items())
+    return f"{edge['from']}->{edge['to']}" + (f"[{renames}]" if renames else "")
+
+
+def _find(client: Client, name: str) -> tuple[str, Any]:
+    """("function" | "workflow", its status) for `name`; the function's 404 if neither."""
+    try:
+        return "function", client.json("GET", f"/system/function/{name}")
+    except ClientError as exc:
+        if exc.status != 404:
+            raise
+        try:
+            return "workflow", client.json("GET", f"/system/workflow/{name}")
+        except ClientError:
+            raise exc from None
+
+
 def _describe(args: argparse.Namespace) -> int:
     client = _client(args)
-    f = client.json("GET", f"/system/function/{args.name}")
+    kind, f = _find(client, args.name)
+    if kind == "workflow":
+        return _describe_workflow(args, client, f)
     if args.output == "json":
         return _print_json(f)
     handler = [k for k, v in f["handler"].items() if v]
@@ -291,14 +395,52 @@ def _describe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _describe_workflow(args: argparse.Namespace, client: Client, w: dict[str, Any]) -> int:
+    if args.output == "json":
+        return _print_json(w)
+    rows = [
+        ("Name", w["name"]),
+        ("Version", str(w["version"])),
+        ("SLO", f"{w['slo_ms']:g} ms"),
+        ("Functions", " ".join(w["functions"])),
+        ("Source", w["source"]),
+        ("Sinks", ", ".join(w["sinks"])),
+        ("Scheduler", w["scheduler"]),
+        ("Invoke", f"{client.url}{w['urls']['invoke']}"),
+        ("V2", f"{client.url}{w['urls']['v2']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 2}}{value}")
+    print("Stages:")
+    for name in w["functions"]:
+        stage = w["function_status"][name]
+        if not stage.get("version"):
+            print(f"  {name}: not deployed")
+            continue
+        feeds = ", ".join(f"{f['input']} <- {f['from']}.{f['output']}" for f in stage["feeds"])
+        print(f"  {name} v{stage['version']}: {feeds or 'the call body'} -> "
+              f"{_tensors(stage['outputs'])}")
+    return EXIT_OK
+
+
 def _invoke(args: argparse.Namespace) -> int:
     body, guessed = _body(args.data)
     content_type = args.content_type or guessed
-    reply = _client(args).request(
-        "POST", f"/function/{args.name}", body, {"Content-Type": content_type}
-    )
+    client = _client(args)
+    try:
+        reply = client.request(
+            "POST", f"/function/{args.name}", body, {"Content-Type": content_type}
+        )
+    except ClientError as exc:
+        if exc.status != 404 or not _is_workflow(client, args.name):
+            raise
+        reply = client.request(
+            "POST", f"/workflow/{args.name}", body, {"Content-Type": content_type}
+        )
     if args.verbose:
-        for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "Content-Type"):
+        for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "X-Faasd-Slo-Ms",
+                    "X-Faasd-Slo-Met", "Content-Type"):
             if key in reply.headers:
                 print(f"{key}: {reply.headers[key]}", file=sys.stderr)
     sys.stdout.buffer.write(reply.body)
@@ -323,12 +465,33 @@ def _body(data: str | None) -> tuple[bytes, str]:
     return data.encode(), "application/json"
 
 
+def _is_workflow(client: Client, name: str) -> bool:
+    try:
+        client.json("GET", f"/system/workflow/{name}")
+    except ClientError:
+        return False
+    return True
+
+
 def _remove(args: argparse.Namespace) -> int:
-    result = _client(args).json("DELETE", "/system/functions", {"functionName": args.name})
+    client = _client(args)
+    if _is_workflow(client, args.name):
+        result = client.json("DELETE", "/system/workflows", {"name": args.name})
+        if args.output == "json":
+            return _print_json(result)
+        print(f"removed workflow {result['removed']} (was v{result['version']})")
+        return EXIT_OK
+    result = client.json("DELETE", "/system/functions", {"functionName": args.name})
     if args.output == "json":
         return _print_json(result)
     print(f"removed {result['removed']} (was v{result['version']})")
     return EXIT_OK
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from faasd.profiles import command
+
+    return command.run(_client(args), args.name, args.output, args.show, args.png, args.small)
 
 
 def _version(args: argparse.Namespace) -> int:

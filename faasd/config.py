@@ -43,7 +43,8 @@ class DaemonConfig:
     """Everything `faasd up` needs. Units are in the names.
 
     `node_vcpu` 0 means "every core this process may use". `functions_dir` (if set) is scanned
-    at start: every sub-directory is deployed before READY=1. `function_defaults` are the
+    at start: every sub-directory is deployed before READY=1; then every sub-directory of
+    `workflows_dir` (if set) that holds a workflow.yaml. `function_defaults` are the
     settings a function's own faasd.yaml overrides.
     """
 
@@ -51,6 +52,7 @@ class DaemonConfig:
     port: int = 8080
     state_dir: Path = Path("state")
     functions_dir: Path | None = None
+    workflows_dir: Path | None = None
     scheduler: str = "fcfs"
     max_body_mb: int = 64
     node_vcpu: int = 0
@@ -59,6 +61,8 @@ class DaemonConfig:
     max_queue_per_function: int = 1024
     drain_timeout_s: float = 30.0
     log_level: str = "info"
+    #: run a small profile in the background after each deploy (faasd.profiles.service)
+    profile_on_deploy: bool = True
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
 
     @property
@@ -197,7 +201,7 @@ def _settings(value: Any, source: str) -> FunctionSettings:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    if key in ("state_dir", "functions_dir"):
+    if key in ("state_dir", "functions_dir", "workflows_dir"):
         if value is None or isinstance(value, str | Path):
             return None if value is None else Path(str(value)).expanduser()
         raise ConfigError(f"{source}: {key} must be a path, got {value!r}")
@@ -206,14 +210,19 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return _convert(key, value, kind, source)
 
 
-_KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+_BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True,
+              "false": False, "no": False, "off": False, "0": False}
 
 
 def _convert(key: str, value: Any, kind: type, source: str) -> Any:
     """`value` as `kind`: a value of that type (an int for a float), or text that parses as
     one (what environment variables hold). Never a silent cut: 1.5 is not a whole number."""
     converted: Any = None
-    if isinstance(value, str) and kind is not str:
+    if kind is bool:
+        converted = value if isinstance(value, bool) else (
+            _BOOL_TEXT.get(value.strip().lower()) if isinstance(value, str) else None)
+    elif isinstance(value, str) and kind is not str:
         with contextlib.suppress(ValueError):
             converted = kind(value.strip())
     elif isinstance(value, bool):  # YAML's true/false is no count and no text

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from esg.errors import PolicyError
-from esg.model import Config, Job, Workflow
+from esg.model import Config, Job, Profile, Workflow
 from esg.policy import (
     Action,
     Arrival,
@@ -55,6 +55,28 @@ class BatchOutcome:
     ok: bool
 
 
+class ProfileSource(Protocol):
+    """Where the policy's profiles and cold-start estimates come from (the profile store)."""
+
+    def profiles(self) -> Mapping[str, Profile]:
+        """The current profile of every function that has one, keyed by function name."""
+        ...
+
+    def cold_starts_ms(self) -> Mapping[str, float]:
+        """The measured cold start of each function's current version (ms), where measured."""
+        ...
+
+
+class NoProfiles:
+    """No profiles yet: planning policies run every function FCFS-style at its limits."""
+
+    def profiles(self) -> Mapping[str, Profile]:
+        return MappingProxyType({})
+
+    def cold_starts_ms(self) -> Mapping[str, float]:
+        return MappingProxyType({})
+
+
 class Executor(Protocol):
     """What the controller needs from the invoker."""
 
@@ -78,8 +100,9 @@ class _Running:
     versions: set[tuple[str, int]] = field(default_factory=set)
 
 
-def limits_of(version: FunctionVersion) -> FunctionLimits:
-    """The FCFS knobs of a version: its batching, vCPUs and instance cap (CPU only here)."""
+def limits_of(version: FunctionVersion, cold_start_ms: float | None = None) -> FunctionLimits:
+    """The FCFS knobs of a version: its batching, vCPUs and instance cap (CPU only here), and
+    its measured cold start when there is one (planning policies add it to a cold plan)."""
     settings = version.settings
     return FunctionLimits(
         max_batch=max(1, settings.max_batch_size) if version.batched else 1,
@@ -87,6 +110,7 @@ def limits_of(version: FunctionVersion) -> FunctionLimits:
         vcpu=max(1, settings.vcpu),
         vgpu=0,
         max_instances=settings.max_instances,
+        cold_start_ms=cold_start_ms,
     )
 
 
@@ -100,6 +124,7 @@ class Controller:
         vcpu_capacity: int,
         warm: Callable[[], Mapping[tuple[str, Config], int]] = dict,
         max_queue: int = 1024,
+        profiles: ProfileSource | None = None,
     ) -> None:
         self._policy = policy
         self._executor = executor
@@ -107,6 +132,7 @@ class Controller:
         self._capacity = vcpu_capacity
         self._warm = warm
         self._max_queue = max_queue
+        self._profiles = profiles or NoProfiles()
         self._queues: dict[tuple[str, str], deque[Job]] = {}
         self._pending: dict[str, _Pending] = {}
         self._limits: dict[str, FunctionLimits] = {}
@@ -132,7 +158,8 @@ class Controller:
         if not self._accepting:
             raise Unavailable("faasd is shutting down; retry on another node", retry_after_s=5)
         name = invocation.function
-        key = (name, name)
+        app = invocation.application
+        key = (app, name)
         queue = self._queues.setdefault(key, deque())
         if len(queue) >= self._max_queue:
             raise Overloaded(
@@ -140,15 +167,14 @@ class Controller:
                 retry_after_s=1,
             )
         if self._limits_of.get(name) is not invocation.version:
-            self._limits[name] = limits_of(invocation.version)
-            self._limits_of[name] = invocation.version
-        if name not in self._workflows:
-            self._workflows[name] = Workflow.single(name)
+            self._refresh_limits(invocation.version)
+        if app not in self._workflows:
+            self._workflows[app] = Workflow.single(name)
         now = self._clock.now()
         job = Job(
             id=invocation.id,
-            request_id=invocation.id,
-            app=name,
+            request_id=invocation.request_id or invocation.id,
+            app=app,
             function=name,
             request_start_s=invocation.start_s,
             enqueued_s=now,
@@ -205,7 +231,18 @@ class Controller:
     # ------------------------------------------------------------ views
 
     def queue_lengths(self) -> dict[str, int]:
-        return {function: len(q) for (_, function), q in self._queues.items()}
+        """Jobs queued per function, over every application that calls it."""
+        lengths: dict[str, int] = {}
+        for (_, function), queue in self._queues.items():
+            lengths[function] = lengths.get(function, 0) + len(queue)
+        return lengths
+
+    def set_workflow(self, workflow: Workflow) -> None:
+        """Schedule the calls of application `workflow.name` as stages of this DAG."""
+        self._workflows[workflow.name] = workflow
+
+    def remove_workflow(self, name: str) -> None:
+        self._workflows.pop(name, None)
 
     def pending_total(self) -> int:
         """Calls admitted and not yet answered (queued or running), all functions."""
@@ -234,9 +271,15 @@ class Controller:
             nodes=(node,),
             queues={k: tuple(q) for k, q in self._queues.items()},
             workflows=MappingProxyType(self._workflows),
+            profiles=self._profiles.profiles(),
             limits=MappingProxyType(self._limits),
             running=dict(self._running_count),
         )
+
+    def _refresh_limits(self, version: FunctionVersion) -> None:
+        cold_ms = self._profiles.cold_starts_ms().get(version.name)
+        self._limits[version.name] = limits_of(version, cold_ms)
+        self._limits_of[version.name] = version
 
     # ------------------------------------------------------------ the policy loop
 
@@ -310,6 +353,10 @@ class Controller:
             outcome = BatchOutcome([error] * len(invocations), 0.0, False, False)
         self._used_vcpu -= dispatch.config.vcpu
         del self._running[batch_id]
+        if outcome.cold_start and invocations:  # a cold start was measured: a new estimate
+            version = invocations[0].version
+            if version is self._limits_of.get(dispatch.function):
+                self._refresh_limits(version)
         left = self._running_count[dispatch.function] - 1
         if left:
             self._running_count[dispatch.function] = left

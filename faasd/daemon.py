@@ -29,15 +29,20 @@ from faasd.api import create_app
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.config import ConfigError, DaemonConfig, faasd_version
-from faasd.controller import Controller
+from faasd.controller import Controller, ProfileSource
 from faasd.errors import FaasdError
 from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
 from faasd.invoker import Invoker
 from faasd.metrics import Metrics
+from faasd.profiles.service import ProfileService
+from faasd.profiles.store import ProfileStore
 from faasd.sandbox.pool import SandboxPool
 from faasd.services import Services
 from faasd.systemd import Notifier
+from faasd.workflows.runner import WorkflowRunner
+from faasd.workflows.service import Workflows
+from faasd.workflows.store import WorkflowStore
 
 log = logging.getLogger("faasd.daemon")
 
@@ -49,6 +54,11 @@ def function_dirs(root: Path) -> list[Path]:
     )
 
 
+def workflow_dirs(root: Path) -> list[Path]:
+    """Sub-directories of `root` that hold a workflow.yaml."""
+    return [p for p in function_dirs(root) if (p / "workflow.yaml").is_file()]
+
+
 class Daemon:
     """One faasd daemon. `async with Daemon(config) as d:` serves on `d.url` until exit."""
 
@@ -58,10 +68,14 @@ class Daemon:
         *,
         notifier: Notifier | None = None,
         clock: Clock | None = None,
+        profiles: ProfileSource | None = None,
     ) -> None:
+        """`profiles` replaces the daemon's own profile store as what the policy plans with
+        (tests give fixed tables)."""
         self.config = config
         self.notifier = notifier or Notifier(env={})
         self.clock = clock or SystemClock()
+        self._profiles = profiles
         self.port: int | None = None
         self.load_errors: dict[str, str] = {}
         self._stack = AsyncExitStack()
@@ -93,6 +107,10 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
+        for directory, what in ((config.workflows_dir, "workflows"),):
+            if directory is not None and not directory.resolve().is_dir():
+                raise ConfigError(f"{what} directory {directory.resolve()} does not exist; "
+                                  f"check --{what} / {what}_dir")
         if config.functions_dir is not None and not config.functions_dir.resolve().is_dir():
             # before anything starts or binds: a typo must not look like a started daemon
             raise ConfigError(f"functions directory {config.functions_dir.resolve()} does not "
@@ -112,25 +130,43 @@ class Daemon:
             policy = make_policy(config.scheduler)
         except (ImportError, TypeError, ValueError) as exc:
             raise ConfigError(f"scheduler {config.scheduler!r} cannot be used: {exc}") from exc
+        store = ProfileStore.in_state_dir(state_dir)
+        self._stack.callback(store.close)  # closed by stop() already, unless start failed
+        profiles = ProfileService(
+            store,
+            pool,
+            node_vcpu=config.vcpu_capacity,
+            profile_on_deploy=config.profile_on_deploy,
+        )
         controller = Controller(
             policy=policy,
-            executor=Invoker(pool, metrics),
+            executor=Invoker(pool, metrics, on_batch=profiles.on_batch),
             clock=self.clock,
             vcpu_capacity=config.vcpu_capacity,
             warm=pool.warm_counts,
             max_queue=config.max_queue_per_function,
+            profiles=self._profiles or profiles,
         )
         registry = Registry(state_dir, config.function_defaults)
-        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
+        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity,
+                          on_change=profiles.function_changed)
+        profiles.bind(catalog, busy=controller.pending_total)
+        profiles.start()
         metrics.watch(controller.queue_lengths, pool.warm_counts)
+        gateway = Gateway(controller, self.clock, metrics)
+        workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
+        metrics.registry.register(profiles.collector())
         self._services = Services(
             config=config,
             clock=self.clock,
             catalog=catalog,
             controller=controller,
-            gateway=Gateway(controller, self.clock, metrics),
+            gateway=gateway,
             metrics=metrics,
             pool_stats=_stats_view(pool),
+            workflows=workflows,
+            runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
+            profiles=profiles,
         )
         app = create_app(config, self._services)
         # handler_cancellation: a client that hangs up takes its queued call with it.
@@ -147,6 +183,8 @@ class Daemon:
         log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",
                  faasd_version(), self.url)
         await self._load_functions(catalog)
+        workflows.load()
+        await self._load_workflows(workflows)
         self._services.readiness.ready = True
         loaded = len(catalog.list())
         self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
@@ -167,6 +205,19 @@ class Daemon:
                 log.info("loaded %s v%d (%s)", deployed.version.name, deployed.version.version,
                          how)
 
+    async def _load_workflows(self, workflows: Workflows) -> None:
+        if self.config.workflows_dir is None:
+            return
+        for directory in workflow_dirs(self.config.workflows_dir.resolve()):
+            self.notifier.status(f"deploying workflow {directory.name}")
+            try:
+                deployed, _ = await workflows.deploy(directory)
+            except FaasdError as exc:
+                self.load_errors[directory.name] = exc.message
+                log.error("cannot deploy workflow %s: %s", directory, exc.message)
+                continue
+            log.info("loaded workflow %s v%d", deployed.spec.name, deployed.version)
+
     async def stop(self) -> None:
         """Stop accepting → drain in-flight calls → stop sandboxes (see the module doc)."""
         if self._stopped:
@@ -176,6 +227,8 @@ class Daemon:
         services = self._services
         if services is not None:
             services.controller.stop_accepting()
+            if services.profiles is not None:  # no new sandbox for a profile from now on
+                await services.profiles.stop()
         if self._runner is not None:
             # Closes the listener, then waits up to drain_timeout_s for running handlers.
             await self._runner.cleanup()
@@ -184,6 +237,8 @@ class Daemon:
                 log.warning("calls still queued after the drain; failing them")
             services.controller.close()
             await services.catalog.close()
+            if services.profiles is not None:
+                await services.profiles.close()
         await self.notifier.stop_watchdog()
         await self._stack.aclose()
         log.info("faasd stopped")
@@ -235,6 +290,7 @@ def _stats_view(pool: SandboxPool) -> Callable[[], dict[str, Any]]:
             "cold_starts": stats.cold_starts,
             "crashes": stats.crashes,
             "timeouts": stats.timeouts,
+            "cgroups": pool.backend.value,
         }
 
     return view

@@ -30,6 +30,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from esg.model import Config
+from esg.pricing import Pricing
 from faasd.clock import Clock
 from faasd.errors import BadRequest, FaasdError, UnsupportedMediaType
 from faasd.functions.spec import FunctionVersion, ModelInfo, TensorSpec
@@ -73,6 +75,14 @@ class Invocation:
     deadline_s: float
     #: Whether the handler's `postprocess` shapes the answer (False: the model's tensors).
     postprocess: bool = True
+    #: The application (workflow) this call is a stage of, and that application call's id;
+    #: empty for a function called alone (it is its own application).
+    app: str = ""
+    request_id: str = ""
+
+    @property
+    def application(self) -> str:
+        return self.app or self.function
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,15 @@ class CallResult:
     exec_s: float
     queue_s: float
     batch_size: int
+    #: the configuration the batch ran at (None where no batch ran, e.g. a merged answer)
+    config: Config | None = None
+
+    def cost(self, pricing: Pricing) -> float:
+        """This call's share of its batch's resource-time cost (dollars)."""
+        if self.config is None:
+            return 0.0
+        rate = pricing.cpu_per_s * self.config.vcpu + pricing.gpu_per_s * self.config.vgpu
+        return rate * self.exec_s / max(1, self.batch_size)
 
 
 def parse_payload(
@@ -229,6 +248,24 @@ class Gateway:
         deadline = now + slo_ms / 1000 if slo_ms else float("inf")
         call_id = os.urandom(16).hex()  # a random 128-bit id, as uuid4().hex, at a third the cost
         return Invocation(call_id, version.name, version, item, now, deadline, postprocess)
+
+    def stage_invocation(
+        self,
+        version: FunctionVersion,
+        item: Item,
+        *,
+        app: str,
+        request_id: str,
+        start_s: float,
+        deadline_s: float,
+        postprocess: bool,
+    ) -> Invocation:
+        """One stage of the workflow call `request_id`: it shares that call's start and deadline
+        (the SLO is end to end) and is queued in the AFW queue of (`app`, its function)."""
+        return Invocation(
+            f"{request_id}.{version.name}", version.name, version, item, start_s, deadline_s,
+            postprocess, app, request_id,
+        )
 
     async def call(self, invocation: Invocation) -> CallResult:
         """The result of `invocation`; FaasdError subclasses for every expected failure."""

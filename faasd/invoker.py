@@ -6,12 +6,16 @@ call is answered by the version it was admitted under. Likewise tensor and body 
 that want the handler's `postprocess` and calls that want the model's tensors (the V2 path), run
 as separate, homogeneous `pool.run`s. A sandbox that crashes or times out
 fails only the calls of its own run, with the pool's 502/504 error.
+
+`on_batch(version, config, execution)`, if given, hears of every `pool.run` that returned (the
+profile service refines its profiles with it); an exception it raises is logged, never a
+call's failure.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from esg.model import Config
@@ -35,10 +39,16 @@ class Runner(Protocol):
     ) -> Execution: ...
 
 
+BatchObserver = Callable[[FunctionVersion, Config, Execution], None]
+
+
 class Invoker:
-    def __init__(self, pool: Runner, metrics: Metrics) -> None:
+    def __init__(
+        self, pool: Runner, metrics: Metrics, on_batch: BatchObserver | None = None
+    ) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._on_batch = on_batch
 
     async def execute(
         self, config: Config, invocations: list[Invocation], now_s: float
@@ -70,6 +80,11 @@ class Invoker:
             cold = cold or execution.cold_start
             self._metrics.batch_ran(version.name, len(group), execution.exec_s,
                                     execution.cold_start)
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(version, config, execution)
+                except Exception:
+                    log.exception("observing a batch of %s failed", version.name)
             for i, result in zip(indices, execution.results, strict=True):
                 invocation = invocations[i]
                 if isinstance(result, ItemFailure):
@@ -81,6 +96,7 @@ class Invoker:
                         exec_s=execution.exec_s,
                         queue_s=max(0.0, now_s - invocation.start_s),
                         batch_size=len(group),
+                        config=config,
                     )
         final = [r if r is not None else FaasdError("no result") for r in results]
         return BatchOutcome(final, exec_s, cold, ok)

@@ -84,11 +84,22 @@ class _FunctionStats:
     batch_size: _Histogram = field(default_factory=lambda: _Histogram(BATCH_BUCKETS))
 
 
+@dataclass
+class _WorkflowStats:
+    """Everything counted for one workflow: calls by SLO outcome, latency, per-stage times."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+    duration: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS_S))
+    stage_queue: dict[str, _Histogram] = field(default_factory=dict)
+    stage_exec: dict[str, _Histogram] = field(default_factory=dict)
+
+
 class Metrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._version = version
         self._functions: dict[str, _FunctionStats] = {}
+        self._workflows: dict[str, _WorkflowStats] = {}
         self.registry.register(_CallMetrics(self))
 
     def watch(
@@ -137,6 +148,49 @@ class Metrics:
 
     def batch_failed(self, function: str) -> None:
         self._of(function).failed_batches += 1
+
+    def workflow_finished(self, workflow: str, slo_met: bool, duration_s: float) -> None:
+        """A workflow call answered (`slo_met` False for a failed one too)."""
+        stats = self._workflows.setdefault(workflow, _WorkflowStats())
+        key = "true" if slo_met else "false"
+        stats.calls[key] = stats.calls.get(key, 0) + 1
+        stats.duration.observe(duration_s)
+
+    def stage_finished(self, workflow: str, function: str, queue_s: float, exec_s: float) -> None:
+        stats = self._workflows.setdefault(workflow, _WorkflowStats())
+        for table, value in ((stats.stage_queue, queue_s), (stats.stage_exec, exec_s)):
+            histogram = table.get(function)
+            if histogram is None:
+                histogram = table[function] = _Histogram(LATENCY_BUCKETS_S)
+            histogram.observe(value)
+
+    def _workflow_families(self) -> Iterator[Metric]:
+        stats = sorted(self._workflows.items())
+        calls = CounterMetricFamily(
+            "faasd_workflow_invocations", "Workflow calls answered, by whether the SLO was met.",
+            labels=["workflow", "slo_met"],
+        )
+        duration = HistogramMetricFamily(
+            "faasd_workflow_duration_seconds", "End-to-end latency of a workflow call.",
+            labels=["workflow"],
+        )
+        for name, s in stats:
+            for met, count in sorted(s.calls.items()):
+                calls.add_metric([name, met], count)
+            duration.add_metric([name], s.duration.buckets(), s.duration.total)
+        yield calls
+        yield duration
+        for metric, doc, attribute in (
+            ("faasd_workflow_stage_queue_seconds",
+             "Time from a workflow call's start to its stage's dispatch.", "stage_queue"),
+            ("faasd_workflow_stage_exec_seconds", "Sandbox execution time of a stage's batch.",
+             "stage_exec"),
+        ):
+            family = HistogramMetricFamily(metric, doc, labels=["workflow", "function_name"])
+            for name, s in stats:
+                for function, histogram in sorted(getattr(s, attribute).items()):
+                    family.add_metric([name, function], histogram.buckets(), histogram.total)
+            yield family
 
     def families(self) -> Iterator[Metric]:
         """The call metrics as Prometheus metric families (what a scrape reads)."""
@@ -196,6 +250,7 @@ class Metrics:
         for name, s in stats:
             inflight.add_metric([name], s.inflight)
         yield inflight
+        yield from self._workflow_families()
         build = GaugeMetricFamily("faasd_build_info", "faasd version.", labels=["version"])
         build.add_metric([self._version], 1)
         yield build

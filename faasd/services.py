@@ -12,6 +12,9 @@ from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.gateway import Gateway
 from faasd.metrics import Metrics
+from faasd.profiles.service import ProfileService
+from faasd.workflows.runner import WorkflowRunner
+from faasd.workflows.service import Workflows
 
 
 @dataclass
@@ -33,4 +36,7 @@ class Services:
     gateway: Gateway
     metrics: Metrics
     pool_stats: Callable[[], dict[str, Any]]
+    workflows: Workflows
+    runner: WorkflowRunner
     readiness: Readiness = field(default_factory=Readiness)
+    profiles: ProfileService | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from faasd.api import functions, health, invoke, metrics, v2
+from faasd.api import functions, health, invoke, metrics, profiles, v2, workflows
 from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
 from faasd.config import DaemonConfig
@@ -27,6 +27,15 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("PUT", "/system/functions", functions.deploy)
     add("DELETE", "/system/functions", functions.remove)
     add("GET", "/system/function/{name}", functions.get_function)
+    add("POST", "/workflow/{name}", workflows.workflow_call)
+    add("GET", "/system/workflows", workflows.list_workflows)
+    add("POST", "/system/workflows", workflows.deploy)
+    add("PUT", "/system/workflows", workflows.deploy)
+    add("DELETE", "/system/workflows", workflows.remove)
+    add("GET", "/system/workflow/{name}", workflows.get_workflow)
+    add("GET", "/system/workflow/{name}/plan", workflows.plan)
+    add("POST", "/system/profile/{name}", profiles.run_profile)
+    add("GET", "/system/profile/{name}", profiles.get_profile)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)
     add("GET", "/v2", v2.server_metadata)

@@ -49,7 +49,7 @@ async def deploy(request: web.Request) -> web.Response:
                 await request.read(), request.query.get("name"), scratch, mode=mode
             )
         else:
-            doc = await _json_object(request)
+            doc = await json_object(request)
             path, name = doc.get("path"), doc.get("name") or doc.get("service")
             if not isinstance(path, str) or not path:
                 raise BadRequest('deploy needs {"path": "/absolute/dir/on/the/daemon/host"}')
@@ -72,7 +72,7 @@ def _deployed(services: Services, deployed: Deployed) -> web.Response:
 async def remove(request: web.Request) -> web.Response:
     name = request.query.get("name")
     if name is None and request.can_read_body:
-        doc = await _json_object(request)
+        doc = await json_object(request)
         name = doc.get("functionName") or doc.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequest('remove needs {"functionName": "<name>"} or ?name=<name>')
@@ -80,7 +80,7 @@ async def remove(request: web.Request) -> web.Response:
     return web.json_response({"removed": removed.name, "version": removed.version})
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         doc = json.loads(await request.read())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -24,12 +24,24 @@ async def function_call(request: web.Request) -> web.StreamResponse:
 
 async def v2_infer(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
+    services = request.app[SERVICES]
+    workflow = services.workflows.find(name) if not services.catalog.ready(name) else None
+    if workflow is not None:  # a workflow is a V2 ensemble model
+        from faasd.api import workflows
+
+        _check_version(name, workflow.version, request.match_info.get("version"))
+        return await workflows.call(request, name, v2_only=True)
     wanted = request.match_info.get("version")
     if wanted is not None:
-        version, _ = request.app[SERVICES].catalog.get(name)
+        version, _ = services.catalog.get(name)
         if wanted != str(version.version):
             raise NotFound(f"{name!r} serves version {version.version} only, not {wanted}")
     return await _call(request, name, v2_only=True)
+
+
+def _check_version(name: str, version: int, wanted: str | None) -> None:
+    if wanted is not None and wanted != str(version):
+        raise NotFound(f"{name!r} serves version {version} only, not {wanted}")
 
 
 async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamResponse:
@@ -44,7 +56,7 @@ async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamRes
             info,
             body,
             request.headers.get("Content-Type", ""),
-            _header_length(request),
+            header_length(request),
             v2_only=v2_only,
         )
     except FaasdError as exc:
@@ -84,7 +96,7 @@ async def read_body(request: web.Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)  # one chunk: the same object, no copy
 
 
-def _header_length(request: web.Request) -> int | None:
+def header_length(request: web.Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
         return None

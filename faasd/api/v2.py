@@ -49,7 +49,56 @@ def _version(request: web.Request) -> FunctionVersion:
     return version
 
 
+def _ensemble(request: web.Request) -> dict[str, Any] | None:
+    """The V2 view of the workflow named in the path, if no function has that name: a Triton
+    ensemble whose inputs are its source's and whose outputs are its sinks' (named
+    `<function>.<output>` when there are several sinks)."""
+    services = request.app[SERVICES]
+    name = request.match_info["name"]
+    if services.catalog.ready(name):
+        return None
+    workflow = services.workflows.find(name)
+    if workflow is None:
+        return None
+    wanted = request.match_info.get("version")
+    if wanted is not None and wanted != str(workflow.version):
+        raise NotFound(f"{name!r} serves version {workflow.version} only, not {wanted}")
+    spec = workflow.spec
+    sinks = spec.sinks()
+    source, _ = services.catalog.get(spec.source)
+    outputs = []
+    for sink in sinks:
+        version, _ = services.catalog.get(sink)
+        for out in version.outputs:
+            meta = tensor_meta(out)
+            if len(sinks) > 1:
+                meta["name"] = f"{sink}.{out.name}"
+            outputs.append(meta)
+    steps = [
+        {
+            "model_name": f,
+            "model_version": -1,
+            "input_map": {feed.input: f"{feed.source}.{feed.output}"
+                          for feed in workflow.wiring.get(f, ())},
+        }
+        for f in spec.functions
+    ]
+    return {
+        "name": name,
+        "versions": [str(workflow.version)],
+        "platform": "ensemble",
+        "inputs": [tensor_meta(s) for s in source.inputs],
+        "outputs": outputs,
+        "ensemble_scheduling": {"step": steps},
+    }
+
+
 async def model_metadata(request: web.Request) -> web.Response:
+    ensemble = _ensemble(request)
+    if ensemble is not None:
+        return web.json_response(
+            {k: ensemble[k] for k in ("name", "versions", "platform", "inputs", "outputs")}
+        )
     version = _version(request)
     return web.json_response(
         {
@@ -63,12 +112,25 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 
 async def model_ready(request: web.Request) -> web.Response:
+    ensemble = _ensemble(request)
+    if ensemble is not None:
+        return web.json_response({"name": ensemble["name"], "ready": True})
     version = _version(request)
     return web.json_response({"name": version.name, "ready": True})
 
 
 async def model_config(request: web.Request) -> web.Response:
     """The effective configuration in Triton's field names (max_batch_size 0 = no batching)."""
+    ensemble = _ensemble(request)
+    if ensemble is not None:
+        return web.json_response({
+            "name": ensemble["name"],
+            "platform": "ensemble",
+            "max_batch_size": 0,
+            "input": [_config_tensor(t) for t in ensemble["inputs"]],
+            "output": [_config_tensor(t) for t in ensemble["outputs"]],
+            "ensemble_scheduling": ensemble["ensemble_scheduling"],
+        })
     version = _version(request)
     settings = version.settings
     batching = version.batched and settings.max_batch_size > 1
@@ -97,6 +159,11 @@ async def model_config(request: web.Request) -> web.Response:
             "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000)
         }
     return web.json_response(config)
+
+
+def _config_tensor(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"name": meta["name"], "data_type": f"TYPE_{_type(meta['datatype'])}",
+            "dims": meta["shape"]}
 
 
 def _type(datatype: str) -> str:

@@ -51,6 +51,8 @@ class _Entry:
     last_used_s: float
     last_ping_s: float
     retired: bool = False
+    #: how long starting it took (fork, confine, load): what its first call waited for
+    start_s: float = 0.0
 
     @property
     def name(self) -> str:
@@ -208,6 +210,7 @@ class SandboxPool:
             cold_start=cold,
             exec_s=float(reply["exec_s"]),
             sandbox_pid=process.pid,
+            start_s=entry.start_s if cold else 0.0,
         )
 
     async def prewarm(self, version: FunctionVersion, config: Config, count: int) -> None:
@@ -216,6 +219,14 @@ class SandboxPool:
         while len(self._idle.get(key, [])) < count and self._has_room(version):
             entry = await self._start(version, config)
             self._release(entry)
+
+    async def stop_idle(self, version: FunctionVersion, config: Config) -> int:
+        """Stop the idle sandboxes of (version, config) now (a profiler cleaning up after
+        itself); busy ones are left alone. Returns how many were stopped."""
+        idle = list(self._idle.get((version.name, version.version, config), ()))
+        stops = [self._stop(e) for e in idle if self._detach(e)]
+        await asyncio.shield(asyncio.gather(*stops))
+        return len(stops)
 
     async def retire(self, name: str, through_version: int | None = None) -> None:
         """Stop the sandboxes of `name` up to `through_version` (every version if None): idle
@@ -359,6 +370,7 @@ class SandboxPool:
         """A cold start: fork, confine, load; SandboxCrashed if the function cannot load."""
         name = version.name
         retired_before = self._retirements.get(name)
+        began = self._clock.now()
         self._counters.reserved[name] += 1
         try:
             process, cpus = await self._spawner.spawn(version, config)
@@ -382,6 +394,7 @@ class SandboxPool:
         self._counters.cold_starts += 1
         now = self._clock.now()
         entry = _Entry((name, version.version, config), version, process, cpus, now, now)
+        entry.start_s = now - began
         retirement = self._retirements.get(name)
         if retirement != retired_before and retirement is not None:  # retired while it loaded
             entry.retired = _retired_by(version.version, retirement[1])

@@ -1,1 +1,1 @@
-"""Workflows: DAGs of functions with an end-to-end latency objective."""
+"""Workflows: DAGs of functions with an end-to-end SLO (spec, wiring, runner, store)."""

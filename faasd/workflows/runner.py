@@ -1,0 +1,159 @@
+"""The DAG runner: one workflow call, stage by stage, through the controller.
+
+Each function of the workflow becomes one stage invocation in the AFW queue of (workflow,
+function), so the scheduling policy sees the whole application (ESG splits its SLO and plans
+each stage with the time actually left). A stage is submitted once all its predecessors have
+answered (a join waits for every side); the source gets the call's parsed body; every other
+stage gets the tensors its feeds name (`faasd.workflows.wiring`). Intermediate tensors never
+leave the node: they come back from one sandbox over its channel and go into the next one's
+batch. Only the sinks' handlers `postprocess` (when the caller wants that); intermediate stages
+always hand over the model's tensors.
+
+A stage that fails fails the call with `StageFailed`, which names the stage and its cause; the
+other stages of that call still queued are cancelled (their jobs leave the queues), and no
+other call is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from esg.pricing import Pricing
+from faasd.errors import FaasdError
+from faasd.functions.spec import FunctionVersion
+from faasd.gateway import CallResult, Gateway
+from faasd.sandbox.items import Item, TensorItem, TensorResult
+from faasd.workflows.spec import WorkflowSpec
+from faasd.workflows.wiring import Wiring
+
+log = logging.getLogger("faasd.workflows")
+
+
+class StageFailed(FaasdError):
+    """A stage of a workflow call failed; `stage` names it, the message gives its cause."""
+
+    def __init__(self, workflow: str, stage: str, cause: FaasdError, is_source: bool) -> None:
+        super().__init__(
+            f"stage {stage!r} of workflow {workflow!r} failed: {cause.message}",
+            workflow=workflow, stage=stage, **cause.extra,
+        )
+        # The source's 4xx is the caller's input; a later stage's 4xx means an earlier stage
+        # produced what it cannot take: the workflow's fault, a bad gateway to the caller.
+        self.status = cause.status if is_source or cause.status >= 500 else 502
+        self.retry_after_s = getattr(cause, "retry_after_s", None)
+
+
+@dataclass(frozen=True)
+class DeployedWorkflow:
+    """A workflow as the daemon serves it: spec, feeds, version number."""
+
+    spec: WorkflowSpec
+    wiring: Wiring
+    version: int
+    deployed_at: float
+
+
+@dataclass
+class WorkflowResult:
+    """The sinks' results (in the spec's order) and what each stage took."""
+
+    sinks: dict[str, CallResult] = field(default_factory=dict)
+    stages: dict[str, CallResult] = field(default_factory=dict)
+
+    @property
+    def cold_start(self) -> bool:
+        return any(r.cold_start for r in self.stages.values())
+
+    def cost(self, pricing: Pricing) -> float:
+        """What the call's stages cost (each its share of its batch), in dollars."""
+        return sum(r.cost(pricing) for r in self.stages.values())
+
+
+class WorkflowRunner:
+    """Runs workflow calls; `current(name)` is the version of a function that serves now."""
+
+    def __init__(self, gateway: Gateway, current: Callable[[str], FunctionVersion]) -> None:
+        self._gateway = gateway
+        self._current = current
+
+    async def run(
+        self,
+        workflow: DeployedWorkflow,
+        source_version: FunctionVersion,
+        source_item: Item,
+        *,
+        call_id: str,
+        start_s: float,
+        postprocess: bool,
+    ) -> WorkflowResult:
+        """Run every stage of `workflow` for one call; StageFailed if one fails.
+
+        The source runs at `source_version` (the one its body was checked against); every
+        later stage at the version that serves when it is submitted. A redeploy during the call
+        therefore never sends a stage to a version already retired, and a redeploy that would
+        not fit the workflow's edges is refused (`faasd.workflows.service`), so the stages of
+        one call always fit together.
+        """
+        spec = workflow.spec
+        deadline_s = start_s + spec.slo_ms / 1000.0
+        sinks = set(spec.sinks())
+        result = WorkflowResult()
+        done: dict[str, asyncio.Future[dict[str, np.ndarray]]] = {}
+        loop = asyncio.get_running_loop()
+        for function in spec.functions:
+            done[function] = loop.create_future()
+
+        async def stage(function: str) -> None:
+            preds = spec.predecessors(function)
+            if preds:
+                await asyncio.gather(*(done[p] for p in preds))
+                version = self._current(function)
+                item: Item = TensorItem({
+                    feed.input: done[feed.source].result()[feed.output]
+                    for feed in workflow.wiring[function]
+                })
+            else:
+                item, version = source_item, source_version
+            invocation = self._gateway.stage_invocation(
+                version, item, app=spec.name, request_id=call_id, start_s=start_s,
+                deadline_s=deadline_s, postprocess=postprocess and function in sinks,
+            )
+            try:
+                answer = await self._gateway.call(invocation)
+            except FaasdError as exc:
+                raise StageFailed(spec.name, function, exc, not preds) from exc
+            result.stages[function] = answer
+            if function in sinks:
+                result.sinks[function] = answer
+            tensors = answer.result.tensors if isinstance(answer.result, TensorResult) else {}
+            done[function].set_result(dict(tensors))
+
+        tasks = [
+            loop.create_task(stage(f), name=f"faasd-{spec.name}-{f}") for f in spec.functions
+        ]
+        try:
+            await _first_failure(tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for future in done.values():
+                if not future.done():
+                    future.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        result.sinks = {f: result.sinks[f] for f in spec.functions if f in result.sinks}
+        return result
+
+
+async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait until every task is done; raise the first failure at once."""
+    pending = set(tasks)
+    while pending:
+        finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        for task in finished:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]

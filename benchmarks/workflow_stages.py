@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from faasd.sandbox.batching import conform
-from faasd.workflows.reference import LoadedWorkflow, load_workflow, stage_feeds
+from faasd.workflows.reference import LoadedWorkflow, load_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,7 @@ def stage_times(workflow: LoadedWorkflow, body: bytes, calls: int) -> dict[str, 
     feeds_of = {source.name: conform(source.model, preprocess(body, "image/jpeg"))}
     for name in workflow.order:
         stage = workflow.stages[name]
-        feeds = feeds_of.get(name) or stage_feeds(workflow.definition, name,
-                                                  stage.input_names, run.tensors)
+        feeds = feeds_of.get(name) or workflow.feeds(name, run.tensors)
         times[name] = timed(calls, lambda s=stage, f=feeds: s.model.run(f))
     for sink, outputs in run.outputs.items():
         post = workflow.stages[sink].handler.postprocess
@@ -62,7 +61,7 @@ def critical_path_ms(workflow: LoadedWorkflow, p50: dict[str, float]) -> float:
     """The longest path's sum of stage p50s, pre/postprocess included."""
     finish: dict[str, float] = {}
     for name in workflow.order:
-        before = [finish[e.source] for e in workflow.definition.edges if e.target == name]
+        before = [finish[source] for source in workflow.spec.predecessors(name)]
         own = p50[name] + p50.get(f"{name} preprocess", 0.0) + p50.get(f"{name} postprocess", 0.0)
         finish[name] = max(before, default=0.0) + own
     return max(finish.values())
@@ -79,7 +78,7 @@ def main() -> int:
         body = (directory / "sample.jpg").read_bytes()
         times = stage_times(workflow, body, args.calls)
         p50 = {part: float(np.percentile(t, 50)) for part, t in times.items()}
-        print(f"\n{directory.name} (slo_ms {workflow.definition.slo_ms:g})")
+        print(f"\n{directory.name} (slo_ms {workflow.spec.slo_ms:g})")
         for part, samples in times.items():
             print(f"  {part:24s} {p50[part]:7.2f} / {np.percentile(samples, 99):7.2f}")
         print(f"  {'critical path (p50s)':24s} {critical_path_ms(workflow, p50):7.2f}")

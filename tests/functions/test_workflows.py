@@ -13,13 +13,9 @@ import pytest
 from PIL import Image
 
 from faasd.runtime.onnx import OnnxModel
-from faasd.workflows.reference import (
-    load_workflow,
-    parse_workflow,
-    run_directly,
-    sinks_of,
-    source_of,
-)
+from faasd.workflows.reference import load_workflow, run_directly
+from faasd.workflows.spec import load_spec
+from faasd.workflows.wiring import Signature, wire
 
 from .conftest import FUNCTIONS, WORKFLOW_STAGES, WORKFLOWS, import_path
 from .test_build_models import randomized
@@ -38,27 +34,26 @@ def model_of(name: str, workflow: Path, functions: Path) -> OnnxModel:
 
 @pytest.mark.parametrize("name", sorted(WORKFLOW_STAGES))
 def test_every_edge_fits(workflow_tree: tuple[Path, Path], name: str) -> None:
-    """Each edge's output and input agree on datatype and shape (-1 = the batch N), and every
-    input of every function is fed by exactly one edge."""
+    """The daemon's wiring accepts the workflow, and every input it feeds gets an output of
+    exactly its datatype and shape (-1 = the batch N; the wiring would let -1 match a size)."""
     functions, workflows = workflow_tree
-    text = (WORKFLOWS / name / "workflow.yaml").read_text()
-    definition = parse_workflow(text)
-    assert definition.slo_ms > 0
-    assert (source_of(definition), sinks_of(definition)) == EXPECTED_SHAPES[name]
-    models = {f: model_of(f, workflows / name, functions) for f in definition.functions}
-    fed: dict[str, list[str]] = {f: [] for f in definition.functions}
-    for edge in definition.edges:
-        outputs = {s.name: s for s in models[edge.source].outputs}
-        inputs = {s.name: s for s in models[edge.target].inputs}
-        pairs = edge.mapping or ((*outputs, *inputs),)
-        for output, input_name in pairs:
-            left, right = outputs[output], inputs[input_name]
-            assert (left.datatype, left.shape) == (right.datatype, right.shape), (edge, left, right)
-            fed[edge.target].append(input_name)
-    for function, names in fed.items():
-        if function != source_of(definition):
-            assert sorted(names) == sorted(s.name for s in models[function].inputs), function
-    assert all(models[f].batched for f in definition.functions)
+    spec = load_spec(WORKFLOWS / name)
+    assert spec.slo_ms > 0
+    assert (spec.source, list(spec.sinks())) == EXPECTED_SHAPES[name]
+    assert sorted(spec.local) == sorted(WORKFLOW_STAGES[name])
+    models = {f: model_of(f, workflows / name, functions) for f in spec.functions}
+    wiring = wire(spec, {f: Signature(m.inputs, m.outputs) for f, m in models.items()})
+    for function, feeds in wiring.items():
+        inputs = {s.name: s for s in models[function].inputs}
+        if function == spec.source:
+            assert feeds == ()
+            continue
+        assert sorted(f.input for f in feeds) == sorted(inputs), function
+        for feed in feeds:
+            output = next(s for s in models[feed.source].outputs if s.name == feed.output)
+            assert (output.datatype, output.shape) == (inputs[feed.input].datatype,
+                                                       inputs[feed.input].shape), feed
+    assert all(model.batched for model in models.values())
 
 
 def sample(name: str) -> bytes:
@@ -179,7 +174,7 @@ def png(pixels: np.ndarray) -> bytes:
 def test_every_workflow_has_what_the_readme_promises(name: str) -> None:
     directory = WORKFLOWS / name
     readme = (directory / "README.md").read_text()
-    slo_ms = parse_workflow((directory / "workflow.yaml").read_text()).slo_ms
+    slo_ms = load_spec(directory).slo_ms
     assert f"slo_ms: {slo_ms:g}" in readme  # the README explains the SLO it shows
     assert f"--data-binary @workflows/{name}/sample.jpg" in readme
     assert f"http://127.0.0.1:8080/workflow/{name}" in readme

@@ -1,6 +1,6 @@
-"""faasd.workflows.reference: reading workflow.yaml, the order, which output feeds which input
-(the contract's edges and maps), and a run with two sinks over tiny models. The examples run
-end to end in tests/functions/test_workflows.py."""
+"""faasd.workflows.reference: the order it runs stages in, and runs of the tiny workflows of
+this package's conftest (chain, fork-join, diamond, two sinks) checked against numpy. The
+examples under workflows/ run in tests/functions/test_workflows.py."""
 
 from __future__ import annotations
 
@@ -11,112 +11,64 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from faasd.workflows.reference import (
-    Edge,
-    WorkflowDefinition,
-    WorkflowError,
-    parse_workflow,
-    run_directly,
-    sinks_of,
-    source_of,
-    stage_feeds,
-    topological_order,
-)
+from faasd.workflows.reference import WorkflowError, run_directly, topological_order
+from faasd.workflows.spec import WorkflowSpecError, parse_spec
 
-CONTRACT = """
-slo_ms: 150
-functions: [pre, net, post]
-edges:
-  - {from: pre, to: net}
-  - {from: net, to: post, map: {prob: x}}
-"""
-
-
-def definition(functions: str, *edges: Edge) -> WorkflowDefinition:
-    return WorkflowDefinition(100.0, tuple(functions.split()), edges)
-
-
-def test_the_contracts_example_reads_as_written() -> None:
-    parsed = parse_workflow(CONTRACT)
-    assert parsed == WorkflowDefinition(
-        150.0, ("pre", "net", "post"),
-        (Edge("pre", "net"), Edge("net", "post", (("prob", "x"),))),
-    )
-    assert topological_order(parsed) == ["pre", "net", "post"]
-    assert source_of(parsed) == "pre" and sinks_of(parsed) == ["post"]
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("functions: [a]\n", "slo_ms must be a positive number"),
-        ("slo_ms: 0\nfunctions: [a]\n", "slo_ms must be a positive number"),
-        ("slo_ms: true\nfunctions: [a]\n", "slo_ms must be a positive number"),
-        ("slo_ms: 10\n", "functions must be a list"),
-        ("slo_ms: 10\nfunctions: [a, a]\n", "lists a name twice"),
-        ("slo_ms: 10\nfunctions: [a]\nedges: [{from: a}]\n", r"edges\[0\] must be"),
-        ("slo_ms: 10\nfunctions: [a, b]\nedges: [{from: a, to: b, map: [x]}]\n",
-         "map must name output: input pairs"),
-        ("slo_ms: 10\nfunctions: [a]\nedges: [{from: a, to: zz}]\n",
-         "'zz', which is not in functions"),
-        ("slo_ms: [10\n", "not valid YAML"),
-        ("- a\n", "must be a mapping"),
-    ],
-)
-def test_bad_workflow_yaml_says_what_to_change(text: str, message: str) -> None:
-    with pytest.raises(WorkflowError, match=message):
-        parse_workflow(text, "w/workflow.yaml")
+X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+H = 2 * X  # src: h = 2x
 
 
 def test_order_puts_every_function_after_its_predecessors() -> None:
     # A diamond listed sink-first: pre -> (seg, direct) -> comp.
-    diamond = definition("comp seg pre", Edge("pre", "seg"), Edge("pre", "comp"),
-                         Edge("seg", "comp"))
+    diamond = parse_spec({"slo_ms": 10, "functions": ["comp", "seg", "pre"],
+                          "edges": [{"from": "pre", "to": "seg"}, {"from": "pre", "to": "comp"},
+                                    {"from": "seg", "to": "comp"}]}, "d")
     assert topological_order(diamond) == ["pre", "seg", "comp"]
-    fork = definition("pre a b vote", Edge("pre", "a"), Edge("pre", "b"), Edge("a", "vote"),
-                      Edge("b", "vote"))
+    fork = parse_spec({"slo_ms": 10, "functions": ["pre", "a", "b", "vote"],
+                       "edges": [{"from": "pre", "to": "a"}, {"from": "pre", "to": "b"},
+                                 {"from": "a", "to": "vote"}, {"from": "b", "to": "vote"}]}, "f")
     assert topological_order(fork) == ["pre", "a", "b", "vote"]
 
 
-def test_a_cycle_and_two_sources_are_errors() -> None:
-    cycle = definition("a b c", Edge("a", "b"), Edge("b", "c"), Edge("c", "b"))
-    with pytest.raises(WorkflowError, match="cycle through b, c"):
-        topological_order(cycle)
-    with pytest.raises(WorkflowError, match="a, b have no predecessor"):
-        source_of(definition("a b c", Edge("a", "c"), Edge("b", "c")))
-
-
-def test_feeds_follow_edges_and_maps() -> None:
-    prob, other, image = (np.full((1, 2), v, dtype=np.float32) for v in (1, 2, 3))
-    produced = {"pre": {"image": image}, "net": {"prob": prob, "other": other}}
-    workflow = definition("pre net post", Edge("pre", "net"),
-                          Edge("net", "post", (("prob", "x"),)),
-                          Edge("pre", "post", (("image", "picture"),)))
-    # Single output -> single input: the names need not match.
-    assert stage_feeds(workflow, "net", ["data"], produced) == {"data": image}
-    # A join: each input from the edge whose map names it; unmapped outputs are dropped.
-    feeds = stage_feeds(workflow, "post", ["x", "picture"], produced)
-    assert feeds.keys() == {"x", "picture"}
-    assert feeds["x"] is prob and feeds["picture"] is image
-
-
 @pytest.mark.parametrize(
-    ("edges", "inputs", "message"),
+    ("workflow", "expected"),
     [
-        ((Edge("net", "post"),), ["x"], r"no map, but net has outputs \['other', 'prob'\]"),
-        ((Edge("net", "post", (("probs", "x"),)),), ["x"], "net has no output 'probs'"),
-        ((Edge("net", "post", (("prob", "y"),)),), ["x"], "post has no input 'y'"),
-        ((Edge("net", "post", (("prob", "x"),)), Edge("pre", "post", (("image", "x"),))),
-         ["x"], "input 'x' of post is fed twice"),
-        ((Edge("net", "post", (("prob", "x"),)),), ["x", "z"], "no edge feeds input z"),
+        ("chain", {"out": (H + 1) * 0.5}),  # src -> inc -> half (SUM_HANDLER)
+        ("forkjoin", {"s": (H + 1) + 3 * H}),  # join: a = inc's g, b = dbl's k
+        ("diamond", {"s": (H + 1) + H}),  # join: a = inc's g, b = src's h itself
     ],
 )
-def test_feeds_that_do_not_fit_are_errors(
-    edges: tuple[Edge, ...], inputs: list[str], message: str
+def test_the_tiny_workflows_compose_as_numpy_does(
+    functions_dir: Path, workflows_dir: Path, workflow: str, expected: dict[str, np.ndarray]
 ) -> None:
-    produced = {"pre": {"image": np.zeros(1)}, "net": {"prob": np.zeros(1), "other": np.zeros(1)}}
-    with pytest.raises(WorkflowError, match=message):
-        stage_feeds(definition("pre net post", *edges), "post", inputs, produced)
+    result = run_directly(workflows_dir / workflow, b"1,2,3,4", content_type="text/csv",
+                          functions_dir=functions_dir)
+    ((name, value),) = expected.items()
+    np.testing.assert_allclose(result.answer[name], value, rtol=1e-6)
+    assert result.answer["total"] == pytest.approx(float(value.sum()))
+    np.testing.assert_allclose(result.tensors["src"]["h"], H)
+    # Tensors for the source skip its preprocess, as POST /workflow takes them too.
+    again = run_directly(workflows_dir / workflow, {"x": X}, functions_dir=functions_dir)
+    assert again.answer == result.answer
+
+
+def test_two_sinks_without_postprocess_answer_their_tensors(
+    functions_dir: Path, workflows_dir: Path
+) -> None:
+    result = run_directly(workflows_dir / "twosinks", b"1,2,3,4", functions_dir=functions_dir)
+    assert result.answer == {"inc": {"g": (H + 1).tolist()}, "dbl": {"k": (3 * H).tolist()}}
+    assert result.outputs.keys() == {"inc", "dbl"}
+
+
+def test_a_workflow_the_daemon_refuses_is_refused_alike(
+    functions_dir: Path, workflows_dir: Path
+) -> None:
+    (workflows_dir / "forkjoin" / "workflow.yaml").write_text(
+        "slo_ms: 10\nfunctions: [src, inc, dbl, join]\nedges:\n"
+        "  - {from: src, to: inc}\n  - {from: src, to: dbl}\n"
+        "  - {from: inc, to: join, map: {g: a}}\n  - {from: dbl, to: join, map: {k: c}}\n")
+    with pytest.raises(WorkflowSpecError, match=r"edges\[3\]\.map names input 'c'"):
+        run_directly(workflows_dir / "forkjoin", b"1,2,3,4", functions_dir=functions_dir)
 
 
 def tiny_function(directory: Path, op: str, handler: str = "") -> None:
@@ -134,7 +86,7 @@ def tiny_function(directory: Path, op: str, handler: str = "") -> None:
         (directory / "handler.py").write_text(handler)
 
 
-def test_two_sinks_answer_an_object_keyed_by_function(tmp_path: Path) -> None:
+def test_a_batch_over_two_sinks_answers_row_by_row_keyed_by_function(tmp_path: Path) -> None:
     """neg -> {abs, relu}: relu has no postprocess (its tensors come back as a JSON object),
     abs has one; a function of functions/ is used when the workflow has no such stage."""
     workflow, shared = tmp_path / "workflows" / "fork", tmp_path / "functions"

@@ -10,7 +10,8 @@ path (the longest path through the DAG, since the branches of a fork can run sid
 With --url it then calls each workflow of a running daemon (`faasd up --functions functions
 --workflows workflows`), one call after the other, and prints the end-to-end latency clients
 see (p50, p90, max) and how many calls met the SLO (X-Faasd-Slo-Met): the same picture
-through sandboxes, hops and batching delays, with no queue. The SLOs in workflow.yaml leave room above both for queueing.
+through sandboxes, hops and batching delays, with no queue. The SLOs in workflow.yaml leave
+room above both for queueing.
 """
 
 from __future__ import annotations

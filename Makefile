@@ -16,7 +16,7 @@ models: $(STAMP)
 	$(PY) functions/build_models.py
 
 run: models
-	$(VENV)/bin/faasd up --host 127.0.0.1 --port 8080 --functions functions --state-dir state
+	$(VENV)/bin/faasd up --host 127.0.0.1 --port 8080 --functions functions --workflows workflows --state-dir state
 
 # The whole suite this machine can run (everything but the GPU tests), then lint and types.
 test: models

@@ -241,8 +241,9 @@ def _up(args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()
         names = ", ".join(v.name for v, _ in daemon.services.catalog.list()) or "none"
-        print(f"faasd {faasd_version()} listening on {daemon.url} (functions: {names})",
-              flush=True)
+        flows = ", ".join(w.spec.name for w in daemon.services.workflows.list())
+        print(f"faasd {faasd_version()} listening on {daemon.url} (functions: {names}"
+              + (f"; workflows: {flows})" if flows else ")"), flush=True)
         for name, error in daemon.load_errors.items():
             print(f"  could not load {name}: {error}", file=sys.stderr, flush=True)
         if args.port_file is not None:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from esg.policies import make_policy
 from faasd.api import create_app
+from faasd.api.protocol_errors import JsonErrorsRunner
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.config import ConfigError, DaemonConfig, faasd_version
@@ -134,7 +135,7 @@ class Daemon:
         )
         app = create_app(config, self._services)
         # handler_cancellation: a client that hangs up takes its queued call with it.
-        self._runner = web.AppRunner(
+        self._runner = JsonErrorsRunner(
             app,
             shutdown_timeout=config.drain_timeout_s,
             access_log=None,

@@ -109,7 +109,7 @@ def parse_payload(
     if header_length is not None:
         request = decode_request(body, header_length)
         return Payload(TensorItem(check_tensors(version, request.inputs)), "v2", request, post)
-    mime = content_type.split(";")[0].strip().lower()
+    mime = _media_type(content_type)
     declared_json = mime in JSON_TYPES or mime.endswith("+json")
     if declared_json or body.lstrip()[:1] == b"{":
         try:
@@ -136,6 +136,17 @@ def parse_payload(
             'a V2 inference request or {"<input name>": nested lists}'
         )
     return Payload(BodyItem(body, mime), "body")
+
+
+def _media_type(content_type: str) -> str:
+    """The media type of a Content-Type header, lower case; BadRequest unless it is ASCII
+    (it reaches the handler, and the sandbox protocol carries it as text)."""
+    if not content_type.isascii():
+        raise BadRequest(
+            f"Content-Type {content_type!r} is not ASCII; send a media type such as "
+            "application/json or image/png"
+        )
+    return content_type.split(";")[0].strip().lower()
 
 
 def _names_inputs(obj: object, specs: tuple[TensorSpec, ...]) -> bool:

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from faasd.auth.cli import add_token_commands, read_client_token
+from faasd.auth.store import TokenError
 from faasd.client import Client, ClientError, gateway_url
 from faasd.config import ConfigError, faasd_version, load_config
 
@@ -35,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"faasd: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, TokenError) as exc:
         print(f"faasd: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -51,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("-g", "--gateway", help="daemon URL (default $FAASD_URL or %(default)s)")
         p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+        p.add_argument("--token-file", type=Path,
+                       help="file holding the API token (default: $FAASD_TOKEN)")
         p.set_defaults(func=func)
         return p
 
@@ -91,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 
     version = client_command("version", "print client and daemon versions", _version)
     version.set_defaults(func=_version)
+    add_token_commands(sub)
 
     for name, help_text in _OFFLINE_HELP.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -214,7 +219,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(gateway_url(args.gateway))
+    return Client(gateway_url(args.gateway), token=read_client_token(args.token_file))
 
 
 def _deploy(args: argparse.Namespace) -> int:

@@ -59,6 +59,8 @@ class DaemonConfig:
     max_queue_per_function: int = 1024
     drain_timeout_s: float = 30.0
     log_level: str = "info"
+    #: who may read /metrics once API tokens exist: "admin", "invoke" (any token) or "open"
+    metrics_access: str = "admin"
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
 
     @property
@@ -92,6 +94,9 @@ class DaemonConfig:
         if self.log_level.lower() not in LOG_LEVELS:
             raise fail("log_level",
                        f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.metrics_access not in ("admin", "invoke", "open"):
+            raise fail("metrics_access",
+                       f"must be admin, invoke or open, got {self.metrics_access!r}")
         from esg.policies import POLICIES
 
         if self.scheduler not in POLICIES:

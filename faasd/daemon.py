@@ -27,6 +27,8 @@ from aiohttp import web
 from esg.policies import make_policy
 from faasd.api import create_app
 from faasd.api.protocol_errors import JsonErrorsRunner
+from faasd.auth.store import TokenCache
+from faasd.auth.tokens import exposure_error
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.config import ConfigError, DaemonConfig, faasd_version
@@ -99,6 +101,10 @@ class Daemon:
             raise ConfigError(f"functions directory {config.functions_dir.resolve()} does not "
                               "exist; check --functions / functions_dir")
         state_dir = config.state_dir.resolve()
+        refusal = exposure_error(config.host, TokenCache(state_dir).records(),
+                                 self.clock.wall(), str(state_dir))
+        if refusal is not None:
+            raise ConfigError(refusal)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.notifier.status("starting the sandbox pool")
         pool = await self._stack.enter_async_context(

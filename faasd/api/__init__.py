@@ -11,6 +11,9 @@ from aiohttp import web
 from faasd.api import functions, health, invoke, metrics, v2
 from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
+from faasd.auth.middleware import ACCESS, Access, require_token
+from faasd.auth.store import TokenCache
+from faasd.auth.tokens import AccessRules
 from faasd.config import DaemonConfig
 from faasd.services import Services
 
@@ -18,8 +21,12 @@ __all__ = ["SERVICES", "create_app"]
 
 
 def create_app(config: DaemonConfig, services: Services) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[json_errors, require_token]
+    )
     app[SERVICES] = services
+    app[ACCESS] = Access(TokenCache(config.state_dir.resolve()),
+                         AccessRules(config.metrics_access), services.clock.wall)
     add = app.router.add_route
     add("POST", "/function/{name}", invoke.function_call)
     add("GET", "/system/functions", functions.list_functions)

@@ -61,6 +61,8 @@ class DaemonConfig:
     log_level: str = "info"
     #: who may read /metrics once API tokens exist: "admin", "invoke" (any token) or "open"
     metrics_access: str = "admin"
+    #: run sandboxes with cgroups only where namespaces cannot be made (else refuse to start)
+    allow_unconfined: bool = False
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
 
     @property
@@ -211,14 +213,17 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return _convert(key, value, kind, source)
 
 
-_KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+_BOOL_TEXT = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _convert(key: str, value: Any, kind: type, source: str) -> Any:
     """`value` as `kind`: a value of that type (an int for a float), or text that parses as
     one (what environment variables hold). Never a silent cut: 1.5 is not a whole number."""
     converted: Any = None
-    if isinstance(value, str) and kind is not str:
+    if kind is bool:
+        converted = value if isinstance(value, bool) else _BOOL_TEXT.get(str(value).lower())
+    elif isinstance(value, str) and kind is not str:
         with contextlib.suppress(ValueError):
             converted = kind(value.strip())
     elif isinstance(value, bool):  # YAML's true/false is no count and no text

@@ -112,6 +112,7 @@ class Daemon:
                 state_dir=state_dir,
                 cgroup_parent=config.cgroup_parent,
                 max_sandboxes=config.max_sandboxes,
+                namespaces="auto" if config.allow_unconfined else "on",
             )
         )
         metrics = Metrics(faasd_version())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,10 @@ class DaemonConfig:
     metrics_access: str = "admin"
     #: run sandboxes with cgroups only where namespaces cannot be made (else refuse to start)
     allow_unconfined: bool = False
+    #: how long the answer of an async call is kept after it ends
+    async_result_retention_s: float = 86400.0
+    #: async calls one function may have queued or running; past it, 429
+    max_async_queue_per_function: int = 1000
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
 
     @property
@@ -96,15 +100,25 @@ class DaemonConfig:
         if self.log_level.lower() not in LOG_LEVELS:
             raise fail("log_level",
                        f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        if self.metrics_access not in ("admin", "invoke", "open"):
-            raise fail("metrics_access",
-                       f"must be admin, invoke or open, got {self.metrics_access!r}")
+        self._validate_async_and_access(fail)
         from esg.policies import POLICIES
 
         if self.scheduler not in POLICIES:
             known = ", ".join(sorted(POLICIES))
             raise fail("scheduler", f"{self.scheduler!r} is unknown; choose one of: {known}")
         return self
+
+
+    def _validate_async_and_access(self, fail: Callable[[str, str], ConfigError]) -> None:
+        if self.async_result_retention_s <= 0:
+            raise fail("async_result_retention_s",
+                       f"must be > 0, got {self.async_result_retention_s}")
+        if self.max_async_queue_per_function < 1:
+            raise fail("max_async_queue_per_function",
+                       f"must be >= 1, got {self.max_async_queue_per_function}")
+        if self.metrics_access not in ("admin", "invoke", "open"):
+            raise fail("metrics_access",
+                       f"must be admin, invoke or open, got {self.metrics_access!r}")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

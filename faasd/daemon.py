@@ -26,6 +26,7 @@ from aiohttp import web
 
 from esg.policies import make_policy
 from faasd.api import create_app
+from faasd.api.invocations import executor
 from faasd.api.protocol_errors import JsonErrorsRunner
 from faasd.auth.store import TokenCache
 from faasd.auth.tokens import exposure_error
@@ -33,6 +34,9 @@ from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller
+from faasd.durable.runner import AsyncCalls
+from faasd.durable.runner import Limits as AsyncLimits
+from faasd.durable.store import CallStore
 from faasd.errors import FaasdError
 from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
@@ -131,14 +135,21 @@ class Daemon:
         registry = Registry(state_dir, config.function_defaults)
         catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
         metrics.watch(controller.queue_lengths, pool.warm_counts)
+        gateway = Gateway(controller, self.clock, metrics)
+        async_calls = AsyncCalls(
+            CallStore(state_dir), executor(catalog, gateway), self.clock,
+            AsyncLimits(max_queued_per_function=config.max_async_queue_per_function,
+                        retention_s=config.async_result_retention_s),
+        )
         self._services = Services(
             config=config,
             clock=self.clock,
             catalog=catalog,
             controller=controller,
-            gateway=Gateway(controller, self.clock, metrics),
+            gateway=gateway,
             metrics=metrics,
             pool_stats=_stats_view(pool),
+            invocations=async_calls,
         )
         app = create_app(config, self._services)
         # handler_cancellation: a client that hangs up takes its queued call with it.
@@ -155,6 +166,7 @@ class Daemon:
         log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",
                  faasd_version(), self.url)
         await self._load_functions(catalog)
+        await async_calls.start()  # after the functions: calls left by a stopped daemon run
         self._services.readiness.ready = True
         loaded = len(catalog.list())
         self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
@@ -184,6 +196,9 @@ class Daemon:
         services = self._services
         if services is not None:
             services.controller.stop_accepting()
+            if services.invocations is not None:
+                # running async calls stay recorded as running: the next start runs them
+                await services.invocations.stop()
         if self._runner is not None:
             # Closes the listener, then waits up to drain_timeout_s for running handlers.
             await self._runner.cleanup()

@@ -10,6 +10,7 @@ from faasd.catalog import Catalog
 from faasd.clock import Clock
 from faasd.config import DaemonConfig
 from faasd.controller import Controller
+from faasd.durable.runner import AsyncCalls
 from faasd.gateway import Gateway
 from faasd.metrics import Metrics
 
@@ -34,3 +35,5 @@ class Services:
     metrics: Metrics
     pool_stats: Callable[[], dict[str, Any]]
     readiness: Readiness = field(default_factory=Readiness)
+    #: the durable async calls; None: this daemon takes none
+    invocations: AsyncCalls | None = None

@@ -22,6 +22,7 @@ from faasd.auth.cli import add_token_commands, read_client_token
 from faasd.auth.store import TokenError
 from faasd.client import Client, ClientError, gateway_url
 from faasd.config import ConfigError, faasd_version, load_config
+from faasd.durable.cli import add_invocation_commands
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -85,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument("-d", "--data", help="the body, or @FILE to read it from a file")
     invoke.add_argument("--content-type", help="default: guessed from @FILE, else JSON")
     invoke.add_argument("-v", "--verbose", action="store_true", help="print call headers")
+    invoke.add_argument("--async", dest="async_call", action="store_true",
+                        help="call asynchronously: print the call id (see `faasd result ID`)")
+    invoke.add_argument("--callback-url", help="with --async: where to POST the answer")
+    invoke.add_argument("--idempotency-key", help="the same key and body make one call only")
 
     remove = client_command("remove", "remove a function", _remove)
     remove.add_argument("name")
@@ -96,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     version = client_command("version", "print client and daemon versions", _version)
     version.set_defaults(func=_version)
     add_token_commands(sub)
+    add_invocation_commands(client_command, _client)
 
     for name, help_text in _OFFLINE_HELP.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -299,9 +305,16 @@ def _describe(args: argparse.Namespace) -> int:
 def _invoke(args: argparse.Namespace) -> int:
     body, guessed = _body(args.data)
     content_type = args.content_type or guessed
-    reply = _client(args).request(
-        "POST", f"/function/{args.name}", body, {"Content-Type": content_type}
-    )
+    headers = {"Content-Type": content_type}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    if args.callback_url:
+        headers["X-Callback-Url"] = args.callback_url
+    if args.async_call:
+        reply = _client(args).request("POST", f"/async-function/{args.name}", body, headers)
+        print(reply.headers["X-Call-Id"])
+        return EXIT_OK
+    reply = _client(args).request("POST", f"/function/{args.name}", body, headers)
     if args.verbose:
         for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "Content-Type"):
             if key in reply.headers:

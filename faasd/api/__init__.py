@@ -22,7 +22,8 @@ __all__ = ["SERVICES", "create_app"]
 
 def create_app(config: DaemonConfig, services: Services) -> web.Application:
     app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[json_errors, require_token]
+        client_max_size=config.max_body_bytes,
+        middlewares=[json_errors, require_token, invocations.idempotent_calls],
     )
     app[SERVICES] = services
     app[ACCESS] = Access(TokenCache(config.state_dir.resolve()),

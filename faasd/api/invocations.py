@@ -12,11 +12,13 @@ the function gave (its status, type and body), 202 while it has none yet.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import urllib.parse
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from faasd.api.errors import render_error
 from faasd.api.invoke import read_body, render
@@ -24,7 +26,7 @@ from faasd.api.keys import SERVICES
 from faasd.catalog import Catalog
 from faasd.durable.runner import AsyncCalls, Outcome
 from faasd.durable.store import Call
-from faasd.errors import BadRequest, FaasdError, NotFound, Unavailable
+from faasd.errors import BadRequest, Conflict, FaasdError, NotFound, Unavailable
 from faasd.gateway import Gateway, parse_payload
 from faasd.services import Services
 from faasd.v2 import HEADER_LENGTH
@@ -45,7 +47,8 @@ def executor(catalog: Catalog, gateway: Gateway) -> Any:
             response = render(version.name, str(version.version), payload, result, {})
         except FaasdError as exc:
             response = render_error(exc)
-        return Outcome(response.status, response.content_type, cast(bytes, response.body))
+        return Outcome(response.status, response.headers.get("Content-Type", "application/json"),
+                       cast(bytes, response.body))
 
     return execute
 
@@ -84,9 +87,14 @@ async def get_result(request: web.Request) -> web.Response:
     if not call.done:
         return web.json_response({"id": call.id, "status": call.state.value}, status=202,
                                  headers={"Retry-After": "1", "X-Call-Id": call.id})
+    return _answer(call, {"X-Call-Id": call.id, "X-Function-Name": call.function})
+
+
+def _answer(call: Call, headers: dict[str, str]) -> web.Response:
+    """The function's answer to a finished call, as it gave it (status, type, body)."""
+    headers["Content-Type"] = call.result_type or "application/octet-stream"
     return web.Response(status=call.status_code or 500, body=call.result or b"",
-                        content_type=call.result_type or "application/octet-stream",
-                        headers={"X-Call-Id": call.id, "X-Function-Name": call.function})
+                        headers=headers)
 
 
 async def list_invocations(request: web.Request) -> web.Response:
@@ -159,3 +167,36 @@ def _idempotency_key(request: web.Request) -> str | None:
     if key is not None and not (0 < len(key) <= MAX_KEY_CHARS and key.isprintable()):
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable characters")
     return key
+
+
+@web.middleware
+async def idempotent_calls(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`Idempotency-Key` on a synchronous `POST /function/{name}`: the call is recorded and run
+    as an async call whose answer this request waits for, so the answer is kept. The same key
+    and body again: the first call's answer (`X-Idempotent-Replay: true`), or 409 while that
+    call still runs; the same key with another body: 422. A call whose client went away, or
+    whose daemon restarted, still finishes, and a retry with the key gets its answer."""
+    prefix = "/function/"
+    if (request.method != "POST" or not request.path.startswith(prefix)
+            or "Idempotency-Key" not in request.headers):
+        return await handler(request)
+    name = request.path[len(prefix):]
+    services = request.app[SERVICES]
+    calls = _calls(services)
+    version, info = services.catalog.get(name)
+    body = await read_body(request, services.config.max_body_bytes)
+    content_type = request.headers.get("Content-Type", "")
+    header_length = _header_length(request)
+    parse_payload(version, info, body, content_type, header_length)
+    call, replay = await calls.accept(name, body, content_type, header_length, None,
+                                      _idempotency_key(request))
+    if replay and not call.done:
+        raise Conflict(f"the call with Idempotency-Key {call.idem_key!r} is still running; "
+                       "retry shortly to get its answer", call_id=call.id)
+    done = await asyncio.shield(calls.wait(call.id)) if not call.done else call
+    headers = {"X-Call-Id": done.id}
+    if replay:
+        headers["X-Idempotent-Replay"] = "true"
+    if done.started_s is not None and done.finished_s is not None:
+        headers["X-Duration-Seconds"] = f"{done.finished_s - done.started_s:.6f}"
+    return _answer(done, headers)

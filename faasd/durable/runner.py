@@ -73,6 +73,7 @@ class AsyncCalls:
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -136,6 +137,24 @@ class AsyncCalls:
         self._queue.put_nowait(call.id)
         return stored, False
 
+    async def wait(self, call_id: str) -> Call:
+        """The call once it has finished (at once if it has)."""
+        while True:
+            call = await asyncio.to_thread(self.store.get, call_id)
+            if call is None or call.done:
+                assert call is not None, f"call {call_id} vanished"
+                return call
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(call_id, []).append(future)
+            try:
+                await future
+            finally:
+                waiting = self._waiters.get(call_id, [])
+                if future in waiting:
+                    waiting.remove(future)
+                if not waiting:
+                    self._waiters.pop(call_id, None)
+
     async def get(self, call_id: str) -> Call | None:
         return await asyncio.to_thread(self.store.get, call_id)
 
@@ -185,6 +204,9 @@ class AsyncCalls:
         finished = await asyncio.to_thread(
             self.store.finish, call.id, attempt, state, self._clock.wall(), outcome.status_code,
             outcome.content_type, outcome.body, error)
+        for future in self._waiters.pop(call.id, []):
+            if not future.done():
+                future.set_result(None)
         if not finished:
             return
         log.info("async call %s to %s %s (%d)", call.id, call.function, state.value,

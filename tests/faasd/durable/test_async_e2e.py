@@ -161,3 +161,32 @@ async def test_queue_limit_is_429_with_retry_after(daemon: Daemon) -> None:
             assert (await _done(s, url, call_id))["status"] == "succeeded"
         status, _, _ = await _accept(s, url, "texty", b"1,2,3,4")
         assert status == 202  # room again
+
+
+async def test_idempotency_key_on_a_synchronous_call(daemon: Daemon) -> None:
+    url = f"{daemon.url}/function/texty"
+    plain = {"Content-Type": "text/plain"}
+    async with aiohttp.ClientSession() as s:
+        async def call(body: bytes, key: str) -> tuple[int, dict[str, str], bytes]:
+            async with s.post(url, data=body, headers={**plain, "Idempotency-Key": key}) as r:
+                return r.status, dict(r.headers), await r.read()
+
+        first = asyncio.ensure_future(call(b"sleep:0.6", "sync-1"))
+        await asyncio.sleep(0.2)
+        status, _, body = await call(b"sleep:0.6", "sync-1")  # the first still runs
+        assert status == 409 and b"still running" in body
+        status, headers, body = await first
+        assert status == 200 and "X-Idempotent-Replay" not in headers
+        assert headers["Content-Type"].startswith("application/json")
+        again_status, again_headers, again_body = await call(b"sleep:0.6", "sync-1")
+        assert (again_status, again_body) == (200, body)
+        assert again_headers["X-Idempotent-Replay"] == "true"
+        assert again_headers["X-Call-Id"] == headers["X-Call-Id"]
+        status, _, body = await call(b"1,2,3,4", "sync-1")
+        assert status == 422
+        # a failure is kept and replayed too (Stripe keeps 5xx answers as well)
+        status, _, body = await call(b"bug", "sync-2")
+        assert status == 502 and b"KeyError" in body
+        assert (await call(b"bug", "sync-2"))[:1] == (502,)
+        async with s.post(url, data=b"1,2,3,4", headers=plain) as resp:  # no key: as before
+            assert resp.status == 200 and "X-Idempotent-Replay" not in resp.headers

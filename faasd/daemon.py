@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -25,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from esg.policies import make_policy
+from faasd import claim
 from faasd.api import create_app
 from faasd.api.invocations import executor
 from faasd.api.protocol_errors import JsonErrorsRunner
@@ -109,14 +111,22 @@ class Daemon:
                                  self.clock.wall(), str(state_dir))
         if refusal is not None:
             raise ConfigError(refusal)
+        listener = claim.bind(config.host, config.port)  # before anything is created
+        self._stack.callback(listener.close)
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._stack.callback(os.close, claim.lock_state_dir(state_dir))
+        scratch = claim.remove_upload_scratch(state_dir)
+        if scratch:
+            log.warning("removed %d upload(s) a stopped daemon left in %s/uploads", scratch,
+                        state_dir)
         self.notifier.status("starting the sandbox pool")
         pool = await self._stack.enter_async_context(
             SandboxPool(
                 state_dir=state_dir,
-                cgroup_parent=config.cgroup_parent,
+                cgroup_parent=claim.cgroup_parent_for(config.cgroup_parent, state_dir),
                 max_sandboxes=config.max_sandboxes,
                 namespaces="auto" if config.allow_unconfined else "on",
+                reap_leftovers=True,
             )
         )
         metrics = Metrics(faasd_version())
@@ -160,7 +170,7 @@ class Daemon:
             handler_cancellation=True,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, config.host, config.port)
+        site = web.SockSite(self._runner, listener)
         await site.start()
         self.port = _bound_port(self._runner)
         log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",

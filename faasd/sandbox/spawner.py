@@ -73,13 +73,14 @@ MAX_PIDS = 64
 
 class Spawner:
     def __init__(self, state_dir: Path, cgroup_parent: str, confinement: str = "auto",
-                 namespaces: str = "auto") -> None:
+                 namespaces: str = "auto", reap_leftovers: bool = False) -> None:
         """`namespaces`: "on" (refuse to start where `jail.probe` fails), "auto" (use them
         where the host allows, else warn), "off"."""
         self.state_dir = state_dir
         self.cgroup_parent = cgroup_parent
         self._choice = confinement
         self._namespaces = namespaces
+        self._reap_leftovers = reap_leftovers
         self.jail = False
         self.confinement = Confinement(Backend.NONE, {})
         self.launcher = Launcher()
@@ -103,11 +104,25 @@ class Spawner:
                                "user are the daemon's): %s", why_not)
             self.jail = why_not is None
         self.confinement = Confinement.detect(self.cgroup_parent, self._choice)
+        if self._reap_leftovers:
+            self._reap()
         try:
             await self.launcher.start()
         except BaseException:
             self.confinement.close()
             raise
+
+    def _reap(self) -> None:
+        """What a killed predecessor with this state directory left: its sandboxes' groups
+        (and any process still in them) and their scratch directories."""
+        groups = self.confinement.reap_leftovers()
+        scratch = self.state_dir / "sandboxes"
+        dirs = sorted(p.name for p in scratch.iterdir()) if scratch.is_dir() else []
+        for name in dirs:
+            shutil.rmtree(scratch / name, ignore_errors=True)
+        if groups or dirs:
+            logger.warning("removed what a stopped daemon left: %d sandbox cgroup(s), %d "
+                           "sandbox director(y/ies)", len(groups), len(dirs))
 
     async def stop(self) -> None:
         await self.launcher.stop()

@@ -9,6 +9,7 @@ the section it belongs to:
     scale:     {min_instances: 0, max_instances: 4, keep_alive_s: 300}
     slo_ms: 200
     env: {OMP_WAIT_POLICY: PASSIVE}
+    network: false                # true: the sandbox may use the host's network
 
 Unknown keys, wrong types and out-of-range values are DeployErrors that give the file, the
 line, and the fix (the closest known key for a typo). Pure: text in, values out.
@@ -135,6 +136,11 @@ def _suggest(key: str, section: str | None) -> str:
 def _check_value(name: str, value: object, line: int) -> object:
     if name == "env":
         return _check_env(value, line)
+    if name == "network":
+        if not isinstance(value, bool):
+            raise _YamlProblem(line, f"network must be true or false, got {value!r}; "
+                                     "e.g. network: true (the sandbox may use the host's network)")
+        return value
     rule = _RULES[name]
     if not rule.accepts(value):
         raise _YamlProblem(

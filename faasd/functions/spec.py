@@ -67,6 +67,8 @@ class FunctionSettings:
     keep_alive_s: float = 300.0
     slo_ms: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    #: the sandbox shares the host's network (default: a network namespace with nothing in it)
+    network: bool = False
 
 
 @dataclass(frozen=True)

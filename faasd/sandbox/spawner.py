@@ -60,6 +60,7 @@ def worker_spec(
         shared_cap_bytes=sharedmem.cap_for_memory(settings.memory_mb),
         shared_threshold_bytes=sharedmem.THRESHOLD_BYTES,
         jail=jail,
+        network=settings.network,
         # /tmp is a tmpfs charged to the sandbox's memory: a quarter of it, at most 256 MiB
         tmp_mb=max(16, min(256, settings.memory_mb // 4)),
         max_pids=MAX_PIDS,

@@ -222,3 +222,14 @@ async def test_without_namespaces_the_escapes_work(tmp_path: Path, functions_dir
         assert "ok" in await _try(daemon, f"connect 127.0.0.1:{daemon.port}")
     finally:
         await daemon.stop()
+
+
+@pytest.mark.skipif(jail.probe() is not None, reason="this host cannot make namespaces")
+async def test_network_true_opens_the_network(tmp_path: Path, functions_dir: Path) -> None:
+    (functions_dir / "hostile" / "faasd.yaml").write_text("network: true\n")
+    daemon = await _start(tmp_path, functions_dir)
+    try:
+        assert await _try(daemon, f"connect 127.0.0.1:{daemon.port}") == {"ok": "connected"}
+        assert "error" in await _try(daemon, "read /etc/shadow")  # the rest stays confined
+    finally:
+        await daemon.stop()

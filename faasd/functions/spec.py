@@ -69,6 +69,8 @@ class FunctionSettings:
     env: Mapping[str, str] = field(default_factory=dict)
     #: the sandbox shares the host's network (default: a network namespace with nothing in it)
     network: bool = False
+    #: an async call cut short by a restart runs again (false: it fails, saying why)
+    idempotent: bool = True
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,37 @@ def test_kill_9_with_calls_in_flight_loses_none(tmp_path: Path) -> None:
         assert "taking up" in second.log()
     finally:
         assert second.stop() == 0, second.log()
+
+
+def test_kill_9_fails_a_non_idempotent_call_it_cut_short(tmp_path: Path) -> None:
+    functions = tmp_path / "functions"
+    make_function(functions, "once", "timeout_s: 10\nidempotent: false\n", TEXT_HANDLER)
+    first = start_daemon(tmp_path, functions)
+    try:
+        ids = [_post(f"{first.url}/async-function/once", b"sleep:0.5") for _ in range(4)]
+        deadline = time.monotonic() + 30
+        while not any(s == "running" for s, _ in _states(tmp_path / "state").values()):
+            assert time.monotonic() < deadline, first.log()
+            time.sleep(0.02)
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+    before = _states(tmp_path / "state")
+    cut_short = {i for i, (s, _) in before.items() if s == "running"}
+    (tmp_path / "port").unlink()
+    second = start_daemon(tmp_path, functions)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(s in ("succeeded", "failed") for s, _ in
+                      _states(tmp_path / "state").values()):
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.05)
+        for call_id in ids:
+            doc = _get(f"{second.url}/system/invocations/{call_id}")
+            if call_id in cut_short:
+                assert doc["status"] == "failed" and doc["status_code"] == 502
+                assert "not idempotent" in str(doc["error"])
+            elif before[call_id][0] != "succeeded":
+                assert doc["status"] == "succeeded", doc
+    finally:
+        assert second.stop() == 0, second.log()

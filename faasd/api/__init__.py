@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from faasd.api import functions, health, invocations, invoke, metrics, v2
+from faasd.api import functions, health, invocations, invoke, metrics, tokens, v2
 from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
 from faasd.auth.middleware import ACCESS, Access, require_token
@@ -34,6 +34,9 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("GET", "/system/invocations", invocations.list_invocations)
     add("GET", "/system/invocations/{id}", invocations.get_invocation)
     add("GET", "/system/invocations/{id}/result", invocations.get_result)
+    add("GET", "/system/tokens", tokens.list_tokens)
+    add("POST", "/system/tokens", tokens.create_token)
+    add("DELETE", "/system/tokens/{token}", tokens.revoke_token)
     add("GET", "/system/functions", functions.list_functions)
     add("POST", "/system/functions", functions.deploy)
     add("PUT", "/system/functions", functions.deploy)

@@ -152,3 +152,34 @@ def test_up_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     assert last.startswith("faasd: faasd will not listen on 0.0.0.0 without an API token")
     assert f"faasd token create --scope admin --state-dir {state.resolve()}" in last
     assert not state.exists()  # refused before it created anything
+
+
+async def test_tokens_over_http_need_an_admin_token(secured: tuple[Daemon, TokenStore]) -> None:
+    daemon, store = secured
+    url = f"{daemon.url}/system/tokens"
+    _, admin = store.create(Scope.ADMIN, "ops", None, 0.0)
+    _, invoke = store.create(Scope.INVOKE, "caller", None, 0.0)
+    async with aiohttp.ClientSession() as s:
+        assert (await _status(s, "POST", url, invoke, json={"scope": "invoke"}))[0] == 403
+        auth = {"Authorization": f"Bearer {admin}"}
+        async with s.post(url, json={"scope": "invoke", "name": "remote", "expires": "1h"},
+                          headers=auth) as resp:
+            assert resp.status == 201
+            made = await resp.json()
+        assert made["token"].startswith("fdt_") and made["status"] == "live"
+        assert made["expires"] is not None
+        call = {"Authorization": f"Bearer {made['token']}"}
+        async with s.post(f"{daemon.url}/function/linear", json=CALL, headers=call) as resp:
+            assert resp.status == 200
+        async with s.get(url, headers=auth) as resp:
+            listed = await resp.json()
+        assert {t["name"] for t in listed} == {"ops", "caller", "remote"}
+        assert all("token" not in t for t in listed)
+        async with s.post(url, json={"scope": "root"}, headers=auth) as resp:
+            assert resp.status == 400
+        async with s.delete(f"{url}/remote", headers=auth) as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "revoked"
+        async with s.delete(f"{url}/nope", headers=auth) as resp:
+            assert resp.status == 404
+        async with s.post(f"{daemon.url}/function/linear", json=CALL, headers=call) as resp:
+            assert resp.status == 401

@@ -67,11 +67,17 @@ class DaemonConfig:
     async_result_retention_s: float = 86400.0
     #: async calls one function may have queued or running; past it, 429
     max_async_queue_per_function: int = 1000
+    #: how large an uploaded archive may unpack (0: 4 x max_body_mb)
+    max_unpacked_mb: int = 0
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
 
     @property
     def max_body_bytes(self) -> int:
         return self.max_body_mb * MIB
+
+    @property
+    def max_unpacked_bytes(self) -> int:
+        return (self.max_unpacked_mb or 4 * self.max_body_mb) * MIB
 
     @property
     def vcpu_capacity(self) -> int:
@@ -113,6 +119,9 @@ class DaemonConfig:
         if self.async_result_retention_s <= 0:
             raise fail("async_result_retention_s",
                        f"must be > 0, got {self.async_result_retention_s}")
+        if self.max_unpacked_mb < 0:
+            raise fail("max_unpacked_mb", f"must be >= 0 (0 = 4 x max_body_mb), got "
+                                          f"{self.max_unpacked_mb}")
         if self.max_async_queue_per_function < 1:
             raise fail("max_async_queue_per_function",
                        f"must be >= 1, got {self.max_async_queue_per_function}")

@@ -24,12 +24,13 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 
 from faasd.clock import Clock
-from faasd.durable.store import Call, CallStore, State, fingerprint
-from faasd.errors import FaasdError, Overloaded
+from faasd.durable.store import Call, CallStore, State, StoreClosed, fingerprint
+from faasd.errors import FaasdError, Overloaded, Unavailable
 
 log = logging.getLogger("faasd.durable")
 
@@ -50,6 +51,7 @@ class Outcome:
 
 
 Execute = Callable[[Call], Awaitable[Outcome]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ class AsyncCalls:
     async def stop(self) -> None:
         """Stop running calls (they stay `running` and run again at the next start)."""
         self._stopping = True
+        for waiting in self._waiters.values():  # keyed synchronous calls: answered 503
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -125,7 +131,7 @@ class AsyncCalls:
         Overloaded (429) past `max_queued_per_function`; KeyReused (422) when the key came
         with another body; the row is synced to disk before this returns."""
         fp = fingerprint(function, body, content_type, header_length)
-        queued = await asyncio.to_thread(self.store.queued_count, function)
+        queued = await self._read(self.store.queued_count, function)
         if queued >= self.limits.max_queued_per_function:
             raise Overloaded(f"{function!r} has {queued} async calls waiting, the most it "
                              "takes; retry later", retry_after_s=5.0)
@@ -133,7 +139,7 @@ class AsyncCalls:
                     content_type=content_type, header_length=header_length,
                     callback_url=callback_url, idem_key=idem_key, fingerprint=fp, attempts=0,
                     created_s=self._clock.wall())
-        stored = await asyncio.to_thread(self.store.accept, call)
+        stored = await self._read(self.store.accept, call)
         if stored.id != call.id:
             if stored.fingerprint != fp:
                 raise KeyReused(f"Idempotency-Key {idem_key!r} was used for another request "
@@ -143,11 +149,19 @@ class AsyncCalls:
         return stored, False
 
     async def wait(self, call_id: str) -> Call:
-        """The call once it has finished (at once if it has)."""
+        """The call once it has finished (at once if it has). Unavailable (503) once the
+        daemon stops: the call stays recorded, and the next start finishes it."""
         while True:
-            call = await asyncio.to_thread(self.store.get, call_id)
-            if call is None or call.done:
-                assert call is not None, f"call {call_id} vanished"
+            try:
+                call = None if self._stopping else await asyncio.to_thread(self.store.get,
+                                                                           call_id)
+            except StoreClosed:
+                call = None
+            if call is None:
+                raise Unavailable("faasd is stopping; the call is recorded and runs when it "
+                                  "starts again: retry with the same Idempotency-Key",
+                                  retry_after_s=5, call_id=call_id)
+            if call.done:
                 return call
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(call_id, []).append(future)
@@ -161,10 +175,19 @@ class AsyncCalls:
                     self._waiters.pop(call_id, None)
 
     async def get(self, call_id: str) -> Call | None:
-        return await asyncio.to_thread(self.store.get, call_id)
+        return await self._read(self.store.get, call_id)
 
     async def recent(self, function: str | None, limit: int) -> list[Call]:
-        return await asyncio.to_thread(self.store.recent, function, limit)
+        return await self._read(self.store.recent, function, limit)
+
+    async def _read(self, method: Callable[..., T], *args: object) -> T:
+        """`method(*args)` off the event loop; 503 once the daemon is stopping."""
+        try:
+            if self._stopping:
+                raise StoreClosed
+            return await asyncio.to_thread(method, *args)
+        except StoreClosed:
+            raise Unavailable("faasd is stopping; retry in a moment", retry_after_s=5) from None
 
     # ------------------------------------------------------------ running
 

@@ -52,6 +52,10 @@ CREATE INDEX IF NOT EXISTS inv_function ON invocations(function, created_s);
 """
 
 
+class StoreClosed(RuntimeError):
+    """The daemon closed the record (it is stopping)."""
+
+
 class State(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -121,17 +125,24 @@ class CallStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                    timeout=5.0)
         self._lock = threading.Lock()
+        self._closed = False
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreClosed("the call record is closed: the daemon is stopping")
+        return self._db
 
     def _rows(self, sql: str, args: tuple[object, ...] = ()) -> Iterator[Call]:
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+            rows = self._conn().execute(sql, args).fetchall()
         return (_call(r) for r in rows)
 
     def accept(self, call: Call) -> Call:
@@ -139,7 +150,7 @@ class CallStore:
         holds it instead (the caller compares fingerprints)."""
         with self._lock:
             try:
-                self._db.execute(
+                self._conn().execute(
                     f"INSERT INTO invocations({_COLUMNS}) VALUES "
                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, "
                     "NULL)",
@@ -150,7 +161,7 @@ class CallStore:
             except sqlite3.IntegrityError:
                 if call.idem_key is None:
                     raise
-                row = self._db.execute(
+                row = self._conn().execute(
                     f"SELECT {_COLUMNS} FROM invocations WHERE function = ? AND idem_key = ?",
                     (call.function, call.idem_key)).fetchone()
         return _call(row)
@@ -178,7 +189,7 @@ class CallStore:
 
     def queued_count(self, function: str) -> int:
         with self._lock:
-            (count,) = self._db.execute(
+            (count,) = self._conn().execute(
                 "SELECT COUNT(*) FROM invocations WHERE function = ? AND state IN "
                 "('queued', 'running')", (function,)).fetchone()
         return int(count)
@@ -186,10 +197,10 @@ class CallStore:
     def start(self, call_id: str, now_s: float) -> int:
         """Mark the call running; its attempt number (1 for the first run)."""
         with self._lock:
-            self._db.execute("UPDATE invocations SET state = 'running', attempts = attempts + 1, "
-                             "started_s = ? WHERE id = ? AND state IN ('queued', 'running')",
-                             (now_s, call_id))
-            (attempts,) = self._db.execute("SELECT attempts FROM invocations WHERE id = ?",
+            self._conn().execute(
+                "UPDATE invocations SET state = 'running', attempts = attempts + 1, "
+                "started_s = ? WHERE id = ? AND state IN ('queued', 'running')", (now_s, call_id))
+            (attempts,) = self._conn().execute("SELECT attempts FROM invocations WHERE id = ?",
                                            (call_id,)).fetchone()
         return int(attempts)
 
@@ -197,7 +208,7 @@ class CallStore:
                result_type: str | None, result: bytes | None, error: str | None) -> bool:
         """Record the outcome of run `attempt`; False if the call was already finished."""
         with self._lock:
-            cursor = self._db.execute(
+            cursor = self._conn().execute(
                 "UPDATE invocations SET state = ?, finished_s = ?, status_code = ?, "
                 "result_type = ?, result = ?, error = ? WHERE id = ? AND state = 'running' "
                 "AND attempts = ?",
@@ -206,12 +217,13 @@ class CallStore:
 
     def callback_tried(self, call_id: str, attempts: int, status: str | None) -> None:
         with self._lock:
-            self._db.execute("UPDATE invocations SET callback_attempts = ?, callback_status = ? "
-                             "WHERE id = ?", (attempts, status, call_id))
+            self._conn().execute(
+                "UPDATE invocations SET callback_attempts = ?, callback_status = ? WHERE id = ?",
+                (attempts, status, call_id))
 
     def purge(self, before_s: float) -> int:
         """Delete finished calls that ended before `before_s`; how many."""
         with self._lock:
-            cursor = self._db.execute("DELETE FROM invocations WHERE state IN ('succeeded', "
+            cursor = self._conn().execute("DELETE FROM invocations WHERE state IN ('succeeded', "
                                       "'failed') AND finished_s < ?", (before_s,))
         return cursor.rowcount

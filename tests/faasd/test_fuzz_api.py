@@ -149,3 +149,50 @@ def test_the_daemon_is_healthy_after_the_fuzzing(live: DaemonProcess) -> None:
                               {"Content-Type": "application/json"}, b'{"x": [[1, 2, 3, 4]]}')
     assert status == 200, answer
     assert Path(live.log_path).exists()
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, dict[
+        str, str]]]:
+    import time
+
+    from faasd.auth.store import TokenStore
+    from faasd.auth.tokens import Scope
+
+    tmp = tmp_path_factory.mktemp("fuzz-auth")
+    make_function(tmp / "functions", "linear")
+    store = TokenStore(tmp / "state")
+    tokens = {scope.value: store.create(scope, scope.value, None, time.time())[1]
+              for scope in Scope}
+    daemon = start_daemon(tmp, tmp / "functions")
+    yield daemon, tokens
+    assert daemon.stop() == 0, daemon.log()
+    log = daemon.log()
+    assert "unexpected error on" not in log
+    assert not any(token in log for token in tokens.values())  # never logged
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(request=requests(), who=st.sampled_from(["none", "invoke", "admin", "junk", "basic",
+                                                  "odd"]))
+def test_with_tokens_every_answer_is_json_and_scoped(
+        secured: tuple[DaemonProcess, dict[str, str]],
+        request: tuple[str, str, dict[str, str], bytes], who: str) -> None:
+    daemon, tokens = secured
+    method, path, head, body = request
+    auth = {"none": None, "invoke": f"Bearer {tokens['invoke']}",
+            "admin": f"Bearer {tokens['admin']}", "junk": "Bearer fdt_junk",
+            "basic": "Basic YTpi", "odd": "Bearer \u00e9\u00e9"}[who]
+    if auth is not None:
+        head = {**head, "Authorization": auth}
+    status, content_type, answer = _send(daemon, method, path, head, body)
+    assert status < 500 or status in (502, 503, 504), (status, answer[:300])
+    if status >= 400:
+        assert content_type.startswith("application/json"), (status, answer[:200])
+        assert isinstance(json.loads(answer)["error"], str)
+    open_path = path == "/healthz" or path.startswith("/v2/health/")
+    if who in ("none", "junk", "basic", "odd") and not open_path:
+        assert status == 401, (who, method, path, status)
+    if who == "invoke" and path.startswith("/system/functions"):
+        assert status == 403

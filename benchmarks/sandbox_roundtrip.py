@@ -143,7 +143,7 @@ async def cold(
         execution = await pool.run(version, Config(1, 1), [TensorItem({input_name: x})])
         samples.append(time.perf_counter() - started)
         assert execution.cold_start
-        await pool.retire(directory.name, keep_version=None)
+        await pool.retire(directory.name)
         await asyncio.sleep(0.2)  # idle between starts, as a first call after a quiet spell
     return {
         "idle_to_first_answer_ms": percentiles_ms(samples),

@@ -31,11 +31,29 @@ def pack(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def unpack(data: bytes, destination: Path) -> Path:
-    """Unpack `data` into `destination`; returns the function directory inside it."""
+#: Entries one archive may hold (a function is a handful of files).
+MAX_MEMBERS = 10_000
+
+
+def unpack(data: bytes, destination: Path, max_bytes: int | None = None) -> Path:
+    """Unpack `data` into `destination`; returns the function directory inside it.
+
+    With `max_bytes`, an archive whose files add up to more is refused (DeployError) as soon
+    as the member that crosses the limit is read, before it is written: a small gzip body
+    cannot unpack into gigabytes. The archive is read as a stream, member by member."""
+    total = 0
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            tar.extractall(destination, filter="data")
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r|*") as tar:
+            for count, member in enumerate(tar, start=1):
+                total += max(0, member.size) if member.isfile() else 0
+                if max_bytes is not None and total > max_bytes:
+                    raise DeployError(
+                        f"the archive unpacks to more than {max_bytes // 2**20} MiB (the "
+                        "limit is max_unpacked_mb); send a smaller function", file="(upload)")
+                if count > MAX_MEMBERS:
+                    raise DeployError(f"the archive holds more than {MAX_MEMBERS} entries; a "
+                                      "function needs a handful of files", file="(upload)")
+                tar.extract(member, destination, filter="data")
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DeployError(f"the upload is not a readable tar archive: {exc}",
                           file="(upload)") from None

@@ -201,14 +201,16 @@ class Catalog:
                 self._registry.discard(staged)
 
     async def deploy_archive(
-        self, data: bytes, name: str | None, scratch: Path, *, mode: str = "any"
+        self, data: bytes, name: str | None, scratch: Path, *, mode: str = "any",
+        max_unpacked_bytes: int | None = None,
     ) -> Deployed:
         """Deploy a tar archive of a function directory (unpacked under `scratch`, then
-        removed). Without `name`, the archive's top directory (or config.pbtxt) names it."""
+        removed). Without `name`, the archive's top directory (or config.pbtxt) names it.
+        An archive whose files add up past `max_unpacked_bytes` is refused."""
         workdir = scratch / f"upload-{uuid.uuid4().hex}"
         workdir.mkdir(parents=True)
         try:
-            directory = await asyncio.to_thread(unpack, data, workdir)
+            directory = await asyncio.to_thread(unpack, data, workdir, max_unpacked_bytes)
             if name is None and directory == workdir:
                 name = _pbtxt_name(directory)
                 if name is None:

@@ -18,8 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from faasd.auth.cli import add_token_commands, read_client_token
+from faasd.auth.store import TokenError
 from faasd.client import Client, ClientError, gateway_url
 from faasd.config import ConfigError, faasd_version, load_config
+from faasd.durable.cli import add_invocation_commands
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -35,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"faasd: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, TokenError) as exc:
         print(f"faasd: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("-g", "--gateway", help="daemon URL (default $FAASD_URL or %(default)s)")
         p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+        p.add_argument("--token-file", type=Path,
+                       help="file holding the API token (default: $FAASD_TOKEN)")
         p.set_defaults(func=func)
         return p
 
@@ -86,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument("-d", "--data", help="the body, or @FILE to read it from a file")
     invoke.add_argument("--content-type", help="default: guessed from @FILE, else JSON")
     invoke.add_argument("-v", "--verbose", action="store_true", help="print call headers")
+    invoke.add_argument("--async", dest="async_call", action="store_true",
+                        help="call asynchronously: print the call id (see `faasd result ID`)")
+    invoke.add_argument("--callback-url", help="with --async: where to POST the answer")
+    invoke.add_argument("--idempotency-key", help="the same key and body make one call only")
 
     remove = client_command("remove", "remove a function or workflow", _remove)
     remove.add_argument("name")
@@ -109,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
 
     version = client_command("version", "print client and daemon versions", _version)
     version.set_defaults(func=_version)
+    add_token_commands(sub)
+    add_invocation_commands(client_command, _client)
 
     for name, help_text in _OFFLINE_HELP.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -293,7 +304,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(gateway_url(args.gateway))
+    return Client(gateway_url(args.gateway), token=read_client_token(args.token_file))
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -446,17 +457,22 @@ def _describe_workflow(args: argparse.Namespace, client: Client, w: dict[str, An
 def _invoke(args: argparse.Namespace) -> int:
     body, guessed = _body(args.data)
     content_type = args.content_type or guessed
+    headers = {"Content-Type": content_type}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    if args.callback_url:
+        headers["X-Callback-Url"] = args.callback_url
     client = _client(args)
+    if args.async_call:
+        reply = client.request("POST", f"/async-function/{args.name}", body, headers)
+        print(reply.headers["X-Call-Id"])
+        return EXIT_OK
     try:
-        reply = client.request(
-            "POST", f"/function/{args.name}", body, {"Content-Type": content_type}
-        )
+        reply = client.request("POST", f"/function/{args.name}", body, headers)
     except ClientError as exc:
         if exc.status != 404 or not _is_workflow(client, args.name):
             raise
-        reply = client.request(
-            "POST", f"/workflow/{args.name}", body, {"Content-Type": content_type}
-        )
+        reply = client.request("POST", f"/workflow/{args.name}", body, headers)
     if args.verbose:
         for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "X-Faasd-Slo-Ms",
                     "X-Faasd-Slo-Met", "Content-Type"):

@@ -59,9 +59,10 @@ def gateway_url(flag: str | None) -> str:
 
 
 class Client:
-    def __init__(self, url: str, timeout_s: float = 600.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 600.0, token: str | None = None) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def request(
         self,
@@ -71,7 +72,7 @@ class Client:
         headers: dict[str, str] | None = None,
     ) -> Reply:
         req = urllib.request.Request(
-            self.url + path, data=body, method=method, headers=headers or {}
+            self.url + path, data=body, method=method, headers={**self._auth, **(headers or {})}
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -72,12 +72,26 @@ class DaemonConfig:
     deploy_timeout_s: float = 60.0
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    #: who may read /metrics once API tokens exist: "admin", "invoke" (any token) or "open"
+    metrics_access: str = "admin"
+    #: run sandboxes with cgroups only where namespaces cannot be made (else refuse to start)
+    allow_unconfined: bool = False
+    #: how long the answer of an async call is kept after it ends
+    async_result_retention_s: float = 86400.0
+    #: async calls one function may have queued or running; past it, 429
+    max_async_queue_per_function: int = 1000
+    #: how large an uploaded archive may unpack (0: 4 x max_body_mb)
+    max_unpacked_mb: int = 0
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
     limits: NodeLimits = field(default_factory=NodeLimits)
 
     @property
     def max_body_bytes(self) -> int:
         return self.max_body_mb * MIB
+
+    @property
+    def max_unpacked_bytes(self) -> int:
+        return (self.max_unpacked_mb or 4 * self.max_body_mb) * MIB
 
     @property
     def vcpu_capacity(self) -> int:
@@ -109,6 +123,7 @@ class DaemonConfig:
         if self.log_level.lower() not in LOG_LEVELS:
             raise fail("log_level",
                        f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        self._validate_async_and_access(fail)
         from esg.policies import POLICIES
 
         if self.scheduler not in POLICIES:
@@ -129,6 +144,21 @@ class DaemonConfig:
             return ("deploy_timeout_s", f"must be in (0, {MAX_DEPLOY_TIMEOUT_S:g}] seconds, "
                     f"got {self.deploy_timeout_s}")
         return None
+
+
+    def _validate_async_and_access(self, fail: Callable[[str, str], ConfigError]) -> None:
+        if self.async_result_retention_s <= 0:
+            raise fail("async_result_retention_s",
+                       f"must be > 0, got {self.async_result_retention_s}")
+        if self.max_unpacked_mb < 0:
+            raise fail("max_unpacked_mb", f"must be >= 0 (0 = 4 x max_body_mb), got "
+                                          f"{self.max_unpacked_mb}")
+        if self.max_async_queue_per_function < 1:
+            raise fail("max_async_queue_per_function",
+                       f"must be >= 1, got {self.max_async_queue_per_function}")
+        if self.metrics_access not in ("admin", "invoke", "open"):
+            raise fail("metrics_access",
+                       f"must be admin, invoke or open, got {self.metrics_access!r}")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -25,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from esg.policies import make_policy
+from faasd import claim
 from faasd.api import create_app
 from faasd.api.connections import (
     CONNECTIONS,
@@ -33,10 +35,17 @@ from faasd.api.connections import (
     effective_cap,
     raise_fd_limit,
 )
+from faasd.api.invocations import executor
+from faasd.api.protocol_errors import JsonErrorsRunner
+from faasd.auth.store import TokenCache
+from faasd.auth.tokens import exposure_error
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller, ProfileSource
+from faasd.durable.runner import AsyncCalls
+from faasd.durable.runner import Limits as AsyncLimits
+from faasd.durable.store import CallStore
 from faasd.errors import FaasdError
 from faasd.functions.limits import node_memory_mb
 from faasd.functions.registry import Registry
@@ -126,14 +135,27 @@ class Daemon:
             raise ConfigError(f"functions directory {config.functions_dir.resolve()} does not "
                               "exist; check --functions / functions_dir")
         state_dir = config.state_dir.resolve()
+        refusal = exposure_error(config.host, TokenCache(state_dir).records(),
+                                 self.clock.wall(), str(state_dir))
+        if refusal is not None:
+            raise ConfigError(refusal)
+        listener = claim.bind(config.host, config.port)  # before anything is created
+        self._stack.callback(listener.close)
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._stack.callback(os.close, claim.lock_state_dir(state_dir))
+        scratch = claim.remove_upload_scratch(state_dir)
+        if scratch:
+            log.warning("removed %d upload(s) a stopped daemon left in %s/uploads", scratch,
+                        state_dir)
         self.notifier.status("starting the sandbox pool")
         pool = await self._stack.enter_async_context(
             SandboxPool(
                 state_dir=state_dir,
-                cgroup_parent=config.cgroup_parent,
+                cgroup_parent=claim.cgroup_parent_for(config.cgroup_parent, state_dir),
                 max_sandboxes=config.max_sandboxes,
                 load_timeout_s=config.deploy_timeout_s,
+                namespaces="auto" if config.allow_unconfined else "on",
+                reap_leftovers=True,
             )
         )
         metrics = Metrics(faasd_version())
@@ -169,6 +191,12 @@ class Daemon:
         gateway = Gateway(controller, self.clock, metrics)
         workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
         metrics.registry.register(profiles.collector())
+        async_calls = AsyncCalls(
+            CallStore(state_dir), executor(catalog, gateway), self.clock,
+            AsyncLimits(max_queued_per_function=config.max_async_queue_per_function,
+                        retention_s=config.async_result_retention_s),
+            idempotent=lambda name: _idempotent(registry, name),
+        )
         self._services = Services(
             config=config,
             clock=self.clock,
@@ -180,13 +208,14 @@ class Daemon:
             workflows=workflows,
             runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
             profiles=profiles,
+            invocations=async_calls,
         )
         app = create_app(config, self._services)
         limits = connection_limits(config)
         guard = ConnectionGuard(limits, self.clock.now, effective_cap(limits, raise_fd_limit()))
         app[CONNECTIONS] = self.connections = guard
         # handler_cancellation: a client that hangs up takes its queued call with it.
-        self._runner = web.AppRunner(
+        self._runner = JsonErrorsRunner(
             app,
             shutdown_timeout=config.drain_timeout_s,
             access_log=None,
@@ -196,9 +225,10 @@ class Daemon:
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
-        # the listener is ours, not a TCPSite: every connection goes through the guard
+        # the listener is ours, not a TCPSite: every connection goes through the guard; its
+        # socket was bound before anything else was created (claim.bind)
         self._listener = await asyncio.get_running_loop().create_server(
-            guard.factory(server), config.host, config.port, reuse_address=True)
+            guard.factory(server), sock=listener)
         guard.start()
         self.port = int(self._listener.sockets[0].getsockname()[1])
         log.info("at most %d connections at once (max_connections, open-file limit)", guard.cap)
@@ -209,6 +239,7 @@ class Daemon:
         await self._load_functions(catalog)
         workflows.load()
         await self._load_workflows(workflows)
+        await async_calls.start()  # after the functions: calls left by a stopped daemon run
         self._services.readiness.ready = True
         loaded = len(catalog.list())
         self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
@@ -253,6 +284,9 @@ class Daemon:
             services.controller.stop_accepting()
             if services.profiles is not None:  # no new sandbox for a profile from now on
                 await services.profiles.stop()
+            if services.invocations is not None:
+                # running async calls stay recorded as running: the next start runs them
+                await services.invocations.stop()
         if self._listener is not None:
             self._listener.close()
         if self._runner is not None:
@@ -308,6 +342,18 @@ def connection_limits(config: DaemonConfig) -> ConnectionLimits:
         idle_timeout_s=config.idle_timeout_s,
         max_connections=config.max_connections,
     )
+
+
+def _idempotent(registry: Registry, name: str) -> bool:
+    version = registry.get(name)
+    return version is None or version.settings.idempotent
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    raise RuntimeError("the listener has no TCP address")
 
 
 def _stats_view(pool: SandboxPool) -> Callable[[], dict[str, Any]]:

@@ -136,7 +136,7 @@ def parse_payload(
     if header_length is not None:
         request = decode_request(body, header_length, functools.partial(check_declared, version))
         return Payload(TensorItem(check_tensors(version, request.inputs)), "v2", request, post)
-    mime = content_type.split(";")[0].strip().lower()
+    mime = _media_type(content_type)
     declared_json = mime in JSON_TYPES or mime.endswith("+json")
     if declared_json or body.lstrip()[:1] == b"{":
         try:
@@ -253,6 +253,17 @@ def check_image(version: FunctionVersion, body: bytes) -> None:
             f"the image is {width} x {height} = {width * height} pixels; {version.name!r} "
             f"takes at most {limit} (max_image_pixels); send a smaller image"
         )
+
+
+def _media_type(content_type: str) -> str:
+    """The media type of a Content-Type header, lower case; BadRequest unless it is ASCII
+    (it reaches the handler, and the sandbox protocol carries it as text)."""
+    if not content_type.isascii():
+        raise BadRequest(
+            f"Content-Type {content_type!r} is not ASCII; send a media type such as "
+            "application/json or image/png"
+        )
+    return content_type.split(";")[0].strip().lower()
 
 
 def _names_inputs(obj: object, specs: tuple[TensorSpec, ...]) -> bool:

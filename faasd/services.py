@@ -10,6 +10,7 @@ from faasd.catalog import Catalog
 from faasd.clock import Clock
 from faasd.config import DaemonConfig
 from faasd.controller import Controller
+from faasd.durable.runner import AsyncCalls
 from faasd.gateway import Gateway
 from faasd.metrics import Metrics
 from faasd.profiles.service import ProfileService
@@ -40,3 +41,5 @@ class Services:
     runner: WorkflowRunner
     readiness: Readiness = field(default_factory=Readiness)
     profiles: ProfileService | None = None
+    #: the durable async calls; None: this daemon takes none
+    invocations: AsyncCalls | None = None

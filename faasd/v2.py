@@ -125,7 +125,7 @@ def _decode_header(
             raise BadRequest(f"input {name!r}: shape {list(shape)} declares "
                              f"{math.prod(shape)} values, more than the {json_length} bytes "
                              "of JSON could hold")
-        size = (entry.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(entry, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadRequest(
@@ -143,20 +143,52 @@ def _decode_header(
     if offset != len(tail):
         raise BadRequest(f"{len(tail) - offset} bytes of binary data follow no input")
     request_id = obj.get("id")
-    params = obj.get("parameters") or {}
-    outputs = None
-    if isinstance(obj.get("outputs"), list):
-        outputs = tuple(
-            RequestedOutput(str(o.get("name")), (o.get("parameters") or {}).get("binary_data"))
-            for o in obj["outputs"]
-            if isinstance(o, dict)
-        )
+    params = _parameters(obj, "the request")
     return InferRequest(
         id=None if request_id is None else str(request_id),
         inputs=inputs,
-        outputs=outputs,
-        binary_output=bool(params.get("binary_data_output", False)),
+        outputs=_requested_outputs(obj.get("outputs")),
+        binary_output=_flag(params, "binary_data_output", "the request") or False,
     )
+
+
+def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """`obj["parameters"]`: absent or null is no parameters; anything but an object is a 400."""
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise BadRequest(
+            f"{where}: parameters must be a JSON object, got {type(params).__name__}"
+        )
+    return params
+
+
+def _flag(params: Mapping[str, Any], key: str, where: str) -> bool | None:
+    value = params.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise BadRequest(f"{where}: parameters.{key} must be true or false, got {value!r}")
+
+
+def _requested_outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
+    """The request's `outputs`: absent or null means every output; else a list of objects,
+    each with a string name (a malformed entry is a 400, never silently skipped)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise BadRequest(
+            'outputs must be a list of {"name": ...} objects, got ' + type(raw).__name__
+        )
+    wanted = []
+    for entry in raw:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise BadRequest('each entry of outputs must be an object with a string "name"')
+        where = f"output {entry['name']!r}"
+        wanted.append(
+            RequestedOutput(entry["name"], _flag(_parameters(entry, where), "binary_data", where))
+        )
+    return tuple(wanted)
 
 
 def _tensor_header(entry: Mapping[str, Any]) -> tuple[str, tuple[int, ...], str]:
@@ -180,7 +212,7 @@ def from_json_data(name: str, data: Any, shape: tuple[int, ...], datatype: str) 
             flat = np.asarray(data, dtype=object).reshape(-1)
             array = np.array([_to_bytes(v) for v in flat], dtype=object)
         else:
-            array = np.asarray(data, dtype=V2_TO_NUMPY[datatype])
+            array = as_array(name, data, V2_TO_NUMPY[datatype], datatype)
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
     expected = math.prod(shape)
@@ -189,6 +221,16 @@ def from_json_data(name: str, data: Any, shape: tuple[int, ...], datatype: str) 
             f"input {name!r}: shape {list(shape)} needs {expected} values, got {array.size}"
         )
     return array.reshape(shape)
+
+
+def as_array(name: str, data: Any, dtype: Any, datatype: str) -> np.ndarray:
+    """JSON values as an array of `dtype`, or BadRequest: a value out of the datatype's range
+    (INT32 4294967296, UINT8 -1, FP32 1e40) is refused, never wrapped or made infinite."""
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
+        raise BadRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
 
 
 def _to_bytes(value: Any) -> bytes:
@@ -273,11 +315,7 @@ def decode_plain(
                 f"per call (max_batch_size {max_rows}); split the call, or raise "
                 "batching.max_batch_size"
             )
-        try:
-            array = np.asarray(data, dtype=spec.numpy_dtype)
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(f"input {name!r}: data is not {spec.datatype}: {exc}") from None
-        arrays[name] = array
+        arrays[name] = as_array(name, data, spec.numpy_dtype, spec.datatype)
     return arrays
 
 
@@ -369,10 +407,30 @@ def encode_plain(outputs: Mapping[str, np.ndarray]) -> bytes:
     )
 
 
-def _json_ready(array: np.ndarray) -> np.ndarray:
-    """`array` as orjson serialises it natively: C-contiguous, native order, finite floats."""
+#: JSON has no NaN or infinity: they are written as these strings, as the protobuf JSON
+#: mapping (which KServe's gRPC-JSON follows) writes float fields, never as invalid JSON or 0.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def name_non_finite(value: Any) -> Any:
+    """`value` (nested lists, dicts, floats, numpy arrays) with every NaN or infinite float
+    replaced by its name in `NON_FINITE`; other values unchanged. For the slow path only."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else NON_FINITE[repr(value)]
+    if isinstance(value, list | tuple):
+        return [name_non_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: name_non_finite(v) for k, v in value.items()}
+    return value
+
+
+def _json_ready(array: np.ndarray) -> Any:
+    """`array` as orjson serialises it natively: C-contiguous and native order; with a NaN or
+    an infinity, nested lists with those values named (see `NON_FINITE`)."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        array = np.nan_to_num(array)  # JSON has no NaN or Infinity
+        return name_non_finite(array)
     if array.flags.c_contiguous and array.dtype.isnative:
         return array
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))

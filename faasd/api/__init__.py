@@ -8,11 +8,24 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from faasd.api import functions, health, invoke, metrics, profiles, v2, workflows
+from faasd.api import (
+    functions,
+    health,
+    invocations,
+    invoke,
+    metrics,
+    profiles,
+    tokens,
+    v2,
+    workflows,
+)
 from faasd.api.browsers import BROWSERS, BrowserPolicy, browser_guard
 from faasd.api.connections import track_requests
 from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
+from faasd.auth.middleware import ACCESS, Access, require_token
+from faasd.auth.store import TokenCache
+from faasd.auth.tokens import AccessRules
 from faasd.config import DaemonConfig
 from faasd.services import Services
 
@@ -20,13 +33,26 @@ __all__ = ["SERVICES", "create_app"]
 
 
 def create_app(config: DaemonConfig, services: Services) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[track_requests, browser_guard, json_errors])
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        # the token first: a caller without one learns that, whatever else is wrong
+        middlewares=[track_requests, require_token, browser_guard, json_errors,
+                     invocations.idempotent_calls],
+    )
     app[SERVICES] = services
     app[BROWSERS] = BrowserPolicy.for_bind(config.host, config.allowed_hosts,
                                            config.allowed_origins)
+    app[ACCESS] = Access(TokenCache(config.state_dir.resolve()),
+                         AccessRules(config.metrics_access), services.clock.wall)
     add = app.router.add_route
     add("POST", "/function/{name}", invoke.function_call)
+    add("POST", "/async-function/{name}", invocations.async_function)
+    add("GET", "/system/invocations", invocations.list_invocations)
+    add("GET", "/system/invocations/{id}", invocations.get_invocation)
+    add("GET", "/system/invocations/{id}/result", invocations.get_result)
+    add("GET", "/system/tokens", tokens.list_tokens)
+    add("POST", "/system/tokens", tokens.create_token)
+    add("DELETE", "/system/tokens/{token}", tokens.revoke_token)
     add("GET", "/system/functions", functions.list_functions)
     add("POST", "/system/functions", functions.deploy)
     add("PUT", "/system/functions", functions.deploy)

@@ -49,7 +49,8 @@ async def deploy(request: web.Request) -> web.Response:
         if archive:
             scratch = services.config.state_dir.resolve() / "uploads"
             deployed = await services.catalog.deploy_archive(
-                await request.read(), request.query.get("name"), scratch, mode=mode
+                await request.read(), request.query.get("name"), scratch, mode=mode,
+                max_unpacked_bytes=services.config.max_unpacked_bytes,
             )
         else:
             doc = await json_object(request)

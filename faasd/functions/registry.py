@@ -357,7 +357,17 @@ class Registry:
                 shutil.rmtree(path, ignore_errors=True)
         number = _read_int(home / "current")
         if number is None:
-            return
+            on_disk = self._committed(home)
+            if not (home / "current").exists():
+                return  # removed (remove() unlinks the pointer first) or never committed
+            if not on_disk:
+                log.error("%s: the current pointer is unreadable and no version is on disk; "
+                          "the function is not served", home.name)
+                return
+            number = on_disk[-1]
+            log.error("%s: the current pointer is unreadable; serving the newest version on "
+                      "disk, %d", home.name, number)
+            _write_atomic(home / "current", f"{number}\n")
         candidates = [number] + [n for n in reversed(self._committed(home)) if n != number]
         for candidate in candidates:
             version = _read_version(home, candidate)

@@ -10,7 +10,9 @@ the section it belongs to:
     slo_ms: 200
     env: {OMP_WAIT_POLICY: PASSIVE}
     max_image_pixels: 25000000    # an image body declaring more pixels is a 400
-    idempotent: true              # false: no retry of batch-mates after a sandbox death
+    network: false                # true: the sandbox may use the host's network
+    idempotent: true              # false: no rerun of an async call a restart cut short, no retry
+                                  # of batch-mates after a sandbox death
 
 Unknown keys, wrong types and out-of-range values are DeployErrors that give the file, the
 line, and the fix (the closest known key for a typo). Pure: text in, values out.
@@ -40,6 +42,11 @@ SECTIONS: Mapping[str, tuple[str, ...]] = {
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FunctionSettings))
 _SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The settings that are true or false, and an example line's meaning for the error message.
+_FLAGS = {
+    "network": "true (the sandbox may use the host's network)",
+    "idempotent": "false (an async call cut short by a restart fails instead of running again)",
+}
 #: The smallest memory limit a sandbox can start onnxruntime in.
 MIN_MEMORY_MB = 64
 
@@ -139,9 +146,10 @@ def _suggest(key: str, section: str | None) -> str:
 def _check_value(name: str, value: object, line: int) -> object:
     if name == "env":
         return _check_env(value, line)
-    if name == "idempotent":
+    if name in _FLAGS:
         if not isinstance(value, bool):
-            raise _YamlProblem(line, f"idempotent must be true or false, got {value!r}")
+            raise _YamlProblem(line, f"{name} must be true or false, got {value!r}; "
+                                     f"e.g. {name}: {_FLAGS[name]}")
         return value
     rule = _RULES[name]
     if not rule.accepts(value):

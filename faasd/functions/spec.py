@@ -70,6 +70,10 @@ class FunctionSettings:
     slo_ms: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     max_image_pixels: int = 25_000_000
+    #: the sandbox shares the host's network (default: a network namespace with nothing in it)
+    network: bool = False
+    #: running a call twice is harmless: an async call cut short by a restart runs again, and
+    #: batch-mates of a call that killed its sandbox are retried (false: neither, saying why)
     idempotent: bool = True
 
 

@@ -28,6 +28,7 @@ from faasd.sandbox.items import (
     TensorItem,
     TensorResult,
 )
+from faasd.v2 import name_non_finite
 
 logger = logging.getLogger("faasd.sandbox")
 
@@ -134,7 +135,10 @@ def serialise(value: Any) -> BodyResult | ItemFailure:
     """postprocess's return value as a response body: dict/list JSON, str text, bytes as is."""
     if isinstance(value, dict | list):
         try:
-            body = json.dumps(value, default=_json_default).encode()
+            try:
+                body = json.dumps(value, default=_json_default, allow_nan=False).encode()
+            except ValueError:  # a NaN or infinity: valid JSON names them (faasd.v2)
+                body = json.dumps(name_non_finite(value), allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             return ItemFailure(502, f"postprocess returned a value JSON cannot encode: {exc}")
         return BodyResult(body, "application/json")

@@ -269,6 +269,35 @@ class Confinement:
         with contextlib.suppress(OSError):  # absent or refused without swap accounting
             _write(dirs["memory"] / "memory.memsw.limit_in_bytes", memory_bytes)
 
+    def reap_leftovers(self, settle_s: float = 2.0) -> list[str]:
+        """Kill the processes of every sandbox group under this pool's parents and remove the
+        groups: what a daemon killed with SIGKILL left behind. Only for a parent no live pool
+        uses (the daemon's own, per state directory, held under its lock). The names reaped."""
+        import signal
+        import time
+
+        reaped = []
+        for parent in self._parents.values():
+            for group in sorted(p for p in parent.iterdir() if p.is_dir()):
+                deadline = time.monotonic() + settle_s
+                while True:
+                    with contextlib.suppress(OSError):
+                        for pid in (group / "cgroup.procs").read_text().split():
+                            with contextlib.suppress(ProcessLookupError, ValueError):
+                                os.kill(int(pid), signal.SIGKILL)
+                    try:
+                        group.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            logger.warning("could not remove the leftover cgroup %s", group)
+                            break
+                        time.sleep(0.02)
+                reaped.append(group.name)
+        return sorted(set(reaped))
+
     def close(self) -> None:
         """Remove the parent groups if no sandbox group is left in them."""
         for directory in self._parents.values():

@@ -31,7 +31,7 @@ import msgpack
 import numpy  # noqa: F401  imported here so every worker inherits it
 import onnxruntime  # noqa: F401  the import a cold start must not pay
 
-from faasd.sandbox import protocol, worker
+from faasd.sandbox import jail, protocol, worker
 
 # Handlers decode images with pillow; importing it once here saves each worker ~30 ms.
 with contextlib.suppress(ImportError):
@@ -54,6 +54,8 @@ class ForkServer:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.children: set[int] = set()
+        #: the children confined by `faasd.sandbox.jail`, whose uid is swept when they end
+        self.jailed: set[int] = set()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -98,6 +100,8 @@ class ForkServer:
         for fd in fds:
             os.close(fd)
         self.children.add(pid)
+        if spec.jail:
+            self.jailed.add(pid)
         pidfd = os.pidfd_open(pid)
         try:
             self.send({"op": "spawned", "id": message["id"], "pid": pid}, [pidfd])
@@ -136,6 +140,9 @@ class ForkServer:
             if pid == 0:
                 return
             self.children.discard(pid)
+            if pid in self.jailed:  # whatever the worker started dies with it
+                self.jailed.discard(pid)
+                jail.sweep(jail.sandbox_uid(pid))
             self.send({"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
 
     def shutdown(self) -> None:
@@ -145,6 +152,8 @@ class ForkServer:
         for pid in list(self.children):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+        for pid in self.jailed:
+            jail.sweep(jail.sandbox_uid(pid))
 
 
 def main(argv: list[str]) -> int:

@@ -78,13 +78,16 @@ class SandboxPool:
         cgroup_parent: str = "faasd",
         max_sandboxes: int = 32,
         confinement: str = "auto",
+        namespaces: str = "auto",
+        reap_leftovers: bool = False,
         clock: Clock | None = None,
         reap_interval_s: float = 1.0,
         load_timeout_s: float = LOAD_TIMEOUT_S,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.max_sandboxes = max_sandboxes
-        self._spawner = Spawner(self.state_dir, cgroup_parent, confinement)
+        self._spawner = Spawner(self.state_dir, cgroup_parent, confinement, namespaces,
+                                reap_leftovers)
         self._clock = clock or SystemClock()
         self._reap_interval_s = reap_interval_s
         self._load_timeout_s = load_timeout_s

@@ -60,6 +60,11 @@ class WorkerSpec:
     shared_cap_bytes: int = 0
     #: Tensors of at least this many bytes cross through shared memory.
     shared_threshold_bytes: int = 0
+    #: Confine the worker in namespaces, a root and a uid of its own (`faasd.sandbox.jail`).
+    jail: bool = False
+    network: bool = False
+    tmp_mb: int = 64
+    max_pids: int = 64
 
     def to_wire(self) -> dict[str, Any]:
         wire = asdict(self)

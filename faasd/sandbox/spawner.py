@@ -17,7 +17,7 @@ from pathlib import Path
 from esg.model import Config
 from faasd.errors import SandboxCrashed
 from faasd.functions.spec import FunctionVersion
-from faasd.sandbox import protocol, sharedmem
+from faasd.sandbox import jail, protocol, sharedmem
 from faasd.sandbox.cgroups import (
     ADDRESS_SPACE_HEADROOM_MB,
     Backend,
@@ -38,6 +38,7 @@ def worker_spec(
     groups: SandboxGroups | None,
     cpus: tuple[int, ...],
     tmp_dir: Path,
+    jail: bool = False,
 ) -> protocol.WorkerSpec:
     settings = version.settings
     fallback = groups is None
@@ -58,14 +59,30 @@ def worker_spec(
         tmp_dir=str(tmp_dir),
         shared_cap_bytes=sharedmem.cap_for_memory(settings.memory_mb),
         shared_threshold_bytes=sharedmem.THRESHOLD_BYTES,
+        jail=jail,
+        network=settings.network,
+        # /tmp is a tmpfs charged to the sandbox's memory: a quarter of it, at most 256 MiB
+        tmp_mb=max(16, min(256, settings.memory_mb // 4)),
+        max_pids=MAX_PIDS,
     )
 
 
+#: Processes and threads one sandbox may have (RLIMIT_NPROC of its own uid): onnxruntime's
+#: threads plus a handler's helpers, while a fork loop stops here.
+MAX_PIDS = 64
+
+
 class Spawner:
-    def __init__(self, state_dir: Path, cgroup_parent: str, confinement: str = "auto") -> None:
+    def __init__(self, state_dir: Path, cgroup_parent: str, confinement: str = "auto",
+                 namespaces: str = "auto", reap_leftovers: bool = False) -> None:
+        """`namespaces`: "on" (refuse to start where `jail.probe` fails), "auto" (use them
+        where the host allows, else warn), "off"."""
         self.state_dir = state_dir
         self.cgroup_parent = cgroup_parent
         self._choice = confinement
+        self._namespaces = namespaces
+        self._reap_leftovers = reap_leftovers
+        self.jail = False
         self.confinement = Confinement(Backend.NONE, {})
         self.launcher = Launcher()
         self._cpu_load: Counter[int] = Counter()
@@ -76,12 +93,37 @@ class Spawner:
         self._token = f"{os.getpid()}-{os.urandom(2).hex()}"
 
     async def start(self) -> None:
+        if self._namespaces != "off":
+            why_not = jail.probe()
+            if why_not is not None and self._namespaces == "on":
+                raise LaunchError(
+                    f"sandboxes cannot be confined in namespaces here: {why_not}; run faasd as "
+                    "root, or set allow_unconfined: true to run them with cgroups only"
+                )
+            if why_not is not None:
+                logger.warning("sandboxes run WITHOUT namespaces (network, file system and "
+                               "user are the daemon's): %s", why_not)
+            self.jail = why_not is None
         self.confinement = Confinement.detect(self.cgroup_parent, self._choice)
+        if self._reap_leftovers:
+            self._reap()
         try:
             await self.launcher.start()
         except BaseException:
             self.confinement.close()
             raise
+
+    def _reap(self) -> None:
+        """What a killed predecessor with this state directory left: its sandboxes' groups
+        (and any process still in them) and their scratch directories."""
+        groups = self.confinement.reap_leftovers()
+        scratch = self.state_dir / "sandboxes"
+        dirs = sorted(p.name for p in scratch.iterdir()) if scratch.is_dir() else []
+        for name in dirs:
+            shutil.rmtree(scratch / name, ignore_errors=True)
+        if groups or dirs:
+            logger.warning("removed what a stopped daemon left: %d sandbox cgroup(s), %d "
+                           "sandbox director(y/ies)", len(groups), len(dirs))
 
     async def stop(self) -> None:
         await self.launcher.stop()
@@ -103,7 +145,7 @@ class Spawner:
         try:
             tmp_dir.mkdir(parents=True, exist_ok=True)
             groups = self.confinement.create(sandbox_id, limits)
-            spec = worker_spec(version, config, groups, cpus, tmp_dir)
+            spec = worker_spec(version, config, groups, cpus, tmp_dir, self.jail)
             process = await SandboxProcess.start(self.launcher, sandbox_id, spec, groups, tmp_dir)
         except BaseException as exc:
             self.release(cpus)

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from faasd.functions.spec import ModelInfo
 from faasd.runtime.onnx import CUDA_PROVIDER, ModelLoadError, OnnxModel, choose_providers
-from faasd.sandbox import cgroups, channel, protocol
+from faasd.sandbox import cgroups, channel, jail, protocol
 from faasd.sandbox.batching import Handler, execute
 from faasd.sandbox.sharedmem import SharedArea, SharedPair
 
@@ -92,10 +92,20 @@ def load_handler(path: Path | None) -> Handler:
     return Handler(preprocess=hooks["preprocess"], postprocess=hooks["postprocess"])
 
 
+#: The whole environment of a sandbox, besides what its faasd.yaml `env` names.
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def sandbox_environment(spec: protocol.WorkerSpec) -> dict[str, str]:
+    """Only PATH, HOME, TMPDIR and LANG, then the function's `env`: nothing of the daemon's
+    (its tokens, credentials or paths) reaches a handler."""
+    tmp = "/tmp" if spec.jail or not spec.tmp_dir else spec.tmp_dir
+    return {"PATH": BASE_PATH, "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", **spec.env}
+
+
 def _prepare_process(spec: protocol.WorkerSpec) -> None:
-    os.environ.update(spec.env)
-    if spec.tmp_dir:
-        os.environ["TMPDIR"] = spec.tmp_dir
+    os.environ.clear()
+    os.environ.update(sandbox_environment(spec))
     os.chdir(spec.directory)
     sys.path.insert(0, spec.directory)
     for stream in (sys.stdout, sys.stderr):  # a handler's print() reaches the log at once
@@ -115,6 +125,10 @@ def _load_parts(
 ) -> tuple[OnnxModel, Handler]:
     try:
         confine(spec)
+        if spec.jail:
+            jail.enter(jail.JailSpec(spec.directory, spec.network, spec.tmp_mb, spec.max_pids,
+                                     gpu=spec.vgpu > 0))
+            _die_with_parent()  # a change of uid clears the parent-death signal
         _prepare_process(spec)
     except OSError as exc:
         raise _LoadFailed(protocol.FAILED_SANDBOX, f"could not confine the sandbox: {exc}") from exc

@@ -121,9 +121,56 @@ def test_raw_binary_request_is_batch_one() -> None:
         decode_raw(raw[:8], spec)
 
 
-def test_non_finite_floats_become_json_numbers() -> None:
-    body = encode_plain({"y": np.array([np.nan, np.inf], np.float32)})
-    assert json.loads(body)["y"][0] == 0.0
+def test_non_finite_floats_are_named_in_valid_json_never_zero() -> None:
+    y = np.array([[np.nan, np.inf], [-np.inf, 1.5]], np.float32)
+    body = encode_plain({"y": y})
+    assert json.loads(body)["y"] == [["NaN", "Infinity"], ["-Infinity", 1.5]]
+    response, _ = encode_response("m", "1", InferRequest(None, {}), {"y": y})
+    # json.loads accepts the bare NaN token: parse strictly, as a browser or jq does
+    strict = json.loads(response, parse_constant=lambda c: pytest.fail(f"invalid JSON {c}"))
+    assert strict["outputs"][0]["data"] == ["NaN", "Infinity", "-Infinity", 1.5]
+
+
+def _v2(extra: str, data: str = "[1, 2]", datatype: str = "FP32",
+        input_extra: str = "") -> bytes:
+    return (f'{{"inputs": [{{"name": "x", "shape": [2], "datatype": "{datatype}", '
+            f'"data": {data}{input_extra}}}]{extra}}}').encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (_v2(', "parameters": [1]'), "the request: parameters must be a JSON object"),
+        (_v2(', "parameters": "x"'), "parameters must be a JSON object, got str"),
+        (_v2("", input_extra=', "parameters": 7'), "input 'x': parameters must be"),
+        (_v2(', "outputs": [{"name": "y", "parameters": []}]'), "output 'y': parameters"),
+        (_v2(', "outputs": "x"'), "outputs must be a list"),
+        (_v2(', "outputs": [{"name": 3}]'), 'string "name"'),
+        (_v2(', "outputs": ["y"]'), 'string "name"'),
+        (_v2(', "parameters": {"binary_data_output": "yes"}'),
+         "binary_data_output must be true or false, got 'yes'"),
+        (_v2(', "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]'),
+         "binary_data must be true or false"),
+        (_v2("", "[4294967296, 1]", "INT32"), "out of bounds for int32"),
+        (_v2("", "[-1, 1]", "UINT8"), "out of bounds for uint8"),
+        (_v2("", "[18446744073709551616, 1]", "INT64"), "not INT64"),
+        (_v2("", "[1e40, 1]", "FP32"), "overflow"),
+    ],
+)
+def test_malformed_v2_fields_are_bad_requests_not_crashes(body: bytes, fragment: str) -> None:
+    with pytest.raises(BadRequest, match=fragment):
+        decode_request(body)
+
+
+def test_plain_json_out_of_range_is_a_bad_request() -> None:
+    spec = TensorSpec("x", "UINT8", (-1, 2))
+    with pytest.raises(BadRequest, match="out of bounds for uint8"):
+        decode_plain({"x": [[1, 256]]}, [spec])
+
+
+def test_null_parameters_and_outputs_mean_the_defaults() -> None:
+    request = decode_request(_v2(', "parameters": null, "outputs": null'))
+    assert request.outputs is None and request.binary_output is False
 
 
 @pytest.mark.parametrize("dtype", ["bool", "uint8", "uint16", "uint32", "uint64", "int8",

@@ -35,11 +35,12 @@ class FixedProfiles:
 
 
 def quotas(parent: str, function: str) -> list[int]:
-    """The CPU quota (in CFS periods) of every sandbox group of `function` under `parent`."""
-    v1 = sorted(Path(f"/sys/fs/cgroup/cpu/{parent}").glob(f"{function}-v*"))
+    """The CPU quota (in CFS periods) of every sandbox group of `function` under the daemon's
+    cgroup parent (`parent` and its state directory's hash)."""
+    v1 = sorted(Path("/sys/fs/cgroup/cpu").glob(f"{parent}*/{function}-v*"))
     if v1:
         return [int((g / "cpu.cfs_quota_us").read_text()) // CFS_PERIOD_US for g in v1]
-    v2 = sorted(Path(f"/sys/fs/cgroup/{parent}").glob(f"{function}-v*"))
+    v2 = sorted(Path("/sys/fs/cgroup").glob(f"{parent}*/{function}-v*"))
     return [int((g / "cpu.max").read_text().split()[0]) // CFS_PERIOD_US for g in v2]
 
 

@@ -1,0 +1,110 @@
+"""`faasd token create|list|revoke`: tokens in the daemon's state directory.
+
+These commands work on the state directory's `tokens.sqlite` directly (no daemon needed, and
+the daemon picks changes up on its next request). The state directory is `--state-dir`, else
+the one `--config` names, else the installed daemon's (`/etc/faasd/faasd.yaml`), else the
+default `state`. `create` prints the token once, as the last word of its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from faasd.auth.store import TokenError, TokenStore
+from faasd.auth.tokens import Scope, TokenRecord, parse_duration_s
+
+
+def add_token_commands(sub: Any) -> None:
+    token = sub.add_parser("token", help="create, list and revoke API tokens")
+    verbs = token.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = verbs.add_parser(name, help=help_text)
+        p.add_argument("--state-dir", type=Path, help="the daemon's state directory")
+        p.add_argument("--config", type=Path, help="faasd.yaml naming the state directory")
+        return p
+
+    create = verb("create", "create a token and print it (once)")
+    create.add_argument("--scope", choices=[s.value for s in Scope], required=True)
+    create.add_argument("--name", help="a label for people (default: scope-id)")
+    create.add_argument("--expires", help="lifetime, e.g. 30d, 12h, 15m (default: never)")
+    create.set_defaults(func=_create)
+    listing = verb("list", "list tokens (never the tokens themselves)")
+    listing.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    listing.set_defaults(func=_list)
+    revoke = verb("revoke", "revoke a token by id or name")
+    revoke.add_argument("token")
+    revoke.set_defaults(func=_revoke)
+
+
+def read_client_token(token_file: Path | None) -> str | None:
+    """The token the CLI sends: the first line of `--token-file`, else $FAASD_TOKEN."""
+    if token_file is not None:
+        text = token_file.read_text().strip()
+        return text.splitlines()[0].strip() if text else None
+    return os.environ.get("FAASD_TOKEN", "").strip() or None
+
+
+def _store(args: argparse.Namespace) -> TokenStore:
+    if args.state_dir is not None:
+        return TokenStore(args.state_dir)
+    from faasd.config import load_config
+    from faasd.install import CONFIG_PATH
+
+    path = args.config or (CONFIG_PATH if CONFIG_PATH.exists() else None)
+    return TokenStore(load_config(path).state_dir)
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _create(args: argparse.Namespace) -> int:
+    try:
+        lifetime = None if args.expires is None else parse_duration_s(args.expires)
+    except ValueError as exc:
+        raise TokenError(f"--expires: {exc}") from None
+    now = time.time()
+    store = _store(args)
+    record, token = store.create(Scope(args.scope), args.name, None if lifetime is None
+                                 else now + lifetime, now)
+    print(f"created {record.scope.value} token {record.name!r} (id {record.id}, expires "
+          f"{_when(record.expires_s)}) in {store.path}; it is shown only now:")
+    print(token)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    now = time.time()
+    records = _store(args).list()
+    if args.output == "json":
+        print(json.dumps([_doc(r, now) for r in records], indent=2))
+        return 0
+    rows = [[r.id, r.name, r.scope.value, _when(r.created_s), _when(r.expires_s),
+             r.status(now)] for r in records]
+    header = ["ID", "NAME", "SCOPE", "CREATED", "EXPIRES", "STATUS"]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _doc(record: TokenRecord, now: float) -> dict[str, Any]:
+    return {"id": record.id, "name": record.name, "scope": record.scope.value,
+            "created_s": record.created_s, "expires_s": record.expires_s,
+            "revoked_s": record.revoked_s, "status": record.status(now)}
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    record = _store(args).revoke(args.token, time.time())
+    print(f"revoked token {record.name!r} (id {record.id}); the daemon refuses it from its next "
+          "request")
+    return 0

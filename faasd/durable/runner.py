@@ -1,0 +1,296 @@
+"""Accept, run, recover and call back asynchronous calls (the I/O shell around `store`).
+
+`accept` records a call durably and queues it; `workers` tasks run queued calls through the
+same path as a synchronous call (the `execute` callable the HTTP layer provides) and record
+the answer; `start` first re-queues every call a previous daemon left queued or running.
+Inference functions are pure, so a run cut short by a restart is run again (unless the
+function says `idempotent: false`: then the call fails, 502 worker_lost, with the reason);
+after `max_attempts` runs that never finished, the call fails with that reason. A call in a function
+that is busy (the controller answers 429) waits and tries again without using an attempt; one
+refused because the daemon is stopping (503) stays running and is taken up at the next start.
+
+Callbacks: when a call ends and it named `X-Callback-Url`, the answer is POSTed there with
+`X-Call-Id`, `X-Function-Name` and `X-Function-Status`, retried with exponential backoff
+(`callback_backoff_s` × 2^n) up to `callback_attempts` times; each try is recorded. Finished
+calls are deleted `retention_s` after they end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+
+from faasd.clock import Clock
+from faasd.durable.store import Call, CallStore, State, StoreClosed, fingerprint
+from faasd.errors import FaasdError, Overloaded, Unavailable
+
+log = logging.getLogger("faasd.durable")
+
+
+class KeyReused(FaasdError):
+    """An Idempotency-Key sent again with another body (RFC draft: 422)."""
+
+    status = 422
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run answered, as the synchronous call would have: status, type, body."""
+
+    status_code: int
+    content_type: str
+    body: bytes
+
+
+Execute = Callable[[Call], Awaitable[Outcome]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_queued_per_function: int = 1000
+    retention_s: float = 86400.0
+    max_attempts: int = 3
+    workers: int = 4
+    callback_attempts: int = 5
+    callback_backoff_s: float = 0.5
+    callback_timeout_s: float = 10.0
+    busy_retry_s: float = 0.2
+
+
+class AsyncCalls:
+    def __init__(self, store: CallStore, execute: Execute, clock: Clock,
+                 limits: Limits | None = None,
+                 idempotent: Callable[[str], bool] = lambda function: True) -> None:
+        """`idempotent(function)`: whether a run of `function` cut short may run again."""
+        self.store = store
+        self.limits = limits or Limits()
+        self._execute = execute
+        self._idempotent = idempotent
+        self._clock = clock
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Re-queue what a previous daemon left, resume its callbacks, start the workers."""
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.limits.callback_timeout_s))
+        left = await asyncio.to_thread(self.store.open_calls)
+        for call in left:
+            self._queue.put_nowait(call.id)
+        if left:
+            log.info("taking up %d async call(s) a previous daemon left queued or running",
+                     len(left))
+        for call in await asyncio.to_thread(self.store.undelivered):
+            self._spawn(self._deliver(call))
+        for _ in range(self.limits.workers):
+            self._spawn(self._work())
+        self._spawn(self._purge())
+
+    async def stop(self) -> None:
+        """Stop running calls (they stay `running` and run again at the next start)."""
+        self._stopping = True
+        for waiting in self._waiters.values():  # keyed synchronous calls: answered 503
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+        self.store.close()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ accepting
+
+    async def accept(self, function: str, body: bytes, content_type: str,
+                     header_length: int | None, callback_url: str | None,
+                     idem_key: str | None) -> tuple[Call, bool]:
+        """The recorded call and whether it is an earlier call with the same key (a replay).
+
+        Overloaded (429) past `max_queued_per_function`; KeyReused (422) when the key came
+        with another body; the row is synced to disk before this returns."""
+        fp = fingerprint(function, body, content_type, header_length)
+        queued = await self._read(self.store.queued_count, function)
+        if queued >= self.limits.max_queued_per_function:
+            raise Overloaded(f"{function!r} has {queued} async calls waiting, the most it "
+                             "takes; retry later", retry_after_s=5.0)
+        call = Call(id=os.urandom(16).hex(), function=function, state=State.QUEUED, body=body,
+                    content_type=content_type, header_length=header_length,
+                    callback_url=callback_url, idem_key=idem_key, fingerprint=fp, attempts=0,
+                    created_s=self._clock.wall())
+        stored = await self._read(self.store.accept, call)
+        if stored.id != call.id:
+            if stored.fingerprint != fp:
+                raise KeyReused(f"Idempotency-Key {idem_key!r} was used for another request "
+                                f"to {function!r}; use a new key for a new request")
+            return stored, True
+        self._queue.put_nowait(call.id)
+        return stored, False
+
+    async def wait(self, call_id: str) -> Call:
+        """The call once it has finished (at once if it has). Unavailable (503) once the
+        daemon stops: the call stays recorded, and the next start finishes it."""
+        while True:
+            try:
+                call = None if self._stopping else await asyncio.to_thread(self.store.get,
+                                                                           call_id)
+            except StoreClosed:
+                call = None
+            if call is None:
+                raise Unavailable("faasd is stopping; the call is recorded and runs when it "
+                                  "starts again: retry with the same Idempotency-Key",
+                                  retry_after_s=5, call_id=call_id)
+            if call.done:
+                return call
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(call_id, []).append(future)
+            try:
+                await future
+            finally:
+                waiting = self._waiters.get(call_id, [])
+                if future in waiting:
+                    waiting.remove(future)
+                if not waiting:
+                    self._waiters.pop(call_id, None)
+
+    async def get(self, call_id: str) -> Call | None:
+        return await self._read(self.store.get, call_id)
+
+    async def recent(self, function: str | None, limit: int) -> list[Call]:
+        return await self._read(self.store.recent, function, limit)
+
+    async def _read(self, method: Callable[..., T], *args: object) -> T:
+        """`method(*args)` off the event loop; 503 once the daemon is stopping."""
+        try:
+            if self._stopping:
+                raise StoreClosed
+            return await asyncio.to_thread(method, *args)
+        except StoreClosed:
+            raise Unavailable("faasd is stopping; retry in a moment", retry_after_s=5) from None
+
+    # ------------------------------------------------------------ running
+
+    async def _work(self) -> None:
+        while True:
+            call_id = await self._queue.get()
+            try:
+                await self._run(call_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("async call %s: unexpected error; it runs again at the next "
+                              "start", call_id)
+
+    async def _run(self, call_id: str) -> None:
+        call = await asyncio.to_thread(self.store.get, call_id)
+        if call is None or call.done:
+            return
+        attempt = await asyncio.to_thread(self.store.start, call_id, self._clock.wall())
+        if attempt > self.limits.max_attempts:
+            outcome = Outcome(500, "application/json",
+                              b'{"error": "the daemon stopped during every run of this call"}')
+            await self._finish(call, attempt, outcome,
+                               f"gave up after {attempt - 1} runs that the daemon never "
+                               "finished (it stopped during each)")
+            return
+        if attempt > 1 and not self._idempotent(call.function):
+            outcome = Outcome(502, "application/json", json.dumps({
+                "error": "worker_lost: the daemon stopped while this call ran, and "
+                         f"{call.function!r} is not idempotent (idempotent: false), so it was "
+                         "not run again", "attempts": attempt - 1}).encode())
+            await self._finish(call, attempt, outcome, None)
+            return
+        log.info("async call %s to %s: run %d", call_id, call.function, attempt)
+        while True:
+            outcome = await self._execute(call)
+            if outcome.status_code != 429 or self._stopping:
+                break
+            await asyncio.sleep(self.limits.busy_retry_s)  # busy: wait, no attempt used
+        if outcome.status_code == 503:  # the daemon is stopping: the next start runs it
+            return
+        await self._finish(call, attempt, outcome, None)
+
+    async def _finish(self, call: Call, attempt: int, outcome: Outcome,
+                      error: str | None) -> None:
+        state = State.SUCCEEDED if outcome.status_code < 400 else State.FAILED
+        if error is None and state is State.FAILED:
+            error = _error_text(outcome)
+        finished = await asyncio.to_thread(
+            self.store.finish, call.id, attempt, state, self._clock.wall(), outcome.status_code,
+            outcome.content_type, outcome.body, error)
+        for future in self._waiters.pop(call.id, []):
+            if not future.done():
+                future.set_result(None)
+        if not finished:
+            return
+        log.info("async call %s to %s %s (%d)", call.id, call.function, state.value,
+                 outcome.status_code)
+        if call.callback_url:
+            done = await asyncio.to_thread(self.store.get, call.id)
+            if done is not None:
+                self._spawn(self._deliver(done))
+
+    async def _deliver(self, call: Call) -> None:
+        assert call.callback_url is not None and self._session is not None
+        headers = {"X-Call-Id": call.id, "X-Function-Name": call.function,
+                   "X-Function-Status": str(call.status_code),
+                   "Content-Type": call.result_type or "application/octet-stream"}
+        status: str | None = None
+        tries = call.callback_attempts
+        while tries < self.limits.callback_attempts:
+            if tries:
+                await asyncio.sleep(self.limits.callback_backoff_s * 2 ** (tries - 1))
+            tries += 1
+            try:
+                async with self._session.post(call.callback_url, data=call.result or b"",
+                                              headers=headers) as resp:
+                    status = f"HTTP {resp.status}"
+                    if resp.status < 500:
+                        break
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                status = f"{type(exc).__name__}: {exc}"
+            await asyncio.to_thread(self.store.callback_tried, call.id, tries, None)
+        final = status if status and status.startswith("HTTP ") and int(status[5:]) < 500 \
+            else f"gave up: {status}"
+        await asyncio.to_thread(self.store.callback_tried, call.id, tries, final)
+        log.info("async call %s: callback %s after %d attempt(s)", call.id, final, tries)
+
+    async def _purge(self) -> None:
+        while True:
+            before = self._clock.wall() - self.limits.retention_s
+            removed = await asyncio.to_thread(self.store.purge, before)
+            if removed:
+                log.info("deleted %d async call result(s) older than %.0f s", removed,
+                         self.limits.retention_s)
+            await asyncio.sleep(min(600.0, max(1.0, self.limits.retention_s / 10)))
+
+
+def _error_text(outcome: Outcome) -> str:
+    try:
+        return str(json.loads(outcome.body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return outcome.body[:200].decode(errors="replace")
+
+
+__all__ = ["AsyncCalls", "KeyReused", "Limits", "Outcome"]

@@ -1,0 +1,229 @@
+"""The record of asynchronous calls: `invocations.sqlite` in the state directory.
+
+SQLite in WAL mode with `synchronous=FULL`: a call's row is committed, and the commit synced to
+disk, before the client gets its 202, so an accepted call survives `kill -9` of the daemon and
+a power loss (as far as the disk honours fsync). Every method is blocking; the runner calls
+them through `asyncio.to_thread`, one at a time (one connection, one lock).
+
+States: queued → running → succeeded | failed. A row leaves `running` only through `finish`,
+guarded by its attempt number, so a call completes exactly once even when a run that the
+daemon's restart cut short is retried. Idempotency keys are unique per function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+FILE_NAME = "invocations.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS invocations(
+  id TEXT PRIMARY KEY,
+  function TEXT NOT NULL,
+  state TEXT NOT NULL,
+  body BLOB NOT NULL,
+  content_type TEXT NOT NULL,
+  header_length INTEGER,
+  callback_url TEXT,
+  idem_key TEXT,
+  fingerprint TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  created_s REAL NOT NULL,
+  started_s REAL,
+  finished_s REAL,
+  status_code INTEGER,
+  result_type TEXT,
+  result BLOB,
+  error TEXT,
+  callback_attempts INTEGER NOT NULL DEFAULT 0,
+  callback_status TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS inv_idem ON invocations(function, idem_key)
+  WHERE idem_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inv_open ON invocations(state)
+  WHERE state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS inv_function ON invocations(function, created_s);
+"""
+
+
+class StoreClosed(RuntimeError):
+    """The daemon closed the record (it is stopping)."""
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def fingerprint(function: str, body: bytes, content_type: str,
+                header_length: int | None) -> str:
+    """What makes two calls "the same call" for an idempotency key."""
+    h = hashlib.sha256()
+    for part in (function.encode(), content_type.encode(), str(header_length).encode()):
+        h.update(len(part).to_bytes(8, "big") + part)
+    h.update(body)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Call:
+    """One async call as recorded. Times are Unix seconds; `result` is the response body."""
+
+    id: str
+    function: str
+    state: State
+    body: bytes
+    content_type: str
+    header_length: int | None
+    callback_url: str | None
+    idem_key: str | None
+    fingerprint: str
+    attempts: int
+    created_s: float
+    started_s: float | None = None
+    finished_s: float | None = None
+    status_code: int | None = None
+    result_type: str | None = None
+    result: bytes | None = None
+    error: str | None = None
+    callback_attempts: int = 0
+    callback_status: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in (State.SUCCEEDED, State.FAILED)
+
+
+_COLUMNS = ("id, function, state, body, content_type, header_length, callback_url, idem_key, "
+            "fingerprint, attempts, created_s, started_s, finished_s, status_code, "
+            "result_type, result, error, callback_attempts, callback_status")
+
+
+def _call(row: tuple[object, ...]) -> Call:
+    values = list(row)
+    values[2] = State(str(values[2]))
+    values[3] = bytes(values[3])  # type: ignore[call-overload]
+    if values[15] is not None:
+        values[15] = bytes(values[15])  # type: ignore[call-overload]
+    return Call(*values)  # type: ignore[arg-type]
+
+
+class CallStore:
+    """Blocking access to the record; thread-safe (one connection behind a lock)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / FILE_NAME
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=5.0)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._db.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreClosed("the call record is closed: the daemon is stopping")
+        return self._db
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> Iterator[Call]:
+        with self._lock:
+            rows = self._conn().execute(sql, args).fetchall()
+        return (_call(r) for r in rows)
+
+    def accept(self, call: Call) -> Call:
+        """Record `call` (queued) and sync it; if its idempotency key is taken, the call that
+        holds it instead (the caller compares fingerprints)."""
+        with self._lock:
+            try:
+                self._conn().execute(
+                    f"INSERT INTO invocations({_COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, "
+                    "NULL)",
+                    (call.id, call.function, State.QUEUED.value, call.body, call.content_type,
+                     call.header_length, call.callback_url, call.idem_key, call.fingerprint,
+                     call.created_s))
+                return call
+            except sqlite3.IntegrityError:
+                if call.idem_key is None:
+                    raise
+                row = self._conn().execute(
+                    f"SELECT {_COLUMNS} FROM invocations WHERE function = ? AND idem_key = ?",
+                    (call.function, call.idem_key)).fetchone()
+        return _call(row)
+
+    def get(self, call_id: str) -> Call | None:
+        return next(self._rows(f"SELECT {_COLUMNS} FROM invocations WHERE id = ?",
+                               (call_id,)), None)
+
+    def recent(self, function: str | None, limit: int) -> list[Call]:
+        if function is None:
+            return list(self._rows(f"SELECT {_COLUMNS} FROM invocations ORDER BY created_s "
+                                   "DESC LIMIT ?", (limit,)))
+        return list(self._rows(f"SELECT {_COLUMNS} FROM invocations WHERE function = ? "
+                               "ORDER BY created_s DESC LIMIT ?", (function, limit)))
+
+    def open_calls(self) -> list[Call]:
+        """Queued and running calls, oldest first (what a restarted daemon must finish)."""
+        return list(self._rows(f"SELECT {_COLUMNS} FROM invocations WHERE state IN "
+                               "('queued', 'running') ORDER BY created_s"))
+
+    def undelivered(self) -> list[Call]:
+        return list(self._rows(f"SELECT {_COLUMNS} FROM invocations WHERE state IN "
+                               "('succeeded', 'failed') AND callback_url IS NOT NULL AND "
+                               "callback_status IS NULL ORDER BY finished_s"))
+
+    def queued_count(self, function: str) -> int:
+        with self._lock:
+            (count,) = self._conn().execute(
+                "SELECT COUNT(*) FROM invocations WHERE function = ? AND state IN "
+                "('queued', 'running')", (function,)).fetchone()
+        return int(count)
+
+    def start(self, call_id: str, now_s: float) -> int:
+        """Mark the call running; its attempt number (1 for the first run)."""
+        with self._lock:
+            self._conn().execute(
+                "UPDATE invocations SET state = 'running', attempts = attempts + 1, "
+                "started_s = ? WHERE id = ? AND state IN ('queued', 'running')", (now_s, call_id))
+            (attempts,) = self._conn().execute("SELECT attempts FROM invocations WHERE id = ?",
+                                           (call_id,)).fetchone()
+        return int(attempts)
+
+    def finish(self, call_id: str, attempt: int, state: State, now_s: float, status_code: int,
+               result_type: str | None, result: bytes | None, error: str | None) -> bool:
+        """Record the outcome of run `attempt`; False if the call was already finished."""
+        with self._lock:
+            cursor = self._conn().execute(
+                "UPDATE invocations SET state = ?, finished_s = ?, status_code = ?, "
+                "result_type = ?, result = ?, error = ? WHERE id = ? AND state = 'running' "
+                "AND attempts = ?",
+                (state.value, now_s, status_code, result_type, result, error, call_id, attempt))
+        return cursor.rowcount == 1
+
+    def callback_tried(self, call_id: str, attempts: int, status: str | None) -> None:
+        with self._lock:
+            self._conn().execute(
+                "UPDATE invocations SET callback_attempts = ?, callback_status = ? WHERE id = ?",
+                (attempts, status, call_id))
+
+    def purge(self, before_s: float) -> int:
+        """Delete finished calls that ended before `before_s`; how many."""
+        with self._lock:
+            cursor = self._conn().execute("DELETE FROM invocations WHERE state IN ('succeeded', "
+                                      "'failed') AND finished_s < ?", (before_s,))
+        return cursor.rowcount

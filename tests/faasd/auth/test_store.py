@@ -1,0 +1,45 @@
+"""Tokens in a real SQLite file: hashed, 0600, and seen by the daemon's cache at once."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from faasd.auth.store import TokenCache, TokenError, TokenStore
+from faasd.auth.tokens import Scope, authorize
+
+
+def test_create_list_revoke_and_nothing_in_clear(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path)
+    record, token = store.create(Scope.ADMIN, "ops", None, 100.0)
+    assert token.startswith("fdt_") and len(token) > 40
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert token.encode() not in store.path.read_bytes()
+    assert [r.name for r in store.list()] == ["ops"]
+    revoked = store.revoke("ops", 200.0)
+    assert revoked.revoked_s == 200.0 and revoked.id == record.id
+    assert store.list()[0].status(300.0) == "revoked"
+    with pytest.raises(TokenError, match="no token with id or name 'nope'"):
+        store.revoke("nope", 1.0)
+    store.create(Scope.INVOKE, "twin", None, 1.0)
+    store.create(Scope.INVOKE, "twin", None, 1.0)
+    with pytest.raises(TokenError, match="2 tokens are named 'twin'; revoke one by id"):
+        store.revoke("twin", 1.0)
+
+
+def test_the_cache_sees_every_change_at_once(tmp_path: Path) -> None:
+    cache = TokenCache(tmp_path)
+    store = TokenStore(tmp_path)
+    assert cache.records() == {}
+    _, first = store.create(Scope.INVOKE, "a", None, 1.0)
+    assert authorize(cache.records(), f"Bearer {first}", Scope.INVOKE, 2.0).status == 200
+    # changes within the same millisecond: the header's change counter still tells
+    for i in range(20):
+        _, token = store.create(Scope.INVOKE, f"t{i}", None, 1.0)
+        assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 200
+        store.revoke(f"t{i}", 1.5)
+        assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 401
+    store.path.unlink()
+    assert cache.records() == {}

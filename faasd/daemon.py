@@ -1,14 +1,16 @@
 """The daemon's lifecycle: build the services, bind the port, load functions, drain, stop.
 
-Start order: sandbox pool (fork server) → registry, controller, gateway → HTTP listener bound →
-functions under `functions_dir` deployed → installed versions inspected → READY=1.
+Start order: GPUs (discovery, MPS daemon) → sandbox pool (fork server) → registry, controller,
+gateway → HTTP listener bound → functions under `functions_dir` deployed → installed versions
+inspected → READY=1.
 
 Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the next:
 
 1. stop accepting: STOPPING=1; the controller answers new calls 503; the listener closes;
 2. drain: calls already admitted finish (queued ones are still dispatched), up to
    `drain_timeout_s`; HTTP handlers answer them;
-3. stop sandboxes: the pool stops every sandbox and the fork server.
+3. stop sandboxes: the pool stops every sandbox and the fork server;
+4. GPUs: the MPS control daemon faasd started is stopped.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from faasd.controller import Controller, ProfileSource
 from faasd.errors import FaasdError
 from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
+from faasd.gpu.metrics import GpuGauges
+from faasd.gpu.service import GpuService
 from faasd.invoker import Invoker
 from faasd.metrics import Metrics
 from faasd.sandbox.pool import SandboxPool
@@ -113,15 +117,23 @@ class Daemon:
                               "exist; check --functions / functions_dir")
         state_dir = config.state_dir.resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
+        self.notifier.status("discovering GPUs")
+        try:
+            gpus = await self._stack.enter_async_context(GpuService(config.gpu, state_dir))
+        except ValueError as exc:  # an unknown fake machine name
+            raise ConfigError(f"gpu: {exc}") from None
         self.notifier.status("starting the sandbox pool")
         pool = await self._stack.enter_async_context(
             SandboxPool(
                 state_dir=state_dir,
                 cgroup_parent=config.cgroup_parent,
                 max_sandboxes=config.max_sandboxes,
+                gpu=gpus,
             )
         )
+        gpus.on_lost(pool.kill_sandboxes)
         metrics = Metrics(faasd_version())
+        metrics.registry.register(GpuGauges(gpus))
         try:
             policy = make_policy(config.scheduler)
         except (ImportError, TypeError, ValueError) as exc:
@@ -134,6 +146,7 @@ class Daemon:
             warm=pool.warm_counts,
             max_queue=config.max_queue_per_function,
             profiles=self._profiles,
+            gpus=gpus,
         )
         registry = Registry(state_dir, config.function_defaults)
         catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
@@ -150,6 +163,7 @@ class Daemon:
             pool_stats=_stats_view(pool),
             workflows=workflows,
             runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
+            gpus=gpus,
         )
         app = create_app(config, self._services)
         # handler_cancellation: a client that hangs up takes its queued call with it.

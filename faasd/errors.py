@@ -95,3 +95,13 @@ class SandboxTimeout(FaasdError):
     """The call ran past the function's timeout; its sandbox was killed and will be replaced."""
 
     status = 504
+
+
+class GpuUnavailable(Unavailable):
+    """No GPU slice of the size a sandbox needs can be given: `busy` when every such slice
+    is held now (a later call may get one), else because this node has none of that size
+    or its GPU is unusable (onnxruntime could not load CUDA, the GPU was lost)."""
+
+    def __init__(self, message: str, *, busy: bool = False, **extra: Any) -> None:
+        super().__init__(message, retry_after_s=1.0, code="gpu_unavailable", **extra)
+        self.busy = busy

@@ -92,6 +92,8 @@ class CallResult:
     exec_s: float
     queue_s: float
     batch_size: int
+    #: where it ran, as the X-Faasd-Device header says: "cpu", "cuda:MIG-…", "cpu (fake …)"
+    device: str = "cpu"
 
 
 def parse_payload(

@@ -81,6 +81,7 @@ class Invoker:
                         exec_s=execution.exec_s,
                         queue_s=max(0.0, now_s - invocation.start_s),
                         batch_size=len(group),
+                        device=execution.device,
                     )
         final = [r if r is not None else FaasdError("no result") for r in results]
         return BatchOutcome(final, exec_s, cold, ok)

@@ -11,6 +11,7 @@ from faasd.clock import Clock
 from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.gateway import Gateway
+from faasd.gpu.service import GpuService
 from faasd.metrics import Metrics
 from faasd.workflows.runner import WorkflowRunner
 from faasd.workflows.service import Workflows
@@ -38,3 +39,5 @@ class Services:
     workflows: Workflows
     runner: WorkflowRunner
     readiness: Readiness = field(default_factory=Readiness)
+    #: the node's GPU slices (a GpuService with no GPU offers 0 units)
+    gpus: GpuService = field(default_factory=GpuService)

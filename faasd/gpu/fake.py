@@ -373,6 +373,11 @@ def _a100_mps() -> FakeNvml:
     return FakeNvml("a100-40gb-mps", [(A100_40GB, None)], mps_server=True)
 
 
+def _a100_plain() -> FakeNvml:
+    """MIG off and no MPS server running: `auto` time-slices it; `mps` starts a daemon."""
+    return FakeNvml("a100-40gb", [(A100_40GB, None)])
+
+
 def _no_library() -> FakeNvml:
     return FakeNvml("no-nvml", [], library_missing=True)
 
@@ -385,6 +390,7 @@ MACHINES = {
     "a100-40gb-mig": _a100_mig,
     "h100-80gb-mig-mixed": _h100_mixed,
     "a100-40gb-mps": _a100_mps,
+    "a100-40gb": _a100_plain,
     "no-nvml": _no_library,
     "no-gpu": _no_gpu,
 }

@@ -85,14 +85,19 @@ class MpsControl:
                            "utilities, or set gpu.mode to timeslice")
         self.pipe_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        process = await asyncio.create_subprocess_exec(
-            path, "-d", env=self.env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await process.communicate()
-        if process.returncode != 0:
-            raise MpsError(f"{self.executable} -d failed (exit {process.returncode}): "
-                           f"{err.decode(errors='replace').strip()}; see {self.log_dir}")
+        # Its stderr goes to a file, not a pipe: the daemon it leaves behind may hold the pipe
+        # open, and uvloop's communicate() then never returns.
+        errors = self.log_dir / "faasd-start.err"
+        with errors.open("wb") as err:
+            process = await asyncio.create_subprocess_exec(
+                path, "-d", env=self.env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=err,
+            )
+        code = await process.wait()
+        if code != 0:
+            said = errors.read_text(errors="replace").strip()
+            raise MpsError(f"{self.executable} -d failed (exit {code}): {said}; "
+                           f"see {self.log_dir}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S
         while self.pid() is None:
@@ -126,7 +131,10 @@ class MpsControl:
                 path, env=self.env, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )
-            await asyncio.wait_for(process.communicate(b"quit\n"), timeout_s)
+            if process.stdin is not None:
+                process.stdin.write(b"quit\n")
+                process.stdin.close()
+            await asyncio.wait_for(process.wait(), timeout_s)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while _alive(pid) and loop.time() < deadline:

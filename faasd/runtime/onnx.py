@@ -55,6 +55,16 @@ def choose_providers(vgpu: int, available: Sequence[str] | None = None) -> list[
     return [CPU_PROVIDER]
 
 
+def providers_for(
+    vgpu: int, cuda_options: Mapping[str, Any] | None = None
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """`choose_providers`, with the CUDA provider's options when CUDA is chosen."""
+    chosen = choose_providers(vgpu)
+    if cuda_options and chosen[0] == CUDA_PROVIDER:
+        return [(CUDA_PROVIDER, dict(cuda_options)), CPU_PROVIDER]
+    return list(chosen)
+
+
 def session_options(vcpu: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, vcpu)
@@ -88,10 +98,21 @@ class OnnxModel:
     batched: bool
 
     @classmethod
-    def load(cls, path: Path, vcpu: int = 1, vgpu: int = 0) -> OnnxModel:
+    def load(
+        cls,
+        path: Path,
+        vcpu: int = 1,
+        vgpu: int = 0,
+        cuda_options: Mapping[str, Any] | None = None,
+    ) -> OnnxModel:
+        """A session on the CPU, or with CUDA first when `vgpu` > 0 and onnxruntime has it
+        (`cuda_options`: the CUDA provider's options). onnxruntime may still fall back to the
+        CPU without an error: `providers` says what the session really uses."""
         try:
             session = ort.InferenceSession(
-                str(path), sess_options=session_options(vcpu), providers=choose_providers(vgpu)
+                str(path),
+                sess_options=session_options(vcpu),
+                providers=providers_for(vgpu, cuda_options),
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
             raise ModelLoadError(str(exc).strip()) from exc
@@ -99,6 +120,11 @@ class OnnxModel:
         outputs = tuple(_spec(node) for node in session.get_outputs())
         batched = bool(inputs) and all(spec.shape and spec.shape[0] == -1 for spec in inputs)
         return cls(session=session, inputs=inputs, outputs=outputs, batched=batched)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session uses, first the one that runs the model."""
+        return list(self.session.get_providers())
 
     @property
     def output_names(self) -> list[str]:

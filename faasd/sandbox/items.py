@@ -58,6 +58,8 @@ class Execution:
     cold_start: bool
     exec_s: float
     sandbox_pid: int
+    #: where the batch ran, as X-Faasd-Device says (faasd.gpu.binding.device_label)
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)

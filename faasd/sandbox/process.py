@@ -139,6 +139,8 @@ class SandboxProcess:
         self.state = State.STARTING
         self.info: ModelInfo | None = None
         self.load_s = 0.0
+        #: where it runs: "cpu", or the label of its GPU slice (set by the spawner)
+        self.device = "cpu"
 
     @property
     def pid(self) -> int:

@@ -32,6 +32,8 @@ OUT_OF_MEMORY_EXIT = 99
 FAILED_MODEL = "model"
 FAILED_HANDLER = "handler"
 FAILED_SANDBOX = "sandbox"
+#: A sandbox bound to a GPU slice whose onnxruntime session did not get CUDA.
+FAILED_GPU = "gpu"
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,18 @@ class WorkerSpec:
     shared_cap_bytes: int = 0
     #: Tensors of at least this many bytes cross through shared memory.
     shared_threshold_bytes: int = 0
+    #: A sandbox bound to a GPU slice: the slice's environment (set before onnxruntime
+    #: touches CUDA), onnxruntime's CUDA options, and whether the slice is a fake one (then
+    #: the model runs on the CPU provider). Empty `gpu_env`: not bound.
+    gpu_env: Mapping[str, str] = field(default_factory=dict)
+    cuda_options: Mapping[str, Any] = field(default_factory=dict)
+    gpu_fake: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         wire = asdict(self)
         wire["env"] = dict(self.env)
+        wire["gpu_env"] = dict(self.gpu_env)
+        wire["cuda_options"] = dict(self.cuda_options)
         return wire
 
     @classmethod

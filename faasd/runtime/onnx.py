@@ -47,6 +47,20 @@ class RunError(Exception):
     """onnxruntime rejected the inputs of one run (wrong shape, dtype, missing input)."""
 
 
+class DeviceError(Exception):
+    """The GPU failed during a run (a CUDA, cuBLAS or cuDNN error): the sandbox's CUDA context
+    cannot be trusted any more, so the worker exits and the pool replaces it."""
+
+
+#: What onnxruntime's CUDA provider says when the device, not the input, failed.
+_DEVICE_FAILURES = ("CUDA failure", "CUDA error", "cudaError", "CUBLAS failure",
+                    "CUDNN failure", "CUDNN_STATUS", "CURAND failure", "CUFFT failure")
+
+
+def is_device_failure(message: str) -> bool:
+    return any(marker in message for marker in _DEVICE_FAILURES)
+
+
 def choose_providers(vgpu: int, available: Sequence[str] | None = None) -> list[str]:
     """The `auto` provider choice: CUDA only when a GPU share is asked for and CUDA exists."""
     have = ort.get_available_providers() if available is None else list(available)
@@ -96,6 +110,9 @@ class OnnxModel:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     batched: bool
+    #: run through an I/O binding (what a CUDA session does: inputs are bound once from host
+    #: memory and outputs land in host buffers onnxruntime allocates, no extra staging copy)
+    io_binding: bool = False
 
     @classmethod
     def load(
@@ -119,7 +136,9 @@ class OnnxModel:
         inputs = tuple(_spec(node) for node in session.get_inputs())
         outputs = tuple(_spec(node) for node in session.get_outputs())
         batched = bool(inputs) and all(spec.shape and spec.shape[0] == -1 for spec in inputs)
-        return cls(session=session, inputs=inputs, outputs=outputs, batched=batched)
+        on_cuda = session.get_providers()[:1] == [CUDA_PROVIDER]
+        return cls(session=session, inputs=inputs, outputs=outputs, batched=batched,
+                   io_binding=on_cuda)
 
     @property
     def providers(self) -> list[str]:
@@ -131,13 +150,26 @@ class OnnxModel:
         return [spec.name for spec in self.outputs]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One session.run; RunError carries onnxruntime's message for bad inputs."""
+        """One session.run; RunError carries onnxruntime's message for bad inputs, DeviceError
+        a GPU failure, MemoryError an allocation that failed."""
         names = self.output_names
         try:
-            values = self.session.run(names, dict(feeds))
+            values = self._bound_run(names, feeds) if self.io_binding else self.session.run(
+                names, dict(feeds))
         except Exception as exc:
             message = str(exc).strip()
+            if self.io_binding and is_device_failure(message):
+                raise DeviceError(message) from exc
             if "bad_alloc" in message or "Failed to allocate memory" in message:
                 raise MemoryError(message) from exc  # under RLIMIT_AS: out of memory, not bad input
             raise RunError(message) from exc
         return {name: np.asarray(value) for name, value in zip(names, values, strict=True)}
+
+    def _bound_run(self, names: list[str], feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())

@@ -7,8 +7,10 @@ checked is what CUDA would read at its initialisation on a GPU host.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,8 +21,10 @@ import pytest
 
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
+from faasd.gpu.mps import PID_FILE
 from faasd.gpu.settings import GpuSettings
 from tests.faasd.builders import TEXT_HANDLER, make_function
+from tests.faasd.gpu.test_mps import STAND_IN
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +125,12 @@ async def test_a_mig_sandbox_carries_its_instance_and_gives_it_back(tmp_path: Pa
             text = await resp.text()
         assert 'faasd_gpu_units_total{gpu="0",mode="mig"} 7.0' in text
         assert 'faasd_gpu_units_free{gpu="0",mode="mig"} 6.0' in text
+        daemon.services.gpus.nvml.attach(pid, given.device_uuid, 300 * 2**20)  # as CUDA would
+        async with session.get(f"{daemon.url}/metrics") as resp:
+            text = await resp.text()
+        (line,) = [x for x in text.splitlines() if x.startswith("faasd_gpu_memory_used_bytes{")]
+        assert line.startswith('faasd_gpu_memory_used_bytes{function_name="onmig"} ')
+        assert float(line.split()[-1]) == 300 * 2**20
 
         # the fork server never gets a slice, nor CUDA
         fork_server = parent_of(pid)
@@ -221,6 +231,39 @@ async def test_a_gpu_lost_mid_run_is_withdrawn_and_its_sandboxes_killed(tmp_path
         # no GPU units left: the function goes on, on the CPU
         status, headers, _ = await call(session, daemon.url, "onmig")
         assert status == 200 and headers["X-Faasd-Device"] == "cpu"
+
+
+async def test_a_dead_mps_server_is_restarted_and_its_clients_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-cuda-mps-control").write_text(STAND_IN)
+    (bin_dir / "nvidia-cuda-mps-control").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    functions = tmp_path / "functions"
+    make_function(functions, "shared", "resources: {vgpu: 2}\n", TEXT_HANDLER)
+    async with gpu_daemon(tmp_path, "a100-40gb", functions, mode="mps") as daemon, \
+            aiohttp.ClientSession() as session:
+        gpus = daemon.services.gpus
+        assert gpus.mps is not None and gpus.mps.owned
+        first = gpus.mps.pid()
+        assert first is not None
+        try:
+            assert (await call(session, daemon.url, "shared"))[0] == 200
+            ((owner, _, pid, _),) = gpus.bound()
+            os.kill(first, signal.SIGKILL)  # the MPS control daemon dies
+            await until(lambda: gone(first))
+            assert await gpus.check() == [owner]
+            assert gpus.mps.pid() not in (None, first) and gpus.mps.restarts == 1
+            await until(lambda: not gpus.bound())
+            assert pid is not None and gone(pid)
+            status, headers, _ = await call(session, daemon.url, "shared")  # a new sandbox
+            assert status == 200 and headers["X-Faasd-Cold-Start"] == "true"
+        finally:
+            for pid_file in tmp_path.rglob(PID_FILE):
+                with contextlib.suppress(ValueError, ProcessLookupError):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def test_no_sandbox_module_imports_nvml() -> None:

@@ -159,6 +159,8 @@ class Controller:
         self._warm = warm
         self._max_queue = max_queue
         self._profiles = profiles or NoProfiles()
+        #: profiles trimmed to this node's GPU slice sizes, by (function, version, sizes)
+        self._trimmed: dict[tuple[str, int, frozenset[int]], Profile | None] = {}
         self._queues: dict[tuple[str, str], deque[Job]] = {}
         self._pending: dict[str, _Pending] = {}
         self._limits: dict[str, FunctionLimits] = {}
@@ -304,10 +306,40 @@ class Controller:
             nodes=(node,),
             queues={k: tuple(q) for k, q in self._queues.items()},
             workflows=MappingProxyType(self._workflows),
-            profiles=self._profiles.profiles(),
+            profiles=self._runnable_profiles(),
             limits=MappingProxyType(self._limits),
             running=dict(self._running_count),
         )
+
+    def _runnable_profiles(self) -> Mapping[str, Profile]:
+        """The profiles without the GPU configurations no slice of this node can run: esg's
+        GpuView counts free units, not MIG instance sizes, so a planner would otherwise pick,
+        say, vgpu 4 on a GPU cut into 1g instances. A trimmed profile gets a version of its
+        own (the sizes in its high bits), so plan caches never mix the two."""
+        profiles = self._profiles.profiles()
+        if self._gpus is None:
+            return profiles
+        sizes = self._gpus.sizes()
+        trimmed: dict[str, Profile] | None = None
+        for name, profile in profiles.items():
+            if all(c.vgpu == 0 or c.vgpu in sizes for c in profile.latency_ms):
+                continue
+            if trimmed is None:
+                trimmed = dict(profiles)
+            key = (name, profile.version, sizes)
+            if key not in self._trimmed:
+                kept = {c: ms for c, ms in profile.latency_ms.items()
+                        if c.vgpu == 0 or c.vgpu in sizes}
+                mask = sum(1 << s for s in sizes) + 1
+                self._trimmed[key] = (
+                    Profile(name, kept, version=profile.version + (mask << 32)) if kept else None
+                )
+            cut = self._trimmed[key]
+            if cut is None:
+                del trimmed[name]  # nothing it can run here: planned FCFS-style at its limits
+            else:
+                trimmed[name] = cut
+        return profiles if trimmed is None else MappingProxyType(trimmed)
 
     def _refresh_limits(self, version: FunctionVersion) -> None:
         vgpu = self._vgpu_for(version)

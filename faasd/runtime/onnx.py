@@ -79,6 +79,21 @@ def providers_for(
     return list(chosen)
 
 
+def preload_cuda() -> bool:
+    """Map the CUDA and cuDNN libraries of onnxruntime-gpu (ORT >= 1.21, `preload_dlls`) into
+    this process without initialising CUDA, so that sandboxes forked from it find them loaded.
+    False, having done nothing, where this onnxruntime has no CUDA provider. Safe before a
+    fork: it only loads libraries (no CUDA call), unlike creating a CUDA session."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or CUDA_PROVIDER not in ort.get_available_providers():
+        return False
+    try:
+        preload()
+    except Exception:  # a missing wheel: the CUDA provider reports it when a session starts
+        return False
+    return True
+
+
 def session_options(vcpu: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, vcpu)

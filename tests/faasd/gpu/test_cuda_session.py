@@ -16,6 +16,7 @@ from faasd.runtime.onnx import (
     OnnxModel,
     RunError,
     is_device_failure,
+    preload_cuda,
     providers_for,
 )
 from tests.faasd.sandbox.conftest import reference_output, write_tiny_model
@@ -30,6 +31,14 @@ def test_the_io_binding_run_answers_as_the_plain_one(tmp_path: Path) -> None:
     np.testing.assert_array_equal(bound.run({"x": x})["y"], plain.run({"x": x})["y"])
     with pytest.raises(RunError):
         bound.run({"x": np.ones((2, 3), dtype=np.float32)})
+
+
+def test_preloading_cuda_libraries_does_nothing_without_a_cuda_build() -> None:
+    import onnxruntime
+
+    if CUDA_PROVIDER in onnxruntime.get_available_providers():  # pragma: no cover - GPU build
+        pytest.skip("a CUDA build: preload_dlls loads the libraries")
+    assert preload_cuda() is False
 
 
 def test_providers_carry_the_cuda_options_only_when_cuda_is_chosen() -> None:

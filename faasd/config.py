@@ -146,7 +146,8 @@ def load_config(
         try:
             kwargs["gpu"] = parse_gpu(values.pop("gpu", None), gpu_env)
         except ValueError as exc:
-            raise ConfigError(f"{where.get('gpu', 'environment')}: {exc}") from None
+            source = where.get("gpu", "environment variables FAASD_GPU_MODE / FAASD_GPU_FAKE")
+            raise ConfigError(f"{source}: {exc}") from None
     for key, value in values.items():
         if key == "function_defaults":
             kwargs[key] = _settings(value, where[key])

@@ -100,8 +100,13 @@ class SandboxTimeout(FaasdError):
 class GpuUnavailable(Unavailable):
     """No GPU slice of the size a sandbox needs can be given: `busy` when every such slice
     is held now (a later call may get one), else because this node has none of that size
-    or its GPU is unusable (onnxruntime could not load CUDA, the GPU was lost)."""
+    or its GPU is unusable (onnxruntime could not load CUDA, the GPU was lost). When busy,
+    `freed_by` are the slice sizes whose release could make room (MIG: the same size only)."""
 
-    def __init__(self, message: str, *, busy: bool = False, **extra: Any) -> None:
+    def __init__(
+        self, message: str, *, busy: bool = False, freed_by: frozenset[int] = frozenset(),
+        **extra: Any,
+    ) -> None:
         super().__init__(message, retry_after_s=1.0, code="gpu_unavailable", **extra)
         self.busy = busy
+        self.freed_by = freed_by

@@ -163,8 +163,10 @@ class GpuService:
             )
         found = self.table.acquire(owner, units)
         if found is None:
+            shares = any(g.mode != "mig" for g in self.table.gpus)
             raise GpuUnavailable(
-                f"every GPU slice of {units} unit(s) is in use; retry shortly", busy=True
+                f"every GPU slice of {units} unit(s) is in use; retry shortly", busy=True,
+                freed_by=frozenset(range(1, 8)) if shares else frozenset({units}),
             )
         self._holders[owner] = _Holder(function)
         pipe = self.mps.pipe_dir if self.mps is not None and found.mode == "mps" else None

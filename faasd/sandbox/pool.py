@@ -286,7 +286,7 @@ class SandboxPool:
                 except GpuUnavailable as exc:
                     if not exc.busy:
                         raise
-                    if await self._evict_gpu_holder():
+                    if await self._evict_gpu_holder(exc.freed_by):
                         continue
                     if deadline_s - self._clock.now() <= 0:
                         raise
@@ -340,10 +340,12 @@ class SandboxPool:
         await self._drop(victim)
         return True
 
-    async def _evict_gpu_holder(self) -> bool:
-        """Stop the least recently used idle sandbox that holds a GPU slice, and wait until
-        its process has exited (its slice is free then). False if none is idle."""
-        holders = [e for entries in self._idle.values() for e in entries if e.key[2].vgpu > 0]
+    async def _evict_gpu_holder(self, sizes: frozenset[int]) -> bool:
+        """Stop the least recently used idle sandbox holding a GPU slice of one of `sizes`
+        (those whose release can make room), and wait until its process has exited (its slice
+        is free then). False if none is idle."""
+        holders = [e for entries in self._idle.values() for e in entries
+                   if e.key[2].vgpu in sizes]
         if not holders:
             return False
         victim = min(holders, key=lambda e: e.last_used_s)

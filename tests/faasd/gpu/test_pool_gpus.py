@@ -55,6 +55,39 @@ async def test_an_idle_sandbox_gives_up_its_slice_to_another_function(
     assert pool.stats().alive == {"second": 1}
 
 
+SLOW_HANDLER = """
+import time
+
+import numpy as np
+
+
+def preprocess(body, content_type):
+    time.sleep(float(body.decode()))
+    return {"x": np.ones((1, 16), dtype=np.float32)}
+"""
+
+
+async def test_a_call_waits_for_its_size_and_leaves_other_sizes_warm(
+    mixed: tuple[GpuService, SandboxPool], tmp_path: Path
+) -> None:
+    from faasd.sandbox.items import BodyItem
+
+    gpus, pool = mixed
+    small = make_version(make_function(tmp_path / "fn", "small"), vgpu=1)
+    busy = make_version(make_function(tmp_path / "fn", "busy", SLOW_HANDLER), vgpu=2)
+    late = make_version(make_function(tmp_path / "fn", "late"), vgpu=2)
+    warm = await pool.run(small, Config(1, 1, 1), [ROW])  # idle afterwards, holding a 1g
+    holding = asyncio.create_task(
+        pool.run(busy, Config(1, 1, 2), [BodyItem(b"1.0", "text/plain")]))
+    async with asyncio.timeout(10):
+        while not any(f == "busy" for _, f, _, _ in gpus.bound()):
+            await asyncio.sleep(0.01)
+    got = await pool.run(late, Config(1, 1, 2), [ROW])  # waits for the 2g, then evicts busy's
+    assert (await holding).results and got.device == (await holding).device
+    by_function = {f: p for _, f, p, _ in gpus.bound()}
+    assert by_function == {"small": warm.sandbox_pid, "late": got.sandbox_pid}
+
+
 async def test_a_real_slice_without_cuda_fails_the_start_with_gpu_unavailable(
     mixed: tuple[GpuService, SandboxPool], tmp_path: Path
 ) -> None:

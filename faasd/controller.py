@@ -161,6 +161,7 @@ class Controller:
         self._profiles = profiles or NoProfiles()
         #: profiles trimmed to this node's GPU slice sizes, by (function, version, sizes)
         self._trimmed: dict[tuple[str, int, frozenset[int]], Profile | None] = {}
+        self._last_runnable: tuple[object, Mapping[str, Profile]] | None = None
         self._queues: dict[tuple[str, str], deque[Job]] = {}
         self._pending: dict[str, _Pending] = {}
         self._limits: dict[str, FunctionLimits] = {}
@@ -320,6 +321,18 @@ class Controller:
         if self._gpus is None:
             return profiles
         sizes = self._gpus.sizes()
+        # a profile's version changes whenever its table does (esg.model.Profile)
+        signature = (sizes, tuple((name, p.version) for name, p in profiles.items()))
+        last = self._last_runnable
+        if last is not None and last[0] == signature:
+            return last[1]  # the usual case: nothing changed since the last event
+        runnable = self._trim(profiles, sizes)
+        self._last_runnable = (signature, runnable)
+        return runnable
+
+    def _trim(
+        self, profiles: Mapping[str, Profile], sizes: frozenset[int]
+    ) -> Mapping[str, Profile]:
         trimmed: dict[str, Profile] | None = None
         for name, profile in profiles.items():
             if all(c.vgpu == 0 or c.vgpu in sizes for c in profile.latency_ms):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from esg.errors import PolicyError
-from esg.model import Config
+from esg.model import Config, Profile
 from esg.policies import make_policy
 from esg.policy import Action, Dispatch, Event, GpuView, Snapshot
 from faasd.clock import SystemClock
@@ -108,5 +108,37 @@ async def test_a_dispatch_to_a_gpu_the_node_lacks_is_a_policy_bug() -> None:
                        vcpu_capacity=2, gpus=service)
         with pytest.raises(PolicyError, match="names GPU 9"):
             c.submit(call(1, version(vgpu=1)))
+    finally:
+        await service.stop()
+
+
+class Profiles:
+    def __init__(self, table: dict[str, dict[Config, float]]) -> None:
+        self.table = table
+
+    def profiles(self) -> dict[str, Profile]:
+        return {f: Profile(f, t, version=1) for f, t in self.table.items()}
+
+    def cold_start_ms(self, function: str, version: int) -> float | None:
+        return None
+
+
+async def test_the_policy_sees_only_configurations_a_slice_can_run() -> None:
+    service = await gpus("h100-80gb-mig-mixed")  # slices of 3, 2 and 1 units
+    try:
+        source = Profiles({
+            "cpu": {Config(1, 1): 5.0},
+            "mixed": {Config(1, 1): 9.0, Config(1, 1, 2): 3.0, Config(1, 1, 4): 1.0},
+            "big": {Config(1, 1, 7): 1.0},
+        })
+        c = Controller(policy=make_policy("fcfs"), executor=Record(), clock=SystemClock(),
+                       vcpu_capacity=2, gpus=service, profiles=source)
+        seen = c.snapshot().profiles
+        assert set(seen) == {"cpu", "mixed"}  # "big" can run nowhere here: left to FCFS
+        assert seen["cpu"].version == 1
+        assert dict(seen["mixed"].latency_ms) == {Config(1, 1): 9.0, Config(1, 1, 2): 3.0}
+        assert seen["mixed"].version != 1  # a trimmed table is a table of its own
+        service.table.withdraw(0)  # the GPU is lost: only the CPU configurations are left
+        assert dict(c.snapshot().profiles["mixed"].latency_ms) == {Config(1, 1): 9.0}
     finally:
         await service.stop()

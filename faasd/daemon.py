@@ -146,7 +146,8 @@ class Daemon:
             warm=pool.warm_counts,
             max_queue=config.max_queue_per_function,
             profiles=self._profiles,
-            gpus=gpus,
+            # no GPU found: the controller's per-event path stays what it was without GPUs
+            gpus=gpus if gpus.table.gpus else None,
         )
         registry = Registry(state_dir, config.function_defaults)
         catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)

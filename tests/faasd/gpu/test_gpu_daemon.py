@@ -215,6 +215,22 @@ async def test_without_gpu_units_a_gpu_function_runs_on_the_cpu(tmp_path: Path) 
         assert status == 200 and headers["X-Faasd-Device"] == "cpu"
 
 
+async def test_a_crashed_or_hung_gpu_sandbox_returns_its_slice(tmp_path: Path) -> None:
+    functions = tmp_path / "functions"
+    make_function(functions, "onmig", "timeout_s: 1\nresources: {vgpu: 1}\n", TEXT_HANDLER)
+    async with gpu_daemon(tmp_path, "a100-40gb-mig", functions) as daemon, \
+            aiohttp.ClientSession() as session:
+        gpus = daemon.services.gpus
+        for body, status in (("die", 502), ("hang", 504)):
+            answer, _, error = await call(session, daemon.url, "onmig", body)
+            assert answer == status, error
+            await until(lambda: not gpus.bound())  # the killed sandbox's slice came back
+            assert gpus.table.free_units(0) == 7
+        answer, headers, _ = await call(session, daemon.url, "onmig")
+        assert answer == 200 and headers["X-Faasd-Device"].startswith("cpu (fake MIG-")
+        assert len(gpus.bound()) == 1
+
+
 async def test_a_gpu_lost_mid_run_is_withdrawn_and_its_sandboxes_killed(tmp_path: Path) -> None:
     functions = tmp_path / "functions"
     make_function(functions, "onmig", "resources: {vgpu: 1}\n", TEXT_HANDLER)

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from esg.policy import GpuView
 from faasd.gpu.discovery import discover
-from faasd.gpu.fake import A100_40GB, FakeNvml, machine
-from faasd.gpu.slices import SliceTable, resolve_modes
+from faasd.gpu.fake import A100_40GB, H100_80GB, FakeNvml, machine
+from faasd.gpu.slices import Slice, SliceTable, resolve_modes
 
 
 def table(name: str, mode: str = "auto") -> SliceTable:
@@ -125,3 +125,35 @@ def test_accounting_never_over_commits(name: str, ops: list[tuple[bool, int, int
     for owner in list(held):
         t.release(owner)
     assert t.free_units(0) == gpu.total_units
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps)
+def test_two_gpus_of_two_modes_are_never_over_committed(ops: list[tuple[bool, int, int]]) -> None:
+    """An H100 cut 3g + 2g + 1g + 1g beside an A100 shared by MPS: each GPU on its own
+    books, MIG slices exact instances, MPS shares on the A100 only."""
+    fake = FakeNvml("mixed", [
+        (H100_80GB, [("3g.40gb", 4), ("2g.20gb", 0), ("1g.10gb", 2), ("1g.10gb", 3)]),
+        (A100_40GB, None),
+    ], mps_server=True)
+    slots, _ = resolve_modes(discover(fake), "auto")
+    t = SliceTable(slots)
+    assert [g.mode for g in t.gpus] == ["mig", "mps"]
+    held: dict[str, Slice] = {}
+    for take, k, units in ops:
+        owner = f"s{k}"
+        if take and owner not in held:
+            free = [t.free_units(0), t.free_units(1)]
+            got = t.acquire(owner, units)
+            if got is None:
+                assert units > free[1]  # the MPS GPU had no room, and no free instance fit
+            else:
+                held[owner] = got
+        elif not take and owner in held:
+            assert t.release(owner) == held.pop(owner)
+        for index, gpu in enumerate(t.gpus):
+            mine = [s for s in held.values() if s.gpu_index == index]
+            assert all(s.mode == gpu.mode for s in mine)
+            assert t.free_units(index) == gpu.total_units - sum(s.units for s in mine) >= 0
+        mig = [s.device_uuid for s in held.values() if s.mode == "mig"]
+        assert len(mig) == len(set(mig))

@@ -8,8 +8,8 @@
 - Idle sandboxes older than `keep_alive_s` are stopped (scale to zero, down to
   `min_instances`), and idle ones are pinged now and then; a silent one is killed.
 - A sandbox with `vgpu > 0` holds a GPU slice (see `Spawner`) from its fork until its process
-  has exited, idle or busy. When no slice of its size is free, an idle sandbox holding one is
-  stopped to make room, or the call waits (up to its timeout) for one to come free; a node
+  has exited, idle or busy. When no slice of its size is free, an idle sandbox whose slice can
+  make room is stopped, or the call waits (up to its timeout) for one to come free; a node
   that can never give that size answers GpuUnavailable at once. A sandbox whose GPU failed is
   killed (`kill_sandboxes`) and replaced like a crashed one.
 """

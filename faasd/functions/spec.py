@@ -53,7 +53,8 @@ class TensorSpec:
 class FunctionSettings:
     """A function's faasd.yaml, merged over the daemon's defaults (configs/faasd.yaml).
 
-    `max_batch_size` 1 means no dynamic batching; `vgpu` 0 means CPU only.
+    `max_batch_size` 1 means no dynamic batching; `vgpu` 0 means CPU only; `gpu_memory_mb` 0
+    means the GPU slice's own memory (a MIG instance's, or an MPS share's g/7 of the GPU's).
     """
 
     timeout_s: float = 30.0
@@ -62,6 +63,7 @@ class FunctionSettings:
     vcpu: int = 1
     vgpu: int = 0
     memory_mb: int = 1024
+    gpu_memory_mb: int = 0
     min_instances: int = 0
     max_instances: int = 4
     keep_alive_s: float = 300.0

@@ -8,8 +8,9 @@ CUDA). One device per sandbox, always CUDA ordinal 0 inside it:
 - MIG: `CUDA_VISIBLE_DEVICES=MIG-<uuid>` (a CUDA process can enumerate one MIG device only).
 - MPS: `CUDA_VISIBLE_DEVICES=GPU-<uuid>`, `CUDA_MPS_PIPE_DIRECTORY` (where the control daemon
   listens), `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` = round(100·g/7) (14, 29, 43, 57, 71, 86, 100)
-  and `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=<MB>M`, the slice's memory (the GPU's memory · g/7;
-  reconstructed: the MPS docs leave the split to the operator).
+  and `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=<MB>M`, the slice's memory (the function's
+  `gpu_memory_mb`, else the GPU's memory · g/7; reconstructed: the MPS docs leave the split to
+  the operator).
 - timeslice: `CUDA_VISIBLE_DEVICES=GPU-<uuid>` only; the units are a concurrency cap and memory
   is held in check by onnxruntime's arena limit alone (no isolation).
 """

@@ -150,10 +150,10 @@ class GpuService:
 
     # --- binding sandboxes -------------------------------------------------------------------
 
-    def bind(self, owner: str, function: str, units: int) -> Binding:
-        """A slice of `units` for sandbox `owner`, with what the sandbox needs to use it.
-        GpuUnavailable(busy=True) if every such slice is held now; GpuUnavailable if this
-        node has none of that size at all."""
+    def bind(self, owner: str, function: str, units: int, memory_mb: int = 0) -> Binding:
+        """A slice of `units` (with `memory_mb` of device memory; 0: the slice's own) for
+        sandbox `owner`, with what the sandbox needs to use it. GpuUnavailable(busy=True) if
+        every such slice is held now; GpuUnavailable if this node has none at all."""
         sizes = self.table.sizes()
         if units not in sizes:
             have = ", ".join(map(str, sorted(sizes))) or "none"
@@ -161,7 +161,13 @@ class GpuService:
                 f"{function} asks for a GPU slice of {units} unit(s) but this node offers "
                 f"slices of: {have}; set resources.vgpu in its faasd.yaml to one of them"
             )
-        found = self.table.acquire(owner, units)
+        if not self.table.can_ever(units, memory_mb):
+            raise GpuUnavailable(
+                f"{function} asks for {memory_mb} MB of device memory, more than any GPU slice "
+                f"of {units} unit(s) on this node has; lower resources.gpu_memory_mb or raise "
+                "resources.vgpu in its faasd.yaml"
+            )
+        found = self.table.acquire(owner, units, memory_mb=memory_mb)
         if found is None:
             shares = any(g.mode != "mig" for g in self.table.gpus)
             raise GpuUnavailable(

@@ -134,6 +134,20 @@ class SliceTable:
                 sizes.update(range(1, GPU_UNITS + 1))
         return frozenset(sizes)
 
+    def can_ever(self, units: int, memory_mb: int = 0) -> bool:
+        """Whether some healthy GPU could give `units` with `memory_mb` of device memory
+        (0: any) when nothing holds it: a MIG instance of that size with that much memory, or
+        a share of a GPU with that much memory."""
+        for gpu in self._gpus.values():
+            if not gpu.healthy:
+                continue
+            if gpu.mode == "mig":
+                if any(i.units == units and i.memory_mb >= memory_mb for i in gpu.instances):
+                    return True
+            elif units <= GPU_UNITS and memory_mb <= gpu.memory_mb:
+                return True
+        return False
+
     def free_units(self, index: int) -> int:
         gpu = self._gpus[index]
         if not gpu.healthy:
@@ -147,11 +161,16 @@ class SliceTable:
 
     # --- giving and taking back -----------------------------------------------------------
 
-    def acquire(self, owner: str, units: int, gpu_index: int | None = None) -> Slice | None:
-        """A free slice of exactly `units` for `owner` (on GPU `gpu_index` if given), or None.
+    def acquire(
+        self, owner: str, units: int, gpu_index: int | None = None, memory_mb: int = 0
+    ) -> Slice | None:
+        """A free slice of exactly `units` for `owner` (on GPU `gpu_index` if given) with at
+        least `memory_mb` of device memory (0: whatever the slice has), or None.
 
-        MIG: the first free instance of that size (lowest GPU index first); MPS / timeslice:
-        the GPU with the fewest free units that suffice (best fit, as esg's dispatcher picks).
+        MIG: the free instance of that size with the least memory that suffices (lowest GPU
+        index first: a 1g.5gb before a 1g.10gb); MPS / timeslice: the GPU with the fewest free
+        units that suffice (best fit, as esg's dispatcher picks) and memory enough, the slice's
+        memory being `memory_mb` when given, else the share's g/7 of the GPU's.
         ValueError if `owner` already holds a slice or `units` is outside 1..7."""
         if not 1 <= units <= GPU_UNITS:
             raise ValueError(f"a GPU slice is 1..{GPU_UNITS} units, not {units}")
@@ -161,31 +180,35 @@ class SliceTable:
             g for g in sorted(self._gpus.values(), key=lambda g: g.index)
             if g.healthy and (gpu_index is None or g.index == gpu_index)
         ]
-        found = self._mig_slice(candidates, units) or self._share_slice(candidates, units)
+        found = (self._mig_slice(candidates, units, memory_mb)
+                 or self._share_slice(candidates, units, memory_mb))
         if found is not None:
             self._held[owner] = found
         return found
 
-    def _mig_slice(self, gpus: list[GpuSlots], units: int) -> Slice | None:
+    def _mig_slice(self, gpus: list[GpuSlots], units: int, memory_mb: int) -> Slice | None:
         for gpu in gpus:
             if gpu.mode != "mig":
                 continue
-            for instance in self._free_instances(gpu):
-                if instance.units == units:
-                    return Slice(gpu.index, gpu.uuid, "mig", units, instance.uuid,
-                                 instance.memory_mb, instance.profile)
+            fitting = [i for i in self._free_instances(gpu)
+                       if i.units == units and i.memory_mb >= memory_mb]
+            if fitting:
+                instance = min(fitting, key=lambda i: i.memory_mb)
+                return Slice(gpu.index, gpu.uuid, "mig", units, instance.uuid,
+                             instance.memory_mb, instance.profile)
         return None
 
-    def _share_slice(self, gpus: list[GpuSlots], units: int) -> Slice | None:
+    def _share_slice(self, gpus: list[GpuSlots], units: int, memory_mb: int) -> Slice | None:
         fitting = [
             (self.free_units(g.index), g.index, g) for g in gpus
             if g.mode != "mig" and self.free_units(g.index) >= units
+            and memory_mb <= g.memory_mb
         ]
         if not fitting:
             return None
         _, _, gpu = min(fitting, key=lambda t: (t[0], t[1]))
-        memory_mb = gpu.memory_mb * units // GPU_UNITS
-        return Slice(gpu.index, gpu.uuid, gpu.mode, units, gpu.uuid, memory_mb)
+        memory = memory_mb or gpu.memory_mb * units // GPU_UNITS
+        return Slice(gpu.index, gpu.uuid, gpu.mode, units, gpu.uuid, memory)
 
     def release(self, owner: str) -> Slice | None:
         """Give back what `owner` holds (None if nothing; releasing twice is harmless)."""

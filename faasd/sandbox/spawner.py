@@ -52,8 +52,9 @@ class GpuBinding(Protocol):
 class GpuBinder(Protocol):
     """The daemon's GPU slices (faasd.gpu.service.GpuService)."""
 
-    def bind(self, owner: str, function: str, units: int) -> GpuBinding:
-        """A slice for sandbox `owner`; GpuUnavailable (busy or never) if none can be given."""
+    def bind(self, owner: str, function: str, units: int, memory_mb: int = 0) -> GpuBinding:
+        """A slice for sandbox `owner` (`memory_mb` of device memory; 0: the slice's own);
+        GpuUnavailable (busy or never) if none can be given."""
         ...
 
     def started(self, owner: str, pid: int) -> None: ...
@@ -137,7 +138,8 @@ class Spawner:
         sandbox_id = f"{version.name}-v{version.version}-{self._token}-{next(self._ids)}"
         binding = None
         if config.vgpu > 0 and self.gpu is not None:  # before the first await, as the CPUs
-            binding = self.gpu.bind(sandbox_id, version.name, config.vgpu)
+            binding = self.gpu.bind(sandbox_id, version.name, config.vgpu,
+                                    version.settings.gpu_memory_mb)
         cpus = pick_cpus(sorted(os.sched_getaffinity(0)), self._cpu_load, config.vcpu)
         # Counted at once, before the first await: sandboxes started side by side must see
         # each other's CPUs, or they all land on the same least-loaded one.

@@ -180,17 +180,25 @@ async def test_concurrent_calls_never_share_the_only_2g_instance(tmp_path: Path)
 async def test_a_size_the_node_cannot_give_is_a_clear_503(tmp_path: Path) -> None:
     functions = tmp_path / "functions"
     make_function(functions, "big", "resources: {vgpu: 4}\n", TEXT_HANDLER)
+    make_function(functions, "fat", "resources: {vgpu: 1, gpu_memory_mb: 6000}\n",
+                  TEXT_HANDLER)
     async with gpu_daemon(tmp_path, "a100-40gb-mig", functions) as daemon, \
             aiohttp.ClientSession() as session:
         status, headers, body = await call(session, daemon.url, "big")
         assert status == 503 and body["code"] == "gpu_unavailable"
         assert "slices of: 1; set resources.vgpu" in body["error"]
         assert "Retry-After" in headers
+        status, _, body = await call(session, daemon.url, "fat")  # a 1g.5gb has 4864 MB
+        assert status == 503 and body["code"] == "gpu_unavailable"
+        assert "6000 MB of device memory" in body["error"]
+        assert "lower resources.gpu_memory_mb" in body["error"]
 
 
 async def test_mps_sandboxes_get_a_share_and_a_memory_limit(tmp_path: Path) -> None:
     functions = tmp_path / "functions"
     make_function(functions, "share", "resources: {vgpu: 3}\n", TEXT_HANDLER)
+    make_function(functions, "pinned", "resources: {vgpu: 1, gpu_memory_mb: 12000}\n",
+                  TEXT_HANDLER)
     async with gpu_daemon(tmp_path, "a100-40gb-mps", functions) as daemon, \
             aiohttp.ClientSession() as session:
         status, headers, _ = await call(session, daemon.url, "share")
@@ -203,6 +211,10 @@ async def test_mps_sandboxes_get_a_share_and_a_memory_limit(tmp_path: Path) -> N
         assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "43"
         assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=17554M"
         assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(tmp_path / "state" / "mps" / "pipe")
+        assert (await call(session, daemon.url, "pinned"))[0] == 200
+        ((_, _, pinned_pid, _),) = [b for b in daemon.services.gpus.bound() if b[1] == "pinned"]
+        assert pinned_pid is not None
+        assert environ(pinned_pid)["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=12000M"
 
 
 async def test_without_gpu_units_a_gpu_function_runs_on_the_cpu(tmp_path: Path) -> None:

@@ -157,3 +157,25 @@ def test_two_gpus_of_two_modes_are_never_over_committed(ops: list[tuple[bool, in
             assert t.free_units(index) == gpu.total_units - sum(s.units for s in mine) >= 0
         mig = [s.device_uuid for s in held.values() if s.mode == "mig"]
         assert len(mig) == len(set(mig))
+
+
+def test_device_memory_picks_the_instance_and_limits_the_share() -> None:
+    slots, _ = resolve_modes(discover(FakeNvml("a100", [
+        (A100_40GB, [("1g.5gb", 0), ("1g.10gb", 2), ("2g.10gb", 4)]),
+    ])), "auto")
+    t = SliceTable(slots)
+    big = t.acquire("a", 1, memory_mb=8000)
+    assert big is not None and big.profile == "1g.10gb"  # only it has 8000 MB
+    assert t.acquire("b", 1, memory_mb=8000) is None  # busy: the 1g.5gb is too small
+    small = t.acquire("b", 1)
+    assert small is not None and small.profile == "1g.5gb"
+    assert t.can_ever(1, 9856) and not t.can_ever(1, 9857) and not t.can_ever(3)
+    t.release("a")
+    t.release("b")
+    least = t.acquire("c", 1)
+    assert least is not None and least.profile == "1g.5gb"  # the least memory that suffices
+
+    shares = table("a100-40gb-mps")
+    pinned = shares.acquire("a", 2, memory_mb=12000)
+    assert pinned is not None and pinned.memory_mb == 12000
+    assert shares.acquire("b", 1, memory_mb=50000) is None and not shares.can_ever(1, 50000)

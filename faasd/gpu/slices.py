@@ -167,46 +167,42 @@ class SliceTable:
         """A free slice of exactly `units` for `owner` (on GPU `gpu_index` if given) with at
         least `memory_mb` of device memory (0: whatever the slice has), or None.
 
-        MIG: the free instance of that size with the least memory that suffices (lowest GPU
-        index first: a 1g.5gb before a 1g.10gb); MPS / timeslice: the GPU with the fewest free
-        units that suffice (best fit, as esg's dispatcher picks) and memory enough, the slice's
-        memory being `memory_mb` when given, else the share's g/7 of the GPU's.
+        Of the GPUs that can give it, the one with the fewest free units, then the lowest index
+        (best fit: the rule esg's dispatcher picks a GPU by, so on a node with several GPUs the
+        slice usually lands where the policy planned it). On a MIG GPU, the free instance of
+        that size with the least memory that suffices (a 1g.5gb before a 1g.10gb); on an MPS or
+        time-sliced GPU, a share of a GPU with memory enough, the slice's memory being
+        `memory_mb` when given, else the share's g/7 of the GPU's.
         ValueError if `owner` already holds a slice or `units` is outside 1..7."""
         if not 1 <= units <= GPU_UNITS:
             raise ValueError(f"a GPU slice is 1..{GPU_UNITS} units, not {units}")
         if owner in self._held:
             raise ValueError(f"{owner} already holds a GPU slice")
-        candidates = [
-            g for g in sorted(self._gpus.values(), key=lambda g: g.index)
+        offers = [
+            (self.free_units(g.index), g.index, offer)
+            for g in self._gpus.values()
             if g.healthy and (gpu_index is None or g.index == gpu_index)
+            for offer in [self._offer(g, units, memory_mb)]
+            if offer is not None
         ]
-        found = (self._mig_slice(candidates, units, memory_mb)
-                 or self._share_slice(candidates, units, memory_mb))
-        if found is not None:
-            self._held[owner] = found
+        if not offers:
+            return None
+        _, _, found = min(offers, key=lambda t: (t[0], t[1]))
+        self._held[owner] = found
         return found
 
-    def _mig_slice(self, gpus: list[GpuSlots], units: int, memory_mb: int) -> Slice | None:
-        for gpu in gpus:
-            if gpu.mode != "mig":
-                continue
+    def _offer(self, gpu: GpuSlots, units: int, memory_mb: int) -> Slice | None:
+        """The slice `gpu` would give now, or None."""
+        if gpu.mode == "mig":
             fitting = [i for i in self._free_instances(gpu)
                        if i.units == units and i.memory_mb >= memory_mb]
-            if fitting:
-                instance = min(fitting, key=lambda i: i.memory_mb)
-                return Slice(gpu.index, gpu.uuid, "mig", units, instance.uuid,
-                             instance.memory_mb, instance.profile)
-        return None
-
-    def _share_slice(self, gpus: list[GpuSlots], units: int, memory_mb: int) -> Slice | None:
-        fitting = [
-            (self.free_units(g.index), g.index, g) for g in gpus
-            if g.mode != "mig" and self.free_units(g.index) >= units
-            and memory_mb <= g.memory_mb
-        ]
-        if not fitting:
+            if not fitting:
+                return None
+            instance = min(fitting, key=lambda i: i.memory_mb)
+            return Slice(gpu.index, gpu.uuid, "mig", units, instance.uuid, instance.memory_mb,
+                         instance.profile)
+        if self.free_units(gpu.index) < units or memory_mb > gpu.memory_mb:
             return None
-        _, _, gpu = min(fitting, key=lambda t: (t[0], t[1]))
         memory = memory_mb or gpu.memory_mb * units // GPU_UNITS
         return Slice(gpu.index, gpu.uuid, gpu.mode, units, gpu.uuid, memory)
 

@@ -179,3 +179,27 @@ def test_device_memory_picks_the_instance_and_limits_the_share() -> None:
     pinned = shares.acquire("a", 2, memory_mb=12000)
     assert pinned is not None and pinned.memory_mb == 12000
     assert shares.acquire("b", 1, memory_mb=50000) is None and not shares.can_ever(1, 50000)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["mig", "mps"]), steps)
+def test_the_slice_lands_on_the_gpu_esg_would_pick(
+    mode: str, ops: list[tuple[bool, int, int]]
+) -> None:
+    """Two GPUs cut alike (7 x 1g, or two MPS GPUs): the table's GPU is esg's best fit, so a
+    policy's plan and the binding agree (with mixed MIG sizes esg cannot see instances)."""
+    from esg.dispatch import gpu_for
+    from esg.policy import NodeView
+
+    layout = [("1g.5gb", s) for s in range(7)] if mode == "mig" else None
+    fake = FakeNvml("two", [(A100_40GB, layout), (A100_40GB, layout)], mps_server=True)
+    t = SliceTable(resolve_modes(discover(fake), "auto")[0])
+    for take, k, units in ops:
+        owner = f"s{k}"
+        units = 1 if mode == "mig" else units
+        if take and owner not in t.held():
+            planned = gpu_for(NodeView("n", 1, 1, gpus=t.views()), units)
+            got = t.acquire(owner, units)
+            assert (got.gpu_index if got is not None else None) == planned
+        elif not take:
+            t.release(owner)

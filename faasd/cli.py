@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
     install.set_defaults(func=_install)
 
+    client_command("nodes", "list the nodes with their vCPUs and GPU slices", _nodes)
+
     version = client_command("version", "print client and daemon versions", _version)
     version.set_defaults(func=_version)
     add_token_commands(sub)
@@ -364,6 +366,26 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _nodes(args: argparse.Namespace) -> int:
+    nodes = _client(args).json("GET", "/system/nodes")
+    if args.output == "json":
+        return _print_json(nodes)
+    rows = []
+    for node in nodes:
+        vcpu = f"{node['free_vcpu']}/{node['total_vcpu']}"
+        gpus = node.get("gpus") or []
+        if not gpus:
+            rows.append([node["name"], vcpu, "-", "-", "-", "0/0", "-"])
+        for gpu in gpus:
+            used = [i["profile"] + ("*" if i["in_use"] else "") for i in gpu["instances"]]
+            rows.append([node["name"], vcpu, str(gpu["index"]), gpu["name"], gpu["mode"]
+                         + ("" if gpu["healthy"] else " (lost)"),
+                         f"{gpu['free_units']}/{gpu['total_units']}", " ".join(used) or "-"])
+    _print_table(["NODE", "VCPU FREE/ALL", "GPU", "MODEL", "MODE", "UNITS FREE/ALL",
+                  "MIG INSTANCES (* in use)"], rows)
+    return EXIT_OK
+
+
 def _workflows(args: argparse.Namespace) -> int:
     workflows = _client(args).json("GET", "/system/workflows")
     if args.output == "json":
@@ -474,8 +496,8 @@ def _invoke(args: argparse.Namespace) -> int:
             raise
         reply = client.request("POST", f"/workflow/{args.name}", body, headers)
     if args.verbose:
-        for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "X-Faasd-Slo-Ms",
-                    "X-Faasd-Slo-Met", "Content-Type"):
+        for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "X-Faasd-Device",
+                    "X-Faasd-Slo-Ms", "X-Faasd-Slo-Met", "Content-Type"):
             if key in reply.headers:
                 print(f"{key}: {reply.headers[key]}", file=sys.stderr)
     sys.stdout.buffer.write(reply.body)

@@ -21,6 +21,7 @@ import yaml
 from faasd.functions.limits import NodeLimits
 from faasd.functions.settings import check_setting, merge_settings
 from faasd.functions.spec import FunctionSettings
+from faasd.gpu.settings import GpuSettings, parse_gpu
 
 MIB = 1024 * 1024
 
@@ -84,6 +85,8 @@ class DaemonConfig:
     max_unpacked_mb: int = 0
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
     limits: NodeLimits = field(default_factory=NodeLimits)
+    #: the `gpu:` section (faasd.gpu.settings); FAASD_GPU_MODE / FAASD_GPU_FAKE override it
+    gpu: GpuSettings = field(default_factory=GpuSettings)
 
     @property
     def max_body_bytes(self) -> int:
@@ -198,6 +201,14 @@ def load_config(
             values[key] = value
             where[key] = "the command line"
     kwargs: dict[str, Any] = {}
+    gpu_env = {k: v for k, v in (os.environ if env is None else env).items()
+               if k in ("FAASD_GPU_MODE", "FAASD_GPU_FAKE")}
+    if "gpu" in values or gpu_env:
+        try:
+            kwargs["gpu"] = parse_gpu(values.pop("gpu", None), gpu_env)
+        except ValueError as exc:
+            source = where.get("gpu", "environment variables FAASD_GPU_MODE / FAASD_GPU_FAKE")
+            raise ConfigError(f"{source}: {exc}") from None
     for key, value in values.items():
         if key == "function_defaults":
             kwargs[key] = _settings(value, where[key])
@@ -230,7 +241,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key in _TOP_KEYS:
-        if key in ("function_defaults", "limits"):
+        if key in ("function_defaults", "limits", "gpu"):
             continue
         raw = env.get(f"FAASD_{key.upper()}")
         if raw is not None and raw != "":

@@ -7,11 +7,19 @@ batches in flight) and asks the policy what to do. The controller enforces the s
 contract: a dispatch of a job that is not queued, or one that over-commits the node's vCPUs,
 is a policy bug and raises `PolicyError`; wake-ups are delivered at (or just after) their time,
 equal times coalesce; dropped jobs fail with 503 and the policy's reason.
+
+GPUs (with a `GpuSource`): the snapshot's node carries the GPUs' free and total slice units; a
+function with `vgpu > 0` runs at that share where some GPU could give it, on the CPU where the
+node has no GPU units at all (as before GPUs were known), and is refused with GpuUnavailable
+where the node has GPUs but no slice of that size (MIG: no such instance). A dispatch naming a
+GPU the node does not have is a policy bug. The slice itself is taken when the sandbox starts
+(`faasd.gpu.slices.SliceTable` never over-commits), since a warm sandbox keeps its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -29,6 +37,7 @@ from esg.policy import (
     Drop,
     Event,
     FunctionLimits,
+    GpuView,
     NodeView,
     Policy,
     Snapshot,
@@ -36,7 +45,7 @@ from esg.policy import (
     WakeUp,
 )
 from faasd.clock import Clock
-from faasd.errors import FaasdError, Overloaded, Unavailable
+from faasd.errors import FaasdError, GpuUnavailable, Overloaded, Unavailable
 from faasd.functions.spec import FunctionVersion
 from faasd.gateway import CallResult, Invocation
 
@@ -77,6 +86,18 @@ class NoProfiles:
         return MappingProxyType({})
 
 
+class GpuSource(Protocol):
+    """The node's GPU slices (faasd.gpu.service.GpuService)."""
+
+    def views(self) -> tuple[GpuView, ...]:
+        """Each GPU's free and total slice units, as the policy sees them."""
+        ...
+
+    def sizes(self) -> frozenset[int]:
+        """The slice sizes some healthy GPU of the node could give (empty: no GPU units)."""
+        ...
+
+
 class Executor(Protocol):
     """What the controller needs from the invoker."""
 
@@ -100,15 +121,18 @@ class _Running:
     versions: set[tuple[str, int]] = field(default_factory=set)
 
 
-def limits_of(version: FunctionVersion, cold_start_ms: float | None = None) -> FunctionLimits:
-    """The FCFS knobs of a version: its batching, vCPUs and instance cap (CPU only here), and
-    its measured cold start when there is one (planning policies add it to a cold plan)."""
+def limits_of(
+    version: FunctionVersion, cold_start_ms: float | None = None, vgpu: int = 0
+) -> FunctionLimits:
+    """The FCFS knobs of a version: its batching, vCPUs, GPU units (`vgpu`: what the node can
+    give it, see `Controller`) and instance cap, and its measured cold start when there is
+    one (planning policies add it to a cold plan)."""
     settings = version.settings
     return FunctionLimits(
         max_batch=max(1, settings.max_batch_size) if version.batched else 1,
         max_queue_delay_s=settings.max_queue_delay_ms / 1000,
         vcpu=max(1, settings.vcpu),
-        vgpu=0,
+        vgpu=vgpu,
         max_instances=settings.max_instances,
         cold_start_ms=cold_start_ms,
     )
@@ -125,14 +149,19 @@ class Controller:
         warm: Callable[[], Mapping[tuple[str, Config], int]] = dict,
         max_queue: int = 1024,
         profiles: ProfileSource | None = None,
+        gpus: GpuSource | None = None,
     ) -> None:
         self._policy = policy
+        self._gpus = gpus
         self._executor = executor
         self._clock = clock
         self._capacity = vcpu_capacity
         self._warm = warm
         self._max_queue = max_queue
         self._profiles = profiles or NoProfiles()
+        #: profiles trimmed to this node's GPU slice sizes, by (function, version, sizes)
+        self._trimmed: dict[tuple[str, int, frozenset[int]], Profile | None] = {}
+        self._last_runnable: tuple[object, Mapping[str, Profile]] | None = None
         self._queues: dict[tuple[str, str], deque[Job]] = {}
         self._pending: dict[str, _Pending] = {}
         self._limits: dict[str, FunctionLimits] = {}
@@ -168,6 +197,12 @@ class Controller:
             )
         if self._limits_of.get(name) is not invocation.version:
             self._refresh_limits(invocation.version)
+        elif (
+            invocation.version.settings.vgpu
+            and self._gpus is not None
+            and self._limits[name].vgpu != self._vgpu_for(invocation.version)
+        ):
+            self._refresh_limits(invocation.version)  # the node's GPUs changed (one was lost)
         if app not in self._workflows:
             self._workflows[app] = Workflow.single(name)
         now = self._clock.now()
@@ -265,21 +300,81 @@ class Controller:
             total_vcpu=self._capacity,
             free_vcpu=self._capacity - self._used_vcpu,
             warm=self._warm(),
+            gpus=self._gpus.views() if self._gpus is not None else (),
         )
         return Snapshot(
             now_s=self._clock.now(),
             nodes=(node,),
             queues={k: tuple(q) for k, q in self._queues.items()},
             workflows=MappingProxyType(self._workflows),
-            profiles=self._profiles.profiles(),
+            profiles=self._runnable_profiles(),
             limits=MappingProxyType(self._limits),
             running=dict(self._running_count),
         )
 
+    def _runnable_profiles(self) -> Mapping[str, Profile]:
+        """The profiles without the GPU configurations no slice of this node can run: esg's
+        GpuView counts free units, not MIG instance sizes, so a planner would otherwise pick,
+        say, vgpu 4 on a GPU cut into 1g instances. A trimmed profile gets a version of its
+        own (the sizes in its high bits), so plan caches never mix the two."""
+        profiles = self._profiles.profiles()
+        if self._gpus is None:
+            return profiles
+        sizes = self._gpus.sizes()
+        # a profile's version changes whenever its table does (esg.model.Profile)
+        signature = (sizes, tuple((name, p.version) for name, p in profiles.items()))
+        last = self._last_runnable
+        if last is not None and last[0] == signature:
+            return last[1]  # the usual case: nothing changed since the last event
+        runnable = self._trim(profiles, sizes)
+        self._last_runnable = (signature, runnable)
+        return runnable
+
+    def _trim(
+        self, profiles: Mapping[str, Profile], sizes: frozenset[int]
+    ) -> Mapping[str, Profile]:
+        trimmed: dict[str, Profile] | None = None
+        for name, profile in profiles.items():
+            if all(c.vgpu == 0 or c.vgpu in sizes for c in profile.latency_ms):
+                continue
+            if trimmed is None:
+                trimmed = dict(profiles)
+            key = (name, profile.version, sizes)
+            if key not in self._trimmed:
+                kept = {c: ms for c, ms in profile.latency_ms.items()
+                        if c.vgpu == 0 or c.vgpu in sizes}
+                mask = sum(1 << s for s in sizes) + 1
+                self._trimmed[key] = (
+                    Profile(name, kept, version=profile.version + (mask << 32)) if kept else None
+                )
+            cut = self._trimmed[key]
+            if cut is None:
+                del trimmed[name]  # nothing it can run here: planned FCFS-style at its limits
+            else:
+                trimmed[name] = cut
+        return profiles if trimmed is None else MappingProxyType(trimmed)
+
     def _refresh_limits(self, version: FunctionVersion) -> None:
+        vgpu = self._vgpu_for(version)
         cold_ms = self._profiles.cold_starts_ms().get(version.name)
-        self._limits[version.name] = limits_of(version, cold_ms)
+        self._limits[version.name] = limits_of(version, cold_ms, vgpu)
         self._limits_of[version.name] = version
+
+    def _vgpu_for(self, version: FunctionVersion) -> int:
+        """The GPU units `version` runs with here (see the module docstring)."""
+        units = version.settings.vgpu
+        if units == 0 or self._gpus is None:
+            return 0
+        sizes = self._gpus.sizes()
+        if not sizes:
+            return 0  # no GPU units on this node: on the CPU, as without GPU support
+        if units not in sizes:
+            have = ", ".join(map(str, sorted(sizes)))
+            raise GpuUnavailable(
+                f"{version.name} asks for a GPU slice of {units} unit(s) but this node offers "
+                f"slices of: {have}; set resources.vgpu in its faasd.yaml to one of them"
+            )
+        return units
 
     # ------------------------------------------------------------ the policy loop
 
@@ -311,6 +406,13 @@ class Controller:
                 f"dispatch of {dispatch.function} needs {dispatch.config.vcpu} vCPU but only "
                 f"{self._capacity - self._used_vcpu} are free"
             )
+        if dispatch.config.vgpu:
+            known = self._gpus.views() if self._gpus is not None else ()
+            if all(g.index != dispatch.gpu for g in known):
+                raise PolicyError(
+                    f"dispatch of {dispatch.function} names GPU {dispatch.gpu}, which this "
+                    "node does not have"
+                )
         self._dequeue(dispatch)
         self._used_vcpu += dispatch.config.vcpu
         function = dispatch.function
@@ -356,7 +458,8 @@ class Controller:
         if outcome.cold_start and invocations:  # a cold start was measured: a new estimate
             version = invocations[0].version
             if version is self._limits_of.get(dispatch.function):
-                self._refresh_limits(version)
+                with contextlib.suppress(GpuUnavailable):  # the next call says so
+                    self._refresh_limits(version)
         left = self._running_count[dispatch.function] - 1
         if left:
             self._running_count[dispatch.function] = left

@@ -1,14 +1,16 @@
 """The daemon's lifecycle: build the services, bind the port, load functions, drain, stop.
 
-Start order: sandbox pool (fork server) → registry, controller, gateway → HTTP listener bound →
-functions under `functions_dir` deployed → installed versions inspected → READY=1.
+Start order: GPUs (discovery, MPS daemon) → sandbox pool (fork server) → registry, controller,
+gateway → HTTP listener bound → functions under `functions_dir` deployed → installed versions
+inspected → READY=1.
 
 Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the next:
 
 1. stop accepting: STOPPING=1; the controller answers new calls 503; the listener closes;
 2. drain: calls already admitted finish (queued ones are still dispatched), up to
    `drain_timeout_s`; HTTP handlers answer them;
-3. stop sandboxes: the pool stops every sandbox and the fork server.
+3. stop sandboxes: the pool stops every sandbox and the fork server;
+4. GPUs: the MPS control daemon faasd started is stopped.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from faasd.errors import FaasdError
 from faasd.functions.limits import node_memory_mb
 from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
+from faasd.gpu.metrics import GpuGauges
+from faasd.gpu.service import GpuService
 from faasd.invoker import Invoker
 from faasd.metrics import Metrics
 from faasd.profiles.service import ProfileService
@@ -147,6 +151,11 @@ class Daemon:
         if scratch:
             log.warning("removed %d upload(s) a stopped daemon left in %s/uploads", scratch,
                         state_dir)
+        self.notifier.status("discovering GPUs")
+        try:
+            gpus = await self._stack.enter_async_context(GpuService(config.gpu, state_dir))
+        except ValueError as exc:  # an unknown fake machine name
+            raise ConfigError(f"gpu: {exc}") from None
         self.notifier.status("starting the sandbox pool")
         pool = await self._stack.enter_async_context(
             SandboxPool(
@@ -156,9 +165,12 @@ class Daemon:
                 load_timeout_s=config.deploy_timeout_s,
                 namespaces="auto" if config.allow_unconfined else "on",
                 reap_leftovers=True,
+                gpu=gpus,
             )
         )
+        gpus.on_lost(pool.kill_sandboxes)
         metrics = Metrics(faasd_version())
+        metrics.registry.register(GpuGauges(gpus))
         try:
             policy = make_policy(config.scheduler)
         except (ImportError, TypeError, ValueError) as exc:
@@ -179,6 +191,8 @@ class Daemon:
             warm=pool.warm_counts,
             max_queue=config.max_queue_per_function,
             profiles=self._profiles or profiles,
+            # no GPU found: the controller's per-event path stays what it was without GPUs
+            gpus=gpus if gpus.table.gpus else None,
         )
         registry = Registry(state_dir, config.function_defaults)
         node_limits = config.limits.resolved(
@@ -209,6 +223,7 @@ class Daemon:
             runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
             profiles=profiles,
             invocations=async_calls,
+            gpus=gpus,
         )
         app = create_app(config, self._services)
         limits = connection_limits(config)

@@ -101,3 +101,18 @@ class InsufficientStorage(FaasdError):
     """The daemon's disk is full (ENOSPC) while installing a function; nothing was left."""
 
     status = 507
+
+
+class GpuUnavailable(Unavailable):
+    """No GPU slice of the size a sandbox needs can be given: `busy` when every such slice
+    is held now (a later call may get one), else because this node has none of that size
+    or its GPU is unusable (onnxruntime could not load CUDA, the GPU was lost). When busy,
+    `freed_by` are the slice sizes whose release could make room (MIG: the same size only)."""
+
+    def __init__(
+        self, message: str, *, busy: bool = False, freed_by: frozenset[int] = frozenset(),
+        **extra: Any,
+    ) -> None:
+        super().__init__(message, retry_after_s=1.0, code="gpu_unavailable", **extra)
+        self.busy = busy
+        self.freed_by = freed_by

@@ -101,6 +101,8 @@ class CallResult:
     exec_s: float
     queue_s: float
     batch_size: int
+    #: where it ran, as the X-Faasd-Device header says: "cpu", "cuda:MIG-…", "cpu (fake …)"
+    device: str = "cpu"
     #: the configuration the batch ran at (None where no batch ran, e.g. a merged answer)
     config: Config | None = None
 

@@ -143,6 +143,7 @@ def _outcome(result: ItemResult, execution: Execution, invocation: Invocation, b
         queue_s=max(0.0, now_s - invocation.start_s),
         batch_size=batch_size,
         config=config,
+        device=execution.device,
     )
 
 

@@ -12,6 +12,7 @@ from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.durable.runner import AsyncCalls
 from faasd.gateway import Gateway
+from faasd.gpu.service import GpuService
 from faasd.metrics import Metrics
 from faasd.profiles.service import ProfileService
 from faasd.workflows.runner import WorkflowRunner
@@ -43,3 +44,5 @@ class Services:
     profiles: ProfileService | None = None
     #: the durable async calls; None: this daemon takes none
     invocations: AsyncCalls | None = None
+    #: the node's GPU slices (a GpuService with no GPU offers 0 units)
+    gpus: GpuService = field(default_factory=GpuService)

@@ -14,6 +14,7 @@ from faasd.api import (
     invocations,
     invoke,
     metrics,
+    nodes,
     profiles,
     tokens,
     v2,
@@ -67,6 +68,7 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("GET", "/system/workflow/{name}/plan", workflows.plan)
     add("POST", "/system/profile/{name}", profiles.run_profile)
     add("GET", "/system/profile/{name}", profiles.get_profile)
+    add("GET", "/system/nodes", nodes.list_nodes)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)
     add("GET", "/v2", v2.server_metadata)

@@ -1,4 +1,5 @@
-"""`GET /healthz`: 200 while the daemon is up, with what it serves and its sandboxes."""
+"""`GET /healthz`: 200 while the daemon is up, with what it serves, its sandboxes and its GPU
+slices (as `GET /system/nodes` shows them)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ async def healthz(request: web.Request) -> web.Response:
             "queued": sum(services.controller.queue_lengths().values()),
             "in_flight": services.controller.pending_total(),
             "sandboxes": services.pool_stats(),
+            "gpus": services.gpus.describe(),
         }
     )
 

@@ -5,7 +5,7 @@ the section it belongs to:
 
     timeout_s: 30                 # per call, seconds
     batching:  {max_batch_size: 8, max_queue_delay_ms: 2}
-    resources: {vcpu: 1, vgpu: 0, memory_mb: 1024}
+    resources: {vcpu: 1, vgpu: 0, memory_mb: 1024, gpu_memory_mb: 0}
     scale:     {min_instances: 0, max_instances: 4, keep_alive_s: 300}
     slo_ms: 200
     env: {OMP_WAIT_POLICY: PASSIVE}
@@ -36,7 +36,7 @@ from faasd.functions.spec import FunctionSettings
 #: Sections of faasd.yaml and the FunctionSettings fields each holds.
 SECTIONS: Mapping[str, tuple[str, ...]] = {
     "batching": ("max_batch_size", "max_queue_delay_ms"),
-    "resources": ("vcpu", "vgpu", "memory_mb"),
+    "resources": ("vcpu", "vgpu", "memory_mb", "gpu_memory_mb"),
     "scale": ("min_instances", "max_instances", "keep_alive_s"),
 }
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FunctionSettings))
@@ -118,6 +118,8 @@ _RULES: Mapping[str, _Rule] = {
                   whole=True, maximum=GPU_UNITS),
     "memory_mb": _Rule(f"a whole number of MiB >= {MIN_MEMORY_MB}", "1024",
                        whole=True, minimum=MIN_MEMORY_MB),
+    "gpu_memory_mb": _Rule("a whole number of MiB of device memory >= 0 (0 = the slice's own)",
+                           "2048", whole=True),
     "min_instances": _Rule("a whole number >= 0", "0", whole=True),
     "max_instances": _Rule("a whole number >= 1", "4", whole=True, minimum=1),
     "keep_alive_s": _Rule("a number of seconds >= 0", "300"),

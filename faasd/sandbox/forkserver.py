@@ -14,6 +14,11 @@ SOCK_SEQPACKET control socket. Each control message is one msgpack map:
 The server forks from a single thread (no thread of onnxruntime exists before a session is
 created), reaps its children on SIGCHLD, and when the daemon closes the control socket it kills
 every worker and exits.
+
+It never initialises CUDA (a CUDA context does not survive a fork): with onnxruntime-gpu it
+only maps the CUDA libraries (`preload_cuda`); it never touches NVML and never holds a GPU
+slice's environment. A worker sets its slice's environment first thing after the fork, before
+its session exists.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import msgpack
 import numpy  # noqa: F401  imported here so every worker inherits it
 import onnxruntime  # noqa: F401  the import a cold start must not pay
 
+from faasd.runtime import onnx
 from faasd.sandbox import jail, protocol, worker
 
 # Handlers decode images with pillow; importing it once here saves each worker ~30 ms.
@@ -159,6 +165,7 @@ class ForkServer:
 def main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[1]))
     control.setblocking(True)
+    onnx.preload_cuda()  # GPU builds: the CUDA libraries a GPU sandbox's session needs
     server = ForkServer(control)
     try:
         server.serve()

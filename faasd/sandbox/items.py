@@ -60,6 +60,8 @@ class Execution:
     exec_s: float
     sandbox_pid: int
     start_s: float = 0.0
+    #: where the batch ran, as X-Faasd-Device says (faasd.gpu.binding.device_label)
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,11 @@
   dropped; the call raises SandboxCrashed or SandboxTimeout; the next call starts a new one.
 - Idle sandboxes older than `keep_alive_s` are stopped (scale to zero, down to
   `min_instances`), and idle ones are pinged now and then; a silent one is killed.
+- A sandbox with `vgpu > 0` holds a GPU slice (see `Spawner`) from its fork until its process
+  has exited, idle or busy. When no slice of its size is free, an idle sandbox whose slice can
+  make room is stopped, or the call waits (up to its timeout) for one to come free; a node
+  that can never give that size answers GpuUnavailable at once. A sandbox whose GPU failed is
+  killed (`kill_sandboxes`) and replaced like a crashed one.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ from typing import Any
 
 from esg.model import Config
 from faasd.clock import Clock, SystemClock
-from faasd.errors import SandboxCrashed, SandboxTimeout, Unavailable
+from faasd.errors import GpuUnavailable, SandboxCrashed, SandboxTimeout, Unavailable
 from faasd.functions.spec import FunctionVersion, ModelInfo
 from faasd.sandbox import protocol
 from faasd.sandbox.cgroups import Backend
 from faasd.sandbox.items import Execution, Item, PoolStats
 from faasd.sandbox.process import Death, LoadFailed, SandboxDied, SandboxProcess, State
-from faasd.sandbox.spawner import Spawner
+from faasd.sandbox.spawner import GpuBinder, Spawner
 from faasd.sandbox.validation import deploy_error, oversized_batch
 
 logger = logging.getLogger("faasd.sandbox")
@@ -83,11 +88,12 @@ class SandboxPool:
         clock: Clock | None = None,
         reap_interval_s: float = 1.0,
         load_timeout_s: float = LOAD_TIMEOUT_S,
+        gpu: GpuBinder | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.max_sandboxes = max_sandboxes
         self._spawner = Spawner(self.state_dir, cgroup_parent, confinement, namespaces,
-                                reap_leftovers)
+                                reap_leftovers, gpu)
         self._clock = clock or SystemClock()
         self._reap_interval_s = reap_interval_s
         self._load_timeout_s = load_timeout_s
@@ -135,9 +141,12 @@ class SandboxPool:
     # --- the contract ------------------------------------------------------------------------
 
     async def inspect(self, version: FunctionVersion) -> ModelInfo:
-        """Load model and handler in a throwaway sandbox; DeployError naming the file if not."""
+        """Load model and handler in a throwaway sandbox; DeployError naming the file if not.
+
+        On the CPU even for a GPU function: what a model takes and gives does not depend on
+        the device, and a deploy must not take a GPU slice from the sandboxes serving calls."""
         settings = version.settings
-        config = Config(max(1, settings.max_batch_size), max(1, settings.vcpu), settings.vgpu)
+        config = Config(max(1, settings.max_batch_size), max(1, settings.vcpu), 0)
         process, cpus = await self._spawner.spawn(version, config)
         try:
             info = await process.wait_ready(self._load_timeout_s)
@@ -221,6 +230,7 @@ class SandboxPool:
             exec_s=float(reply["exec_s"]),
             sandbox_pid=process.pid,
             start_s=entry.start_s if cold else 0.0,
+            device=process.device,
         )
 
     async def prewarm(self, version: FunctionVersion, config: Config, count: int) -> None:
@@ -292,7 +302,17 @@ class SandboxPool:
             if entry is not None:
                 return entry, False
             if self._has_room(version):
-                return await self._start(version, config), True
+                try:
+                    return await self._start(version, config), True
+                except GpuUnavailable as exc:
+                    if not exc.busy:
+                        raise
+                    if await self._evict_gpu_holder(exc.freed_by):
+                        continue
+                    if deadline_s - self._clock.now() <= 0:
+                        raise
+                    await self._wait_for_change(deadline_s - self._clock.now())
+                    continue
             if await self._evict_for(version.name):
                 continue
             remaining_s = deadline_s - self._clock.now()
@@ -340,6 +360,31 @@ class SandboxPool:
         )
         await self._drop(victim)
         return True
+
+    async def _evict_gpu_holder(self, sizes: frozenset[int]) -> bool:
+        """Stop the least recently used idle sandbox holding a GPU slice of one of `sizes`
+        (those whose release can make room), and wait until its process has exited (its slice
+        is free then). False if none is idle."""
+        holders = [e for entries in self._idle.values() for e in entries
+                   if e.key[2].vgpu in sizes]
+        if not holders:
+            return False
+        victim = min(holders, key=lambda e: e.last_used_s)
+        logger.info("stopping idle sandbox [%d] of %s to free its GPU slice",
+                    victim.process.pid, victim.name)
+        await self._drop(victim)
+        return True
+
+    def kill_sandboxes(self, sandbox_ids: Sequence[str]) -> None:
+        """Kill these sandboxes now (their GPU failed): idle ones leave the books, busy ones
+        fail their call with SandboxCrashed and are dropped by it."""
+        doomed = set(sandbox_ids)
+        for entry in [e for e in self._entries.values() if e.process.id in doomed]:
+            logger.warning("sandbox [%d] of %s: its GPU failed; killed",
+                           entry.process.pid, entry.name)
+            entry.process.kill()
+            if entry.process.state is State.IDLE and self._detach(entry):
+                self._stop(entry)
 
     async def _wait_for_change(self, timeout_s: float) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -390,6 +435,8 @@ class SandboxPool:
                 reason = await self._start_failure(process, exc)
                 await process.stop()
                 self._spawner.release(cpus)
+                if isinstance(exc, LoadFailed) and exc.kind == protocol.FAILED_GPU:
+                    raise GpuUnavailable(f"{name} v{version.version}: {reason}") from None
                 raise SandboxCrashed(
                     f"{name} v{version.version} could not start: {reason}"
                 ) from None

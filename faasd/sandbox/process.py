@@ -140,6 +140,8 @@ class SandboxProcess:
         self.info: ModelInfo | None = None
         self.load_s = 0.0
         self.loading: str | None = None
+        #: where it runs: "cpu", or the label of its GPU slice (set by the spawner)
+        self.device = "cpu"
 
     @property
     def pid(self) -> int:

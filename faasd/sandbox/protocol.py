@@ -37,6 +37,9 @@ FAILED_SANDBOX = "sandbox"
 STAGE_MODEL = "model"
 STAGE_HANDLER = "handler"
 
+#: A sandbox bound to a GPU slice whose onnxruntime session did not get CUDA.
+FAILED_GPU = "gpu"
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -65,10 +68,18 @@ class WorkerSpec:
     network: bool = False
     tmp_mb: int = 64
     max_pids: int = 64
+    #: A sandbox bound to a GPU slice: the slice's environment (set before onnxruntime
+    #: touches CUDA), onnxruntime's CUDA options, and whether the slice is a fake one (then
+    #: the model runs on the CPU provider). Empty `gpu_env`: not bound.
+    gpu_env: Mapping[str, str] = field(default_factory=dict)
+    cuda_options: Mapping[str, Any] = field(default_factory=dict)
+    gpu_fake: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         wire = asdict(self)
         wire["env"] = dict(self.env)
+        wire["gpu_env"] = dict(self.gpu_env)
+        wire["cuda_options"] = dict(self.cuda_options)
         return wire
 
     @classmethod

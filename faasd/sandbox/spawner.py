@@ -1,8 +1,11 @@
 """Forking confined workers: CPUs, cgroups and a scratch directory, then the fork server.
 
 The pool decides *when* a sandbox starts; the spawner decides *where* it runs: it spreads
-sandboxes over the daemon's CPUs (least-loaded first), makes the sandbox's cgroups (or, without
-cgroups, hands the worker its affinity and rlimit), and asks the fork server for the process.
+sandboxes over the daemon's CPUs (least-loaded first), binds a sandbox with `vgpu > 0` to a GPU
+slice (when the daemon has a `GpuBinder`: the slice's environment travels in the worker's spec
+and is set before onnxruntime starts; the slice is given back when the process has exited),
+makes the sandbox's cgroups (or, without cgroups, hands the worker its affinity and rlimit), and
+asks the fork server for the process.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any, Protocol
 
 from esg.model import Config
 from faasd.errors import SandboxCrashed
@@ -32,6 +36,32 @@ from faasd.sandbox.process import SandboxProcess
 logger = logging.getLogger("faasd.sandbox")
 
 
+class GpuBinding(Protocol):
+    """What a bound sandbox gets (faasd.gpu.service.Binding)."""
+
+    @property
+    def env(self) -> dict[str, str]: ...
+    @property
+    def cuda_options(self) -> dict[str, Any]: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def fake(self) -> bool: ...
+
+
+class GpuBinder(Protocol):
+    """The daemon's GPU slices (faasd.gpu.service.GpuService)."""
+
+    def bind(self, owner: str, function: str, units: int, memory_mb: int = 0) -> GpuBinding:
+        """A slice for sandbox `owner` (`memory_mb` of device memory; 0: the slice's own);
+        GpuUnavailable (busy or never) if none can be given."""
+        ...
+
+    def started(self, owner: str, pid: int) -> None: ...
+
+    def release(self, owner: str) -> None: ...
+
+
 def worker_spec(
     version: FunctionVersion,
     config: Config,
@@ -39,6 +69,7 @@ def worker_spec(
     cpus: tuple[int, ...],
     tmp_dir: Path,
     jail: bool = False,
+    gpu: GpuBinding | None = None,
 ) -> protocol.WorkerSpec:
     settings = version.settings
     fallback = groups is None
@@ -64,6 +95,9 @@ def worker_spec(
         # /tmp is a tmpfs charged to the sandbox's memory: a quarter of it, at most 256 MiB
         tmp_mb=max(16, min(256, settings.memory_mb // 4)),
         max_pids=MAX_PIDS,
+        gpu_env=dict(gpu.env) if gpu is not None else {},
+        cuda_options=dict(gpu.cuda_options) if gpu is not None else {},
+        gpu_fake=gpu.fake if gpu is not None else False,
     )
 
 
@@ -73,11 +107,19 @@ MAX_PIDS = 64
 
 
 class Spawner:
-    def __init__(self, state_dir: Path, cgroup_parent: str, confinement: str = "auto",
-                 namespaces: str = "auto", reap_leftovers: bool = False) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        cgroup_parent: str,
+        confinement: str = "auto",
+        namespaces: str = "auto",
+        reap_leftovers: bool = False,
+        gpu: GpuBinder | None = None,
+    ) -> None:
         """`namespaces`: "on" (refuse to start where `jail.probe` fails), "auto" (use them
         where the host allows, else warn), "off"."""
         self.state_dir = state_dir
+        self.gpu = gpu
         self.cgroup_parent = cgroup_parent
         self._choice = confinement
         self._namespaces = namespaces
@@ -133,8 +175,14 @@ class Spawner:
         self, version: FunctionVersion, config: Config
     ) -> tuple[SandboxProcess, tuple[int, ...]]:
         """A forked, confined worker for (version, config) that still has to load, and its
-        CPUs (give them back with `release`). SandboxCrashed if the sandbox cannot be made."""
+        CPUs (give them back with `release`). SandboxCrashed if the sandbox cannot be made;
+        GpuUnavailable if it needs a GPU slice and none can be given (its `busy` says whether
+        one may come free). Without a GpuBinder, a sandbox with vgpu > 0 is not bound."""
         sandbox_id = f"{version.name}-v{version.version}-{self._token}-{next(self._ids)}"
+        binding = None
+        if config.vgpu > 0 and self.gpu is not None:  # before the first await, as the CPUs
+            binding = self.gpu.bind(sandbox_id, version.name, config.vgpu,
+                                    version.settings.gpu_memory_mb)
         cpus = pick_cpus(sorted(os.sched_getaffinity(0)), self._cpu_load, config.vcpu)
         # Counted at once, before the first await: sandboxes started side by side must see
         # each other's CPUs, or they all land on the same least-loaded one.
@@ -145,9 +193,11 @@ class Spawner:
         try:
             tmp_dir.mkdir(parents=True, exist_ok=True)
             groups = self.confinement.create(sandbox_id, limits)
-            spec = worker_spec(version, config, groups, cpus, tmp_dir, self.jail)
+            spec = worker_spec(version, config, groups, cpus, tmp_dir, self.jail, binding)
             process = await SandboxProcess.start(self.launcher, sandbox_id, spec, groups, tmp_dir)
         except BaseException as exc:
+            if binding is not None and self.gpu is not None:
+                self.gpu.release(sandbox_id)
             self.release(cpus)
             if groups is not None:
                 groups.remove()
@@ -158,15 +208,26 @@ class Spawner:
                     f"could not start a sandbox for {version.name}: {exc}"
                 ) from exc
             raise
+        if binding is not None and self.gpu is not None:
+            _hold_until_exit(self.gpu, process, binding)
         logger.info(
-            "sandbox [%d] forked for %s v%d at %s on cpus %s",
+            "sandbox [%d] forked for %s v%d at %s on cpus %s%s",
             process.pid,
             version.name,
             version.version,
             config,
             cpus,
+            f" bound to {binding.label}" if binding is not None else "",
         )
         return process, cpus
 
     def release(self, cpus: tuple[int, ...]) -> None:
         self._cpu_load.subtract(cpus)
+
+
+def _hold_until_exit(gpu: GpuBinder, process: SandboxProcess, binding: GpuBinding) -> None:
+    """The slice stays taken until the process has exited (not merely been asked to): a
+    dying sandbox may still hold device memory."""
+    process.device = binding.label
+    gpu.started(process.id, process.pid)
+    process.spawned.exited.add_done_callback(lambda _: gpu.release(process.id))

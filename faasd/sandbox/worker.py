@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from faasd.functions.spec import ModelInfo
 from faasd.runtime.onnx import CUDA_PROVIDER, ModelLoadError, OnnxModel, choose_providers
-from faasd.sandbox import cgroups, channel, jail, protocol
+from faasd.sandbox import cgroups, channel, environ, jail, protocol
 from faasd.sandbox.batching import Handler, execute
 from faasd.sandbox.sharedmem import SharedArea, SharedPair
 
@@ -103,9 +103,18 @@ def sandbox_environment(spec: protocol.WorkerSpec) -> dict[str, str]:
     return {"PATH": BASE_PATH, "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", **spec.env}
 
 
-def _prepare_process(spec: protocol.WorkerSpec) -> None:
+def _set_environment(spec: protocol.WorkerSpec) -> None:
+    """The sandbox's environment only, its GPU slice's last (the function's env cannot move
+    it off its slice). Set before the jail: publishing it for /proc needs the process's own
+    /proc and privileges it gives up there."""
     os.environ.clear()
     os.environ.update(sandbox_environment(spec))
+    os.environ.update(spec.gpu_env)
+    if spec.gpu_env:  # an operator (or a test) sees the slice in /proc/PID/environ
+        environ.publish()
+
+
+def _prepare_process(spec: protocol.WorkerSpec) -> None:
     os.chdir(spec.directory)
     sys.path.insert(0, spec.directory)
     for stream in (sys.stdout, sys.stderr):  # a handler's print() reaches the log at once
@@ -125,6 +134,7 @@ def _load_parts(
 ) -> tuple[OnnxModel, Handler]:
     try:
         confine(spec)
+        _set_environment(spec)
         if spec.jail:
             jail.enter(jail.JailSpec(spec.directory, spec.network, spec.tmp_mb, spec.max_pids,
                                      gpu=spec.vgpu > 0))
@@ -132,15 +142,8 @@ def _load_parts(
         _prepare_process(spec)
     except OSError as exc:
         raise _LoadFailed(protocol.FAILED_SANDBOX, f"could not confine the sandbox: {exc}") from exc
-    if spec.vgpu > 0 and CUDA_PROVIDER not in choose_providers(spec.vgpu):
-        logger.warning(
-            "vgpu=%d asked for, but onnxruntime has no CUDA here: running on CPU", spec.vgpu
-        )
     announce(protocol.STAGE_MODEL)
-    try:
-        model = OnnxModel.load(Path(spec.model_path), spec.vcpu, spec.vgpu)
-    except ModelLoadError as exc:
-        raise _LoadFailed(protocol.FAILED_MODEL, str(exc)) from exc
+    model = _load_model(spec)
     if spec.handler_path:
         announce(protocol.STAGE_HANDLER)
     try:
@@ -148,6 +151,32 @@ def _load_parts(
     except HandlerLoadError as exc:
         raise _LoadFailed(protocol.FAILED_HANDLER, str(exc)) from exc
     return model, handler
+
+
+def _load_model(spec: protocol.WorkerSpec) -> OnnxModel:
+    """The session: on the CPU, or with CUDA first for a sandbox bound to a real GPU slice,
+    which fails (FAILED_GPU, gpu_unavailable) when onnxruntime fell back to the CPU — it
+    does so silently when the CUDA provider cannot load. A fake slice runs on the CPU."""
+    bound = bool(spec.gpu_env)
+    vgpu = spec.vgpu
+    if bound and spec.gpu_fake:
+        logger.info("bound to a fake GPU slice (CUDA_VISIBLE_DEVICES=%s): running on the CPU",
+                    spec.gpu_env.get("CUDA_VISIBLE_DEVICES", ""))
+        vgpu = 0
+    elif vgpu > 0 and not bound and CUDA_PROVIDER not in choose_providers(vgpu):
+        logger.warning("vgpu=%d asked for, but onnxruntime has no CUDA here: running on CPU", vgpu)
+    try:
+        model = OnnxModel.load(Path(spec.model_path), spec.vcpu, vgpu, spec.cuda_options or None)
+    except ModelLoadError as exc:
+        raise _LoadFailed(protocol.FAILED_MODEL, str(exc)) from exc
+    if bound and vgpu > 0 and model.providers[:1] != [CUDA_PROVIDER]:
+        raise _LoadFailed(
+            protocol.FAILED_GPU,
+            f"gpu_unavailable: onnxruntime runs this model on {model.providers} instead of "
+            "CUDA (install the gpu extra: onnxruntime-gpu with CUDA 12 and cuDNN 9, and check "
+            "the NVIDIA driver)",
+        )
+    return model
 
 
 def _load(sock: socket.socket, spec: protocol.WorkerSpec) -> tuple[OnnxModel, Handler] | None:
@@ -214,6 +243,7 @@ def main(
     sock_fd: int, stderr_fd: int, spec: protocol.WorkerSpec, shared_fds: tuple[int, ...] = ()
 ) -> NoReturn:
     """The forked child's whole life. Exit 0 when told to stop or when the daemon lets go."""
+    os.environ.update(spec.gpu_env)  # first: nothing may initialise CUDA before the slice is set
     os.dup2(stderr_fd, 1)
     os.dup2(stderr_fd, 2)
     os.close(stderr_fd)

@@ -3,9 +3,11 @@
 On every event (arrival, completion, timer) each non-empty AFW queue is looked at, the one whose
 oldest job has the earliest deadline first:
 
-1. Its function's group (`esg.slo`) is planned by ESG_1Q (`esg.search`) with the time actually
-   left: budget = (earliest deadline among the jobs a batch would take − now) − what later
-   groups are promised. Only functions with a profile join the plan.
+1. Its function's stage (`esg.slo`: the function and its descendants inside its group) is
+   planned by ESG_1Q (`esg.search`) with the time actually left: budget = (earliest deadline
+   among the jobs a batch would take − now) − what the work after the stage is promised
+   (SLO − the stage deadline the split derives from the DAG). Only functions with a profile
+   join the plan.
 2. What a plan's latency includes (reference/esg.md §1.3: W_batch + T_cold·P[cold] + T_xfer +
    T_exec, "plus a configurable safety margin"): the group's critical path of profiled means
    × (1 + `latency_margin`), plus the setup of the head's batch on the node that would run it:
@@ -29,13 +31,14 @@ oldest job has the earliest deadline first:
    node preferred); nothing fits: the jobs stay queued and the next completion retries.
 5. No plan meets the budget with margin and setup: if one meets it on warm means, the
    cheapest such runs (better late by a cold start than not at all; its sandbox then has the
-   configuration later requests want). Infeasible group budget: while the end-to-end SLO can
-   still be met (time left >= fastest path through this group and the later ones), the
-   fastest plans run, to win time back. Once it cannot (the request is late whatever
-   happens), `late="cheapest"` (default) runs the cheapest plan runnable now: the most
-   requests per resource, so that late work does not starve requests that can still make it;
-   `late="fastest"` keeps running the fastest plans. Nothing is dropped: a late answer is
-   still an answer, and dropping is admission control's.
+   configuration later requests want). Infeasible stage budget: while the end-to-end SLO can
+   still be met (time left >= the longest minimum-latency path from the function to an exit:
+   parallel branches count once, not one after another), the fastest plans run, to win time
+   back. Once it cannot (the request is late whatever happens), `late="cheapest"` (default)
+   runs the cheapest plan runnable now: the most requests per resource, so that late work does
+   not starve requests that can still make it; `late="fastest"` keeps running the fastest
+   plans. Nothing is dropped: a late answer is still an answer, and dropping is admission
+   control's.
 
 Functions without a profile (a function the daemon deployed a moment ago) are run FCFS-style
 at their `FunctionLimits` (max_batch, vcpu, vgpu), waiting at most `max_queue_delay_s` for a
@@ -81,9 +84,9 @@ class _Stage:
     function: str
     members: tuple[str, ...]
     edges: tuple[tuple[str, str], ...]
-    budget_ms: float  # for this group: time left minus what later groups are promised
+    budget_ms: float  # for this stage: time left minus what the work after it is promised
     left_ms: float  # until the earliest deadline among the jobs a batch would take
-    min_after_ms: float  # fastest the later groups can possibly be
+    min_path_ms: float  # longest minimum-latency path from this function to an exit
 
 
 class EsgPolicy:
@@ -218,7 +221,7 @@ class EsgPolicy:
         members = tuple(f for f in members if f == function or self._priced(f, snapshot, capacity))
         edges = tuple((a, b) for a, b in edges if a in members and b in members)
         left_ms = (min(j.deadline_s for j in batch) - snapshot.now_s) * 1000.0
-        reserved_ms = split.group(function).reserved_after_ms
+        reserved_ms = split.reserved_after_ms(function)
         return _Stage(
             app,
             function,
@@ -226,7 +229,7 @@ class EsgPolicy:
             edges,
             left_ms - reserved_ms,
             left_ms,
-            split.min_after_ms(function),
+            split.min_path_ms(function),
         )
 
     def _plans(
@@ -251,9 +254,10 @@ class EsgPolicy:
             # On mean latencies and warm it would make it: run it (a sandbox started now has the
             # configuration later requests want) rather than give up on the request.
             return result.plans, None
-        # plans[0] is the fastest plan: the group alone already misses its budget.
-        fastest_ms = result.plans[0].latency_ms + stage.min_after_ms
-        if self.late == "fastest" or stage.left_ms >= fastest_ms:
+        # plans[0] is the fastest plan: the stage already misses its deadline. The request
+        # can still make it when the time left covers the longest minimum-latency path
+        # through what remains (parallel branches count once, not one after the other).
+        if self.late == "fastest" or stage.left_ms >= stage.min_path_ms:
             return result.plans, None
         return self._search(stage, snapshot, capacity, math.inf, len(jobs), None).plans, None
 

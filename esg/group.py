@@ -53,6 +53,15 @@ class _Layer:
     by_rank: Mapping[int, Option]
 
 
+@dataclass(frozen=True)
+class _SpeedOrder:
+    """One layer's option indices by (cost, rank) and by (latency, cost, rank)."""
+
+    by_cost: tuple[int, ...]
+    by_lat: tuple[int, ...]
+    lats: tuple[int, ...]  # the latencies in by_lat order
+
+
 class CompiledGroup:
     """A group prepared for repeated searches: filtered layers, exact scales, bound tables.
 
@@ -117,6 +126,7 @@ class CompiledGroup:
         self.is_chain = all(self.preds[j] == ((j - 1,) if j else ()) for j in range(n))
         self._fronts: list[tuple[list[int], list[int]]] | None = None
         self._layer_fronts: list[tuple[list[int], list[int]]] | None = None
+        self._speed_orders: list[_SpeedOrder] | None = None
 
     def remaining_cost(self, depth: int, fin: tuple[int, ...], budget: int) -> tuple[int, float]:
         """An admissible, budget-aware bound on the cost of functions depth..n-1 given the
@@ -145,6 +155,21 @@ class CompiledGroup:
             if i + 1 < len(lats):
                 slowest_cut = min(slowest_cut, start + lats[i + 1] + self.tail_after[j])
         return total, slowest_cut
+
+    def speed_orders(self) -> list[_SpeedOrder]:
+        """Per function, its options in the two orders the K-fastest search walks (built on
+        first use): by (cost, rank), and by (latency, cost, rank) with the sorted latencies."""
+        if self._speed_orders is None:
+            orders = []
+            for layer in self.layers:
+                xs = range(len(layer.options))
+                cheap = sorted(xs, key=lambda x: (layer.cost[x], layer.rank[x]))
+                fast = sorted(xs, key=lambda x: (layer.lat[x], layer.cost[x], layer.rank[x]))
+                orders.append(_SpeedOrder(
+                    tuple(cheap), tuple(fast), tuple(layer.lat[x] for x in fast)
+                ))
+            self._speed_orders = orders
+        return self._speed_orders
 
     def layer_fronts(self) -> list[tuple[list[int], list[int]]]:
         """Per function, the Pareto front of its own options (for DAG groups)."""

@@ -51,6 +51,7 @@ class _Layer:
     rank: tuple[int, ...]  # position of the config in config order (compares like the config)
     by_lat: tuple[int, ...]  # the latencies sorted, for the time blade's cut point
     by_rank: Mapping[int, Option]
+    pareto: tuple[int, ...]  # the layer's Pareto-optimal options, by latency ascending
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ class CompiledGroup:
         """Per function, the Pareto front of its own options (for DAG groups)."""
         if self._layer_fronts is None:
             self._layer_fronts = [
-                _pareto(list(zip(layer.lat, layer.cost, strict=True))) for layer in self.layers
+                ([layer.lat[i] for i in layer.pareto], [layer.cost[i] for i in layer.pareto])
+                for layer in self.layers
             ]
         return self._layer_fronts
 
@@ -187,14 +189,19 @@ class CompiledGroup:
         latency <= L: the exact cheapest completion, an admissible, budget-aware bound.
         """
         if self._fronts is None:
+            # Only a layer's own Pareto-optimal options can be on the front of a completion
+            # (swapping a dominated option for its dominator never makes a point worse).
             n = len(self.functions)
+            own = self.layer_fronts()
             fronts: list[tuple[list[int], list[int]]] = [([0], [0])] * (n + 1)
-            for d in range(n - 1, 0, -1):
-                layer = self.layers[d]
+            if n > 1:
+                fronts[n - 1] = own[n - 1]
+            for d in range(n - 2, 0, -1):
+                layer_lats, layer_costs = own[d]
                 lats, costs = fronts[d + 1]
                 points = [
                     (lx + lr, cx + cr)
-                    for lx, cx in zip(layer.lat, layer.cost, strict=True)
+                    for lx, cx in zip(layer_lats, layer_costs, strict=True)
                     for lr, cr in zip(lats, costs, strict=True)
                 ]
                 fronts[d] = _pareto(points)
@@ -261,4 +268,5 @@ def _layer(prepared: PreparedOptions, cost_scale: int, lat_scale: int) -> _Layer
         rank=prepared.ranks,
         by_lat=tuple(sorted(lat_ints)),
         by_rank=dict(zip(prepared.ranks, prepared.options, strict=True)),
+        pareto=prepared.pareto,
     )

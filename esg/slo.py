@@ -14,6 +14,14 @@ parallel on DAGs wider than the paper's):
    EF(f) <= d(f) <= LF(f), every exit gets d = SLO, and along every edge u → v,
    d(u) + m(v) <= d(v) (a function that finishes at its deadline leaves its successor enough
    time at its fastest). On a chain this is the old proportional split exactly.
+   2b. *Where time buys savings* [our heuristic]: given each function's relaxed latency r(f)
+   (where it is cheapest; the ESG policy with `slo_split="savings"` passes its cheapest
+   configuration's for one request),
+   the same formula runs over l(f) = m(f) + λ·(r(f) − m(f)) instead of m(f), with the largest
+   λ in [0, 1] whose critical path fits the SLO. Functions whose cheap configurations are much
+   slower than their fastest get the larger shares, instead of those with a long minimum
+   latency. Every property above still holds (l >= m and the l-critical path fits the SLO),
+   so the guarantees below do not depend on it; without r(f) the shares follow m(f).
 3. **Groups.** A virtual source joins every entry and a virtual sink every exit; the functions
    that dominate the sink (every request passes through them) cut the DAG into *segments*, the
    functions after one cut point up to and including the next (a fork/join region stays in one
@@ -224,9 +232,9 @@ class _Times:
     cp: Fraction
 
     @classmethod
-    def of(cls, workflow: Workflow, min_latency_ms: Mapping[str, float]) -> _Times:
+    def of(cls, workflow: Workflow, latency_ms: Mapping[str, float | Fraction]) -> _Times:
         order = workflow.topological_order()
-        m = {f: Fraction(min_latency_ms.get(f, 0.0)) for f in order}
+        m = {f: Fraction(latency_ms.get(f, 0.0)) for f in order}
         ef: dict[str, Fraction] = {}
         for f in order:
             ef[f] = m[f] + max((ef[p] for p in workflow.predecessors(f)), default=Fraction(0))
@@ -251,11 +259,14 @@ def split_slo(
     min_latency_ms: Mapping[str, float],
     slo_ms: float | None = None,
     group_size: int = 3,
+    relaxed_latency_ms: Mapping[str, float] | None = None,
 ) -> SloSplit:
     """Groups and deadlines for `workflow` (SLO defaults to the workflow's own, in ms).
 
     `min_latency_ms` gives each function's fastest profiled latency; a function without one
     counts as 0 ms (it has no profile yet, so no share can be reasoned about).
+    `relaxed_latency_ms` (optional) gives the latency at which each function is cheapest
+    (rule 2b); without it the slack is shared in proportion to the minimum latencies.
     """
     slo = workflow.slo_s * 1000.0 if slo_ms is None else slo_ms
     if not slo > 0:
@@ -266,7 +277,10 @@ def split_slo(
     target = max(Fraction(slo), times.cp) if finite else times.cp
     scale = Fraction(slo) / target if finite and target else Fraction(1)
     latest = times.latest(target)
-    share = times.deadlines(target)
+    planning = times
+    if relaxed_latency_ms is not None and finite:
+        planning = _planning_times(workflow, times, relaxed_latency_ms, target)
+    share = planning.deadlines(target)
     topo = {f: i for i, f in enumerate(workflow.topological_order())}
     succs = {f: workflow.successors(f) for f in workflow.functions}
     parts = [sorted(part, key=lambda f: (share[f], topo[f])) for part in segments(workflow)]
@@ -320,6 +334,30 @@ def split_slo(
         path_ms={f: float(times.m[f] + times.tail[f]) for f in order},
         after_ms={f: float(times.tail[f]) for f in order},
     )
+
+
+def _planning_times(
+    workflow: Workflow, fastest: _Times, relaxed_ms: Mapping[str, float], slo: Fraction
+) -> _Times:
+    """Rule 2b: the times over l(f) = m(f) + λ·(r(f) − m(f)), r the relaxed latency, with the
+    largest λ in [0, 1] (to 1/1024) whose critical path still fits `slo` (λ = 0 always does)."""
+    extra = {
+        f: max(Fraction(0), Fraction(relaxed_ms.get(f, 0.0)) - m) for f, m in fastest.m.items()
+    }
+    if not any(extra.values()):
+        return fastest
+
+    def at(step: int) -> _Times:
+        weight = Fraction(step, 1024)
+        return _Times.of(workflow, {f: m + weight * extra[f] for f, m in fastest.m.items()})
+
+    if at(1024).cp <= slo:
+        return at(1024)
+    lo, hi = 0, 1024  # at(lo) fits, at(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if at(mid).cp <= slo else (lo, mid)
+    return at(lo) if lo else fastest
 
 
 def _round_down(value: Fraction) -> float:

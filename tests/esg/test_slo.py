@@ -135,6 +135,21 @@ def test_a_group_never_waits_for_a_branch_it_runs_beside() -> None:
     assert group_y.deadline_ms <= split.latest_finish_ms["y"] == 10.0
 
 
+def test_relaxed_latencies_give_the_slack_to_functions_whose_cheap_plans_are_slow() -> None:
+    # a -> b, 10 ms each at the fastest; a's cheapest configuration takes 50 ms, b's 10 ms.
+    # SLO 40: in proportion to the fastest latencies a is due at 20; with the relaxed ones,
+    # l = m + λ(r - m) = (10 + 40λ, 10) fits 40 up to λ = 0.5: l(a) = 30, a is due at 30.
+    chain = _workflow([("a", "b")])
+    fastest = {"a": 10.0, "b": 10.0}
+    assert split_slo(chain, fastest, 40.0, 1).deadline_ms["a"] == 20.0
+    split = split_slo(chain, fastest, 40.0, 1, relaxed_latency_ms={"a": 50.0, "b": 10.0})
+    assert split.deadline_ms["a"] == 30.0
+    assert [g.deadline_ms for g in split.groups] == [30.0, 40.0]
+    # Room for every cheapest plan (SLO 80 >= 50 + 10): λ = 1, the slack shared over (50, 10).
+    roomy = split_slo(chain, fastest, 80.0, 1, relaxed_latency_ms={"a": 50.0, "b": 10.0})
+    assert roomy.deadline_ms["a"] == pytest.approx(80.0 * 50 / 60)
+
+
 def test_paper_applications_keep_their_groups_and_deadlines() -> None:
     # image classification: a 3-chain, one group due at the SLO.
     chain = _workflow([("pre", "resnet"), ("resnet", "label")])
@@ -197,16 +212,28 @@ def _at_least(value: Fraction) -> float:
 
 
 @settings(max_examples=300, deadline=None)
-@given(case=dags(), factor=st.floats(1.0, 3.0), group_size=st.integers(1, 6))
+@given(
+    case=dags(),
+    factor=st.floats(1.0, 3.0),
+    group_size=st.integers(1, 6),
+    slower=st.one_of(st.none(), st.lists(st.floats(1.0, 20.0), min_size=30, max_size=30)),
+)
 def test_a_feasible_slo_gives_every_group_a_deadline_its_functions_can_meet(
-    case: tuple[Workflow, dict[str, float]], factor: float, group_size: int
+    case: tuple[Workflow, dict[str, float]],
+    factor: float,
+    group_size: int,
+    slower: list[float] | None,
 ) -> None:
     workflow, fastest = case
     ef, tail = _exact_times(workflow, fastest)
     cp = max(ef.values())
     slo = _at_least(cp)
     slo = max(slo, slo * factor)
-    split = split_slo(workflow, fastest, slo, group_size)
+    # Rule 2b's relaxed latencies (1-20 x the fastest) move the shares, never the guarantees.
+    relaxed = None if slower is None else {
+        f: fastest[f] * x for f, x in zip(workflow.functions, slower, strict=False)
+    }
+    split = split_slo(workflow, fastest, slo, group_size, relaxed_latency_ms=relaxed)
     # Rounding a deadline to a float may move it by half an ulp.
     tolerance = Fraction(slo) * Fraction(1, 10**12)
     assert split.feasible

@@ -173,5 +173,9 @@ def test_esg_meets_a_tight_slo_on_a_wide_dag_and_a_loose_one_at_one_group_cost()
     loose = _wide_dag(3.0)
     split = run_workflow(loose, make_policy("esg"), settings, lambda: 0.0)
     whole = run_workflow(loose, make_policy("esg", {"group_size": 16}), settings, lambda: 0.0)
+    savings = run_workflow(loose, make_policy("esg", {"slo_split": "savings"}), settings,
+                           lambda: 0.0)
     assert split["slo_hit_rate"] == whole["slo_hit_rate"] == 1.0
     assert split["cost_per_request"] <= 1.2 * whole["cost_per_request"]
+    assert savings["slo_hit_rate"] >= 0.95
+    assert savings["cost_per_request"] <= 1.2 * whole["cost_per_request"]

@@ -16,12 +16,12 @@ parallel on DAGs wider than the paper's):
    time at its fastest). On a chain this is the old proportional split exactly.
    2b. *Where time buys savings* [our heuristic]: given each function's relaxed latency r(f)
    (where it is cheapest; the ESG policy with `slo_split="savings"` passes its cheapest
-   configuration's for one request),
-   the same formula runs over l(f) = m(f) + λ·(r(f) − m(f)) instead of m(f), with the largest
-   λ in [0, 1] whose critical path fits the SLO. Functions whose cheap configurations are much
-   slower than their fastest get the larger shares, instead of those with a long minimum
-   latency. Every property above still holds (l >= m and the l-critical path fits the SLO),
-   so the guarantees below do not depend on it; without r(f) the shares follow m(f).
+   configuration's for one request), the same formula runs over l(f) = m(f) + λ·(r(f) − m(f))
+   instead of m(f), with the largest λ in [0, 1] (to 1/1024) whose critical path fits the SLO.
+   Functions whose cheap configurations are much slower than their fastest get the larger
+   shares, instead of those with a long minimum latency. Every property above still holds
+   (l >= m and the l-critical path fits the SLO), so the guarantees below do not depend on
+   it; without r(f) the shares follow m(f).
 3. **Groups.** A virtual source joins every entry and a virtual sink every exit; the functions
    that dominate the sink (every request passes through them) cut the DAG into *segments*, the
    functions after one cut point up to and including the next (a fork/join region stays in one
@@ -54,9 +54,10 @@ parallel on DAGs wider than the paper's):
 What changed from the first version (groups packed in topological order, their budgets chained
 in proportion to each group's critical path): chains, and DAGs whose fork/join regions fit in a
 group (the paper's image-classification, depth-recognition and background-elimination), get the
-same groups and deadlines as before (up to rounding). A region larger than a group (the
-expanded-image-classification's 4-way fan-out with group size 3) is cut in deadline order
-instead of name order, and the part cut off no longer gets a budget *after* its siblings': on
+same groups, deadlines and budgets as before (rounded down to floats, as before; e.g.
+`python -m esg split docs/examples/split.json` prints the same JSON). A region larger than a
+group (the expanded-image-classification's 4-way fan-out with group size 3) is cut in deadline
+order instead of name order, and the part cut off no longer gets a budget *after* its siblings': on
 `a → {b1..b4} → c` the group {b4, c} has the deadline of c, not that of c minus b1–b3's share.
 """
 

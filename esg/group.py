@@ -51,6 +51,16 @@ class _Layer:
     rank: tuple[int, ...]  # position of the config in config order (compares like the config)
     by_lat: tuple[int, ...]  # the latencies sorted, for the time blade's cut point
     by_rank: Mapping[int, Option]
+    pareto: tuple[int, ...]  # the layer's Pareto-optimal options, by latency ascending
+
+
+@dataclass(frozen=True)
+class _SpeedOrder:
+    """One layer's option indices by (cost, rank) and by (latency, cost, rank)."""
+
+    by_cost: tuple[int, ...]
+    by_lat: tuple[int, ...]
+    lats: tuple[int, ...]  # the latencies in by_lat order
 
 
 class CompiledGroup:
@@ -117,6 +127,7 @@ class CompiledGroup:
         self.is_chain = all(self.preds[j] == ((j - 1,) if j else ()) for j in range(n))
         self._fronts: list[tuple[list[int], list[int]]] | None = None
         self._layer_fronts: list[tuple[list[int], list[int]]] | None = None
+        self._speed_orders: list[_SpeedOrder] | None = None
 
     def remaining_cost(self, depth: int, fin: tuple[int, ...], budget: int) -> tuple[int, float]:
         """An admissible, budget-aware bound on the cost of functions depth..n-1 given the
@@ -146,11 +157,27 @@ class CompiledGroup:
                 slowest_cut = min(slowest_cut, start + lats[i + 1] + self.tail_after[j])
         return total, slowest_cut
 
+    def speed_orders(self) -> list[_SpeedOrder]:
+        """Per function, its options in the two orders the K-fastest search walks (built on
+        first use): by (cost, rank), and by (latency, cost, rank) with the sorted latencies."""
+        if self._speed_orders is None:
+            orders = []
+            for layer in self.layers:
+                xs = range(len(layer.options))
+                cheap = sorted(xs, key=lambda x: (layer.cost[x], layer.rank[x]))
+                fast = sorted(xs, key=lambda x: (layer.lat[x], layer.cost[x], layer.rank[x]))
+                orders.append(_SpeedOrder(
+                    tuple(cheap), tuple(fast), tuple(layer.lat[x] for x in fast)
+                ))
+            self._speed_orders = orders
+        return self._speed_orders
+
     def layer_fronts(self) -> list[tuple[list[int], list[int]]]:
         """Per function, the Pareto front of its own options (for DAG groups)."""
         if self._layer_fronts is None:
             self._layer_fronts = [
-                _pareto(list(zip(layer.lat, layer.cost, strict=True))) for layer in self.layers
+                ([layer.lat[i] for i in layer.pareto], [layer.cost[i] for i in layer.pareto])
+                for layer in self.layers
             ]
         return self._layer_fronts
 
@@ -162,14 +189,19 @@ class CompiledGroup:
         latency <= L: the exact cheapest completion, an admissible, budget-aware bound.
         """
         if self._fronts is None:
+            # Only a layer's own Pareto-optimal options can be on the front of a completion
+            # (swapping a dominated option for its dominator never makes a point worse).
             n = len(self.functions)
+            own = self.layer_fronts()
             fronts: list[tuple[list[int], list[int]]] = [([0], [0])] * (n + 1)
-            for d in range(n - 1, 0, -1):
-                layer = self.layers[d]
+            if n > 1:
+                fronts[n - 1] = own[n - 1]
+            for d in range(n - 2, 0, -1):
+                layer_lats, layer_costs = own[d]
                 lats, costs = fronts[d + 1]
                 points = [
                     (lx + lr, cx + cr)
-                    for lx, cx in zip(layer.lat, layer.cost, strict=True)
+                    for lx, cx in zip(layer_lats, layer_costs, strict=True)
                     for lr, cr in zip(lats, costs, strict=True)
                 ]
                 fronts[d] = _pareto(points)
@@ -236,4 +268,5 @@ def _layer(prepared: PreparedOptions, cost_scale: int, lat_scale: int) -> _Layer
         rank=prepared.ranks,
         by_lat=tuple(sorted(lat_ints)),
         by_rank=dict(zip(prepared.ranks, prepared.options, strict=True)),
+        pareto=prepared.pareto,
     )

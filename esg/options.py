@@ -54,6 +54,9 @@ class PreparedOptions:
     lat: tuple[int, ...] = ()
     cost_scale: int = 1
     lat_scale: int = 1
+    #: Positions of the options no other option beats on both latency and cost (ties: the
+    #: first in latency, then cost order), by latency ascending.
+    pareto: tuple[int, ...] = ()
 
 
 def prepare_options(
@@ -87,6 +90,10 @@ def prepare_options(
         ordered = [o for o, kept in zip(ordered, keep.tolist(), strict=True) if kept]
     cost_scale = common_scale(o.cost for o in ordered)
     lat_scale = common_scale(o.latency_ms for o in ordered)
+    pareto: list[int] = []
+    for i in sorted(range(len(ordered)), key=lambda i: (ordered[i].latency_ms, ordered[i].cost)):
+        if not pareto or ordered[i].cost < ordered[pareto[-1]].cost:
+            pareto.append(i)
     return PreparedOptions(
         options=tuple(ordered),
         ranks=tuple(rank_of[o.config] for o in ordered),
@@ -96,4 +103,5 @@ def prepare_options(
         lat=tuple(scaled(o.latency_ms, lat_scale) for o in ordered),
         cost_scale=cost_scale,
         lat_scale=lat_scale,
+        pareto=tuple(pareto),
     )

@@ -307,33 +307,74 @@ def _first_above(sorted_values: tuple[int, ...], threshold: int) -> int | None:
 def _fastest(group: CompiledGroup) -> SearchResult:
     """The K fastest plans, ranked by (latency, cost, configs), all marked infeasible.
 
-    Rare (the budget is already lost), so every child is pushed rather than generated lazily:
-    with the critical path as the first key, siblings in latency order need not have
-    non-decreasing bounds.
+    Best-first over the same nodes as the cheapest-first search, keyed by a lower bound on
+    (latency, cost, configs) of every plan below them: the critical path with the unassigned
+    functions at their fastest, the cost with them at their cheapest, the config prefix.
+    Children are generated lazily, one at a time, in key order, and a node's next sibling is
+    pushed only when the node is popped, so a search pops and pushes O(K · n) nodes rather
+    than every child of every node (3 × 256 options: tens of nodes, not thousands).
+
+    The children of a node at layer d, with `ready` (when d's inputs are done), `tail` (the
+    fastest path after d) and `fixed` (the bound from paths avoiding d), have the latency bound
+    max(fixed, ready + lat + tail). Options with ready + lat + tail <= fixed all share the bound
+    `fixed`, and among them the key grows with (cost, rank); the others have strictly larger
+    bounds that grow with (lat, cost, rank). So the siblings in key order are: the options with
+    lat <= fixed − ready − tail by (cost, rank), then the rest by (lat, cost, rank).
     """
     n, k, layers = len(group.functions), group.k, group.layers
+    orders = group.speed_orders()
     rest_cost = [sum(min(layer.cost) for layer in layers[d:]) for d in range(n + 1)]
-    open_: list[tuple[int, int, tuple[int, ...], int, int, tuple[int, ...]]] = []
+    open_: list[_FastNode] = []
 
-    def push_children(d: int, g_cost: int, fin: tuple[int, ...], ranks: tuple[int, ...]) -> None:
+    def push(sib: _Siblings, phase: int, pos: int) -> None:
+        """Push the sibling at (`phase`, `pos`) of the stream, or the next one that exists."""
+        d, g_cost, fin, ranks, ready, fixed, tail, threshold = sib
+        order = orders[d]
         layer = layers[d]
-        ready = max([fin[p] for p in group.preds[d]], default=0)
-        bound_entry, front = group.entry_bound[d + 1], group.frontier[d + 1]
-        for x in range(len(layer.options)):
-            new_fin = (*fin, ready + layer.lat[x])
-            bound = max([bound_entry, *(new_fin[a] + tail for a, tail in front)])
-            cost = g_cost + layer.cost[x]
-            node = (bound, cost + rest_cost[d + 1], (*ranks, layer.rank[x]), d + 1, cost, new_fin)
-            heapq.heappush(open_, node)
+        if phase == 0:
+            cheap = order.by_cost
+            while pos < len(cheap) and layer.lat[cheap[pos]] > threshold:
+                pos += 1
+            if pos == len(cheap):
+                phase, pos = 1, bisect.bisect_right(order.lats, threshold)
+        if phase == 1 and pos == len(order.by_lat):
+            return
+        x = order.by_cost[pos] if phase == 0 else order.by_lat[pos]
+        finish = ready + layer.lat[x]
+        bound = finish + tail if finish + tail > fixed else fixed
+        cost = g_cost + layer.cost[x]
+        node = (bound, cost + rest_cost[d + 1], (*ranks, layer.rank[x]), cost, (*fin, finish),
+                sib, phase, pos)
+        heapq.heappush(open_, node)
 
-    push_children(0, 0, (), ())
+    def children(d: int, g_cost: int, fin: tuple[int, ...], ranks: tuple[int, ...]) -> None:
+        pd = group.preds[d]
+        ready = max([fin[p] for p in pd], default=0)
+        fixed = group.entry_bound[d + 1]
+        for a, t in group.front_others[d]:
+            if fin[a] + t > fixed:
+                fixed = fin[a] + t
+        tail = group.own_tail[d]
+        push((d, g_cost, fin, ranks, ready, fixed, tail, fixed - ready - tail), 0, 0)
+
+    children(0, 0, (), ())
     done: list[tuple[int, int, tuple[int, ...]]] = []
     expanded = 0
     while open_ and len(done) < k:
-        bound, _, ranks, depth, cost, fin = heapq.heappop(open_)
+        bound, _, ranks, cost, fin, sib, phase, pos = heapq.heappop(open_)
         expanded += 1
+        push(sib, phase, pos + 1)
+        depth = len(ranks)
         if depth == n:
             done.append((cost, bound, ranks))
         else:
-            push_children(depth, cost, fin, ranks)
+            children(depth, cost, fin, ranks)
     return SearchResult(tuple(_plan(group, c, lat, r, False) for c, lat, r in done), expanded)
+
+
+# The K-fastest search's sibling stream of one parent: (layer, the parent's cost, finish times
+# and config ranks, when the layer's inputs are ready, the bound from paths avoiding the layer,
+# the fastest path after it, and the latency up to which siblings share that bound).
+_Siblings = tuple[int, int, tuple[int, ...], tuple[int, ...], int, int, int, int]
+# (latency bound, cost bound, ranks, cost, finish times, siblings, phase, position).
+_FastNode = tuple[int, int, tuple[int, ...], int, tuple[int, ...], _Siblings, int, int]

@@ -116,3 +116,24 @@ def fastest_by_function(
         if options:
             fastest[f] = min(o.latency_ms for o in options)
     return fastest
+
+
+def cheapest_alone_by_function(
+    tables: OptionTables,
+    profiles: Mapping[str, Profile],
+    functions: tuple[str, ...],
+    capacity: Capacity,
+    max_batch: Mapping[str, int | None],
+) -> dict[str, float]:
+    """Each profiled function's latency (ms) at its cheapest runnable configuration for one
+    request alone (a batch configuration costs its whole batch then); ties: the faster."""
+    cheapest = {}
+    for f in functions:
+        profile = profiles.get(f)
+        if profile is None:
+            continue
+        options = tables.priced(profile, capacity, max_batch.get(f))
+        if options:
+            best = min(options, key=lambda o: (o.cost * o.config.batch, o.latency_ms))
+            cheapest[f] = best.latency_ms
+    return cheapest

@@ -94,12 +94,21 @@ def snapshot(
     )
 
 
-def synthetic_latency_ms(base_ms: float, config: Config, *, gpu_speedup: float = 8.0) -> float:
-    """A realistic-shaped latency surface: batch grows it sub-linearly, vCPUs shrink it with
-    diminishing returns (Amdahl, 10% serial), GPU units shrink it further up to `gpu_speedup`.
+def synthetic_latency_ms(
+    base_ms: float,
+    config: Config,
+    *,
+    gpu_speedup: float = 8.0,
+    serial: float = 0.1,
+    per_item: float = 0.6,
+) -> float:
+    """A realistic-shaped latency surface: batch grows it sub-linearly (`per_item` of a batch of
+    one per extra item), vCPUs shrink it with diminishing returns (Amdahl, `serial` fraction),
+    GPU units shrink it further up to `gpu_speedup`. A small `serial` and `per_item` make a
+    *wide* surface: nearly every configuration trades latency for cost per request.
     """
-    batch_factor = 1.0 + 0.6 * (config.batch - 1)
-    cpu_factor = 0.1 + 0.9 / config.vcpu
+    batch_factor = 1.0 + per_item * (config.batch - 1)
+    cpu_factor = serial + (1.0 - serial) / config.vcpu
     gpu_factor = (
         1.0 if config.vgpu == 0 else 1.0 / (1.0 + (gpu_speedup - 1) * config.vgpu / GPU_UNITS)
     )
@@ -117,12 +126,16 @@ def synthetic_profile(
     noise: float = 0.0,
     version: int = 0,
     gpu_speedup: float = 8.0,
+    serial: float = 0.1,
+    per_item: float = 0.6,
 ) -> Profile:
     """A profile over the grid (default 4 × 8 × 8 = 256 configs), optionally with ±noise jitter."""
     table = {}
     for b, v, g in itertools.product(batches, vcpus, vgpus):
         config = Config(b, v, g)
-        ms = synthetic_latency_ms(base_ms, config, gpu_speedup=gpu_speedup)
+        ms = synthetic_latency_ms(
+            base_ms, config, gpu_speedup=gpu_speedup, serial=serial, per_item=per_item
+        )
         if rng is not None and noise:
             ms *= 1.0 + rng.uniform(-noise, noise)
         table[config] = ms

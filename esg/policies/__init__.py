@@ -28,14 +28,20 @@ POLICIES: dict[str, str] = {
 }
 
 
-def make_policy(name: str, settings: Mapping[str, Any] | None = None) -> Policy:
-    """Build the policy called `name`; unknown names raise ValueError listing the known ones."""
+def policy_class(name: str) -> type[Any]:
+    """The class of the policy called `name`; unknown names raise ValueError listing the known
+    ones."""
     try:
         target = POLICIES[name]
     except KeyError:
         known = ", ".join(sorted(POLICIES))
         raise ValueError(f"unknown scheduler {name!r}; choose one of: {known}") from None
     module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    policy: Policy = cls(**dict(settings or {}))
+    cls: type[Any] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def make_policy(name: str, settings: Mapping[str, Any] | None = None) -> Policy:
+    """Build the policy called `name`; unknown names raise ValueError listing the known ones."""
+    policy: Policy = policy_class(name)(**dict(settings or {}))
     return policy

@@ -1,4 +1,13 @@
-"""`python -m esg.sim report [--quick] [--out DIR] [--seed N] [--jobs N] [--policies a,b]`.
+"""`python -m esg.sim report|run|workflow`: the simulator's command line.
+
+* `report [--quick] [--out DIR] [--seed N] [--jobs N] [--policies a,b]`: every policy on the
+  3 x 3 grid of the four applications.
+* `run --workflow FILE --policy NAME [--nodes N] [--interval-ms MS | --rate R] [--requests N]
+  [--warmup S] [--cold-start-ms MS] [--seed N] [--policy-option KEY=VALUE ...]`: one policy
+  serving one workflow file (`esg.sim.workflow_file`), one JSON object on stdout: `policy`,
+  `requests`, `slo_hit_rate` (0..1), `p50_ms`, `p99_ms`, `cost_per_request` and more. A
+  malformed file (or option) is one line on stderr naming the field, exit status 2.
+* `workflow NAME [--slo-x X] [--hop-ms MS]`: a built-in application as a workflow file.
 
 The I/O shell of the simulator: runs the grid (in `--jobs` worker processes), shows a progress
 bar on stderr, measures each policy call with `time.perf_counter`, and writes `results.csv`,
@@ -8,12 +17,19 @@ bar on stderr, measures each policy call with `time.perf_counter`, and writes `r
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
-from esg.policies import POLICIES
+from esg.errors import InstanceError
+from esg.model import Workflow
+from esg.policies import POLICIES, make_policy, policy_class
+from esg.policy import Policy
+from esg.pricing import DEFAULT_PRICING, Pricing, parse_pricing
 from esg.sim.metrics import RunMetrics
 from esg.sim.report import (
     ReportSettings,
@@ -24,6 +40,9 @@ from esg.sim.report import (
     table_rows,
     write_csv,
 )
+from esg.sim.run import RunSettings, run_workflow
+from esg.sim.workflow_file import WorkflowFile, parse_workflow_file, workflow_json
+from esg.sim.workloads import app_tables, default_apps, large_apps
 
 
 def _run(task: tuple[str, str, str, ReportSettings]) -> RunMetrics:
@@ -78,9 +97,136 @@ def report(settings: ReportSettings, out: Path, jobs: int) -> int:
     return 0
 
 
+EXIT_USAGE = 2
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`run`: one policy on a workflow file; one JSON object on stdout."""
+    prog = f"{parser.prog} run"
+    try:
+        spec = parse_workflow_file(_load_json(args.workflow))
+        pricing = _pricing(args.pricing)
+        options = _policy_options(args.policy_option)
+        settings = RunSettings(
+            nodes=args.nodes,
+            interval_ms=args.interval_ms if args.rate is None else None,
+            rate_rps=args.rate,
+            requests=args.requests,
+            warmup_s=args.warmup,
+            cold_start_ms=args.cold_start_ms,
+            seed=args.seed,
+        )
+        policy = build_policy(args.policy, options, pricing)
+    except InstanceError as exc:
+        print(f"{prog}: {args.workflow}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, TypeError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = run_workflow(spec, policy, settings, time.perf_counter, pricing)
+    json.dump(result, sys.stdout, indent=args.indent)
+    sys.stdout.write("\n")
+    return 0
+
+
+def workflow(args: argparse.Namespace) -> int:
+    """`workflow`: a built-in application as a workflow file, its SLO x times its fastest
+    critical path plus `--hop-ms` per edge on that path."""
+    app = {a.name: a for a in (*default_apps(), *large_apps())}[args.name]
+    tables = {
+        f: {c: round(ms, 3) for c, ms in t.items()} for f, t in app_tables(app).items()
+    }
+    dag = Workflow.from_edges(app.name, [f.name for f in app.functions], app.edges, 1.0)
+    critical_ms, hops = WorkflowFile(dag, tables).critical_path(args.hop_ms)
+    slo_ms = round(args.slo_x * (critical_ms - hops * args.hop_ms) + hops * args.hop_ms, 3)
+    json.dump(workflow_json(dag, tables, slo_ms), sys.stdout, indent=args.indent)
+    sys.stdout.write("\n")
+    return 0
+
+
+def build_policy(name: str, options: dict[str, Any], pricing: Pricing) -> Policy:
+    """`make_policy` with `pricing` passed to the policies that take it (unless given)."""
+    if "pricing" not in options and "pricing" in inspect.signature(policy_class(name)).parameters:
+        options = {**options, "pricing": pricing}
+    try:
+        return make_policy(name, options)
+    except TypeError as exc:
+        raise ValueError(f"--policy-option: {name} does not take it ({exc})") from None
+
+
+def _policy_options(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE that parses as JSON (16, 0.5, true, "x") is taken as such."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--policy-option {item!r}: expected KEY=VALUE, e.g. group_size=16")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _pricing(path: Path | None) -> Pricing:
+    """The prices of `path`, else of configs/pricing.yaml (here or beside the package), else
+    the defaults (the same numbers)."""
+    candidates = [path] if path is not None else [
+        Path("configs/pricing.yaml"), Path(__file__).resolve().parents[2] / "configs/pricing.yaml"
+    ]
+    for candidate in candidates:
+        try:
+            text = candidate.read_text(encoding="utf-8")
+        except OSError as exc:
+            if path is not None:
+                raise InstanceError("pricing", exc.strerror or str(exc)) from None
+            continue
+        return parse_pricing(text)
+    return DEFAULT_PRICING
+
+
+def _load_json(path: str) -> Any:
+    try:
+        if path == "-":
+            return json.load(sys.stdin)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise InstanceError("file", exc.strerror or str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise InstanceError("file", f"not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except UnicodeDecodeError:
+        raise InstanceError("file", "not UTF-8 text") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m esg.sim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run", help="simulate one policy serving a workflow file")
+    one.add_argument("--workflow", required=True, help="workflow JSON file (- for stdin)")
+    one.add_argument("--policy", required=True, choices=list(POLICIES))
+    one.add_argument("--nodes", type=int, default=16, help="nodes of 16 vCPUs + 1 GPU (16)")
+    pace = one.add_mutually_exclusive_group()
+    pace.add_argument("--interval-ms", type=float, default=500.0,
+                      help="requests this far apart (default 500)")
+    pace.add_argument("--rate", type=float, default=None, help="Poisson arrivals, requests/s")
+    one.add_argument("--requests", type=int, default=200, help="measured requests (200)")
+    one.add_argument("--warmup", type=float, default=0.0,
+                     help="seconds of unmeasured warm-up requests first (0)")
+    one.add_argument("--cold-start-ms", type=float, default=None,
+                     help="cold start of every sandbox (default 250, +750 with a GPU slice)")
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a constructor argument of the policy, e.g. group_size=16")
+    one.add_argument("--pricing", type=Path, default=None,
+                     help="prices (default configs/pricing.yaml)")
+    one.add_argument("--indent", type=int, default=None, help="pretty-print the JSON")
+    flow = sub.add_parser("workflow", help="print a built-in application as a workflow file")
+    flow.add_argument("name", choices=[a.name for a in (*default_apps(), *large_apps())])
+    flow.add_argument("--slo-x", type=float, default=1.5,
+                      help="SLO = X x the fastest critical path + hop-ms per hop (1.5)")
+    flow.add_argument("--hop-ms", type=float, default=0.2, help="per edge on that path (0.2)")
+    flow.add_argument("--indent", type=int, default=None, help="pretty-print the JSON")
     rep = sub.add_parser("report", help="run every policy on the 3 × 3 grid and write results")
     rep.add_argument("--quick", action="store_true", help="tiny cells (a test run, < 60 s)")
     rep.add_argument("--out", type=Path, default=Path("sim-report"), help="output directory")
@@ -89,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--policies", default=",".join(POLICIES),
                      help="comma-separated policy names (default: all)")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args, parser)
+    if args.command == "workflow":
+        return workflow(args)
     settings = ReportSettings.quick(args.seed) if args.quick else ReportSettings(seed=args.seed)
     names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
     unknown = [n for n in names if n not in POLICIES]

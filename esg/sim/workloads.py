@@ -33,6 +33,7 @@ policies that batch, queue or drop can ride out.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Mapping
@@ -108,6 +109,72 @@ def default_apps() -> tuple[App, ...]:
         functions, edges = _fan(prefix, middle, last)
         apps.append(App(name, functions, edges, share))
     return tuple(apps)
+
+
+def _regions(name: str, stages: tuple[tuple[FunctionSpec, ...], ...]) -> App:
+    """A DAG of stages in sequence; a stage of several functions is a fork/join region (each
+    of its functions takes the previous stage's every output and feeds the next stage's)."""
+    functions = tuple(f for stage in stages for f in stage)
+    edges = tuple(
+        (a.name, b.name) for first, then in itertools.pairwise(stages) for a in first for b in then
+    )
+    return App(name, functions, edges, 1.0)
+
+
+def large_apps() -> tuple[App, ...]:
+    """Workflows larger than the paper's (its "large workflows" motivation), built from the
+    same measured models: 12-16 functions with two or three fork/join regions.
+
+    * video-analytics (12): decode → resize → {detect (resnet50), segment (inception_v2),
+      classify (squeezenet)} → fuse → {caption (densenet121), tag (shufflenet), embed
+      (inception_v1), ocr (host work)} → rank → render
+    * twin-fanout (12): the shape of issue 18's measurement, a → 4 branches → c → 4 branches →
+      e → g, with the four branches on four different models
+    * triple-fanout (16): three regions of 3, 2 and 4 branches, with a 2-function chain
+      between the last two
+    """
+    va = "va"
+    video = _regions("video-analytics", (
+        (FunctionSpec(f"{va}-decode", None, 3.0, _IMAGE_KB),),
+        (FunctionSpec(f"{va}-resize", None, 1.5, _IMAGE_KB),),
+        (_dnn(va, "resnet50", 1.0, 8.0), _dnn(va, "inception_v2", 2.0, 49.0),
+         _dnn(va, "squeezenet")),
+        (FunctionSpec(f"{va}-fuse", None, 1.0, 16.0),),
+        (_dnn(va, "densenet121", 1.0, 2.0), _dnn(va, "shufflenet"), _dnn(va, "inception_v1"),
+         FunctionSpec(f"{va}-ocr", None, 6.0, 1.0)),
+        (FunctionSpec(f"{va}-rank", None, 0.5, 1.0),),
+        (FunctionSpec(f"{va}-render", None, 2.0, 150.0),),
+    ))
+    models = ("squeezenet", "shufflenet", "inception_v1", "resnet50")
+    twin = _regions("twin-fanout", (
+        (FunctionSpec("tw-a", None, 2.0, _IMAGE_KB),),
+        tuple(_dnn("tw-b", m) for m in models),
+        (FunctionSpec("tw-c", None, 1.0, _IMAGE_KB),),
+        tuple(_dnn("tw-d", m) for m in reversed(models)),
+        (FunctionSpec("tw-e", None, 1.0, 1.0),),
+        (FunctionSpec("tw-g", None, 0.5, 1.0),),
+    ))
+    triple = _regions("triple-fanout", (
+        (FunctionSpec("tf-decode", None, 3.0, _IMAGE_KB),),
+        (_dnn("tf-r1", "squeezenet"), _dnn("tf-r1", "shufflenet"), _dnn("tf-r1", "resnet50")),
+        (FunctionSpec("tf-merge1", None, 1.0, _IMAGE_KB),),
+        (_dnn("tf-r2", "inception_v1"), _dnn("tf-r2", "densenet121")),
+        (FunctionSpec("tf-merge2", None, 1.0, _IMAGE_KB),),
+        (FunctionSpec("tf-crop", None, 2.0, _IMAGE_KB),),
+        (_dnn("tf-r3", "squeezenet"), _dnn("tf-r3", "shufflenet"), _dnn("tf-r3", "inception_v2"),
+         FunctionSpec("tf-r3-hist", None, 3.0, 1.0)),
+        (FunctionSpec("tf-merge3", None, 1.0, 1.0),),
+        (FunctionSpec("tf-out", None, 0.5, 1.0),),
+    ))
+    return video, twin, triple
+
+
+def app_tables(app: App, grid: ConfigGrid | None = None) -> dict[str, dict[Config, float]]:
+    """Each function's latency table (ms per configuration) from the measured models."""
+    models = load_models()
+    return {
+        spec.name: dict(build_profile(spec, models, grid).latency_ms) for spec in app.functions
+    }
 
 
 def reference_config(spec: FunctionSpec, batch: int = 4) -> Config:

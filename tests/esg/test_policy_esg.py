@@ -375,8 +375,9 @@ def test_when_the_vcpus_run_out_the_next_plan_that_fits_runs() -> None:
         {"cold_start_gpu_ms": -1.0},
         {"net_bytes_per_s": 0.0},
         {"net_latency_ms": -1.0},
+        {"slo_split": "evenly"},
     ],
 )
-def test_bad_planning_settings_are_refused(settings: dict[str, float]) -> None:
+def test_bad_planning_settings_are_refused(settings: dict[str, float | str]) -> None:
     with pytest.raises(ValueError):
         EsgPolicy(**settings)  # type: ignore[arg-type]

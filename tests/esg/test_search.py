@@ -262,3 +262,56 @@ def test_the_plan_cache_hits_for_nearby_budgets() -> None:
         assert cache.search("chain", lambda: compiled, budget) is first
     assert cache.search("chain", lambda: compiled, 30.0).plans[0].cost == 2.0
     assert (cache.hits, cache.misses) == (3, 2)
+
+
+SHAPES = {
+    "chain": [("f0", "f1"), ("f1", "f2")],
+    "fork": [("f0", "f1"), ("f0", "f2")],
+    "join": [("f0", "f2"), ("f1", "f2")],
+    "independent": [],
+}
+
+
+@st.composite
+def wide_groups(draw: st.DrawFn) -> tuple[list[tuple[str, str]], dict[str, list[Option]]]:
+    """Three functions in one of the four shapes, up to 12 options each (ties frequent)."""
+    edges = SHAPES[draw(st.sampled_from(sorted(SHAPES)))]
+    pool = [Config(b, v, g) for b in (1, 2, 4) for v in (1, 2, 4, 8) for g in (0, 1)]
+    options = {}
+    for name in ("f0", "f1", "f2"):
+        configs = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=12, unique=True))
+        options[name] = [Option(c, draw(VALUES), draw(VALUES)) for c in configs]
+    return edges, options
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(group=wide_groups(), below=st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.99]),
+       k=st.integers(1, 8))
+def test_the_k_fastest_plans_of_an_infeasible_budget_equal_brute_force(
+    group: tuple[list[tuple[str, str]], dict[str, list[Option]]], below: float, k: int
+) -> None:
+    edges, options = group
+    compiled = compile_group(["f0", "f1", "f2"], edges, options, k)
+    fastest_ms = compiled.fastest / compiled.lat_scale
+    budget = fastest_ms * below if fastest_ms > 0 else -1.0
+    if budget >= fastest_ms:
+        budget = -math.inf
+    result = search(compiled, budget)
+    assert not result.feasible
+    assert result.plans == tuple(brute_force(["f0", "f1", "f2"], edges, options, budget, k))
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_the_k_fastest_search_expands_a_handful_of_nodes(shape: str) -> None:
+    # 3 x 256 configurations at 0.9 x the fastest critical path: the K = 8 fastest plans are
+    # found after popping at most a few nodes per plan and layer (the old search pushed every
+    # child of every node it expanded: up to 2,276 nodes).
+    profiles = [synthetic_profile(f, base) for f, base in (("f0", 40.0), ("f1", 120.0),
+                                                           ("f2", 25.0))]
+    options = {p.function: options_of(p) for p in profiles}
+    group = compile_group(["f0", "f1", "f2"], SHAPES[shape], options, 8)
+    result = search(group, group.fastest / group.lat_scale * 0.9)
+    assert len(result.plans) == 8 and not result.feasible
+    assert result.expanded <= 8 * 3 * 8
+    latencies = [p.latency_ms for p in result.plans]
+    assert latencies == sorted(latencies)

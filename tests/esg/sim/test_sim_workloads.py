@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import statistics
 
@@ -119,3 +120,30 @@ def test_every_policy_sees_the_clusters_cold_start_times_in_the_limits() -> None
     for limits in sc.limits.values():
         assert limits.cold_start_ms == pytest.approx(300.0)
         assert limits.cold_start_gpu_ms == pytest.approx(500.0)
+
+
+def test_the_large_applications_have_12_to_16_functions_and_two_or_three_fork_join_regions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from esg.model import Workflow
+    from esg.sim.cli import main
+    from esg.sim.workflow_file import parse_workflow_file
+    from esg.sim.workloads import large_apps
+    from esg.slo import sequential_dominators
+
+    for app in large_apps():
+        names = [f.name for f in app.functions]
+        assert 12 <= len(names) <= 16
+        workflow = Workflow.from_edges(app.name, names, app.edges, 1.0)
+        forks = [f for f in names if len(workflow.successors(f)) > 1]
+        joins = [f for f in names if len(workflow.predecessors(f)) > 1]
+        assert 2 <= len(forks) == len(joins) <= 3
+        # Each region re-joins: forks and joins are all on the chain every request takes.
+        assert set(forks) | set(joins) <= set(sequential_dominators(workflow))
+        # As a workflow file: SLO = 1.3 x the fastest critical path + 0.2 ms per hop on it.
+        assert main(["workflow", app.name, "--slo-x", "1.3"]) == 0
+        spec = parse_workflow_file(json.loads(capsys.readouterr().out))
+        assert spec.workflow.functions == tuple(names)
+        with_hops, hops = spec.critical_path(0.2)
+        assert spec.slo_ms == pytest.approx(1.3 * (with_hops - 0.2 * hops) + 0.2 * hops,
+                                            abs=1e-3)

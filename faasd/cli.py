@@ -20,6 +20,7 @@ from typing import Any
 
 from faasd.client import Client, ClientError, gateway_url
 from faasd.config import ConfigError, faasd_version, load_config
+from faasd.errors import FaasdError
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"faasd: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, FaasdError) as exc:  # FaasdError: e.g. an engine missing
         print(f"faasd: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -65,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--scheduler", help="policy name (default fcfs)")
     up.add_argument("--port-file", type=Path, help="write the bound port here once ready")
     up.add_argument("--log-level", default=None)
+    cluster = up.add_argument_group("cluster (none of these: one node, its own leader)")
+    cluster.add_argument("--cluster-addr", metavar="HOST[:PORT]",
+                         help="gossip on this address (Serf; port 7946)")
+    cluster.add_argument("--join", nargs="+", metavar="HOST[:PORT]",
+                         help="join the cluster through these nodes' gossip addresses")
+    cluster.add_argument("--voter", action="store_true", default=None,
+                         help="run an etcd member here and stand for leader")
+    cluster.add_argument("--etcd", metavar="URL,...",
+                         help="use this etcd cluster for the election instead")
+    cluster.add_argument("--gossip-key-file", type=Path, metavar="FILE",
+                         help="encrypt gossip with this key (`serf keygen > FILE`)")
+    cluster.add_argument("--node-name", help="this node's name (default: the host name)")
     up.set_defaults(func=_up)
 
     deploy = client_command(
@@ -75,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="send the directory as a tar archive (for a daemon on another host)")
 
     client_command("list", "list deployed functions", _list)
+    client_command("nodes", "list the cluster's nodes and its leader", _nodes)
     client_command("workflows", "list deployed workflows", _workflows)
     describe = client_command("describe", "show one function or workflow", _describe)
     describe.add_argument("name")
@@ -200,6 +214,12 @@ def _up(args: argparse.Namespace) -> int:
             "workflows_dir": args.workflows,
             "scheduler": args.scheduler,
             "log_level": args.log_level,
+            "cluster_addr": args.cluster_addr,
+            "join": args.join,
+            "voter": args.voter,
+            "etcd": args.etcd,
+            "gossip_key_file": args.gossip_key_file,
+            "node_name": args.node_name,
         },
     )
     logging.basicConfig(
@@ -324,6 +344,23 @@ def _list(args: argparse.Namespace) -> int:
         for f in functions
     ]
     _print_table(["NAME", "VERSION", "INPUTS", "BATCH", "IDLE/ALIVE", "CALLS"], rows)
+    return EXIT_OK
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    doc = _client(args).json("GET", "/system/nodes")
+    if args.output == "json":
+        return _print_json(doc)
+    rows = [
+        [n["name"] + (" (self)" if n["name"] == doc["self"]["name"] else ""), n["address"],
+         n["role"], n["status"], "yes" if n["leader"] else "",
+         "" if n["term"] is None else str(n["term"]),
+         "" if n.get("vcpu") is None else str(n["vcpu"])]
+        for n in doc["nodes"]
+    ]
+    _print_table(["NAME", "ADDRESS", "ROLE", "STATUS", "LEADER", "TERM", "VCPU"], rows)
+    if doc["leader"] is None:
+        print(f"no leader at the moment (last term {doc['term']})")
     return EXIT_OK
 
 

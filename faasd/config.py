@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from faasd.cluster.settings import ClusterConfigError, ClusterSettings, cluster_settings
 from faasd.functions.settings import check_setting, merge_settings
 from faasd.functions.spec import FunctionSettings
 
@@ -62,6 +63,13 @@ class DaemonConfig:
     drain_timeout_s: float = 30.0
     log_level: str = "info"
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
+    # the cluster (faasd/cluster/settings.py); no cluster_addr = one node, its own leader
+    cluster_addr: str | None = None
+    join: tuple[str, ...] = ()
+    voter: bool = False
+    etcd: tuple[str, ...] = ()
+    gossip_key_file: Path | None = None
+    node_name: str | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -72,6 +80,20 @@ class DaemonConfig:
         if self.node_vcpu > 0:
             return self.node_vcpu
         return max(1, len(os.sched_getaffinity(0)))
+
+    def cluster_settings(self) -> ClusterSettings | None:
+        """The checked cluster settings (reads the gossip key file); None without
+        `cluster_addr`. A setting that cannot work is a `ConfigError` that says the fix."""
+        if self.cluster_addr is None:
+            if self.join or self.voter or self.etcd:
+                raise ConfigError("join, voter and etcd need cluster_addr (--cluster-addr "
+                                  "HOST[:PORT], the address this node gossips on)")
+            return None
+        try:
+            return cluster_settings(self.cluster_addr, self.join, self.voter, self.etcd,
+                                    self.gossip_key_file, self.node_name)
+        except ClusterConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def validate(self, where: Mapping[str, str] | None = None) -> DaemonConfig:
         """Range checks; `where` says where each key's value came from (for the message)."""
@@ -99,6 +121,7 @@ class DaemonConfig:
         if self.scheduler not in POLICIES:
             known = ", ".join(sorted(POLICIES))
             raise fail("scheduler", f"{self.scheduler!r} is unknown; choose one of: {known}")
+        self.cluster_settings()
         return self
 
 
@@ -199,7 +222,9 @@ def _settings(value: Any, source: str) -> FunctionSettings:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    if key in ("state_dir", "functions_dir", "workflows_dir"):
+    if key in _CLUSTER_KINDS:
+        return _cluster_value(key, value, source)
+    if key in ("state_dir", "functions_dir", "workflows_dir", "gossip_key_file"):
         if value is None or isinstance(value, str | Path):
             return None if value is None else Path(str(value)).expanduser()
         raise ConfigError(f"{source}: {key} must be a path, got {value!r}")
@@ -209,6 +234,32 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
+
+_CLUSTER_KINDS = {"cluster_addr": "text", "node_name": "text", "join": "list",
+                  "etcd": "list", "voter": "bool"}
+
+
+def _cluster_value(key: str, value: Any, source: str) -> Any:
+    """Lists from YAML lists or comma-separated text (env); booleans from YAML or text."""
+    kind = _CLUSTER_KINDS[key]
+    if kind == "list":
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", ",").split(",") if v]
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{source}: {key} must be a list of text, got {value!r}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(f"{source}: {key} must be text, got {value!r}")
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _convert(key: str, value: Any, kind: type, source: str) -> Any:

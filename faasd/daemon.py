@@ -8,7 +8,9 @@ Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the ne
 1. stop accepting: STOPPING=1; the controller answers new calls 503; the listener closes;
 2. drain: calls already admitted finish (queued ones are still dispatched), up to
    `drain_timeout_s`; HTTP handlers answer them;
-3. stop sandboxes: the pool stops every sandbox and the fork server.
+3. stop sandboxes: the pool stops every sandbox and the fork server;
+4. leave the cluster: resign the leadership, stop the etcd member, leave the gossip (with a
+   `cluster_addr`; `faasd/cluster/node.py`). It joins right after the listener is bound.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from esg.policies import make_policy
 from faasd.api import create_app
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
+from faasd.cluster.node import Cluster, make_cluster
+from faasd.cluster.settings import SERF_PORT, split_hostport
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller, ProfileSource
 from faasd.errors import FaasdError
@@ -77,6 +81,7 @@ class Daemon:
         self._stack = AsyncExitStack()
         self._runner: web.AppRunner | None = None
         self._services: Services | None = None
+        self._cluster: Cluster | None = None
         self._stopped = False
 
     @property
@@ -113,6 +118,8 @@ class Daemon:
                               "exist; check --functions / functions_dir")
         state_dir = config.state_dir.resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
+        cluster = make_cluster(config.cluster_settings(), config.node_name,
+                               config.vcpu_capacity, state_dir / "cluster", self.clock)
         self.notifier.status("starting the sandbox pool")
         pool = await self._stack.enter_async_context(
             SandboxPool(
@@ -150,6 +157,7 @@ class Daemon:
             pool_stats=_stats_view(pool),
             workflows=workflows,
             runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
+            cluster=cluster,
         )
         app = create_app(config, self._services)
         # handler_cancellation: a client that hangs up takes its queued call with it.
@@ -163,6 +171,9 @@ class Daemon:
         site = web.TCPSite(self._runner, config.host, config.port)
         await site.start()
         self.port = _bound_port(self._runner)
+        self._cluster = cluster  # from here on, stop() leaves the cluster
+        self.notifier.status("joining the cluster")
+        await cluster.start(self._http_address())
         log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",
                  faasd_version(), self.url)
         await self._load_functions(catalog)
@@ -172,6 +183,14 @@ class Daemon:
         loaded = len(catalog.list())
         self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
         self.notifier.start_watchdog()
+
+    def _http_address(self) -> str:
+        """HOST:PORT where other nodes reach this API (the cluster address's host when the
+        API listens on every interface)."""
+        host = self.config.host
+        if host in ("0.0.0.0", "::", "") and self.config.cluster_addr is not None:
+            host = split_hostport(self.config.cluster_addr, SERF_PORT)[0]
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     async def _load_functions(self, catalog: Catalog) -> None:
         if self.config.functions_dir is not None:
@@ -220,6 +239,8 @@ class Daemon:
             await services.catalog.close()
         await self.notifier.stop_watchdog()
         await self._stack.aclose()
+        if self._cluster is not None:
+            await self._cluster.stop()
         log.info("faasd stopped")
 
     async def serve_until_signalled(self, on_ready: Callable[[Daemon], Any] | None = None) -> None:

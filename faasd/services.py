@@ -8,6 +8,7 @@ from typing import Any
 
 from faasd.catalog import Catalog
 from faasd.clock import Clock
+from faasd.cluster.node import Cluster
 from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.gateway import Gateway
@@ -38,3 +39,4 @@ class Services:
     workflows: Workflows
     runner: WorkflowRunner
     readiness: Readiness = field(default_factory=Readiness)
+    cluster: Cluster | None = None  # None: a lone node (tests that build Services by hand)

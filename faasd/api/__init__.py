@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from faasd.api import functions, health, invoke, metrics, v2, workflows
+from faasd.api import functions, health, invoke, metrics, nodes, v2, workflows
 from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
 from faasd.config import DaemonConfig
@@ -34,6 +34,7 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("DELETE", "/system/workflows", workflows.remove)
     add("GET", "/system/workflow/{name}", workflows.get_workflow)
     add("GET", "/system/workflow/{name}/plan", workflows.plan)
+    add("GET", "/system/nodes", nodes.list_nodes)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)
     add("GET", "/v2", v2.server_metadata)

@@ -241,7 +241,8 @@ class Daemon:
         await self._stack.aclose()
         if self._cluster is not None:
             await self._cluster.stop()
-        log.info("faasd stopped")
+        if services is not None:  # a start refused before anything ran says only why
+            log.info("faasd stopped")
 
     async def serve_until_signalled(self, on_ready: Callable[[Daemon], Any] | None = None) -> None:
         """Start, run until SIGTERM or SIGINT, then stop in order (what `faasd up` runs)."""

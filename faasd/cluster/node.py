@@ -185,11 +185,18 @@ class ClusterNode:
         return self.elector is not None and self.elector.is_leader()
 
     async def nodes(self) -> dict[str, Any]:
+        """The members as the agent knows them; while the agent is being restarted, the
+        last list it gave, with a `warning` saying so."""
+        warning = None
         try:
             self._members = await self.serf.members()
         except (OSError, ClusterError) as exc:
-            log.info("serf members unavailable (%s); showing the last list", exc)
-        return nodes_doc(self.name, self._members, self.leader())
+            warning = f"the serf agent is not answering ({exc}); this is its last list"
+            log.info("%s", warning)
+        doc = nodes_doc(self.name, self._members, self.leader())
+        if warning is not None:
+            doc["warning"] = warning
+        return doc
 
     async def stop(self) -> None:
         """Resign and stop campaigning, stop etcd, then leave the gossip."""

@@ -38,8 +38,11 @@ class SerfSettings:
     profile: str = "lan"
 
 
-def agent_argv(serf: str, settings: SerfSettings, config_file: Path) -> list[str]:
-    """The `serf agent` command line (the RPC token is in `config_file`, not here)."""
+def agent_argv(serf: str, settings: SerfSettings, config_file: Path,
+               snapshot: Path) -> list[str]:
+    """The `serf agent` command line (the RPC token is in `config_file`, not here). The
+    snapshot keeps the members seen; with `-rejoin` a restarted node (faasd restarted
+    without --join, e.g. the first node) rejoins them by itself."""
     argv = [
         serf, "agent",
         f"-node={settings.node}",
@@ -47,6 +50,8 @@ def agent_argv(serf: str, settings: SerfSettings, config_file: Path) -> list[str
         f"-rpc-addr={_hostport(settings.rpc)}",
         f"-profile={settings.profile}",
         f"-config-file={config_file}",
+        f"-snapshot={snapshot}",
+        "-rejoin",
         "-log-level=warn",
     ]
     if settings.gossip_key is not None:
@@ -77,7 +82,8 @@ class SerfAgent:
         self._known: dict[str, str] = {}  # name -> gossip address, of members seen alive
         self.supervisor = Supervisor(
             "serf agent",
-            agent_argv(find_engine("serf"), settings, self._config_file),
+            agent_argv(find_engine("serf"), settings, self._config_file,
+                       work_dir / "serf.snapshot"),
             work_dir / "serf.log",
             ready=self._on_ready,
         )

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,9 +40,22 @@ class Cluster(Protocol):
     name: str
     fence: Fence
 
-    def leader(self) -> Leader: ...
+    def leader(self) -> Leader:
+        """The leader and term as this node sees them now (name None: no leader known)."""
+        ...
 
-    def is_leader(self) -> bool: ...
+    def is_leader(self) -> bool:
+        """True only while this node's lease is surely alive (see `leadership.py`)."""
+        ...
+
+    def members(self) -> list[Member]:
+        """The members as last read from the gossip (refreshed every second)."""
+        ...
+
+    def on_leader_change(self, callback: Callable[[Leader], None]) -> None:
+        """Call `callback(leader)` on every change of leader or term seen here (from the
+        event loop; it must not block)."""
+        ...
 
     async def nodes(self) -> dict[str, Any]: ...
 
@@ -67,6 +81,12 @@ class SoloCluster:
 
     def is_leader(self) -> bool:
         return True
+
+    def members(self) -> list[Member]:
+        return [self._member]
+
+    def on_leader_change(self, callback: Callable[[Leader], None]) -> None:
+        return None  # never changes
 
     async def nodes(self) -> dict[str, Any]:
         return nodes_doc(self.name, [self._member], self.leader())
@@ -107,6 +127,7 @@ class ClusterNode:
         self.elector: Elector | None = None
         self._members: list[Member] = []
         self._refresher: asyncio.Task[None] | None = None
+        self._callbacks: list[Callable[[Leader], None]] = []
 
     @property
     def serf(self) -> SerfAgent:
@@ -156,6 +177,17 @@ class ClusterNode:
 
     def _leader_changed(self, leader: Leader) -> None:
         self.fence.see(leader.term)
+        for callback in self._callbacks:
+            try:
+                callback(leader)
+            except Exception:
+                log.exception("a leader-change callback failed")
+
+    def on_leader_change(self, callback: Callable[[Leader], None]) -> None:
+        self._callbacks.append(callback)
+
+    def members(self) -> list[Member]:
+        return list(self._members)
 
     async def _refresh(self) -> None:
         """Keep the member list and the etcd endpoints (from the voters' tags) fresh."""

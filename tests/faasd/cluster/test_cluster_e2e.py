@@ -4,7 +4,8 @@ The module starts the cluster once (about 10 s: a third etcd member may only be 
 the second has been connected for 5 s, etcd's strict reconfiguration check), then: every node
 agrees on the members and the leader; a killed serf agent is restarted and rejoins; killing
 the leader's daemon moves leadership to another node at a higher term; the killed node,
-restarted without --join, rejoins from its own snapshot and data.
+restarted without --join, rejoins from its own snapshot and data; a worker (no --voter, on
+127.0.0.5) follows the election through the etcd URLs the voters gossip.
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def test_killing_the_leaders_daemon_elects_another_at_a_higher_term(
     print(f"failover: {leader} (term {term}) killed -> {new_leader} (term {new_term}) "
           f"in {failover_s:.2f} s")
     assert new_term > term
-    assert failover_s < 10
+    # The target (5 s at the median, 10 s at most) is measured by
+    # benchmarks/cluster_failover.py; this bound only catches a broken failover on a busy box.
+    assert failover_s < 12
     wait_for("the killed node seen as failed", lambda: all(
         m["status"] == "failed" for n in others for m in n.nodes()["nodes"]
         if m["name"] == leader), 15)
@@ -116,3 +119,21 @@ def test_killing_the_leaders_daemon_elects_another_at_a_higher_term(
                                            str(victim.state_dir.parent / "gossip.key"))
     assert wait_for("all three alive again", lambda: agreed([back, *others], 3), 20) == (
         new_leader, new_term)
+
+
+def test_a_worker_follows_the_election_through_the_voters_etcd(
+        cluster: dict[str, Node]) -> None:
+    voters = list(cluster.values())
+    leader = wait_for("one leader seen by all", lambda: agreed(voters, 3), 20)
+    root = voters[0].state_dir.parent
+    worker = start_node(root, "127.0.0.5", "--join", IPS[1], "--gossip-key-file",
+                        str(root / "gossip.key"))
+    try:
+        # it found the election in the voters' etcd tags: same leader and term everywhere
+        assert wait_for("the worker agrees", lambda: agreed([worker, *voters], 4), 20) == leader
+        roles = {m["name"]: m["role"] for m in worker.nodes()["nodes"]}
+        assert roles["node-127.0.0.5"] == "worker"
+        assert sorted(r for n, r in roles.items() if n != "node-127.0.0.5") == ["voter"] * 3
+        assert worker.engine_pid("etcd") is None  # a worker runs no etcd member
+    finally:
+        worker.kill()

@@ -35,6 +35,8 @@ from faasd.cluster.view import nodes_doc
 
 log = logging.getLogger("faasd.cluster")
 
+REJOIN_EVERY_S = 5.0
+
 
 class Cluster(Protocol):
     name: str
@@ -128,6 +130,7 @@ class ClusterNode:
         self._members: list[Member] = []
         self._refresher: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[Leader], None]] = []
+        self._rejoining: asyncio.Task[None] | None = None
 
     @property
     def serf(self) -> SerfAgent:
@@ -190,7 +193,10 @@ class ClusterNode:
         return list(self._members)
 
     async def _refresh(self) -> None:
-        """Keep the member list and the etcd endpoints (from the voters' tags) fresh."""
+        """Keep the member list and the etcd endpoints (from the voters' tags) fresh; a
+        node that finds itself alone tries to rejoin the peers it knows (in the
+        background, at most every `REJOIN_EVERY_S`)."""
+        last_rejoin = float("-inf")
         while True:
             await asyncio.sleep(self._refresh_s)
             try:
@@ -198,6 +204,13 @@ class ClusterNode:
             except (OSError, ClusterError) as exc:  # the agent is being restarted
                 log.debug("serf members: %s", exc)
                 continue
+            alone = not any(m.alive and m.name != self.name for m in self._members)
+            now = self._clock.now()
+            if (alone and (self._rejoining is None or self._rejoining.done())
+                    and now - last_rejoin >= REJOIN_EVERY_S
+                    and self.serf.rejoin_candidates()):
+                last_rejoin = now
+                self._rejoining = asyncio.ensure_future(self._rejoin())
             if self.settings.etcd:
                 continue
             urls = _etcd_urls(self._members, exclude=None)
@@ -209,6 +222,14 @@ class ClusterNode:
                 self._start_elector(urls)
             else:
                 self.elector.client.set_endpoints(urls)
+
+    async def _rejoin(self) -> None:
+        log.info("no other member alive; rejoining %s",
+                 ", ".join(self.serf.rejoin_candidates()))
+        try:
+            await self.serf.rejoin()
+        except (OSError, ClusterError) as exc:
+            log.info("rejoin failed: %s", exc)
 
     def leader(self) -> Leader:
         return self.elector.leader() if self.elector is not None else Leader(None, 0)
@@ -232,10 +253,11 @@ class ClusterNode:
 
     async def stop(self) -> None:
         """Resign and stop campaigning, stop etcd, then leave the gossip."""
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._rejoining):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.elector is not None:
             await self.elector.stop()
             await self.elector.client.close()

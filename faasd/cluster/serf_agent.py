@@ -79,7 +79,8 @@ class SerfAgent:
         self._work_dir = work_dir
         self._config_file = work_dir / "serf.json"
         self._client: SerfClient | None = None
-        self._known: dict[str, str] = {}  # name -> gossip address, of members seen alive
+        self._peers_file = work_dir / "peers.json"
+        self._known = _read_peers(self._peers_file)  # name -> gossip address, seen alive
         self.supervisor = Supervisor(
             "serf agent",
             agent_argv(find_engine("serf"), settings, self._config_file,
@@ -111,9 +112,9 @@ class SerfAgent:
         if self._client is not None:
             await self._client.close()
         self._client = client
-        peers = self._peers + [a for n, a in self._known.items() if n != self.settings.node]
-        if peers:
-            await self._join(peers, required=not self._joined_once)
+        peers = self.rejoin_candidates()
+        if peers:  # the --join peers must answer at the first start; known ones may be gone
+            await self._join(peers, required=bool(self._peers) and not self._joined_once)
         self._joined_once = True
 
     async def _join(self, peers: list[str], required: bool) -> None:
@@ -145,12 +146,28 @@ class SerfAgent:
         return self._client
 
     async def members(self) -> list[Member]:
-        """The agent's member list; remembers the alive ones to rejoin after a restart."""
+        """The agent's member list; remembers the alive ones (also in `peers.json`, for the
+        next start of faasd) to rejoin after a restart."""
         found = await self.client.members()
-        for m in found:
-            if m.alive:
-                self._known[m.name] = m.address
+        known = dict(self._known)
+        known.update((m.name, m.address) for m in found if m.alive)
+        if known != self._known:
+            self._known = known
+            tmp = self._peers_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known))
+            tmp.replace(self._peers_file)
         return found
+
+    def rejoin_candidates(self) -> list[str]:
+        """The configured peers, then every other member this node has seen alive."""
+        seen = [a for n, a in sorted(self._known.items()) if n != self.settings.node]
+        return list(dict.fromkeys(self._peers + seen))
+
+    async def rejoin(self) -> None:
+        """One attempt to join the candidates (a node that finds itself alone)."""
+        peers = self.rejoin_candidates()
+        if peers:
+            await self._join(peers, required=False)
 
     async def set_tags(self, tags: dict[str, str]) -> None:
         await self.client.set_tags(tags)
@@ -165,3 +182,13 @@ class SerfAgent:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _read_peers(path: Path) -> dict[str, str]:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(k): str(v) for k, v in loaded.items()}

@@ -4,8 +4,9 @@ The module starts the cluster once (about 10 s: a third etcd member may only be 
 the second has been connected for 5 s, etcd's strict reconfiguration check), then: every node
 agrees on the members and the leader; a killed serf agent is restarted and rejoins; killing
 the leader's daemon moves leadership to another node at a higher term; the killed node,
-restarted without --join, rejoins from its own snapshot and data; a worker (no --voter, on
-127.0.0.5) follows the election through the etcd URLs the voters gossip.
+restarted without --join (and without serf's snapshot), rejoins the peers it remembered;
+a worker (no --voter, on 127.0.0.5) follows the election through the etcd URLs the voters
+gossip.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ def test_killing_the_leaders_daemon_elects_another_at_a_higher_term(
         m["status"] == "failed" for n in others for m in n.nodes()["nodes"]
         if m["name"] == leader), 15)
 
-    # restarted without --join: the serf snapshot and the etcd data bring it back
+    # restarted without --join and without serf's snapshot: the peers faasd remembered
+    # (peers.json) and the etcd data bring it back
+    (victim.state_dir / "cluster" / "serf.snapshot").unlink()
     cluster[victim.ip] = back = start_node(victim.state_dir.parent, victim.ip, "--voter",
                                            "--gossip-key-file",
                                            str(victim.state_dir.parent / "gossip.key"))

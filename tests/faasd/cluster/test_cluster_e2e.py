@@ -2,7 +2,8 @@
 
 The module starts the cluster once (about 10 s: a third etcd member may only be added once
 the second has been connected for 5 s, etcd's strict reconfiguration check), then: every node
-agrees on the members and the leader; a killed serf agent is restarted and rejoins; killing
+agrees on the members and the leader; a killed serf agent is restarted and rejoins; a leader
+stopped with SIGSTOP is replaced, and knows it as soon as it resumes; killing
 the leader's daemon moves leadership to another node at a higher term; the killed node,
 restarted without --join (and without serf's snapshot), rejoins the peers it remembered;
 a worker (no --voter, on 127.0.0.5) follows the election through the etcd URLs the voters
@@ -86,6 +87,30 @@ def test_a_killed_serf_agent_is_restarted_and_rejoins(cluster: dict[str, Node]) 
     nodes = list(cluster.values())
     wait_for("all three alive again", lambda: agreed(nodes, 3), 15)
     assert "warning" not in node.nodes()
+
+
+def test_a_stopped_leader_is_replaced_and_knows_it_the_moment_it_resumes(
+        cluster: dict[str, Node]) -> None:
+    nodes = list(cluster.values())
+    leader, term = wait_for("one leader seen by all", lambda: agreed(nodes, 3), 15)
+    paused = next(n for n in nodes if f"node-{n.ip}" == leader)
+    others = [n for n in nodes if n is not paused]
+    os.kill(paused.process.pid, signal.SIGSTOP)  # its engines keep running: only faasd stops
+    try:
+        def replaced() -> tuple[str, int] | None:
+            view = agreed(others, 3)
+            return view if view is not None and view[0] != leader else None
+
+        new_leader, new_term = wait_for("a new leader", replaced, 15)
+        assert new_term > term
+    finally:
+        os.kill(paused.process.pid, signal.SIGCONT)
+    # Its lease ran out while it was stopped: its first answer already says it does not
+    # lead (its own clock, not a fresh read from etcd, decides), and soon names the new one.
+    doc = paused.nodes()
+    assert not doc["self"]["leader"] and doc["leader"] != leader
+    assert wait_for("the resumed node agrees", lambda: agreed(nodes, 3), 10) == (
+        new_leader, new_term)
 
 
 def test_killing_the_leaders_daemon_elects_another_at_a_higher_term(

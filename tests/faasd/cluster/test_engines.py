@@ -15,10 +15,13 @@ import pytest
 from faasd.clock import SystemClock
 from faasd.cluster.elector import Elector
 from faasd.cluster.errors import SerfRpcError
-from faasd.cluster.etcd_client import EtcdClient
+from faasd.cluster.etcd_client import EtcdClient, LeaderKey
 from faasd.cluster.etcd_member import EtcdMember, EtcdSettings
+from faasd.cluster.leadership import Leader
+from faasd.cluster.node import ClusterNode
 from faasd.cluster.serf_agent import SerfAgent, SerfSettings
 from faasd.cluster.serf_client import SerfClient
+from faasd.cluster.settings import cluster_settings
 from tests.faasd.cluster.nodes import require_engines, shm_dir
 
 pytestmark = pytest.mark.cluster
@@ -135,3 +138,30 @@ async def wait_until(check: Any, timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.02)
 
     await asyncio.wait_for(poll(), timeout_s)
+
+
+async def test_a_voter_with_etcd_urls_campaigns_there_and_runs_no_member(work: Path) -> None:
+    external = EtcdMember(EtcdSettings(name="ext", host="127.0.0.2", data_dir=work / "ext"),
+                          work / "ext.log")
+    await external.start([])
+    settings = cluster_settings("127.0.0.3", voter=True, node_name="v",
+                                etcd=[external.settings.client_url])
+    node = ClusterNode(settings, vcpu=2, work_dir=work / "v", clock=SystemClock())
+    seen: list[Leader] = []
+    node.on_leader_change(seen.append)
+    try:
+        await node.start("127.0.0.3:8080")
+        await wait_until(node.is_leader)
+        assert node.etcd is None  # the election runs on the given cluster
+        doc = await node.nodes()
+        assert (doc["leader"], doc["self"]) == ("v", {"name": "v", "leader": True})
+        assert doc["nodes"][0]["address"] == "127.0.0.3:8080"
+        assert seen[-1] == node.leader() and node.fence.max_term == node.leader().term
+        reader = EtcdClient([external.settings.client_url])
+        try:
+            assert await reader.leader("faasd/leader") == LeaderKey("v", node.leader().term)
+        finally:
+            await reader.close()
+    finally:
+        await node.stop()
+        await external.stop()

@@ -101,6 +101,8 @@ class Elector:
                 found = await self.client.leader(self._election)
             except _ERRORS as exc:
                 log.debug("asking etcd for the leader failed: %s", exc)
+            except Exception:  # a bug must not end the watch for good
+                log.exception("asking etcd for the leader failed")
             else:
                 if found is None:
                     self.state.observed(None, 0)
@@ -115,6 +117,8 @@ class Elector:
                 await self._one_lease()
             except _ERRORS as exc:
                 log.warning("campaign interrupted: %s; trying again", exc)
+            except Exception:  # a bug must not end the campaign for good
+                log.exception("campaign failed; trying again")
             self.state.lost()
             self._won = None
             if self._lease is not None:

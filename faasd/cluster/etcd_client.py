@@ -102,6 +102,9 @@ class EtcdClient:
             except _UNREACHABLE as exc:
                 failures.append(f"{url}: {str(exc) or type(exc).__name__}")
                 self._current = (self._current + 1) % len(self._endpoints)
+            except (aiohttp.ClientError, ValueError) as exc:  # not etcd's JSON: wrong URL?
+                raise EtcdError(f"etcd {path} at {url}: {exc}; is this an etcd client "
+                                "URL?") from None
         raise EtcdError(f"no etcd endpoint answered ({'; '.join(failures)}); check that the "
                         "voters' etcd members run (faasd nodes) or the --etcd URLs")
 

@@ -204,6 +204,9 @@ class ClusterNode:
             except (OSError, ClusterError) as exc:  # the agent is being restarted
                 log.debug("serf members: %s", exc)
                 continue
+            except Exception:  # a bug must not stop the refresh for good
+                log.exception("reading the members failed")
+                continue
             alone = not any(m.alive and m.name != self.name for m in self._members)
             now = self._clock.now()
             if (alone and (self._rejoining is None or self._rejoining.done())

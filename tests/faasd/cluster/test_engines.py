@@ -165,3 +165,33 @@ async def test_a_voter_with_etcd_urls_campaigns_there_and_runs_no_member(work: P
     finally:
         await node.stop()
         await external.stop()
+
+
+async def test_a_node_left_alone_rejoins_the_peers_it_knew(
+        work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers only (no etcd): x, then y joins x. x leaves and comes back as a fresh node that
+    # knows nobody; y, finding itself alone, rejoins x's address by itself.
+    monkeypatch.setattr("faasd.cluster.node.REJOIN_EVERY_S", 0.5)
+
+    def worker(ip: str, join: list[str], name: str, state: str) -> ClusterNode:
+        return ClusterNode(cluster_settings(ip, join=join, node_name=name), vcpu=1,
+                           work_dir=work / state, clock=SystemClock(), refresh_s=0.2)
+
+    x = worker("127.0.0.2", [], "x", "x1")
+    y = worker("127.0.0.3", ["127.0.0.2"], "y", "y")
+    await x.start("127.0.0.2:8080")
+    await y.start("127.0.0.3:8080")
+    x2: ClusterNode | None = None
+    try:
+        await wait_until(lambda: {m.name for m in y.members() if m.alive} == {"x", "y"})
+        await x.stop()
+        x2 = worker("127.0.0.2", [], "x", "x2")  # a new state dir: no peers, no snapshot
+        await x2.start("127.0.0.2:8080")
+        await wait_until(lambda: {m.name for m in x2.members() if m.alive} == {"x", "y"},
+                         timeout_s=20)
+        await wait_until(lambda: {m.name for m in y.members() if m.alive} == {"x", "y"})
+    finally:
+        await y.stop()
+        await x.stop()
+        if x2 is not None:
+            await x2.stop()

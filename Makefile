@@ -16,7 +16,7 @@ models: $(STAMP)
 	$(PY) functions/build_models.py
 
 run: models
-	$(VENV)/bin/faasd up --host 127.0.0.1 --port 8080 --functions functions --state-dir state
+	$(VENV)/bin/faasd up --host 127.0.0.1 --port 8080 --functions functions --workflows workflows --state-dir state
 
 # The cluster's engines (Debian serf and etcd-server), for the `cluster` tests; as root, once.
 # Without root they stay missing and those tests are skipped, saying so.

@@ -4,8 +4,10 @@ A deploy is stage (static checks, copy into a new version directory) → inspect
 and handler in a throwaway sandbox) → commit (atomically the current version). Until the
 commit, the old version serves every call; calls admitted before it stay pinned to the old
 version and finish there; once they have, the old version's idle sandboxes are retired. A
-failed deploy discards the staged copy and leaves the current version untouched. Deploys are
-serialised by one lock, so two deploys of one name cannot interleave.
+failed deploy discards the staged copy and leaves the current version untouched. Deploys of
+one name are serialised by that name's lock, so two of them cannot interleave; deploys of
+different names run side by side (a handler whose import hangs for `deploy_timeout_s` holds
+up its own name only).
 
 `deploy(..., reuse_unchanged=True)` (what `faasd up --functions DIR` does at every start) keeps
 the current version when the directory would install exactly it again (the registry's source
@@ -29,6 +31,7 @@ from esg.model import Config
 from faasd.archive import unpack
 from faasd.controller import limits_of
 from faasd.errors import Conflict, DeployError, NotFound
+from faasd.functions.limits import NodeLimits, check_limits
 from faasd.functions.spec import FunctionVersion, ModelInfo
 
 log = logging.getLogger("faasd.catalog")
@@ -37,6 +40,7 @@ RETIRE_POLL_S = 0.1
 
 
 class RegistryLike(Protocol):
+    def name_of(self, source: Path, name: str | None = None) -> str: ...
     def stage(self, source: Path, name: str | None = None) -> FunctionVersion: ...
     def commit(self, staged: FunctionVersion, info: ModelInfo) -> FunctionVersion: ...
     def discard(self, staged: FunctionVersion) -> None: ...
@@ -44,6 +48,7 @@ class RegistryLike(Protocol):
     def unchanged(self, source: Path, name: str | None = None) -> FunctionVersion | None: ...
     def list(self) -> list[FunctionVersion]: ...
     def remove(self, name: str) -> FunctionVersion: ...
+    def problem(self, name: str) -> str | None: ...
 
 
 class PoolLike(Protocol):
@@ -76,12 +81,19 @@ class Catalog:
         pool: PoolLike,
         in_flight: Callable[[str, int | None], int],
         vcpu_capacity: int,
+        on_change: Callable[[str, FunctionVersion | None], None] | None = None,
+        limits: NodeLimits | None = None,
     ) -> None:
+        """`on_change(name, version)` hears of every deploy (also one that kept an unchanged
+        version) and, with None, every removal, once it is committed. `limits` are the node's
+        ceilings, resolved (NodeLimits.resolved); None: only the vCPU capacity is checked."""
         self._registry = registry
+        self._limits = limits
         self._pool = pool
         self._in_flight = in_flight
         self._capacity = vcpu_capacity
-        self._lock = asyncio.Lock()
+        self._on_change = on_change
+        self._locks: dict[str, asyncio.Lock] = {}
         #: what else must agree to a deploy or removal (the workflows that use functions)
         self.guard: Guard | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -106,7 +118,16 @@ class Catalog:
         return [self.get(v.name) for v in self._registry.list()]
 
     def ready(self, name: str) -> bool:
-        return self._registry.get(name) is not None
+        return self._registry.get(name) is not None and self._registry.problem(name) is None
+
+    def problem(self, name: str) -> str | None:
+        """Why `name` is deployed but not served (its installed copy is damaged), or None."""
+        return self._registry.problem(name)
+
+    def problems(self) -> dict[str, str]:
+        """Every function that is deployed but not served, with the reason."""
+        return {v.name: p for v in self._registry.list()
+                if (p := self._registry.problem(v.name)) is not None}
 
     # ------------------------------------------------------------ changes
 
@@ -130,9 +151,10 @@ class Catalog:
         if not source.is_dir():
             raise DeployError(f"{source} is not a directory on the daemon's host",
                               file=str(source))
-        async with self._lock:
-            if name is not None:  # refuse a wrong mode before copying anything (without an
-                self._check_mode(name, mode)  # explicit name, it is known once staged)
+        if name is None:  # the static checks name it (config.pbtxt, or the directory)
+            name = await asyncio.to_thread(self._registry.name_of, source, None)
+        async with self._lock(name):
+            self._check_mode(name, mode)  # refuse a wrong mode before copying anything
             if reuse_unchanged and mode != "create":
                 kept = await self._keep_unchanged(source, name)
                 if kept is not None:
@@ -156,6 +178,7 @@ class Catalog:
                 self._registry.discard(staged)
                 raise
         log.info("deployed %s v%d from %s", final.name, final.version, source)
+        self._changed(final.name, final)
         if old is not None:
             self._spawn(self._retire_when_idle(final.name, old.version))
         if final.settings.min_instances > 0:
@@ -167,7 +190,7 @@ class Catalog:
         sandbox; nothing is installed (DeployError as `deploy` would raise it)."""
         if self.guard is not None:
             self.guard.check_name(name)
-        async with self._lock:
+        async with self._lock(name):
             staged = await asyncio.to_thread(self._registry.stage, source, name)
             try:
                 self._check_resources(staged)
@@ -197,10 +220,11 @@ class Catalog:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     async def remove(self, name: str) -> FunctionVersion:
-        async with self._lock:
+        async with self._lock(name):
             if self.guard is not None:
                 self.guard.check_remove(name)
             removed = self._registry.remove(name)
+        self._changed(name, None)
         self._spawn(self._retire_when_idle(name, removed.version))
         return removed
 
@@ -211,6 +235,13 @@ class Catalog:
                 await task
 
     # ------------------------------------------------------------ helpers
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        """The lock of one function name (made on first use; a handful of bytes per name)."""
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
 
     async def _keep_unchanged(self, source: Path, name: str | None) -> Deployed | None:
         """The current version of `source`'s function, loaded once to check it, if `source`
@@ -225,6 +256,7 @@ class Catalog:
                         current.name, current.version)
             return None
         log.info("%s v%d is unchanged in %s; kept", current.name, current.version, source)
+        self._changed(current.name, current)
         if current.settings.min_instances > 0:
             self._spawn(self._prewarm(current))
         return Deployed(current, info, created=False, replaced=None, unchanged=True)
@@ -240,6 +272,12 @@ class Catalog:
         return old
 
     def _check_resources(self, version: FunctionVersion) -> None:
+        if self._limits is not None:
+            others = sum(v.settings.min_instances for v in self._registry.list()
+                         if v.name != version.name)
+            problem = check_limits(version.name, version.settings, self._limits, others)
+            if problem is not None:
+                raise problem
         if version.settings.vcpu > self._capacity:
             raise DeployError(
                 f"{version.name} asks for {version.settings.vcpu} vCPUs but this node has "
@@ -259,6 +297,13 @@ class Catalog:
             await self._pool.prewarm(version, config, version.settings.min_instances)
         except Exception:
             log.exception("prewarming %s v%d failed", version.name, version.version)
+
+    def _changed(self, name: str, version: FunctionVersion | None) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change(name, version)
+            except Exception:  # a listener's bug must not undo a committed deploy
+                log.exception("on_change(%s) failed", name)
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

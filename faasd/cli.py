@@ -104,6 +104,19 @@ def _parser() -> argparse.ArgumentParser:
     remove = client_command("remove", "remove a function or workflow", _remove)
     remove.add_argument("name")
 
+    profile = client_command("profile", "measure a function's latency per configuration "
+                             "(--show/--png: the stored profile only)", _profile)
+    profile.add_argument("name")
+    profile.add_argument("--show", action="store_true", help="print the stored table")
+    profile.add_argument("--png", type=Path, metavar="FILE", help="draw latency and cost")
+    profile.add_argument("--small", action="store_true", help="the small grid of a deploy")
+
+    verify = sub.add_parser("verify", help="check installed versions against their digests "
+                            "(restoring damaged copies from unchanged sources)")
+    verify.add_argument("--state-dir", type=Path)
+    verify.add_argument("--config", type=Path, help="faasd.yaml with the daemon's settings")
+    verify.set_defaults(func=_verify)
+
     install = sub.add_parser("install", help="install the systemd unit and start faasd")
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
     install.set_defaults(func=_install)
@@ -197,6 +210,18 @@ _OFFLINE_HELP = {
 # ---------------------------------------------------------------- the daemon
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """What `faasd up` checks at start, offline: exit 1 if a function is left not ready."""
+    from faasd.functions.registry import Registry
+
+    config = load_config(args.config, overrides={"state_dir": args.state_dir})
+    registry = Registry(config.state_dir.resolve(), config.function_defaults)
+    report = registry.verify()
+    for version in registry.list():
+        print(f"{version.name} v{version.version}: {report.get(version.name, 'ok')}")
+    return 1 if any(registry.problem(v.name) for v in registry.list()) else 0
+
+
 def _up(args: argparse.Namespace) -> int:
     import gc
 
@@ -236,8 +261,9 @@ def _up(args: argparse.Namespace) -> int:
         gc.collect()
         gc.freeze()
         names = ", ".join(v.name for v, _ in daemon.services.catalog.list()) or "none"
-        print(f"faasd {faasd_version()} listening on {daemon.url} (functions: {names})",
-              flush=True)
+        flows = ", ".join(w.spec.name for w in daemon.services.workflows.list())
+        print(f"faasd {faasd_version()} listening on {daemon.url} (functions: {names}"
+              + (f"; workflows: {flows})" if flows else ")"), flush=True)
         for name, error in daemon.load_errors.items():
             print(f"  could not load {name}: {error}", file=sys.stderr, flush=True)
         if args.port_file is not None:
@@ -516,6 +542,12 @@ def _remove(args: argparse.Namespace) -> int:
         return _print_json(result)
     print(f"removed {result['removed']} (was v{result['version']})")
     return EXIT_OK
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from faasd.profiles import command
+
+    return command.run(_client(args), args.name, args.output, args.show, args.png, args.small)
 
 
 def _version(args: argparse.Namespace) -> int:

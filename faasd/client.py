@@ -11,6 +11,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,17 +79,34 @@ class Client:
         except urllib.error.HTTPError as exc:
             raise ClientError(_error_text(exc), status=exc.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ClientError(
-                f"cannot reach the faasd daemon at {self.url} ({reason}); start it with "
-                "`faasd up` or point --gateway / FAASD_URL at it",
-                exit_code=2,
-            ) from None
+            raise _unreachable(self.url, exc) from None
+
+    def lines(self, method: str, path: str) -> Iterator[bytes]:
+        """The answer's lines as they arrive (a streamed `application/x-ndjson` answer)."""
+        req = urllib.request.Request(self.url + path, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                for line in resp:
+                    if line.strip():
+                        yield line
+        except urllib.error.HTTPError as exc:
+            raise ClientError(_error_text(exc), status=exc.code) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise _unreachable(self.url, exc) from None
 
     def json(self, method: str, path: str, doc: Any | None = None) -> Any:
         body = None if doc is None else json.dumps(doc).encode()
         headers = {"Content-Type": "application/json"} if body is not None else {}
         return self.request(method, path, body, headers).json()
+
+
+def _unreachable(url: str, exc: Exception) -> ClientError:
+    reason = getattr(exc, "reason", exc)
+    return ClientError(
+        f"cannot reach the faasd daemon at {url} ({reason}); start it with "
+        "`faasd up` or point --gateway / FAASD_URL at it",
+        exit_code=2,
+    )
 
 
 def _error_text(exc: urllib.error.HTTPError) -> str:

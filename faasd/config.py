@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from faasd.cluster.settings import ClusterConfigError, ClusterSettings, cluster_settings
+from faasd.functions.limits import NodeLimits
 from faasd.functions.settings import check_setting, merge_settings
 from faasd.functions.spec import FunctionSettings
 
@@ -62,7 +63,18 @@ class DaemonConfig:
     max_queue_per_function: int = 1024
     drain_timeout_s: float = 30.0
     log_level: str = "info"
+    #: run a small profile in the background after each deploy (faasd.profiles.service)
+    profile_on_deploy: bool = True
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    min_body_rate_bps: float = 65536.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 2048
+    deploy_timeout_s: float = 60.0
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
+    limits: NodeLimits = field(default_factory=NodeLimits)
     # the cluster (faasd/cluster/settings.py); no cluster_addr = one node, its own leader
     cluster_addr: str | None = None
     join: tuple[str, ...] = ()
@@ -113,6 +125,9 @@ class DaemonConfig:
                        f"must be >= 1, got {self.max_queue_per_function}")
         if self.drain_timeout_s < 0:
             raise fail("drain_timeout_s", f"must be >= 0, got {self.drain_timeout_s}")
+        problem = self._availability_problem()
+        if problem is not None:
+            raise fail(*problem)
         if self.log_level.lower() not in LOG_LEVELS:
             raise fail("log_level",
                        f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
@@ -124,8 +139,24 @@ class DaemonConfig:
         self.cluster_settings()
         return self
 
+    def _availability_problem(self) -> tuple[str, str] | None:
+        """(key, problem) for the first bad connection or deploy limit, else None."""
+        for key in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            if not 0 < getattr(self, key) <= 3600:
+                return key, f"must be in (0, 3600] seconds, got {getattr(self, key)}"
+        if self.min_body_rate_bps < 0:
+            return "min_body_rate_bps", f"must be >= 0, got {self.min_body_rate_bps}"
+        if self.max_connections < 16:
+            return "max_connections", f"must be >= 16, got {self.max_connections}"
+        if not 0 < self.deploy_timeout_s <= MAX_DEPLOY_TIMEOUT_S:
+            return ("deploy_timeout_s", f"must be in (0, {MAX_DEPLOY_TIMEOUT_S:g}] seconds, "
+                    f"got {self.deploy_timeout_s}")
+        return None
+
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Loading a new version may not hold a deploy longer than this, whatever the file says.
+MAX_DEPLOY_TIMEOUT_S = 600.0
 
 
 _TOP_KEYS = {f.name: f for f in fields(DaemonConfig)}
@@ -163,6 +194,8 @@ def load_config(
     for key, value in values.items():
         if key == "function_defaults":
             kwargs[key] = _settings(value, where[key])
+        elif key == "limits":
+            kwargs[key] = _limits(value, where[key])
         else:
             kwargs[key] = _coerce(key, value, where[key])
     return DaemonConfig(**kwargs).validate(where)
@@ -190,7 +223,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key in _TOP_KEYS:
-        if key == "function_defaults":
+        if key in ("function_defaults", "limits"):
             continue
         raw = env.get(f"FAASD_{key.upper()}")
         if raw is not None and raw != "":
@@ -221,9 +254,41 @@ def _settings(value: Any, source: str) -> FunctionSettings:
         raise ConfigError(f"{source}: function_defaults: {exc}") from None
 
 
+_LIMIT_KEYS = {f.name: f for f in fields(NodeLimits)}
+
+
+def _limits(value: Any, source: str) -> NodeLimits:
+    """The `limits:` mapping: whole numbers >= 0 (0 = what the node has), timeout_s > 0."""
+    if isinstance(value, NodeLimits):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: limits must be a mapping, e.g. limits: {{memory_mb: 4096}}")
+    unknown = sorted(set(value) - set(_LIMIT_KEYS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown limits key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(_LIMIT_KEYS)}")
+    checked: dict[str, Any] = {}
+    for key, raw in value.items():
+        kind = float if key == "timeout_s" else int
+        number = _convert(f"limits.{key}", raw, kind, source)
+        if number < 0 or (key == "timeout_s" and number == 0):
+            raise ConfigError(f"{source}: limits.{key} must be "
+                              f"{'> 0' if key == 'timeout_s' else '>= 0 (0 = the node)'}, "
+                              f"got {raw!r}")
+        checked[key] = number
+    return NodeLimits(**checked)
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
-    if key in _CLUSTER_KINDS:
-        return _cluster_value(key, value, source)
+    if key in ("allowed_hosts", "allowed_origins", "join", "etcd"):  # a list, or "a,b" (env)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{source}: {key} must be a list of names, got {value!r}")
+        return tuple(i.strip() for i in items if i.strip())
+    if key in ("cluster_addr", "node_name"):  # text, or null for the default
+        if value is None or isinstance(value, str):
+            return value
+        raise ConfigError(f"{source}: {key} must be text, got {value!r}")
     if key in ("state_dir", "functions_dir", "workflows_dir", "gossip_key_file"):
         if value is None or isinstance(value, str | Path):
             return None if value is None else Path(str(value)).expanduser()
@@ -233,40 +298,19 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return _convert(key, value, kind, source)
 
 
-_KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
-
-_CLUSTER_KINDS = {"cluster_addr": "text", "node_name": "text", "join": "list",
-                  "etcd": "list", "voter": "bool"}
-
-
-def _cluster_value(key: str, value: Any, source: str) -> Any:
-    """Lists from YAML lists or comma-separated text (env); booleans from YAML or text."""
-    kind = _CLUSTER_KINDS[key]
-    if kind == "list":
-        if isinstance(value, str):
-            value = [v for v in value.replace(" ", ",").split(",") if v]
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ConfigError(f"{source}: {key} must be a list of text, got {value!r}")
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _BOOLS:
-            return _BOOLS[value.strip().lower()]
-        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
-    if value is None or isinstance(value, str):
-        return value
-    raise ConfigError(f"{source}: {key} must be text, got {value!r}")
-
-
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+_BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True,
+              "false": False, "no": False, "off": False, "0": False}
 
 
 def _convert(key: str, value: Any, kind: type, source: str) -> Any:
     """`value` as `kind`: a value of that type (an int for a float), or text that parses as
     one (what environment variables hold). Never a silent cut: 1.5 is not a whole number."""
     converted: Any = None
-    if isinstance(value, str) and kind is not str:
+    if kind is bool:
+        converted = value if isinstance(value, bool) else (
+            _BOOL_TEXT.get(value.strip().lower()) if isinstance(value, str) else None)
+    elif isinstance(value, str) and kind is not str:
         with contextlib.suppress(ValueError):
             converted = kind(value.strip())
     elif isinstance(value, bool):  # YAML's true/false is no count and no text

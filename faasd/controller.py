@@ -62,8 +62,8 @@ class ProfileSource(Protocol):
         """The current profile of every function that has one, keyed by function name."""
         ...
 
-    def cold_start_ms(self, function: str, version: int) -> float | None:
-        """The measured cold start of a function version, if one was measured."""
+    def cold_starts_ms(self) -> Mapping[str, float]:
+        """The measured cold start of each function's current version (ms), where measured."""
         ...
 
 
@@ -73,8 +73,8 @@ class NoProfiles:
     def profiles(self) -> Mapping[str, Profile]:
         return MappingProxyType({})
 
-    def cold_start_ms(self, function: str, version: int) -> float | None:
-        return None
+    def cold_starts_ms(self) -> Mapping[str, float]:
+        return MappingProxyType({})
 
 
 class Executor(Protocol):
@@ -277,7 +277,7 @@ class Controller:
         )
 
     def _refresh_limits(self, version: FunctionVersion) -> None:
-        cold_ms = self._profiles.cold_start_ms(version.name, version.version)
+        cold_ms = self._profiles.cold_starts_ms().get(version.name)
         self._limits[version.name] = limits_of(version, cold_ms)
         self._limits_of[version.name] = version
 

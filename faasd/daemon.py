@@ -28,6 +28,13 @@ from aiohttp import web
 
 from esg.policies import make_policy
 from faasd.api import create_app
+from faasd.api.connections import (
+    CONNECTIONS,
+    ConnectionGuard,
+    ConnectionLimits,
+    effective_cap,
+    raise_fd_limit,
+)
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.cluster.node import Cluster, make_cluster
@@ -35,10 +42,13 @@ from faasd.cluster.settings import SERF_PORT, split_hostport
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller, ProfileSource
 from faasd.errors import FaasdError
+from faasd.functions.limits import node_memory_mb
 from faasd.functions.registry import Registry
 from faasd.gateway import Gateway
 from faasd.invoker import Invoker
 from faasd.metrics import Metrics
+from faasd.profiles.service import ProfileService
+from faasd.profiles.store import ProfileStore
 from faasd.sandbox.pool import SandboxPool
 from faasd.services import Services
 from faasd.systemd import Notifier
@@ -72,6 +82,8 @@ class Daemon:
         clock: Clock | None = None,
         profiles: ProfileSource | None = None,
     ) -> None:
+        """`profiles` replaces the daemon's own profile store as what the policy plans with
+        (tests give fixed tables)."""
         self.config = config
         self.notifier = notifier or Notifier(env={})
         self.clock = clock or SystemClock()
@@ -80,6 +92,8 @@ class Daemon:
         self.load_errors: dict[str, str] = {}
         self._stack = AsyncExitStack()
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.connections: ConnectionGuard | None = None
         self._services: Services | None = None
         self._cluster: Cluster | None = None
         self._stopped = False
@@ -126,6 +140,7 @@ class Daemon:
                 state_dir=state_dir,
                 cgroup_parent=config.cgroup_parent,
                 max_sandboxes=config.max_sandboxes,
+                load_timeout_s=config.deploy_timeout_s,
             )
         )
         metrics = Metrics(faasd_version())
@@ -133,20 +148,34 @@ class Daemon:
             policy = make_policy(config.scheduler)
         except (ImportError, TypeError, ValueError) as exc:
             raise ConfigError(f"scheduler {config.scheduler!r} cannot be used: {exc}") from exc
+        store = ProfileStore.in_state_dir(state_dir)
+        self._stack.callback(store.close)  # closed by stop() already, unless start failed
+        profiles = ProfileService(
+            store,
+            pool,
+            node_vcpu=config.vcpu_capacity,
+            profile_on_deploy=config.profile_on_deploy,
+        )
         controller = Controller(
             policy=policy,
-            executor=Invoker(pool, metrics),
+            executor=Invoker(pool, metrics, on_batch=profiles.on_batch),
             clock=self.clock,
             vcpu_capacity=config.vcpu_capacity,
             warm=pool.warm_counts,
             max_queue=config.max_queue_per_function,
-            profiles=self._profiles,
+            profiles=self._profiles or profiles,
         )
         registry = Registry(state_dir, config.function_defaults)
-        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity)
+        node_limits = config.limits.resolved(
+            node_memory_mb() or 1 << 40, config.vcpu_capacity, config.max_sandboxes)
+        catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity,
+                          on_change=profiles.function_changed, limits=node_limits)
+        profiles.bind(catalog, busy=controller.pending_total)
+        profiles.start()
         metrics.watch(controller.queue_lengths, pool.warm_counts)
         gateway = Gateway(controller, self.clock, metrics)
         workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
+        metrics.registry.register(profiles.collector())
         self._services = Services(
             config=config,
             clock=self.clock,
@@ -157,20 +186,32 @@ class Daemon:
             pool_stats=_stats_view(pool),
             workflows=workflows,
             runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
+            profiles=profiles,
             cluster=cluster,
         )
         app = create_app(config, self._services)
+        limits = connection_limits(config)
+        guard = ConnectionGuard(limits, self.clock.now, effective_cap(limits, raise_fd_limit()))
+        app[CONNECTIONS] = self.connections = guard
         # handler_cancellation: a client that hangs up takes its queued call with it.
         self._runner = web.AppRunner(
             app,
             shutdown_timeout=config.drain_timeout_s,
             access_log=None,
             handler_cancellation=True,
+            keepalive_timeout=config.idle_timeout_s,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, config.host, config.port)
-        await site.start()
-        self.port = _bound_port(self._runner)
+        server = self._runner.server
+        assert server is not None
+        # the listener is ours, not a TCPSite: every connection goes through the guard
+        self._listener = await asyncio.get_running_loop().create_server(
+            guard.factory(server), config.host, config.port, reuse_address=True)
+        guard.start()
+        self.port = int(self._listener.sockets[0].getsockname()[1])
+        log.info("at most %d connections at once (max_connections, open-file limit)", guard.cap)
+        self.notifier.status("verifying the installed versions")
+        await asyncio.to_thread(registry.verify)
         self._cluster = cluster  # from here on, stop() leaves the cluster
         self.notifier.status("joining the cluster")
         await cluster.start(self._http_address())
@@ -229,14 +270,22 @@ class Daemon:
         services = self._services
         if services is not None:
             services.controller.stop_accepting()
+            if services.profiles is not None:  # no new sandbox for a profile from now on
+                await services.profiles.stop()
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
-            # Closes the listener, then waits up to drain_timeout_s for running handlers.
+            # Waits up to drain_timeout_s for running handlers, then closes their connections.
             await self._runner.cleanup()
+        if self.connections is not None:
+            await self.connections.stop()
         if services is not None:
             if not await services.controller.drain(timeout_s=1.0):
                 log.warning("calls still queued after the drain; failing them")
             services.controller.close()
             await services.catalog.close()
+            if services.profiles is not None:
+                await services.profiles.close()
         await self.notifier.stop_watchdog()
         await self._stack.aclose()
         if self._cluster is not None:
@@ -273,11 +322,14 @@ class Daemon:
                     loop.remove_signal_handler(sig)
 
 
-def _bound_port(runner: web.AppRunner) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    raise RuntimeError("the listener has no TCP address")
+def connection_limits(config: DaemonConfig) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout_s=config.header_timeout_s,
+        body_timeout_s=config.body_timeout_s,
+        min_body_rate_bps=config.min_body_rate_bps,
+        idle_timeout_s=config.idle_timeout_s,
+        max_connections=config.max_connections,
+    )
 
 
 def _stats_view(pool: SandboxPool) -> Callable[[], dict[str, Any]]:

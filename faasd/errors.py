@@ -95,3 +95,9 @@ class SandboxTimeout(FaasdError):
     """The call ran past the function's timeout; its sandbox was killed and will be replaced."""
 
     status = 504
+
+
+class InsufficientStorage(FaasdError):
+    """The daemon's disk is full (ENOSPC) while installing a function; nothing was left."""
+
+    status = 507

@@ -7,7 +7,11 @@ A body reaches a function in one of three forms, decided here and nowhere else:
 * `body`: anything else, for a function whose handler has `preprocess` (e.g. `image/png`).
 
 Tensors are checked against the version's inputs before anything is queued, so a wrong
-shape or dtype is a 400 that says what the model expects.
+shape or dtype is a 400 that says what the model expects. Every size a request declares is
+checked before it is decoded (`check_declared`, the codec's checks against the body's length,
+`check_image`), so the work a request causes is bounded by its length and the function's
+limits. A call may hold at most `max_batch_size` rows (a batched model; Triton's rule): more
+is a 400 that names the limit, not a batch split behind the caller's back.
 
 Who shapes the answer depends on the path, not on the body's form:
 
@@ -22,7 +26,9 @@ Who shapes the answer depends on the path, not on the body's form:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,9 +36,12 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from esg.model import Config
+from esg.pricing import Pricing
 from faasd.clock import Clock
 from faasd.errors import BadRequest, FaasdError, UnsupportedMediaType
 from faasd.functions.spec import FunctionVersion, ModelInfo, TensorSpec
+from faasd.imagesize import image_size
 from faasd.metrics import Metrics
 from faasd.sandbox.items import BodyItem, Item, ItemResult, TensorItem
 from faasd.v2 import (
@@ -92,6 +101,15 @@ class CallResult:
     exec_s: float
     queue_s: float
     batch_size: int
+    #: the configuration the batch ran at (None where no batch ran, e.g. a merged answer)
+    config: Config | None = None
+
+    def cost(self, pricing: Pricing) -> float:
+        """This call's share of its batch's resource-time cost (dollars)."""
+        if self.config is None:
+            return 0.0
+        rate = pricing.cpu_per_s * self.config.vcpu + pricing.gpu_per_s * self.config.vgpu
+        return rate * self.exec_s / max(1, self.batch_size)
 
 
 def parse_payload(
@@ -108,6 +126,7 @@ def parse_payload(
     tensors (`Payload.postprocess` False); see the module docstring.
     """
     post = not v2_only
+    _check_json_length(version, info, len(body), header_length, v2_only)
     if header_length == 0:
         if len(version.inputs) != 1:
             raise BadRequest("a raw binary request needs a model with exactly one input")
@@ -115,7 +134,7 @@ def parse_payload(
         arrays = {version.inputs[0].name: decode_raw(body, version.inputs[0])}
         return Payload(TensorItem(check_tensors(version, arrays)), "v2", request, post)
     if header_length is not None:
-        request = decode_request(body, header_length)
+        request = decode_request(body, header_length, functools.partial(check_declared, version))
         return Payload(TensorItem(check_tensors(version, request.inputs)), "v2", request, post)
     mime = content_type.split(";")[0].strip().lower()
     declared_json = mime in JSON_TYPES or mime.endswith("+json")
@@ -127,14 +146,14 @@ def parse_payload(
                 raise
             return Payload(BodyItem(body, mime), "body")  # e.g. an image that starts with "{"
         if isinstance(obj, dict) and isinstance(obj.get("inputs"), list):
-            request = decode_parsed(obj)
+            request = decode_parsed(obj, len(body), functools.partial(check_declared, version))
             item = TensorItem(check_tensors(version, request.inputs))
             return Payload(item, "v2", request, post)
         if v2_only:
             raise BadRequest('a V2 inference request needs an "inputs" list')
         if info.has_preprocess and not _names_inputs(obj, version.inputs):
             return Payload(BodyItem(body, mime or "application/json"), "body")
-        arrays = decode_plain(obj, version.inputs)
+        arrays = decode_plain(obj, version.inputs, max_rows(version))
         return Payload(TensorItem(check_tensors(version, arrays, add_batch=True)), "plain")
     if v2_only:
         raise BadRequest("a V2 inference request must be JSON (or use the binary extension)")
@@ -143,7 +162,97 @@ def parse_payload(
             f"function {version.name!r} has no handler to read {mime or 'this body'}; send JSON: "
             'a V2 inference request or {"<input name>": nested lists}'
         )
+    check_image(version, body)
     return Payload(BodyItem(body, mime), "body")
+
+
+#: Bytes one tensor value may take as JSON: "-1.2345678901234567e-308, " and some spacing.
+JSON_BYTES_PER_VALUE = 32
+#: Room for everything in a JSON request besides the values (names, shapes, parameters).
+JSON_OVERHEAD_BYTES = 64 * 1024
+
+
+def max_json_bytes(version: FunctionVersion) -> int | None:
+    """The most JSON a tensor request to `version` can need: its values (max_rows rows of
+    each input, at most JSON_BYTES_PER_VALUE each) plus JSON_OVERHEAD_BYTES. None when the
+    inputs do not bound it (a dynamic dimension past the first, BYTES elements of any length).
+    Checked before the JSON is parsed, so that parsing is bounded by the function's limits.
+    """
+    values = 0
+    for spec in version.inputs:
+        dims = spec.shape[1:] if version.batched else spec.shape
+        if spec.datatype == "BYTES" or any(d < 0 for d in dims):
+            return None
+        values += (max_rows(version) or 1) * math.prod(dims)
+    return values * JSON_BYTES_PER_VALUE + JSON_OVERHEAD_BYTES
+
+
+def _check_json_length(version: FunctionVersion, info: ModelInfo, body_length: int,
+                       header_length: int | None, v2_only: bool) -> None:
+    """BadRequest before parsing if a tensor request's JSON is longer than `version` can
+    need (`max_json_bytes`); a body a handler's preprocess may take is not bounded here."""
+    if header_length == 0 or (info.has_preprocess and not v2_only):
+        return
+    json_length = body_length if header_length is None else header_length
+    limit = max_json_bytes(version)
+    if limit is not None and json_length > limit:
+        raise BadRequest(
+            f"the request's JSON is {json_length} bytes, more than the {limit} that "
+            f"{version.name!r} can need ({_capacity_text(version)}); send fewer rows, or "
+            "the tensors in binary (the binary tensor extension)"
+        )
+
+
+def _capacity_text(version: FunctionVersion) -> str:
+    rows = max_rows(version)
+    per = ", ".join(f"{s.name} {_shape_text(s.shape)}" for s in version.inputs)
+    return f"at most {rows} rows of {per} per call" if rows else f"inputs {per}"
+
+
+def max_rows(version: FunctionVersion) -> int | None:
+    """The most rows one call may hold: `max_batch_size` for a batched model, else None
+    (a fixed first dimension says it all)."""
+    return max(1, version.settings.max_batch_size) if version.batched else None
+
+
+def _too_many_rows(version: FunctionVersion, name: str, rows: int) -> BadRequest:
+    limit = max_rows(version)
+    return BadRequest(
+        f"input {name!r} holds {rows} rows; {version.name!r} takes at most {limit} per call "
+        f"(max_batch_size {limit}); split the call, or raise batching.max_batch_size"
+    )
+
+
+def check_declared(version: FunctionVersion, name: str, shape: tuple[int, ...],
+                   datatype: str) -> None:
+    """BadRequest unless `version` can take an input `name` of `shape` and `datatype`, as a
+    V2 request declares it: checked before its data is decoded."""
+    spec = next((s for s in version.inputs if s.name == name), None)
+    if spec is None:
+        raise BadRequest(f"unknown input {name!r}; {version.name!r} takes "
+                         f"{sorted(s.name for s in version.inputs)}")
+    if datatype != spec.datatype:
+        raise BadRequest(f"input {name!r} has datatype {datatype}; the model expects "
+                         f"{spec.datatype} with shape {_shape_text(spec.shape)}")
+    if not _fits(shape, spec.shape):
+        raise BadRequest(f"input {name!r} has shape {list(shape)}; the model expects "
+                         f"{_shape_text(spec.shape)} ({spec.datatype})")
+    limit = max_rows(version)
+    if limit is not None and shape and shape[0] > limit:
+        raise _too_many_rows(version, name, shape[0])
+
+
+def check_image(version: FunctionVersion, body: bytes) -> None:
+    """BadRequest if `body` is an image whose header declares more pixels than the
+    function's `max_image_pixels` (read from the header; nothing is decoded)."""
+    size = image_size(body)
+    limit = version.settings.max_image_pixels
+    if size is not None and size[0] * size[1] > limit:
+        width, height = size
+        raise BadRequest(
+            f"the image is {width} x {height} = {width * height} pixels; {version.name!r} "
+            f"takes at most {limit} (max_image_pixels); send a smaller image"
+        )
 
 
 def _names_inputs(obj: object, specs: tuple[TensorSpec, ...]) -> bool:
@@ -183,6 +292,9 @@ def check_tensors(
                 f"input {name!r} has shape {list(array.shape)}; the model expects "
                 f"{_shape_text(spec.shape)} ({spec.datatype})"
             )
+        limit = max_rows(version)
+        if limit is not None and array.ndim and array.shape[0] > limit:
+            raise _too_many_rows(version, name, array.shape[0])
         checked[name] = array
     if version.batched and len(checked) > 1:
         leading = {a.shape[0] for a in checked.values() if a.ndim}

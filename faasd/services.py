@@ -13,6 +13,7 @@ from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.gateway import Gateway
 from faasd.metrics import Metrics
+from faasd.profiles.service import ProfileService
 from faasd.workflows.runner import WorkflowRunner
 from faasd.workflows.service import Workflows
 
@@ -39,4 +40,5 @@ class Services:
     workflows: Workflows
     runner: WorkflowRunner
     readiness: Readiness = field(default_factory=Readiness)
+    profiles: ProfileService | None = None
     cluster: Cluster | None = None  # None: a lone node (tests that build Services by hand)

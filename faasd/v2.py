@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,9 @@ from faasd.errors import BadRequest
 from faasd.functions.spec import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: Checks one input's declared (name, shape, datatype) before its data is touched; raises
+#: BadRequest when the function cannot take it (see gateway.check_declared).
+DeclaredCheck = Callable[[str, tuple[int, ...], str], None]
 #: numpy dtype -> V2 datatype, keyed by dtype objects (`dtype.name` is slow Python code).
 _DTYPE_TO_V2: Mapping[np.dtype[Any], str] = {np.dtype(k): v for k, v in NUMPY_TO_V2.items()}
 
@@ -76,10 +79,14 @@ def is_v2_request(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("inputs"), list)
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
+def decode_request(
+    body: bytes, header_length: int | None = None, check: DeclaredCheck | None = None
+) -> InferRequest:
     """Decode a V2 request: all-JSON when `header_length` is None, else JSON + binary tail.
 
     The binary tensors are views of `body` (a tensor of 600 KB is not copied on its way).
+    Every size an input declares is checked against the body, and by `check` against the
+    function, before anything is allocated for it: the work is bounded by the body's length.
     """
     if header_length is None:
         header, tail = memoryview(body), memoryview(b"")
@@ -93,21 +100,31 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     obj = parse_json(header)
     if not is_v2_request(obj):
         raise BadRequest('a V2 inference request needs an "inputs" list')
-    return _decode_header(obj, tail)
+    return _decode_header(obj, tail, len(header), check)
 
 
-def decode_parsed(obj: dict[str, Any]) -> InferRequest:
-    """A V2 request already parsed from JSON (no binary tail)."""
-    return _decode_header(obj, b"")
+def decode_parsed(
+    obj: dict[str, Any], json_length: int, check: DeclaredCheck | None = None
+) -> InferRequest:
+    """A V2 request already parsed from `json_length` bytes of JSON (no binary tail)."""
+    return _decode_header(obj, b"", json_length, check)
 
 
-def _decode_header(obj: dict[str, Any], tail: bytes | memoryview) -> InferRequest:
+def _decode_header(
+    obj: dict[str, Any], tail: bytes | memoryview, json_length: int, check: DeclaredCheck | None
+) -> InferRequest:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for entry in obj["inputs"]:
         if not isinstance(entry, dict):
             raise BadRequest("each entry of inputs must be an object with name, shape, datatype")
         name, shape, datatype = _tensor_header(entry)
+        if check is not None:
+            check(name, shape, datatype)
+        if "data" in entry and math.prod(shape) > json_length:  # a value takes >= 1 byte
+            raise BadRequest(f"input {name!r}: shape {list(shape)} declares "
+                             f"{math.prod(shape)} values, more than the {json_length} bytes "
+                             "of JSON could hold")
         size = (entry.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -199,6 +216,11 @@ def _from_bytes(
 
 
 def _bytes_elements(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
+    if count * 4 > len(raw):  # before allocating: each element has a 4-byte length
+        raise BadRequest(
+            f"input {name!r}: {count} BYTES elements need at least {count * 4} bytes "
+            f"(a 4-byte length each), but binary_data_size is {len(raw)}"
+        )
     out = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):
@@ -225,8 +247,13 @@ def decode_raw(body: bytes, spec: TensorSpec) -> np.ndarray:
     return _from_bytes(spec.name, body, tuple(dims), spec.datatype)
 
 
-def decode_plain(obj: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """`{"input name": nested lists}` as arrays of each input's declared dtype."""
+def decode_plain(
+    obj: Any, specs: Sequence[TensorSpec], max_rows: int | None = None
+) -> dict[str, np.ndarray]:
+    """`{"input name": nested lists}` as arrays of each input's declared dtype.
+
+    With `max_rows`, an input nested as deep as its shape (batch dimension included) with
+    more rows than that is refused before it is converted."""
     if not isinstance(obj, dict) or not obj:
         raise BadRequest(
             'expected a JSON object of input name -> nested lists, e.g. {"input": [[1, 2]]}, '
@@ -240,12 +267,27 @@ def decode_plain(obj: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]
         spec = by_name.get(name)
         if spec is None:
             raise BadRequest(f"unknown input {name!r}; the model takes {sorted(by_name)}")
+        if max_rows is not None and _depth(data) >= len(spec.shape) and len(data) > max_rows:
+            raise BadRequest(
+                f"input {name!r} holds {len(data)} rows; the function takes at most {max_rows} "
+                f"per call (max_batch_size {max_rows}); split the call, or raise "
+                "batching.max_batch_size"
+            )
         try:
             array = np.asarray(data, dtype=spec.numpy_dtype)
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"input {name!r}: data is not {spec.datatype}: {exc}") from None
         arrays[name] = array
     return arrays
+
+
+def _depth(data: Any) -> int:
+    """How deep `data`'s first elements nest lists (0 for a scalar)."""
+    depth = 0
+    while isinstance(data, list) and data:
+        depth += 1
+        data = data[0]
+    return depth + (1 if isinstance(data, list) else 0)
 
 
 # ---------------------------------------------------------------- responses

@@ -12,6 +12,15 @@
   (`onnx/backend/test/data/light/`), whose weights are constants (untrained), rewritten so
   the batch dimension is dynamic and checked with onnxruntime: a batch of 4 equals 4 runs of 1.
 
+- imagepre, label (functions/) and the stages that live inside the example workflows
+  (workflows/ensemble/vote, workflows/cutout/segment, workflows/cutout/composite): graphs
+  written with onnx.helper in workflow_graphs.py (crop and normalise, TopK, mean of two
+  classifiers, a small conv net with hand-set weights, mask compositing), checked the same
+  way. Each workflow directory also gets its sample.jpg.
+
+    python functions/build_models.py ensemble   # a workflow's stages (and its sample.jpg)
+    python functions/build_models.py --workflows-out DIR   # DIR/<workflow>/<stage>/model.onnx
+
 A model is up to date when its `faasd.recipe` metadata matches a hash of this script, the
 inputs it is built from, and (for digits) the handler its training data goes through. Needs
 only numpy, onnxruntime, pillow, onnx and scikit-learn (`pip install -e '.[models]'`).
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import io
 import json
 import sys
 import time
@@ -45,6 +55,8 @@ except ImportError:  # the daemon itself does not need onnx; only building the e
     sys.exit("functions/build_models.py needs the models extra: pip install -e '.[models]'")
 
 HERE = Path(__file__).resolve().parent
+WORKFLOWS = HERE.parent / "workflows"
+GRAPHS_FILE = HERE / "workflow_graphs.py"
 LIGHT_MODELS = Path(onnx.__file__).resolve().parent / "backend" / "test" / "data" / "light"
 RECIPE_KEY = "faasd.recipe"
 #: onnxruntime reads models up to a given IR version; 8 (onnx 1.10+) is read by every 1.17+.
@@ -314,18 +326,32 @@ def make_batch_dynamic(model: onnx.ModelProto, batch_dim: str = "N") -> onnx.Mod
     return model
 
 
+def random_feeds(run: ort.InferenceSession, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for every input of `run`, `batch` rows each: uint8 pixels 0..255, else
+    standard normal float32."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for feed in run.get_inputs():
+        shape = [batch] + [int(d) for d in feed.shape[1:]]
+        if feed.type == "tensor(uint8)":
+            feeds[feed.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            feeds[feed.name] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds
+
+
 def check_batch_dynamic(model: onnx.ModelProto, batch: int = VERIFY_BATCH, seed: int = 0) -> None:
     """AssertionError unless running `batch` inputs at once equals running each alone."""
     run = session(model)
-    (feed,) = run.get_inputs()
-    shape = [batch] + [int(d) for d in feed.shape[1:]]
-    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    together = run.run(None, {feed.name: x})
-    alone = [run.run(None, {feed.name: x[i : i + 1]}) for i in range(batch)]
+    feeds = random_feeds(run, batch, seed)
+    together = run.run(None, feeds)
+    alone = [run.run(None, {name: x[i : i + 1] for name, x in feeds.items()})
+             for i in range(batch)]
     for index, output in enumerate(together):
         assert output.shape[0] == batch, f"output {index} has batch {output.shape[0]}"
         expected = np.concatenate([outputs[index] for outputs in alone])
-        np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(output.astype(np.float64), expected.astype(np.float64),
+                                   rtol=1e-4, atol=1e-6)
 
 
 def sample_picture() -> Image.Image:
@@ -379,13 +405,122 @@ def imagenet_builder(source_name: str, rename: dict[str, str]) -> Builder:
     return build
 
 
+# --------------------------------------------------------------------------- workflow stages
+
+#: Writes one sample file's bytes, given the graphs module (samples run the graphs they feed).
+SampleMaker = Callable[[ModuleType], bytes]
+
+
+def v2_request(tensors: dict[str, np.ndarray], decimals: int = 4) -> bytes:
+    """A V2 inference request (JSON) carrying `tensors`, floats rounded to `decimals`."""
+    inputs = []
+    for name, tensor in tensors.items():
+        data = tensor.ravel()
+        if data.dtype.kind == "f":
+            data = np.round(data.astype(np.float64), decimals)
+        datatype = {"f": "FP32", "u": "UINT8", "i": "INT64"}[tensor.dtype.kind]
+        inputs.append({"name": name, "shape": list(tensor.shape), "datatype": datatype,
+                       "data": data.tolist()})
+    return (json.dumps({"inputs": inputs}, separators=(",", ":")) + "\n").encode()
+
+
+def jpeg_sample(_graphs: ModuleType) -> bytes:
+    stream = io.BytesIO()
+    sample_picture().save(stream, "JPEG", quality=85)
+    return stream.getvalue()
+
+
+def made_up_probabilities(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A classifier's answer to stand in for a real one: softmax of seeded normal logits x 3."""
+    logits = np.random.default_rng(seed).standard_normal(1000) * 3.0
+    probabilities = np.exp(logits - logits.max())
+    return (probabilities / probabilities.sum()).astype(np.float32).reshape(shape)
+
+
+def picture_tensor(graphs: ModuleType) -> np.ndarray:
+    """The sample picture as imagepre makes it: data_0 FP32 [1, 3, 224, 224]."""
+    handler = load_module(HERE / "imagepre" / "handler.py", "imagepre_handler")
+    pixels = handler.to_pixels(sample_picture())[np.newaxis]
+    result: np.ndarray = session(graphs.imagepre_graph()).run(None, {"image": pixels})[0]
+    return result
+
+
+def picture_mask(graphs: ModuleType, picture: np.ndarray) -> np.ndarray:
+    result: np.ndarray = session(graphs.segment_graph()).run(None, {"data_0": picture})[0]
+    return result
+
+
+def label_sample(_graphs: ModuleType) -> bytes:
+    return v2_request({"probabilities": made_up_probabilities(7, (1, 1000, 1, 1))}, 6)
+
+
+def vote_sample(_graphs: ModuleType) -> bytes:
+    return v2_request({"squeezenet": made_up_probabilities(7, (1, 1000, 1, 1)),
+                       "resnet50": made_up_probabilities(8, (1, 1000))}, 6)
+
+
+def segment_sample(graphs: ModuleType) -> bytes:
+    return v2_request({"data_0": picture_tensor(graphs)})
+
+
+def composite_sample(graphs: ModuleType) -> bytes:
+    picture = picture_tensor(graphs)
+    return v2_request({"image": picture, "mask": picture_mask(graphs, picture)})
+
+
+def graph_builder(graph: str, samples: dict[str, SampleMaker]) -> Builder:
+    """A builder for a graph of workflow_graphs.py and the sample files its directory lacks."""
+
+    def build(directory: Path, out: Path, force: bool) -> None:
+        graphs = load_module(GRAPHS_FILE, "workflow_graphs")
+        stamp = recipe(GRAPHS_FILE.read_bytes(), graph.encode())
+        target = out / "model.onnx"
+        missing = [name for name in samples if force or not (directory / name).exists()]
+        if not force and is_up_to_date(target, stamp) and not missing:
+            print("  up to date")
+            return
+        model = graphs.GRAPHS[graph]()
+        with step(f"checking batch {VERIFY_BATCH} = {VERIFY_BATCH} x batch 1 in onnxruntime"):
+            check_batch_dynamic(model)
+        save(model, target, stamp)
+        for name in missing:
+            (directory / name).write_bytes(samples[name](graphs))
+            print(f"  wrote {name}")
+
+    return build
+
+
 BUILDERS: dict[str, Builder] = {
     "digits": build_digits,
     "squeezenet": imagenet_builder("light_squeezenet.onnx", {}),
     "resnet50": imagenet_builder(
         "light_resnet50.onnx", {"gpu_0/data_0": "data_0", "gpu_0/softmax_1": "softmax_1"}
     ),
+    "imagepre": graph_builder("imagepre", {"sample.jpg": jpeg_sample}),
+    "label": graph_builder("label", {"sample.json": label_sample}),
 }
+#: The example workflows (workflows/<name>/) and the stages deployed with them, which live in
+#: their subdirectories; the other stages name functions of functions/.
+WORKFLOW_STAGES: dict[str, dict[str, Builder]] = {
+    "classify": {},
+    "ensemble": {"vote": graph_builder("vote", {"sample.json": vote_sample})},
+    "cutout": {
+        "segment": graph_builder("segment", {"sample.json": segment_sample}),
+        "composite": graph_builder("composite", {"sample.json": composite_sample}),
+    },
+}
+
+
+def build_workflow(name: str, out: Path, force: bool) -> None:
+    """workflows/<name>/sample.jpg if missing, and <out>/<stage>/model.onnx for each stage."""
+    directory = WORKFLOWS / name
+    sample = directory / "sample.jpg"
+    if force or not sample.exists():
+        sample.write_bytes(jpeg_sample(load_module(GRAPHS_FILE, "workflow_graphs")))
+        print(f"{name}: wrote sample.jpg")
+    for stage, builder in WORKFLOW_STAGES[name].items():
+        print(f"{name}/{stage}:", flush=True)
+        builder(directory / stage, out / stage, force)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -393,14 +528,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--out", type=Path, default=HERE,
                         help="write <out>/<function>/model.onnx (default: functions/)")
+    parser.add_argument("--workflows-out", type=Path, default=WORKFLOWS,
+                        help="write <dir>/<workflow>/<stage>/model.onnx (default: workflows/)")
+    every = [*BUILDERS, *WORKFLOW_STAGES]
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"functions to build (default: all of {', '.join(BUILDERS)})")
+                        help=f"functions and workflows to build (default: all of "
+                             f"{', '.join(every)})")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.names) - set(BUILDERS))
+    unknown = sorted(set(args.names) - set(every))
     if unknown:
-        parser.error(f"unknown function {', '.join(unknown)}; choose from {', '.join(BUILDERS)}")
+        parser.error(f"unknown function or workflow {', '.join(unknown)}; "
+                     f"choose from {', '.join(every)}")
     started = time.perf_counter()
-    for name in args.names or BUILDERS:
+    for name in args.names or every:
+        if name in WORKFLOW_STAGES:
+            build_workflow(name, args.workflows_out.resolve() / name, args.force)
+            continue
         print(f"{name}:", flush=True)
         BUILDERS[name](HERE / name, args.out.resolve() / name, args.force)
     print(f"models built in {time.perf_counter() - started:.1f} s")

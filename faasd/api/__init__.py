@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from faasd.api import functions, health, invoke, metrics, nodes, v2, workflows
+from faasd.api import functions, health, invoke, metrics, nodes, profiles, v2, workflows
+from faasd.api.browsers import BROWSERS, BrowserPolicy, browser_guard
+from faasd.api.connections import track_requests
 from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
 from faasd.config import DaemonConfig
@@ -18,8 +20,11 @@ __all__ = ["SERVICES", "create_app"]
 
 
 def create_app(config: DaemonConfig, services: Services) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[track_requests, browser_guard, json_errors])
     app[SERVICES] = services
+    app[BROWSERS] = BrowserPolicy.for_bind(config.host, config.allowed_hosts,
+                                           config.allowed_origins)
     add = app.router.add_route
     add("POST", "/function/{name}", invoke.function_call)
     add("GET", "/system/functions", functions.list_functions)
@@ -34,6 +39,8 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("DELETE", "/system/workflows", workflows.remove)
     add("GET", "/system/workflow/{name}", workflows.get_workflow)
     add("GET", "/system/workflow/{name}/plan", workflows.plan)
+    add("POST", "/system/profile/{name}", profiles.run_profile)
+    add("GET", "/system/profile/{name}", profiles.get_profile)
     add("GET", "/system/nodes", nodes.list_nodes)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from faasd.api.keys import SERVICES
@@ -69,6 +70,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, _http_message(exc, request), headers=headers)
+    except (HttpProcessingError, web.RequestPayloadError) as exc:  # bad gzip, cut chunks
+        reason = str(exc).splitlines()[-1].strip() if str(exc) else type(exc).__name__
+        return error_response(400, f"the request body cannot be read ({reason}); check its "
+                                   "Content-Encoding and length")
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal error in faasd; see the daemon's log")

@@ -8,11 +8,11 @@ POST creates or updates (201 when new, 200 when it replaced a version); PUT only
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
@@ -22,6 +22,9 @@ from faasd.errors import BadRequest, FaasdError
 from faasd.functions.spec import FunctionVersion, ModelInfo
 from faasd.services import Services
 from faasd.v2 import tensor_meta
+
+#: What the API shows for an `env` value: names are shown, values (secrets) never.
+MASKED = "***"
 
 log = logging.getLogger("faasd.api")
 
@@ -81,26 +84,36 @@ async def remove(request: web.Request) -> web.Response:
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        doc = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    try:  # orjson: nesting past 1024 levels is a JSONDecodeError (json.loads recursed: 500)
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     return doc
 
 
+def _in_state_dir(services: Services, directory: Path) -> str:
+    """`directory` relative to the state directory: host paths go to the log, not answers."""
+    try:
+        return str(directory.relative_to(services.config.state_dir.resolve()))
+    except ValueError:
+        return directory.name
+
+
 def status(services: Services, version: FunctionVersion, info: ModelInfo) -> dict[str, Any]:
     """One function as the API shows it (OpenFaaS FunctionStatus fields plus ours)."""
     settings = dataclasses.asdict(version.settings)
-    settings["env"] = dict(version.settings.env)
+    settings["env"] = dict.fromkeys(version.settings.env, MASKED)
     warm = services.pool_stats().get("functions", {}).get(version.name, {})
     name = version.name
+    problem = services.catalog.problem(name)
     return {
         "name": name,
         "version": version.version,
-        "ready": True,
-        "directory": str(version.directory),
+        "ready": problem is None,
+        **({"reason": problem} if problem is not None else {}),
+        "directory": _in_state_dir(services, version.directory),
         "deployed_at": version.deployed_at,
         "batched": version.batched,
         "handler": {"preprocess": info.has_preprocess, "postprocess": info.has_postprocess},

@@ -16,6 +16,8 @@ async def healthz(request: web.Request) -> web.Response:
             "ready": services.readiness.ready and services.controller.accepting,
             "version": faasd_version(),
             "functions": len(services.catalog.list()),
+            "workflows": len(services.workflows.list()),
+            "vcpu_capacity": services.config.vcpu_capacity,
             "queued": sum(services.controller.queue_lengths().values()),
             "in_flight": services.controller.pending_total(),
             "sandboxes": services.pool_stats(),

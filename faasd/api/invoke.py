@@ -8,14 +8,21 @@ OpenFaaS), `X-Duration-Seconds` and, on success, `X-Faasd-Cold-Start`.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from faasd.api.errors import render_error
 from faasd.api.keys import SERVICES
-from faasd.errors import BadRequest, FaasdError, NotFound
+from faasd.errors import BadRequest, FaasdError, NotFound, Unavailable
+from faasd.functions.spec import FunctionVersion, ModelInfo
 from faasd.gateway import CallResult, Payload, parse_payload
 from faasd.sandbox.items import BodyResult, TensorResult
 from faasd.v2 import HEADER_LENGTH, encode_plain, encode_response
+
+#: A body with more JSON than this is parsed in a worker thread: a millisecond or more of
+#: parsing would stall every other request on the event loop (`/healthz` included).
+OFFLOAD_JSON_BYTES = 64 * 1024
 
 
 async def function_call(request: web.Request) -> web.StreamResponse:
@@ -50,15 +57,11 @@ async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamRes
     start_ns = int(services.clock.wall() * 1e9)
     version, info = services.catalog.get(name)
     try:
+        problem = services.catalog.problem(name)
+        if problem is not None:
+            raise Unavailable(f"{name} is not ready: {problem}", retry_after_s=60)
         body = await read_body(request, services.config.max_body_bytes)
-        payload = parse_payload(
-            version,
-            info,
-            body,
-            request.headers.get("Content-Type", ""),
-            header_length(request),
-            v2_only=v2_only,
-        )
+        payload = await parse(request, version, info, body, v2_only)
     except FaasdError as exc:
         services.gateway.rejected(name, exc.status, start_s)
         raise
@@ -94,6 +97,27 @@ async def read_body(request: web.Request, limit_bytes: int) -> bytes:
         chunks.append(chunk)
         received += len(chunk)
     return b"".join(chunks)  # one chunk: the same object, no copy
+
+
+async def parse(
+    request: web.Request, version: FunctionVersion, info: ModelInfo, body: bytes, v2_only: bool
+) -> Payload:
+    """`parse_payload` of the request's body, in a thread when parsing may be slow."""
+    length = header_length(request)
+    args = (version, info, body, request.headers.get("Content-Type", ""), length, v2_only)
+    if _parse_is_slow(body, length):
+        return await asyncio.to_thread(parse_payload, *args)
+    return parse_payload(*args)
+
+
+def _parse_is_slow(body: bytes, header_length: int | None) -> bool:
+    """Whether parsing may take more than a millisecond: much JSON, or BYTES elements in a
+    large binary tail (decoded one by one). Fixed-size binary tensors are views: never slow."""
+    json_bytes = len(body) if header_length is None else header_length
+    if json_bytes > OFFLOAD_JSON_BYTES:
+        return True
+    return (header_length is not None and len(body) > OFFLOAD_JSON_BYTES
+            and b'"BYTES"' in body[:header_length])
 
 
 def header_length(request: web.Request) -> int | None:

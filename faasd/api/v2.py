@@ -37,6 +37,10 @@ async def ready(request: web.Request) -> web.Response:
         raise Unavailable("faasd is shutting down", retry_after_s=5)
     if not services.readiness.ready:
         raise Unavailable(services.readiness.detail, retry_after_s=1)
+    problems = services.catalog.problems()
+    if problems:  # as Triton's strict readiness: every deployed model must be servable
+        listed = "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
+        raise Unavailable(f"function(s) not ready: {listed}", retry_after_s=60)
     return web.json_response({"ready": True})
 
 
@@ -116,6 +120,9 @@ async def model_ready(request: web.Request) -> web.Response:
     if ensemble is not None:
         return web.json_response({"name": ensemble["name"], "ready": True})
     version = _version(request)
+    problem = request.app[SERVICES].catalog.problem(version.name)
+    if problem is not None:
+        raise Unavailable(f"{version.name} is not ready: {problem}", retry_after_s=60)
     return web.json_response({"name": version.name, "ready": True})
 
 

@@ -17,15 +17,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from esg.pricing import parse_pricing
+from esg.pricing import DEFAULT_PRICING, parse_pricing
 from esg.profiles import Capacity
 from faasd.api.errors import render_error
 from faasd.api.functions import json_object
-from faasd.api.invoke import header_length, read_body, render
+from faasd.api.invoke import parse, read_body, render
 from faasd.api.keys import SERVICES
 from faasd.controller import limits_of
 from faasd.errors import BadRequest, FaasdError
-from faasd.gateway import CallResult, Payload, parse_payload
+from faasd.gateway import CallResult, Payload
 from faasd.sandbox.items import BodyResult, TensorResult
 from faasd.services import Services
 from faasd.v2 import encode_plain, tensor_meta
@@ -43,10 +43,7 @@ async def call(request: web.Request, name: str, v2_only: bool) -> web.StreamResp
     workflow = services.workflows.get(name)
     version, info = services.catalog.get(workflow.spec.source)
     body = await read_body(request, services.config.max_body_bytes)
-    payload = parse_payload(
-        version, info, body, request.headers.get("Content-Type", ""),
-        header_length(request), v2_only=v2_only,
-    )
+    payload = await parse(request, version, info, body, v2_only)
     call_id = os.urandom(16).hex()
     headers = {"X-Call-Id": call_id, "X-Faasd-Slo-Ms": f"{workflow.spec.slo_ms:g}"}
     try:
@@ -68,6 +65,7 @@ async def call(request: web.Request, name: str, v2_only: bool) -> web.StreamResp
     headers["X-Duration-Seconds"] = f"{elapsed_s:.6f}"
     headers["X-Faasd-Slo-Met"] = "true" if met else "false"
     headers["X-Faasd-Cold-Start"] = "true" if result.cold_start else "false"
+    headers["X-Faasd-Cost"] = f"{result.cost(DEFAULT_PRICING):.6g}"
     return _render(workflow, payload, result, headers)
 
 

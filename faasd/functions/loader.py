@@ -9,10 +9,12 @@ The directory (DESIGN.md "Function"; Triton's model repository layout is accepte
     labels.txt            optional, one output label per line
     sample.json, sample.png / .jpg / .jpeg   optional sample requests
 
-Checks here are static and cheap: nothing is loaded and nothing is imported. Loading the model
-and importing the handler happen in a throwaway sandbox (`SandboxPool.inspect`), never in
-the daemon's process. Settings come from the daemon's defaults, then config.pbtxt, then
-faasd.yaml; a setting that config.pbtxt and faasd.yaml give different values is an error.
+Checks here are static and cheap: nothing is loaded and nothing is imported, and nothing is
+read before `faasd.functions.tree` has refused links out of the directory and special files.
+Loading the model and importing the handler happen in a throwaway sandbox
+(`SandboxPool.inspect`), never in the daemon's process. Settings come from the daemon's
+defaults, then config.pbtxt, then faasd.yaml; a setting that config.pbtxt and faasd.yaml
+give different values is an error.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from faasd.errors import DeployError
 from faasd.functions.pbtxt import ModelConfig, load_model_config
 from faasd.functions.settings import merge_settings, parse_settings
 from faasd.functions.spec import NAME_PATTERN, FunctionSettings, TensorSpec
+from faasd.functions.tree import check_tree
 
 log = logging.getLogger("faasd.functions")
 
@@ -262,6 +265,7 @@ def load_function(directory: Path, defaults: FunctionSettings,
     if not directory.is_dir():
         raise DeployError(f"{directory} is not a directory; deploy a function directory "
                           f"that holds {MODEL_FILE}", file=str(directory))
+    check_tree(directory)  # before any file in it is opened
     notes: list[str] = []
     pbtxt_path = directory / PBTXT_FILE
     config = load_model_config(pbtxt_path) if pbtxt_path.exists() else None

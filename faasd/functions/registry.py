@@ -29,6 +29,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -42,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from faasd.clock import Clock, SystemClock
-from faasd.errors import DeployError, NotFound
+from faasd.errors import DeployError, InsufficientStorage, NotFound
+from faasd.functions.integrity import differences, installed_files, replace_directory
 from faasd.functions.loader import PBTXT_FILE, SETTINGS_FILE, FunctionSource, load_function
 from faasd.functions.spec import (
     NAME_PATTERN,
@@ -51,11 +53,12 @@ from faasd.functions.spec import (
     ModelInfo,
     TensorSpec,
 )
+from faasd.functions.tree import IGNORED_NAMES, copy_regular, open_regular
 
 log = logging.getLogger("faasd.functions")
 
 METADATA_FORMAT = 1
-_IGNORED_NAMES = frozenset({"__pycache__", ".git", ".hg", ".svn", ".ipynb_checkpoints"})
+_IGNORED_NAMES = IGNORED_NAMES
 _NUMERIC = re.compile(r"^[0-9]+$")
 
 
@@ -81,7 +84,9 @@ class Registry:
         self._current: dict[str, FunctionVersion] = {}
         #: the source digest of each current version ("" if it predates digests)
         self._digests: dict[str, str] = {}
-        self._staged: dict[tuple[str, int], tuple[FunctionSource, str]] = {}
+        self._staged: dict[tuple[str, int], tuple[FunctionSource, str, dict[str, str]]] = {}
+        #: name -> why its current version is not served (its installed files are damaged)
+        self._problems: dict[str, str] = {}
         for directory in sorted(self.root.iterdir()):
             if directory.is_dir() and NAME_PATTERN.match(directory.name):
                 self._recover(directory)
@@ -110,6 +115,80 @@ class Registry:
                 return None
             return current
 
+    def name_of(self, source: Path, name: str | None = None) -> str:
+        """The name deploying `source` would install (`name`, config.pbtxt's, or the
+        directory's); DeployError if `source` does not pass the static checks."""
+        return load_function(source, self._defaults, name).name
+
+    def problem(self, name: str) -> str | None:
+        """Why `name`'s current version is not served (see `verify`), or None."""
+        with self._lock:
+            return self._problems.get(name)
+
+    def verify(self) -> dict[str, str]:
+        """Check every current version's installed files against the digests recorded when
+        it was staged. A damaged copy is restored from its source if the source still holds
+        exactly what was deployed; else the function is marked not ready (`problem`). Every
+        finding is logged with what differs. Returns name -> what was found and done."""
+        report: dict[str, str] = {}
+        for version in self.list():
+            found = self._verify_one(version)
+            if found is not None:
+                report[version.name] = found
+        return report
+
+    def _verify_one(self, version: FunctionVersion) -> str | None:
+        home = self.root / version.name
+        try:
+            doc = json.loads((home / f"{version.version}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        recorded = doc.get("installed_files") if isinstance(doc, dict) else None
+        if not isinstance(recorded, dict):
+            return None  # metadata from before installed digests: nothing to compare
+        try:
+            actual = installed_files(version.directory)
+        except (OSError, DeployError) as exc:
+            actual = {"(unreadable)": str(exc)}
+        diff = differences(recorded, actual)
+        if not diff:
+            return None
+        what = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+        log.error("%s v%d: installed files differ from what was deployed: %s",
+                  version.name, version.version, what)
+        if self._restore(version, doc, recorded):
+            log.warning("%s v%d: restored from %s", version.name, version.version,
+                        doc.get("source"))
+            return f"restored from its source ({what})"
+        reason = (f"v{version.version}'s installed files are damaged ({what}) and its source "
+                  "no longer holds what was deployed; deploy the function again")
+        with self._lock:
+            self._problems[version.name] = reason
+        return f"not ready: {reason}"
+
+    def _restore(self, version: FunctionVersion, doc: dict[str, Any],
+                 recorded: dict[str, str]) -> bool:
+        """Copy the source again if it still matches the recorded source digest."""
+        source_dir = doc.get("source")
+        if not isinstance(source_dir, str) or not Path(source_dir).is_dir():
+            return False
+        fresh = version.directory.parent / f".restore-{version.version}"
+        try:
+            source = load_function(Path(source_dir), self._defaults, version.name)
+            if source_digest(source) != doc.get("source_digest"):
+                return False
+            shutil.rmtree(fresh, ignore_errors=True)
+            _copy_function(source, fresh)
+            if installed_files(fresh) != recorded:
+                return False
+            replace_directory(version.directory, fresh)
+        except (OSError, DeployError) as exc:
+            log.warning("%s: cannot restore from %s: %s", version.name, source_dir, exc)
+            return False
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)
+        return True
+
     def versions(self, name: str) -> builtins.list[int]:
         """The committed versions of `name` still on disk, oldest first."""
         with self._lock:
@@ -125,23 +204,43 @@ class Registry:
         """
         checked = load_function(source, self._defaults, name)
         digest = source_digest(checked)  # before the copy: what was checked is what is hashed
-        with self._lock:
-            home = self.root / checked.name
-            home.mkdir(exist_ok=True)
-            number = self._next_number(home)
-        # The copy may take a while; the lock is not held, so look-ups carry on meanwhile.
-        staging = home / f".staging-{number}"
+        home = self.root / checked.name
+        number = 0
         try:
+            with self._lock:
+                home.mkdir(exist_ok=True)
+                number = self._next_number(home)
+            # The copy may take a while; the lock is not held, so look-ups carry on meanwhile.
+            staging = home / f".staging-{number}"
             _copy_function(checked, staging)
+            files = installed_files(staging)
             staging.rename(home / str(number))
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise DeployError(f"cannot copy {checked.directory} into {home}: {exc}",
-                              file=str(checked.directory)) from exc
+        except (OSError, InsufficientStorage) as exc:
+            with self._lock:
+                self._abandon(home, number)
+            if isinstance(exc, InsufficientStorage) or exc.errno == errno.ENOSPC:
+                raise InsufficientStorage(
+                    f"no space left on the daemon's disk to install {checked.name}; free space "
+                    "in the state directory (older versions, uploads) and deploy again"
+                ) from exc
+            raise DeployError(f"cannot copy {checked.directory} into the state directory: "
+                              f"{exc}", file=str(checked.directory)) from exc
         with self._lock:
-            self._staged[(checked.name, number)] = (checked, digest)
+            self._staged[(checked.name, number)] = (checked, digest, files)
         log.info("staged %s v%d from %s", checked.name, number, checked.directory)
         return _version_of(checked, home / str(number), number)
+
+    def _abandon(self, home: Path, number: int) -> None:
+        """Remove what a stage that failed midway left: its copy, a temporary counter, and
+        the name's directory and counter when the name has no other version."""
+        if number:
+            shutil.rmtree(home / f".staging-{number}", ignore_errors=True)
+            shutil.rmtree(home / str(number), ignore_errors=True)
+        (home / ".counter.tmp").unlink(missing_ok=True)
+        if home.name not in self._current and not self._committed(home) and not any(
+            n == home.name for n, _ in self._staged
+        ):
+            shutil.rmtree(home, ignore_errors=True)
 
     def commit(self, staged: FunctionVersion, info: ModelInfo) -> FunctionVersion:
         """Record what inspecting `staged` revealed and make it the current version, atomically.
@@ -154,7 +253,7 @@ class Registry:
             entry = self._staged.get((staged.name, staged.version))
             if entry is None:
                 raise ValueError(f"{staged.name} v{staged.version} is not staged")
-            source, digest = entry
+            source, digest, files = entry
             _check_against_model(source, info)
             final = dataclasses.replace(
                 staged,
@@ -166,12 +265,14 @@ class Registry:
                 deployed_at=self._clock.wall(),
             )
             home = self.root / staged.name
-            metadata = {**_to_json(final), "source_digest": digest}
+            metadata = {**_to_json(final), "source_digest": digest,
+                        "source": str(source.directory), "installed_files": files}
             _write_atomic(home / f"{staged.version}.json", json.dumps(metadata, indent=2))
             _write_atomic(home / "current", f"{staged.version}\n")
             del self._staged[(staged.name, staged.version)]
             self._current[staged.name] = final
             self._digests[staged.name] = digest
+            self._problems.pop(staged.name, None)
             self._prune(home, final.version)
         log.info("%s v%d is current", final.name, final.version)
         return final
@@ -205,6 +306,7 @@ class Registry:
             if version is None:
                 raise NotFound(f"no function named {name!r}")
             self._digests.pop(name, None)
+            self._problems.pop(name, None)
             home = self.root / name
             (home / "current").unlink(missing_ok=True)
             _sync_directory(home)
@@ -321,7 +423,7 @@ def source_digest(source: FunctionSource) -> str:
             path = Path(directory) / name
             relative = path.relative_to(source.directory).as_posix()
             digest.update(f"\0file\0{relative}\0".encode())
-            with path.open("rb") as stream:
+            with open_regular(path) as stream:
                 while chunk := stream.read(1 << 20):
                     digest.update(chunk)
     return digest.hexdigest()
@@ -330,7 +432,8 @@ def source_digest(source: FunctionSource) -> str:
 def _copy_function(source: FunctionSource, destination: Path) -> None:
     """Copy the function directory (all but what `_ignore_for` names), following symlinks,
     and make every copied file read-only."""
-    shutil.copytree(source.directory, destination, ignore=_ignore_for(source), symlinks=False)
+    shutil.copytree(source.directory, destination, ignore=_ignore_for(source), symlinks=False,
+                    copy_function=copy_regular)
     read_only = ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     for path in destination.rglob("*"):
         if path.is_file():

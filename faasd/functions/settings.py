@@ -9,6 +9,8 @@ the section it belongs to:
     scale:     {min_instances: 0, max_instances: 4, keep_alive_s: 300}
     slo_ms: 200
     env: {OMP_WAIT_POLICY: PASSIVE}
+    max_image_pixels: 25000000    # an image body declaring more pixels is a 400
+    idempotent: true              # false: no retry of batch-mates after a sandbox death
 
 Unknown keys, wrong types and out-of-range values are DeployErrors that give the file, the
 line, and the fix (the closest known key for a typo). Pure: text in, values out.
@@ -114,6 +116,8 @@ _RULES: Mapping[str, _Rule] = {
     "keep_alive_s": _Rule("a number of seconds >= 0", "300"),
     "slo_ms": _Rule("a positive number of milliseconds (or null for none)", "200",
                     above_minimum=True, nullable=True),
+    "max_image_pixels": _Rule("a whole number of pixels >= 1", "25000000", whole=True,
+                              minimum=1),
 }
 
 
@@ -135,6 +139,10 @@ def _suggest(key: str, section: str | None) -> str:
 def _check_value(name: str, value: object, line: int) -> object:
     if name == "env":
         return _check_env(value, line)
+    if name == "idempotent":
+        if not isinstance(value, bool):
+            raise _YamlProblem(line, f"idempotent must be true or false, got {value!r}")
+        return value
     rule = _RULES[name]
     if not rule.accepts(value):
         raise _YamlProblem(

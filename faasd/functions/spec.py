@@ -54,6 +54,8 @@ class FunctionSettings:
     """A function's faasd.yaml, merged over the daemon's defaults (configs/faasd.yaml).
 
     `max_batch_size` 1 means no dynamic batching; `vgpu` 0 means CPU only.
+    `max_image_pixels` bounds what an image body may declare (checked before any decoding);
+    `idempotent` False turns off the retry of batch-mates when a sandbox dies mid-batch.
     """
 
     timeout_s: float = 30.0
@@ -67,6 +69,8 @@ class FunctionSettings:
     keep_alive_s: float = 300.0
     slo_ms: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    max_image_pixels: int = 25_000_000
+    idempotent: bool = True
 
 
 @dataclass(frozen=True)

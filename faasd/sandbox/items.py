@@ -52,12 +52,14 @@ ItemResult = TensorResult | BodyResult | ItemFailure
 
 @dataclass(frozen=True)
 class Execution:
-    """One batch's outcome. `exec_s` is measured in the sandbox (preprocess + run + postprocess)."""
+    """One batch's outcome. `exec_s` is measured in the sandbox (preprocess + run + postprocess).
+    `start_s` is how long the cold start took (fork, confine, load the model), 0 when warm."""
 
     results: list[ItemResult]
     cold_start: bool
     exec_s: float
     sandbox_pid: int
+    start_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ logger = logging.getLogger("faasd.sandbox")
 
 SandboxKey = tuple[str, int, Config]
 
-#: Loading a model may take longer than a call may; a start gets at least this long.
-MIN_LOAD_TIMEOUT_S = 60.0
+#: How long loading a version (model, then handler.py) may take, at a deploy's inspection
+#: and at a cold start, unless the pool is told otherwise (the daemon's `deploy_timeout_s`).
+LOAD_TIMEOUT_S = 60.0
 PING_INTERVAL_S = 30.0
 PING_TIMEOUT_S = 5.0
 
@@ -51,6 +52,8 @@ class _Entry:
     last_used_s: float
     last_ping_s: float
     retired: bool = False
+    #: how long starting it took (fork, confine, load): what its first call waited for
+    start_s: float = 0.0
 
     @property
     def name(self) -> str:
@@ -77,12 +80,14 @@ class SandboxPool:
         confinement: str = "auto",
         clock: Clock | None = None,
         reap_interval_s: float = 1.0,
+        load_timeout_s: float = LOAD_TIMEOUT_S,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.max_sandboxes = max_sandboxes
         self._spawner = Spawner(self.state_dir, cgroup_parent, confinement)
         self._clock = clock or SystemClock()
         self._reap_interval_s = reap_interval_s
+        self._load_timeout_s = load_timeout_s
         self._entries: dict[str, _Entry] = {}
         self._idle: dict[SandboxKey, list[_Entry]] = {}
         #: warm_counts(), computed once per change of `_idle` (the controller reads it per event)
@@ -132,7 +137,7 @@ class SandboxPool:
         config = Config(max(1, settings.max_batch_size), max(1, settings.vcpu), settings.vgpu)
         process, cpus = await self._spawner.spawn(version, config)
         try:
-            info = await process.wait_ready(max(MIN_LOAD_TIMEOUT_S, settings.timeout_s))
+            info = await process.wait_ready(self._load_timeout_s)
         except LoadFailed as failed:
             if failed.kind == protocol.FAILED_SANDBOX:
                 raise SandboxCrashed(f"{version.name}: {failed.message}") from None
@@ -142,7 +147,11 @@ class SandboxPool:
             raise deploy_error(version, "died", death.describe(), death.out_of_memory) from None
         except TimeoutError:
             process.kill()
-            raise deploy_error(version, "timeout", "loading took too long") from None
+            raise deploy_error(
+                version, "timeout",
+                f"it did not finish within deploy_timeout_s ({self._load_timeout_s:g} s)",
+                stage=process.loading,
+            ) from None
         finally:
             await process.stop()
             self._spawner.release(cpus)
@@ -208,6 +217,7 @@ class SandboxPool:
             cold_start=cold,
             exec_s=float(reply["exec_s"]),
             sandbox_pid=process.pid,
+            start_s=entry.start_s if cold else 0.0,
         )
 
     async def prewarm(self, version: FunctionVersion, config: Config, count: int) -> None:
@@ -216,6 +226,14 @@ class SandboxPool:
         while len(self._idle.get(key, [])) < count and self._has_room(version):
             entry = await self._start(version, config)
             self._release(entry)
+
+    async def stop_idle(self, version: FunctionVersion, config: Config) -> int:
+        """Stop the idle sandboxes of (version, config) now (a profiler cleaning up after
+        itself); busy ones are left alone. Returns how many were stopped."""
+        idle = list(self._idle.get((version.name, version.version, config), ()))
+        stops = [self._stop(e) for e in idle if self._detach(e)]
+        await asyncio.shield(asyncio.gather(*stops))
+        return len(stops)
 
     async def retire(self, name: str, through_version: int | None = None) -> None:
         """Stop the sandboxes of `name` up to `through_version` (every version if None): idle
@@ -359,11 +377,12 @@ class SandboxPool:
         """A cold start: fork, confine, load; SandboxCrashed if the function cannot load."""
         name = version.name
         retired_before = self._retirements.get(name)
+        began = self._clock.now()
         self._counters.reserved[name] += 1
         try:
             process, cpus = await self._spawner.spawn(version, config)
             try:
-                await process.wait_ready(max(MIN_LOAD_TIMEOUT_S, version.settings.timeout_s))
+                await process.wait_ready(self._load_timeout_s)
             except (LoadFailed, SandboxDied, TimeoutError) as exc:
                 reason = await self._start_failure(process, exc)
                 await process.stop()
@@ -382,6 +401,7 @@ class SandboxPool:
         self._counters.cold_starts += 1
         now = self._clock.now()
         entry = _Entry((name, version.version, config), version, process, cpus, now, now)
+        entry.start_s = now - began
         retirement = self._retirements.get(name)
         if retirement != retired_before and retirement is not None:  # retired while it loaded
             entry.retired = _retired_by(version.version, retirement[1])

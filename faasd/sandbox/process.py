@@ -139,6 +139,7 @@ class SandboxProcess:
         self.state = State.STARTING
         self.info: ModelInfo | None = None
         self.load_s = 0.0
+        self.loading: str | None = None
 
     @property
     def pid(self) -> int:
@@ -187,8 +188,13 @@ class SandboxProcess:
 
     async def wait_ready(self, timeout_s: float) -> ModelInfo:
         """The worker's model info once loaded. LoadFailed if it says why it could not load;
-        SandboxDied if it died loading; TimeoutError past `timeout_s`."""
-        message = await asyncio.wait_for(self._recv(), timeout_s)
+        SandboxDied if it died loading; TimeoutError past `timeout_s`. `loading` says what
+        the worker was at (protocol.STAGE_*) when it last said so."""
+        async with asyncio.timeout(timeout_s):
+            message = await self._recv()
+            while message.get("op") == "loading":
+                self.loading = str(message.get("stage"))
+                message = await self._recv()
         if message.get("op") == "failed":
             raise LoadFailed(str(message["kind"]), str(message["message"]))
         self.info = protocol.info_from_wire(message["info"])

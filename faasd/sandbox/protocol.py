@@ -32,6 +32,10 @@ OUT_OF_MEMORY_EXIT = 99
 FAILED_MODEL = "model"
 FAILED_HANDLER = "handler"
 FAILED_SANDBOX = "sandbox"
+#: What a worker is loading, announced before it starts on it ({"op": "loading", "stage": ...}),
+#: so that a load that hangs can be blamed on the right file.
+STAGE_MODEL = "model"
+STAGE_HANDLER = "handler"
 
 
 @dataclass(frozen=True)

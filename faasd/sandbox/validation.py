@@ -21,14 +21,27 @@ def relative_name(version: FunctionVersion, path: Path) -> str:
 
 
 def deploy_error(
-    version: FunctionVersion, kind: str, message: str, out_of_memory: bool = False
+    version: FunctionVersion,
+    kind: str,
+    message: str,
+    out_of_memory: bool = False,
+    stage: str | None = None,
 ) -> DeployError:
     """The DeployError for a sandbox that could not load `version`.
 
     `kind` is protocol.FAILED_MODEL or FAILED_HANDLER (the worker said why), "died" (it exited
-    while loading) or "timeout".
+    while loading) or "timeout". `stage` is what the worker last said it was loading
+    (protocol.STAGE_*): a hang while importing handler.py is blamed on handler.py.
     """
     model = relative_name(version, version.model_path)
+    if (kind == "timeout" and stage == protocol.STAGE_HANDLER
+            and version.handler_path is not None):
+        handler = relative_name(version, version.handler_path)
+        return DeployError(
+            f"importing {handler} took too long in the sandbox: {message}; move slow work "
+            "out of the module's top level (or raise deploy_timeout_s in the daemon's config)",
+            file=handler,
+        )
     if kind == protocol.FAILED_HANDLER and version.handler_path is not None:
         handler = relative_name(version, version.handler_path)
         return DeployError(
@@ -49,7 +62,8 @@ def deploy_error(
             file=model,
         )
     if kind == "timeout":
-        return DeployError(f"loading {model} took too long in the sandbox; {message}", file=model)
+        return DeployError(f"loading {model} took too long in the sandbox: {message}",
+                           file=model)
     return DeployError(
         f"the sandbox loading {model} {message}; the model or its handler crashed the process",
         file=model,

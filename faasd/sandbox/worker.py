@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -109,7 +110,9 @@ class _LoadFailed(Exception):
         self.kind = kind
 
 
-def _load_parts(spec: protocol.WorkerSpec) -> tuple[OnnxModel, Handler]:
+def _load_parts(
+    spec: protocol.WorkerSpec, announce: Callable[[str], None]
+) -> tuple[OnnxModel, Handler]:
     try:
         confine(spec)
         _prepare_process(spec)
@@ -119,10 +122,13 @@ def _load_parts(spec: protocol.WorkerSpec) -> tuple[OnnxModel, Handler]:
         logger.warning(
             "vgpu=%d asked for, but onnxruntime has no CUDA here: running on CPU", spec.vgpu
         )
+    announce(protocol.STAGE_MODEL)
     try:
         model = OnnxModel.load(Path(spec.model_path), spec.vcpu, spec.vgpu)
     except ModelLoadError as exc:
         raise _LoadFailed(protocol.FAILED_MODEL, str(exc)) from exc
+    if spec.handler_path:
+        announce(protocol.STAGE_HANDLER)
     try:
         handler = load_handler(Path(spec.handler_path) if spec.handler_path else None)
     except HandlerLoadError as exc:
@@ -134,7 +140,8 @@ def _load(sock: socket.socket, spec: protocol.WorkerSpec) -> tuple[OnnxModel, Ha
     """Load model and handler and tell the daemon; None (after telling it why) on failure."""
     started = time.perf_counter()
     try:
-        model, handler = _load_parts(spec)
+        model, handler = _load_parts(
+            spec, lambda stage: channel.send(sock, {"op": "loading", "stage": stage}))
     except _LoadFailed as failed:
         channel.send(sock, {"op": "failed", "kind": failed.kind, "message": str(failed)})
         return None

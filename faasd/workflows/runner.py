@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from esg.pricing import Pricing
 from faasd.errors import FaasdError
 from faasd.functions.spec import FunctionVersion
 from faasd.gateway import CallResult, Gateway
@@ -67,6 +68,10 @@ class WorkflowResult:
     @property
     def cold_start(self) -> bool:
         return any(r.cold_start for r in self.stages.values())
+
+    def cost(self, pricing: Pricing) -> float:
+        """What the call's stages cost (each its share of its batch), in dollars."""
+        return sum(r.cost(pricing) for r in self.stages.values())
 
 
 class WorkflowRunner:

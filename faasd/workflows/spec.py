@@ -30,6 +30,7 @@ from esg.model import Workflow
 from faasd.errors import DeployError
 
 FILE = "workflow.yaml"
+MAX_FILE_BYTES = 256 * 1024
 NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")
 KEYS = frozenset({"slo_ms", "functions", "edges", "description"})
 EDGE_KEYS = frozenset({"from", "to", "map"})
@@ -108,10 +109,14 @@ class WorkflowSpec:
 def load_spec(directory: Path, name: str | None = None) -> WorkflowSpec:
     """The workflow in `directory` (named after it unless `name`); WorkflowSpecError if bad."""
     path = directory / FILE
-    if not path.is_file():
+    if not path.is_file():  # a FIFO or a device is no file: never opened
         raise WorkflowSpecError(
             f"{directory} has no {FILE}; a workflow directory needs one (slo_ms, functions, "
             "edges)", file=str(path))
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise WorkflowSpecError(
+            f"{path} is larger than {MAX_FILE_BYTES // 1024} KiB; a workflow.yaml lists "
+            "functions and edges only", file=str(path))
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -482,9 +482,12 @@ def _binary_request(rows: int) -> tuple[bytes, np.ndarray]:
     return header + x.tobytes(), x
 
 
-async def test_a_body_in_many_pieces_and_a_truncated_one(daemon: Daemon) -> None:
+async def test_a_body_in_many_pieces_and_a_truncated_one(daemon: Daemon, tmp_path: Path) -> None:
+    # one call may hold max_batch_size rows: a function that takes 20,000 at once
+    await daemon.services.catalog.deploy(
+        make_function(tmp_path / "src", "bulk", "batching: {max_batch_size: 20000}\n"))
     body, x = _binary_request(20_000)  # 320 KB: aiohttp hands it over in several chunks
-    head = (f"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head = (f"POST /v2/models/bulk/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
             f"Inference-Header-Content-Length: {len(body) - x.nbytes}\r\n\r\n").encode()
     fifth = len(body) // 5
@@ -502,6 +505,6 @@ async def test_a_body_in_many_pieces_and_a_truncated_one(daemon: Daemon) -> None
     assert truncated == b"" or b" 400 " in truncated.partition(b"\r\n")[0], truncated[:300]
     async with aiohttp.ClientSession() as session:
         await healthy(session, daemon.url)
-        async with session.post(f"{daemon.url}/v2/models/linear/infer", data=body, headers={
+        async with session.post(f"{daemon.url}/v2/models/bulk/infer", data=body, headers={
             "Inference-Header-Content-Length": str(len(body) - x.nbytes)}) as resp:
             assert resp.status == 200, await resp.text()

@@ -91,7 +91,8 @@ def test_deploy_by_upload(live: DaemonProcess, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     deployed = json.loads(out.stdout)
     assert deployed["name"] == "shipped" and deployed["handler"]["preprocess"]
-    scratch = Path(deployed["directory"]).parents[2] / "uploads"
+    assert deployed["directory"] == "functions/shipped/1"  # no host path in an answer
+    scratch = live.log_path.parent / "state" / "uploads"
     assert list(scratch.glob("upload-*")) == []  # the unpacked copy was cleaned up
     called = faasd("invoke", "shipped", "--data", "0,0,0,1", "--content-type", "text/plain",
                    url=live.url)

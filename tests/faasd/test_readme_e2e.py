@@ -37,7 +37,8 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess
     missing = [n for n in EXAMPLES if not (REPO / "functions" / n / "model.onnx").exists()]
     if missing:
         pytest.skip(f"example models not built ({', '.join(missing)}); run `make models`")
-    daemon = start_daemon(tmp_path_factory.mktemp("readme"), REPO / "functions")
+    daemon = start_daemon(tmp_path_factory.mktemp("readme"), REPO / "functions",
+                          "--workflows", str(REPO / "workflows"))
     yield daemon
     assert daemon.stop() == 0, daemon.log()
 
@@ -54,6 +55,8 @@ def test_quickstart_curl_lines_work_as_printed(examples: DaemonProcess) -> None:
     assert len(lines) >= 4
     for names in EXAMPLES:
         assert any(f"/function/{names}" in line for line in lines)
+    for workflow in ("classify", "ensemble", "cutout"):
+        assert any(f"/workflow/{workflow}" in line for line in lines)
     for line in lines:
         command = line.replace("127.0.0.1:8080", f"127.0.0.1:{examples.port}")
         out = subprocess.run(command + " -w '\\n%{http_code}'", shell=True, cwd=REPO,
@@ -68,6 +71,10 @@ def test_quickstart_curl_lines_work_as_printed(examples: DaemonProcess) -> None:
             assert max(range(10), key=output["data"].__getitem__) == 3
         if "/function/squeezenet" in line or "/function/resnet50" in line:
             assert '"top5"' in body
+        if "/workflow/classify" in line or "/workflow/ensemble" in line:
+            assert len(json.loads(body)["top5"]) == 5
+        if "/workflow/cutout" in line:
+            assert 0 <= json.loads(body)["coverage"] <= 1
 
 
 def test_cli_tour_works_as_printed(examples: DaemonProcess) -> None:
@@ -101,4 +108,9 @@ def test_example_functions_reject_corrupt_images_and_stay_healthy(
         assert caught.value.code == 400
         assert "picture" in json.loads(caught.value.read())["error"]
     with urllib.request.urlopen(f"{examples.url}/healthz", timeout=10) as resp:
-        assert json.loads(resp.read())["functions"] == len(EXAMPLES)
+        deployed = [p for p in (REPO / "functions").iterdir()
+                    if p.is_dir() and not p.name.startswith((".", "_"))]
+        stages = [p for p in (REPO / "workflows").glob("*/*") if p.is_dir()]  # with theirs
+        health = json.loads(resp.read())
+        assert health["functions"] == len(deployed) + len(stages)  # all, examples or not
+        assert health["workflows"] == 3

@@ -30,8 +30,8 @@ class FixedProfiles:
     def profiles(self) -> Mapping[str, Profile]:
         return {f: Profile(f, TABLE, version=1) for f in ("src", "inc")}
 
-    def cold_start_ms(self, function: str, version: int) -> float | None:
-        return None
+    def cold_starts_ms(self) -> Mapping[str, float]:
+        return {}
 
 
 def quotas(parent: str, function: str) -> list[int]:

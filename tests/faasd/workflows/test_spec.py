@@ -3,6 +3,7 @@ file, the key and the fix."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,14 @@ def test_load_spec_reports_yaml_errors_and_a_missing_file(tmp_path: Path) -> Non
     (tmp_path / "empty").mkdir()
     with pytest.raises(WorkflowSpecError, match=r"has no workflow\.yaml"):
         load_spec(tmp_path / "empty")
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "workflow.yaml")  # never opened: it would block the deploy
+    with pytest.raises(WorkflowSpecError, match=r"has no workflow\.yaml"):
+        load_spec(tmp_path / "fifo")
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "workflow.yaml").write_text("#" * (300 * 1024))
+    with pytest.raises(WorkflowSpecError, match="larger than 256 KiB"):
+        load_spec(tmp_path / "huge")
 
 
 # ---------------------------------------------------------------- wiring

@@ -40,10 +40,19 @@ async def test_a_chain_answers_as_its_graphs_compose(daemon: Daemon) -> None:
         assert doc["total"] == pytest.approx(float(expected.sum()))
         assert headers["X-Call-Id"] and float(headers["X-Duration-Seconds"]) > 0
         assert headers["X-Faasd-Slo-Ms"] == "5000" and headers["X-Faasd-Slo-Met"] == "true"
+        assert float(headers["X-Faasd-Cost"]) > 0  # three stages' vCPU-seconds, priced
         # plain tensors for the source take the same way; the sink's postprocess shapes it
         status, doc, _ = await post(s, f"{daemon.url}/workflow/chain", json={"x": X.tolist()})
         assert status == 200, doc
         np.testing.assert_allclose(doc["out"], expected, rtol=1e-6)
+        async with s.get(f"{daemon.url}/metrics") as resp:
+            text = await resp.text()
+    assert 'faasd_workflow_invocations_total{slo_met="true",workflow="chain"} 2.0' in text
+    assert 'faasd_workflow_duration_seconds_count{workflow="chain"} 2.0' in text
+    for function in ("src", "inc", "half"):
+        for kind in ("queue", "exec"):
+            assert (f'faasd_workflow_stage_{kind}_seconds_count{{function_name="{function}",'
+                    'workflow="chain"} 2.0') in text
 
 
 async def test_a_fork_join_waits_for_both_sides(daemon: Daemon) -> None:
@@ -97,7 +106,7 @@ async def test_a_failing_middle_stage_is_named_and_others_keep_working(daemon: D
         request = {"inputs": [{"name": "y", "shape": [1, 4], "datatype": "FP32",
                                "data": [1, 2, 3, 4]}]}
         status, doc, _ = await post(s, f"{daemon.url}/v2/models/chain/infer", json=request)
-        assert status == 400 and "unknown input(s) ['y']" in str(doc["error"]), doc
+        assert status == 400 and "unknown input 'y'" in str(doc["error"]), doc
         status, doc, _ = await post(s, f"{daemon.url}/workflow/nosuch", data=BODY)
         assert status == 404 and "no workflow named 'nosuch'" in str(doc["error"])
 

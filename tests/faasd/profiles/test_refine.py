@@ -1,0 +1,105 @@
+"""The online refinement rule: running mean, then EWMA; publish only meaningful changes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from faasd.profiles.refine import Point, RefinePolicy, observe
+
+
+def feed(point: Point | None, samples: list[float], policy: RefinePolicy) -> tuple[Point, int]:
+    changes = 0
+    for sample in samples:
+        refined = observe(point, sample, policy)
+        point, changes = refined.point, changes + refined.changed
+    assert point is not None
+    return point, changes
+
+
+def test_first_sample_makes_a_measured_point_and_replaces_a_fit() -> None:
+    fresh = observe(None, 4.0)
+    assert fresh.changed and fresh.point == Point(4.0, 0.0, 1, False, 4.0)
+    fitted = observe(Point.fit(9.0), 4.0)
+    assert fitted.changed and not fitted.point.fitted and fitted.point.published_ms == 4.0
+
+
+def test_running_mean_within_the_window_then_ewma() -> None:
+    policy = RefinePolicy(window=4, rel_change=0.0, abs_change_ms=0.0, z=0.0)
+    # samples 1, 2, 3, 4: a plain mean (2.5) and population variance (1.25)
+    point, _ = feed(None, [1.0, 2.0, 3.0, 4.0], policy)
+    assert point.count == 4
+    assert point.mean_ms == pytest.approx(2.5)
+    assert point.var_ms2 == pytest.approx(1.25)
+    # the fifth sample weighs 1/4: 2.5 + (6.5 - 2.5) / 4 = 3.5;
+    # variance (1 - 1/4) * (1.25 + 1/4 * 4^2) = 0.75 * 5.25 = 3.9375
+    point, _ = feed(point, [6.5], policy)
+    assert point.mean_ms == pytest.approx(3.5)
+    assert point.var_ms2 == pytest.approx(3.9375)
+
+
+def test_ewma_forgets_an_old_speed() -> None:
+    policy = RefinePolicy(window=10)
+    point, _ = feed(None, [10.0] * 10, policy)
+    point, changes = feed(point, [5.0] * 60, policy)
+    # (1 - 1/10)^60 = 0.0018 of the old 5 ms gap is left
+    assert point.mean_ms == pytest.approx(5.0 + 5.0 * 0.9**60)
+    assert point.published_ms == pytest.approx(5.0, rel=0.06)
+    assert 1 <= changes < 20  # stepwise, each step past 5 %, not one bump a sample
+
+
+ONLY_REL = RefinePolicy(rel_change=0.05, abs_change_ms=0.0, z=0.0)
+ONLY_ABS = RefinePolicy(rel_change=0.0, abs_change_ms=0.02, z=0.0)
+
+
+@pytest.mark.parametrize(
+    ("policy", "samples", "changed"),
+    [
+        (ONLY_REL, [10.0, 10.8], False),  # mean 10.4 is 4 % from 10
+        (ONLY_REL, [10.0, 11.2], True),  # mean 10.6 is 6 % from 10
+        (ONLY_ABS, [0.010, 0.030], False),  # mean 0.020 is 0.010 ms from 0.010
+        (ONLY_ABS, [0.010, 0.100], True),  # mean 0.055 is 0.045 ms from 0.010
+    ],
+)
+def test_relative_and_absolute_thresholds(
+    policy: RefinePolicy, samples: list[float], changed: bool
+) -> None:
+    first = observe(None, samples[0], policy)
+    second = observe(first.point, samples[1], policy)
+    assert second.changed is changed
+    expected = second.point.mean_ms if changed else samples[0]
+    assert second.point.published_ms == pytest.approx(expected)
+
+
+def test_standard_error_threshold() -> None:
+    """10 ms measured 3 times (std 0.1), then executions of 12 ms, only the z rule on:
+    n=4: mean 10.5, var 0.7575, 2·sqrt(var/4) = 0.870 > 0.5 moved: kept;
+    n=5: mean 10.8, var 0.966, 2·sqrt(var/5) = 0.879 > 0.8: kept;
+    n=6: mean 11.0, var 1.005, 2·sqrt(var/6) = 0.819 < 1.0: published."""
+    policy = RefinePolicy(rel_change=0.0, abs_change_ms=0.0, z=2.0)
+    point = Point.measured(10.0, 0.1, 3)
+    seen = []
+    for _ in range(3):
+        refined = observe(point, 12.0, policy)
+        point = refined.point
+        seen.append(refined.changed)
+    assert seen == [False, False, True]
+    assert point.published_ms == pytest.approx(11.0)
+
+
+def test_noise_alone_does_not_republish() -> None:
+    """A jittery point (alternating 1 and 3 ms, mean 2, standard deviation 1) settles: the
+    estimate's swings stay within two standard errors, so the version stops moving."""
+    policy = RefinePolicy(window=20)
+    point, _ = feed(None, [1.0, 3.0] * 20, policy)
+    _, changes = feed(point, [1.0, 3.0] * 200, policy)
+    assert changes == 0
+    assert math.isclose(point.std_ms, 1.0, rel_tol=0.1)
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="> 0"):
+        observe(None, 0.0)
+    with pytest.raises(ValueError, match="window"):
+        RefinePolicy(window=0)

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint typecheck models bench clean
+.PHONY: run test test-fast lint typecheck models bench clean engines
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,18 @@ models: $(STAMP)
 run: models
 	$(VENV)/bin/faasd up --host 127.0.0.1 --port 8080 --functions functions --workflows workflows --state-dir state
 
+# The cluster's engines (Debian serf and etcd-server), for the `cluster` tests; as root, once.
+# Without root they stay missing and those tests are skipped, saying so.
+engines:
+	@command -v serf >/dev/null && command -v etcd >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -q serf \
+	    etcd-server >/dev/null 2>&1 || { apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q serf etcd-server >/dev/null; }; } \
+	  || echo "serf/etcd missing (as root: apt-get install serf etcd-server);" \
+	    "the cluster tests will be skipped"; }
+
 # The whole suite this machine can run (everything but the GPU tests), then lint and types.
-test: models
+test: models engines
 	$(PY) -m pytest -m "not gpu"
 	$(MAKE) --no-print-directory lint typecheck
 

@@ -23,6 +23,7 @@ from faasd.auth.store import TokenError
 from faasd.client import Client, ClientError, gateway_url
 from faasd.config import ConfigError, faasd_version, load_config
 from faasd.durable.cli import add_invocation_commands
+from faasd.errors import FaasdError
 
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"faasd: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except (ConfigError, OSError, TokenError) as exc:
+    except (ConfigError, OSError, TokenError, FaasdError) as exc:  # FaasdError: e.g. an engine
         print(f"faasd: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -70,6 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--scheduler", help="policy name (default fcfs)")
     up.add_argument("--port-file", type=Path, help="write the bound port here once ready")
     up.add_argument("--log-level", default=None)
+    cluster = up.add_argument_group("cluster (none of these: one node, its own leader)")
+    cluster.add_argument("--cluster-addr", metavar="HOST[:PORT]",
+                         help="gossip on this address (Serf; port 7946)")
+    cluster.add_argument("--join", nargs="+", metavar="HOST[:PORT]",
+                         help="join the cluster through these nodes' gossip addresses")
+    cluster.add_argument("--voter", action="store_true", default=None,
+                         help="run an etcd member here and stand for leader")
+    cluster.add_argument("--etcd", metavar="URL,...",
+                         help="use this etcd cluster for the election instead")
+    cluster.add_argument("--gossip-key-file", type=Path, metavar="FILE",
+                         help="encrypt gossip with this key (`serf keygen > FILE`)")
+    cluster.add_argument("--node-name", help="this node's name (default: the host name)")
     up.set_defaults(func=_up)
 
     deploy = client_command(
@@ -80,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="send the directory as a tar archive (for a daemon on another host)")
 
     client_command("list", "list deployed functions", _list)
+    client_command("nodes", "list the cluster's nodes, its leader, and this node's vCPUs and "
+                   "GPU slices", _nodes)
     client_command("workflows", "list deployed workflows", _workflows)
     describe = client_command("describe", "show one function or workflow", _describe)
     describe.add_argument("name")
@@ -115,8 +130,6 @@ def _parser() -> argparse.ArgumentParser:
     install = sub.add_parser("install", help="install the systemd unit and start faasd")
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
     install.set_defaults(func=_install)
-
-    client_command("nodes", "list the nodes with their vCPUs and GPU slices", _nodes)
 
     version = client_command("version", "print client and daemon versions", _version)
     version.set_defaults(func=_version)
@@ -238,6 +251,12 @@ def _up(args: argparse.Namespace) -> int:
             "workflows_dir": args.workflows,
             "scheduler": args.scheduler,
             "log_level": args.log_level,
+            "cluster_addr": args.cluster_addr,
+            "join": args.join,
+            "voter": args.voter,
+            "etcd": args.etcd,
+            "gossip_key_file": args.gossip_key_file,
+            "node_name": args.node_name,
         },
     )
     logging.basicConfig(
@@ -367,23 +386,38 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _nodes(args: argparse.Namespace) -> int:
-    nodes = _client(args).json("GET", "/system/nodes")
+    doc = _client(args).json("GET", "/system/nodes")
     if args.output == "json":
-        return _print_json(nodes)
-    rows = []
-    for node in nodes:
-        vcpu = f"{node['free_vcpu']}/{node['total_vcpu']}"
-        gpus = node.get("gpus") or []
-        if not gpus:
-            rows.append([node["name"], vcpu, "-", "-", "-", "0/0", "-"])
-        for gpu in gpus:
-            used = [i["profile"] + ("*" if i["in_use"] else "") for i in gpu["instances"]]
-            rows.append([node["name"], vcpu, str(gpu["index"]), gpu["name"], gpu["mode"]
-                         + ("" if gpu["healthy"] else " (lost)"),
-                         f"{gpu['free_units']}/{gpu['total_units']}", " ".join(used) or "-"])
+        return _print_json(doc)
+    rows = [
+        [n["name"] + (" (self)" if n["name"] == doc["self"]["name"] else ""), n["address"],
+         n["role"], n["status"], "yes" if n["leader"] else "",
+         "" if n["term"] is None else str(n["term"]),
+         "" if n.get("vcpu") is None else str(n["vcpu"])]
+        for n in doc["nodes"]
+    ]
+    _print_table(["NAME", "ADDRESS", "ROLE", "STATUS", "LEADER", "TERM", "VCPU"], rows)
+    if doc["leader"] is None:
+        print(f"no leader at the moment (last term {doc['term']})")
+    me = next((n for n in doc["nodes"] if n["name"] == doc["self"]["name"]), None)
+    if me is not None and "total_vcpu" in me:
+        print()
+        _print_resources(me)
+    return EXIT_OK
+
+
+def _print_resources(node: dict[str, Any]) -> None:
+    """This node's vCPUs and GPU slices, a row per GPU."""
+    vcpu = f"{node['free_vcpu']}/{node['total_vcpu']}"
+    gpus = node.get("gpus") or []
+    rows = [] if gpus else [[node["name"], vcpu, "-", "-", "-", "0/0", "-"]]
+    for gpu in gpus:
+        used = [i["profile"] + ("*" if i["in_use"] else "") for i in gpu["instances"]]
+        rows.append([node["name"], vcpu, str(gpu["index"]), gpu["name"], gpu["mode"]
+                     + ("" if gpu["healthy"] else " (lost)"),
+                     f"{gpu['free_units']}/{gpu['total_units']}", " ".join(used) or "-"])
     _print_table(["NODE", "VCPU FREE/ALL", "GPU", "MODEL", "MODE", "UNITS FREE/ALL",
                   "MIG INSTANCES (* in use)"], rows)
-    return EXIT_OK
 
 
 def _workflows(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from faasd.cluster.settings import ClusterConfigError, ClusterSettings, cluster_settings
 from faasd.functions.limits import NodeLimits
 from faasd.functions.settings import check_setting, merge_settings
 from faasd.functions.spec import FunctionSettings
@@ -87,6 +88,13 @@ class DaemonConfig:
     limits: NodeLimits = field(default_factory=NodeLimits)
     #: the `gpu:` section (faasd.gpu.settings); FAASD_GPU_MODE / FAASD_GPU_FAKE override it
     gpu: GpuSettings = field(default_factory=GpuSettings)
+    # the cluster (faasd/cluster/settings.py); no cluster_addr = one node, its own leader
+    cluster_addr: str | None = None
+    join: tuple[str, ...] = ()
+    voter: bool = False
+    etcd: tuple[str, ...] = ()
+    gossip_key_file: Path | None = None
+    node_name: str | None = None
 
     @property
     def max_body_bytes(self) -> int:
@@ -101,6 +109,20 @@ class DaemonConfig:
         if self.node_vcpu > 0:
             return self.node_vcpu
         return max(1, len(os.sched_getaffinity(0)))
+
+    def cluster_settings(self) -> ClusterSettings | None:
+        """The checked cluster settings (reads the gossip key file); None without
+        `cluster_addr`. A setting that cannot work is a `ConfigError` that says the fix."""
+        if self.cluster_addr is None:
+            if self.join or self.voter or self.etcd:
+                raise ConfigError("join, voter and etcd need cluster_addr (--cluster-addr "
+                                  "HOST[:PORT], the address this node gossips on)")
+            return None
+        try:
+            return cluster_settings(self.cluster_addr, self.join, self.voter, self.etcd,
+                                    self.gossip_key_file, self.node_name)
+        except ClusterConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def validate(self, where: Mapping[str, str] | None = None) -> DaemonConfig:
         """Range checks; `where` says where each key's value came from (for the message)."""
@@ -132,6 +154,7 @@ class DaemonConfig:
         if self.scheduler not in POLICIES:
             known = ", ".join(sorted(POLICIES))
             raise fail("scheduler", f"{self.scheduler!r} is unknown; choose one of: {known}")
+        self.cluster_settings()
         return self
 
     def _availability_problem(self) -> tuple[str, str] | None:
@@ -298,12 +321,16 @@ def _limits(value: Any, source: str) -> NodeLimits:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    if key in ("allowed_hosts", "allowed_origins"):  # a YAML list, or "a,b" from the env
+    if key in ("allowed_hosts", "allowed_origins", "join", "etcd"):  # a list, or "a,b" (env)
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"{source}: {key} must be a list of names, got {value!r}")
         return tuple(i.strip() for i in items if i.strip())
-    if key in ("state_dir", "functions_dir", "workflows_dir"):
+    if key in ("cluster_addr", "node_name"):  # text, or null for the default
+        if value is None or isinstance(value, str):
+            return value
+        raise ConfigError(f"{source}: {key} must be text, got {value!r}")
+    if key in ("state_dir", "functions_dir", "workflows_dir", "gossip_key_file"):
         if value is None or isinstance(value, str | Path):
             return None if value is None else Path(str(value)).expanduser()
         raise ConfigError(f"{source}: {key} must be a path, got {value!r}")

@@ -11,6 +11,8 @@ Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the ne
    `drain_timeout_s`; HTTP handlers answer them;
 3. stop sandboxes: the pool stops every sandbox and the fork server;
 4. GPUs: the MPS control daemon faasd started is stopped.
+5. leave the cluster: resign the leadership, stop the etcd member, leave the gossip (with a
+   `cluster_addr`; `faasd/cluster/node.py`). It joins right after the listener is bound.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from faasd.auth.store import TokenCache
 from faasd.auth.tokens import exposure_error
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
+from faasd.cluster.node import Cluster, make_cluster
+from faasd.cluster.settings import SERF_PORT, split_hostport
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller, ProfileSource
 from faasd.durable.runner import AsyncCalls
@@ -75,6 +79,16 @@ def function_dirs(root: Path) -> list[Path]:
     )
 
 
+async def _stop_taking_work(services: Services) -> None:
+    """No new call, profile or async call starts from now on (the first step of a stop)."""
+    services.controller.stop_accepting()
+    if services.profiles is not None:  # no new sandbox for a profile from now on
+        await services.profiles.stop()
+    if services.invocations is not None:
+        # running async calls stay recorded as running: the next start runs them
+        await services.invocations.stop()
+
+
 def workflow_dirs(root: Path) -> list[Path]:
     """Sub-directories of `root` that hold a workflow.yaml."""
     return [p for p in function_dirs(root) if (p / "workflow.yaml").is_file()]
@@ -104,6 +118,7 @@ class Daemon:
         self._listener: asyncio.Server | None = None
         self.connections: ConnectionGuard | None = None
         self._services: Services | None = None
+        self._cluster: Cluster | None = None
         self._stopped = False
 
     @property
@@ -151,6 +166,9 @@ class Daemon:
         if scratch:
             log.warning("removed %d upload(s) a stopped daemon left in %s/uploads", scratch,
                         state_dir)
+        # a missing engine is a one-line error before anything else starts
+        cluster = make_cluster(config.cluster_settings(), config.node_name,
+                               config.vcpu_capacity, state_dir / "cluster", self.clock)
         self.notifier.status("discovering GPUs")
         try:
             gpus = await self._stack.enter_async_context(GpuService(config.gpu, state_dir))
@@ -224,6 +242,7 @@ class Daemon:
             profiles=profiles,
             invocations=async_calls,
             gpus=gpus,
+            cluster=cluster,
         )
         app = create_app(config, self._services)
         limits = connection_limits(config)
@@ -249,6 +268,9 @@ class Daemon:
         log.info("at most %d connections at once (max_connections, open-file limit)", guard.cap)
         self.notifier.status("verifying the installed versions")
         await asyncio.to_thread(registry.verify)
+        self._cluster = cluster  # from here on, stop() leaves the cluster
+        self.notifier.status("joining the cluster")
+        await cluster.start(self._http_address())
         log.info("faasd %s bound to %s; loading the startup functions (not ready yet)",
                  faasd_version(), self.url)
         await self._load_functions(catalog)
@@ -259,6 +281,14 @@ class Daemon:
         loaded = len(catalog.list())
         self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
         self.notifier.start_watchdog()
+
+    def _http_address(self) -> str:
+        """HOST:PORT where other nodes reach this API (the cluster address's host when the
+        API listens on every interface)."""
+        host = self.config.host
+        if host in ("0.0.0.0", "::", "") and self.config.cluster_addr is not None:
+            host = split_hostport(self.config.cluster_addr, SERF_PORT)[0]
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     async def _load_functions(self, catalog: Catalog) -> None:
         if self.config.functions_dir is not None:
@@ -296,12 +326,7 @@ class Daemon:
         self.notifier.stopping()
         services = self._services
         if services is not None:
-            services.controller.stop_accepting()
-            if services.profiles is not None:  # no new sandbox for a profile from now on
-                await services.profiles.stop()
-            if services.invocations is not None:
-                # running async calls stay recorded as running: the next start runs them
-                await services.invocations.stop()
+            await _stop_taking_work(services)
         if self._listener is not None:
             self._listener.close()
         if self._runner is not None:
@@ -318,7 +343,10 @@ class Daemon:
                 await services.profiles.close()
         await self.notifier.stop_watchdog()
         await self._stack.aclose()
-        log.info("faasd stopped")
+        if self._cluster is not None:
+            await self._cluster.stop()
+        if services is not None:  # a start refused before anything ran says only why
+            log.info("faasd stopped")
 
     async def serve_until_signalled(self, on_ready: Callable[[Daemon], Any] | None = None) -> None:
         """Start, run until SIGTERM or SIGINT, then stop in order (what `faasd up` runs)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from faasd.catalog import Catalog
 from faasd.clock import Clock
+from faasd.cluster.node import Cluster
 from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.durable.runner import AsyncCalls
@@ -46,3 +47,4 @@ class Services:
     invocations: AsyncCalls | None = None
     #: the node's GPU slices (a GpuService with no GPU offers 0 units)
     gpus: GpuService = field(default_factory=GpuService)
+    cluster: Cluster | None = None  # None: a lone node (tests that build Services by hand)

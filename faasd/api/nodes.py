@@ -1,9 +1,12 @@
-"""`GET /system/nodes`: the nodes faasd schedules on, with their vCPUs and GPU slices.
+"""`GET /system/nodes`: the cluster's members and its leader (a lone node lists itself), and for
+this node its vCPUs and GPU slices.
 
-On one node the list holds the node itself: `[{"name", "healthy", "total_vcpu", "free_vcpu",
-"gpus": [{"index", "uuid", "name", "mode", "healthy", "memory_mb", "total_units", "free_units",
-"instances": [{"uuid", "profile", "units", "memory_mb", "in_use"}]}]}]` (`instances` is empty
-outside MIG mode).
+`{"leader", "term", "self": {"name", "leader"}, "nodes": [{"name", "address", "gossip", "role",
+"status", "leader", "term", "vcpu", ...}]}`; this node's entry adds `healthy`, `total_vcpu`,
+`free_vcpu` and `gpus: [{"index", "uuid", "name", "mode", "healthy", "memory_mb",
+"total_units", "free_units", "instances": [{"uuid", "profile", "units", "memory_mb",
+"in_use"}]}]` (`instances` is empty outside MIG mode). Other members' resources reach the
+leader with the cluster's state, not through this view.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from typing import Any
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
+from faasd.cluster.node import SoloCluster
 from faasd.services import Services
 
 
 def this_node(services: Services) -> dict[str, Any]:
+    """This node's resources as the scheduler sees them."""
     node = services.controller.snapshot().nodes[0]
     return {
-        "name": node.name,
         "healthy": node.healthy,
         "total_vcpu": node.total_vcpu,
         "free_vcpu": node.free_vcpu,
@@ -28,4 +32,15 @@ def this_node(services: Services) -> dict[str, Any]:
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    return web.json_response([this_node(request.app[SERVICES])])
+    services = request.app[SERVICES]
+    cluster = services.cluster
+    if cluster is None:
+        solo = SoloCluster(services.config.node_name or "faasd", services.config.vcpu_capacity)
+        await solo.start(request.host)
+        cluster = solo
+    doc = await cluster.nodes()
+    me = doc["self"]["name"]
+    for node in doc["nodes"]:
+        if node["name"] == me:
+            node.update(this_node(services))
+    return web.json_response(doc)

@@ -32,7 +32,10 @@ def test_faasd_nodes_and_the_device_of_a_call_on_a_fake_h100(tmp_path: Path) -> 
     try:
         listed = faasd("nodes", url=daemon.url)
         assert listed.returncode == 0, listed.stderr
-        header, row = listed.stdout.splitlines()
+        # the cluster's table (this node alone, its own leader), then this node's resources
+        members, resources = listed.stdout.split("\n\n")
+        assert members.splitlines()[0].split()[:2] == ["NAME", "ADDRESS"]
+        header, row = resources.splitlines()
         assert header.split()[:3] == ["NODE", "VCPU", "FREE/ALL"]
         assert "NVIDIA H100 80GB HBM3" in row and " mig " in row
         assert "7/7" in row and "3g.40gb 2g.20gb 1g.10gb 1g.10gb" in row
@@ -42,7 +45,8 @@ def test_faasd_nodes_and_the_device_of_a_call_on_a_fake_h100(tmp_path: Path) -> 
         assert invoked.returncode == 0, invoked.stderr
         assert "X-Faasd-Device: cpu (fake MIG-" in invoked.stderr
 
-        (node,) = json.loads(faasd("nodes", "-o", "json", url=daemon.url).stdout)
+        doc = json.loads(faasd("nodes", "-o", "json", url=daemon.url).stdout)
+        (node,) = doc["nodes"]
         (gpu,) = node["gpus"]
         assert gpu["free_units"] == 6
         assert [i["profile"] for i in gpu["instances"] if i["in_use"]] == ["1g.10gb"]

@@ -90,10 +90,11 @@ async def call(session: aiohttp.ClientSession, url: str, name: str,
 
 
 async def nodes(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+    """This node's entry of /system/nodes (the one with its resources), as a list of one."""
     async with session.get(f"{url}/system/nodes") as resp:
         assert resp.status == 200
-        doc: list[dict[str, Any]] = await resp.json()
-        return doc
+        doc: dict[str, Any] = await resp.json()
+    return [n for n in doc["nodes"] if n["name"] == doc["self"]["name"]]
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:

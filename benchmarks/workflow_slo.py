@@ -1,0 +1,444 @@
+"""The example workflows on a real daemon under open-loop, bursty load, for every policy, and the
+same settings in the simulator with the profiles the daemon measured.
+
+    .venv/bin/python benchmarks/workflow_slo.py --quick          # esg and fcfs, 3 settings, minutes
+    .venv/bin/python benchmarks/workflow_slo.py                  # every policy, 3 loads x 3 SLOs
+    .venv/bin/python benchmarks/workflow_slo.py --policies esg,fcfs,infless --seed 3
+
+What it does, in order:
+
+1. Copies `functions/` and `workflows/` to a scratch directory, starts `faasd up` on them and
+   profiles every function of the example workflows (`POST /system/profile/{name}`: the full
+   grid, or the small one with `--quick`). The state directory with these profiles is copied for
+   every policy's daemon, so each starts from the same profiles (and refines its own copy).
+2. L of a workflow (as in docs/evaluation.md) is its critical path with every function at the
+   reference configuration, batch 4 (or its largest) on 2 vCPUs (or the node's all), from the
+   measured profiles; strict / moderate / relaxed SLOs are 0.8 / 1.0 / 1.2 x L. The machine's
+   capacity is measured: workflow calls per second completed by 4 closed-loop callers (the
+   workflows in turn) on the FCFS daemon; light / normal / heavy load offer 20 / 40 / 60 % of
+   it (`esg.sim.workloads` levels).
+3. Arrivals: `esg.sim.workloads.ArrivalModel` (diurnal swing and bursts), seeded by `--seed`,
+   the workflows sharing the rate equally; a warm-up (bursts at the peak rate) is not measured.
+   Each arrival is one `POST /workflow/{name}` of the workflow's sample picture, sent at its
+   time whatever the daemon is doing (open loop).
+4. Per policy and setting: SLO hit rate (answered 200 within the SLO, measured at the client),
+   cost per request (the daemon's `X-Faasd-Cost`: each stage's share of its batch's
+   vCPU-seconds, priced by configs/pricing.yaml; failed calls cost what they ran) normalised
+   to ESG's in the same setting, p50 and p99 latency, requests. Written to
+   `docs/evaluation/real.csv` (or `--out`).
+5. The same settings in `esg.sim` (one node of the daemon's vCPUs, no GPU, the measured
+   profiles and cold starts, the same arrivals): `real_vs_sim.csv` beside it, and a Markdown
+   table with the Spearman correlation of the policies' hit rates per setting.
+
+The load generator shares the 2 cores with the daemon and its sandboxes; the figures are this
+machine's (see docs/benchmarks.md for how to read them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from faasd_bench.procs import Server, free_port
+
+from esg.model import Config, Profile, Workflow
+from esg.policies import make_policy
+from esg.policy import FunctionLimits
+from esg.sim.cluster import ClusterSpec
+from esg.sim.engine import EngineSettings, Simulation
+from esg.sim.metrics import summarize
+from esg.sim.workloads import LOAD_LEVELS, SLO_FACTORS, ArrivalModel, Scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+FAASD = Path(sys.executable).with_name("faasd")
+WORKFLOWS = ("classify", "ensemble", "cutout")
+POLICIES = ("esg", "fcfs", "infless", "fast-gshare", "orion", "aquatope", "mqfq-sticky",
+            "harmonybatch", "inferfair", "clockwork")
+COLUMNS = ["policy", "workload", "slo", "slo_hit_rate", "cost_norm", "p50_ms", "p99_ms",
+           "requests"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    policies: tuple[str, ...]
+    settings: tuple[tuple[str, str], ...]
+    warmup_s: float
+    duration_s: float
+    profile_kind: str
+    seed: int
+    capacity_s: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One measured call: when it was sent (s after the run's start), what came back."""
+
+    workflow: str
+    sent_s: float
+    status: int
+    latency_ms: float
+    cost: float
+    slo_ms: float
+
+    @property
+    def hit(self) -> bool:
+        return self.status == 200 and self.latency_ms <= self.slo_ms
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+class Daemon:
+    def __init__(self, scratch: Path, state: Path, policy: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = [str(FAASD), "up", "--host", "127.0.0.1", "--port", str(self.port),
+                "--functions", str(scratch / "functions"), "--workflows",
+                str(scratch / "workflows"), "--state-dir", str(state), "--scheduler", policy]
+        self.server = Server(f"faasd-{policy}", argv, scratch / f"faasd-{policy}.log")
+        try:
+            self.server.wait_http(f"{self.url}/v2/health/ready", 600)
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=600) as answer:
+            return json.loads(answer.read())
+
+    def send(self, method: str, path: str, doc: Any) -> Any:
+        request = urllib.request.Request(self.url + path, json.dumps(doc).encode(), method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as answer:
+            return json.loads(answer.read())
+
+    def profile(self, name: str, kind: str) -> None:
+        request = urllib.request.Request(f"{self.url}/system/profile/{name}?kind={kind}",
+                                         b"", method="POST")
+        with urllib.request.urlopen(request, timeout=3600) as answer:
+            for line in answer:
+                event = json.loads(line)
+                if event.get("event") == "error":
+                    raise RuntimeError(f"profiling {name} failed: {event['error']}")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def functions_of(daemon: Daemon) -> dict[str, Workflow]:
+    flows = {}
+    for doc in daemon.get("/system/workflows"):
+        edges = [(e["from"], e["to"]) for e in doc["edges"]]
+        flows[doc["name"]] = Workflow.from_edges(doc["name"], doc["functions"], edges,
+                                                 doc["slo_ms"] / 1000)
+    return flows
+
+
+def measured_profiles(daemon: Daemon, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return {name: daemon.get(f"/system/profile/{name}") for name in names}
+
+
+def profile_of(doc: Mapping[str, Any]) -> Profile:
+    table = {Config(r["batch"], r["vcpu"], r["vgpu"]): float(r["latency_ms"])
+             for r in doc["configurations"]}
+    return Profile(doc["function"], table, version=int(doc["profile_version"]))
+
+
+# ---------------------------------------------------------------- the settings
+
+
+def reference_ms(workflow: Workflow, profiles: Mapping[str, Profile], vcpu: int) -> float:
+    """L: the critical path at batch 4 (or the largest profiled below it) on `vcpu` vCPUs."""
+    finish: dict[str, float] = {}
+    for name in workflow.topological_order():
+        table = profiles[name].latency_ms
+        batch = max(c.batch for c in table if c.batch <= 4)
+        start = max((finish[p] for p in workflow.predecessors(name)), default=0.0)
+        finish[name] = start + table[Config(batch, vcpu)]
+    return max(finish.values())
+
+
+async def capacity_rps(url: str, bodies: Mapping[str, bytes], clients: int,
+                       seconds: float) -> float:
+    """Workflow calls per second the daemon completes with `clients` callers that each send the
+    next call (the workflows in turn) as soon as the last one answered: what this machine
+    sustains, every overhead included (HTTP, stage hops, the load generator itself)."""
+    names = sorted(bodies)
+    done = 0
+    async with aiohttp.ClientSession() as session:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+
+        async def caller(offset: int) -> None:
+            nonlocal done
+            i = offset
+            while loop.time() < end:
+                name = names[i % len(names)]
+                async with session.post(f"{url}/workflow/{name}", data=bodies[name],
+                                        headers={"Content-Type": "image/jpeg"}) as resp:
+                    await resp.read()
+                    done += resp.status == 200
+                i += 1
+
+        started = loop.time()
+        await asyncio.gather(*(caller(k) for k in range(clients)))
+        return done / (loop.time() - started)
+
+
+def arrivals(names: Sequence[str], rate: float, plan: Plan, load: str) -> list[tuple[float, str]]:
+    model = ArrivalModel()
+    out: list[tuple[float, str]] = []
+    share = rate / len(names)
+    for name in names:
+        rng = random.Random(f"{plan.seed}:{name}:{load}")
+        peak = share * (1 + model.diurnal_amplitude)
+        out += [(t, name) for t in model.times(peak, plan.warmup_s, rng, diurnal=False)]
+        out += [(plan.warmup_s + t, name) for t in model.times(share, plan.duration_s, rng)]
+    return sorted(out)
+
+
+def set_slos(daemon: Daemon, scratch: Path, slo_ms: Mapping[str, float]) -> None:
+    for name, slo in slo_ms.items():
+        directory = scratch / "workflows" / name
+        doc = yaml.safe_load((directory / "workflow.yaml").read_text())
+        doc["slo_ms"] = round(slo, 3)
+        (directory / "workflow.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        daemon.send("PUT", "/system/workflows", {"path": str(directory)})
+
+
+# ---------------------------------------------------------------- the load
+
+
+async def drive(url: str, schedule: list[tuple[float, str]], bodies: Mapping[str, bytes],
+                slo_ms: Mapping[str, float], measure_from_s: float) -> list[Outcome]:
+    """Send every call at its time (open loop); the outcomes of those after the warm-up."""
+    outcomes: list[Outcome] = []
+    loop = asyncio.get_running_loop()
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = loop.time() + 0.2
+
+        async def call(at_s: float, name: str) -> None:
+            await asyncio.sleep(max(0.0, start + at_s - loop.time()))
+            sent = loop.time()
+            try:
+                async with session.post(f"{url}/workflow/{name}", data=bodies[name],
+                                        headers={"Content-Type": "image/jpeg"}) as resp:
+                    await resp.read()
+                    status, cost = resp.status, float(resp.headers.get("X-Faasd-Cost", 0.0))
+            except (aiohttp.ClientError, TimeoutError):
+                status, cost = 599, 0.0
+            if at_s >= measure_from_s:
+                outcomes.append(Outcome(name, at_s, status, (loop.time() - sent) * 1000, cost,
+                                        slo_ms[name]))
+
+        await asyncio.gather(*(call(t, name) for t, name in schedule))
+    return outcomes
+
+
+def row(policy: str, load: str, slo: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    latencies = sorted(o.latency_ms if o.status == 200 else math.inf for o in outcomes)
+    finite = [x for x in latencies if math.isfinite(x)] or [math.nan]
+    return {
+        "policy": policy, "workload": load, "slo": slo,
+        "slo_hit_rate": sum(o.hit for o in outcomes) / max(1, len(outcomes)),
+        "cost": statistics.fmean(o.cost for o in outcomes) if outcomes else math.nan,
+        "p50_ms": statistics.median(finite),
+        "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        if latencies else math.nan,
+        "requests": len(outcomes),
+    }
+
+
+# ---------------------------------------------------------------- the simulator
+
+
+def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow],
+             profiles: Mapping[str, Profile], limits: Mapping[str, FunctionLimits],
+             schedule: list[tuple[float, str]], plan: Plan, vcpu: int,
+             cold_start_s: float) -> dict[str, Any]:
+    cluster = ClusterSpec(nodes=1, vcpu_per_node=vcpu, gpus_per_node=0,
+                          cold_start_cpu_s=cold_start_s)
+    functions = {f for w in workflows.values() for f in w.functions}
+    scenario = Scenario(
+        name=f"{load}/{slo}", workflows=workflows, profiles=profiles, limits=limits,
+        output_bytes=dict.fromkeys(functions, 0.0), arrivals=tuple(schedule),
+        measure_from_s=plan.warmup_s,
+    )
+    record = Simulation(scenario, make_policy(policy), cluster, timer=time.perf_counter,
+                        settings=EngineSettings(seed=plan.seed)).run()
+    metrics = summarize(record)
+    return {"policy": policy, "workload": load, "slo": slo,
+            "slo_hit_rate": metrics.slo_hit_rate, "cost": metrics.cost_per_request,
+            "p50_ms": metrics.p50_ms, "p99_ms": metrics.p99_ms, "requests": metrics.requests}
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho with average ranks for ties (nan when either side is constant)."""
+    def ranks(xs: Sequence[float]) -> list[float]:
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        out = [0.0] * len(xs)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    if len(set(ra)) < 2 or len(set(rb)) < 2:
+        return math.nan
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    var = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return cov / var
+
+
+def normalise(rows: list[dict[str, Any]]) -> None:
+    """cost_norm = cost per request / ESG's in the same setting (nan without an ESG row)."""
+    base = {(r["workload"], r["slo"]): r["cost"] for r in rows if r["policy"] == "esg"}
+    for r in rows:
+        b = base.get((r["workload"], r["slo"]))
+        r["cost_norm"] = r["cost"] / b if b else math.nan
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(columns)
+        for r in rows:
+            out.writerow([f"{r[c]:.4g}" if isinstance(r[c], float) else r[c] for c in columns])
+
+
+def comparison(real: list[dict[str, Any]], sim: list[dict[str, Any]]) -> str:
+    lines = ["| load | SLO | ESG hit real | ESG hit sim | Spearman (hit rates) | best real | "
+             "best sim |", "|---|---|---|---|---|---|---|"]
+    for load, slo in sorted({(r["workload"], r["slo"]) for r in real}):
+        here = sorted((r for r in real if (r["workload"], r["slo"]) == (load, slo)),
+                      key=lambda r: r["policy"])
+        there = {r["policy"]: r for r in sim if (r["workload"], r["slo"]) == (load, slo)}
+        names = [r["policy"] for r in here if r["policy"] in there]
+        rho = spearman([r["slo_hit_rate"] for r in here if r["policy"] in there],
+                       [there[n]["slo_hit_rate"] for n in names])
+        esg_real = next((r["slo_hit_rate"] for r in here if r["policy"] == "esg"), math.nan)
+        esg_sim = there["esg"]["slo_hit_rate"] if "esg" in there else math.nan
+        best_real = max(here, key=lambda r: (r["slo_hit_rate"], -r["cost"]))["policy"]
+        best_sim = max(there.values(), key=lambda r: (r["slo_hit_rate"], -r["cost"]))["policy"]
+        lines.append(f"| {load} | {slo} | {esg_real:.1%} | {esg_sim:.1%} | {rho:.2f} | "
+                     f"{best_real} | {best_sim} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def run(plan: Plan, out: Path) -> int:
+    scratch = Path(tempfile.mkdtemp(prefix="workflow-slo-"))
+    shutil.copytree(ROOT / "functions", scratch / "functions")
+    shutil.copytree(ROOT / "workflows", scratch / "workflows")
+    state0 = scratch / "state0"
+    print(f"scratch: {scratch}", file=sys.stderr)
+    first = Daemon(scratch, state0, "fcfs")
+    try:
+        workflows = {n: w for n, w in functions_of(first).items() if n in WORKFLOWS}
+        names = sorted({f for w in workflows.values() for f in w.functions})
+        for name in names:
+            started = time.monotonic()
+            first.profile(name, plan.profile_kind)
+            print(f"profiled {name} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        docs = measured_profiles(first, names)
+        bodies = {n: (scratch / "workflows" / n / "sample.jpg").read_bytes() for n in workflows}
+        asyncio.run(capacity_rps(first.url, bodies, 2, 3.0))  # warm every stage first
+        capacity = asyncio.run(capacity_rps(first.url, bodies, 4, plan.capacity_s))
+        settings = {n: first.get(f"/system/function/{n}")["settings"] for n in names}
+        vcpu = int(first.get("/healthz").get("vcpu_capacity", os.cpu_count() or 1))
+    finally:
+        first.stop()
+    profiles = {n: profile_of(d) for n, d in docs.items()}
+    colds = [d["cold_start_ms"]["mean"] for d in docs.values() if d.get("cold_start_ms")]
+    cold_s = statistics.fmean(colds) / 1000 if colds else 0.25
+    limits = {
+        n: FunctionLimits(max_batch=max(1, s["max_batch_size"]),
+                          max_queue_delay_s=s["max_queue_delay_ms"] / 1000,
+                          vcpu=min(vcpu, s["vcpu"]), max_instances=s["max_instances"],
+                          cold_start_ms=cold_s * 1000)
+        for n, s in settings.items()
+    }
+    reference = {n: reference_ms(w, profiles, min(2, vcpu)) for n, w in workflows.items()}
+    print(f"L (ms): { {n: round(v, 1) for n, v in reference.items()} }; capacity "
+          f"{capacity:.1f} requests/s measured on {vcpu} vCPUs", file=sys.stderr)
+    real: list[dict[str, Any]] = []
+    sim: list[dict[str, Any]] = []
+    for policy in plan.policies:
+        state = scratch / f"state-{policy}"
+        shutil.copytree(state0, state)
+        daemon = Daemon(scratch, state, policy)
+        try:
+            for load, slo in plan.settings:
+                slo_ms = {n: SLO_FACTORS[slo] * reference[n] for n in workflows}
+                set_slos(daemon, scratch, slo_ms)
+                schedule = arrivals(sorted(workflows), LOAD_LEVELS[load] * capacity, plan, load)
+                outcomes = asyncio.run(drive(daemon.url, schedule, bodies, slo_ms, plan.warmup_s))
+                real.append(row(policy, load, slo, outcomes))
+                flows = {n: Workflow.from_edges(n, w.functions, w.edges, slo_ms[n] / 1000)
+                         for n, w in workflows.items()}
+                sim.append(simulate(policy, load, slo, flows, profiles, limits, schedule, plan,
+                                    vcpu, cold_s))
+                r, s = real[-1], sim[-1]
+                print(f"{policy:>12} {load:>6}/{slo:<8} real {r['slo_hit_rate']:6.1%} "
+                      f"p50 {r['p50_ms']:7.1f} ms  sim {s['slo_hit_rate']:6.1%} "
+                      f"({r['requests']} calls)", file=sys.stderr)
+        finally:
+            daemon.stop()
+    normalise(real)
+    normalise(sim)
+    write_csv(real, out, COLUMNS)
+    write_csv(sim, out.with_name("real_vs_sim.csv"), COLUMNS)
+    print(comparison(real, sim))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="esg and fcfs, normal load at the three SLOs, short runs")
+    parser.add_argument("--seed", type=int, default=0, help="picks the arrivals")
+    parser.add_argument("--policies", help="comma-separated (default: every policy)")
+    parser.add_argument("--duration-s", type=float, help="measured seconds per setting")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation" / "real.csv")
+    args = parser.parse_args(argv)
+    policies = tuple(args.policies.split(",")) if args.policies else (
+        ("esg", "fcfs") if args.quick else POLICIES)
+    settings = tuple(("normal", s) for s in SLO_FACTORS) if args.quick else tuple(
+        (load, slo) for load in LOAD_LEVELS for slo in SLO_FACTORS)
+    plan = Plan(policies, settings, warmup_s=3.0 if args.quick else 5.0,
+                duration_s=args.duration_s or (10.0 if args.quick else 20.0),
+                profile_kind="small" if args.quick else "full", seed=args.seed,
+                capacity_s=5.0 if args.quick else 15.0)
+    return run(plan, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,10 @@
-"""The sandbox pool: warm sandboxes per (function, version, configuration), started on demand.
+"""The sandbox pool: warm sandboxes per (function, version, shape), started on demand.
+
+- A sandbox's shape is its (vCPU, GPU slice): what its cgroup and its slice fix. The batch size
+  is not part of it (a sandbox runs whatever batch it is given), so one warm sandbox serves
+  every batch configuration of its shape, and `warm_counts` lists it under each batch size the
+  function takes (as `esg.sim.cluster` does). Keyed by the full configuration, a planner that
+  moves between batch sizes would start, and evict, a sandbox per size.
 
 - A call takes an idle sandbox of its key, else starts one from the fork server (a cold start),
   within the function's cap (`max_instances`) and the pool's (`max_sandboxes`); at a cap it
@@ -40,6 +46,17 @@ from faasd.sandbox.validation import deploy_error, oversized_batch
 logger = logging.getLogger("faasd.sandbox")
 
 SandboxKey = tuple[str, int, Config]
+
+
+def sandbox_key(version: FunctionVersion, config: Config) -> SandboxKey:
+    """(name, version, shape): the batch size is normalised to 1 (see the module docstring)."""
+    return (version.name, version.version, Config(1, config.vcpu, config.vgpu))
+
+
+def batch_sizes(version: FunctionVersion) -> range:
+    """The batch sizes a planner may ask of `version`: 1 to its max_batch_size (a model that
+    does not batch gets limits of batch 1 from the controller, so the rest are never asked)."""
+    return range(1, max(1, version.settings.max_batch_size) + 1)
 
 #: How long loading a version (model, then handler.py) may take, at a deploy's inspection
 #: and at a cold start, unless the pool is told otherwise (the daemon's `deploy_timeout_s`).
@@ -235,7 +252,7 @@ class SandboxPool:
 
     async def prewarm(self, version: FunctionVersion, config: Config, count: int) -> None:
         """Start sandboxes of (version, config) until `count` are idle, within the caps."""
-        key = (version.name, version.version, config)
+        key = sandbox_key(version, config)
         while len(self._idle.get(key, [])) < count and self._has_room(version):
             entry = await self._start(version, config)
             self._release(entry)
@@ -243,7 +260,7 @@ class SandboxPool:
     async def stop_idle(self, version: FunctionVersion, config: Config) -> int:
         """Stop the idle sandboxes of (version, config) now (a profiler cleaning up after
         itself); busy ones are left alone. Returns how many were stopped."""
-        idle = list(self._idle.get((version.name, version.version, config), ()))
+        idle = list(self._idle.get(sandbox_key(version, config), ()))
         stops = [self._stop(e) for e in idle if self._detach(e)]
         await asyncio.shield(asyncio.gather(*stops))
         return len(stops)
@@ -268,12 +285,14 @@ class SandboxPool:
         await asyncio.shield(asyncio.gather(*stops))
 
     def warm_counts(self) -> Mapping[tuple[str, Config], int]:
-        """Idle warm sandboxes by (function, config): a read-only view, fixed once returned."""
+        """Idle warm sandboxes by (function, config), each listed under every batch size of its
+        function: a read-only view, fixed once returned."""
         if self._warm_view is None:
             counts: Counter[tuple[str, Config]] = Counter()
-            for (name, _, config), idle in self._idle.items():
+            for (name, _, shape), idle in self._idle.items():
                 if idle:
-                    counts[(name, config)] += len(idle)
+                    for batch in batch_sizes(idle[0].version):
+                        counts[(name, Config(batch, shape.vcpu, shape.vgpu))] += len(idle)
             self._warm_view = MappingProxyType(dict(counts))
         return self._warm_view
 
@@ -293,7 +312,7 @@ class SandboxPool:
     # --- acquiring and releasing -----------------------------------------------------------
 
     async def _acquire(self, version: FunctionVersion, config: Config) -> tuple[_Entry, bool]:
-        key = (version.name, version.version, config)
+        key = sandbox_key(version, config)
         deadline_s = self._clock.now() + version.settings.timeout_s
         while True:
             if self._closing:
@@ -450,7 +469,7 @@ class SandboxPool:
             self._wake()
         self._counters.cold_starts += 1
         now = self._clock.now()
-        entry = _Entry((name, version.version, config), version, process, cpus, now, now)
+        entry = _Entry(sandbox_key(version, config), version, process, cpus, now, now)
         entry.start_s = now - began
         retirement = self._retirements.get(name)
         if retirement != retired_before and retirement is not None:  # retired while it loaded

@@ -53,9 +53,14 @@ async def test_warm_sandbox_is_reused_and_batches_match_onnxruntime(
         assert isinstance(result, TensorResult)
         np.testing.assert_allclose(result.tensors["y"], reference_output(x), rtol=1e-5, atol=1e-5)
     assert first.exec_s > 0
-    assert pool.warm_counts() == {("tiny", CONFIG): 1}
+    # the sandbox's shape is its vCPUs and slice: it is warm for every batch size up to 4
+    assert pool.warm_counts() == {("tiny", Config(b, 1)): 1 for b in (1, 2, 3, 4)}
+    third = await pool.run(version, Config(batch=2, vcpu=1), [TensorItem({"x": inputs[1]})])
+    assert not third.cold_start and third.sandbox_pid == first.sandbox_pid
+    other = await pool.run(version, Config(batch=2, vcpu=2), [TensorItem({"x": inputs[1]})])
+    assert other.cold_start and other.sandbox_pid != first.sandbox_pid
     stats = pool.stats()
-    assert (stats.alive, stats.idle, stats.cold_starts) == ({"tiny": 1}, {"tiny": 1}, 1)
+    assert (stats.alive, stats.idle, stats.cold_starts) == ({"tiny": 2}, {"tiny": 2}, 2)
 
 
 async def test_sandbox_is_confined_to_its_cgroups(
@@ -335,8 +340,8 @@ async def test_per_function_cap_makes_calls_share_a_sandbox(
     executions = await asyncio.gather(*calls)
     assert {e.sandbox_pid for e in executions} == {executions[0].sandbox_pid}
     assert sum(e.cold_start for e in executions) == 1
-    # A call at another configuration evicts the idle one instead of exceeding the cap.
-    other = await pool.run(version, Config(2, 1), [TensorItem({"x": rows(1, 0)})])
+    # A call of another shape (vCPUs) evicts the idle one instead of exceeding the cap.
+    other = await pool.run(version, Config(1, 2), [TensorItem({"x": rows(1, 0)})])
     assert other.cold_start and pool.stats().alive == {"tiny": 1}
 
 

@@ -29,16 +29,19 @@ oldest job has the earliest deadline first:
 4. ESG_Dispatch (`esg.dispatch`) takes the plans in priority order and places the first that
    fits a node whose setup fits what the plan's budget leaves (warm sandboxes and the inputs'
    node preferred); nothing fits: the jobs stay queued and the next completion retries.
-5. No plan meets the budget with margin and setup: if one meets it on warm means, the
-   cheapest such runs (better late by a cold start than not at all; its sandbox then has the
-   configuration later requests want). Infeasible stage budget: while the end-to-end SLO can
-   still be met (time left >= the longest minimum-latency path from the function to an exit:
-   parallel branches count once, not one after another), the fastest plans run, to win time
-   back. Once it cannot (the request is late whatever happens), `late="cheapest"` (default)
-   runs the cheapest plan runnable now: the most requests per resource, so that late work does
-   not starve requests that can still make it; `late="fastest"` keeps running the fastest
-   plans. Nothing is dropped: a late answer is still an answer, and dropping is admission
-   control's.
+5. No plan meets the budget with margin and setup: if one meets it on mean latencies with its
+   setup, the cheapest such runs. Infeasible stage budget: while the end-to-end SLO can still
+   be met (time left >= the longest minimum-latency path from the function to an exit:
+   parallel branches count once, not one after another), the fastest plans run, in order of
+   when they would finish with their setup (a faster configuration is not worth a cold start
+   of hundreds of ms, nor, at the function's instance cap, the eviction of the warm sandbox
+   the next batch needs; an earlier version took the fastest plan on warm means, and on the
+   real daemon a CNN capped at one instance swapped shapes with a cold start every few
+   batches). Once it cannot (the request is late whatever happens), `late="cheapest"`
+   (default) runs the cheapest plan runnable now, one with a warm head first: the most
+   requests per resource, so that late work does not starve requests that can still make it;
+   `late="fastest"` keeps running the fastest plans. Nothing is dropped: a late answer is
+   still an answer, and dropping is admission control's.
 
 Functions without a profile (a function the daemon deployed a moment ago) are run FCFS-style
 at their `FunctionLimits` (max_batch, vcpu, vgpu), waiting at most `max_queue_delay_s` for a
@@ -260,17 +263,20 @@ class EsgPolicy:
             wait_until = self._wait_until(jobs, snapshot, now[1][0] - now[2][0])
             return (now[0], now[1]) if wait_until is None else wait_until
         # No plan meets the budget with its setup and margin on a node that can take it now.
-        result = self._search(stage, snapshot, capacity, stage.budget_ms, None, None)
-        if result.feasible:
-            # On mean latencies and warm it would make it: run it (a sandbox started now has the
-            # configuration later requests want) rather than give up on the request.
-            return result.plans, None
+        close = self._ready(stage, snapshot, capacity, head_setup, None, margin=False)
+        if close is not None:
+            # On mean latencies, setup included, it would make it: run it rather than give up.
+            return close[0], None
         # plans[0] is the fastest plan: the stage already misses its deadline. The request
         # can still make it when the time left covers the longest minimum-latency path
         # through what remains (parallel branches count once, not one after the other).
+        # Either way the plans go in order of when they would finish, setup included: a cold
+        # start (hundreds of ms for a CNN, and at a function's instance cap the eviction of
+        # the warm sandbox the next batch needs) is not worth a faster configuration.
         if self.late == "fastest" or stage.left_ms >= stage.min_path_ms:
-            return result.plans, None
-        return self._search(stage, snapshot, capacity, math.inf, len(jobs), None).plans, None
+            return self._first_to_finish(stage, snapshot, capacity, head_setup), None
+        cheapest = self._search(stage, snapshot, capacity, math.inf, len(jobs), None).plans
+        return _warm_first(cheapest, stage.function, head_setup), None
 
     def _ready(
         self,
@@ -279,16 +285,19 @@ class EsgPolicy:
         capacity: Capacity,
         head_setup: Mapping[Config, float],
         count: int | None,
+        *,
+        margin: bool = True,
     ) -> tuple[tuple[Plan, ...], tuple[float, ...], tuple[float, ...]] | None:
-        """The top-K plans that meet the budget with the margin and the setup (cold start,
-        input transfer) of the best node that can take their head configuration now.
+        """The top-K plans that meet the budget with the margin (unless `margin` is False) and
+        the setup (cold start, input transfer) of the best node that can take their head
+        configuration now.
 
         Returns (plans, allowance, setup): per plan the setup its budget leaves room for and
         the setup it needs; None when no such plan exists. Exact: one ESG_1Q search per
         distinct setup time s, over the head configurations whose best node needs at most s,
         with the budget (budget − s) / (1 + margin); the union is merged in cost order.
         """
-        scale = 1.0 + self.latency_margin
+        scale = 1.0 + self.latency_margin if margin else 1.0
         found: dict[tuple[tuple[str, Config], ...], tuple[Plan, float]] = {}
         for setup_ms in sorted(set(head_setup.values())):
             budget_ms = (stage.budget_ms - setup_ms) / scale
@@ -309,6 +318,31 @@ class EsgPolicy:
             tuple(stage.budget_ms - p.latency_ms * scale for p, _ in ranked),
             tuple(s for _, s in ranked),
         )
+
+    def _first_to_finish(
+        self,
+        stage: _Stage,
+        snapshot: Snapshot,
+        capacity: Capacity,
+        head_setup: Mapping[Config, float],
+    ) -> tuple[Plan, ...]:
+        """The fastest plans, in order of when they would end: head setup + latency.
+
+        Exact with one search per distinct setup time s: the fastest plan among the head
+        configurations whose setup is at most s ends by s + its latency, and the plan that
+        truly ends first is found at s = its own setup. (A search that misses its budget
+        returns the fastest plan, so the budget is the stage's, already missed.)"""
+        finishing: dict[tuple[tuple[str, Config], ...], tuple[float, Plan]] = {}
+        for setup_ms in sorted(set(head_setup.values())):
+            only = frozenset(c for c, s in head_setup.items() if s <= setup_ms)
+            result = self._search(stage, snapshot, capacity, stage.budget_ms, None, only)
+            for plan in result.plans:
+                key = tuple(sorted(plan.configs.items()))
+                ends = head_setup[plan.configs[stage.function]] + plan.latency_ms
+                if key not in finishing or ends < finishing[key][0]:
+                    finishing[key] = (ends, plan)
+        ranked = sorted(finishing.values(), key=lambda ep: (ep[0], ep[1].cost))
+        return tuple(p for _, p in ranked[: self.k])
 
     def _head_setups(
         self, function: str, jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
@@ -510,3 +544,12 @@ class EsgPolicy:
             self._splits[key] = split
         return split
 
+
+def _warm_first(
+    plans: tuple[Plan, ...], head: str, head_setup: Mapping[Config, float]
+) -> tuple[Plan, ...]:
+    """`plans` (cheapest first) with those whose head needs no cold start moved ahead: a late
+    request is run where it disturbs the least, and starting a sandbox for it would stop, at
+    the function's instance cap, the warm one that requests still on time need."""
+    least = min(head_setup.values(), default=0.0)
+    return tuple(sorted(plans, key=lambda p: head_setup.get(p.configs[head], math.inf) > least))

@@ -77,6 +77,8 @@ class NodeState:
     batches: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     #: (function, vcpu, vgpu) -> expiry times of idle warm sandboxes (a min-heap).
     idle: dict[tuple[str, int, int], list[float]] = field(default_factory=dict)
+    #: sandboxes running a batch, per function
+    busy: dict[str, int] = field(default_factory=dict)
     _warm: dict[tuple[str, Config], int] = field(default_factory=dict)
     _warm_view: dict[tuple[str, Config], int] | None = None
     _view: NodeView | None = None
@@ -110,22 +112,46 @@ class NodeState:
             self.gpu_free[gpu] += sign * config.vgpu
         self._view = None
 
-    def take_warm(self, function: str, config: Config, now_s: float) -> bool:
-        """Use an idle warm sandbox of this shape if one is alive; True on a warm start."""
+    def take_warm(
+        self, function: str, config: Config, now_s: float, max_instances: int | None = None
+    ) -> bool:
+        """Use an idle warm sandbox of this shape if one is alive; True on a warm start.
+
+        A cold start beyond the function's `max_instances` sandboxes on this node (busy and
+        idle) stops its idle sandbox of another shape that was idle the longest, as the
+        daemon's pool does at the cap."""
         key = (function, config.vcpu, config.vgpu)
         heap = self.idle.get(key)
         while heap and heap[0] <= now_s:
             heapq.heappop(heap)
         self._count(key)
-        if not heap:
-            return False
-        # The sandbox idle the longest is the one whose keep-alive expires first.
-        heapq.heappop(heap)
-        self._count(key)
-        return True
+        self.busy[function] = self.busy.get(function, 0) + 1
+        if heap:
+            # The sandbox idle the longest is the one whose keep-alive expires first.
+            heapq.heappop(heap)
+            self._count(key)
+            return True
+        if max_instances is not None:
+            self._evict(function, max_instances, now_s)
+        return False
+
+    def _evict(self, function: str, cap: int, now_s: float) -> None:
+        shapes = [k for k in self.idle if k[0] == function]
+        alive = self.busy[function] + sum(
+            sum(1 for expiry in self.idle[k] if expiry > now_s) for k in shapes
+        )
+        while alive > cap:
+            live = [k for k in shapes if any(expiry > now_s for expiry in self.idle[k])]
+            if not live:
+                return  # only busy ones: the policy ran more batches than the cap
+            oldest = min(live, key=lambda k: self.idle[k][0])
+            heapq.heappop(self.idle[oldest])
+            self._count(oldest)
+            alive -= 1
 
     def park(self, function: str, config: Config, expires_s: float) -> None:
         key = (function, config.vcpu, config.vgpu)
+        self.busy[function] = max(0, self.busy.get(function, 0) - 1)
         heapq.heappush(self.idle.setdefault(key, []), expires_s)
         self._count(key)
 

@@ -11,7 +11,9 @@ A dispatched batch takes its vCPUs and slice units at once and runs
 * setup = max(cold start if no idle warm sandbox of the function with that (vCPUs, slice)
   shape on the node,
   transfer of every job's inputs from the nodes its predecessors ran on): data streams in while
-  the sandbox starts; with `charge_overhead` the policy call's wall time is added too;
+  the sandbox starts; with `charge_overhead` the policy call's wall time is added too (a
+  cold start beyond the function's `max_instances` sandboxes on the node stops its idle
+  sandbox of another shape, as the daemon's pool does);
 * exec = the profile's mean latency (of the smallest profiled batch holding the jobs, at the
   same vCPUs and slice, for a partial batch) × a lognormal noise factor (median 1,
   `noise_sigma`) drawn
@@ -319,7 +321,9 @@ class Simulation:
         self._queue_views.pop(key, None)
         node.hold(d.config, d.gpu, -1)
         self._running[d.function] = self._running.get(d.function, 0) + 1
-        cold = not node.take_warm(d.function, d.config, self._now)
+        limits = self.scenario.limits.get(d.function)
+        cap = None if limits is None else limits.max_instances
+        cold = not node.take_warm(d.function, d.config, self._now, cap)
         warming = self.settings.instant_warmup and self._now < self.scenario.measure_from_s
         setup_s = max(
             self.cluster.cold_start_s(d.config) if cold and not warming else 0.0,

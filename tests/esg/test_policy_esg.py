@@ -168,6 +168,33 @@ def test_with_cold_starts_a_warm_configuration_wins_when_a_cold_one_cannot_make_
     assert _dispatches(policy.on_event(Timer(), relaxed))[0].config == PAIR
 
 
+def test_a_stage_that_cannot_make_it_runs_where_it_finishes_first_cold_starts_counted() -> None:
+    # 90 ms left, cold starts take 500 ms, a CPU1 sandbox (100 ms) is warm. No plan meets the
+    # budget; the SLO is still reachable on paper (GPU1 takes 20 ms), but cold GPU1 would end
+    # after 520 ms and the warm CPU1 after 100 ms: CPU1 runs (the fastest plan on warm means
+    # would be GPU1, whose cold start also evicts, at an instance cap, the warm sandbox).
+    warm_node = node("n0", vcpu=16, gpu_units=(7,), warm={("f", CPU1): 2})
+    jobs = [job(0, slo_s=0.09), job(1, slo_s=0.09)]
+    snap = _snap(0.0, jobs, slo_s=0.09, nodes=(warm_node,))
+    policy = EsgPolicy(pricing=PRICES, cold_start_ms=500.0)
+    assert [d.config for d in _dispatches(policy.on_event(Timer(), snap))] == [CPU1, CPU1]
+    # Nothing warm: every plan pays the same cold start, and the fastest, GPU1, runs.
+    cold = _snap(0.0, jobs, slo_s=0.09)
+    assert {d.config for d in _dispatches(policy.on_event(Timer(), cold))} == {GPU1}
+
+
+def test_late_requests_run_on_a_warm_sandbox_before_starting_a_cheaper_one() -> None:
+    # 10 ms left: late whatever happens. PAIR is the cheapest plan but would need a 500 ms
+    # cold start; a CPU4 sandbox is warm: the late requests take it.
+    warm_node = node("n0", vcpu=16, gpu_units=(7,), warm={("f", CPU4): 1})
+    jobs = [job(0, slo_s=0.01), job(1, slo_s=0.01)]
+    snap = _snap(0.0, jobs, slo_s=0.01, nodes=(warm_node,))
+    policy = EsgPolicy(pricing=PRICES, cold_start_ms=500.0)
+    assert _dispatches(policy.on_event(Timer(), snap))[0].config == CPU4
+    # Without a cold-start estimate every plan is as ready as any other: PAIR, the cheapest.
+    assert _dispatches(_policy().on_event(Timer(), snap))[0].config == PAIR
+
+
 def test_nothing_fits_keeps_the_jobs_queued() -> None:
     full = (node("n0", vcpu=16, free_vcpu=0, gpu_units=(0,)),)
     jobs = [job(0), job(1)]

@@ -244,3 +244,33 @@ def test_cold_starts_are_instant_during_the_warm_up_only() -> None:
         [0.51, 0.51, 0.01, 0.01]
     )
     assert [r.measured for r in record.requests.values()] == [False, False, True, True]
+
+
+class Alternating(Fixed):
+    """Dispatches each arrival alone, at `configs[i % len(configs)]` for the i-th arrival."""
+
+    def __init__(self, *configs: Config) -> None:
+        super().__init__(configs[0])
+        self.configs, self.count = configs, 0
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        if isinstance(event, Arrival):
+            self.config = self.configs[self.count % len(self.configs)]
+            self.count += 1
+        return super().on_event(event, snapshot)
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(None, [0.51, 0.51, 0.01]), (1, [0.51] * 3)])
+def test_a_cold_start_at_the_instance_cap_stops_the_idle_sandbox_of_another_shape(
+    cap: int | None, expected: list[float]
+) -> None:
+    # Shapes 2 vCPUs, then 1, then 2 again, one request each, a second apart. Without a cap the
+    # first sandbox is still warm for the third request; with max_instances 1 the second
+    # request's cold start stopped it (as the daemon's pool does), so the third starts cold.
+    wf = Workflow.single("f", slo_s=1.0)
+    one = Config(1, 1, 0)
+    limits = {"f": FunctionLimits(max_instances=cap)}
+    sc = scenario(wf, {"f": {CPU: 10.0, one: 10.0}}, arrivals=[0.0, 1.0, 2.0], limits=limits)
+    record = run(Alternating(CPU, one), sc, small_cluster(cold_start_cpu_s=0.5),
+                 settings=replace(EXACT, instant_warmup=False))
+    assert [r.latency_s for r in record.requests.values()] == pytest.approx(expected)

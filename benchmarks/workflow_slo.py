@@ -27,8 +27,9 @@ What it does, in order:
    to ESG's in the same setting, p50 and p99 latency, requests. Written to
    `docs/evaluation/real.csv` (or `--out`).
 5. The same settings in `esg.sim` (one node of the daemon's vCPUs, no GPU, the measured
-   profiles and cold starts, the same arrivals): `real_vs_sim.csv` beside it, and a Markdown
-   table with the Spearman correlation of the policies' hit rates per setting.
+   profiles, cold starts and per-batch overheads, the same arrivals): `real_vs_sim.csv`
+   beside it, and a Markdown table with the Spearman correlation of the policies' hit rates
+   per setting.
 
 The load generator shares the 2 cores with the daemon and its sandboxes; the figures are this
 machine's (see docs/benchmarks.md for how to read them).
@@ -372,7 +373,9 @@ def run(plan: Plan, out: Path) -> int:
         bodies = {n: (scratch / "workflows" / n / "sample.jpg").read_bytes() for n in workflows}
         asyncio.run(capacity_rps(first.url, bodies, 2, 3.0))  # warm every stage first
         capacity = asyncio.run(capacity_rps(first.url, bodies, 4, plan.capacity_s))
-        settings = {n: first.get(f"/system/function/{n}")["settings"] for n in names}
+        described = {n: first.get(f"/system/function/{n}") for n in names}
+        settings = {n: d["settings"] for n, d in described.items()}
+        overheads = {n: float(d.get("overhead_ms", 0.0)) for n, d in described.items()}
         vcpu = int(first.get("/healthz").get("vcpu_capacity", os.cpu_count() or 1))
     finally:
         first.stop()
@@ -383,9 +386,11 @@ def run(plan: Plan, out: Path) -> int:
         n: FunctionLimits(max_batch=max(1, s["max_batch_size"]),
                           max_queue_delay_s=s["max_queue_delay_ms"] / 1000,
                           vcpu=min(vcpu, s["vcpu"]), max_instances=s["max_instances"],
-                          cold_start_ms=cold_s * 1000)
+                          cold_start_ms=cold_s * 1000, overhead_ms=overheads[n])
         for n, s in settings.items()
     }
+    print(f"per-batch overhead (ms): { {n: round(v, 2) for n, v in overheads.items()} }",
+          file=sys.stderr)
     reference = {n: reference_ms(w, profiles, min(2, vcpu)) for n, w in workflows.items()}
     print(f"L (ms): { {n: round(v, 1) for n, v in reference.items()} }; capacity "
           f"{capacity:.1f} requests/s measured on {vcpu} vCPUs", file=sys.stderr)

@@ -77,6 +77,9 @@ class FunctionLimits:
     #: GPU slice; None = unknown (a planning policy then uses its own setting).
     cold_start_ms: float | None = None
     cold_start_gpu_ms: float | None = None
+    #: What a warm batch takes beyond its profiled execution (ms): handing the inputs to the
+    #: sandbox and the outputs on. Measured by the daemon; 0 in the simulator's own scenarios.
+    overhead_ms: float = 0.0
 
 
 @dataclass(frozen=True)

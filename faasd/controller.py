@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -52,6 +53,8 @@ from faasd.gateway import CallResult, Invocation
 log = logging.getLogger("faasd.controller")
 
 NODE = "local"
+#: Weight of the newest warm batch in the smoothed per-batch overhead (an EWMA).
+OVERHEAD_SMOOTHING = 0.1
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ class Controller:
         self._idle = asyncio.Event()
         self._idle.set()
         self._batch_ids = 0
+        #: smoothed time of a warm batch outside its execution, ms, per function
+        self._overhead_ms: dict[str, float] = {}
         #: completions not yet told to the policy (delivered on the next loop turn)
         self._completions: deque[Completion] = deque()
 
@@ -357,7 +362,11 @@ class Controller:
     def _refresh_limits(self, version: FunctionVersion) -> None:
         vgpu = self._vgpu_for(version)
         cold_ms = self._profiles.cold_starts_ms().get(version.name)
-        self._limits[version.name] = limits_of(version, cold_ms, vgpu)
+        limits = limits_of(version, cold_ms, vgpu)
+        overhead = self._overhead_ms.get(version.name)
+        if overhead is not None:
+            limits = dataclasses.replace(limits, overhead_ms=round(overhead, 1))
+        self._limits[version.name] = limits
         self._limits_of[version.name] = version
 
     def _vgpu_for(self, version: FunctionVersion) -> int:
@@ -447,12 +456,16 @@ class Controller:
         self._queues[key] = deque(j for j in queue if j.id not in taken)
 
     async def _run(self, batch_id: int, dispatch: Dispatch, invocations: list[Invocation]) -> None:
+        started_s = self._clock.now()
         try:
-            outcome = await self._executor.execute(dispatch.config, invocations, self._clock.now())
+            outcome = await self._executor.execute(dispatch.config, invocations, started_s)
         except Exception as exc:  # a bug in the invoker: fail the calls, keep serving
             log.exception("batch %d of %s failed unexpectedly", batch_id, dispatch.function)
             error = FaasdError(f"internal error while running {dispatch.function}: {exc}")
             outcome = BatchOutcome([error] * len(invocations), 0.0, False, False)
+        if outcome.ok and not outcome.cold_start:
+            wall_s = self._clock.now() - started_s
+            self._observe_overhead(dispatch.function, wall_s - outcome.exec_s)
         self._used_vcpu -= dispatch.config.vcpu
         del self._running[batch_id]
         if outcome.cold_start and invocations:  # a cold start was measured: a new estimate
@@ -487,6 +500,26 @@ class Controller:
         )
         if len(self._completions) == 1:
             asyncio.get_running_loop().call_soon(self._deliver_completions)
+
+    def overhead_ms(self, function: str) -> float:
+        """What a warm batch of `function` takes beyond its execution (ms), smoothed."""
+        return self._overhead_ms.get(function, 0.0)
+
+    def _observe_overhead(self, function: str, extra_s: float) -> None:
+        """Smooth one warm batch's time outside its execution into the function's limits.
+
+        Profiles hold the sandbox's own execution time; a batch also spends time being handed
+        to the sandbox and answered (a socket trip, tensor copies, the invoker). A planner that
+        spends its slack waiting for fuller batches finishes near the deadline, so what it does
+        not plan for is what makes it late. The limits change only when the estimate moves by
+        0.1 ms or more: a policy may key caches on them."""
+        ms = max(0.0, extra_s * 1000.0)
+        old = self._overhead_ms.get(function)
+        new = ms if old is None else old + OVERHEAD_SMOOTHING * (ms - old)
+        self._overhead_ms[function] = new
+        limits = self._limits.get(function)
+        if limits is not None and abs(limits.overhead_ms - new) >= 0.1:
+            self._limits[function] = dataclasses.replace(limits, overhead_ms=round(new, 1))
 
     def _deliver_completions(self) -> None:
         while self._completions:

@@ -6,8 +6,11 @@ oldest job has the earliest deadline first:
 1. Its function's stage (`esg.slo`: the function and its descendants inside its group) is
    planned by ESG_1Q (`esg.search`) with the time actually left: budget = (earliest deadline
    among the jobs a batch would take − now) − what the work after the stage is promised
-   (SLO − the stage deadline the split derives from the DAG). Only functions with a profile
-   join the plan.
+   (SLO − the stage deadline the split derives from the DAG) − the longest path of the
+   group's per-batch overheads (`FunctionLimits.overhead_ms`: what a warm batch takes on the
+   daemon beyond its profiled execution; a planner that waits for batches finishes near the
+   deadline, so an overhead it leaves out makes it late). Only functions with a profile join
+   the plan.
 2. What a plan's latency includes (reference/esg.md §1.3: W_batch + T_cold·P[cold] + T_xfer +
    T_exec, "plus a configurable safety margin"): the group's critical path of profiled means
    × (1 + `latency_margin`), plus the setup of the head's batch on the node that would run it:
@@ -236,15 +239,20 @@ class EsgPolicy:
         edges = tuple((a, b) for a, b in edges if a in members and b in members)
         left_ms = (min(j.deadline_s for j in batch) - snapshot.now_s) * 1000.0
         reserved_ms = split.reserved_after_ms(function)
+        overhead_ms = _longest_path(members, edges, lambda f: self._overhead(f, snapshot))
         return _Stage(
             app,
             function,
             members,
             edges,
-            left_ms - reserved_ms,
-            left_ms,
+            left_ms - reserved_ms - overhead_ms,
+            left_ms - overhead_ms,
             split.min_path_ms(function),
         )
+
+    def _overhead(self, function: str, snapshot: Snapshot) -> float:
+        limits = snapshot.limits.get(function)
+        return 0.0 if limits is None else limits.overhead_ms
 
     def _plans(
         self, stage: _Stage, jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
@@ -553,3 +561,21 @@ def _warm_first(
     the function's instance cap, the warm one that requests still on time need."""
     least = min(head_setup.values(), default=0.0)
     return tuple(sorted(plans, key=lambda p: head_setup.get(p.configs[head], math.inf) > least))
+
+
+def _longest_path(
+    members: tuple[str, ...], edges: tuple[tuple[str, str], ...], weight: Callable[[str], float]
+) -> float:
+    """The largest sum of `weight` along a path of the group's DAG (parallel branches count
+    once): what the stages' per-batch overheads add to the group's latency."""
+    successors: dict[str, list[str]] = {f: [] for f in members}
+    for a, b in edges:
+        successors[a].append(b)
+    memo: dict[str, float] = {}
+
+    def longest(f: str) -> float:
+        if f not in memo:
+            memo[f] = weight(f) + max((longest(g) for g in successors[f]), default=0.0)
+        return memo[f]
+
+    return max((longest(f) for f in members), default=0.0)

@@ -14,6 +14,8 @@ A dispatched batch takes its vCPUs and slice units at once and runs
   the sandbox starts; with `charge_overhead` the policy call's wall time is added too (a
   cold start beyond the function's `max_instances` sandboxes on the node stops its idle
   sandbox of another shape, as the daemon's pool does);
+* the function's `FunctionLimits.overhead_ms` (what the daemon measured a warm batch to take
+  beyond its execution) is added after exec: it occupies the vCPUs but is not billed;
 * exec = the profile's mean latency (of the smallest profiled batch holding the jobs, at the
   same vCPUs and slice, for a partial batch) × a lognormal noise factor (median 1,
   `noise_sigma`) drawn
@@ -323,6 +325,7 @@ class Simulation:
         self._running[d.function] = self._running.get(d.function, 0) + 1
         limits = self.scenario.limits.get(d.function)
         cap = None if limits is None else limits.max_instances
+        overhead_s = 0.0 if limits is None else limits.overhead_ms / 1000.0
         cold = not node.take_warm(d.function, d.config, self._now, cap)
         warming = self.settings.instant_warmup and self._now < self.scenario.measure_from_s
         setup_s = max(
@@ -345,7 +348,7 @@ class Simulation:
                     request.plan.setdefault(function, config)
         start = self._now + delay_s
         batch = _Batch(d, start, exec_s, cold, tuple(jobs))
-        self._push(start + setup_s + exec_s, _DONE, batch)
+        self._push(start + setup_s + exec_s + overhead_s, _DONE, batch)
 
     def _transfer_s(self, job: Job, node: str) -> float:
         """Time to bring every predecessor output of `job` that lives elsewhere to `node`."""

@@ -125,5 +125,7 @@ def status(services: Services, version: FunctionVersion, info: ModelInfo) -> dic
         "availableReplicas": warm.get("idle", 0),
         "invocationCount": services.gateway.calls.get(name, 0),
         "queue_length": services.controller.queue_lengths().get(name, 0),
+        # what a warm batch takes beyond its profiled execution (planners reserve it)
+        "overhead_ms": round(services.controller.overhead_ms(name), 3),
         "urls": {"invoke": f"/function/{name}", "v2": f"/v2/models/{name}/infer"},
     }

@@ -195,6 +195,18 @@ def test_late_requests_run_on_a_warm_sandbox_before_starting_a_cheaper_one() -> 
     assert _dispatches(_policy().on_event(Timer(), snap))[0].config == PAIR
 
 
+def test_the_measured_overhead_of_a_batch_is_reserved_from_the_budget() -> None:
+    # 115 ms, batch 1: CPU1 plans 1.1 * 100 = 110 ms and fits. With 10 ms of overhead per
+    # batch it would end at 120 ms: CPU4 (1.1 * 40 + 10 ms) runs instead.
+    jobs = [job(0, slo_s=0.115), job(1, slo_s=0.115)]
+    bare = {"f": FunctionLimits(max_batch=1)}
+    slow = {"f": FunctionLimits(max_batch=1, overhead_ms=10.0)}
+    plain = _dispatches(_policy().on_event(Timer(), _snap(0.0, jobs, slo_s=0.115, limits=bare)))
+    assert {d.config for d in plain} == {CPU1}
+    costly = _snap(0.0, jobs, slo_s=0.115, limits=slow)
+    assert {d.config for d in _dispatches(_policy().on_event(Timer(), costly))} == {CPU4}
+
+
 def test_nothing_fits_keeps_the_jobs_queued() -> None:
     full = (node("n0", vcpu=16, free_vcpu=0, gpu_units=(0,)),)
     jobs = [job(0), job(1)]

@@ -289,3 +289,33 @@ async def test_a_policy_failing_on_a_completion_fails_no_call(
     assert int(second.result.tensors["y"][0]) == 1  # type: ignore[union-attr]
     assert [name for name, _ in policy.seen][:3] == ["Arrival", "Completion", "Arrival"]
     assert "failed on a completion" in caplog.text
+
+
+class Slow(Script):
+    """Answers after `delay_s` but reports an execution of `exec_s`; the first batch is cold."""
+
+    def __init__(self, delay_s: float, exec_s: float) -> None:
+        super().__init__(delay_s)
+        self.exec_s = exec_s
+
+    async def execute(self, config: Config, invocations: list[Invocation],
+                      now_s: float) -> BatchOutcome:
+        outcome = await super().execute(config, invocations, now_s)
+        return BatchOutcome(outcome.results, self.exec_s, len(self.batches) == 1, True)
+
+
+async def test_warm_batches_measure_the_time_outside_execution_for_the_planner() -> None:
+    # Each batch takes 40 ms but reports 10 ms of execution: about 30 ms of overhead, which the
+    # policy then sees in the function's limits. The first batch is cold: its time is the
+    # sandbox's start, not overhead, and leaves no estimate behind.
+    script = Slow(delay_s=0.04, exec_s=0.01)
+    controller = make(script)
+    v = version()
+    await asyncio.wait_for(controller.submit(call(0, v)), 5)
+    assert controller.overhead_ms("f") == 0.0
+    assert controller.snapshot().limits["f"].overhead_ms == 0.0
+    for i in range(1, 4):
+        await asyncio.wait_for(controller.submit(call(i, v)), 5)
+    assert 25.0 < controller.overhead_ms("f") < 60.0
+    assert controller.snapshot().limits["f"].overhead_ms == pytest.approx(
+        controller.overhead_ms("f"), abs=0.15)

@@ -274,3 +274,15 @@ def test_a_cold_start_at_the_instance_cap_stops_the_idle_sandbox_of_another_shap
     record = run(Alternating(CPU, one), sc, small_cluster(cold_start_cpu_s=0.5),
                  settings=replace(EXACT, instant_warmup=False))
     assert [r.latency_s for r in record.requests.values()] == pytest.approx(expected)
+
+
+def test_the_measured_overhead_of_a_batch_adds_to_its_time_but_not_its_cost() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    limits = {"f": FunctionLimits(overhead_ms=5.0)}
+    sc = scenario(wf, {"f": {CPU: 40.0}}, arrivals=[0.0], limits=limits)
+    plain = run(Fixed(CPU), scenario(wf, {"f": {CPU: 40.0}}, arrivals=[0.0]))
+    record = run(Fixed(CPU), sc)
+    [(slow, slow_cost)] = [(r.latency_s, r.cost) for r in record.requests.values()]
+    [(bare, bare_cost)] = [(r.latency_s, r.cost) for r in plain.requests.values()]
+    assert slow == pytest.approx(bare + 0.005)
+    assert slow_cost == pytest.approx(bare_cost)

@@ -319,8 +319,14 @@ class EsgPolicy:
                     found[key] = (plan, head_setup[plan.configs[stage.function]])
         if not found:
             return None
-        ranked = sorted(found.values(), key=lambda ps: (ps[0].cost, ps[0].latency_ms, ps[1]))
-        ranked = ranked[: self.k]
+        charge = self._setup_charge(stage.function, snapshot)
+
+        def total_cost(plan_setup: tuple[Plan, float]) -> tuple[float, float, float]:
+            plan, setup_ms = plan_setup
+            head = plan.configs[stage.function]
+            return (plan.cost + charge(head, setup_ms), plan.latency_ms, setup_ms)
+
+        ranked = sorted(found.values(), key=total_cost)[: self.k]
         return (
             tuple(p for p, _ in ranked),
             tuple(stage.budget_ms - p.latency_ms * scale for p, _ in ranked),
@@ -384,6 +390,35 @@ class EsgPolicy:
             if least < math.inf:
                 best[config] = math.ceil(least * 10 - 1e-9) / 10
         return best
+
+    def _setup_charge(
+        self, function: str, snapshot: Snapshot
+    ) -> Callable[[Config, float], float]:
+        """What a batch's setup costs per request, added to its plan's cost when plans are
+        ranked: the resources it holds while its sandbox starts (or its inputs arrive) are
+        held for nothing. At the function's instance cap a cold start also stops an idle
+        sandbox of another shape, which the next batch that wants it starts again: that second
+        start is charged here too. [Ours: ESG prices execution only. On the real daemon a CNN
+        whose 2-vCPU configuration was a little cheaper per request than its 1-vCPU one went
+        back and forth between them, with a cold start each time the vCPUs free changed, at an
+        instance cap of one.]"""
+        limits = snapshot.limits.get(function)
+        cap = None if limits is None else limits.max_instances
+        evicts = cap is not None and any(
+            0 < _sandboxes(node, function) <= cap
+            and _sandboxes(node, function) + snapshot.running.get(function, 0) >= cap
+            for node in snapshot.nodes
+        )
+        cpu_ms, gpu_ms = self._cold_ms(function, snapshot)
+
+        def charge(config: Config, setup_ms: float) -> float:
+            if setup_ms <= 0.0:
+                return 0.0
+            cold_ms = cpu_ms + (gpu_ms if config.vgpu else 0.0)
+            again_ms = cold_ms if evicts and setup_ms >= cold_ms > 0.0 else 0.0
+            return self.pricing.cost_per_request(config, setup_ms + again_ms)
+
+        return charge
 
     def _cold_ms(self, function: str, snapshot: Snapshot) -> tuple[float, float]:
         """The cold-start estimates (CPU sandbox, extra for a GPU slice) of `function`, ms: its
@@ -579,3 +614,13 @@ def _longest_path(
         return memo[f]
 
     return max((longest(f) for f in members), default=0.0)
+
+
+def _sandboxes(node: NodeView, function: str) -> int:
+    """Idle sandboxes of `function` on `node`: `warm` lists each under every batch size of its
+    shape, so one count per shape (vCPUs, slice) is taken."""
+    shapes: dict[tuple[int, int], int] = {}
+    for (f, c), n in node.warm.items():
+        if f == function:
+            shapes[(c.vcpu, c.vgpu)] = max(shapes.get((c.vcpu, c.vgpu), 0), n)
+    return sum(shapes.values())

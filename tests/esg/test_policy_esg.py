@@ -163,9 +163,13 @@ def test_with_cold_starts_a_warm_configuration_wins_when_a_cold_one_cannot_make_
     # start setting, PAIR ($0.075, 150 ms) would be chosen.
     assert _dispatches(policy.on_event(Timer(), snap))[0].config == CPU4
     assert _dispatches(_policy().on_event(Timer(), snap))[0].config == PAIR
-    # 1 s: PAIR fits even after a 500 ms cold start and is cheaper than the warm CPU4.
+    # 1 s: PAIR fits even after a 500 ms cold start, but its start holds a vCPU for 500 ms:
+    # $0.075 + 1 * 0.5 / 2 = $0.325 per request against the warm CPU4's $0.160.
     relaxed = _snap(0.0, [job(0, slo_s=1.0), job(1, slo_s=1.0)], nodes=(warm_node,))
-    assert _dispatches(policy.on_event(Timer(), relaxed))[0].config == PAIR
+    assert _dispatches(policy.on_event(Timer(), relaxed))[0].config == CPU4
+    # With a 50 ms cold start PAIR costs $0.075 + 0.05 / 2 = $0.100 per request and wins.
+    quick_start = EsgPolicy(pricing=PRICES, cold_start_ms=50.0)
+    assert _dispatches(quick_start.on_event(Timer(), relaxed))[0].config == PAIR
 
 
 def test_a_stage_that_cannot_make_it_runs_where_it_finishes_first_cold_starts_counted() -> None:
@@ -205,6 +209,20 @@ def test_the_measured_overhead_of_a_batch_is_reserved_from_the_budget() -> None:
     assert {d.config for d in plain} == {CPU1}
     costly = _snap(0.0, jobs, slo_s=0.115, limits=slow)
     assert {d.config for d in _dispatches(_policy().on_event(Timer(), costly))} == {CPU4}
+
+
+def test_at_the_instance_cap_a_cold_start_is_charged_the_restart_of_the_sandbox_it_stops() -> None:
+    # A warm CPU4 sandbox ($0.160 per request), cold starts of 100 ms. PAIR cold costs $0.075
+    # + 1 * 0.1 / 2 = $0.125 and wins; at an instance cap of one it would stop the CPU4 sandbox,
+    # which costs another 100 ms start later: $0.175, and the warm CPU4 stays.
+    warm_node = node("n0", vcpu=16, gpu_units=(7,), warm={("f", CPU4): 1})
+    jobs = [job(0, slo_s=1.0), job(1, slo_s=1.0)]
+    free = {"f": FunctionLimits(max_batch=2, cold_start_ms=100.0)}
+    capped = {"f": FunctionLimits(max_batch=2, max_instances=1, cold_start_ms=100.0)}
+    roomy = _snap(0.0, jobs, nodes=(warm_node,), limits=free)
+    assert _dispatches(_policy().on_event(Timer(), roomy))[0].config == PAIR
+    full = _snap(0.0, jobs, nodes=(warm_node,), limits=capped)
+    assert _dispatches(_policy().on_event(Timer(), full))[0].config == CPU4
 
 
 def test_nothing_fits_keeps_the_jobs_queued() -> None:

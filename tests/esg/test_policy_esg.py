@@ -85,6 +85,26 @@ def test_a_lone_job_waits_for_a_pair_while_the_budget_allows() -> None:
     assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.89975)
 
 
+@pytest.mark.parametrize(("free_vcpu", "waits"), [(4, False), (16, True)])
+def test_a_batch_the_arrival_rate_cannot_fill_in_time_is_not_waited_for_on_a_busy_node(
+    free_vcpu: int, waits: bool
+) -> None:
+    # Jobs arrive 1 s apart; a lone job's slack is 890 ms (see above), so a pair is not
+    # expected before the wait is over. On a node with 12 of 16 vCPUs in use since the first
+    # arrival it runs at once (CPU1); on an idle node it waits as ESG without the estimate.
+    policy = _policy()
+    busy = (node("n0", vcpu=16, free_vcpu=free_vcpu, gpu_units=(7,)),)
+    j0 = job(0, start_s=0.0, slo_s=1.0)
+    assert isinstance(policy.on_event(Arrival(j0), _snap(0.0, [j0], nodes=busy))[0], WakeUp)
+    j1 = job(1, start_s=1.0, slo_s=1.0)  # j0 has been served meanwhile
+    [action] = policy.on_event(Arrival(j1), _snap(1.0, [j1], nodes=busy))
+    if waits:
+        assert isinstance(action, WakeUp)
+    else:
+        assert isinstance(action, Dispatch) and action.config == CPU1
+        assert action.job_ids == ("j1",)
+
+
 def test_the_second_job_completes_the_pair() -> None:
     j0, j1 = job(0, slo_s=1.0), job(1, start_s=0.1, slo_s=1.0)
     actions = _policy().on_event(Arrival(j1), _snap(0.1, [j0, j1]))

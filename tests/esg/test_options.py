@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from esg.group import pareto_sum
 from esg.model import Config
 from esg.options import (
     Option,
@@ -124,3 +125,51 @@ def test_values_that_are_not_binary_floats_are_refused() -> None:
     with pytest.raises(ValueError, match="non-finite"):
         prepare_options([Option(Config(1, 1), 1.0, math.inf)], 1)
 
+
+# ---------------------------------------------------------------- fronts of chains
+
+
+def exact_front(points: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    lats: list[int] = []
+    costs: list[int] = []
+    for lat, cost in sorted(points):
+        if not costs or cost < costs[-1]:
+            lats.append(lat)
+            costs.append(cost)
+    return lats, costs
+
+
+# Integers around 2**60 that differ in their last bits: float64 cannot tell them apart, so
+# the float prefilter sees ties that are not ties.
+BIG = 2**60
+NEAR = st.sampled_from([0, 1, 2, 3, 100, 127, 129, 200, 2**20, 2**40, 2**52, 2**53])
+INTS = st.one_of(NEAR.map(lambda d: BIG + d), NEAR, st.integers(0, 2**70), st.just(2**1100))
+
+
+@st.composite
+def fronts(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    points = draw(st.lists(st.tuples(INTS, INTS), min_size=1, max_size=12))
+    return exact_front(points)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(fronts(), fronts())
+def test_the_front_of_a_sum_is_exact(
+    a: tuple[list[int], list[int]], b: tuple[list[int], list[int]]
+) -> None:
+    every = [
+        (la + lb, ca + cb)
+        for la, ca in zip(*a, strict=True)
+        for lb, cb in zip(*b, strict=True)
+    ]
+    assert pareto_sum(a, b) == exact_front(every)
+
+
+def test_a_point_floats_would_drop_stays_on_the_front() -> None:
+    # Around 2**60 a float is a multiple of 256. p = a2 + b2 = (2**60 + 200, 2**60 + 200)
+    # beats q = a1 + b1 = (2**60 + 227, 2**60 + 227) exactly, but in floats q rounds to
+    # (2**60, 2**60) and p to (2**60 + 256, 2**60 + 256): without the margin, p would go.
+    a = ([BIG + 127, BIG + 200], [BIG + 127, BIG])
+    b = ([0, 100], [200, 100])
+    front = ([BIG + 127, BIG + 200, BIG + 300], [BIG + 327, BIG + 200, BIG + 100])
+    assert pareto_sum(a, b) == front

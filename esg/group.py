@@ -293,8 +293,8 @@ def compile_group(
 def _layer(prepared: PreparedOptions, cost_scale: int, lat_scale: int) -> _Layer:
     cost_shift = cost_scale // prepared.cost_scale
     lat_shift = lat_scale // prepared.lat_scale
-    cost_ints = prepared.cost if cost_shift == 1 else tuple(c * cost_shift for c in prepared.cost)
-    lat_ints = prepared.lat if lat_shift == 1 else tuple(v * lat_shift for v in prepared.lat)
+    cost_ints = prepared.cost if cost_shift == 1 else tuple(map(cost_shift.__mul__, prepared.cost))
+    lat_ints = prepared.lat if lat_shift == 1 else tuple(map(lat_shift.__mul__, prepared.lat))
     return _Layer(
         options=prepared.options,
         cost=cost_ints,

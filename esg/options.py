@@ -66,7 +66,7 @@ def prepare_options(
     """Validate, sort and K-dominance-filter one function's options. Raises ValueError.
 
     Latencies and costs must be binary floats (an int is fine up to 2**53): they are compared
-    and scaled to integers exactly. O(n log n) but for the filter's O(n log K) Python loop.
+    and scaled to integers exactly. The sorts are numpy's; the filter is one O(n log K) pass.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

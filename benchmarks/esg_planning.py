@@ -5,6 +5,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/esg_planning.py            # about a minute on one core
     .venv/bin/python benchmarks/esg_planning.py --json out.json
+    .venv/bin/python benchmarks/esg_planning.py --parts wide   # only issue 12's wide surfaces
 
 Instances: each function has 256 configurations, 4 batch sizes (1, 2, 4, 8) × 8 vCPU levels
 (1, 2, 3, 4, 6, 8, 12, 16) × 8 GPU levels (0..7 units), latencies from a synthetic surface
@@ -245,12 +246,12 @@ def bench_wide(instances: int, repeats: int, seed: int) -> dict[str, Any]:
     """Issue 12's wide surfaces: the 3 x 256, K = 8 chain planning call on surfaces with 30+
     Pareto-optimal configurations per function, per budget factor, with prepared tables
     (`plan`) and after one function's profile changed (`changed`: that function's options
-    prepared again, then the group assembled and searched)."""
+    prepared again, then the group assembled and searched); wall-clock and CPU time."""
     rng = random.Random(seed + 4)
     names = ("f0", "f1", "f2")
     factors = (0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, float("inf"))
-    plan: dict[float, list[float]] = {f: [] for f in factors}
-    changed: dict[float, list[float]] = {f: [] for f in factors}
+    series = ("plan", "plan_cpu", "changed", "changed_cpu")
+    times: dict[str, dict[float, list[float]]] = {s: {f: [] for f in factors} for s in series}
     expanded: dict[float, list[int]] = {f: [] for f in factors}
     fronts: list[int] = []
     for _ in range(instances):
@@ -262,34 +263,32 @@ def bench_wide(instances: int, repeats: int, seed: int) -> dict[str, Any]:
         for factor in factors:
             budget = fastest_ms * factor
             for r in range(repeats):
-                ms, result = _timed(_plan, names, CHAIN3, prepared, budget)
-                plan[factor].append(ms)
-                ms, _ = _timed(_replan, names, prepared, options, names[r % 3], budget)
-                changed[factor].append(ms)
+                ms, cpu_ms, result = _cpu_timed(_plan, names, CHAIN3, prepared, budget)
+                times["plan"][factor].append(ms)
+                times["plan_cpu"][factor].append(cpu_ms)
+                ms, cpu_ms, _ = _cpu_timed(_replan, names, prepared, options, names[r % 3], budget)
+                times["changed"][factor].append(ms)
+                times["changed_cpu"][factor].append(cpu_ms)
             expanded[factor].append(result.expanded)
-    rows = [
-        {
-            "budget": "infeasible (x0.9)" if f == 0.9 else f"x{f:g} fastest",
-            "plan_median_ms": statistics.median(plan[f]),
-            "plan_p99_ms": _percentile(plan[f], 0.99),
-            "changed_median_ms": statistics.median(changed[f]),
-            "changed_p99_ms": _percentile(changed[f], 0.99),
-            "expanded_mean": statistics.fmean(expanded[f]),
-        }
-        for f in factors
-    ]
-    every_plan = [ms for f in factors for ms in plan[f]]
-    every_changed = [ms for f in factors for ms in changed[f]]
-    return {
+    rows = []
+    for f in factors:
+        row: dict[str, Any] = {"budget": "infeasible (x0.9)" if f == 0.9 else f"x{f:g} fastest"}
+        for s in series:
+            row[f"{s}_median_ms"] = statistics.median(times[s][f])
+            row[f"{s}_p99_ms"] = _percentile(times[s][f], 0.99)
+        row["expanded_mean"] = statistics.fmean(expanded[f])
+        rows.append(row)
+    out: dict[str, Any] = {
         "instances": instances,
         "pareto_per_function_min": min(fronts),
         "pareto_per_function_median": statistics.median(fronts),
         "rows": rows,
-        "plan_median_ms": statistics.median(every_plan),
-        "plan_p99_ms": _percentile(every_plan, 0.99),
-        "changed_median_ms": statistics.median(every_changed),
-        "changed_p99_ms": _percentile(every_changed, 0.99),
     }
+    for s in series:
+        every = [ms for f in factors for ms in times[s][f]]
+        out[f"{s}_median_ms"] = statistics.median(every)
+        out[f"{s}_p99_ms"] = _percentile(every, 0.99)
+    return out
 
 
 def _numpy_brute_force(options: dict[str, list[Option]], budget_ms: float) -> list[float]:
@@ -422,21 +421,35 @@ def machine() -> dict[str, str]:
     }
 
 
+PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "groups": lambda a: bench_groups(a.instances, a.repeats, a.seed),
+    "infeasible": lambda a: bench_infeasible(max(4, a.instances // 2), a.repeats, a.seed),
+    "wide": lambda a: bench_wide(max(4, a.instances // 2), a.repeats, a.seed),
+    "brute_force": lambda a: bench_brute_force(max(2, a.instances // 8), a.seed),
+    "workflow20": lambda a: bench_workflow(max(5, a.repeats * 4), a.seed),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--instances", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default: all of {','.join(PARTS)})",
+    )
     args = parser.parse_args(argv)
-    results = {
-        "machine": machine(),
-        "groups": bench_groups(args.instances, args.repeats, args.seed),
-        "infeasible": bench_infeasible(max(4, args.instances // 2), args.repeats, args.seed),
-        "wide": bench_wide(max(4, args.instances // 2), args.repeats, args.seed),
-        "brute_force": bench_brute_force(max(2, args.instances // 8), args.seed),
-        "workflow20": bench_workflow(max(5, args.repeats * 4), args.seed),
-    }
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    results: dict[str, Any] = {"machine": machine()}
+    for part in PARTS:
+        if part in parts:
+            results[part] = PARTS[part](args)
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from esg.options import Option, PreparedOptions, prepare_options
 
 
@@ -197,16 +199,48 @@ class CompiledGroup:
             if n > 1:
                 fronts[n - 1] = own[n - 1]
             for d in range(n - 2, 0, -1):
-                layer_lats, layer_costs = own[d]
-                lats, costs = fronts[d + 1]
-                points = [
-                    (lx + lr, cx + cr)
-                    for lx, cx in zip(layer_lats, layer_costs, strict=True)
-                    for lr, cr in zip(lats, costs, strict=True)
-                ]
-                fronts[d] = _pareto(points)
+                fronts[d] = pareto_sum(own[d], fronts[d + 1])
             self._fronts = fronts
         return self._fronts
+
+
+# Relative error of a float sum of two correctly rounded floats is below 2**-51; a margin of
+# 2**-50 makes the float intervals [lo, hi] below certain to hold the exact sums.
+_MARGIN = 2.0**-50
+
+
+def pareto_sum(
+    a: tuple[list[int], list[int]], b: tuple[list[int], list[int]]
+) -> tuple[list[int], list[int]]:
+    """The Pareto front (latencies ascending, costs descending) of every point of front `a`
+    plus every point of front `b`, in exact integers.
+
+    Vectorised in float64 first, only to drop points certainly beaten: a point whose float
+    interval lies strictly above another's on both latency and cost is strictly dominated
+    whatever the rounding. The few that remain (the front and its near ties) are added and
+    filtered exactly.
+    """
+    (a_lats, a_costs), (b_lats, b_costs) = a, b
+    try:
+        lat = (np.array(a_lats, dtype=np.float64)[:, None]
+               + np.array(b_lats, dtype=np.float64)[None, :]).ravel()
+        cost = (np.array(a_costs, dtype=np.float64)[:, None]
+                + np.array(b_costs, dtype=np.float64)[None, :]).ravel()
+    except OverflowError:  # integers beyond float range: exactly, all of them
+        return _pareto([(la + lb, ca + cb) for la, ca in zip(a_lats, a_costs, strict=True)
+                        for lb, cb in zip(b_lats, b_costs, strict=True)])
+    by_hi = np.argsort(lat * (1 + _MARGIN), kind="stable")
+    hi_lat = lat[by_hi] * (1 + _MARGIN)
+    cheapest_hi = np.minimum.accumulate(cost[by_hi] * (1 + _MARGIN))
+    # Points whose whole interval is below this one's on latency: the first `before` by hi.
+    before = np.searchsorted(hi_lat, lat * (1 - _MARGIN), side="left")
+    beaten = (before > 0) & (cheapest_hi[np.maximum(before - 1, 0)] < cost * (1 - _MARGIN))
+    width = len(b_lats)
+    points = [
+        (a_lats[i // width] + b_lats[i % width], a_costs[i // width] + b_costs[i % width])
+        for i in np.flatnonzero(~beaten).tolist()
+    ]
+    return _pareto(points)
 
 
 def _pareto(points: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -259,8 +293,8 @@ def compile_group(
 def _layer(prepared: PreparedOptions, cost_scale: int, lat_scale: int) -> _Layer:
     cost_shift = cost_scale // prepared.cost_scale
     lat_shift = lat_scale // prepared.lat_scale
-    cost_ints = prepared.cost if cost_shift == 1 else tuple(c * cost_shift for c in prepared.cost)
-    lat_ints = prepared.lat if lat_shift == 1 else tuple(v * lat_shift for v in prepared.lat)
+    cost_ints = prepared.cost if cost_shift == 1 else tuple(map(cost_shift.__mul__, prepared.cost))
+    lat_ints = prepared.lat if lat_shift == 1 else tuple(map(lat_shift.__mul__, prepared.lat))
     return _Layer(
         options=prepared.options,
         cost=cost_ints,

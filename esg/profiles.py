@@ -65,7 +65,11 @@ def priced_options(
 ) -> list[Option]:
     """The profile's configurations that fit `capacity` and `max_batch`, priced per request."""
     options = []
-    for config, latency_ms in sorted(profile.latency_ms.items()):
+    # In config order; plain tuples compare several times faster than Config's generated <.
+    by_config = sorted(
+        profile.latency_ms.items(), key=lambda kv: (kv[0].batch, kv[0].vcpu, kv[0].vgpu)
+    )
+    for config, latency_ms in by_config:
         if max_batch is not None and config.batch > max_batch:
             continue
         if capacity is not None and (

@@ -108,8 +108,9 @@ async def _accept(request: web.Request, kind: Kind) -> web.Response:
 
 async def _checked(request: web.Request, services: Services, kind: Kind,
                    name: str) -> tuple[bytes, str, int | None]:
-    """The body, its type and V2 header length, once they are known to fit the target as a
-    synchronous call would check them (404, 413, 400): nothing wrong is ever accepted."""
+    """The body, its type and V2 header length, checked as a synchronous call to the target
+    checks them before it runs (404, 413, 400), so that no call is accepted that such a call
+    would refuse at once. (What only the function's handler can find wrong fails the run.)"""
     version, info = _entry(services, kind, name)
     body = await read_body(request, services.config.max_body_bytes)
     content_type = request.headers.get("Content-Type", "")

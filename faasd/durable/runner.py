@@ -10,11 +10,13 @@ workflow with a stage, that says `idempotent: false`: then the call fails, 502 w
 with that reason); after `max_attempts` runs that never finished, the call fails with that
 reason. A call whose target is busy (the controller answers 429) waits and tries again without
 using an attempt; one refused because the daemon is stopping (503) stays running and is taken
-up at the next start.
+up at the next start. (A workflow answers 429 only when its source was refused, before any
+stage ran: a later stage refused fails the call as a 502, see `StageFailed` in
+`faasd.workflows.runner`, so trying again never runs a stage twice.)
 
 Callbacks: when a call ends and it named `X-Callback-Url`, the answer is POSTed there with
-`X-Call-Id`, `X-Function-Name` (a workflow's call: `X-Workflow-Name`) and
-`X-Function-Status` (the answer's HTTP status, for either kind), retried with exponential backoff
+`X-Call-Id`, `X-Function-Name` (a workflow's call: `X-Workflow-Name`) and `X-Function-Status`
+(the answer's HTTP status, for either kind), retried with exponential backoff
 (`callback_backoff_s` × 2^n) up to `callback_attempts` times; each try is recorded. Finished
 calls are deleted `retention_s` after they end.
 """

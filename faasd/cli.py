@@ -519,16 +519,16 @@ def _invoke(args: argparse.Namespace) -> int:
     if args.callback_url:
         headers["X-Callback-Url"] = args.callback_url
     client = _client(args)
-    if args.async_call:
-        reply = client.request("POST", f"/async-function/{args.name}", body, headers)
-        print(reply.headers["X-Call-Id"])
-        return EXIT_OK
+    prefix = "/async-" if args.async_call else "/"
     try:
-        reply = client.request("POST", f"/function/{args.name}", body, headers)
+        reply = client.request("POST", f"{prefix}function/{args.name}", body, headers)
     except ClientError as exc:
         if exc.status != 404 or not _is_workflow(client, args.name):
             raise
-        reply = client.request("POST", f"/workflow/{args.name}", body, headers)
+        reply = client.request("POST", f"{prefix}workflow/{args.name}", body, headers)
+    if args.async_call:
+        print(reply.headers["X-Call-Id"])
+        return EXIT_OK
     if args.verbose:
         for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "X-Faasd-Device",
                     "X-Faasd-Slo-Ms", "X-Faasd-Slo-Met", "Content-Type"):

@@ -80,7 +80,7 @@ class DaemonConfig:
     allow_unconfined: bool = False
     #: how long the answer of an async call is kept after it ends
     async_result_retention_s: float = 86400.0
-    #: async calls one function may have queued or running; past it, 429
+    #: async calls one function, or one workflow, may have queued or running; past it, 429
     max_async_queue_per_function: int = 1000
     #: how large an uploaded archive may unpack (0: 4 x max_body_mb)
     max_unpacked_mb: int = 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -51,7 +52,7 @@ from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller, ProfileSource
 from faasd.durable.runner import AsyncCalls
 from faasd.durable.runner import Limits as AsyncLimits
-from faasd.durable.store import CallStore
+from faasd.durable.store import CallStore, Kind
 from faasd.errors import FaasdError
 from faasd.functions.limits import node_memory_mb
 from faasd.functions.registry import Registry
@@ -223,13 +224,7 @@ class Daemon:
         gateway = Gateway(controller, self.clock, metrics)
         workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
         metrics.registry.register(profiles.collector())
-        async_calls = AsyncCalls(
-            CallStore(state_dir), executor(catalog, gateway), self.clock,
-            AsyncLimits(max_queued_per_function=config.max_async_queue_per_function,
-                        retention_s=config.async_result_retention_s),
-            idempotent=lambda name: _idempotent(registry, name),
-        )
-        self._services = Services(
+        services = Services(
             config=config,
             clock=self.clock,
             catalog=catalog,
@@ -240,10 +235,18 @@ class Daemon:
             workflows=workflows,
             runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
             profiles=profiles,
-            invocations=async_calls,
             gpus=gpus,
             cluster=cluster,
         )
+        # an async call runs through the services (functions and workflows alike), and the
+        # services hold the async calls: the executor gets them without, which it never uses
+        async_calls = AsyncCalls(
+            CallStore(state_dir), executor(services), self.clock,
+            AsyncLimits(max_queued_per_target=config.max_async_queue_per_function,
+                        retention_s=config.async_result_retention_s),
+            rerun_refusal=lambda kind, name: _rerun_refusal(registry, workflows, kind, name),
+        )
+        self._services = dataclasses.replace(services, invocations=async_calls)
         app = create_app(config, self._services)
         limits = connection_limits(config)
         guard = ConnectionGuard(limits, self.clock.now, effective_cap(limits, raise_fd_limit()))
@@ -385,6 +388,25 @@ def connection_limits(config: DaemonConfig) -> ConnectionLimits:
         idle_timeout_s=config.idle_timeout_s,
         max_connections=config.max_connections,
     )
+
+
+def _rerun_refusal(registry: Registry, workflows: Workflows, kind: Kind,
+                   name: str) -> str | None:
+    """Why an async call to the function or workflow `name` that a restart cut short must not
+    run again, or None. A workflow is run again only if every stage may be: the run that was
+    cut short may have passed any of them. (A workflow no longer deployed runs again, and
+    fails with the 404 a synchronous call would get.)"""
+    if kind is Kind.FUNCTION:
+        if _idempotent(registry, name):
+            return None
+        return f"{name!r} is not idempotent (idempotent: false)"
+    workflow = workflows.find(name)
+    stages = workflow.spec.functions if workflow is not None else ()
+    once = [stage for stage in stages if not _idempotent(registry, stage)]
+    if not once:
+        return None
+    return (f"workflow {name!r} has stage(s) {', '.join(once)} that are not idempotent "
+            "(idempotent: false)")
 
 
 def _idempotent(registry: Registry, name: str) -> bool:

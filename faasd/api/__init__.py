@@ -48,6 +48,7 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add = app.router.add_route
     add("POST", "/function/{name}", invoke.function_call)
     add("POST", "/async-function/{name}", invocations.async_function)
+    add("POST", "/async-workflow/{name}", invocations.async_workflow)
     add("GET", "/system/invocations", invocations.list_invocations)
     add("GET", "/system/invocations/{id}", invocations.get_invocation)
     add("GET", "/system/invocations/{id}/result", invocations.get_result)

@@ -1,13 +1,15 @@
-"""Asynchronous calls: `POST /async-function/{name}` and `/system/invocations[/{id}[/result]]`.
+"""Asynchronous calls: `POST /async-function/{name}`, `POST /async-workflow/{name}` and
+`/system/invocations[/{id}[/result]]`.
 
-OpenFaaS semantics: the call is checked as a synchronous one would be (404 unknown function,
-400 a body the function cannot take, 413 too large) and then recorded durably; only then the
-answer is `202 Accepted` with `X-Call-Id` and `Location`. `X-Callback-Url` (http or https)
-receives the answer when the call ends. `Idempotency-Key` (at most 255 characters): the same
-key and body for the same function answer 202 with the first call's id (and
-`X-Idempotent-Replay: true`) instead of a second call; the same key with another body is 422.
-`GET /system/invocations/{id}` gives the call's status and timings, `.../result` the answer
-the function gave (its status, type and body), 202 while it has none yet.
+OpenFaaS semantics: the call is checked as a synchronous one would be (404 unknown function or
+workflow, 400 a body the function, or the workflow's source, cannot take, 413 too large) and
+then recorded durably; only then the answer is `202 Accepted` with `X-Call-Id` and `Location`.
+`X-Callback-Url` (http or https) receives the answer when the call ends. `Idempotency-Key` (at
+most 255 characters): the same key and body for the same function or workflow answer 202 with
+the first call's id (and `X-Idempotent-Replay: true`) instead of a second call; the same key
+with another body is 422. `GET /system/invocations/{id}` gives the call's status and timings,
+`.../result` the answer the function or workflow gave (its status, type and body), 202 while it
+has none yet. A call runs through the same code as its synchronous twin (`executor`).
 """
 
 from __future__ import annotations
@@ -15,42 +17,65 @@ from __future__ import annotations
 import asyncio
 import base64
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from faasd.api import workflows
 from faasd.api.errors import render_error
 from faasd.api.invoke import read_body, render
 from faasd.api.keys import SERVICES
-from faasd.catalog import Catalog
-from faasd.durable.runner import AsyncCalls, Outcome
-from faasd.durable.store import Call
+from faasd.durable.runner import AsyncCalls, Execute, Outcome, name_header
+from faasd.durable.store import Call, Kind
 from faasd.errors import BadRequest, Conflict, FaasdError, NotFound, Unavailable
-from faasd.gateway import Gateway, parse_payload
+from faasd.functions.spec import FunctionVersion, ModelInfo
+from faasd.gateway import parse_payload
 from faasd.services import Services
 from faasd.v2 import HEADER_LENGTH
 
 MAX_KEY_CHARS = 255
 
+#: the synchronous paths an Idempotency-Key turns into a recorded call, and what they call
+KEYED_PATHS = {"/function/": Kind.FUNCTION, "/workflow/": Kind.WORKFLOW}
 
-def executor(catalog: Catalog, gateway: Gateway) -> Any:
-    """The `execute` an `AsyncCalls` runs a call with: the synchronous path, rendered."""
+
+def executor(services: Services) -> Execute:
+    """The `execute` an `AsyncCalls` runs a call with: the synchronous path of its function
+    or workflow, rendered. The target is looked up again (it may have been redeployed, or
+    removed: then the call fails with the 404 a synchronous call would get)."""
 
     async def execute(call: Call) -> Outcome:
         try:
-            version, info = catalog.get(call.function)
-            payload = parse_payload(version, info, call.body, call.content_type,
-                                    call.header_length)
-            invocation = gateway.new_invocation(version, payload.item, payload.postprocess)
-            result = await gateway.call(invocation)
-            response = render(version.name, str(version.version), payload, result, {})
+            if call.kind is Kind.WORKFLOW:
+                response = await _run_workflow(services, call)
+            else:
+                response = await _run_function(services, call)
         except FaasdError as exc:
             response = render_error(exc)
         return Outcome(response.status, response.headers.get("Content-Type", "application/json"),
                        cast(bytes, response.body))
 
     return execute
+
+
+async def _run_function(services: Services, call: Call) -> web.Response:
+    version, info = services.catalog.get(call.name)
+    payload = parse_payload(version, info, call.body, call.content_type, call.header_length)
+    invocation = services.gateway.new_invocation(version, payload.item, payload.postprocess)
+    result = await services.gateway.call(invocation)
+    return render(version.name, str(version.version), payload, result, {})
+
+
+async def _run_workflow(services: Services, call: Call) -> web.Response:
+    # the SLO counts from the run's start: the time the call waited in the async queue was
+    # the caller's choice, and no stage can win it back
+    start_s = services.clock.now()
+    workflow = services.workflows.get(call.name)
+    version, info = services.catalog.get(workflow.spec.source)
+    payload = parse_payload(version, info, call.body, call.content_type, call.header_length)
+    return await workflows.answer(services, workflow, version, payload, call.id, start_s)
 
 
 def _calls(services: Services) -> AsyncCalls:
@@ -60,21 +85,45 @@ def _calls(services: Services) -> AsyncCalls:
 
 
 async def async_function(request: web.Request) -> web.Response:
+    return await _accept(request, Kind.FUNCTION)
+
+
+async def async_workflow(request: web.Request) -> web.Response:
+    return await _accept(request, Kind.WORKFLOW)
+
+
+async def _accept(request: web.Request, kind: Kind) -> web.Response:
     services = request.app[SERVICES]
     calls = _calls(services)
     name = request.match_info["name"]
-    version, info = services.catalog.get(name)
-    body = await read_body(request, services.config.max_body_bytes)
-    content_type = request.headers.get("Content-Type", "")
-    header_length = _header_length(request)
-    parse_payload(version, info, body, content_type, header_length)  # 400 before accepting
-    call, replay = await calls.accept(name, body, content_type, header_length,
+    body, content_type, header_length = await _checked(request, services, kind, name)
+    call, replay = await calls.accept(kind, name, body, content_type, header_length,
                                       _callback_url(request), _idempotency_key(request))
     headers = {"X-Call-Id": call.id, "Location": f"/system/invocations/{call.id}"}
     if replay:
         headers["X-Idempotent-Replay"] = "true"
     return web.json_response({"id": call.id, "status": call.state.value}, status=202,
                              headers=headers)
+
+
+async def _checked(request: web.Request, services: Services, kind: Kind,
+                   name: str) -> tuple[bytes, str, int | None]:
+    """The body, its type and V2 header length, checked as a synchronous call to the target
+    checks them before it runs (404, 413, 400), so that no call is accepted that such a call
+    would refuse at once. (What only the function's handler can find wrong fails the run.)"""
+    version, info = _entry(services, kind, name)
+    body = await read_body(request, services.config.max_body_bytes)
+    content_type = request.headers.get("Content-Type", "")
+    header_length = _header_length(request)
+    parse_payload(version, info, body, content_type, header_length)
+    return body, content_type, header_length
+
+
+def _entry(services: Services, kind: Kind, name: str) -> tuple[FunctionVersion, ModelInfo]:
+    """The function that takes a call's body: the function itself, or the workflow's source."""
+    if kind is Kind.WORKFLOW:
+        return services.catalog.get(services.workflows.get(name).spec.source)
+    return services.catalog.get(name)
 
 
 async def get_invocation(request: web.Request) -> web.Response:
@@ -87,11 +136,12 @@ async def get_result(request: web.Request) -> web.Response:
     if not call.done:
         return web.json_response({"id": call.id, "status": call.state.value}, status=202,
                                  headers={"Retry-After": "1", "X-Call-Id": call.id})
-    return _answer(call, {"X-Call-Id": call.id, "X-Function-Name": call.function})
+    return _answer(call, {"X-Call-Id": call.id, name_header(call): call.name})
 
 
 def _answer(call: Call, headers: dict[str, str]) -> web.Response:
-    """The function's answer to a finished call, as it gave it (status, type, body)."""
+    """The answer to a finished call, as its function or workflow gave it (status, type,
+    body)."""
     headers["Content-Type"] = call.result_type or "application/octet-stream"
     return web.Response(status=call.status_code or 500, body=call.result or b"",
                         headers=headers)
@@ -103,8 +153,21 @@ async def list_invocations(request: web.Request) -> web.Response:
         limit = min(1000, max(1, int(request.query.get("limit", "100"))))
     except ValueError:
         raise BadRequest("limit must be a whole number") from None
-    found = await calls.recent(request.query.get("function"), limit)
+    kind, name = _listing_filter(request.query)
+    found = await calls.recent(kind, name, limit)
     return web.json_response([describe(c, with_result=False) for c in found])
+
+
+def _listing_filter(query: Mapping[str, str]) -> tuple[Kind | None, str | None]:
+    """`?function=NAME` or `?workflow=NAME`: that target's calls; `?name=NAME`: the calls to
+    whatever had the name; none: every call."""
+    given = {key: query[key] for key in ("function", "workflow", "name") if key in query}
+    if len(given) > 1:
+        raise BadRequest("filter by one of function=, workflow= or name=, not several")
+    if not given:
+        return None, None
+    ((key, name),) = given.items()
+    return (None if key == "name" else Kind(key)), name
 
 
 async def _call(request: web.Request) -> Call:
@@ -116,10 +179,12 @@ async def _call(request: web.Request) -> Call:
 
 
 def describe(call: Call, with_result: bool = True) -> dict[str, Any]:
-    """A call as JSON: status, timings (Unix seconds), attempts, callback, and the result
-    (inline JSON when the answer is JSON, else base64)."""
+    """A call as JSON: what it called (`kind`, and its name under `function` or `workflow`),
+    status, timings (Unix seconds), attempts, callback, and the result (inline JSON when the
+    answer is JSON, else base64)."""
     doc: dict[str, Any] = {
-        "id": call.id, "function": call.function, "status": call.state.value,
+        "id": call.id, "kind": call.kind.value, call.kind.value: call.name,
+        "status": call.state.value,
         "created": call.created_s, "started": call.started_s, "finished": call.finished_s,
         "duration_s": None if call.finished_s is None or call.started_s is None
         else round(call.finished_s - call.started_s, 6),
@@ -169,26 +234,32 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+def _keyed_target(request: web.Request) -> tuple[Kind, str] | None:
+    """(kind, name) of a synchronous call that carries an Idempotency-Key; None otherwise."""
+    if request.method != "POST" or "Idempotency-Key" not in request.headers:
+        return None
+    for prefix, kind in KEYED_PATHS.items():
+        if request.path.startswith(prefix):
+            return kind, request.path[len(prefix):]
+    return None
+
+
 @web.middleware
 async def idempotent_calls(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """`Idempotency-Key` on a synchronous `POST /function/{name}`: the call is recorded and run
-    as an async call whose answer this request waits for, so the answer is kept. The same key
-    and body again: the first call's answer (`X-Idempotent-Replay: true`), or 409 while that
-    call still runs; the same key with another body: 422. A call whose client went away, or
-    whose daemon restarted, still finishes, and a retry with the key gets its answer."""
-    prefix = "/function/"
-    if (request.method != "POST" or not request.path.startswith(prefix)
-            or "Idempotency-Key" not in request.headers):
+    """`Idempotency-Key` on a synchronous `POST /function/{name}` or `POST /workflow/{name}`:
+    the call is recorded and run as an async call whose answer this request waits for, so the
+    answer is kept. The same key and body again: the first call's answer
+    (`X-Idempotent-Replay: true`), or 409 while that call still runs; the same key with
+    another body: 422. A call whose client went away, or whose daemon restarted, still
+    finishes, and a retry with the key gets its answer."""
+    target = _keyed_target(request)
+    if target is None:
         return await handler(request)
-    name = request.path[len(prefix):]
+    kind, name = target
     services = request.app[SERVICES]
     calls = _calls(services)
-    version, info = services.catalog.get(name)
-    body = await read_body(request, services.config.max_body_bytes)
-    content_type = request.headers.get("Content-Type", "")
-    header_length = _header_length(request)
-    parse_payload(version, info, body, content_type, header_length)
-    call, replay = await calls.accept(name, body, content_type, header_length, None,
+    body, content_type, header_length = await _checked(request, services, kind, name)
+    call, replay = await calls.accept(kind, name, body, content_type, header_length, None,
                                       _idempotency_key(request))
     if replay and not call.done:
         raise Conflict(f"the call with Idempotency-Key {call.idem_key!r} is still running; "

@@ -25,6 +25,7 @@ from faasd.api.invoke import parse, read_body, render
 from faasd.api.keys import SERVICES
 from faasd.controller import limits_of
 from faasd.errors import BadRequest, FaasdError
+from faasd.functions.spec import FunctionVersion
 from faasd.gateway import CallResult, Payload
 from faasd.sandbox.items import BodyResult, TensorResult
 from faasd.services import Services
@@ -44,11 +45,26 @@ async def call(request: web.Request, name: str, v2_only: bool) -> web.StreamResp
     version, info = services.catalog.get(workflow.spec.source)
     body = await read_body(request, services.config.max_body_bytes)
     payload = await parse(request, version, info, body, v2_only)
-    call_id = os.urandom(16).hex()
+    return await answer(services, workflow, version, payload, os.urandom(16).hex(), start_s)
+
+
+async def answer(
+    services: Services,
+    workflow: DeployedWorkflow,
+    source_version: FunctionVersion,
+    payload: Payload,
+    call_id: str,
+    start_s: float,
+) -> web.Response:
+    """Run one workflow call and render its answer, or its failure as a JSON error, with the
+    workflow's headers; counted in the workflow metrics. The synchronous handler and an
+    asynchronous call's run (`faasd.api.invocations`) both answer through here. `start_s`
+    (monotonic seconds) is where the call's SLO starts."""
+    name = workflow.spec.name
     headers = {"X-Call-Id": call_id, "X-Faasd-Slo-Ms": f"{workflow.spec.slo_ms:g}"}
     try:
         result = await services.runner.run(
-            workflow, version, payload.item, call_id=call_id, start_s=start_s,
+            workflow, source_version, payload.item, call_id=call_id, start_s=start_s,
             postprocess=payload.postprocess,
         )
     except FaasdError as exc:

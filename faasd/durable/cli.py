@@ -1,4 +1,5 @@
-"""`faasd invocations [NAME]` and `faasd result ID`: async calls seen from the CLI."""
+"""`faasd invocations [NAME]` and `faasd result ID`: async calls (to functions and workflows)
+seen from the CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import functools
 import json
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,7 @@ ClientFor = Callable[[argparse.Namespace], Client]
 
 def add_invocation_commands(client_command: Callable[..., Any], client: ClientFor) -> None:
     """Register the commands; `client_command` is the CLI's helper for a client command."""
-    p = client_command("invocations", "list recent async calls (of one function)",
+    p = client_command("invocations", "list recent async calls (of one function or workflow)",
                        functools.partial(_listing, client))
     p.add_argument("name", nargs="?")
     p.add_argument("--limit", type=int, default=50)
@@ -32,15 +34,15 @@ def add_invocation_commands(client_command: Callable[..., Any], client: ClientFo
 def _listing(client: ClientFor, args: argparse.Namespace) -> int:
     path = "/system/invocations?limit=" + str(args.limit)
     if args.name:
-        path += f"&function={args.name}"
+        path += f"&name={urllib.parse.quote(args.name)}"
     calls = client(args).json("GET", path)
     if args.output == "json":
         print(json.dumps(calls, indent=2))
         return 0
-    rows = [[c["id"], c["function"], c["status"], str(c["status_code"] or "-"),
+    rows = [[c["id"], c[c["kind"]], c["kind"], c["status"], str(c["status_code"] or "-"),
              _when(c["created"]), "-" if c["duration_s"] is None
              else f"{c['duration_s'] * 1000:.1f} ms", str(c["attempts"])] for c in calls]
-    header = ["ID", "FUNCTION", "STATUS", "CODE", "CREATED", "RAN", "RUNS"]
+    header = ["ID", "NAME", "KIND", "STATUS", "CODE", "CREATED", "RAN", "RUNS"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -1,16 +1,22 @@
 """Accept, run, recover and call back asynchronous calls (the I/O shell around `store`).
 
-`accept` records a call durably and queues it; `workers` tasks run queued calls through the
-same path as a synchronous call (the `execute` callable the HTTP layer provides) and record
-the answer; `start` first re-queues every call a previous daemon left queued or running.
-Inference functions are pure, so a run cut short by a restart is run again (unless the
-function says `idempotent: false`: then the call fails, 502 worker_lost, with the reason);
-after `max_attempts` runs that never finished, the call fails with that reason. A call in a function
-that is busy (the controller answers 429) waits and tries again without using an attempt; one
-refused because the daemon is stopping (503) stays running and is taken up at the next start.
+A call's target is a function or a workflow (`Kind`); this module treats both alike, and only
+the `execute` callable the HTTP layer provides tells them apart. `accept` records a call
+durably and queues it; `workers` tasks run queued calls through the same path as a
+synchronous call (`execute`) and record the answer; `start` first re-queues every call a
+previous daemon left queued or running. Inference functions are pure, so a run cut short by a
+restart is run again (unless `rerun_refusal` gives a reason not to, as for a function, or a
+workflow with a stage, that says `idempotent: false`: then the call fails, 502 worker_lost,
+with that reason); after `max_attempts` runs that never finished, the call fails with that
+reason. A call whose target is busy (the controller answers 429) waits and tries again without
+using an attempt; one refused because the daemon is stopping (503) stays running and is taken
+up at the next start. (A workflow answers 429 only when its source was refused, before any
+stage ran: a later stage refused fails the call as a 502, see `StageFailed` in
+`faasd.workflows.runner`, so trying again never runs a stage twice.)
 
 Callbacks: when a call ends and it named `X-Callback-Url`, the answer is POSTed there with
-`X-Call-Id`, `X-Function-Name` and `X-Function-Status`, retried with exponential backoff
+`X-Call-Id`, `X-Function-Name` (a workflow's call: `X-Workflow-Name`) and `X-Function-Status`
+(the answer's HTTP status, for either kind), retried with exponential backoff
 (`callback_backoff_s` × 2^n) up to `callback_attempts` times; each try is recorded. Finished
 calls are deleted `retention_s` after they end.
 """
@@ -29,7 +35,7 @@ from typing import TypeVar
 import aiohttp
 
 from faasd.clock import Clock
-from faasd.durable.store import Call, CallStore, State, StoreClosed, fingerprint
+from faasd.durable.store import Call, CallStore, Kind, State, StoreClosed, fingerprint
 from faasd.errors import FaasdError, Overloaded, Unavailable
 
 log = logging.getLogger("faasd.durable")
@@ -51,12 +57,15 @@ class Outcome:
 
 
 Execute = Callable[[Call], Awaitable[Outcome]]
+#: why a run of the target (kind, name) that a restart cut short must not run again; None: it may
+RerunRefusal = Callable[[Kind, str], str | None]
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_queued_per_function: int = 1000
+    #: calls one function, or one workflow, may have queued or running; past it, 429
+    max_queued_per_target: int = 1000
     retention_s: float = 86400.0
     max_attempts: int = 3
     workers: int = 4
@@ -69,12 +78,11 @@ class Limits:
 class AsyncCalls:
     def __init__(self, store: CallStore, execute: Execute, clock: Clock,
                  limits: Limits | None = None,
-                 idempotent: Callable[[str], bool] = lambda function: True) -> None:
-        """`idempotent(function)`: whether a run of `function` cut short may run again."""
+                 rerun_refusal: RerunRefusal = lambda kind, name: None) -> None:
         self.store = store
         self.limits = limits or Limits()
         self._execute = execute
-        self._idempotent = idempotent
+        self._rerun_refusal = rerun_refusal
         self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -123,27 +131,28 @@ class AsyncCalls:
 
     # ------------------------------------------------------------ accepting
 
-    async def accept(self, function: str, body: bytes, content_type: str,
+    async def accept(self, kind: Kind, name: str, body: bytes, content_type: str,
                      header_length: int | None, callback_url: str | None,
                      idem_key: str | None) -> tuple[Call, bool]:
-        """The recorded call and whether it is an earlier call with the same key (a replay).
+        """The recorded call to the function or workflow `name` and whether it is an earlier
+        call with the same key (a replay).
 
-        Overloaded (429) past `max_queued_per_function`; KeyReused (422) when the key came
-        with another body; the row is synced to disk before this returns."""
-        fp = fingerprint(function, body, content_type, header_length)
-        queued = await self._read(self.store.queued_count, function)
-        if queued >= self.limits.max_queued_per_function:
-            raise Overloaded(f"{function!r} has {queued} async calls waiting, the most it "
-                             "takes; retry later", retry_after_s=5.0)
-        call = Call(id=os.urandom(16).hex(), function=function, state=State.QUEUED, body=body,
+        Overloaded (429) past `max_queued_per_target` calls to this target; KeyReused (422)
+        when the key came with another body; the row is synced to disk before this returns."""
+        fp = fingerprint(name, body, content_type, header_length)
+        queued = await self._read(self.store.queued_count, kind, name)
+        if queued >= self.limits.max_queued_per_target:
+            raise Overloaded(f"{kind.value} {name!r} has {queued} async calls waiting, the most "
+                             "it takes; retry later", retry_after_s=5.0)
+        call = Call(id=os.urandom(16).hex(), name=name, state=State.QUEUED, body=body,
                     content_type=content_type, header_length=header_length,
                     callback_url=callback_url, idem_key=idem_key, fingerprint=fp, attempts=0,
-                    created_s=self._clock.wall())
+                    created_s=self._clock.wall(), kind=kind)
         stored = await self._read(self.store.accept, call)
         if stored.id != call.id:
             if stored.fingerprint != fp:
                 raise KeyReused(f"Idempotency-Key {idem_key!r} was used for another request "
-                                f"to {function!r}; use a new key for a new request")
+                                f"to {kind.value} {name!r}; use a new key for a new request")
             return stored, True
         self._queue.put_nowait(call.id)
         return stored, False
@@ -177,8 +186,8 @@ class AsyncCalls:
     async def get(self, call_id: str) -> Call | None:
         return await self._read(self.store.get, call_id)
 
-    async def recent(self, function: str | None, limit: int) -> list[Call]:
-        return await self._read(self.store.recent, function, limit)
+    async def recent(self, kind: Kind | None, name: str | None, limit: int) -> list[Call]:
+        return await self._read(self.store.recent, kind, name, limit)
 
     async def _read(self, method: Callable[..., T], *args: object) -> T:
         """`method(*args)` off the event loop; 503 once the daemon is stopping."""
@@ -214,14 +223,14 @@ class AsyncCalls:
                                f"gave up after {attempt - 1} runs that the daemon never "
                                "finished (it stopped during each)")
             return
-        if attempt > 1 and not self._idempotent(call.function):
+        refusal = self._rerun_refusal(call.kind, call.name) if attempt > 1 else None
+        if refusal is not None:
             outcome = Outcome(502, "application/json", json.dumps({
-                "error": "worker_lost: the daemon stopped while this call ran, and "
-                         f"{call.function!r} is not idempotent (idempotent: false), so it was "
-                         "not run again", "attempts": attempt - 1}).encode())
+                "error": f"worker_lost: the daemon stopped while this call ran, and {refusal}, "
+                         "so it was not run again", "attempts": attempt - 1}).encode())
             await self._finish(call, attempt, outcome, None)
             return
-        log.info("async call %s to %s: run %d", call_id, call.function, attempt)
+        log.info("async call %s to %s %s: run %d", call_id, call.kind.value, call.name, attempt)
         while True:
             outcome = await self._execute(call)
             if outcome.status_code != 429 or self._stopping:
@@ -244,8 +253,8 @@ class AsyncCalls:
                 future.set_result(None)
         if not finished:
             return
-        log.info("async call %s to %s %s (%d)", call.id, call.function, state.value,
-                 outcome.status_code)
+        log.info("async call %s to %s %s %s (%d)", call.id, call.kind.value, call.name,
+                 state.value, outcome.status_code)
         if call.callback_url:
             done = await asyncio.to_thread(self.store.get, call.id)
             if done is not None:
@@ -253,7 +262,7 @@ class AsyncCalls:
 
     async def _deliver(self, call: Call) -> None:
         assert call.callback_url is not None and self._session is not None
-        headers = {"X-Call-Id": call.id, "X-Function-Name": call.function,
+        headers = {"X-Call-Id": call.id, name_header(call): call.name,
                    "X-Function-Status": str(call.status_code),
                    "Content-Type": call.result_type or "application/octet-stream"}
         status: str | None = None
@@ -286,6 +295,13 @@ class AsyncCalls:
             await asyncio.sleep(min(600.0, max(1.0, self.limits.retention_s / 10)))
 
 
+def name_header(call: Call) -> str:
+    """The header that names a call's target in its callback and its result (OpenFaaS sends
+    `X-Function-Name`; a workflow's name goes in a header of its own, so a receiver that
+    serves both cannot take one for the other)."""
+    return "X-Workflow-Name" if call.kind is Kind.WORKFLOW else "X-Function-Name"
+
+
 def _error_text(outcome: Outcome) -> str:
     try:
         return str(json.loads(outcome.body)["error"])
@@ -293,4 +309,4 @@ def _error_text(outcome: Outcome) -> str:
         return outcome.body[:200].decode(errors="replace")
 
 
-__all__ = ["AsyncCalls", "KeyReused", "Limits", "Outcome"]
+__all__ = ["AsyncCalls", "KeyReused", "Limits", "Outcome", "RerunRefusal", "name_header"]

@@ -5,9 +5,11 @@ disk, before the client gets its 202, so an accepted call survives `kill -9` of 
 a power loss (as far as the disk honours fsync). Every method is blocking; the runner calls
 them through `asyncio.to_thread`, one at a time (one connection, one lock).
 
-States: queued → running → succeeded | failed. A row leaves `running` only through `finish`,
-guarded by its attempt number, so a call completes exactly once even when a run that the
-daemon's restart cut short is retried. Idempotency keys are unique per function.
+A call's target is a function or a workflow (`Kind`; the two never share a name while both
+are deployed, but one may take the other's name later, so the record keeps both). States:
+queued → running → succeeded | failed. A row leaves `running` only through `finish`, guarded
+by its attempt number, so a call completes exactly once even when a run that the daemon's
+restart cut short is retried. Idempotency keys are unique per target.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from pathlib import Path
 
 FILE_NAME = "invocations.sqlite"
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS invocations(
   id TEXT PRIMARY KEY,
-  function TEXT NOT NULL,
+  name TEXT NOT NULL,
   state TEXT NOT NULL,
   body BLOB NOT NULL,
   content_type TEXT NOT NULL,
@@ -42,18 +44,38 @@ CREATE TABLE IF NOT EXISTS invocations(
   result BLOB,
   error TEXT,
   callback_attempts INTEGER NOT NULL DEFAULT 0,
-  callback_status TEXT
+  callback_status TEXT,
+  kind TEXT NOT NULL DEFAULT 'function'
 );
-CREATE UNIQUE INDEX IF NOT EXISTS inv_idem ON invocations(function, idem_key)
+"""
+
+_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS inv_target_idem ON invocations(kind, name, idem_key)
   WHERE idem_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS inv_open ON invocations(state)
   WHERE state IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS inv_function ON invocations(function, created_s);
+CREATE INDEX IF NOT EXISTS inv_target ON invocations(kind, name, created_s);
+"""
+
+#: A record written before workflows could be called asynchronously: every call in it was a
+#: function's, named in a `function` column, with keys and listings indexed by that column.
+_FROM_FUNCTIONS_ONLY = """
+ALTER TABLE invocations RENAME COLUMN function TO name;
+ALTER TABLE invocations ADD COLUMN kind TEXT NOT NULL DEFAULT 'function';
+DROP INDEX IF EXISTS inv_idem;
+DROP INDEX IF EXISTS inv_function;
 """
 
 
 class StoreClosed(RuntimeError):
     """The daemon closed the record (it is stopping)."""
+
+
+class Kind(StrEnum):
+    """What an async call runs: one function, or a workflow (a DAG of functions)."""
+
+    FUNCTION = "function"
+    WORKFLOW = "workflow"
 
 
 class State(StrEnum):
@@ -63,11 +85,12 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-def fingerprint(function: str, body: bytes, content_type: str,
+def fingerprint(name: str, body: bytes, content_type: str,
                 header_length: int | None) -> str:
-    """What makes two calls "the same call" for an idempotency key."""
+    """What makes two calls to one target "the same call" for an idempotency key (keys are
+    unique per target, so its kind need not be part of it)."""
     h = hashlib.sha256()
-    for part in (function.encode(), content_type.encode(), str(header_length).encode()):
+    for part in (name.encode(), content_type.encode(), str(header_length).encode()):
         h.update(len(part).to_bytes(8, "big") + part)
     h.update(body)
     return h.hexdigest()
@@ -75,10 +98,11 @@ def fingerprint(function: str, body: bytes, content_type: str,
 
 @dataclass(frozen=True)
 class Call:
-    """One async call as recorded. Times are Unix seconds; `result` is the response body."""
+    """One async call to the function or workflow `name` (`kind`), as recorded. Times are
+    Unix seconds; `result` is the response body."""
 
     id: str
-    function: str
+    name: str
     state: State
     body: bytes
     content_type: str
@@ -96,15 +120,16 @@ class Call:
     error: str | None = None
     callback_attempts: int = 0
     callback_status: str | None = None
+    kind: Kind = Kind.FUNCTION
 
     @property
     def done(self) -> bool:
         return self.state in (State.SUCCEEDED, State.FAILED)
 
 
-_COLUMNS = ("id, function, state, body, content_type, header_length, callback_url, idem_key, "
+_COLUMNS = ("id, name, state, body, content_type, header_length, callback_url, idem_key, "
             "fingerprint, attempts, created_s, started_s, finished_s, status_code, "
-            "result_type, result, error, callback_attempts, callback_status")
+            "result_type, result, error, callback_attempts, callback_status, kind")
 
 
 def _call(row: tuple[object, ...]) -> Call:
@@ -113,6 +138,7 @@ def _call(row: tuple[object, ...]) -> Call:
     values[3] = bytes(values[3])  # type: ignore[call-overload]
     if values[15] is not None:
         values[15] = bytes(values[15])  # type: ignore[call-overload]
+    values[19] = Kind(str(values[19]))
     return Call(*values)  # type: ignore[arg-type]
 
 
@@ -128,7 +154,12 @@ class CallStore:
         self._closed = False
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_TABLE)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(invocations)")}
+        if "kind" not in columns:
+            # one transaction: a daemon killed halfway finds the old record, and migrates again
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{_FROM_FUNCTIONS_ONLY}COMMIT;")
+        self._db.executescript(_INDEXES)
 
     def close(self) -> None:
         with self._lock:
@@ -153,29 +184,37 @@ class CallStore:
                 self._conn().execute(
                     f"INSERT INTO invocations({_COLUMNS}) VALUES "
                     "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, "
-                    "NULL)",
-                    (call.id, call.function, State.QUEUED.value, call.body, call.content_type,
+                    "NULL, ?)",
+                    (call.id, call.name, State.QUEUED.value, call.body, call.content_type,
                      call.header_length, call.callback_url, call.idem_key, call.fingerprint,
-                     call.created_s))
+                     call.created_s, call.kind.value))
                 return call
             except sqlite3.IntegrityError:
                 if call.idem_key is None:
                     raise
                 row = self._conn().execute(
-                    f"SELECT {_COLUMNS} FROM invocations WHERE function = ? AND idem_key = ?",
-                    (call.function, call.idem_key)).fetchone()
+                    f"SELECT {_COLUMNS} FROM invocations WHERE kind = ? AND name = ? AND "
+                    "idem_key = ?", (call.kind.value, call.name, call.idem_key)).fetchone()
         return _call(row)
 
     def get(self, call_id: str) -> Call | None:
         return next(self._rows(f"SELECT {_COLUMNS} FROM invocations WHERE id = ?",
                                (call_id,)), None)
 
-    def recent(self, function: str | None, limit: int) -> list[Call]:
-        if function is None:
-            return list(self._rows(f"SELECT {_COLUMNS} FROM invocations ORDER BY created_s "
-                                   "DESC LIMIT ?", (limit,)))
-        return list(self._rows(f"SELECT {_COLUMNS} FROM invocations WHERE function = ? "
-                               "ORDER BY created_s DESC LIMIT ?", (function, limit)))
+    def recent(self, kind: Kind | None, name: str | None, limit: int) -> list[Call]:
+        """The latest `limit` calls, newest first; only those of `kind` and `name` where given
+        (a name alone: a function's calls and those of a workflow that had its name)."""
+        where: list[str] = []
+        args: list[object] = []
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind.value)
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return list(self._rows(f"SELECT {_COLUMNS} FROM invocations {clause}ORDER BY "
+                               "created_s DESC LIMIT ?", (*args, limit)))
 
     def open_calls(self) -> list[Call]:
         """Queued and running calls, oldest first (what a restarted daemon must finish)."""
@@ -187,11 +226,12 @@ class CallStore:
                                "('succeeded', 'failed') AND callback_url IS NOT NULL AND "
                                "callback_status IS NULL ORDER BY finished_s"))
 
-    def queued_count(self, function: str) -> int:
+    def queued_count(self, kind: Kind, name: str) -> int:
+        """Calls to the target that are queued or running."""
         with self._lock:
             (count,) = self._conn().execute(
-                "SELECT COUNT(*) FROM invocations WHERE function = ? AND state IN "
-                "('queued', 'running')", (function,)).fetchone()
+                "SELECT COUNT(*) FROM invocations WHERE kind = ? AND name = ? AND state IN "
+                "('queued', 'running')", (kind.value, name)).fetchone()
         return int(count)
 
     def start(self, call_id: str, now_s: float) -> int:

@@ -11,8 +11,9 @@ the section it belongs to:
     env: {OMP_WAIT_POLICY: PASSIVE}
     max_image_pixels: 25000000    # an image body declaring more pixels is a 400
     network: false                # true: the sandbox may use the host's network
-    idempotent: true              # false: no rerun of an async call a restart cut short, no retry
-                                  # of batch-mates after a sandbox death
+    idempotent: true              # false: no rerun of an async call a restart cut short (to it,
+                                  # or to a workflow with it as a stage), no retry of
+                                  # batch-mates after a sandbox death
 
 Unknown keys, wrong types and out-of-range values are DeployErrors that give the file, the
 line, and the fix (the closest known key for a typo). Pure: text in, values out.

@@ -82,11 +82,13 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes]:
     name = draw(NAMES)
     template = draw(st.sampled_from([
         ("POST", "/function/{n}"), ("POST", "/async-function/{n}"),
+        ("POST", "/workflow/{n}"), ("POST", "/async-workflow/{n}"),
         ("POST", "/v2/models/{n}/infer"), ("POST", "/v2/models/{n}/versions/1/infer"),
         ("GET", "/v2/models/{n}"), ("GET", "/v2/models/{n}/ready"),
         ("GET", "/v2/models/{n}/config"), ("GET", "/system/function/{n}"),
         ("GET", "/system/invocations/{n}"), ("GET", "/system/invocations/{n}/result"),
         ("GET", "/system/invocations?function={n}&limit={n}"),
+        ("GET", "/system/invocations?workflow={n}&name={n}"),
         ("GET", "/system/functions"), ("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v2"),
         ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"),
         ("POST", "/system/functions"), ("PUT", "/system/functions"),

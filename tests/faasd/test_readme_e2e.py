@@ -12,8 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,6 +77,43 @@ def test_quickstart_curl_lines_work_as_printed(examples: DaemonProcess) -> None:
             assert len(json.loads(body)["top5"]) == 5
         if "/workflow/cutout" in line:
             assert 0 <= json.loads(body)["coverage"] <= 1
+
+
+def test_async_curl_lines_work_as_printed(examples: DaemonProcess) -> None:
+    """The async section's lines as a reader runs them in one shell: the first sends an async
+    workflow call and sets `$id`; the others read its record, then its answer once it has
+    one (until then the answer is a 202 with the call's status)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    accept, record, result = [
+        line.replace("127.0.0.1:8080", f"127.0.0.1:{examples.port}")
+        for line in _block("<!-- async-curl: begin -->")
+    ]
+    assert "/async-workflow/classify" in accept
+
+    def bash(script: str) -> str:
+        out = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, (script, out.stdout[-500:], out.stderr)
+        return out.stdout
+
+    call_id = bash(f'{accept}\necho "$id"').strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", call_id), call_id
+
+    def after_accept(line: str) -> tuple[int, Any]:
+        """`line` in the shell the first line left (`$id` set), with its HTTP status."""
+        body, _, status = bash(f"id={call_id}\n{line} -w '\\n%{{http_code}}'").rpartition("\n")
+        return int(status), json.loads(body)
+
+    status, doc = after_accept(record)
+    assert status == 200 and (doc["kind"], doc["workflow"]) == ("workflow", "classify"), doc
+    deadline = time.monotonic() + 60
+    status, doc = after_accept(result)
+    while status == 202 and time.monotonic() < deadline:
+        assert doc["status"] in ("queued", "running"), doc
+        time.sleep(0.2)
+        status, doc = after_accept(result)
+    assert status == 200 and len(doc["top5"]) == 5, doc
 
 
 def test_cli_tour_works_as_printed(examples: DaemonProcess) -> None:

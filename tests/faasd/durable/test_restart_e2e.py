@@ -1,5 +1,7 @@
-"""`kill -9` of a real `faasd up` with async calls queued and running, then a restart on the
-same state directory: every accepted call completes, exactly once."""
+"""`kill -9` of a real `faasd up` with async calls to functions and workflows queued and
+running, then a restart on the same state directory: every accepted call completes, exactly
+once; a call cut short whose function, or a stage of whose workflow, says `idempotent: false`
+fails with the reason instead of running again."""
 
 from __future__ import annotations
 
@@ -12,12 +14,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.faasd.builders import TEXT_HANDLER, make_function
+from tests.faasd.builders import TEXT_HANDLER, expected_y, make_function
 from tests.faasd.daemon_process import DaemonProcess, start_daemon
+from tests.faasd.workflows.builders import workflow_dir, write_op_model
 
 pytestmark = pytest.mark.slow
 
-CALLS = 8
+CALLS = 8  # to a function, and as many again to a workflow
+
+
+def _workflow(root: Path, name: str, first: str) -> None:
+    """`name`: the function `first` (y = x @ W) then incy (z = y + 1)."""
+    workflow_dir(root, name, f"""
+        slo_ms: 10000
+        functions: [{first}, incy]
+        edges: [{{from: {first}, to: incy}}]
+    """)
+
+
+def _incy(functions: Path) -> None:
+    write_op_model(functions / "incy" / "model.onnx", ["y"], "z", "Add", 1.0, width=3)
+
+
+def _running_of_both_kinds(state_dir: Path) -> bool:
+    kinds = {k for k, s, _ in _kinds(state_dir).values() if s == "running"}
+    return kinds == {"function", "workflow"}
 
 
 def _post(url: str, body: bytes) -> str:
@@ -34,36 +55,49 @@ def _get(url: str) -> dict[str, object]:
         return doc
 
 
-def _states(state_dir: Path) -> dict[str, tuple[str, int]]:
+def _kinds(state_dir: Path) -> dict[str, tuple[str, str, int]]:
+    """Every recorded call: id -> (kind, state, attempts)."""
     db = sqlite3.connect(state_dir / "invocations.sqlite")
     try:
-        return {i: (s, a) for i, s, a in db.execute("SELECT id, state, attempts FROM invocations")}
+        return {i: (k, s, a) for i, k, s, a in
+                db.execute("SELECT id, kind, state, attempts FROM invocations")}
     finally:
         db.close()
 
 
+def _states(state_dir: Path) -> dict[str, tuple[str, int]]:
+    return {i: (s, a) for i, (_, s, a) in _kinds(state_dir).items()}
+
+
 def test_kill_9_with_calls_in_flight_loses_none(tmp_path: Path) -> None:
-    functions = tmp_path / "functions"
+    functions, workflows = tmp_path / "functions", tmp_path / "workflows"
     make_function(functions, "texty", "timeout_s: 10\n", TEXT_HANDLER)
-    first: DaemonProcess = start_daemon(tmp_path, functions)
+    _incy(functions)
+    _workflow(workflows, "slow", "texty")
+    first: DaemonProcess = start_daemon(tmp_path, functions, "--workflows", str(workflows))
     try:
-        ids = [_post(f"{first.url}/async-function/texty", b"sleep:0.5") for _ in range(CALLS)]
+        ids, workflow_ids = [], []
+        for _ in range(CALLS):  # alternately, so that calls of both kinds run at the kill
+            ids.append(_post(f"{first.url}/async-function/texty", b"sleep:0.5"))
+            workflow_ids.append(_post(f"{first.url}/async-workflow/slow", b"sleep:0.5"))
         deadline = time.monotonic() + 30
-        while not any(s == "running" for s, _ in _states(tmp_path / "state").values()):
+        while not _running_of_both_kinds(tmp_path / "state"):
             assert time.monotonic() < deadline, first.log()
             time.sleep(0.02)
     finally:
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
+    ids += workflow_ids
     before = _states(tmp_path / "state")
     assert set(before) == set(ids)  # every 202 was on disk
     cut_short = {i for i, (s, _) in before.items() if s == "running"}
     waiting = {i for i, (s, _) in before.items() if s == "queued"}
-    assert cut_short and len(cut_short) + len(waiting) + sum(
-        1 for s, _ in before.values() if s == "succeeded") == CALLS
+    assert cut_short & set(workflow_ids) and cut_short - set(workflow_ids)
+    assert len(cut_short) + len(waiting) + sum(
+        1 for s, _ in before.values() if s == "succeeded") == 2 * CALLS
 
     (tmp_path / "port").unlink()
-    second = start_daemon(tmp_path, functions)
+    second = start_daemon(tmp_path, functions, "--workflows", str(workflows))
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -79,28 +113,40 @@ def test_kill_9_with_calls_in_flight_loses_none(tmp_path: Path) -> None:
             assert after[call_id][1] == 1
         doc = _get(f"{second.url}/system/invocations/{ids[0]}")
         assert doc["status"] == "succeeded" and isinstance(doc["result"], dict)
+        for call_id in workflow_ids:  # the workflow's answer: z = x @ W + 1
+            doc = _get(f"{second.url}/system/invocations/{call_id}")
+            assert doc["kind"] == "workflow" and doc["workflow"] == "slow"
+            assert doc["result"]["z"][0] == pytest.approx(
+                [y + 1 for y in expected_y([1, 2, 3, 4])], rel=1e-5)
         assert "taking up" in second.log()
     finally:
         assert second.stop() == 0, second.log()
 
 
 def test_kill_9_fails_a_non_idempotent_call_it_cut_short(tmp_path: Path) -> None:
-    functions = tmp_path / "functions"
+    functions, workflows = tmp_path / "functions", tmp_path / "workflows"
     make_function(functions, "once", "timeout_s: 10\nidempotent: false\n", TEXT_HANDLER)
-    first = start_daemon(tmp_path, functions)
+    _incy(functions)
+    _workflow(workflows, "onceflow", "once")
+    first = start_daemon(tmp_path, functions, "--workflows", str(workflows))
     try:
-        ids = [_post(f"{first.url}/async-function/once", b"sleep:0.5") for _ in range(4)]
+        ids, workflow_ids = [], []
+        for _ in range(4):
+            ids.append(_post(f"{first.url}/async-function/once", b"sleep:0.5"))
+            workflow_ids.append(_post(f"{first.url}/async-workflow/onceflow", b"sleep:0.5"))
         deadline = time.monotonic() + 30
-        while not any(s == "running" for s, _ in _states(tmp_path / "state").values()):
+        while not _running_of_both_kinds(tmp_path / "state"):
             assert time.monotonic() < deadline, first.log()
             time.sleep(0.02)
     finally:
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(10)
+    ids += workflow_ids
     before = _states(tmp_path / "state")
     cut_short = {i for i, (s, _) in before.items() if s == "running"}
+    assert cut_short & set(workflow_ids) and cut_short - set(workflow_ids)
     (tmp_path / "port").unlink()
-    second = start_daemon(tmp_path, functions)
+    second = start_daemon(tmp_path, functions, "--workflows", str(workflows))
     try:
         deadline = time.monotonic() + 60
         while not all(s in ("succeeded", "failed") for s, _ in
@@ -112,6 +158,9 @@ def test_kill_9_fails_a_non_idempotent_call_it_cut_short(tmp_path: Path) -> None
             if call_id in cut_short:
                 assert doc["status"] == "failed" and doc["status_code"] == 502
                 assert "not idempotent" in str(doc["error"])
+                assert doc["attempts"] == before[call_id][1] + 1  # the refusal, recorded
+                if call_id in workflow_ids:
+                    assert "workflow 'onceflow' has stage(s) once" in str(doc["error"])
             elif before[call_id][0] != "succeeded":
                 assert doc["status"] == "succeeded", doc
     finally:

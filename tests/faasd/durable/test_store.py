@@ -1,4 +1,5 @@
-"""The async call record in a real SQLite file: WAL, keys, exactly-once finishing, purge."""
+"""The async call record in a real SQLite file: WAL, keys, exactly-once finishing, purge,
+targets of both kinds, and a record from before workflows taken over as it is."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from faasd.durable.store import Call, CallStore, State, fingerprint
+from faasd.durable.store import Call, CallStore, Kind, State, fingerprint
 
 
-def _call(call_id: str, key: str | None = None, body: bytes = b"{}", t: float = 1.0) -> Call:
-    return Call(id=call_id, function="f", state=State.QUEUED, body=body,
+def _call(call_id: str, key: str | None = None, body: bytes = b"{}", t: float = 1.0,
+          kind: Kind = Kind.FUNCTION, name: str = "f") -> Call:
+    return Call(id=call_id, name=name, state=State.QUEUED, body=body,
                 content_type="application/json", header_length=None, callback_url=None,
-                idem_key=key, fingerprint=fingerprint("f", body, "application/json", None),
-                attempts=0, created_s=t)
+                idem_key=key, fingerprint=fingerprint(name, body, "application/json", None),
+                attempts=0, created_s=t, kind=kind)
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def test_an_idempotency_key_returns_the_first_call(store: CallStore) -> None:
     held = store.accept(other)
     assert held.id == "a" and held.fingerprint != other.fingerprint  # the runner's 422
     assert store.accept(_call("d")).id == "d"  # no key: always a new call
-    assert store.queued_count("f") == 2
+    assert store.queued_count(Kind.FUNCTION, "f") == 2
 
 
 def test_a_call_finishes_exactly_once(store: CallStore) -> None:
@@ -69,3 +71,57 @@ def test_open_calls_survive_reopening_and_old_results_are_purged(tmp_path: Path)
     assert reopened.purge(before_s=5.0) == 0
     assert reopened.purge(before_s=11.0) == 1
     assert reopened.get("c") is None
+
+
+def test_functions_and_workflows_are_targets_of_their_own(store: CallStore) -> None:
+    # a workflow may take the name of a function removed earlier: its calls, keys and queue
+    # count stay apart from the function's
+    store.accept(_call("f1", key="k", t=1.0))
+    wf = store.accept(_call("w1", key="k", t=2.0, kind=Kind.WORKFLOW))
+    assert wf.id == "w1" and wf.kind is Kind.WORKFLOW  # the same key, a new call
+    assert store.accept(_call("w2", key="k", t=3.0, kind=Kind.WORKFLOW)).id == "w1"
+    store.accept(_call("g1", t=4.0, kind=Kind.WORKFLOW, name="g"))
+    assert store.queued_count(Kind.FUNCTION, "f") == 1
+    assert store.queued_count(Kind.WORKFLOW, "f") == 1
+    assert store.queued_count(Kind.WORKFLOW, "g") == 1
+    assert [c.id for c in store.recent(Kind.WORKFLOW, "f", 10)] == ["w1"]
+    assert [c.id for c in store.recent(Kind.FUNCTION, "f", 10)] == ["f1"]
+    assert [c.id for c in store.recent(None, "f", 10)] == ["w1", "f1"]
+    assert [c.id for c in store.recent(Kind.WORKFLOW, None, 10)] == ["g1", "w1"]
+    assert [c.id for c in store.recent(None, None, 2)] == ["g1", "w1"]
+    got = store.get("w1")
+    assert got is not None and got.kind is Kind.WORKFLOW and got.name == "f"
+
+
+#: the record as daemons wrote it before workflows could be called asynchronously
+OLD_SCHEMA = """
+CREATE TABLE invocations(
+  id TEXT PRIMARY KEY, function TEXT NOT NULL, state TEXT NOT NULL, body BLOB NOT NULL,
+  content_type TEXT NOT NULL, header_length INTEGER, callback_url TEXT, idem_key TEXT,
+  fingerprint TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created_s REAL NOT NULL,
+  started_s REAL, finished_s REAL, status_code INTEGER, result_type TEXT, result BLOB,
+  error TEXT, callback_attempts INTEGER NOT NULL DEFAULT 0, callback_status TEXT);
+CREATE UNIQUE INDEX inv_idem ON invocations(function, idem_key) WHERE idem_key IS NOT NULL;
+CREATE INDEX inv_open ON invocations(state) WHERE state IN ('queued', 'running');
+CREATE INDEX inv_function ON invocations(function, created_s);
+INSERT INTO invocations(id, function, state, body, content_type, idem_key, fingerprint,
+                        attempts, created_s)
+  VALUES ('old', 'f', 'running', x'7b7d', 'application/json', 'k', 'fp', 1, 1.0);
+"""
+
+
+def test_a_record_from_before_workflows_is_taken_over(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "invocations.sqlite")
+    db.executescript(OLD_SCHEMA)
+    db.close()
+    store = CallStore(tmp_path)
+    [old] = store.open_calls()  # the call a stopped daemon left running still runs
+    assert (old.id, old.name, old.kind, old.attempts) == ("old", "f", Kind.FUNCTION, 1)
+    assert store.accept(_call("again", key="k")).id == "old"  # its key still holds
+    assert store.accept(_call("w", key="k", kind=Kind.WORKFLOW)).id == "w"
+    store.close()
+    reopened = CallStore(tmp_path)  # taken over once; opening it again changes nothing
+    assert {c.id for c in reopened.open_calls()} == {"old", "w"}
+    indexes = {row[0] for row in sqlite3.connect(tmp_path / "invocations.sqlite").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'inv_%'")}
+    assert indexes == {"inv_target_idem", "inv_open", "inv_target"}

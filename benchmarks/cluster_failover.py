@@ -1,8 +1,9 @@
 """Failover time of the leader election: kill the leader's daemon (SIGKILL), time until the
 two other nodes agree on a new leader at a higher term; restart the killed node; repeat.
 
-Three voters on 127.0.0.2/3/4, as in the cluster tests (their helpers start the nodes; data
-on /dev/shm). The time runs from the kill to the first poll (every 20 ms, over HTTP
+Three voters on 127.0.0.x addresses that nothing else uses (reserved as the cluster tests
+reserve theirs, so the benchmark can run beside them), started by the tests' helpers; data on
+/dev/shm. The time runs from the kill to the first poll (every 20 ms, over HTTP
 `GET /system/nodes`) where both survivors name the same new leader. Each kill also takes the
 node's etcd member; when that member was etcd's raft leader, etcd first elects a new raft
 leader and renews every lease, so those kills take longer (the reference measured 4.4 s).
@@ -26,9 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.faasd.cluster.addresses import Addresses
 from tests.faasd.cluster.nodes import Node, shm_dir, start_node, wait_for
-
-IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
 def agreed(nodes: list[Node]) -> tuple[str, int] | None:
@@ -58,6 +58,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5)
     args = parser.parse_args()
+    with Addresses().lease(3) as ips:
+        return run(ips, args.kills)
+
+
+def run(ips: list[str], kills: int) -> int:
     root = shm_dir()
     key = root / "gossip.key"
     key.write_text(base64.b64encode(os.urandom(32)).decode())
@@ -67,10 +72,10 @@ def main() -> int:
     raft_times: list[float] = []
     other_times: list[float] = []
     try:
-        nodes[IPS[0]] = start_node(root, IPS[0], *flags)
-        for ip in IPS[1:]:
-            nodes[ip] = start_node(root, ip, *flags, "--join", IPS[0])
-        for kill in range(1, args.kills + 1):
+        nodes[ips[0]] = start_node(root, ips[0], *flags)
+        for ip in ips[1:]:
+            nodes[ip] = start_node(root, ip, *flags, "--join", ips[0])
+        for kill in range(1, kills + 1):
             leader, term = wait_for("a leader", lambda: agreed(list(nodes.values())), 30)
             victim = next(n for n in nodes.values() if f"node-{n.ip}" == leader)
             others = [n for n in nodes.values() if n is not victim]

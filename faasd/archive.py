@@ -7,7 +7,9 @@ holds the function's files at its top level, or inside one top-level directory.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -17,18 +19,38 @@ TAR_TYPES = ("application/x-tar", "application/tar", "application/gzip", "applic
              "application/x-gtar", "application/x-compressed-tar")
 
 
+def _left_out(name: str) -> bool:
+    """Names an archive never holds: hidden files and Python's caches."""
+    return name.startswith(".") or name == "__pycache__"
+
+
 def pack(directory: Path) -> bytes:
     """`directory`'s files as a gzip tar archive (caches and hidden files left out)."""
     buffer = io.BytesIO()
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        name = Path(info.name).name
-        return None if name.startswith(".") or name == "__pycache__" else info
+        return None if _left_out(Path(info.name).name) else info
 
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for child in sorted(directory.iterdir()):
             tar.add(child, arcname=child.name, filter=keep)
     return buffer.getvalue()
+
+
+def tree_digest(directory: Path) -> str:
+    """sha256 over the path and bytes of every file `pack(directory)` would hold, in path
+    order. Unlike the archive's own bytes (gzip and tar record times and owners), it is the
+    same on every node that holds the same files, so it names a deployment's content."""
+    digest = hashlib.sha256()
+    for parent, subdirectories, files in os.walk(directory):
+        subdirectories[:] = sorted(d for d in subdirectories if not _left_out(d))
+        for name in sorted(f for f in files if not _left_out(f)):
+            path = Path(parent) / name
+            digest.update(f"\0{path.relative_to(directory).as_posix()}\0".encode())
+            with path.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
 
 
 #: Entries one archive may hold (a function is a handful of files).

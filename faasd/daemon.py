@@ -13,6 +13,9 @@ Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the ne
 4. GPUs: the MPS control daemon faasd started is stopped.
 5. leave the cluster: resign the leadership, stop the etcd member, leave the gossip (with a
    `cluster_addr`; `faasd/cluster/node.py`). It joins right after the listener is bound.
+   Deployments from other nodes stop being applied first of all (before step 1); the node
+   starts applying them once its own startup functions are deployed
+   (`faasd/cluster/replication.py`).
 """
 
 from __future__ import annotations
@@ -43,10 +46,11 @@ from faasd.api.connections import (
 from faasd.api.invocations import executor
 from faasd.api.protocol_errors import JsonErrorsRunner
 from faasd.auth.store import TokenCache
-from faasd.auth.tokens import exposure_error
+from faasd.auth.tokens import cluster_token, exposure_error
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
-from faasd.cluster.node import Cluster, make_cluster
+from faasd.cluster.node import Cluster, ClusterNode, make_cluster
+from faasd.cluster.replication import Replicator
 from faasd.cluster.settings import SERF_PORT, split_hostport
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller, ProfileSource
@@ -56,6 +60,7 @@ from faasd.durable.store import CallStore, Kind
 from faasd.errors import FaasdError
 from faasd.functions.limits import node_memory_mb
 from faasd.functions.registry import Registry
+from faasd.functions.spec import FunctionVersion
 from faasd.gateway import Gateway
 from faasd.gpu.metrics import GpuGauges
 from faasd.gpu.service import GpuService
@@ -216,8 +221,20 @@ class Daemon:
         registry = Registry(state_dir, config.function_defaults)
         node_limits = config.limits.resolved(
             node_memory_mb() or 1 << 40, config.vcpu_capacity, config.max_sandboxes)
+        listeners: list[Callable[[str, FunctionVersion | None], None]] = [
+            profiles.function_changed]
         catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity,
-                          on_change=profiles.function_changed, limits=node_limits)
+                          on_change=lambda name, version: _tell(listeners, name, version),
+                          limits=node_limits)
+        replicator = None
+        if isinstance(cluster, ClusterNode):
+            key = cluster.settings.gossip_key
+            replicator = Replicator(
+                name=cluster.name, http="", catalog=catalog, etcd=cluster.etcd_client,
+                members=cluster.members, scratch=state_dir / "uploads",
+                max_bytes=config.max_unpacked_bytes,
+                token=cluster_token(key) if key is not None else None)
+            listeners.append(replicator.on_change)
         profiles.bind(catalog, busy=controller.pending_total)
         profiles.start()
         metrics.watch(controller.queue_lengths, pool.warm_counts)
@@ -237,6 +254,7 @@ class Daemon:
             profiles=profiles,
             gpus=gpus,
             cluster=cluster,
+            replicator=replicator,
         )
         # an async call runs through the services (functions and workflows alike), and the
         # services hold the async calls: the executor gets them without, which it never uses
@@ -279,6 +297,9 @@ class Daemon:
         await self._load_functions(catalog)
         workflows.load()
         await self._load_workflows(workflows)
+        if replicator is not None:  # after the startup deploys: they are recorded first
+            replicator.http = self._http_address()
+            replicator.start()
         await async_calls.start()  # after the functions: calls left by a stopped daemon run
         self._services.readiness.ready = True
         loaded = len(catalog.list())
@@ -329,6 +350,8 @@ class Daemon:
         self.notifier.stopping()
         services = self._services
         if services is not None:
+            if services.replicator is not None:  # no deploy from other nodes from now on
+                await services.replicator.stop()
             await _stop_taking_work(services)
         if self._listener is not None:
             self._listener.close()
@@ -378,6 +401,15 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
+
+
+def _tell(listeners: list[Callable[[str, FunctionVersion | None], None]], name: str,
+          version: FunctionVersion | None) -> None:
+    for listener in listeners:
+        try:
+            listener(name, version)
+        except Exception:  # one listener's bug must not keep the others from hearing
+            log.exception("a deploy listener failed on %s", name)
 
 
 def connection_limits(config: DaemonConfig) -> ConnectionLimits:

@@ -9,6 +9,7 @@ from typing import Any
 from faasd.catalog import Catalog
 from faasd.clock import Clock
 from faasd.cluster.node import Cluster
+from faasd.cluster.replication import Replicator
 from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.durable.runner import AsyncCalls
@@ -48,3 +49,5 @@ class Services:
     #: the node's GPU slices (a GpuService with no GPU offers 0 units)
     gpus: GpuService = field(default_factory=GpuService)
     cluster: Cluster | None = None  # None: a lone node (tests that build Services by hand)
+    #: copies deployments between the cluster's nodes; None on a lone node
+    replicator: Replicator | None = None

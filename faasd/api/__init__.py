@@ -26,7 +26,7 @@ from faasd.api.errors import json_errors
 from faasd.api.keys import SERVICES
 from faasd.auth.middleware import ACCESS, Access, require_token
 from faasd.auth.store import TokenCache
-from faasd.auth.tokens import AccessRules
+from faasd.auth.tokens import AccessRules, cluster_record
 from faasd.config import DaemonConfig
 from faasd.services import Services
 
@@ -43,8 +43,11 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     app[SERVICES] = services
     app[BROWSERS] = BrowserPolicy.for_bind(config.host, config.allowed_hosts,
                                            config.allowed_origins)
+    token = services.replicator.token if services.replicator is not None else None
+    cluster = cluster_record(token) if token is not None else None
     app[ACCESS] = Access(TokenCache(config.state_dir.resolve()),
-                         AccessRules(config.metrics_access), services.clock.wall)
+                         AccessRules(config.metrics_access), services.clock.wall,
+                         extra={cluster.digest: cluster} if cluster is not None else {})
     add = app.router.add_route
     add("POST", "/function/{name}", invoke.function_call)
     add("POST", "/async-function/{name}", invocations.async_function)
@@ -60,6 +63,7 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("PUT", "/system/functions", functions.deploy)
     add("DELETE", "/system/functions", functions.remove)
     add("GET", "/system/function/{name}", functions.get_function)
+    add("GET", "/system/function/{name}/archive", functions.get_archive)
     add("POST", "/workflow/{name}", workflows.workflow_call)
     add("GET", "/system/workflows", workflows.list_workflows)
     add("POST", "/system/workflows", workflows.deploy)

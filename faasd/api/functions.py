@@ -3,10 +3,13 @@
 Deploys read a directory on the daemon's own host: `{"path": "/abs/dir", "name": optional}`,
 or take the directory as a tar archive (`Content-Type: application/x-tar` or gzip, `?name=`).
 POST creates or updates (201 when new, 200 when it replaced a version); PUT only updates.
+`GET /system/function/{name}/archive` gives the current version back as an archive (the
+cluster's nodes pull deployments with it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from pathlib import Path
@@ -16,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
-from faasd.archive import TAR_TYPES
+from faasd.archive import TAR_TYPES, pack, tree_digest
 from faasd.catalog import Deployed
 from faasd.errors import BadRequest, FaasdError
 from faasd.functions.spec import FunctionVersion, ModelInfo
@@ -65,6 +68,18 @@ async def deploy(request: web.Request) -> web.Response:
         log.warning("deploy of %s rejected: %s", source, exc.message)
         raise
     return _deployed(services, deployed)
+
+
+async def get_archive(request: web.Request) -> web.Response:
+    """The current version's files as a gzip tar archive, with their content digest in
+    `X-Faasd-Digest` (what another node of the cluster pulls; admin scope, like /system/*)."""
+    services = request.app[SERVICES]
+    version, _ = services.catalog.get(request.match_info["name"])
+    data, digest = await asyncio.to_thread(
+        lambda: (pack(version.directory), tree_digest(version.directory)))
+    return web.Response(body=data, content_type="application/gzip",
+                        headers={"X-Faasd-Digest": digest,
+                                 "X-Faasd-Version": str(version.version)})
 
 
 def _deployed(services: Services, deployed: Deployed) -> web.Response:

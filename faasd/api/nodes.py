@@ -5,8 +5,10 @@ this node its vCPUs and GPU slices.
 "status", "leader", "term", "vcpu", ...}]}`; this node's entry adds `healthy`, `total_vcpu`,
 `free_vcpu` and `gpus: [{"index", "uuid", "name", "mode", "healthy", "memory_mb",
 "total_units", "free_units", "instances": [{"uuid", "profile", "units", "memory_mb",
-"in_use"}]}]` (`instances` is empty outside MIG mode). Other members' resources reach the
-leader with the cluster's state, not through this view.
+"in_use"}]}]` (`instances` is empty outside MIG mode). In a cluster every node has
+`replication: {"functions": [...], "failed": {name: {"digest", "error"}}}`: the functions
+deployed cluster-wide, and those this node could not deploy (`faasd/cluster/replication.py`).
+Other members' resources reach the leader with the cluster's state, not through this view.
 """
 
 from __future__ import annotations
@@ -43,4 +45,6 @@ async def list_nodes(request: web.Request) -> web.Response:
     for node in doc["nodes"]:
         if node["name"] == me:
             node.update(this_node(services))
+    if services.replicator is not None:
+        doc = await services.replicator.annotate(doc)
     return web.json_response(doc)

@@ -8,24 +8,32 @@ carries `WWW-Authenticate: Bearer` (RFC 6750); 401 and 403 are JSON like every e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from faasd.api.errors import error_response
 from faasd.auth.store import TokenCache
-from faasd.auth.tokens import AccessRules, authorize
+from faasd.auth.tokens import AccessRules, TokenRecord, authorize
 
 log = logging.getLogger("faasd.auth")
 
 
 @dataclass(frozen=True)
 class Access:
+    """`extra` are tokens held in memory (the cluster's own, see `cluster_token`); they count
+    only once the store holds a token: they never close an API that no token has closed."""
+
     cache: TokenCache
     rules: AccessRules
     now_s: Callable[[], float]
+    extra: Mapping[str, TokenRecord] = field(default_factory=dict)
+
+    def records(self) -> Mapping[str, TokenRecord]:
+        stored = self.cache.records()
+        return {**stored, **self.extra} if stored and self.extra else stored
 
 
 ACCESS = web.AppKey("access", Access)
@@ -37,7 +45,7 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     if access is None:
         return await handler(request)
     required = access.rules.required(request.method, request.path)
-    verdict = authorize(access.cache.records(), request.headers.get("Authorization"),
+    verdict = authorize(access.records(), request.headers.get("Authorization"),
                         required, access.now_s())
     if verdict.status == 200:
         return await handler(request)

@@ -29,6 +29,14 @@ def unb64(value: str) -> str:
     return base64.b64decode(value).decode()
 
 
+def prefix_end(prefix: str) -> str:
+    """The `range_end` that makes a range cover exactly the keys starting with `prefix`
+    (its last character incremented, as etcd's clients do)."""
+    if not prefix:
+        raise ValueError("an empty prefix would cover every key")
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 @dataclass(frozen=True)
 class LeaderKey:
     """The election's current leader: who (its campaign value) and its term (the key's
@@ -131,6 +139,21 @@ class EtcdClient:
 
     async def lease_revoke(self, lease_id: str) -> None:
         await self.post("/v3/lease/revoke", {"ID": lease_id})
+
+    # keys
+    async def put(self, key: str, value: str) -> int:
+        """Set `key`; the store's revision after the write."""
+        doc = await self.post("/v3/kv/put", {"key": b64(key), "value": b64(value)})
+        return int(doc.get("header", {}).get("revision", 0))
+
+    async def get_prefix(self, prefix: str) -> dict[str, str]:
+        """Every key under `prefix` (non-empty) with its value."""
+        doc = await self.post("/v3/kv/range",
+                              {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
+        return {unb64(kv["key"]): unb64(kv.get("value", "")) for kv in doc.get("kvs", [])}
+
+    async def delete(self, key: str) -> None:
+        await self.post("/v3/kv/deleterange", {"key": b64(key)})
 
     # election
     async def campaign(self, election: str, lease_id: str, value: str,

@@ -240,6 +240,11 @@ class ClusterNode:
     def is_leader(self) -> bool:
         return self.elector is not None and self.elector.is_leader()
 
+    def etcd_client(self) -> EtcdClient | None:
+        """The client of the cluster's etcd (its endpoints kept fresh from the voters' tags);
+        None until a voter is known."""
+        return self.elector.client if self.elector is not None else None
+
     async def nodes(self) -> dict[str, Any]:
         """The members as the agent knows them; while the agent is being restarted, the
         last list it gave, with a `warning` saying so."""

@@ -89,6 +89,7 @@ class SerfAgent:
             ready=self._on_ready,
         )
         self._joined_once = False
+        self._reconnecting = asyncio.Lock()
 
     async def start(self, join_timeout_s: float = 30.0) -> None:
         self._work_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +100,13 @@ class SerfAgent:
 
     async def _on_ready(self) -> None:
         """Connect (the agent may take a moment to listen), then join peers."""
+        await self._connect()
+        peers = self.rejoin_candidates()
+        if peers:  # the --join peers must answer at the first start; known ones may be gone
+            await self._join(peers, required=bool(self._peers) and not self._joined_once)
+        self._joined_once = True
+
+    async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10.0
         while True:
@@ -112,10 +120,17 @@ class SerfAgent:
         if self._client is not None:
             await self._client.close()
         self._client = client
-        peers = self.rejoin_candidates()
-        if peers:  # the --join peers must answer at the first start; known ones may be gone
-            await self._join(peers, required=bool(self._peers) and not self._joined_once)
-        self._joined_once = True
+
+    async def _live_client(self) -> SerfClient:
+        """The RPC client; connected anew when its connection was lost while the agent kept
+        running (a reply it could not parse), so that one bad reply cannot freeze the
+        member list. While the agent is down (being restarted) this raises."""
+        async with self._reconnecting:
+            if self.client.closed and self.supervisor.running:
+                log.warning("the serf RPC connection was lost while the agent runs; "
+                            "reconnecting")
+                await self._connect()
+        return self.client
 
     async def _join(self, peers: list[str], required: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -148,7 +163,7 @@ class SerfAgent:
     async def members(self) -> list[Member]:
         """The agent's member list; remembers the alive ones (also in `peers.json`, for the
         next start of faasd) to rejoin after a restart."""
-        found = await self.client.members()
+        found = await (await self._live_client()).members()
         known = dict(self._known)
         known.update((m.name, m.address) for m in found if m.alive)
         if known != self._known:

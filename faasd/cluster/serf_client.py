@@ -44,6 +44,11 @@ class SerfClient:
             raise
         return client
 
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone (closed, lost, or out of step with the agent)."""
+        return self._closed is not None
+
     async def close(self) -> None:
         self._pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -4,10 +4,16 @@ The protocol (verified against the Debian `serf` agent, which reports 0.8.2-dev)
 concatenated msgpack objects without length prefixes. A request is a header map
 `{"Command": str, "Seq": int}` followed by a body map when the command takes one. A reply is a
 header `{"Seq": int, "Error": str}` (empty `Error` = OK) followed by a body **only** for the
-commands in `BODY_REPLIES`, and never after an error. A `stream` request is acknowledged by a
-header alone; each event that follows is a header with the stream's `Seq` plus a body. Since the
-framing cannot tell a header from a body, the codec tracks which command each `Seq` belongs to;
-a reply for a `Seq` it never sent is a `SerfProtocolError` (the connection is out of step).
+commands in `BODY_REPLIES`. After an error it depends on where the error arose: one the RPC
+layer raises before the command runs ("Authentication required") comes alone, while one the
+command itself returns comes with the command's body: a `join` none of whose peers answered
+replies `{"Error": "1 error occurred: ... connection refused", "Seq": n}` then `{"Num": 0}`.
+So after an error reply to a `BODY_REPLIES` command, the next object is taken as its body when
+it is not a header (a header always holds `Seq` and `Error`; no body does). A `stream` request
+is acknowledged by a header alone; each event that follows is a header with the stream's `Seq`
+plus a body. Since the framing cannot tell a header from a body, the codec tracks which
+command each `Seq` belongs to; a reply for a `Seq` it never sent is a `SerfProtocolError` (the
+connection is out of step).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class SerfCodec:
         self._streams: set[int] = set()
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_OBJECT_BYTES)
         self._awaiting_body: tuple[int, str, bool] | None = None
+        self._optional_body = False  # an error reply's body may come next
 
     def request(self, command: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
         """The bytes of one request and the `Seq` its reply will carry."""
@@ -91,14 +98,17 @@ class SerfCodec:
             body_seq, command, event = self._awaiting_body
             self._awaiting_body = None
             return Reply(body_seq, command, "", obj, event)
-        raw_seq = obj.get("Seq")
-        if not isinstance(raw_seq, int) or "Error" not in obj:
+        optional, self._optional_body = self._optional_body, False
+        if optional and not _is_header(obj):
+            return None  # the failed command's body (e.g. `{"Num": 0}`): its error says it all
+        if not _is_header(obj):
             raise SerfProtocolError(f"expected a reply header, got {sorted(obj)}")
-        seq = raw_seq
+        seq = int(obj["Seq"])
         error = str(obj["Error"] or "")
         if seq in self._pending:
             command = self._pending.pop(seq)
             if error:
+                self._optional_body = command in BODY_REPLIES
                 return Reply(seq, command, error, None)
             if command == "stream":
                 self._streams.add(seq)
@@ -112,3 +122,7 @@ class SerfCodec:
             self._awaiting_body = (seq, "stream", True)
             return None
         raise SerfProtocolError(f"a reply for Seq {seq}, which no request is waiting for")
+
+
+def _is_header(obj: dict[str, Any]) -> bool:
+    return isinstance(obj.get("Seq"), int) and "Error" in obj

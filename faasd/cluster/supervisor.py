@@ -28,6 +28,10 @@ PACKAGES = {"serf": "serf", "etcd": "etcd-server"}
 
 _PR_SET_PDEATHSIG = 1
 
+#: How long a child whose readiness check failed may take to exit before the check's own
+#: error is reported instead of its exit.
+EXIT_WAIT_S = 2.0
+
 
 def find_engine(name: str) -> str:
     """The path of the `serf` or `etcd` executable, or `EngineMissing` naming its package."""
@@ -37,6 +41,17 @@ def find_engine(name: str) -> str:
         raise EngineMissing(f"{name} is not installed (needed for --cluster-addr); install "
                             f"the Debian package: apt-get install {package}")
     return path
+
+
+def _last_line(log_path: Path) -> str:
+    """The last non-empty line of the child's log (its own words on why it exited)."""
+    try:
+        with log_path.open("rb") as log_file:
+            log_file.seek(max(0, log_path.stat().st_size - 4096))
+            lines = log_file.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")[:300]
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -119,12 +134,20 @@ class Supervisor:
                 ready.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await ready
-        if ready in done:
-            ready.result()
+        if ready in done and ready.exception() is None:
             return
+        if ready in done:
+            # The readiness check failed: when that is because the child is dying (e.g. its
+            # port was taken, and the check reached whoever holds it), its exit says why.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.wait()), EXIT_WAIT_S)
+            if process.returncode is None:
+                ready.result()
         reason = (f"exited with code {process.returncode}" if process.returncode is not None
                   else f"was not ready within {timeout_s:g} s")
-        raise EngineFailed(f"{self.name} {reason}; its log is {self.log_path}")
+        tail = _last_line(self.log_path)
+        raise EngineFailed(f"{self.name} {reason}{f' ({tail})' if tail else ''}; its log is "
+                           f"{self.log_path}")
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

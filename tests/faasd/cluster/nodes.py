@@ -1,7 +1,8 @@
 """Real faasd nodes for the cluster tests: `faasd up` processes on 127.0.0.x, data on tmpfs.
 
 Each node binds its own loopback address (Linux routes all of 127/8 to `lo`), so every node
-uses the default gossip and etcd ports and nothing collides. State lives on /dev/shm (etcd 3.4
+uses the default gossip and etcd ports; `addresses.py` hands each test addresses that no
+other test or run is using. State lives on /dev/shm (etcd 3.4
 cannot skip fsync). Nodes are stopped with SIGKILL unless a test stops one gracefully: the
 engines die with their daemon (PR_SET_PDEATHSIG), and SIGTERM to every etcd at once makes
 the raft leader wait 7 s on a leadership transfer.
@@ -70,12 +71,27 @@ class Node:
         return None
 
     def kill(self) -> None:
+        """SIGKILL the daemon; returns once its engines have died with it too (they get
+        SIGKILL from the kernel as their parent dies, and exit a moment later)."""
+        engines = [p for e in ("serf", "etcd") if self.process.poll() is None
+                   and (p := self.engine_pid(e)) is not None]
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
+        wait_for("the killed daemon's engines to exit",
+                 lambda: not any(_running(pid) for pid in engines), 10, every_s=0.01)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie has released its ports)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def start_node(root: Path, ip: str, *flags: str, name: str | None = None) -> Node:

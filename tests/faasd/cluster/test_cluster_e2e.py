@@ -1,4 +1,5 @@
-"""Three real voters on 127.0.0.2/3/4 with their own serf agents and etcd members.
+"""Three real voters on 127.0.0.x addresses of their own, with their own serf agents and etcd
+members.
 
 The module starts the cluster once (about 10 s: a third etcd member may only be added once
 the second has been connected for 5 s, etcd's strict reconfiguration check), then: every node
@@ -6,7 +7,7 @@ agrees on the members and the leader; a killed serf agent is restarted and rejoi
 stopped with SIGSTOP is replaced, and knows it as soon as it resumes; killing
 the leader's daemon moves leadership to another node at a higher term; the killed node,
 restarted without --join (and without serf's snapshot), rejoins the peers it remembered;
-a worker (no --voter, on 127.0.0.5) follows the election through the etcd URLs the voters
+a worker (no --voter) follows the election through the etcd URLs the voters
 gossip.
 """
 
@@ -22,24 +23,30 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.faasd.cluster.addresses import Addresses
 from tests.faasd.cluster.nodes import Node, require_engines, shm_dir, start_node, wait_for
 
 pytestmark = pytest.mark.cluster
 
-IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+@pytest.fixture(scope="module")
+def ips(addresses: Addresses) -> Iterator[list[str]]:
+    """Three voters' addresses, then the worker's."""
+    with addresses.lease(4) as taken:
+        yield taken
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, Node]]:
+def cluster(ips: list[str]) -> Iterator[dict[str, Node]]:
     require_engines()
     root = shm_dir()
     key = root / "gossip.key"
     key.write_text(base64.b64encode(os.urandom(32)).decode())
     nodes: dict[str, Node] = {}
     try:
-        first = IPS[0]
+        first = ips[0]
         nodes[first] = start_node(root, first, "--voter", "--gossip-key-file", str(key))
-        for ip in IPS[1:]:
+        for ip in ips[1:3]:
             nodes[ip] = start_node(root, ip, "--voter", "--join", first,
                                    "--gossip-key-file", str(key))
         yield nodes
@@ -62,12 +69,13 @@ def agreed(nodes: list[Node], count: int) -> tuple[str, int] | None:
 def test_three_voters_agree_on_members_and_leader(cluster: dict[str, Node]) -> None:
     nodes = list(cluster.values())
     leader, term = wait_for("one leader seen by all", lambda: agreed(nodes, 3), 15)
-    assert leader in {f"node-{ip}" for ip in IPS} and term > 0
+    assert leader in {f"node-{ip}" for ip in cluster} and term > 0
     for node in nodes:
         doc = node.nodes()
         assert doc["self"]["name"] == f"node-{node.ip}"
         assert [(m["name"], m["address"], m["role"], m["status"]) for m in doc["nodes"]] == [
-            (f"node-{n.ip}", f"{n.ip}:{n.port}", "voter", "alive") for n in nodes]
+            (f"node-{n.ip}", f"{n.ip}:{n.port}", "voter", "alive")
+            for n in sorted(nodes, key=lambda n: f"node-{n.ip}")]
         assert [m["name"] for m in doc["nodes"] if m["leader"]] == [leader]
         assert [m["term"] for m in doc["nodes"] if m["leader"]] == [term]
     table = subprocess.run([sys.executable, "-m", "faasd.cli", "nodes", "-g", nodes[1].url],
@@ -77,7 +85,7 @@ def test_three_voters_agree_on_members_and_leader(cluster: dict[str, Node]) -> N
 
 
 def test_a_killed_serf_agent_is_restarted_and_rejoins(cluster: dict[str, Node]) -> None:
-    node = cluster[IPS[1]]
+    node = list(cluster.values())[1]
     old = node.engine_pid("serf")
     assert old is not None
     os.kill(old, signal.SIGKILL)
@@ -150,18 +158,18 @@ def test_killing_the_leaders_daemon_elects_another_at_a_higher_term(
 
 
 def test_a_worker_follows_the_election_through_the_voters_etcd(
-        cluster: dict[str, Node]) -> None:
+        cluster: dict[str, Node], ips: list[str]) -> None:
     voters = list(cluster.values())
     leader = wait_for("one leader seen by all", lambda: agreed(voters, 3), 20)
     root = voters[0].state_dir.parent
-    worker = start_node(root, "127.0.0.5", "--join", IPS[1], "--gossip-key-file",
+    worker = start_node(root, ips[3], "--join", voters[1].ip, "--gossip-key-file",
                         str(root / "gossip.key"))
     try:
         # it found the election in the voters' etcd tags: same leader and term everywhere
         assert wait_for("the worker agrees", lambda: agreed([worker, *voters], 4), 20) == leader
         roles = {m["name"]: m["role"] for m in worker.nodes()["nodes"]}
-        assert roles["node-127.0.0.5"] == "worker"
-        assert sorted(r for n, r in roles.items() if n != "node-127.0.0.5") == ["voter"] * 3
+        assert roles[f"node-{worker.ip}"] == "worker"
+        assert sorted(r for n, r in roles.items() if n != f"node-{worker.ip}") == ["voter"] * 3
         assert worker.engine_pid("etcd") is None  # a worker runs no etcd member
     finally:
         worker.kill()

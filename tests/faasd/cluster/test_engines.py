@@ -1,12 +1,14 @@
 """The Serf client and the elector against real engines: serf agents and an etcd member on
-127.0.0.2/3, started by the same supervisors the daemon uses."""
+loopback addresses of each test's own (`loopback`), started by the same supervisors the
+daemon uses."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,12 @@ from faasd.cluster.node import ClusterNode
 from faasd.cluster.serf_agent import SerfAgent, SerfSettings
 from faasd.cluster.serf_client import SerfClient
 from faasd.cluster.settings import cluster_settings
+from tests.faasd.cluster.addresses import engine_ports_free
 from tests.faasd.cluster.nodes import require_engines, shm_dir
 
 pytestmark = pytest.mark.cluster
+
+Loopback = Callable[[int], list[str]]
 
 
 @pytest.fixture
@@ -51,13 +56,14 @@ async def next_event(events: AsyncIterator[dict[str, Any]], kind: str) -> dict[s
     return await asyncio.wait_for(find(), 20)
 
 
-async def test_the_serf_client_against_a_real_agent(work: Path) -> None:
-    a = agent(work, "127.0.0.2", [])
+async def test_the_serf_client_against_a_real_agent(work: Path, loopback: Loopback) -> None:
+    ip_a, ip_b = loopback(2)
+    a = agent(work, ip_a, [])
     await a.start()
-    b = agent(work, "127.0.0.3", ["127.0.0.2:7946"])
+    b = agent(work, ip_b, [f"{ip_a}:7946"])
     try:
         # without the token: the error reply has no body, and the connection stays usable
-        bare = await SerfClient.connect("127.0.0.2", 7373)
+        bare = await SerfClient.connect(ip_a, 7373)
         with pytest.raises(SerfRpcError, match="Authentication required"):
             await asyncio.wait_for(bare.members(), 5)
         with pytest.raises(SerfRpcError, match="Authentication required"):
@@ -68,18 +74,18 @@ async def test_the_serf_client_against_a_real_agent(work: Path) -> None:
         events = client.stream("member-join,member-leave,member-update,user").__aiter__()
         await b.start()
         joined = await next_event(events, "member-join")
-        assert "n-127.0.0.3" in [m["Name"] for m in joined["Members"]]
+        assert f"n-{ip_b}" in [m["Name"] for m in joined["Members"]]
         members = {m.name: m for m in await a.members()}
-        assert members["n-127.0.0.3"].address == "127.0.0.3:7946"
-        assert members["n-127.0.0.3"].alive and members["n-127.0.0.2"].role == "worker"
+        assert members[f"n-{ip_b}"].address == f"{ip_b}:7946"
+        assert members[f"n-{ip_b}"].alive and members[f"n-{ip_a}"].role == "worker"
 
-        await b.set_tags({"http": "127.0.0.3:8080"})  # merged with role, seen by a
+        await b.set_tags({"http": f"{ip_b}:8080"})  # merged with role, seen by a
         for _ in range(100):
             if (await a.members())[-1].tags.get("http"):
                 break
             await asyncio.sleep(0.05)
-        seen = {m.name: m for m in await a.members()}["n-127.0.0.3"]
-        assert seen.tags == {"role": "worker", "http": "127.0.0.3:8080"}
+        seen = {m.name: m for m in await a.members()}[f"n-{ip_b}"]
+        assert seen.tags == {"role": "worker", "http": f"{ip_b}:8080"}
 
         await b.client.event("hint", b"\x01\x02")
         user = await next_event(events, "user")
@@ -87,9 +93,10 @@ async def test_the_serf_client_against_a_real_agent(work: Path) -> None:
         with pytest.raises(SerfRpcError, match="exceeds configured limit of 512 bytes"):
             await b.client.event("big", b"x" * 600)
 
-        await b.stop()  # a graceful leave
+        await b.stop()  # a graceful leave; it returns once the agent has exited
+        assert not b.supervisor.running and engine_ports_free(ip_b)
         left = await next_event(events, "member-leave")
-        assert [m["Name"] for m in left["Members"]] == ["n-127.0.0.3"]
+        assert [m["Name"] for m in left["Members"]] == [f"n-{ip_b}"]
         with contextlib.suppress(StopAsyncIteration):
             await events.aclose()  # type: ignore[attr-defined]
     finally:
@@ -97,8 +104,10 @@ async def test_the_serf_client_against_a_real_agent(work: Path) -> None:
         await a.stop()
 
 
-async def test_election_resign_hands_over_at_a_higher_term(work: Path) -> None:
-    member = EtcdMember(EtcdSettings(name="e1", host="127.0.0.2", data_dir=work / "etcd"),
+async def test_election_resign_hands_over_at_a_higher_term(
+        work: Path, loopback: Loopback) -> None:
+    (ip,) = loopback(1)
+    member = EtcdMember(EtcdSettings(name="e1", host=ip, data_dir=work / "etcd"),
                         work / "etcd.log")
     await member.start([])
     url = member.settings.client_url
@@ -130,6 +139,7 @@ async def test_election_resign_hands_over_at_a_higher_term(work: Path) -> None:
         for client in (a.client, b.client, watcher):
             await client.close()
         await member.stop()
+    assert engine_ports_free(ip)  # stop returned once etcd had exited
 
 
 async def wait_until(check: Any, timeout_s: float = 10.0) -> None:
@@ -140,22 +150,24 @@ async def wait_until(check: Any, timeout_s: float = 10.0) -> None:
     await asyncio.wait_for(poll(), timeout_s)
 
 
-async def test_a_voter_with_etcd_urls_campaigns_there_and_runs_no_member(work: Path) -> None:
-    external = EtcdMember(EtcdSettings(name="ext", host="127.0.0.2", data_dir=work / "ext"),
+async def test_a_voter_with_etcd_urls_campaigns_there_and_runs_no_member(
+        work: Path, loopback: Loopback) -> None:
+    ip_etcd, ip_voter = loopback(2)
+    external = EtcdMember(EtcdSettings(name="ext", host=ip_etcd, data_dir=work / "ext"),
                           work / "ext.log")
     await external.start([])
-    settings = cluster_settings("127.0.0.3", voter=True, node_name="v",
+    settings = cluster_settings(ip_voter, voter=True, node_name="v",
                                 etcd=[external.settings.client_url])
     node = ClusterNode(settings, vcpu=2, work_dir=work / "v", clock=SystemClock())
     seen: list[Leader] = []
     node.on_leader_change(seen.append)
     try:
-        await node.start("127.0.0.3:8080")
+        await node.start(f"{ip_voter}:8080")
         await wait_until(node.is_leader)
         assert node.etcd is None  # the election runs on the given cluster
         doc = await node.nodes()
         assert (doc["leader"], doc["self"]) == ("v", {"name": "v", "leader": True})
-        assert doc["nodes"][0]["address"] == "127.0.0.3:8080"
+        assert doc["nodes"][0]["address"] == f"{ip_voter}:8080"
         assert seen[-1] == node.leader() and node.fence.max_term == node.leader().term
         reader = EtcdClient([external.settings.client_url])
         try:
@@ -168,28 +180,40 @@ async def test_a_voter_with_etcd_urls_campaigns_there_and_runs_no_member(work: P
 
 
 async def test_a_node_left_alone_rejoins_the_peers_it_knew(
-        work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        work: Path, loopback: Loopback, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     # Workers only (no etcd): x, then y joins x. x leaves and comes back as a fresh node that
-    # knows nobody; y, finding itself alone, rejoins x's address by itself.
+    # knows nobody; y, finding itself alone, rejoins x's address by itself. Before x comes
+    # back, y's rejoins fail (nothing listens there): a failed join's reply carries a body,
+    # and y's RPC connection must stay in step through it (it once did not, and y's member
+    # list froze: this test failed whenever a busy machine made x's restart slow).
     monkeypatch.setattr("faasd.cluster.node.REJOIN_EVERY_S", 0.5)
+    caplog.set_level(logging.INFO, logger="faasd.cluster")
 
     def worker(ip: str, join: list[str], name: str, state: str) -> ClusterNode:
         return ClusterNode(cluster_settings(ip, join=join, node_name=name), vcpu=1,
                            work_dir=work / state, clock=SystemClock(), refresh_s=0.2)
 
-    x = worker("127.0.0.2", [], "x", "x1")
-    y = worker("127.0.0.3", ["127.0.0.2"], "y", "y")
-    await x.start("127.0.0.2:8080")
-    await y.start("127.0.0.3:8080")
+    ip_x, ip_y = loopback(2)
+    x = worker(ip_x, [], "x", "x1")
+    y = worker(ip_y, [ip_x], "y", "y")
+    await x.start(f"{ip_x}:8080")
+    await y.start(f"{ip_y}:8080")
     x2: ClusterNode | None = None
     try:
         await wait_until(lambda: {m.name for m in y.members() if m.alive} == {"x", "y"})
         await x.stop()
-        x2 = worker("127.0.0.2", [], "x", "x2")  # a new state dir: no peers, no snapshot
-        await x2.start("127.0.0.2:8080")
+        # stop returned once x's agent had exited: its address is free for x2 at once
+        assert engine_ports_free(ip_x)
+        await wait_until(lambda: any("serf could not rejoin" in r.getMessage()
+                                     for r in caplog.records))
+        x2 = worker(ip_x, [], "x", "x2")  # a new state dir: no peers, no snapshot
+        await x2.start(f"{ip_x}:8080")
         await wait_until(lambda: {m.name for m in x2.members() if m.alive} == {"x", "y"},
                          timeout_s=20)
         await wait_until(lambda: {m.name for m in y.members() if m.alive} == {"x", "y"})
+        lost = [r.getMessage() for r in caplog.records if "connection was lost" in r.getMessage()]
+        assert lost == []  # the connection stayed in step: no reconnect was needed
     finally:
         await y.stop()
         await x.stop()

@@ -59,6 +59,26 @@ def test_an_error_reply_has_no_body_even_for_members() -> None:
         ("members", "Authentication required", None), ("event", "", None)]
 
 
+def test_a_failed_join_reply_carries_its_body_and_the_connection_stays_in_step() -> None:
+    # Verified on the agent: a join whose peer refuses the connection replies with the error
+    # *and* `{"Num": 0}`. Taking that body for the next header dropped the RPC connection for
+    # good: the node's member list froze and it could never rejoin.
+    refused = ("1 error occurred:\n\t* Failed to join 127.0.0.22: dial tcp 127.0.0.22:7946: "
+               "connect: connection refused\n\n")
+    codec = SerfCodec()
+    codec.request("join", {"Existing": ["127.0.0.22:7946"], "Replay": False})
+    codec.request("members")
+    codec.request("join", {"Existing": ["127.0.0.22:7946"], "Replay": False})
+    codec.request("join", {"Existing": ["127.0.0.2:7946"], "Replay": False})
+    data = pack(header(0, refused), {"Num": 0}, header(1), {"Members": [MEMBER]},
+                header(2, "Authentication required"),  # refused before it ran: no body
+                header(3), {"Num": 1})
+    replies = [r for i in range(len(data)) for r in codec.feed(data[i:i + 1])]
+    assert [(r.seq, r.command, r.error, r.body) for r in replies] == [
+        (0, "join", refused, None), (1, "members", "", {"Members": [MEMBER]}),
+        (2, "join", "Authentication required", None), (3, "join", "", {"Num": 1})]
+
+
 def test_replies_fed_byte_by_byte_decode_the_same() -> None:
     codec = SerfCodec()
     codec.request("members")

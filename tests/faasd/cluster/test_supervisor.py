@@ -60,6 +60,35 @@ async def test_a_child_that_exits_before_ready_names_its_log(tmp_path: Path) -> 
         await sup.start(ready_timeout_s=10)
 
 
+async def test_a_failed_readiness_check_of_a_dying_child_reports_its_exit(
+        tmp_path: Path) -> None:
+    # A serf agent whose port is taken exits, but its readiness check may first reach the
+    # agent that holds the port (and fail its auth): the exit and the log say what happened.
+    dying = [sys.executable, "-c",
+             "import time; time.sleep(0.3); print('bind: address already in use'); "
+             "raise SystemExit(1)"]
+
+    async def refused() -> None:
+        raise ConnectionError("Invalid authentication token")
+
+    sup = Supervisor("dier", dying, tmp_path / "dier.log", ready=refused)
+    with pytest.raises(EngineFailed, match=r"exited with code 1 \(bind: address already "
+                                           r"in use\); its log is .*dier.log"):
+        await sup.start(ready_timeout_s=10)
+
+
+async def test_a_failed_readiness_check_of_a_live_child_is_raised(tmp_path: Path) -> None:
+    async def refused() -> None:
+        raise ConnectionError("Invalid authentication token")
+
+    sup = Supervisor("sleeper", SLEEPER, tmp_path / "sleeper.log", ready=refused)
+    try:
+        with pytest.raises(ConnectionError, match="Invalid authentication token"):
+            await sup.start(ready_timeout_s=10)
+    finally:
+        await sup.stop(grace_s=5)
+
+
 async def test_a_child_dies_with_its_parent(tmp_path: Path) -> None:
     # faasd killed with SIGKILL must not leave its engines running (PR_SET_PDEATHSIG): a
     # parent process starts a supervised child, prints its pid and is killed.

@@ -237,7 +237,7 @@ class Daemon:
             listeners.append(replicator.on_change)
         profiles.bind(catalog, busy=controller.pending_total)
         profiles.start()
-        metrics.watch(controller.queue_lengths, pool.warm_counts)
+        metrics.watch(controller.queue_lengths, lambda: pool.stats().idle)
         gateway = Gateway(controller, self.clock, metrics)
         workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
         metrics.registry.register(profiles.collector())

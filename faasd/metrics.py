@@ -28,8 +28,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from esg.model import Config
-
 #: 0.5 ms … 60 s: inference on CPU is often faster than the client library's 5 ms floor.
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -105,10 +103,11 @@ class Metrics:
     def watch(
         self,
         queue_lengths: Callable[[], Mapping[str, int]],
-        warm: Callable[[], Mapping[tuple[str, Config], int]],
+        idle: Callable[[], Mapping[str, int]],
     ) -> None:
-        """Expose live gauges read at scrape time."""
-        self.registry.register(_LiveGauges(queue_lengths, warm))
+        """Expose live gauges read at scrape time: queue lengths and idle warm sandboxes, per
+        function."""
+        self.registry.register(_LiveGauges(queue_lengths, idle))
 
     def _of(self, function: str) -> _FunctionStats:
         stats = self._functions.get(function)
@@ -274,10 +273,10 @@ class _LiveGauges(Collector):
     def __init__(
         self,
         queue_lengths: Callable[[], Mapping[str, int]],
-        warm: Callable[[], Mapping[tuple[str, Config], int]],
+        idle: Callable[[], Mapping[str, int]],
     ) -> None:
         self._queue_lengths = queue_lengths
-        self._warm = warm
+        self._idle = idle
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         queues = GaugeMetricFamily(
@@ -291,10 +290,7 @@ class _LiveGauges(Collector):
             "faasd_function_warm_sandboxes", "Idle warm sandboxes of the function.",
             labels=["function_name"],
         )
-        totals: dict[str, int] = {}
-        for (function, _config), count in self._warm().items():
-            totals[function] = totals.get(function, 0) + count
-        for function, count in sorted(totals.items()):
+        for function, count in sorted(self._idle().items()):
             warm.add_metric([function], count)
         yield warm
 

@@ -193,17 +193,20 @@ def test_with_cold_starts_a_warm_configuration_wins_when_a_cold_one_cannot_make_
 
 
 def test_a_stage_that_cannot_make_it_runs_where_it_finishes_first_cold_starts_counted() -> None:
-    # 90 ms left, cold starts take 500 ms, a CPU1 sandbox (100 ms) is warm. No plan meets the
-    # budget; the SLO is still reachable on paper (GPU1 takes 20 ms), but cold GPU1 would end
-    # after 520 ms and the warm CPU1 after 100 ms: CPU1 runs (the fastest plan on warm means
-    # would be GPU1, whose cold start also evicts, at an instance cap, the warm sandbox).
-    warm_node = node("n0", vcpu=16, gpu_units=(7,), warm={("f", CPU1): 2})
-    jobs = [job(0, slo_s=0.09), job(1, slo_s=0.09)]
-    snap = _snap(0.0, jobs, slo_s=0.09, nodes=(warm_node,))
-    policy = EsgPolicy(pricing=PRICES, cold_start_ms=500.0)
+    # As the blown-group-budget case above with 45 ms left (a's budget is already missed, the
+    # SLO still reachable: fastest plans), but cold starts take 500 ms and a CPU1 sandbox of a
+    # is warm: cold GPU1 would end after 520 ms, the warm CPU1 after 100 ms. CPU1 runs.
+    wf = Workflow.from_edges("app", ["a", "b"], [("a", "b")], slo_s=0.1)
+    profiles = [Profile(f, PROFILE.latency_ms) for f in "ab"]
+    start = 0.045 - 0.1
+    jobs = [job(i, function="a", start_s=start, enqueued_s=0.0, slo_s=0.1) for i in range(2)]
+    policy = EsgPolicy(pricing=PRICES, group_size=1, cold_start_ms=500.0)
+    warm = node("n0", gpu_units=(7,), warm={("a", CPU1): 2})
+    snap = snapshot(nodes=[warm], jobs=jobs, workflows=[wf], profiles=profiles)
     assert [d.config for d in _dispatches(policy.on_event(Timer(), snap))] == [CPU1, CPU1]
     # Nothing warm: every plan pays the same cold start, and the fastest, GPU1, runs.
-    cold = _snap(0.0, jobs, slo_s=0.09)
+    cold = snapshot(nodes=[node("n0", gpu_units=(7,))], jobs=jobs, workflows=[wf],
+                    profiles=profiles)
     assert {d.config for d in _dispatches(policy.on_event(Timer(), cold))} == {GPU1}
 
 

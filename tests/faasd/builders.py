@@ -7,8 +7,10 @@ through HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -88,3 +90,14 @@ def expected_y(x: list[float]) -> list[float]:
     return out
 
 
+async def invocation_finished(session: Any, url: str, call_id: str) -> dict[str, Any]:
+    """Poll `GET /system/invocations/{call_id}` (an aiohttp session) until the call has
+    succeeded or failed, for at most 30 s; its record."""
+    async with asyncio.timeout(30):
+        while True:
+            async with session.get(f"{url}/system/invocations/{call_id}") as resp:
+                assert resp.status == 200
+                doc: dict[str, Any] = await resp.json()
+            if doc["status"] in ("succeeded", "failed"):
+                return doc
+            await asyncio.sleep(0.05)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
-from tests.faasd.builders import TEXT_HANDLER, expected_y, make_function
+from tests.faasd.builders import TEXT_HANDLER, expected_y, invocation_finished, make_function
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +38,6 @@ async def _accept(s: aiohttp.ClientSession, url: str, name: str, body: bytes,
         return resp.status, dict(resp.headers), await resp.json()
 
 
-async def _done(s: aiohttp.ClientSession, url: str, call_id: str) -> dict[str, Any]:
-    async with asyncio.timeout(30):
-        while True:
-            async with s.get(f"{url}/system/invocations/{call_id}") as resp:
-                assert resp.status == 200
-                doc: dict[str, Any] = await resp.json()
-            if doc["status"] in ("succeeded", "failed"):
-                return doc
-            await asyncio.sleep(0.05)
 
 
 async def test_accept_then_fetch_the_result(daemon: Daemon) -> None:
@@ -55,7 +46,7 @@ async def test_accept_then_fetch_the_result(daemon: Daemon) -> None:
         status, headers, doc = await _accept(s, url, "linear", b'{"x": [[1, 2, 3, 4]]}')
         assert status == 202 and doc["id"] == headers["X-Call-Id"]
         assert headers["Location"] == f"/system/invocations/{doc['id']}"
-        done = await _done(s, url, doc["id"])
+        done = await invocation_finished(s, url, doc["id"])
         assert done["status"] == "succeeded" and done["attempts"] == 1
         assert done["status_code"] == 200 and done["duration_s"] >= 0
         assert done["result"]["y"][0] == pytest.approx(expected_y([1, 2, 3, 4]), rel=1e-5)
@@ -65,7 +56,7 @@ async def test_accept_then_fetch_the_result(daemon: Daemon) -> None:
 
         # a handler that raises: the call fails with the exception's message, kept as a 502
         _, _, bug = await _accept(s, url, "texty", b"bug")
-        failed = await _done(s, url, bug["id"])
+        failed = await invocation_finished(s, url, bug["id"])
         assert failed["status"] == "failed" and failed["status_code"] == 502
         assert "KeyError" in failed["error"]
         async with s.get(f"{url}/system/invocations?function=texty") as resp:
@@ -119,7 +110,7 @@ async def test_callback_receives_the_answer(daemon: Daemon) -> None:
             assert headers["X-Function-Status"] == "200"
             assert json.loads(body)["sum"] == pytest.approx(sum(expected_y([1, 2, 3, 4])))
             for _ in range(100):
-                done = await _done(s, daemon.url, doc["id"])
+                done = await invocation_finished(s, daemon.url, doc["id"])
                 if done["callback"]["status"] is not None:
                     break
                 await asyncio.sleep(0.05)
@@ -140,7 +131,7 @@ async def test_idempotency_keys(daemon: Daemon) -> None:
         status, _, doc = await _accept(s, url, "linear", b'{"x": [[4, 3, 2, 1]]}',
                                        {"Idempotency-Key": "k-1"})
         assert status == 422 and "use a new key" in doc["error"]
-        await _done(s, url, first["id"])
+        await invocation_finished(s, url, first["id"])
         async with s.get(f"{url}/system/invocations?function=linear") as resp:
             assert len(await resp.json()) == 1  # one call, however many times it was sent
 
@@ -158,7 +149,7 @@ async def test_queue_limit_is_429_with_retry_after(daemon: Daemon) -> None:
             assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
             assert "async calls waiting" in (await resp.json())["error"]
         for call_id in accepted:
-            assert (await _done(s, url, call_id))["status"] == "succeeded"
+            assert (await invocation_finished(s, url, call_id))["status"] == "succeeded"
         status, _, _ = await _accept(s, url, "texty", b"1,2,3,4")
         assert status == 202  # room again
 

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from faasd.daemon import Daemon
-from tests.faasd.builders import TEXT_HANDLER, expected_y, make_function
+from tests.faasd.builders import TEXT_HANDLER, expected_y, invocation_finished, make_function
 from tests.faasd.workflows.builders import workflow_dir, write_op_model
 from tests.faasd.workflows.conftest import daemon_config
 
@@ -47,15 +47,6 @@ async def accept(s: aiohttp.ClientSession, url: str, name: str, body: bytes = BO
         return resp.status, dict(resp.headers), await resp.json()
 
 
-async def finished(s: aiohttp.ClientSession, url: str, call_id: str) -> dict[str, Any]:
-    async with asyncio.timeout(30):
-        while True:
-            async with s.get(f"{url}/system/invocations/{call_id}") as resp:
-                assert resp.status == 200
-                doc: dict[str, Any] = await resp.json()
-            if doc["status"] in ("succeeded", "failed"):
-                return doc
-            await asyncio.sleep(0.05)
 
 
 async def listed(s: aiohttp.ClientSession, url: str, query: str) -> list[str]:
@@ -85,7 +76,7 @@ async def test_an_async_call_answers_what_the_synchronous_call_answers(daemon: D
             status, headers, doc = await accept(s, url, name)
             assert status == 202 and doc == {"id": headers["X-Call-Id"], "status": "queued"}
             assert headers["Location"] == f"/system/invocations/{doc['id']}"
-            done = await finished(s, url, doc["id"])
+            done = await invocation_finished(s, url, doc["id"])
             assert done["status"] == "succeeded", done
             assert (done["kind"], done["workflow"], done["attempts"]) == ("workflow", name, 1)
             assert "function" not in done and done["status_code"] == 200
@@ -96,7 +87,7 @@ async def test_an_async_call_answers_what_the_synchronous_call_answers(daemon: D
         # the numbers themselves: s = (2x + 1) + 3(2x); inc and dbl are the two sinks
         np.testing.assert_allclose(done["result"]["inc"]["g"], 2 * X + 1, rtol=1e-6)
         forkjoin = (await listed(s, url, "workflow=forkjoin"))[0]
-        result = (await finished(s, url, forkjoin))["result"]
+        result = (await invocation_finished(s, url, forkjoin))["result"]
         np.testing.assert_allclose(result["s"], (2 * X + 1) + 3 * (2 * X), rtol=1e-6)
         assert result["total"] == pytest.approx(float(((2 * X + 1) + 3 * (2 * X)).sum()))
         assert await listed(s, url, "function=forkjoin") == []  # a workflow's, not a function's
@@ -111,7 +102,7 @@ async def test_an_async_call_answers_what_the_synchronous_call_answers(daemon: D
 async def test_a_failing_stage_fails_the_call_with_the_stage_named(daemon: Daemon) -> None:
     async with aiohttp.ClientSession() as s:
         _, _, doc = await accept(s, daemon.url, "fragile", b"5,5,5,5")  # h = 10: picky fails
-        done = await finished(s, daemon.url, doc["id"])
+        done = await invocation_finished(s, daemon.url, doc["id"])
     assert done["status"] == "failed" and done["status_code"] == 502
     assert "stage 'picky' of workflow 'fragile' failed" in done["error"]
     assert done["result"]["stage"] == "picky"
@@ -152,7 +143,7 @@ async def test_the_callback_receives_the_workflow_answer(daemon: Daemon) -> None
             async with asyncio.timeout(30):
                 while not received:
                     await asyncio.sleep(0.05)
-            done = await finished(s, daemon.url, doc["id"])
+            done = await invocation_finished(s, daemon.url, doc["id"])
     finally:
         await runner.cleanup()
     [(headers, body)] = received
@@ -172,7 +163,7 @@ async def test_idempotency_keys_on_workflow_calls(daemon: Daemon) -> None:
         assert headers["X-Idempotent-Replay"] == "true"
         status, _, doc = await accept(s, url, "chain", b"4,3,2,1", {"Idempotency-Key": "wk-1"})
         assert status == 422 and "use a new key" in doc["error"]
-        done = await finished(s, url, first["id"])
+        done = await invocation_finished(s, url, first["id"])
         np.testing.assert_allclose(done["result"]["out"], (2 * X + 1) * 0.5, rtol=1e-6)
         assert await listed(s, url, "workflow=chain") == [first["id"]]  # one call, sent twice
 
@@ -219,7 +210,7 @@ async def test_the_queue_limit_holds_per_workflow(slow_daemon: Daemon) -> None:
         status, _, _ = await accept(s, url, "chain")
         assert status == 202
         for call_id in accepted:
-            done = await finished(s, url, call_id)
+            done = await invocation_finished(s, url, call_id)
             assert done["status"] == "succeeded", done
             np.testing.assert_allclose(done["result"]["z"],
                                        [np.array(expected_y([1, 2, 3, 4])) + 1], rtol=1e-5)

@@ -436,10 +436,10 @@ class EsgPolicy:
         instance cap of one.]"""
         limits = snapshot.limits.get(function)
         cap = None if limits is None else limits.max_instances
+        running = snapshot.running.get(function, 0)
         evicts = cap is not None and any(
-            0 < _sandboxes(node, function) <= cap
-            and _sandboxes(node, function) + snapshot.running.get(function, 0) >= cap
-            for node in snapshot.nodes
+            0 < idle <= cap and idle + running >= cap
+            for idle in (_sandboxes(node, function) for node in snapshot.nodes)
         )
         cpu_ms, gpu_ms = self._cold_ms(function, snapshot)
 

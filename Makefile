@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint typecheck models bench clean engines
+.PHONY: run test test-fast lint typecheck models bench clean engines bubblewrap
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 models: $(STAMP)
 	$(PY) functions/build_models.py
 
-run: models
+run: models bubblewrap
 	$(VENV)/bin/faasd up --host 127.0.0.1 --port 8080 --functions functions --workflows workflows --state-dir state
 
 # The cluster's engines (Debian serf and etcd-server), for the `cluster` tests; as root, once.
@@ -28,8 +28,17 @@ engines:
 	  || echo "serf/etcd missing (as root: apt-get install serf etcd-server);" \
 	    "the cluster tests will be skipped"; }
 
+# bubblewrap (Debian `bubblewrap`), which confines the sandboxes; as root, once.
+# Without root it stays missing: faasd then refuses to start unless allow_unconfined is set.
+bubblewrap:
+	@command -v bwrap >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap \
+	    >/dev/null 2>&1 || { apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null; }; } \
+	  || echo "bwrap missing (as root: apt-get install bubblewrap)"; }
+
 # The whole suite this machine can run (everything but the GPU tests), then lint and types.
-test: models engines
+test: models engines bubblewrap
 	$(PY) -m pytest -m "not gpu"
 	$(MAKE) --no-print-directory lint typecheck
 

@@ -76,7 +76,7 @@ class DaemonConfig:
     allowed_origins: tuple[str, ...] = ()
     #: who may read /metrics once API tokens exist: "admin", "invoke" (any token) or "open"
     metrics_access: str = "admin"
-    #: run sandboxes with cgroups only where namespaces cannot be made (else refuse to start)
+    #: run sandboxes with cgroups only where bubblewrap cannot confine them (else refuse to start)
     allow_unconfined: bool = False
     #: how long the answer of an async call is kept after it ends
     async_result_retention_s: float = 86400.0

@@ -305,8 +305,25 @@ class Confinement:
                 directory.rmdir()
 
 
-def join(procs_files: Sequence[str]) -> None:
-    """Move the calling process into the given groups (run by the worker, first thing)."""
-    pid = str(os.getpid())
-    for procs in procs_files:
-        _write(Path(procs), pid)
+def join(procs_fds: Sequence[int]) -> None:
+    """Move the calling process into the groups whose `cgroup.procs` files these are (opened
+    for writing by the daemon; run by the worker, first thing, and closes them). Writing 0
+    means "the writer": a worker in a PID namespace does not know its pid outside it."""
+    for fd in procs_fds:
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def open_procs(groups: SandboxGroups | None) -> list[int]:
+    """The groups' `cgroup.procs` files opened for writing, to hand to a worker (`join`)."""
+    fds: list[int] = []
+    try:
+        for procs in groups.procs_files if groups is not None else ():
+            fds.append(os.open(procs, os.O_WRONLY | os.O_CLOEXEC))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds

@@ -3,13 +3,18 @@
 Started by the pool as `python -m faasd.sandbox.forkserver FD`, where FD is its end of a
 SOCK_SEQPACKET control socket. Each control message is one msgpack map:
 
-- daemon -> server `{"op": "spawn", "id", "spec"}` with two file descriptors attached
-  (SCM_RIGHTS): the worker's end of its socketpair and the write end of its stderr pipe, and
-  where the sandbox has shared memory two more, its request and response memfds;
+- daemon -> server `{"op": "spawn", "id", "spec", "shared": N}` with file descriptors
+  attached (SCM_RIGHTS): the worker's end of its socketpair, the write end of its stderr pipe,
+  N (0 or 2) shared-memory memfds (request, response), then one `cgroup.procs` file of each of
+  the sandbox's cgroups, opened for writing by the daemon: the worker joins them by writing 0
+  (itself), which works from inside a box whose file system has no `/sys/fs/cgroup`;
 - server -> daemon `{"op": "spawned", "id", "pid"}` with the worker's pidfd attached, or
   `{"op": "spawn_failed", "id", "message"}`;
 - server -> daemon `{"op": "exited", "pid", "code"}` when a worker ends (code < 0: killed by
   signal -code), so the daemon learns how a sandbox died although it is not the parent.
+
+Pids in messages are the fork server's own; inside a box (`faasd.sandbox.bubblewrap`) those
+are its PID namespace's, and the daemon reads the host's from the pidfd.
 
 The server forks from a single thread (no thread of onnxruntime exists before a session is
 created), reaps its children on SIGCHLD, and when the daemon closes the control socket it kills
@@ -37,13 +42,15 @@ import numpy  # noqa: F401  imported here so every worker inherits it
 import onnxruntime  # noqa: F401  the import a cold start must not pay
 
 from faasd.runtime import onnx
-from faasd.sandbox import jail, protocol, worker
+from faasd.sandbox import identity, protocol, worker
 
 # Handlers decode images with pillow; importing it once here saves each worker ~30 ms.
 with contextlib.suppress(ImportError):
     import PIL.Image  # noqa: F401
 
 MAX_CONTROL_BYTES = 1 << 20
+#: socket, stderr, two memfds and a cgroup.procs per controller, with room to spare
+MAX_FDS = 16
 
 
 def fork_sharing_memory() -> int:
@@ -60,8 +67,8 @@ class ForkServer:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.children: set[int] = set()
-        #: the children confined by `faasd.sandbox.jail`, whose uid is swept when they end
-        self.jailed: set[int] = set()
+        #: the uid of each confined child, swept when it ends (`faasd.sandbox.identity`)
+        self.uids: dict[int, int] = {}
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -80,7 +87,7 @@ class ForkServer:
         while True:
             for key, _ in self.selector.select():
                 if key.fileobj is self.control:
-                    data, fds, _, _ = socket.recv_fds(self.control, MAX_CONTROL_BYTES, 4)
+                    data, fds, _, _ = socket.recv_fds(self.control, MAX_CONTROL_BYTES, MAX_FDS)
                     if not data:
                         return
                     self.handle(msgpack.unpackb(data, raw=False), fds)
@@ -88,11 +95,13 @@ class ForkServer:
                     self.reap()
 
     def handle(self, message: dict[str, Any], fds: list[int]) -> None:
-        if message.get("op") != "spawn" or len(fds) not in (2, 4):
+        shared = message.get("shared", 0)
+        if message.get("op") != "spawn" or shared not in (0, 2) or len(fds) < 2 + shared:
             for fd in fds:
                 os.close(fd)
             return
-        sock_fd, stderr_fd, *shared_fds = fds
+        sock_fd, stderr_fd = fds[:2]
+        shared_fds, cgroup_fds = fds[2:2 + shared], fds[2 + shared:]
         spec = protocol.WorkerSpec.from_wire(message["spec"])
         try:
             pid = fork_sharing_memory()
@@ -102,12 +111,12 @@ class ForkServer:
             self.send({"op": "spawn_failed", "id": message["id"], "message": str(exc)})
             return
         if pid == 0:
-            self.become_worker(sock_fd, stderr_fd, spec, tuple(shared_fds))
+            self.become_worker(sock_fd, stderr_fd, spec, tuple(shared_fds), tuple(cgroup_fds))
         for fd in fds:
             os.close(fd)
         self.children.add(pid)
-        if spec.jail:
-            self.jailed.add(pid)
+        if spec.uid:
+            self.uids[pid] = spec.uid
         pidfd = os.pidfd_open(pid)
         try:
             self.send({"op": "spawned", "id": message["id"], "pid": pid}, [pidfd])
@@ -120,6 +129,7 @@ class ForkServer:
         stderr_fd: int,
         spec: protocol.WorkerSpec,
         shared_fds: tuple[int, ...],
+        cgroup_fds: tuple[int, ...],
     ) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -128,7 +138,7 @@ class ForkServer:
         os.close(self.wake_w)
         self.control.close()
         try:
-            worker.main(sock_fd, stderr_fd, spec, shared_fds)
+            worker.main(sock_fd, stderr_fd, spec, shared_fds, cgroup_fds)
         finally:
             os._exit(1)  # never return into the fork server's loop
 
@@ -146,9 +156,9 @@ class ForkServer:
             if pid == 0:
                 return
             self.children.discard(pid)
-            if pid in self.jailed:  # whatever the worker started dies with it
-                self.jailed.discard(pid)
-                jail.sweep(jail.sandbox_uid(pid))
+            uid = self.uids.pop(pid, 0)
+            if uid:  # whatever the worker started dies with it
+                identity.sweep(uid)
             self.send({"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
 
     def shutdown(self) -> None:
@@ -158,8 +168,8 @@ class ForkServer:
         for pid in list(self.children):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        for pid in self.jailed:
-            jail.sweep(jail.sandbox_uid(pid))
+        for uid in self.uids.values():
+            identity.sweep(uid)
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,10 @@
 """The daemon's handle on the fork server: start it, ask it for workers, hear how they end.
 
 See `faasd.sandbox.forkserver` for the control protocol. If the fork server dies, every
-worker dies with it (parent-death signal); the next spawn starts a new fork server.
+worker dies with it (parent-death signal); the next spawn starts a new fork server. A launcher
+made with a `wrapper` (`faasd.sandbox.bubblewrap.command`) runs its fork server inside it,
+with an environment of PATH and LANG only: a forked worker's /proc/PID/environ shows the fork
+server's, which must hold nothing of the daemon's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ logger = logging.getLogger("faasd.sandbox")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
 _MAX_CONTROL_BYTES = 1 << 16
+#: The whole environment of a wrapped fork server.
+WRAPPED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
 class LaunchError(RuntimeError):
@@ -56,14 +61,28 @@ class Spawned:
             self.pidfd = -1
 
 
+def host_pid(pidfd: int) -> int:
+    """The pid, in this process's PID namespace, of the process a pidfd refers to (a fork
+    server in a box of its own reports its namespace's pids)."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as info:
+        for line in info:
+            key, _, value = line.partition(":")
+            if key == "Pid":
+                return int(value)
+    raise LaunchError("the kernel does not say a pidfd's pid (Linux 5.3 or later needed)")
+
+
 class Launcher:
-    def __init__(self) -> None:
+    def __init__(self, wrapper: tuple[str, ...] = ()) -> None:
+        self.wrapper = wrapper
         self._control: socket.socket | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[int] | None = None
         self._pending: dict[int, asyncio.Future[Spawned]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._ids = itertools.count(1)
+        #: spawns that find no fork server start one, not one each
+        self._starting = asyncio.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -80,11 +99,13 @@ class Launcher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._process = await asyncio.create_subprocess_exec(
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "faasd.sandbox.forkserver",
                 str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
+                env=WRAPPED_ENV if self.wrapper else None,
             )
         except BaseException:
             ours.close()
@@ -108,22 +129,26 @@ class Launcher:
         sock: socket.socket,
         stderr_fd: int,
         shared_fds: tuple[int, ...] = (),
+        cgroup_fds: tuple[int, ...] = (),
     ) -> Spawned:
         """Fork a worker that will serve `sock` and write its stderr to `stderr_fd`, with the
-        request and response memfds `shared_fds` where it has shared memory.
+        request and response memfds `shared_fds` where it has shared memory, joining the
+        cgroups whose `cgroup.procs` files `cgroup_fds` are.
 
         A fork server found dead (before its exit was noticed) is replaced once.
         """
-        message: dict[str, Any] = {"op": "spawn", "spec": spec.to_wire()}
+        message: dict[str, Any] = {"op": "spawn", "spec": spec.to_wire(),
+                                   "shared": len(shared_fds)}
         for attempt in (1, 2):
-            if self._control is None:
-                await self.start()
+            async with self._starting:
+                if self._control is None:
+                    await self.start()
             assert self._control is not None
             request_id = next(self._ids)
             message["id"] = request_id
             future: asyncio.Future[Spawned] = asyncio.get_running_loop().create_future()
             self._pending[request_id] = future
-            fds = [sock.fileno(), stderr_fd, *shared_fds]
+            fds = [sock.fileno(), stderr_fd, *shared_fds, *cgroup_fds]
             try:
                 socket.send_fds(self._control, [msgpack.packb(message)], fds)
             except OSError as exc:
@@ -154,11 +179,11 @@ class Launcher:
         if op == "ready" and self._ready is not None and not self._ready.done():
             self._ready.set_result(int(message["pid"]))
         elif op == "spawned":
-            pid = int(message["pid"])
             exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            self._exits[pid] = exited
+            self._exits[int(message["pid"])] = exited  # the fork server's pid for it
             future = self._pending.pop(message["id"], None)
-            spawned = Spawned(pid=pid, pidfd=fds.pop(), exited=exited)
+            pidfd = fds.pop()
+            spawned = Spawned(pid=host_pid(pidfd), pidfd=pidfd, exited=exited)
             if future is not None and not future.done():
                 future.set_result(spawned)
             else:  # the caller gave up (cancelled): don't leave an orphan behind

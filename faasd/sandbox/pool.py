@@ -131,8 +131,9 @@ class SandboxPool:
         return self._spawner.confinement.backend
 
     @property
-    def fork_server_pid(self) -> int | None:
-        return self._spawner.launcher.pid
+    def fork_server_pids(self) -> tuple[int, ...]:
+        """The fork servers running now (confined: one per function box; their bwrap's)."""
+        return self._spawner.fork_server_pids()
 
     async def __aenter__(self) -> SandboxPool:
         await self._spawner.start()

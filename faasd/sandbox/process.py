@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from faasd.functions.spec import ModelInfo
-from faasd.sandbox import channel, framing, protocol
+from faasd.sandbox import cgroups, channel, framing, protocol
 from faasd.sandbox.cgroups import SandboxGroups
 from faasd.sandbox.launcher import Launcher, Spawned, kill
 from faasd.sandbox.sharedmem import SharedArea, SharedPair, create_fd
@@ -164,7 +164,12 @@ class SandboxProcess:
             for sock in (ours, theirs):
                 channel.tune(sock)
             shared_fds = (shared.out.fd, shared.into.fd) if shared is not None else ()
-            spawned = await launcher.spawn(spec, theirs, stderr_w, shared_fds)
+            cgroup_fds = tuple(cgroups.open_procs(groups))
+            try:
+                spawned = await launcher.spawn(spec, theirs, stderr_w, shared_fds, cgroup_fds)
+            finally:
+                for fd in cgroup_fds:
+                    os.close(fd)
         except BaseException:
             ours.close()
             os.close(stderr_r)

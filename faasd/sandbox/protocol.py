@@ -53,8 +53,6 @@ class WorkerSpec:
     vcpu: int
     vgpu: int
     env: Mapping[str, str] = field(default_factory=dict)
-    #: Files (cgroup.procs or tasks) the worker writes its pid into, first thing.
-    cgroup_procs: tuple[str, ...] = ()
     #: Fallback confinement when no cgroup is writable: CPU affinity and RLIMIT_AS.
     cpus: tuple[int, ...] = ()
     address_space_bytes: int = 0
@@ -63,10 +61,8 @@ class WorkerSpec:
     shared_cap_bytes: int = 0
     #: Tensors of at least this many bytes cross through shared memory.
     shared_threshold_bytes: int = 0
-    #: Confine the worker in namespaces, a root and a uid of its own (`faasd.sandbox.jail`).
-    jail: bool = False
-    network: bool = False
-    tmp_mb: int = 64
+    #: The uid a confined worker runs as (`faasd.sandbox.identity`); 0: not confined.
+    uid: int = 0
     max_pids: int = 64
     #: A sandbox bound to a GPU slice: the slice's environment (set before onnxruntime
     #: touches CUDA), onnxruntime's CUDA options, and whether the slice is a fake one (then
@@ -85,7 +81,6 @@ class WorkerSpec:
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> WorkerSpec:
         fields = dict(wire)
-        fields["cgroup_procs"] = tuple(fields.get("cgroup_procs", ()))
         fields["cpus"] = tuple(fields.get("cpus", ()))
         return cls(**fields)
 

@@ -1,15 +1,21 @@
-"""Forking confined workers: CPUs, cgroups and a scratch directory, then the fork server.
+"""Forking confined workers: CPUs, cgroups, a uid and a scratch directory, then a fork server.
 
 The pool decides *when* a sandbox starts; the spawner decides *where* it runs: it spreads
 sandboxes over the daemon's CPUs (least-loaded first), binds a sandbox with `vgpu > 0` to a GPU
 slice (when the daemon has a `GpuBinder`: the slice's environment travels in the worker's spec
 and is set before onnxruntime starts; the slice is given back when the process has exited),
 makes the sandbox's cgroups (or, without cgroups, hands the worker its affinity and rlimit), and
-asks the fork server for the process.
+asks a fork server for the process.
+
+Confined (bubblewrap found and working), each function's sandboxes come from a fork server in
+a box of that function's own (`faasd.sandbox.bubblewrap`), started with the first of them and
+stopped `BOX_IDLE_S` after the last has ended; each worker gets a uid of its own. Unconfined,
+one fork server on the host serves every function, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -21,7 +27,7 @@ from typing import Any, Protocol
 from esg.model import Config
 from faasd.errors import SandboxCrashed
 from faasd.functions.spec import FunctionVersion
-from faasd.sandbox import jail, protocol, sharedmem
+from faasd.sandbox import bubblewrap, identity, protocol, sharedmem
 from faasd.sandbox.cgroups import (
     ADDRESS_SPACE_HEADROOM_MB,
     Backend,
@@ -68,7 +74,7 @@ def worker_spec(
     groups: SandboxGroups | None,
     cpus: tuple[int, ...],
     tmp_dir: Path,
-    jail: bool = False,
+    uid: int = 0,
     gpu: GpuBinding | None = None,
 ) -> protocol.WorkerSpec:
     settings = version.settings
@@ -82,7 +88,6 @@ def worker_spec(
         vcpu=config.vcpu,
         vgpu=config.vgpu,
         env=dict(settings.env),
-        cgroup_procs=groups.procs_files if groups is not None else (),
         cpus=cpus if fallback else (),
         address_space_bytes=(settings.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 2**20
         if fallback
@@ -90,10 +95,7 @@ def worker_spec(
         tmp_dir=str(tmp_dir),
         shared_cap_bytes=sharedmem.cap_for_memory(settings.memory_mb),
         shared_threshold_bytes=sharedmem.THRESHOLD_BYTES,
-        jail=jail,
-        network=settings.network,
-        # /tmp is a tmpfs charged to the sandbox's memory: a quarter of it, at most 256 MiB
-        tmp_mb=max(16, min(256, settings.memory_mb // 4)),
+        uid=uid,
         max_pids=MAX_PIDS,
         gpu_env=dict(gpu.env) if gpu is not None else {},
         cuda_options=dict(gpu.cuda_options) if gpu is not None else {},
@@ -101,9 +103,24 @@ def worker_spec(
     )
 
 
+def box_for(version: FunctionVersion, config: Config) -> bubblewrap.Box:
+    settings = version.settings
+    return bubblewrap.Box(
+        function_dir=str(version.directory),
+        network=settings.network,
+        # /tmp is a tmpfs charged to the sandboxes' memory: a quarter of it, at most 256 MiB
+        tmp_mb=max(16, min(256, settings.memory_mb // 4)),
+        gpu=config.vgpu > 0,
+        inode=os.stat(version.directory).st_ino,
+    )
+
+
 #: Processes and threads one sandbox may have (RLIMIT_NPROC of its own uid): onnxruntime's
 #: threads plus a handler's helpers, while a fork loop stops here.
 MAX_PIDS = 64
+#: How long a function's box (its fork server) outlives its last sandbox: a sandbox started
+#: again soon after forks at once instead of paying the box's start (about 0.3 s here).
+BOX_IDLE_S = 60.0
 
 
 class Spawner:
@@ -116,17 +133,23 @@ class Spawner:
         reap_leftovers: bool = False,
         gpu: GpuBinder | None = None,
     ) -> None:
-        """`namespaces`: "on" (refuse to start where `jail.probe` fails), "auto" (use them
-        where the host allows, else warn), "off"."""
+        """`namespaces`: "on" (refuse to start where `bubblewrap.probe` fails), "auto" (use
+        them where the host allows, else warn), "off"."""
         self.state_dir = state_dir
         self.gpu = gpu
         self.cgroup_parent = cgroup_parent
         self._choice = confinement
         self._namespaces = namespaces
         self._reap_leftovers = reap_leftovers
-        self.jail = False
+        #: sandboxes confined by bubblewrap, each function in a box of its own
+        self.boxed = False
         self.confinement = Confinement(Backend.NONE, {})
-        self.launcher = Launcher()
+        self.launcher = Launcher()  # unconfined: one fork server for every function
+        self._boxes: dict[bubblewrap.Box, Launcher] = {}
+        self._box_users: Counter[bubblewrap.Box] = Counter()
+        self._box_timers: dict[bubblewrap.Box, asyncio.TimerHandle] = {}
+        self._box_stops: set[asyncio.Task[None]] = set()
+        self._uid_slots: set[int] = set()
         self._cpu_load: Counter[int] = Counter()
         self._ids = itertools.count(1)
         # Several pools may share a parent group in one process (the tests' daemons), and a
@@ -136,7 +159,7 @@ class Spawner:
 
     async def start(self) -> None:
         if self._namespaces != "off":
-            why_not = jail.probe()
+            why_not = bubblewrap.probe()
             if why_not is not None and self._namespaces == "on":
                 raise LaunchError(
                     f"sandboxes cannot be confined in namespaces here: {why_not}; run faasd as "
@@ -145,15 +168,21 @@ class Spawner:
             if why_not is not None:
                 logger.warning("sandboxes run WITHOUT namespaces (network, file system and "
                                "user are the daemon's): %s", why_not)
-            self.jail = why_not is None
+            self.boxed = why_not is None
         self.confinement = Confinement.detect(self.cgroup_parent, self._choice)
         if self._reap_leftovers:
             self._reap()
+        if self.boxed:  # each function's box starts its own fork server
+            return
         try:
             await self.launcher.start()
         except BaseException:
             self.confinement.close()
             raise
+
+    def fork_server_pids(self) -> tuple[int, ...]:
+        launchers = [self.launcher, *self._boxes.values()]
+        return tuple(pid for launcher in launchers if (pid := launcher.pid) is not None)
 
     def _reap(self) -> None:
         """What a killed predecessor with this state directory left: its sandboxes' groups
@@ -168,8 +197,49 @@ class Spawner:
                            "sandbox director(y/ies)", len(groups), len(dirs))
 
     async def stop(self) -> None:
+        for timer in self._box_timers.values():
+            timer.cancel()
+        self._box_timers.clear()
+        boxes, self._boxes = list(self._boxes.values()), {}
+        await asyncio.gather(*(box.stop() for box in boxes), *self._box_stops,
+                             return_exceptions=True)
         await self.launcher.stop()
         self.confinement.close()
+
+    def _take_box(self, box: bubblewrap.Box) -> Launcher:
+        """The launcher of `box`'s fork server (started by its first spawn), counted in use."""
+        timer = self._box_timers.pop(box, None)
+        if timer is not None:
+            timer.cancel()
+        self._box_users[box] += 1
+        if box not in self._boxes:
+            self._boxes[box] = Launcher(tuple(bubblewrap.command(box)))
+        return self._boxes[box]
+
+    def _leave_box(self, box: bubblewrap.Box) -> None:
+        self._box_users[box] -= 1
+        if self._box_users[box] > 0:
+            return
+        del self._box_users[box]
+        loop = asyncio.get_running_loop()
+        self._box_timers[box] = loop.call_later(BOX_IDLE_S, self._close_box, box)
+
+    def _close_box(self, box: bubblewrap.Box) -> None:
+        self._box_timers.pop(box, None)
+        launcher = self._boxes.pop(box, None)
+        if launcher is None or self._box_users[box] > 0:
+            return
+        task = asyncio.get_running_loop().create_task(launcher.stop())
+        self._box_stops.add(task)
+        task.add_done_callback(self._box_stops.discard)
+
+    def _take_uid(self) -> tuple[int, int]:
+        """A uid for a confined worker and its slot (give the slot back with `_uid_slots`)."""
+        free = next((n for n in range(identity.SLOTS) if n not in self._uid_slots), None)
+        if free is None:
+            raise OSError(f"more than {identity.SLOTS} confined sandboxes in one daemon")
+        self._uid_slots.add(free)
+        return identity.uid_for(os.getpid(), free), free
 
     async def spawn(
         self, version: FunctionVersion, config: Config
@@ -179,6 +249,10 @@ class Spawner:
         GpuUnavailable if it needs a GPU slice and none can be given (its `busy` says whether
         one may come free). Without a GpuBinder, a sandbox with vgpu > 0 is not bound."""
         sandbox_id = f"{version.name}-v{version.version}-{self._token}-{next(self._ids)}"
+        try:
+            box = box_for(version, config) if self.boxed else None
+        except OSError as exc:  # its version directory is gone
+            raise SandboxCrashed(f"could not start a sandbox for {version.name}: {exc}") from exc
         binding = None
         if config.vgpu > 0 and self.gpu is not None:  # before the first await, as the CPUs
             binding = self.gpu.bind(sandbox_id, version.name, config.vgpu,
@@ -190,12 +264,19 @@ class Spawner:
         limits = Limits(vcpu=config.vcpu, cpus=cpus, memory_mb=version.settings.memory_mb)
         tmp_dir = self.state_dir / "sandboxes" / sandbox_id
         groups: SandboxGroups | None = None
+        launcher = self._take_box(box) if box is not None else self.launcher
+        uid, slot = (0, -1)
         try:
+            if box is not None:
+                uid, slot = self._take_uid()
             tmp_dir.mkdir(parents=True, exist_ok=True)
             groups = self.confinement.create(sandbox_id, limits)
-            spec = worker_spec(version, config, groups, cpus, tmp_dir, self.jail, binding)
-            process = await SandboxProcess.start(self.launcher, sandbox_id, spec, groups, tmp_dir)
+            spec = worker_spec(version, config, groups, cpus, tmp_dir, uid, binding)
+            process = await SandboxProcess.start(launcher, sandbox_id, spec, groups, tmp_dir)
         except BaseException as exc:
+            if box is not None:
+                self._uid_slots.discard(slot)
+                self._leave_box(box)
             if binding is not None and self.gpu is not None:
                 self.gpu.release(sandbox_id)
             self.release(cpus)
@@ -210,6 +291,9 @@ class Spawner:
             raise
         if binding is not None and self.gpu is not None:
             _hold_until_exit(self.gpu, process, binding)
+        if box is not None:
+            process.spawned.exited.add_done_callback(
+                lambda _: self._left(box, slot))
         logger.info(
             "sandbox [%d] forked for %s v%d at %s on cpus %s%s",
             process.pid,
@@ -223,6 +307,11 @@ class Spawner:
 
     def release(self, cpus: tuple[int, ...]) -> None:
         self._cpu_load.subtract(cpus)
+
+    def _left(self, box: bubblewrap.Box, slot: int) -> None:
+        """A confined worker has exited (its uid swept by its fork server)."""
+        self._uid_slots.discard(slot)
+        self._leave_box(box)
 
 
 def _hold_until_exit(gpu: GpuBinder, process: SandboxProcess, binding: GpuBinding) -> None:

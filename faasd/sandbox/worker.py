@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from faasd.functions.spec import ModelInfo
 from faasd.runtime.onnx import CUDA_PROVIDER, ModelLoadError, OnnxModel, choose_providers
-from faasd.sandbox import cgroups, channel, environ, jail, protocol
+from faasd.sandbox import cgroups, channel, environ, identity, protocol
 from faasd.sandbox.batching import Handler, execute
 from faasd.sandbox.sharedmem import SharedArea, SharedPair
 
@@ -48,10 +48,11 @@ def _die_with_parent() -> None:
         pass  # not Linux: the socket's EOF still ends an idle worker
 
 
-def confine(spec: protocol.WorkerSpec) -> None:
-    """Join the sandbox's cgroups, or fall back to CPU affinity and an address-space limit."""
-    if spec.cgroup_procs:
-        cgroups.join(spec.cgroup_procs)
+def confine(spec: protocol.WorkerSpec, cgroup_fds: tuple[int, ...]) -> None:
+    """Join the sandbox's cgroups (their `cgroup.procs`, opened by the daemon), or fall back to
+    CPU affinity and an address-space limit."""
+    if cgroup_fds:
+        cgroups.join(cgroup_fds)
         return
     if spec.cpus:
         os.sched_setaffinity(0, spec.cpus)
@@ -99,14 +100,14 @@ BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 def sandbox_environment(spec: protocol.WorkerSpec) -> dict[str, str]:
     """Only PATH, HOME, TMPDIR and LANG, then the function's `env`: nothing of the daemon's
     (its tokens, credentials or paths) reaches a handler."""
-    tmp = "/tmp" if spec.jail or not spec.tmp_dir else spec.tmp_dir
+    tmp = "/tmp" if spec.uid or not spec.tmp_dir else spec.tmp_dir
     return {"PATH": BASE_PATH, "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", **spec.env}
 
 
 def _set_environment(spec: protocol.WorkerSpec) -> None:
     """The sandbox's environment only, its GPU slice's last (the function's env cannot move
-    it off its slice). Set before the jail: publishing it for /proc needs the process's own
-    /proc and privileges it gives up there."""
+    it off its slice). Set while still root: publishing it for /proc may need privileges the
+    worker gives up with its uid."""
     os.environ.clear()
     os.environ.update(sandbox_environment(spec))
     os.environ.update(spec.gpu_env)
@@ -130,14 +131,13 @@ class _LoadFailed(Exception):
 
 
 def _load_parts(
-    spec: protocol.WorkerSpec, announce: Callable[[str], None]
+    spec: protocol.WorkerSpec, cgroup_fds: tuple[int, ...], announce: Callable[[str], None]
 ) -> tuple[OnnxModel, Handler]:
     try:
-        confine(spec)
+        confine(spec, cgroup_fds)
         _set_environment(spec)
-        if spec.jail:
-            jail.enter(jail.JailSpec(spec.directory, spec.network, spec.tmp_mb, spec.max_pids,
-                                     gpu=spec.vgpu > 0))
+        if spec.uid:
+            identity.become(spec.uid, spec.max_pids)
             _die_with_parent()  # a change of uid clears the parent-death signal
         _prepare_process(spec)
     except OSError as exc:
@@ -179,12 +179,14 @@ def _load_model(spec: protocol.WorkerSpec) -> OnnxModel:
     return model
 
 
-def _load(sock: socket.socket, spec: protocol.WorkerSpec) -> tuple[OnnxModel, Handler] | None:
+def _load(
+    sock: socket.socket, spec: protocol.WorkerSpec, cgroup_fds: tuple[int, ...]
+) -> tuple[OnnxModel, Handler] | None:
     """Load model and handler and tell the daemon; None (after telling it why) on failure."""
     started = time.perf_counter()
     try:
         model, handler = _load_parts(
-            spec, lambda stage: channel.send(sock, {"op": "loading", "stage": stage}))
+            spec, cgroup_fds, lambda stage: channel.send(sock, {"op": "loading", "stage": stage}))
     except _LoadFailed as failed:
         channel.send(sock, {"op": "failed", "kind": failed.kind, "message": str(failed)})
         return None
@@ -240,7 +242,11 @@ def _shared_pair(spec: protocol.WorkerSpec, shared_fds: tuple[int, ...]) -> Shar
 
 
 def main(
-    sock_fd: int, stderr_fd: int, spec: protocol.WorkerSpec, shared_fds: tuple[int, ...] = ()
+    sock_fd: int,
+    stderr_fd: int,
+    spec: protocol.WorkerSpec,
+    shared_fds: tuple[int, ...] = (),
+    cgroup_fds: tuple[int, ...] = (),
 ) -> NoReturn:
     """The forked child's whole life. Exit 0 when told to stop or when the daemon lets go."""
     os.environ.update(spec.gpu_env)  # first: nothing may initialise CUDA before the slice is set
@@ -252,7 +258,7 @@ def main(
     try:
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(True)
-        loaded = _load(sock, spec)
+        loaded = _load(sock, spec, cgroup_fds)
         if loaded is not None:
             _serve(sock, *loaded, _shared_pair(spec, shared_fds))
     except ConnectionError:  # the daemon closed our channel (ChannelClosed) or went away

@@ -18,7 +18,7 @@ import pytest
 
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
-from faasd.sandbox import jail
+from faasd.sandbox import bubblewrap, identity
 from tests.faasd.builders import make_function
 
 pytestmark = pytest.mark.slow
@@ -143,7 +143,7 @@ def _escapes(daemon: Daemon, tmp_path: Path) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(jail.probe() is not None, reason="this host cannot make namespaces")
+@pytest.mark.skipif(bubblewrap.probe() is not None, reason="this host cannot make namespaces")
 async def test_every_escape_fails_and_the_daemon_serves_on(daemon: Daemon,
                                                            tmp_path: Path) -> None:
     for what in _escapes(daemon, tmp_path):
@@ -159,7 +159,7 @@ async def test_every_escape_fails_and_the_daemon_serves_on(daemon: Daemon,
     assert isinstance(own, list) and len(own) == 1 and own[0].isdigit()
     assert await _try(daemon, "write /tmp/scratch") == {"ok": "wrote"}  # private /tmp works
     uid, euid, gid, groups = (await _try(daemon, "whoami"))["ok"]  # type: ignore[misc]
-    assert uid == euid == gid and uid >= jail.UID_BASE and groups == []
+    assert uid == euid == gid and uid >= identity.UID_BASE and groups == []
 
 
 async def test_the_environment_is_only_what_the_function_names(
@@ -188,7 +188,7 @@ def _uid_processes(uid: int) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(jail.probe() is not None, reason="this host cannot make namespaces")
+@pytest.mark.skipif(bubblewrap.probe() is not None, reason="this host cannot make namespaces")
 async def test_a_fork_loop_is_bounded_and_dies_with_its_sandbox(daemon: Daemon) -> None:
     uid = (await _try(daemon, "whoami"))["ok"][0]  # type: ignore[index]
     made = (await _try(daemon, "forkbomb 500"))["ok"]
@@ -211,7 +211,7 @@ async def test_without_namespaces_the_escapes_work(tmp_path: Path, functions_dir
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The control: on a host without namespaces, with allow_unconfined, the same handler
     reads what it should not (so the tests above can fail), and the daemon says so."""
-    monkeypatch.setattr(jail, "probe", lambda: "no namespaces on this pretend host")
+    monkeypatch.setattr(bubblewrap, "probe", lambda: "no namespaces on this pretend host")
     with pytest.raises(Exception, match="cannot be confined in namespaces here"):
         await _start(tmp_path, functions_dir)
     daemon = await _start(tmp_path, functions_dir, allow_unconfined=True)
@@ -224,7 +224,7 @@ async def test_without_namespaces_the_escapes_work(tmp_path: Path, functions_dir
         await daemon.stop()
 
 
-@pytest.mark.skipif(jail.probe() is not None, reason="this host cannot make namespaces")
+@pytest.mark.skipif(bubblewrap.probe() is not None, reason="this host cannot make namespaces")
 async def test_network_true_opens_the_network(tmp_path: Path, functions_dir: Path) -> None:
     (functions_dir / "hostile" / "faasd.yaml").write_text("network: true\n")
     daemon = await _start(tmp_path, functions_dir)

@@ -1,14 +1,16 @@
-"""What confining a sandbox in namespaces costs: cold start and warm call, jail on vs off.
+"""What confining sandboxes with bubblewrap costs: cold start and warm call, on vs off.
 
-Two sandbox pools side by side, one with `namespaces="on"` (faasd.sandbox.jail: mount, IPC,
-UTS and network namespaces, its own root and uid) and one with `namespaces="off"` (cgroups
-only, as before), measured in alternating rounds so the machine's drift hits both alike:
+Two sandbox pools side by side, one with `namespaces="on"` (each function's fork server in a
+bubblewrap box of its own, each worker with a uid of its own: faasd.sandbox.bubblewrap and
+identity) and one with `namespaces="off"` (cgroups only, one fork server), measured in
+alternating rounds so the machine's drift hits both alike:
 
-- cold start of squeezenet: from a call for a version with no sandbox to its answer;
+- cold start of squeezenet: from a call for a version with no sandbox to its answer (the box
+  outlives the sandbox, so this is a fork inside a running box);
 - warm overhead of a tiny [1,16] model: `pool.run` minus in-process `session.run`;
-- `jail.enter` alone, timed inside forked children (the part of a cold start it adds).
+- a fork server's start, in a box against plain (what the first sandbox of a function adds).
 
-Usage: python benchmarks/jail_cost.py [--rounds 3] [--cold 5] [--calls 200]
+Usage: python benchmarks/confinement_cost.py [--rounds 3] [--cold 5] [--calls 200]
 Prints a JSON report (medians over rounds of each round's p50).
 """
 
@@ -19,34 +21,28 @@ import asyncio
 import json
 import statistics
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from sandbox_roundtrip import build_squeezenet, build_tiny, cold, warm
 
-from faasd.sandbox import jail
+from faasd.sandbox import bubblewrap
+from faasd.sandbox.launcher import Launcher
 from faasd.sandbox.pool import SandboxPool
 
 
-def enter_ms(function_dir: Path, samples: int = 20) -> list[float]:
-    """`jail.enter` timed in `samples` forked children (each reports through a pipe)."""
-    import os
-    import time
-
+async def fork_server_start_ms(function_dir: Path, boxed: bool, samples: int = 8) -> list[float]:
+    """A fork server's start to its "ready", in a box or plain, `samples` times."""
+    wrapper = tuple(bubblewrap.command(bubblewrap.Box(str(function_dir)))) if boxed else ()
     times = []
     for _ in range(samples):
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            started = time.perf_counter()
-            jail.enter(jail.JailSpec(str(function_dir)))
-            os.write(write, str(time.perf_counter() - started).encode())
-            os._exit(0)
-        os.close(write)
-        times.append(float(os.read(read, 64)) * 1e3)
-        os.close(read)
-        os.waitpid(pid, 0)
+        launcher = Launcher(wrapper)
+        started = time.perf_counter()
+        await launcher.start()
+        times.append((time.perf_counter() - started) * 1e3)
+        await launcher.stop()
     return sorted(times)
 
 
@@ -77,9 +73,10 @@ async def main(rounds: int, repeats: int, calls: int) -> dict[str, Any]:
     }
     report["rounds"] = {mode: got for mode, got in samples.items()}
     with tempfile.TemporaryDirectory() as scratch:
-        times = enter_ms(Path(scratch))
-    report["jail_enter_ms"] = {"p50": round(times[len(times) // 2], 2),
-                               "max": round(times[-1], 2)}
+        for mode, boxed in (("boxed", True), ("plain", False)):
+            times = await fork_server_start_ms(Path(scratch), boxed)
+            report[f"fork_server_start_{mode}_ms"] = {"p50": round(times[len(times) // 2], 1),
+                                                      "max": round(times[-1], 1)}
     return report
 
 

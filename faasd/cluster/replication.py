@@ -177,16 +177,18 @@ class Replicator:
             digest, content = await track.kind.current(name)
             record = Deployment(name, digest, self.name, self.http, content)
             track.pending[name] = record
-            while True:  # until etcd takes it: a deploy must not be lost to a blip
+            # until etcd takes it (a deploy must not be lost to a blip), unless a later
+            # change of the same name has come to be recorded in its place
+            while track.pending.get(name) is record:
                 client = self.etcd()
                 try:
                     if client is not None:
                         await client.put(track.kind.prefix + name, record.to_json())
                         track.records[name] = record
                         track.failures.pop(name, None)
-                        log.info("recorded %s of %s %s (%s) for the cluster",
-                                 "the removal" if record.removed else "the deploy",
-                                 track.kind.label, name, digest[:12])
+                        log.info("recorded %s of %s (%s %s) for the cluster",
+                                 "the removal" if record.removed else "the deploy", name,
+                                 track.kind.label, digest[:12])
                         return
                 except EtcdError as exc:
                     log.warning("cannot record %s in etcd yet: %s", name, exc.message)

@@ -106,6 +106,10 @@ class Track:
     pending: dict[str, Deployment | None] = field(default_factory=dict)
     writers: Counter[str] = field(default_factory=Counter)
     applying: set[str] = field(default_factory=set)  # changes the replicator is making
+    #: each local change's number (`changes` counts them): a round leaves alone the names
+    #: changed here since it began reading etcd, whose records it may have read stale
+    changes: int = 0
+    changed: dict[str, int] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
 
 
@@ -160,6 +164,8 @@ class Replicator:
             return
         track.pending.setdefault(name, None)
         track.writers[name] += 1
+        track.changes += 1
+        track.changed[name] = track.changes
         task = asyncio.ensure_future(self._record(track, name))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -219,18 +225,24 @@ class Replicator:
         await self._report(client)
 
     async def _sync(self, client: EtcdClient, track: Track) -> None:
+        began = track.changes
         records = {}
         for value in (await client.get_prefix(track.kind.prefix)).values():
             record = Deployment.from_json(value)
             if record is not None:
                 records[record.name] = record
-        track.records = records
         local = await track.kind.served()
+        fresh = {n for n, number in track.changed.items() if number > began}
+        # a record this node wrote while the read was under way is newer than what it read
+        records.update({n: track.records[n] for n in fresh if n in track.records})
+        track.records = records
         now = asyncio.get_running_loop().time()
-        busy = set(track.pending) | track.applying | {
+        busy = set(track.pending) | track.applying | fresh | {
             n for n, f in track.failures.items()
             if n in records and records[n].digest == f.digest and now < f.retry_at}
         for action in plan(records, local, busy):
+            if track.changed.get(action.name, 0) > began or action.name in track.pending:
+                continue  # changed here while this round applied others: the next decides
             if action.step is Step.PUBLISH:
                 self.on_change(track.kind.label, action.name)
             else:

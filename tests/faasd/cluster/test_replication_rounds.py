@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,3 +165,51 @@ async def test_a_local_change_is_recorded_and_stands_in_for_the_record_until_the
     finally:
         await rep.stop()
         await offline.stop()
+
+
+class SlowReads:
+    """The etcd client, but the next read's answer arrives only after `meanwhile()` ran:
+    a change made on this node while a round's read of etcd was on its way."""
+
+    def __init__(self, etcd: EtcdClient) -> None:
+        self.etcd = etcd
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def get_prefix(self, prefix: str) -> dict[str, str]:
+        answer = await self.etcd.get_prefix(prefix)
+        if self.meanwhile is not None:
+            change, self.meanwhile = self.meanwhile, None
+            await change()
+        return answer
+
+    async def put(self, key: str, value: str) -> int:
+        return await self.etcd.put(key, value)
+
+    async def delete(self, key: str) -> None:
+        await self.etcd.delete(key)
+
+
+async def test_a_removal_made_here_while_a_round_reads_etcd_is_not_undone_by_it(
+        etcd: EtcdClient, kinds: tuple[Shelf, Shelf]) -> None:
+    base = kinds[0]
+    await put(etcd, base, "f", "d1")
+    slow = SlowReads(etcd)
+    rep = replicator(etcd, kinds)
+    rep.etcd = lambda: slow  # type: ignore[assignment,return-value]
+    try:
+        await rep.sync_once()
+        assert base.items == {"f": "d1"}
+
+        async def remove_and_record() -> None:  # etcd has answered "f is deployed"
+            del base.items["f"]
+            rep.on_change("base", "f")
+            await asyncio.gather(*rep._tasks)  # the removal is recorded
+
+        slow.meanwhile = remove_and_record
+        await rep.sync_once()  # it read f as deployed, but f's removal is newer
+        assert base.items == {} and base.installs == ["f"]
+        await rep.sync_once()
+        assert base.items == {} and base.installs == ["f"]
+        assert rep.recorded("base")["f"].removed
+    finally:
+        await rep.stop()

@@ -14,7 +14,7 @@ Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the ne
 5. leave the cluster: resign the leadership, stop the etcd member, leave the gossip (with a
    `cluster_addr`; `faasd/cluster/node.py`). It joins right after the listener is bound.
    Deployments from other nodes stop being applied first of all (before step 1); the node
-   starts applying them once its own startup functions are deployed
+   starts applying them once its own startup functions and workflows are deployed
    (`faasd/cluster/replication.py`).
 """
 
@@ -49,7 +49,10 @@ from faasd.auth.store import TokenCache
 from faasd.auth.tokens import cluster_token, exposure_error
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
+from faasd.cluster import replicated_functions, replicated_workflows
 from faasd.cluster.node import Cluster, ClusterNode, make_cluster
+from faasd.cluster.replicated_functions import FunctionKind
+from faasd.cluster.replicated_workflows import WorkflowKind, users_in
 from faasd.cluster.replication import Replicator
 from faasd.cluster.settings import SERF_PORT, split_hostport
 from faasd.config import ConfigError, DaemonConfig, faasd_version
@@ -226,20 +229,15 @@ class Daemon:
         catalog = Catalog(registry, pool, controller.in_flight, config.vcpu_capacity,
                           on_change=lambda name, version: _tell(listeners, name, version),
                           limits=node_limits)
+        workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
         replicator = None
         if isinstance(cluster, ClusterNode):
-            key = cluster.settings.gossip_key
-            replicator = Replicator(
-                name=cluster.name, http="", catalog=catalog, etcd=cluster.etcd_client,
-                members=cluster.members, scratch=state_dir / "uploads",
-                max_bytes=config.max_unpacked_bytes,
-                token=cluster_token(key) if key is not None else None)
-            listeners.append(replicator.on_change)
+            replicator = _replicator(cluster, catalog, workflows, config, state_dir)
+            listeners.append(replicator.hook(replicated_functions.LABEL))
         profiles.bind(catalog, busy=controller.pending_total)
         profiles.start()
         metrics.watch(controller.queue_lengths, lambda: pool.stats().idle)
         gateway = Gateway(controller, self.clock, metrics)
-        workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
         metrics.registry.register(profiles.collector())
         services = Services(
             config=config,
@@ -286,6 +284,8 @@ class Daemon:
             guard.factory(server), sock=listener)
         guard.start()
         self.port = int(self._listener.sockets[0].getsockname()[1])
+        if replicator is not None:  # what the startup deploys' records name
+            replicator.http = self._http_address()
         log.info("at most %d connections at once (max_connections, open-file limit)", guard.cap)
         self.notifier.status("verifying the installed versions")
         await asyncio.to_thread(registry.verify)
@@ -298,7 +298,6 @@ class Daemon:
         workflows.load()
         await self._load_workflows(workflows)
         if replicator is not None:  # after the startup deploys: they are recorded first
-            replicator.http = self._http_address()
             replicator.start()
         await async_calls.start()  # after the functions: calls left by a stopped daemon run
         self._services.readiness.ready = True
@@ -401,6 +400,22 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
+
+
+def _replicator(cluster: ClusterNode, catalog: Catalog, workflows: Workflows,
+                config: DaemonConfig, state_dir: Path) -> Replicator:
+    """Functions, then the workflows built on them, kept the same on every node; the
+    workflows' changes recorded, and a function used by a workflow anywhere kept."""
+    key = cluster.settings.gossip_key
+    token = cluster_token(key) if key is not None else None
+    functions = FunctionKind(catalog, state_dir / "uploads", config.max_unpacked_bytes, token)
+    replicator = Replicator(name=cluster.name, http="",
+                            kinds=[functions, WorkflowKind(workflows)],
+                            etcd=cluster.etcd_client, members=cluster.members, token=token)
+    label = replicated_workflows.LABEL
+    workflows.on_change = replicator.hook(label)
+    workflows.recorded_users = lambda f: users_in(replicator.recorded(label), f)
+    return replicator
 
 
 def _tell(listeners: list[Callable[[str, FunctionVersion | None], None]], name: str,

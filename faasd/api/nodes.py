@@ -6,8 +6,10 @@ this node its vCPUs and GPU slices.
 `free_vcpu` and `gpus: [{"index", "uuid", "name", "mode", "healthy", "memory_mb",
 "total_units", "free_units", "instances": [{"uuid", "profile", "units", "memory_mb",
 "in_use"}]}]` (`instances` is empty outside MIG mode). In a cluster every node has
-`replication: {"functions": [...], "failed": {name: {"digest", "error"}}}`: the functions
-deployed cluster-wide, and those this node could not deploy (`faasd/cluster/replication.py`).
+`replication: {"functions": [...], "workflows": [...], "failed": {"functions": {name: {"digest",
+"error", "state"}}, "workflows": {...}}}`: what is deployed cluster-wide, and what this node has
+not applied, `waiting` (retried by itself: a workflow's functions not arrived yet) or `failed`
+(not retried until it is redeployed) (`faasd/cluster/replication.py`).
 Other members' resources reach the leader with the cluster's state, not through this view.
 """
 

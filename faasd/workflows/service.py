@@ -7,8 +7,14 @@ sandboxes. Only then are the subdirectories deployed (a directory unchanged sinc
 deploy keeps its version) and the workflow recorded, on disk and with the controller.
 
 While a workflow uses a function, removing that function is refused with the workflow's name,
-and a redeploy of it that would no longer fit the workflow's edges is refused too. A function
-and a workflow never share a name (both are models on the V2 paths).
+and a redeploy of it that would no longer fit the workflow's edges is refused too. In a
+cluster, `recorded_users` adds the workflows deployed on other nodes (or still on their way
+here), so the removal is refused on every node alike. A function and a workflow never share a
+name (both are models on the V2 paths).
+
+`adopt` serves a workflow deployed on another node, whose functions came on their own
+(`faasd/cluster/replicated_workflows.py`); `on_change(name, spec)` hears of every deploy and,
+with None, every removal.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -41,7 +48,8 @@ class Scheduler(Protocol):
 
 class Workflows:
     def __init__(
-        self, store: WorkflowStore, catalog: Catalog, controller: Scheduler, clock: Clock
+        self, store: WorkflowStore, catalog: Catalog, controller: Scheduler, clock: Clock,
+        on_change: Callable[[str, WorkflowSpec | None], None] | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -49,6 +57,9 @@ class Workflows:
         self._clock = clock
         self._deployed: dict[str, DeployedWorkflow] = {}
         self._lock = asyncio.Lock()
+        self.on_change = on_change
+        #: function -> the workflows deployed elsewhere in the cluster that use it
+        self.recorded_users: Callable[[str], builtins.list[str]] = lambda _: []
         catalog.guard = self
 
     # ------------------------------------------------------------ look-ups
@@ -68,6 +79,11 @@ class Workflows:
 
     def users_of(self, function: str) -> builtins.list[str]:
         return sorted(n for n, w in self._deployed.items() if w.spec.uses(function))
+
+    def missing(self, spec: WorkflowSpec) -> builtins.list[str]:
+        """The functions of `spec` not deployed here."""
+        deployed = {version.name for version, _ in self._catalog.list()}
+        return [f for f in spec.functions if f not in deployed]
 
     # ------------------------------------------------------------ changes
 
@@ -107,7 +123,22 @@ class Workflows:
             await asyncio.to_thread(self._store.save, stored)
         log.info("deployed workflow %s v%d from %s (%d functions, SLO %g ms)", spec.name,
                  stored.version, source, len(spec.functions), spec.slo_ms)
+        self._changed(spec.name, spec)
         return deployed, None if old is None else old.version
+
+    async def adopt(self, spec: WorkflowSpec) -> DeployedWorkflow:
+        """Serve `spec` as deployed on another node: its functions must be deployed here
+        already (NotFound otherwise) and fit its edges (WorkflowSpecError otherwise)."""
+        async with self._lock:
+            self.check_name_free_of_functions(spec.name)
+            stored = StoredWorkflow(spec, self._store.next_version(spec.name),
+                                    self._clock.wall())
+            deployed = self._install(stored)
+            await asyncio.to_thread(self._store.save, stored)
+        log.info("deployed workflow %s v%d as the cluster recorded it", spec.name,
+                 stored.version)
+        self._changed(spec.name, spec)
+        return deployed
 
     async def remove(self, name: str) -> DeployedWorkflow:
         async with self._lock:
@@ -116,6 +147,7 @@ class Workflows:
             self._controller.remove_workflow(name)
             await asyncio.to_thread(self._store.remove, name, workflow.version)
         log.info("removed workflow %s v%d", name, workflow.version)
+        self._changed(name, None)
         return workflow
 
     # ------------------------------------------------------------ the catalog's guard
@@ -145,7 +177,7 @@ class Workflows:
                     workflow=workflow.spec.name) from None
 
     def check_remove(self, name: str) -> None:
-        users = self.users_of(name)
+        users = sorted(set(self.users_of(name)) | set(self.recorded_users(name)))
         if users:
             raise Conflict(
                 f"function {name!r} is used by workflow(s) {users}; remove them first "
@@ -160,6 +192,13 @@ class Workflows:
                        "its own: choose another --name")
 
     # ------------------------------------------------------------ helpers
+
+    def _changed(self, name: str, spec: WorkflowSpec | None) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(name, spec)
+            except Exception:  # a listener's bug must not undo a deploy that is done
+                log.exception("on_change(%s) failed", name)
 
     def _install(self, stored: StoredWorkflow) -> DeployedWorkflow:
         spec = stored.spec

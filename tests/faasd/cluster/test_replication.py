@@ -8,13 +8,6 @@ cluster's token (derived from the gossip key).
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,50 +16,10 @@ import pytest
 
 from tests.faasd.builders import expected_y, make_function
 from tests.faasd.cluster.addresses import Addresses
-from tests.faasd.cluster.nodes import Node, require_engines, shm_dir, start_node, wait_for
+from tests.faasd.cluster.apis import Api, X, keyed_root, start
+from tests.faasd.cluster.nodes import wait_for
 
 pytestmark = pytest.mark.cluster
-
-X = [1.0, 2.0, 3.0, 4.0]
-
-
-class Api:
-    """One node's HTTP API with that node's admin token."""
-
-    def __init__(self, node: Node, token: str) -> None:
-        self.node, self.token = node, token
-
-    def request(self, method: str, path: str, doc: Any = None) -> tuple[int, Any]:
-        data = None if doc is None else json.dumps(doc).encode()
-        request = urllib.request.Request(
-            self.node.url + path, data=data, method=method,
-            headers={"Authorization": f"Bearer {self.token}",
-                     "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as reply:
-                return reply.status, json.load(reply)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
-
-    def call(self, name: str) -> list[float] | None:
-        status, doc = self.request("POST", f"/function/{name}", {"x": [X]})
-        return doc["y"][0] if status == 200 else None
-
-    def has(self, name: str) -> bool:
-        return self.request("GET", f"/system/function/{name}")[0] == 200
-
-
-def token_for(state: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "faasd.cli", "token", "create", "--scope",
-                           "admin", "--state-dir", str(state)],
-                          capture_output=True, text=True, timeout=60, check=True)
-    return done.stdout.split()[-1]
-
-
-def start(root: Path, ip: str, *flags: str) -> Api:
-    token = token_for(root / ip)
-    return Api(start_node(root, ip, "--gossip-key-file", str(root / "gossip.key"), *flags),
-               token)
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +30,8 @@ def ips(addresses: Addresses) -> Iterator[list[str]]:
 
 @pytest.fixture(scope="module")
 def root() -> Iterator[Path]:
-    require_engines()
-    root = shm_dir()
-    (root / "gossip.key").write_text(base64.b64encode(os.urandom(32)).decode())
-    yield root
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with keyed_root() as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +72,8 @@ def test_deployed_on_one_node_callable_on_another_then_redeployed_and_removed(
         wait_for("linear removed everywhere", lambda api=api: not api.has("linear"), 20)
     assert b.call("linear") is None
     docs = [api.request("GET", "/system/nodes")[1] for api in apis]
-    assert all(n["replication"]["failed"] == {} for d in docs for n in d["nodes"])
+    assert all(n["replication"]["failed"] == {"functions": {}, "workflows": {}}
+               for d in docs for n in d["nodes"])
 
 
 def test_a_node_started_later_catches_up_and_reports_what_it_cannot_deploy(
@@ -146,15 +97,15 @@ def test_a_node_started_later_catches_up_and_reports_what_it_cannot_deploy(
         late_name = f"node-{ips[3]}"
 
         def reported() -> dict[str, Any] | None:
-            doc = c.request("GET", "/system/nodes")[1]  # seen from another node
-            entry = next(n for n in doc["nodes"] if n["name"] == late_name)
-            return entry["replication"]["failed"].get("wide")
+            failed = c.replication(late_name)["failed"]  # seen from another node
+            wide: dict[str, Any] | None = failed["functions"].get("wide")
+            return wide
 
         failure = wait_for("the late node's failure seen from c", reported, 20)
         assert "asks for vcpu 2" in failure["error"] and len(failure["digest"]) == 64
-        own = late.request("GET", "/system/nodes")[1]
-        assert [n["replication"]["failed"] for n in own["nodes"] if n["name"] == late_name] == [
-            {"wide": failure}]
-        assert sorted(own["nodes"][0]["replication"]["functions"]) == ["small", "wide"]
+        assert failure["state"] == "failed"
+        own = late.replication(late_name)
+        assert own["failed"] == {"functions": {"wide": failure}, "workflows": {}}
+        assert sorted(own["functions"]) == ["small", "wide"]
     finally:
         late.node.kill()

@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestServer
 from faasd.archive import pack, tree_digest
 from faasd.cluster.deployments import Action, Deployment, Step, plan
 from faasd.cluster.members import TAG_HTTP, Member, Status
-from faasd.cluster.replication import PullFailed, Replicator
+from faasd.cluster.replicated_functions import FunctionKind, PullFailed
+from faasd.cluster.replication import Replicator
 from tests.faasd.builders import make_function
 
 HITS = web.AppKey("hits", list)
@@ -54,9 +55,18 @@ async def servers(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
 
 
 def replicator(tmp_path: Path, members: list[Member]) -> Replicator:
-    return Replicator(name="me", http="127.0.0.1:1", catalog=None,  # type: ignore[arg-type]
-                      etcd=lambda: None, members=lambda: members, scratch=tmp_path / "s",
-                      max_bytes=1 << 24)
+    kind = FunctionKind(catalog=None, scratch=tmp_path / "s",  # type: ignore[arg-type]
+                        max_bytes=1 << 24)
+    return Replicator(name="me", http="127.0.0.1:1", kinds=[kind], etcd=lambda: None,
+                      members=lambda: members)
+
+
+async def pull(rep: Replicator, record: Deployment, work: Path) -> Path:
+    """What a node's pull of `record` gets from the sources it would try."""
+    work.mkdir()
+    kind = rep.kinds[0]
+    assert isinstance(kind, FunctionKind)
+    return await kind._pull(record, rep._sources(record), work)
 
 
 def member(name: str, http: str, status: Status = Status.ALIVE) -> Member:
@@ -71,9 +81,7 @@ async def test_a_dead_origin_and_a_wrong_copy_are_passed_over_for_a_good_one(
                member("gone", "127.0.0.1:2", Status.FAILED), member("good", http["good"])]
     rep = replicator(tmp_path, members)
     try:
-        work = tmp_path / "pull"
-        work.mkdir()
-        directory = await rep._pull(record, work)
+        directory = await pull(rep, record, tmp_path / "pull")
         assert tree_digest(directory) == servers["digest"]
         assert [len(servers["apps"][n][HITS]) for n in ("liar", "old", "good")] == [1, 1, 1]
     finally:
@@ -86,10 +94,8 @@ async def test_no_node_with_the_digest_is_a_pull_failure_naming_each_answer(
     record = Deployment("linear", servers["digest"], "liar", http["liar"])
     rep = replicator(tmp_path, [member("old", http["old"])])
     try:
-        work = tmp_path / "pull"
-        work.mkdir()
         with pytest.raises(PullFailed, match=r"digest mismatch .*serves "):
-            await rep._pull(record, work)
+            await pull(rep, record, tmp_path / "pull")
     finally:
         await rep.stop()
 

@@ -101,8 +101,9 @@ def mount_args(box: Box) -> list[str]:
                      key=lambda p: (p.count("/"), p))
     args = ["--size", str(max(1, box.tmp_mb) * 2**20), "--perms", "1777", "--tmpfs", "/tmp",
             "--dev", "/dev", "--proc", "/proc"]
-    done = {"/dev", "/proc"}  # bound: nothing is bound below them
-    made = {"/tmp"}  # a directory that exists, below which binds may go
+    done = {"/proc"}  # bound: nothing is bound below it
+    # directories that exist, below which binds may go (a state directory in /dev/shm)
+    made = {"/tmp", "/dev"}
     for path in sources:
         if _covered(path, done):
             continue

@@ -121,7 +121,11 @@ class Launcher:
         except (TimeoutError, LaunchError) as exc:
             await self.stop()
             raise LaunchError(f"the sandbox fork server did not start: {exc}") from exc
-        logger.info("fork server [%d] ready", pid)
+        if self.wrapper:  # its own pid is its box's; the host knows it by its bwrap's
+            logger.info("fork server [%d] ready in a box (its pid there %d)",
+                        self._process.pid, pid)
+        else:
+            logger.info("fork server [%d] ready", pid)
 
     async def spawn(
         self,

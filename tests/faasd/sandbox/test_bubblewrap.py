@@ -54,3 +54,10 @@ def test_network_and_gpu_settings_change_the_namespaces_and_devices(tmp_path: Pa
     nodes = sorted(str(p) for p in Path("/dev").glob("nvidia*"))
     gpu = bubblewrap.command(Box(str(tmp_path), gpu=True))
     assert [source for source, _ in _pairs(gpu, "--dev-bind")] == nodes
+
+
+def test_a_function_in_dev_shm_is_bound_below_the_box_s_own_dev() -> None:
+    directory = "/dev/shm/faasd-state/functions/f/1"  # a state directory in memory
+    args = bubblewrap.mount_args(Box(directory))
+    assert (directory, directory) in _pairs(args, "--ro-bind")
+    assert args.index(directory) > args.index("--dev")

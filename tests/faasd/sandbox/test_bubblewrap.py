@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from faasd.sandbox import bubblewrap
@@ -57,7 +58,9 @@ def test_network_and_gpu_settings_change_the_namespaces_and_devices(tmp_path: Pa
 
 
 def test_a_function_in_dev_shm_is_bound_below_the_box_s_own_dev() -> None:
-    directory = "/dev/shm/faasd-state/functions/f/1"  # a state directory in memory
-    args = bubblewrap.mount_args(Box(directory))
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as state:  # a state directory in memory
+        directory = f"{state}/functions/f/1"
+        Path(directory).mkdir(parents=True)
+        args = bubblewrap.mount_args(Box(directory))
     assert (directory, directory) in _pairs(args, "--ro-bind")
     assert args.index(directory) > args.index("--dev")

@@ -2,8 +2,9 @@
 
 Every sandbox gets its own group under `<the daemon's own group>/<parent>/<sandbox id>` in each
 hierarchy (nesting under the daemon's own group is what systemd's `Delegate=yes` hands out), with
-a CPU quota of `vcpu` cores, a cpuset of `vcpu` cores and a memory limit. The worker writes its
-own pid into the groups before it loads anything, so every page it touches is charged.
+a CPU quota of `vcpu` cores, a cpuset of `vcpu` cores, a memory limit and, where the pids
+controller is there, a limit on its processes and threads (a fork loop stops there). The
+worker joins the groups before it loads anything, so every page it touches is charged.
 Groups are removed when their sandbox stops; the parent when the pool closes.
 
 Parsing `/proc/self/mountinfo` and `/proc/self/cgroup` is pure; the rest touches the filesystem.
@@ -24,6 +25,9 @@ from pathlib import Path
 logger = logging.getLogger("faasd.sandbox")
 
 CONTROLLERS = ("cpu", "cpuset", "memory")
+#: Used where the host has it, not required: RLIMIT_NPROC of a sandbox's own uid bounds its
+#: processes too.
+OPTIONAL = ("pids",)
 CFS_PERIOD_US = 100_000
 #: Under RLIMIT_AS the limit counts address space, not memory: onnxruntime and numpy reserve far
 #: more than they touch (thread stacks, arenas). This headroom is added to `memory_mb`.
@@ -41,6 +45,8 @@ class Limits:
     vcpu: int
     cpus: tuple[int, ...]
     memory_mb: int
+    #: processes and threads (pids.max); 0: no limit
+    max_pids: int = 0
 
 
 def parse_mounts(mountinfo: str) -> dict[str, tuple[Path, str]]:
@@ -58,7 +64,7 @@ def parse_mounts(mountinfo: str) -> dict[str, tuple[Path, str]]:
             mounts.setdefault("unified", (mount_point, root))
         elif fstype == "cgroup":
             for option in tail[2].split(","):
-                if option in CONTROLLERS:
+                if option in CONTROLLERS + OPTIONAL:
                     mounts.setdefault(option, (mount_point, root))
     return mounts
 
@@ -74,7 +80,7 @@ def parse_own_groups(proc_cgroup: str) -> dict[str, str]:
         if controllers == "":
             groups["unified"] = path
         for controller in controllers.split(","):
-            if controller in CONTROLLERS:
+            if controller in CONTROLLERS + OPTIONAL:
                 groups[controller] = path
     return groups
 
@@ -175,7 +181,8 @@ class Confinement:
     ) -> dict[str, Path] | None:
         if any(c not in mounts or c not in own for c in CONTROLLERS):
             return None
-        parents = {c: group_dir(mounts[c], own[c]) / parent for c in CONTROLLERS}
+        present = [*CONTROLLERS, *(c for c in OPTIONAL if c in mounts and c in own)]
+        parents = {c: group_dir(mounts[c], own[c]) / parent for c in present}
         for directory in parents.values():
             directory.mkdir(exist_ok=True)
         cpuset = parents["cpuset"]
@@ -191,9 +198,10 @@ class Confinement:
         if "unified" not in mounts or "unified" not in own:
             return None
         home = group_dir(mounts["unified"], own["unified"])
-        if not set(CONTROLLERS) <= set((home / "cgroup.controllers").read_text().split()):
+        available = set((home / "cgroup.controllers").read_text().split())
+        if not set(CONTROLLERS) <= available:
             return None
-        enable = " ".join(f"+{c}" for c in CONTROLLERS)
+        enable = " ".join(f"+{c}" for c in (*CONTROLLERS, *available.intersection(OPTIONAL)))
         base = home / parent
         base.mkdir(exist_ok=True)
         try:
@@ -241,11 +249,13 @@ class Confinement:
                 _write(group / "memory.max", memory_bytes)
                 with contextlib.suppress(OSError):  # absent without swap accounting
                     _write(group / "memory.swap.max", "0")
+                if limits.max_pids and (group / "pids.max").exists():
+                    _write(group / "pids.max", str(limits.max_pids))
             except OSError:
                 group.rmdir()
                 raise
             return SandboxGroups(Backend.V2, (group,), group)
-        dirs = {c: self._parents[c] / sandbox_id for c in CONTROLLERS}
+        dirs = {c: parent / sandbox_id for c, parent in self._parents.items()}
         groups = SandboxGroups(Backend.V1, tuple(dirs.values()), dirs["memory"])
         try:
             self._fill_v1(dirs, limits)
@@ -268,6 +278,8 @@ class Confinement:
         _write(dirs["memory"] / "memory.limit_in_bytes", memory_bytes)
         with contextlib.suppress(OSError):  # absent or refused without swap accounting
             _write(dirs["memory"] / "memory.memsw.limit_in_bytes", memory_bytes)
+        if limits.max_pids and "pids" in dirs:
+            _write(dirs["pids"] / "pids.max", str(limits.max_pids))
 
     def reap_leftovers(self, settle_s: float = 2.0) -> list[str]:
         """Kill the processes of every sandbox group under this pool's parents and remove the

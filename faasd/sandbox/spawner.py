@@ -115,8 +115,8 @@ def box_for(version: FunctionVersion, config: Config) -> bubblewrap.Box:
     )
 
 
-#: Processes and threads one sandbox may have (RLIMIT_NPROC of its own uid): onnxruntime's
-#: threads plus a handler's helpers, while a fork loop stops here.
+#: Processes and threads one sandbox may have (pids.max of its cgroup and RLIMIT_NPROC of its
+#: own uid): onnxruntime's threads plus a handler's helpers, while a fork loop stops here.
 MAX_PIDS = 64
 #: How long a function's box (its fork server) outlives its last sandbox: a sandbox started
 #: again soon after forks at once instead of paying the box's start (about 0.3 s here).
@@ -261,7 +261,8 @@ class Spawner:
         # Counted at once, before the first await: sandboxes started side by side must see
         # each other's CPUs, or they all land on the same least-loaded one.
         self._cpu_load.update(cpus)
-        limits = Limits(vcpu=config.vcpu, cpus=cpus, memory_mb=version.settings.memory_mb)
+        limits = Limits(vcpu=config.vcpu, cpus=cpus, memory_mb=version.settings.memory_mb,
+                        max_pids=MAX_PIDS)
         tmp_dir = self.state_dir / "sandboxes" / sandbox_id
         groups: SandboxGroups | None = None
         launcher = self._take_box(box) if box is not None else self.launcher

@@ -120,8 +120,9 @@ def test_v2_setup_and_limits_on_a_stand_in_tree(tmp_path: Path) -> None:
     own = {"unified": "/system.slice/faasd.service"}
     parents = Confinement._setup_v2("faasd", mounts, own)
     assert parents == {"unified": home / "faasd"}
-    assert (home / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory"
-    assert (home / "faasd" / "cgroup.subtree_control").read_text() == "+cpu +cpuset +memory"
+    enabled = "+cpu +cpuset +memory +pids"  # pids where the host has it
+    assert (home / "cgroup.subtree_control").read_text() == enabled
+    assert (home / "faasd" / "cgroup.subtree_control").read_text() == enabled
 
     groups = Confinement(Backend.V2, parents).create("sbx", Limits(2, (0, 1), 512))
     assert groups is not None

@@ -22,6 +22,7 @@ from faasd.sandbox import pool as pool_module
 from faasd.sandbox.cgroups import Backend
 from faasd.sandbox.items import BodyItem, BodyResult, ItemFailure, TensorItem, TensorResult
 from faasd.sandbox.pool import SandboxPool
+from faasd.sandbox.spawner import MAX_PIDS
 
 from .conftest import (
     MISCHIEF_HANDLER,
@@ -74,6 +75,9 @@ async def test_sandbox_is_confined_to_its_cgroups(
     wanted = {"memory", "cpu", "cpuset"} if pool.backend is Backend.V1 else {""}
     groups = [line.split(":", 2)[2] for line in lines if line.split(":")[1] in wanted]
     assert len(groups) == len(wanted) and all(f"/{cgroup_parent}/tiny-v1-" in g for g in groups)
+    pids = [line.split(":", 2)[2] for line in lines if line.split(":")[1] == "pids"]
+    if pool.backend is Backend.V1 and Path("/sys/fs/cgroup/pids").is_dir():  # host has it
+        assert Path(f"/sys/fs/cgroup/pids{pids[0]}/pids.max").read_text().strip() == str(MAX_PIDS)
     await pool.retire("tiny")
     assert pool.stats().alive == {}
 

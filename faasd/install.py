@@ -109,8 +109,16 @@ def faasd_executable() -> str:
     return str(Path(sys.executable).with_name("faasd"))
 
 
-def plan(exec_start: str, config_exists: bool) -> list[Step]:
-    steps = [Step("mkdir", str(d)) for d in (*STATE_DIRS, CONFIG_PATH.parent)]
+#: Debian's bubblewrap confines the sandboxes; without it the daemon refuses to start.
+SANDBOX_PACKAGE_STEP = "apt-get install -y bubblewrap"
+
+
+def plan(exec_start: str, config_exists: bool, have_bwrap: bool | None = None) -> list[Step]:
+    """`have_bwrap`: None to look on this host."""
+    if have_bwrap is None:
+        have_bwrap = shutil.which("bwrap") is not None
+    steps = [] if have_bwrap else [Step("run", SANDBOX_PACKAGE_STEP)]
+    steps += [Step("mkdir", str(d)) for d in (*STATE_DIRS, CONFIG_PATH.parent)]
     if not config_exists:  # never overwrite an administrator's settings
         steps.append(Step("write", str(CONFIG_PATH), default_config_text()))
     steps.append(Step("write", str(UNIT_PATH), render_unit(exec_start)))

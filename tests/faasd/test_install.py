@@ -76,3 +76,11 @@ def test_systemd_analyze_verify_accepts_what_install_would_write(tmp_path: Path)
     result = subprocess.run(["systemd-analyze", "verify", str(unit)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_host_without_bubblewrap_gets_it_first() -> None:
+    missing = install.plan("/usr/bin/faasd", config_exists=True, have_bwrap=False)
+    present = install.plan("/usr/bin/faasd", config_exists=True, have_bwrap=True)
+    assert missing[0] == install.Step("run", install.SANDBOX_PACKAGE_STEP)
+    assert missing[1:] == present
+    assert all("bubblewrap" not in step.target for step in present)

@@ -30,6 +30,7 @@ from esg.model import Workflow
 from esg.policies import POLICIES, make_policy, policy_class
 from esg.policy import Policy
 from esg.pricing import DEFAULT_PRICING, Pricing, parse_pricing
+from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import RunMetrics
 from esg.sim.report import (
     ReportSettings,
@@ -115,6 +116,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             warmup_s=args.warmup,
             cold_start_ms=args.cold_start_ms,
             seed=args.seed,
+            execution=execution_model(args),
+            charge_overhead=args.charge_overhead,
         )
         policy = build_policy(args.policy, options, pricing)
     except InstanceError as exc:
@@ -142,6 +145,53 @@ def workflow(args: argparse.Namespace) -> int:
     json.dump(workflow_json(dag, tables, slo_ms), sys.stdout, indent=args.indent)
     sys.stdout.write("\n")
     return 0
+
+
+def add_execution_options(
+    parser: argparse.ArgumentParser, default: ExecutionModel, charged: bool
+) -> None:
+    """`--profile-error`, `--noise-sigma`, `--interference`, `--[no-]charge-overhead`."""
+    error = _pair(default.factor_low, default.factor_high, 1.0)
+    interference = _pair(default.cpu_interference, default.gpu_interference, 0.0)
+    parser.add_argument(
+        "--profile-error", default=error, metavar="LOW,HIGH|off",
+        help="each function's executed latency is its profile x a seeded factor drawn in "
+             f"[LOW, HIGH] (default {error})")
+    parser.add_argument("--noise-sigma", type=float, default=default.noise_sigma,
+                        help=f"lognormal noise per batch (default {default.noise_sigma:g})")
+    parser.add_argument(
+        "--interference", default=interference, metavar="CPU,GPU|off",
+        help="slowdown per share of the node's vCPUs (and the GPU's units) other batches hold "
+             f"(default {interference})")
+    parser.add_argument(
+        "--charge-overhead", action=argparse.BooleanOptionalAction, default=charged,
+        help="delay each dispatch by the wall time of the policy call that made it "
+             f"(default {'on' if charged else 'off'}; off keeps results a function of the seed)")
+
+
+def _pair(a: float, b: float, off: float) -> str:
+    return "off" if a == b == off else f"{a:g},{b:g}"
+
+
+def execution_model(args: argparse.Namespace) -> ExecutionModel:
+    """The `ExecutionModel` of the options `add_execution_options` added."""
+    low, high = _parse_pair("--profile-error", args.profile_error, off=1.0)
+    cpu, gpu = _parse_pair("--interference", args.interference, off=0.0)
+    return ExecutionModel(factor_low=low, factor_high=high, noise_sigma=args.noise_sigma,
+                          cpu_interference=cpu, gpu_interference=gpu)
+
+
+def _parse_pair(option: str, text: str, off: float) -> tuple[float, float]:
+    if text.strip().lower() in ("off", "0", "none"):
+        return off, off
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise ValueError(f"{option} {text!r}: expected two numbers A,B (e.g. 0.8,1.3) or off")
+    return values[0], values[1]
 
 
 def build_policy(name: str, options: dict[str, Any], pricing: Pricing) -> Policy:
@@ -221,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--pricing", type=Path, default=None,
                      help="prices (default configs/pricing.yaml)")
     one.add_argument("--indent", type=int, default=None, help="pretty-print the JSON")
+    add_execution_options(one, ExecutionModel(), charged=False)
     flow = sub.add_parser("workflow", help="print a built-in application as a workflow file")
     flow.add_argument("name", choices=[a.name for a in (*default_apps(), *large_apps())])
     flow.add_argument("--slo-x", type=float, default=1.5,
@@ -234,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     rep.add_argument("--policies", default=",".join(POLICIES),
                      help="comma-separated policy names (default: all)")
+    add_execution_options(rep, ExecutionModel.realistic(), charged=False)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args, parser)
@@ -244,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         parser.error(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
+    try:
+        execution = execution_model(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     settings = ReportSettings(settings.nodes, settings.duration_s, settings.warmup_s,
-                              settings.seed, names)
+                              settings.seed, names, execution)
     return report(settings, args.out, args.jobs)

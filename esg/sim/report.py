@@ -18,6 +18,7 @@ from pathlib import Path
 from esg.policies import POLICIES, make_policy
 from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
+from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import RunMetrics, summarize
 from esg.sim.workloads import LOAD_LEVELS, SLO_FACTORS, make_scenario
 
@@ -43,6 +44,8 @@ class ReportSettings:
     warmup_s: float = 4.0
     seed: int = 0
     policies: tuple[str, ...] = field(default_factory=lambda: tuple(POLICIES))
+    #: What runs is not what the policies were told (`esg.sim.execution`).
+    execution: ExecutionModel = field(default_factory=ExecutionModel.realistic)
 
     @classmethod
     def quick(cls, seed: int = 0) -> ReportSettings:
@@ -76,7 +79,7 @@ def run_cell(
     )
     record = Simulation(
         scenario, make_policy(policy), cluster, timer=timer,
-        settings=EngineSettings(seed=settings.seed),
+        settings=EngineSettings(execution=settings.execution, seed=settings.seed),
     ).run()
     return summarize(record)
 

@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     rep.add_argument("--policies", default=",".join(POLICIES),
                      help="comma-separated policy names (default: all)")
-    add_execution_options(rep, ExecutionModel.realistic(), charged=False)
+    add_execution_options(rep, ExecutionModel.realistic(), charged=True)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args, parser)
@@ -301,5 +301,5 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     settings = ReportSettings(settings.nodes, settings.duration_s, settings.warmup_s,
-                              settings.seed, names, execution)
+                              settings.seed, names, execution, args.charge_overhead)
     return report(settings, args.out, args.jobs)

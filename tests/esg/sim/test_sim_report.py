@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from esg.sim.cli import main
 from esg.sim.metrics import RunMetrics, jain, percentile
-from esg.sim.report import COLUMNS, markdown_table, table_rows, write_csv
+from esg.sim.report import (
+    COLUMNS,
+    ReportSettings,
+    markdown_table,
+    run_cell,
+    table_rows,
+    write_csv,
+)
 
 ISSUE_COLUMNS = ["policy", "workload", "slo", "slo_hit_rate", "cost_norm", "p50_ms", "p99_ms",
                  "overhead_p50_ms", "overhead_p99_ms", "config_miss_rate"]
@@ -63,7 +73,7 @@ def test_quick_report_writes_every_output_and_is_reproducible(tmp_path: Path) ->
     policies = "fcfs,clockwork,harmonybatch"
     for out in ("a", "b"):
         assert main(["report", "--quick", "--out", str(tmp_path / out), "--seed", "3",
-                     "--jobs", "1", "--policies", policies]) == 0
+                     "--jobs", "1", "--policies", policies, "--no-charge-overhead"]) == 0
     for name in ("results.csv", "results.md", "slo_hit_rate.png", "cost_norm.png",
                  "latency_cdf.png"):
         assert (tmp_path / "a" / name).stat().st_size > 0
@@ -83,3 +93,20 @@ def test_quick_report_writes_every_output_and_is_reproducible(tmp_path: Path) ->
         c for c in ISSUE_COLUMNS if not c.startswith("overhead")
     ]
     assert set(COLUMNS) >= set(ISSUE_COLUMNS)
+
+
+def test_the_report_charges_scheduling_time_unless_told_not_to() -> None:
+    # A policy call that takes a whole second (the injected timer steps 1 s per reading) makes
+    # every charged request late; uncharged, the same cell meets its SLOs.
+    tiny = ReportSettings(nodes=1, duration_s=0.2, warmup_s=0.2)
+    assert tiny.charge_overhead
+
+    def slow_clock() -> Callable[[], float]:
+        ticks = itertools.count()
+        return lambda: float(next(ticks))
+
+    charged = run_cell("fcfs", "light", "relaxed", tiny, slow_clock())
+    free = run_cell("fcfs", "light", "relaxed", replace(tiny, charge_overhead=False),
+                    slow_clock())
+    assert charged.overhead_p50_ms == free.overhead_p50_ms == pytest.approx(1000.0)
+    assert charged.slo_hit_rate == 0.0 < free.slo_hit_rate

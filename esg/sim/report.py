@@ -1,5 +1,5 @@
-"""The evaluation grid: every policy × load (light, normal, heavy) × SLO (strict, moderate,
-relaxed).
+"""The evaluation grid: every policy × load (light, normal, heavy, intense, full: 20-100 % of
+capacity) × SLO (tight, strict, moderate, relaxed: 0.6-1.2 × L; `esg.sim.workloads`).
 
 Pure: the wall-clock timer that measures scheduling overhead is passed in by the shell
 (`esg/sim/cli.py`). `run_cell` is one simulation; `table_rows` turns the metrics of a whole
@@ -20,7 +20,7 @@ from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
 from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import RunMetrics, summarize
-from esg.sim.workloads import LOAD_LEVELS, SLO_FACTORS, make_scenario
+from esg.sim.workloads import GRID_LOAD_LEVELS, GRID_SLO_FACTORS, make_scenario
 
 #: The columns the issue asks for, then the extra metrics.
 COLUMNS = (
@@ -56,7 +56,7 @@ class ReportSettings:
 
 
 def cells() -> list[tuple[str, str]]:
-    return [(load, slo) for load in LOAD_LEVELS for slo in SLO_FACTORS]
+    return [(load, slo) for load in GRID_LOAD_LEVELS for slo in GRID_SLO_FACTORS]
 
 
 def available_policies(names: Iterable[str]) -> tuple[list[str], dict[str, str]]:
@@ -111,7 +111,7 @@ def table_rows(results: Sequence[RunMetrics], baseline: str = "esg") -> list[dic
                 row[column] = getattr(m, column)
         rows.append(row)
     order = {name: i for i, name in enumerate(POLICIES)}
-    loads, slos = list(LOAD_LEVELS), list(SLO_FACTORS)
+    loads, slos = list(GRID_LOAD_LEVELS), list(GRID_SLO_FACTORS)
     rows.sort(key=lambda r: (loads.index(str(r["workload"])), slos.index(str(r["slo"])),
                              order.get(str(r["policy"]), len(order)), str(r["policy"])))
     return rows

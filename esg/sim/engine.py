@@ -17,9 +17,10 @@ A dispatched batch takes its vCPUs and slice units at once and runs
 * the function's `FunctionLimits.overhead_ms` (what the daemon measured a warm batch to take
   beyond its execution) is added after exec: it occupies the vCPUs but is not billed;
 * exec = the profile's mean latency (of the smallest profiled batch holding the jobs, at the
-  same vCPUs and slice, for a partial batch) × a lognormal noise factor (median 1,
-  `noise_sigma`) drawn
-  from a seeded RNG, one draw per batch.
+  same vCPUs and slice, for a partial batch) made wrong by `EngineSettings.execution`
+  (`esg.sim.execution`): × the function's systematic factor, × a lognormal noise factor drawn
+  from a seeded RNG (one draw per batch), × the interference of the batches already running
+  on the node. Policies see only the profile; `Completion.exec_s` reports what ran.
 
 Cost of a batch = (P_cpu·vcpu + P_gpu·vgpu) · exec (billed execution time, `esg.pricing`),
 shared equally by its jobs. When it completes, the sandbox is parked warm for
@@ -53,6 +54,7 @@ from esg.policy import (
 )
 from esg.pricing import DEFAULT_PRICING, Pricing
 from esg.sim.cluster import ClusterSpec, NodeState
+from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import BatchRecord, RequestRecord, RunRecord
 from esg.sim.workloads import Scenario
 
@@ -61,10 +63,12 @@ _ARRIVE, _DONE, _TIMER = 0, 1, 2
 
 @dataclass(frozen=True)
 class EngineSettings:
-    noise_sigma: float = 0.05
+    #: How executed latencies depart from the profile (default: exact but for 5 % noise).
+    execution: ExecutionModel = field(default_factory=ExecutionModel)
     seed: int = 0
     pricing: Pricing = DEFAULT_PRICING
-    #: Delay each dispatch by the wall time of the policy call that made it (not deterministic).
+    #: Delay each dispatch by the wall time of the policy call that made it, as measured by the
+    #: injected timer (with a wall clock, results are then no longer a function of the seed).
     charge_overhead: bool = False
     #: Stop this long after the last arrival; what is unfinished then counts as missed.
     drain_s: float = 30.0
@@ -117,6 +121,7 @@ class Simulation:
         self.settings = settings or EngineSettings()
         self._timer = timer
         self._rng = random.Random(f"{self.settings.seed}:noise")
+        self._factors = self.settings.execution.factors(scenario.profiles, self.settings.seed)
         batches = {
             name: tuple(sorted({c.batch for c in profile.latency_ms}))
             for name, profile in scenario.profiles.items()
@@ -332,8 +337,9 @@ class Simulation:
             self.cluster.cold_start_s(d.config) if cold and not warming else 0.0,
             max(self._transfer_s(job, d.node) for job in jobs),
         )
-        noise = math.exp(self._rng.gauss(0.0, self.settings.noise_sigma))
-        exec_s = profile.latency_ms[_run_as(d.config, len(jobs), profile.latency_ms)] / 1000 * noise
+        exec_s = self._executed_s(d, node, profile.latency_ms[
+            _run_as(d.config, len(jobs), profile.latency_ms)
+        ])
         # The resource-time of the whole batch, shared by the jobs in it.
         batch_cost = self.settings.pricing.cost_per_request(
             d.config, exec_s * 1000 * d.config.batch
@@ -349,6 +355,19 @@ class Simulation:
         start = self._now + delay_s
         batch = _Batch(d, start, exec_s, cold, tuple(jobs))
         self._push(start + setup_s + exec_s + overhead_s, _DONE, batch)
+
+    def _executed_s(self, d: Dispatch, node: NodeState, profile_ms: float) -> float:
+        """What the batch really runs (`esg.sim.execution`); `node` already holds its share."""
+        model = self.settings.execution
+        noise = model.noise(self._rng)
+        others_units = 0
+        if d.config.vgpu and d.gpu is not None:
+            others_units = node.units_per_gpu - node.gpu_free[d.gpu] - d.config.vgpu
+        slowdown = model.interference(
+            d.config, node.total_vcpu - node.free_vcpu - d.config.vcpu, node.total_vcpu,
+            others_units, node.units_per_gpu,
+        )
+        return profile_ms / 1000 * self._factors.get(d.function, 1.0) * noise * slowdown
 
     def _transfer_s(self, job: Job, node: str) -> float:
         """Time to bring every predecessor output of `job` that lives elsewhere to `node`."""

@@ -96,6 +96,9 @@ class RunMetrics:
     cold_start_rate: float
     mean_batch: float
     latencies_ms: tuple[float, ...] = field(repr=False, compare=False, default=())
+    #: What the run was (the report sets them; `summarize` cannot know).
+    seed: int = 0
+    profile_error: str = "0"
 
 
 def jain(values: list[float]) -> float:

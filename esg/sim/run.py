@@ -11,6 +11,9 @@ arrivals come from the settings and a seeded RNG, the cluster from `ClusterSpec`
 * **Cluster**: `nodes` nodes of the paper's testbed shape (16 vCPUs, one 7-unit MIG GPU).
   `cold_start_ms` replaces the cluster's cold start (250 ms, +750 ms for a GPU slice) by one
   time for every sandbox; 0 means no cold starts.
+* **Execution** (`esg.sim.execution`): by default what runs is the profile up to 5 % noise;
+  `execution` makes it wrong (systematic factor, noise, interference), and `charge_overhead`
+  delays each dispatch by the wall time of the policy call that made it.
 * **Per-function limits** the baselines run at (the workflow file gives none; our choice): the
   largest batch listed, at the (vCPUs, slice) shape of the fastest configuration of that
   batch, waiting at most 5 ms for a batch to fill. Planning policies treat the largest batch
@@ -22,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from esg.model import Config
@@ -30,6 +33,7 @@ from esg.policy import FunctionLimits, Policy
 from esg.pricing import DEFAULT_PRICING, Pricing
 from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
+from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import summarize
 from esg.sim.workflow_file import WorkflowFile
 from esg.sim.workloads import Scenario
@@ -46,6 +50,8 @@ class RunSettings:
     warmup_s: float = 0.0
     cold_start_ms: float | None = None
     seed: int = 0
+    execution: ExecutionModel = field(default_factory=ExecutionModel)
+    charge_overhead: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.requests < 1:
@@ -128,7 +134,10 @@ def run_workflow(
         arrivals=tuple((t, workflow.name) for t in settings.arrivals()),
         measure_from_s=settings.warmup_s,
     )
-    engine = EngineSettings(seed=settings.seed, pricing=pricing)
+    engine = EngineSettings(
+        execution=settings.execution, seed=settings.seed, pricing=pricing,
+        charge_overhead=settings.charge_overhead,
+    )
     record = Simulation(scenario, policy, cluster, timer=timer, settings=engine).run()
     metrics = summarize(record)
     critical_ms, _ = spec.critical_path()
@@ -136,6 +145,8 @@ def run_workflow(
         "workflow": workflow.name,
         "policy": policy.name,
         "requests": metrics.requests,
+        "seed": settings.seed,
+        "profile_error": settings.execution.profile_error,
         "slo_ms": spec.slo_ms,
         "min_critical_path_ms": critical_ms,
         "slo_hit_rate": metrics.slo_hit_rate,

@@ -14,12 +14,14 @@ from esg.policy import Action, Arrival, Dispatch, Drop, Event, FunctionLimits, S
 from esg.pricing import Pricing
 from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
+from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import summarize
 from esg.sim.workloads import custom_scenario as scenario
 
 CPU = Config(1, 2, 0)
 GPU = Config(1, 2, 1)
-EXACT = EngineSettings(noise_sigma=0.0, pricing=Pricing(cpu_per_s=1.0, gpu_per_s=10.0))
+EXACT = EngineSettings(execution=ExecutionModel(noise_sigma=0.0),
+                       pricing=Pricing(cpu_per_s=1.0, gpu_per_s=10.0))
 
 
 class Fixed:
@@ -188,7 +190,7 @@ def test_overhead_is_measured_with_the_injected_timer_and_optionally_charged() -
     # Each policy call reads the timer twice: 2 ms apart.
     assert record.overhead_ms == pytest.approx([2.0, 2.0])
     charged = run(Fixed(CPU), sc, cluster, timer=fake_timer(0.002),
-                  settings=EngineSettings(noise_sigma=0.0, charge_overhead=True))
+                  settings=replace(EXACT, charge_overhead=True))
     assert next(iter(charged.requests.values())).latency_s == pytest.approx(0.012)
 
 
@@ -198,7 +200,7 @@ def test_noise_is_seeded() -> None:
 
     def lat(seed: int) -> list[float | None]:
         rec = run(Fixed(CPU), sc, small_cluster(cold_start_cpu_s=0.0),
-                  settings=EngineSettings(noise_sigma=0.1, seed=seed))
+                  settings=EngineSettings(execution=ExecutionModel(noise_sigma=0.1), seed=seed))
         return [r.latency_s for r in rec.requests.values()]
 
     assert lat(1) == lat(1)

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from esg.sim.cli import main
+from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import RunMetrics, jain, percentile
-from esg.sim.report import COLUMNS, markdown_table, table_rows, write_csv
+from esg.sim.report import (
+    COLUMNS,
+    HELD_OUT_SEEDS,
+    ReportSettings,
+    markdown_table,
+    run_cell,
+    table_rows,
+    write_csv,
+)
+from esg.sim.summary import mean_sd, summary_rows
 
 ISSUE_COLUMNS = ["policy", "workload", "slo", "slo_hit_rate", "cost_norm", "p50_ms", "p99_ms",
                  "overhead_p50_ms", "overhead_p99_ms", "config_miss_rate"]
@@ -62,24 +75,96 @@ def test_percentile_and_jain() -> None:
 def test_quick_report_writes_every_output_and_is_reproducible(tmp_path: Path) -> None:
     policies = "fcfs,clockwork,harmonybatch"
     for out in ("a", "b"):
-        assert main(["report", "--quick", "--out", str(tmp_path / out), "--seed", "3",
-                     "--jobs", "1", "--policies", policies]) == 0
-    for name in ("results.csv", "results.md", "slo_hit_rate.png", "cost_norm.png",
-                 "latency_cdf.png"):
+        assert main(["report", "--quick", "--out", str(tmp_path / out), "--seeds", "3,4",
+                     "--jobs", "1", "--policies", policies, "--loads", "light,full",
+                     "--slos", "tight,relaxed", "--no-charge-overhead"]) == 0
+    for name in ("results.csv", "summary.csv", "results.md", "slo_hit_rate.png",
+                 "cost_norm.png", "latency_cdf.png"):
         assert (tmp_path / "a" / name).stat().st_size > 0
 
-    def table(out: str) -> list[dict[str, str]]:
-        with (tmp_path / out / "results.csv").open() as f:
+    def table(out: str, name: str = "results.csv") -> list[dict[str, str]]:
+        with (tmp_path / out / name).open() as f:
             rows = list(csv.DictReader(f))
         for row in rows:  # the measured wall time of policy calls is not deterministic
-            del row["overhead_p50_ms"], row["overhead_p99_ms"]
+            for column in [c for c in row if c.startswith("overhead")]:
+                del row[column]
         return rows
 
     rows = table("a")
     assert rows == table("b")
-    assert len(rows) == 3 * 9
+    assert len(rows) == 3 * 2 * 2 * 2  # policies x loads x SLOs x seeds
     assert {r["policy"] for r in rows} == set(policies.split(","))
+    assert {(r["workload"], r["slo"]) for r in rows} == {
+        (load, slo) for load in ("light", "full") for slo in ("tight", "relaxed")
+    }
+    assert {r["seed"] for r in rows} == {"3", "4"}
+    assert {r["profile_error"] for r in rows} == {"0.8-1.3"}  # wrong profiles by default
     assert list(rows[0])[: len(ISSUE_COLUMNS) - 2] == [
         c for c in ISSUE_COLUMNS if not c.startswith("overhead")
     ]
+    assert list(rows[0])[-2:] == ["seed", "profile_error"]
     assert set(COLUMNS) >= set(ISSUE_COLUMNS)
+    summary = table("a", "summary.csv")
+    assert len(summary) == 3 * 2 * 2 and {r["seeds"] for r in summary} == {"2"}
+    # The mean of a cell is the mean of its two seeds' rows.
+    first = summary[0]
+    pair = [float(r["slo_hit_rate"]) for r in rows if all(
+        r[k] == first[k] for k in ("policy", "workload", "slo"))]
+    assert float(first["slo_hit_rate_mean"]) == pytest.approx(sum(pair) / 2, abs=1e-3)
+    assert "±" in (tmp_path / "a" / "results.md").read_text()
+
+
+def test_cost_is_normalised_within_the_seed_and_summarised_as_mean_and_spread() -> None:
+    results = [replace(_metrics("esg", "light/strict", 2.0, hit=0.9), seed=1),
+               replace(_metrics("fcfs", "light/strict", 3.0, hit=0.5), seed=1),
+               replace(_metrics("esg", "light/strict", 4.0, hit=1.0), seed=2),
+               replace(_metrics("fcfs", "light/strict", 2.0, hit=0.7), seed=2)]
+    rows = table_rows(results)
+    # fcfs: 3 / 2 = 1.5 under seed 1, 2 / 4 = 0.5 under seed 2 (not 5/6 of pooled means).
+    assert [(r["policy"], r["seed"], r["cost_norm"]) for r in rows] == [
+        ("esg", 1, 1.0), ("esg", 2, 1.0), ("fcfs", 1, 1.5), ("fcfs", 2, 0.5)]
+    fcfs = summary_rows(rows)[1]
+    assert fcfs["policy"] == "fcfs" and fcfs["seeds"] == 2
+    assert fcfs["cost_norm_mean"] == pytest.approx(1.0)
+    # Sample standard deviation of {1.5, 0.5}: sqrt(((0.5)^2 + (0.5)^2) / 1) = 0.7071.
+    assert fcfs["cost_norm_sd"] == pytest.approx(0.7071, abs=1e-4)
+    assert mean_sd(fcfs, "slo_hit_rate", percent=True) == "60.0 ± 14.1"
+    assert math.isnan(float(str(fcfs["config_miss_rate_mean"])))  # NaN in every seed
+
+
+def test_report_options_build_the_grid_and_reject_what_is_not_in_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[ReportSettings] = []
+    monkeypatch.setattr("esg.sim.cli.report", lambda settings, out, jobs: seen.append(settings)
+                        or 0)
+    assert main(["report"]) == 0
+    assert main(["report", "--seeds", "7-9", "--loads", "full", "--slos", "tight,strict",
+                 "--profile-error", "off", "--no-charge-overhead", "--nodes", "16"]) == 0
+    default, chosen = seen
+    assert default.seeds == HELD_OUT_SEEDS == (100, 101, 102, 103, 104)
+    assert default.charge_overhead and default.execution == ExecutionModel.realistic()
+    assert len(default.cells()) == 20
+    assert chosen.seeds == (7, 8, 9) and chosen.nodes == 16 and not chosen.charge_overhead
+    assert chosen.cells() == [("full", "tight"), ("full", "strict")]
+    assert chosen.execution.profile_error == "0"
+    for bad in (["--loads", "overloaded"], ["--seeds", "x"], ["--interference", "1"]):
+        with pytest.raises(SystemExit):
+            main(["report", *bad])
+
+
+def test_the_report_charges_scheduling_time_unless_told_not_to() -> None:
+    # A policy call that takes a whole second (the injected timer steps 1 s per reading) makes
+    # every charged request late; uncharged, the same cell meets its SLOs.
+    tiny = ReportSettings(nodes=1, duration_s=0.2, warmup_s=0.2)
+    assert tiny.charge_overhead
+
+    def slow_clock() -> Callable[[], float]:
+        ticks = itertools.count()
+        return lambda: float(next(ticks))
+
+    charged = run_cell("fcfs", "light", "relaxed", tiny, slow_clock())
+    free = run_cell("fcfs", "light", "relaxed", replace(tiny, charge_overhead=False),
+                    slow_clock())
+    assert charged.overhead_p50_ms == free.overhead_p50_ms == pytest.approx(1000.0)
+    assert charged.slo_hit_rate == 0.0 < free.slo_hit_rate

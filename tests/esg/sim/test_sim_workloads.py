@@ -10,6 +10,7 @@ import statistics
 import pytest
 
 from esg.model import Config
+from esg.pricing import DEFAULT_PRICING
 from esg.sim.cluster import ClusterSpec
 from esg.sim.functions import (
     CpuFit,
@@ -19,8 +20,10 @@ from esg.sim.functions import (
     latency_ms,
     load_models,
 )
+from esg.sim.slo_unit import cheapest
 from esg.sim.workloads import (
-    LOAD_LEVELS,
+    GRID_LOAD_LEVELS,
+    GRID_SLO_FACTORS,
     SLO_FACTORS,
     ArrivalModel,
     default_apps,
@@ -42,23 +45,27 @@ def test_the_four_applications_are_valid_dags_with_shares_summing_to_one() -> No
     assert sc.workflows["background-elimination"].entries() == ("be-preprocess",)
 
 
-def test_slo_is_factor_times_l_and_l_is_the_reference_critical_path() -> None:
+def test_slo_is_factor_times_l_and_l_is_the_cheapest_critical_path() -> None:
     cluster = ClusterSpec(nodes=1)
     cells = {slo: make_scenario("light", slo, cluster=cluster, seed=0, duration_s=0.1,
-                                warmup_s=0.1) for slo in SLO_FACTORS}
+                                warmup_s=0.1) for slo in GRID_SLO_FACTORS}
+    assert GRID_SLO_FACTORS["tight"] == 0.6 and set(SLO_FACTORS) < set(GRID_SLO_FACTORS)
     moderate = cells["moderate"]
     assert moderate.reference_s is not None
-    for slo, factor in SLO_FACTORS.items():
+    for slo, factor in GRID_SLO_FACTORS.items():
         for app, wf in cells[slo].workflows.items():
             assert wf.slo_s == pytest.approx(factor * moderate.reference_s[app])
-    # image-classification is a chain: L = sum of the stages at the reference + 2 transfers.
+    # image-classification is a chain and light load is carried by the cheapest configurations:
+    # L = the sum of each stage's cheapest configuration's latency + 2 transfers.
     wf = moderate.workflows["image-classification"]
     stages = sum(
-        moderate.profiles[f].latency_ms[Config(4, 2, 1 if "resnet" in f else 0)] / 1000
+        moderate.profiles[f].latency_ms[cheapest(moderate.profiles[f], DEFAULT_PRICING)] / 1000
         for f in wf.functions
     )
     transfers = cluster.transfer_s(3 * 224 * 224 * 4) + cluster.transfer_s(4 * 1024)
     assert moderate.reference_s["image-classification"] == pytest.approx(stages + transfers)
+    # Running everything at those configurations misses 0.6 x L by construction.
+    assert cells["tight"].workflows["image-classification"].slo_s < stages
 
 
 def test_arrivals_are_seeded_bursty_and_keep_the_mean_rate() -> None:
@@ -79,7 +86,7 @@ def test_arrivals_are_seeded_bursty_and_keep_the_mean_rate() -> None:
 def test_heavier_load_means_more_requests() -> None:
     cluster = ClusterSpec(nodes=1)
     counts = [len(make_scenario(load, "moderate", cluster=cluster, seed=0, duration_s=2.0,
-                                warmup_s=0.5).arrivals) for load in LOAD_LEVELS]
+                                warmup_s=0.5).arrivals) for load in GRID_LOAD_LEVELS]
     assert counts == sorted(counts) and counts[0] < counts[-1]
 
 

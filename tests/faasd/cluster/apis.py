@@ -49,10 +49,16 @@ class Api:
 
     def replication(self, node: str) -> dict[str, Any]:
         """`node`'s replication entry as this node's `/system/nodes` shows it."""
-        doc = self.request("GET", "/system/nodes")[1]
-        replication: dict[str, Any] = next(
-            n["replication"] for n in doc["nodes"] if n["name"] == node)
+        replication = self.listed_replication(node)
+        assert replication is not None, f"{node} is not among this node's members"
         return replication
+
+    def listed_replication(self, node: str) -> dict[str, Any] | None:
+        """`replication`, or None while gossip has not brought `node` here yet."""
+        doc = self.request("GET", "/system/nodes")[1]
+        found: dict[str, Any] | None = next(
+            (n["replication"] for n in doc["nodes"] if n["name"] == node), None)
+        return found
 
 
 def token_for(state: Path) -> str:

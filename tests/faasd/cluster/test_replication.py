@@ -97,8 +97,8 @@ def test_a_node_started_later_catches_up_and_reports_what_it_cannot_deploy(
         late_name = f"node-{ips[3]}"
 
         def reported() -> dict[str, Any] | None:
-            failed = c.replication(late_name)["failed"]  # seen from another node
-            wide: dict[str, Any] | None = failed["functions"].get("wide")
+            seen = c.listed_replication(late_name)  # from another node, once gossip says
+            wide: dict[str, Any] | None = seen and seen["failed"]["functions"].get("wide")
             return wide
 
         failure = wait_for("the late node's failure seen from c", reported, 20)

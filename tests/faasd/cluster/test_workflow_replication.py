@@ -155,8 +155,8 @@ def test_a_node_joining_later_catches_up_and_a_workflow_waits_for_its_functions(
         assert matches(got, 1.0), got
 
         def waiting() -> dict[str, Any] | None:
-            failed = a.replication(name)["failed"]  # seen from another node
-            entry: dict[str, Any] | None = failed["workflows"].get("wide")
+            seen = a.listed_replication(name)  # from another node, once gossip says
+            entry: dict[str, Any] | None = seen and seen["failed"]["workflows"].get("wide")
             # wide-mul may be on its way still; wide-add never comes
             return entry if entry and "wide-mul" not in entry["error"] else None
 

@@ -16,6 +16,7 @@ from esg.policy import Policy
 #: name -> "module:Class". Every class takes keyword settings only, each with a default.
 POLICIES: dict[str, str] = {
     "esg": "esg.policies.esg:EsgPolicy",
+    "esg-plus": "esg.policies.esg_plus:EsgPlusPolicy",
     "fcfs": "esg.policies.fcfs:FcfsPolicy",
     "infless": "esg.policies.infless:InflessPolicy",
     "fast-gshare": "esg.policies.fast_gshare:FastGSharePolicy",

@@ -81,7 +81,7 @@ def report(settings: ReportSettings, out: Path, jobs: int) -> int:
     tasks = [(p, load, slo, seed, settings) for load, slo in settings.cells()
              for p in policies for seed in settings.seeds]
     # The slowest policies and loads first, so that the pool does not end on one long run.
-    tasks.sort(key=lambda t: (t[0] not in ("esg", "orion"), -GRID_LOAD_LEVELS[t[1]]))
+    tasks.sort(key=lambda t: (t[0] not in ("esg", "esg-plus", "orion"), -GRID_LOAD_LEVELS[t[1]]))
     results: list[RunMetrics] = []
     started = time.perf_counter()
     _progress(0, len(tasks), "", started)

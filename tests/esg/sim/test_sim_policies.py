@@ -90,7 +90,9 @@ def contended(seed: int = 3) -> tuple[Scenario, ClusterSpec]:
 
 # ESG searches a large configuration space per decision: seconds on this cluster.
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "esg" else n for n in BUILDABLE]
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in ("esg", "esg-plus") else n
+     for n in BUILDABLE],
 )
 def test_policy_never_overcommits_and_only_dispatches_queued_jobs(name: str) -> None:
     sc, cluster = contended()
@@ -111,7 +113,7 @@ def test_policy_never_overcommits_and_only_dispatches_queued_jobs(name: str) -> 
         assert all(d.config.vgpu in (0, 1) for d in checked.dispatches)
 
 
-@pytest.mark.parametrize("name", [n for n in BUILDABLE if n != "esg"])
+@pytest.mark.parametrize("name", [n for n in BUILDABLE if n not in ("esg", "esg-plus")])
 def test_policy_runs_are_reproducible(name: str) -> None:
     def outcome() -> list[tuple[str, float | None]]:
         sc, cluster = contended(seed=5)

@@ -1,0 +1,153 @@
+"""EsgPlusPolicy: the learnt correction converges, the table moves only past the threshold, and
+with an exact profile ESG+ decides exactly as ESG."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable
+from typing import ClassVar
+
+import pytest
+
+from esg.model import Config, Profile, Workflow
+from esg.policies import make_policy
+from esg.policies.esg import EsgPolicy
+from esg.policies.esg_plus import Correction, EsgPlusPolicy
+from esg.policy import Action, Completion, Dispatch, Event, Policy, Snapshot
+from esg.sim.cluster import ClusterSpec
+from esg.sim.engine import EngineSettings, Simulation
+from esg.sim.execution import ExecutionModel
+from esg.sim.workloads import make_scenario
+from esg.testing import node, snapshot
+
+CPU1, PAIR, QUAD = Config(1, 1), Config(2, 1), Config(4, 1)
+PROFILE = Profile("f", {CPU1: 100.0, PAIR: 150.0, QUAD: 240.0})
+
+
+def _idle() -> Snapshot:
+    return snapshot(
+        now_s=0.0,
+        nodes=(node("n0", vcpu=16),),
+        jobs=[],
+        workflows=[Workflow.single("f", 1.0)],
+        profiles=[PROFILE],
+    )
+
+
+def _done(config: Config, jobs: int, exec_ms: float) -> Completion:
+    ids = tuple(f"j{i}" for i in range(jobs))
+    return Completion(Dispatch("a", "f", ids, config, "n0"), exec_ms / 1000.0)
+
+
+def _feed(policy: EsgPlusPolicy, ratios: list[float]) -> None:
+    for ratio in ratios:
+        policy.on_event(_done(CPU1, 1, 100.0 * ratio), _idle())
+
+
+def test_is_registered_and_takes_esg_settings() -> None:
+    policy = make_policy("esg-plus", {"latency_margin": 0.2, "spread_z": 1.0})
+    assert isinstance(policy, EsgPlusPolicy) and isinstance(policy, EsgPolicy)
+    assert policy.latency_margin == 0.2 and policy.spread_z == 1.0
+    with pytest.raises(ValueError, match="learn_rate"):
+        EsgPlusPolicy(learn_rate=0.0)
+
+
+@pytest.mark.parametrize("true_factor", [0.8, 1.0, 1.3])
+def test_correction_converges_to_the_true_factor(true_factor: float) -> None:
+    # 400 completions, lognormal noise with sigma 0.15 as the report's execution model; the
+    # EWMA (rate 0.1) of log r has sd ~ 0.15 * sqrt(0.1 / 1.9) = 0.034, so within 10 %.
+    rng = random.Random(7)
+    policy = EsgPlusPolicy()
+    configs = [(CPU1, 1, 100.0), (PAIR, 2, 150.0), (QUAD, 3, 240.0)]  # 3 jobs run as QUAD
+    for i in range(400):
+        config, jobs, profiled_ms = configs[i % 3]
+        executed_ms = profiled_ms * true_factor * math.exp(rng.gauss(0.0, 0.15))
+        policy.on_event(_done(config, jobs, executed_ms), _idle())
+    assert policy.factor("f") == pytest.approx(true_factor, rel=0.1)
+    spread = math.sqrt(policy.corrections["f"].var_log)
+    assert spread == pytest.approx(0.15, rel=0.4)
+
+
+def test_a_partial_batch_is_compared_with_the_batch_it_runs_as() -> None:
+    # 1 job at PAIR runs as CPU1 (100 ms): 120 ms executed is a ratio of 1.2, not 0.8.
+    policy = EsgPlusPolicy(min_samples=1)
+    policy.on_event(_done(PAIR, 1, 120.0), _idle())
+    assert policy.factor("f") == pytest.approx(1.2)
+
+
+def test_correction_is_a_running_mean_until_the_rate_takes_over() -> None:
+    # weights 1, 1/2, 1/3: the mean of log 1.1, log 1.2, log 1.3.
+    c = Correction()
+    for r in (1.1, 1.2, 1.3):
+        c.observe(r, 0.1)
+    assert c.factor(0.0) == pytest.approx((1.1 * 1.2 * 1.3) ** (1 / 3))
+    assert c.factor(1.0) > c.factor(0.0)
+
+
+def test_the_table_changes_only_past_the_threshold() -> None:
+    policy = EsgPlusPolicy(min_samples=3, threshold=0.03)
+    # Two slow batches: not trusted yet (min_samples 3), the profile is handed on untouched.
+    _feed(policy, [1.5, 1.5])
+    assert policy.factor("f") == 1.0
+    assert policy.corrected(_idle()).profiles["f"] is PROFILE
+    # The third trusts it: factor 1.5, latencies x 1.5, a new version.
+    _feed(policy, [1.5])
+    table = policy.corrected(_idle()).profiles["f"]
+    assert policy.factor("f") == pytest.approx(1.5)
+    assert table.latency_ms[CPU1] == pytest.approx(150.0) and table.version != PROFILE.version
+    # 1.52 moves the mean by a factor 1.52^(1/4) / 1.5^(1/4) ~ 1.003 < 1.03: same table object.
+    _feed(policy, [1.52])
+    assert policy.factor("f") == pytest.approx(1.5)
+    assert policy.corrected(_idle()).profiles["f"] is table
+    # A run of fast batches moves it past 3 %: a new table with the new factor.
+    _feed(policy, [1.0] * 5)
+    moved = policy.corrected(_idle()).profiles["f"]
+    assert moved is not table and policy.factor("f") < 1.45
+    assert moved.latency_ms[QUAD] == pytest.approx(240.0 * policy.factor("f"))
+
+
+def test_failed_batches_and_unknown_functions_teach_nothing() -> None:
+    policy = EsgPlusPolicy(min_samples=1)
+    crashed = Completion(Dispatch("a", "f", ("j0",), CPU1, "n0"), 0.5, ok=False)
+    other = Completion(Dispatch("a", "g", ("j0",), CPU1, "n0"), 0.5)
+    policy.on_event(crashed, _idle())
+    policy.on_event(other, _idle())
+    assert policy.corrections == {} and policy.factor("f") == 1.0
+
+
+class _Recorder:
+    name: ClassVar[str] = "recorder"
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.dispatches: list[tuple[str, str, tuple[str, ...], Config, str]] = []
+
+    def on_event(self, event: Event, snap: Snapshot) -> list[Action]:
+        actions = self.inner.on_event(event, snap)
+        for a in actions:
+            if isinstance(a, Dispatch):
+                self.dispatches.append((a.app, a.function, a.job_ids, a.config, a.node))
+        return actions
+
+
+def _ticks() -> Callable[[], float]:
+    ticks = itertools.count()
+    return lambda: next(ticks) * 1e-5
+
+
+def test_with_an_exact_profile_it_plans_as_esg() -> None:
+    # No profile error, no noise, no interference: every ratio is 1, no table is replaced.
+    exact = EngineSettings(execution=ExecutionModel(noise_sigma=0.0), seed=4)
+    cluster = ClusterSpec(nodes=1)
+    runs = []
+    plus = EsgPlusPolicy()
+    for inner in (EsgPolicy(), plus):
+        scenario = make_scenario("normal", "moderate", cluster=cluster, seed=4,
+                                 duration_s=0.3, warmup_s=0.2)
+        recorder = _Recorder(inner)
+        Simulation(scenario, recorder, cluster, timer=_ticks(), settings=exact).run()
+        runs.append(recorder.dispatches)
+    assert runs[0] and runs[0] == runs[1]
+    assert plus.corrections and all(plus.factor(f) == 1.0 for f in plus.corrections)

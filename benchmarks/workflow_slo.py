@@ -139,6 +139,22 @@ class Daemon:
                 if event.get("event") == "error":
                     raise RuntimeError(f"profiling {name} failed: {event['error']}")
 
+    def stage_totals(self) -> dict[str, list[float]]:
+        """Per stage: [queue seconds, stage count, execution seconds], summed since start."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=60) as answer:
+            text = answer.read().decode()
+        totals: dict[str, list[float]] = {}
+        fields = {"faasd_workflow_stage_queue_seconds_sum": 0,
+                  "faasd_workflow_stage_queue_seconds_count": 1,
+                  "faasd_workflow_stage_exec_seconds_sum": 2}
+        for line in text.splitlines():
+            metric, _, rest = line.partition("{")
+            if metric in fields:
+                function = rest.split('function_name="', 1)[1].split('"', 1)[0]
+                totals.setdefault(function, [0.0, 0.0, 0.0])[fields[metric]] += float(
+                    line.rsplit(" ", 1)[1])
+        return totals
+
     def stop(self) -> None:
         self.server.stop()
 
@@ -287,9 +303,33 @@ def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow]
     record = Simulation(scenario, make_policy(policy), cluster, timer=time.perf_counter,
                         settings=EngineSettings(seed=plan.seed)).run()
     metrics = summarize(record)
+    stages: dict[str, list[float]] = {}
+    for batch in record.batches:
+        wall_s = batch.finish_s - batch.start_s
+        total = stages.setdefault(batch.function, [0.0, 0.0, 0.0])
+        total[0] += sum(t - wall_s for t in batch.job_times_s)
+        total[1] += batch.jobs
+        total[2] += batch.jobs * batch.exec_s
     return {"policy": policy, "workload": load, "slo": slo,
             "slo_hit_rate": metrics.slo_hit_rate, "cost": metrics.cost_per_request,
-            "p50_ms": metrics.p50_ms, "p99_ms": metrics.p99_ms, "requests": metrics.requests}
+            "p50_ms": metrics.p50_ms, "p99_ms": metrics.p99_ms, "requests": metrics.requests,
+            "stages": stages}
+
+
+def stage_lines(real: Mapping[str, Sequence[float]], sim: Mapping[str, Sequence[float]]) -> str:
+    """Mean queue and execution time per stage, daemon against simulator (ms): where the two
+    part ways."""
+    def mean_ms(total: Sequence[float] | None, index: int) -> str:
+        if not total or not total[1]:
+            return "    -"
+        return f"{1000 * total[index] / total[1]:5.1f}"
+
+    lines = [f"{'stage':>16}  queue real/sim ms   exec real/sim ms"]
+    for function in sorted(set(real) | set(sim)):
+        r, m = real.get(function), sim.get(function)
+        lines.append(f"{function:>16}  {mean_ms(r, 0)} / {mean_ms(m, 0)}      "
+                     f"{mean_ms(r, 2)} / {mean_ms(m, 2)}")
+    return "\n".join(lines)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -405,7 +445,10 @@ def run(plan: Plan, out: Path) -> int:
                 slo_ms = {n: SLO_FACTORS[slo] * reference[n] for n in workflows}
                 set_slos(daemon, scratch, slo_ms)
                 schedule = arrivals(sorted(workflows), LOAD_LEVELS[load] * capacity, plan, load)
+                before = daemon.stage_totals()
                 outcomes = asyncio.run(drive(daemon.url, schedule, bodies, slo_ms, plan.warmup_s))
+                stages = {f: [a - b for a, b in zip(t, before.get(f, [0.0] * 3), strict=True)]
+                          for f, t in daemon.stage_totals().items()}
                 real.append(row(policy, load, slo, outcomes))
                 flows = {n: Workflow.from_edges(n, w.functions, w.edges, slo_ms[n] / 1000)
                          for n, w in workflows.items()}
@@ -415,6 +458,7 @@ def run(plan: Plan, out: Path) -> int:
                 print(f"{policy:>12} {load:>6}/{slo:<8} real {r['slo_hit_rate']:6.1%} "
                       f"p50 {r['p50_ms']:7.1f} ms  sim {s['slo_hit_rate']:6.1%} "
                       f"({r['requests']} calls)", file=sys.stderr)
+                print(stage_lines(stages, s.pop("stages")), file=sys.stderr)
         finally:
             daemon.stop()
     normalise(real)
@@ -432,8 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="picks the arrivals")
     parser.add_argument("--policies", help="comma-separated (default: every policy)")
     parser.add_argument("--duration-s", type=float, help="measured seconds per setting")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation" / "real.csv")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation" / "real.csv",
+                        help="the daemon's CSV (a directory: real.csv in it); the "
+                             "simulator's, real_vs_sim.csv, goes beside it")
     args = parser.parse_args(argv)
+    if args.out.is_dir():
+        args.out = args.out / "real.csv"
     policies = tuple(args.policies.split(",")) if args.policies else (
         ("esg", "fcfs") if args.quick else POLICIES)
     settings = tuple(("normal", s) for s in SLO_FACTORS) if args.quick else tuple(

@@ -86,6 +86,14 @@ class Invocation:
     #: empty for a function called alone (it is its own application).
     app: str = ""
     request_id: str = ""
+    #: When it joined its queue: `start_s` for a call alone, later for a workflow's later
+    #: stages (which share the workflow call's start and deadline). Queue times count from here.
+    submitted_s: float | None = None
+
+    def queued_for_s(self, dispatched_s: float) -> float:
+        """How long it waited in its queue if it was dispatched at `dispatched_s`."""
+        since = self.start_s if self.submitted_s is None else self.submitted_s
+        return max(0.0, dispatched_s - since)
 
     @property
     def application(self) -> str:
@@ -378,7 +386,7 @@ class Gateway:
         (the SLO is end to end) and is queued in the AFW queue of (`app`, its function)."""
         return Invocation(
             f"{request_id}.{version.name}", version.name, version, item, start_s, deadline_s,
-            postprocess, app, request_id,
+            postprocess, app, request_id, self._clock.now(),
         )
 
     async def call(self, invocation: Invocation) -> CallResult:

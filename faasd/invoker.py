@@ -140,7 +140,7 @@ def _outcome(result: ItemResult, execution: Execution, invocation: Invocation, b
         result=result,
         cold_start=execution.cold_start,
         exec_s=execution.exec_s,
-        queue_s=max(0.0, now_s - invocation.start_s),
+        queue_s=invocation.queued_for_s(now_s),
         batch_size=batch_size,
         config=config,
         device=execution.device,

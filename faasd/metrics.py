@@ -181,7 +181,8 @@ class Metrics:
         yield duration
         for metric, doc, attribute in (
             ("faasd_workflow_stage_queue_seconds",
-             "Time from a workflow call's start to its stage's dispatch.", "stage_queue"),
+             "Time a workflow stage waited in its queue, from its submission to its dispatch.",
+             "stage_queue"),
             ("faasd_workflow_stage_exec_seconds", "Sandbox execution time of a stage's batch.",
              "stage_exec"),
         ):

@@ -91,9 +91,14 @@ def group_dir(mount: tuple[Path, str], own: str) -> Path:
     return mount_point / relative.lstrip("/")
 
 
-def pick_cpus(allowed: Sequence[int], load: Mapping[int, int], count: int) -> tuple[int, ...]:
-    """The `count` least-loaded CPUs of `allowed` (ties to the lowest number), sorted."""
-    ranked = sorted(allowed, key=lambda cpu: (load.get(cpu, 0), cpu))
+def pick_cpus(
+    allowed: Sequence[int], load: Mapping[int, int], count: int,
+    tiebreak: Mapping[int, int] | None = None,
+) -> tuple[int, ...]:
+    """The `count` least-loaded CPUs of `allowed`, sorted. Ties go to the CPU lowest in
+    `tiebreak`, then to the lowest number."""
+    second = tiebreak or {}
+    ranked = sorted(allowed, key=lambda cpu: (load.get(cpu, 0), second.get(cpu, 0), cpu))
     return tuple(sorted(ranked[: max(1, min(count, len(ranked)))]))
 
 
@@ -109,6 +114,11 @@ class SandboxGroups:
     backend: Backend
     dirs: tuple[Path, ...]
     memory_dir: Path
+    cpuset_dir: Path
+
+    def set_cpus(self, cpus: Sequence[int]) -> None:
+        """Move the sandbox to other CPUs (the kernel moves its threads); OSError if refused."""
+        _write(self.cpuset_dir / "cpuset.cpus", ",".join(str(c) for c in cpus))
 
     @property
     def procs_files(self) -> tuple[str, ...]:
@@ -254,9 +264,9 @@ class Confinement:
             except OSError:
                 group.rmdir()
                 raise
-            return SandboxGroups(Backend.V2, (group,), group)
+            return SandboxGroups(Backend.V2, (group,), group, group)
         dirs = {c: parent / sandbox_id for c, parent in self._parents.items()}
-        groups = SandboxGroups(Backend.V1, tuple(dirs.values()), dirs["memory"])
+        groups = SandboxGroups(Backend.V1, tuple(dirs.values()), dirs["memory"], dirs["cpuset"])
         try:
             self._fill_v1(dirs, limits)
         except OSError:

@@ -205,6 +205,7 @@ class SandboxPool:
         if not items:
             raise ValueError("run() needs at least one item")
         entry, cold = await self._acquire(version, config)
+        entry.cpus = self._spawner.occupy(entry.process.groups, entry.cpus)
         process = entry.process
         process.state = State.BUSY
         message = {
@@ -241,6 +242,8 @@ class SandboxPool:
             process.kill()
             await self._drop(entry)
             raise
+        finally:
+            self._spawner.vacate(entry.cpus)
         self._release(entry)
         return Execution(
             results=protocol.results_from_wire(reply["results"]),

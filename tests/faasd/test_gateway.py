@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faasd.clock import ManualClock
 from faasd.errors import BadRequest, UnsupportedMediaType
 from faasd.functions.spec import FunctionSettings, FunctionVersion, ModelInfo, TensorSpec
-from faasd.gateway import check_tensors, parse_payload
+from faasd.gateway import Gateway, check_tensors, parse_payload
+from faasd.metrics import Metrics
 from faasd.sandbox.items import BodyItem, TensorItem
 
 INPUTS = (TensorSpec("x", "FP32", (-1, 4)),)
@@ -84,3 +86,18 @@ def test_tensor_errors_say_what_the_model_expects(arrays: dict[str, np.ndarray],
     with pytest.raises(BadRequest) as caught:
         check_tensors(version(), arrays)
     assert fragment in caught.value.message
+
+
+def test_a_later_stage_queues_from_its_submission_not_from_the_workflow_call_start() -> None:
+    """The SLO is end to end (a stage keeps the call's start and deadline), but a stage's
+    queue time is its own wait: counting from the call's start would charge every stage with
+    its predecessors' execution."""
+    clock = ManualClock(10.0)
+    gateway = Gateway(controller=None, clock=clock, metrics=Metrics("test"))  # type: ignore[arg-type]
+    alone = gateway.new_invocation(version(), TensorItem({}))
+    assert alone.start_s == 10.0 and alone.queued_for_s(10.5) == 0.5
+    clock.advance(0.25)
+    stage = gateway.stage_invocation(version(), TensorItem({}), app="w", request_id=alone.id,
+                                     start_s=alone.start_s, deadline_s=alone.deadline_s,
+                                     postprocess=False)
+    assert stage.start_s == 10.0 and stage.queued_for_s(10.5) == 0.25

@@ -68,6 +68,13 @@ def test_pick_cpus_spreads_sandboxes(
     assert pick_cpus(allowed, load, count) == expected
 
 
+def test_pick_cpus_breaks_ties_by_the_second_load() -> None:
+    # no batch runs anywhere: the core holding fewer sandboxes wins the tie
+    assert pick_cpus([0, 1, 2], {}, 1, tiebreak={0: 3, 1: 1, 2: 2}) == (1,)
+    # a core running a batch loses, whatever the tie-break says
+    assert pick_cpus([0, 1], {1: 1}, 1, tiebreak={0: 5}) == (0,)
+
+
 @pytest.fixture
 def confinement() -> Iterator[Confinement]:
     if os.geteuid() != 0:

@@ -18,6 +18,7 @@ import pytest
 from esg.model import Config
 from faasd.clock import ManualClock
 from faasd.errors import DeployError, SandboxCrashed, SandboxTimeout
+from faasd.functions.spec import FunctionVersion
 from faasd.sandbox import pool as pool_module
 from faasd.sandbox.cgroups import Backend
 from faasd.sandbox.items import BodyItem, BodyResult, ItemFailure, TensorItem, TensorResult
@@ -571,3 +572,45 @@ async def test_a_gpu_share_without_cuda_runs_on_cpu_and_says_so(
     assert isinstance(execution.results[0], TensorResult)
     await pool.retire("tiny")  # its stderr is drained into the log as it stops
     assert any("no CUDA here" in r.getMessage() for r in caplog.records)
+
+
+WHERE_HANDLER = """
+import os
+import time
+
+import numpy as np
+
+
+def preprocess(body, content_type):
+    time.sleep(float(body.decode()))
+    return {"x": np.ones((1, 16), dtype=np.float32)}
+
+
+def postprocess(outputs):
+    return {"cpus": sorted(os.sched_getaffinity(0))}
+"""
+
+
+async def test_a_batch_runs_on_cores_no_other_running_batch_holds(
+    pool: SandboxPool, function_dir: Callable[..., Path]
+) -> None:
+    """Sandboxes get their cores when they start, but run whenever they are dispatched: two
+    warm sandboxes started on one core and dispatched together must not share it while
+    another core idles (the scheduler counts each its own vCPU)."""
+    if pool.backend is Backend.NONE:
+        pytest.skip("moving a sandbox between cores needs writable cgroups (root)")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    one = Config(1, 1)
+    a, b, c = (make_version(function_dir(name, handler=WHERE_HANDLER)) for name in "abc")
+    for version in (a, b, c):  # one idle sandbox each: a and c start on the same core
+        await pool.prewarm(version, one, 1)
+
+    async def where(version: FunctionVersion) -> set[int]:
+        execution = await pool.run(version, one, [BodyItem(b"0.5", "text/plain")])
+        result = execution.results[0]
+        assert isinstance(result, BodyResult) and not execution.cold_start
+        return set(json.loads(result.body)["cpus"])
+
+    first, second = await asyncio.gather(where(a), where(c))
+    assert len(first) == len(second) == 1 and not first & second

@@ -9,8 +9,10 @@ What it does, in order:
 
 1. Copies `functions/` and `workflows/` to a scratch directory, starts `faasd up` on them and
    profiles every function of the example workflows (`POST /system/profile/{name}`: the full
-   grid, or the small one with `--quick`). The state directory with these profiles is copied for
-   every policy's daemon, so each starts from the same profiles (and refines its own copy).
+   grid, or the small one with `--quick`). The capacity run below refines these tables online
+   with executions under load; the state directory with the refined profiles is copied for
+   every policy's daemon, so each starts from the same profiles (and refines its own copy),
+   and the simulator gets the same tables.
 2. L of a workflow (as in docs/evaluation.md) is its critical path with every function at the
    reference configuration, batch 4 (or its largest) on 2 vCPUs (or the node's all), from the
    measured profiles; strict / moderate / relaxed SLOs are 0.8 / 1.0 / 1.2 x L. The machine's
@@ -409,10 +411,14 @@ def run(plan: Plan, out: Path) -> int:
             started = time.monotonic()
             first.profile(name, plan.profile_kind)
             print(f"profiled {name} in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        docs = measured_profiles(first, names)
         bodies = {n: (scratch / "workflows" / n / "sample.jpg").read_bytes() for n in workflows}
         asyncio.run(capacity_rps(first.url, bodies, 2, 3.0))  # warm every stage first
         capacity = asyncio.run(capacity_rps(first.url, bodies, 4, plan.capacity_s))
+        # Read after the capacity run: its executions refined the tables online, so both the
+        # daemons (which start from this state) and the simulator plan with what a batch takes
+        # with the node busy, not alone in a profiling run (on the profiling tables, the
+        # simulated FCFS ran squeezenet in 6 ms a batch where the daemon took 12-14 ms).
+        docs = measured_profiles(first, names)
         described = {n: first.get(f"/system/function/{n}") for n in names}
         settings = {n: d["settings"] for n, d in described.items()}
         overheads = {n: float(d.get("overhead_ms", 0.0)) for n, d in described.items()}

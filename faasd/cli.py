@@ -393,10 +393,11 @@ def _nodes(args: argparse.Namespace) -> int:
         [n["name"] + (" (self)" if n["name"] == doc["self"]["name"] else ""), n["address"],
          n["role"], n["status"], "yes" if n["leader"] else "",
          "" if n["term"] is None else str(n["term"]),
-         "" if n.get("vcpu") is None else str(n["vcpu"])]
+         "" if n.get("vcpu") is None else str(n["vcpu"]), *_reported(n.get("state"))]
         for n in doc["nodes"]
     ]
-    _print_table(["NAME", "ADDRESS", "ROLE", "STATUS", "LEADER", "TERM", "VCPU"], rows)
+    _print_table(["NAME", "ADDRESS", "ROLE", "STATUS", "LEADER", "TERM", "VCPU",
+                  "FREE VCPU", "QUEUED", "WARM", "REPORTED"], rows)
     if doc["leader"] is None:
         print(f"no leader at the moment (last term {doc['term']})")
     me = next((n for n in doc["nodes"] if n["name"] == doc["self"]["name"]), None)
@@ -404,6 +405,15 @@ def _nodes(args: argparse.Namespace) -> int:
         print()
         _print_resources(me)
     return EXIT_OK
+
+
+def _reported(state: dict[str, Any] | None) -> list[str]:
+    """What a node last reported to the leader (only the leader shows it): free vCPUs, queued
+    calls, idle warm sandboxes, and how long ago."""
+    if state is None:
+        return ["-", "-", "-", "-"]
+    return [f"{state['free_vcpu']}/{state['total_vcpu']}", str(sum(state["queued"].values())),
+            str(sum(w["idle"] for w in state["warm"])), f"{state['age_ms']:.0f} ms ago"]
 
 
 def _print_resources(node: dict[str, Any]) -> None:

@@ -184,6 +184,9 @@ class Controller:
         self._overhead_ms: dict[str, float] = {}
         #: completions not yet told to the policy (delivered on the next loop turn)
         self._completions: deque[Completion] = deque()
+        #: told whenever what the snapshot shows changes (a call queued, a batch started or
+        #: ended, jobs dropped): the cluster's state reporter
+        self.on_change: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ calls in
 
@@ -227,6 +230,8 @@ class Controller:
         self._idle.clear()
         queue.append(job)
         self._step(Arrival(job))
+        if self.on_change is not None:
+            self.on_change()
         return future
 
     def cancel(self, invocation_id: str) -> None:
@@ -438,6 +443,8 @@ class Controller:
         running.task = asyncio.get_running_loop().create_task(
             self._run(batch_id, dispatch, invocations), name=f"faasd-batch-{batch_id}"
         )
+        if self.on_change is not None:
+            self.on_change()
 
     def _dequeue(self, dispatch: Dispatch) -> None:
         """Take the dispatch's jobs out of their queue; PolicyError if one is not queued."""
@@ -468,6 +475,8 @@ class Controller:
             self._observe_overhead(dispatch.function, wall_s - outcome.exec_s)
         self._used_vcpu -= dispatch.config.vcpu
         del self._running[batch_id]
+        if self.on_change is not None:
+            self.on_change()
         if outcome.cold_start and invocations:  # a cold start was measured: a new estimate
             version = invocations[0].version
             if version is self._limits_of.get(dispatch.function):
@@ -538,6 +547,8 @@ class Controller:
             if pending is not None and not pending.future.done():
                 pending.future.set_exception(Unavailable(drop.reason, retry_after_s=1))
             self._forget(job_id)
+        if self.on_change is not None:
+            self.on_change()
 
     def _wake_at(self, at_s: float) -> None:
         if at_s in self._timers:

@@ -51,10 +51,12 @@ from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.cluster import replicated_functions, replicated_workflows
 from faasd.cluster.node import Cluster, ClusterNode, make_cluster
+from faasd.cluster.node_state import StateBook
 from faasd.cluster.replicated_functions import FunctionKind
 from faasd.cluster.replicated_workflows import WorkflowKind, users_in
 from faasd.cluster.replication import Replicator
 from faasd.cluster.settings import SERF_PORT, split_hostport
+from faasd.cluster.state_reporter import StateReporter
 from faasd.config import ConfigError, DaemonConfig, faasd_version
 from faasd.controller import Controller, ProfileSource
 from faasd.durable.runner import AsyncCalls
@@ -128,6 +130,7 @@ class Daemon:
         self.connections: ConnectionGuard | None = None
         self._services: Services | None = None
         self._cluster: Cluster | None = None
+        self._reporter: StateReporter | None = None
         self._stopped = False
 
     @property
@@ -231,9 +234,11 @@ class Daemon:
                           limits=node_limits)
         workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
         replicator = None
+        book = None
         if isinstance(cluster, ClusterNode):
             replicator = _replicator(cluster, catalog, workflows, config, state_dir)
             listeners.append(replicator.hook(replicated_functions.LABEL))
+            book = StateBook()
         profiles.bind(catalog, busy=controller.pending_total)
         profiles.start()
         metrics.watch(controller.queue_lengths, lambda: pool.stats().idle)
@@ -253,6 +258,7 @@ class Daemon:
             gpus=gpus,
             cluster=cluster,
             replicator=replicator,
+            state_book=book,
         )
         # an async call runs through the services (functions and workflows alike), and the
         # services hold the async calls: the executor gets them without, which it never uses
@@ -299,6 +305,13 @@ class Daemon:
         await self._load_workflows(workflows)
         if replicator is not None:  # after the startup deploys: they are recorded first
             replicator.start()
+        if book is not None:
+            reporter = self._reporter = StateReporter(
+                name=cluster.name, snapshot=controller.snapshot, cluster=cluster, book=book,
+                clock=self.clock, token=replicator.token if replicator else None,
+                arrived=self._services.state_arrived)
+            controller.on_change = reporter.changed
+            reporter.start()
         await async_calls.start()  # after the functions: calls left by a stopped daemon run
         self._services.readiness.ready = True
         loaded = len(catalog.list())
@@ -349,8 +362,7 @@ class Daemon:
         self.notifier.stopping()
         services = self._services
         if services is not None:
-            if services.replicator is not None:  # no deploy from other nodes from now on
-                await services.replicator.stop()
+            await self._stop_cluster_traffic(services)
             await _stop_taking_work(services)
         if self._listener is not None:
             self._listener.close()
@@ -372,6 +384,14 @@ class Daemon:
             await self._cluster.stop()
         if services is not None:  # a start refused before anything ran says only why
             log.info("faasd stopped")
+
+    async def _stop_cluster_traffic(self, services: Services) -> None:
+        """No deploys from other nodes and no state reports to the leader from now on."""
+        if services.replicator is not None:
+            await services.replicator.stop()
+        if self._reporter is not None:
+            services.controller.on_change = None
+            await self._reporter.stop()
 
     async def serve_until_signalled(self, on_ready: Callable[[Daemon], Any] | None = None) -> None:
         """Start, run until SIGTERM or SIGINT, then stop in order (what `faasd up` runs)."""

@@ -98,6 +98,8 @@ class Metrics:
         self._version = version
         self._functions: dict[str, _FunctionStats] = {}
         self._workflows: dict[str, _WorkflowStats] = {}
+        #: at the leader: how stale each node's state report was when it arrived, per node
+        self._state_staleness: dict[str, _Histogram] = {}
         self.registry.register(_CallMetrics(self))
 
     def watch(
@@ -162,6 +164,24 @@ class Metrics:
             if histogram is None:
                 histogram = table[function] = _Histogram(LATENCY_BUCKETS_S)
             histogram.observe(value)
+
+    def state_arrived(self, node: str, staleness_s: float) -> None:
+        """At the leader: a node's state report arrived `staleness_s` after the oldest change
+        it carries (`faasd.cluster.node_state`)."""
+        histogram = self._state_staleness.get(node)
+        if histogram is None:
+            histogram = self._state_staleness[node] = _Histogram(LATENCY_BUCKETS_S)
+        histogram.observe(max(0.0, staleness_s))
+
+    def _cluster_families(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "faasd_cluster_state_staleness_seconds",
+            "At the leader: time from a change on a node to its state report's arrival.",
+            labels=["node"],
+        )
+        for node, histogram in sorted(self._state_staleness.items()):
+            family.add_metric([node], histogram.buckets(), histogram.total)
+        yield family
 
     def _workflow_families(self) -> Iterator[Metric]:
         stats = sorted(self._workflows.items())
@@ -251,6 +271,7 @@ class Metrics:
             inflight.add_metric([name], s.inflight)
         yield inflight
         yield from self._workflow_families()
+        yield from self._cluster_families()
         build = GaugeMetricFamily("faasd_build_info", "faasd version.", labels=["version"])
         build.add_metric([self._version], 1)
         yield build

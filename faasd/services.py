@@ -9,6 +9,7 @@ from typing import Any
 from faasd.catalog import Catalog
 from faasd.clock import Clock
 from faasd.cluster.node import Cluster
+from faasd.cluster.node_state import NodeState, StateBook
 from faasd.cluster.replication import Replicator
 from faasd.config import DaemonConfig
 from faasd.controller import Controller
@@ -51,3 +52,9 @@ class Services:
     cluster: Cluster | None = None  # None: a lone node (tests that build Services by hand)
     #: copies deployments between the cluster's nodes; None on a lone node
     replicator: Replicator | None = None
+    #: the nodes' own reports of their state, kept while this node leads; None on a lone node
+    state_book: StateBook | None = None
+
+    def state_arrived(self, state: NodeState, received_wall: float) -> None:
+        """The leader took a node's report: how long its oldest change took to get here."""
+        self.metrics.state_arrived(state.node, received_wall - state.changed_wall)

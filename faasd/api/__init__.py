@@ -74,6 +74,7 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("POST", "/system/profile/{name}", profiles.run_profile)
     add("GET", "/system/profile/{name}", profiles.get_profile)
     add("GET", "/system/nodes", nodes.list_nodes)
+    add("PUT", "/system/nodes/{name}/state", nodes.put_state)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)
     add("GET", "/v2", v2.server_metadata)

@@ -8,6 +8,7 @@ cluster's token (derived from the gossip key).
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,44 @@ def test_deployed_on_one_node_callable_on_another_then_redeployed_and_removed(
     docs = [api.request("GET", "/system/nodes")[1] for api in apis]
     assert all(n["replication"]["failed"] == {"functions": {}, "workflows": {}}
                for d in docs for n in d["nodes"])
+
+
+def test_every_node_reports_its_state_to_the_leader(apis: list[Api], root: Path) -> None:
+    """The scheduler's view of the cluster: each node's free vCPUs, queues and warm sandboxes
+    reach the leader (msgpack reports, `faasd/cluster/node_state.py`); only the leader takes
+    them."""
+    leader_name = wait_for("a leader", lambda: apis[0].request("GET", "/system/nodes")[1][
+        "leader"], 30)
+    leader = next(api for api in apis if f"node-{api.node.ip}" == leader_name)
+    other = next(api for api in apis if api is not leader)
+    name = f"node-{other.node.ip}"
+    source = make_function(root / "state-src", "probe")
+    assert other.request("POST", "/system/functions", {"path": str(source)})[0] == 201
+    assert other.call("probe") == pytest.approx(expected_y(X), rel=1e-6)
+
+    def reported() -> dict[str, Any] | None:
+        doc = leader.request("GET", "/system/nodes")[1]
+        state: dict[str, Any] | None = next(n for n in doc["nodes"] if n["name"] == name).get(
+            "state")
+        if state and any(w["function"] == "probe" and w["idle"] for w in state["warm"]):
+            return state
+        return None
+
+    state = wait_for("the leader sees the warm sandbox of probe", reported, 10)
+    assert state["total_vcpu"] >= 1 and 0 <= state["free_vcpu"] <= state["total_vcpu"]
+    assert state["age_ms"] >= 0 and state["queued"] == {}
+    doc = leader.request("GET", "/system/nodes")[1]
+    assert all("state" in n for n in doc["nodes"])  # the leader's own report included
+    # a node that does not lead takes no report and shows no other node's state
+    status, refusal = other.request("PUT", f"/system/nodes/{name}/state", {"x": 1})
+    assert status == 409 and refusal["leader"] == leader_name
+    assert all("state" not in n for n in other.request("GET", "/system/nodes")[1]["nodes"])
+    request = urllib.request.Request(leader.node.url + "/metrics",
+                                     headers={"Authorization": f"Bearer {leader.token}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert f'faasd_cluster_state_staleness_seconds_count{{node="{name}"}}' in metrics
+    assert other.request("DELETE", "/system/functions", {"functionName": "probe"})[0] == 200
 
 
 def test_a_node_started_later_catches_up_and_reports_what_it_cannot_deploy(

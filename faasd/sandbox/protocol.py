@@ -64,6 +64,8 @@ class WorkerSpec:
     #: The uid a confined worker runs as (`faasd.sandbox.identity`); 0: not confined.
     uid: int = 0
     max_pids: int = 64
+    #: A confined worker keeps its box's network (`network: true`) instead of one of its own.
+    network: bool = False
     #: A sandbox bound to a GPU slice: the slice's environment (set before onnxruntime
     #: touches CUDA), onnxruntime's CUDA options, and whether the slice is a fake one (then
     #: the model runs on the CPU provider). Empty `gpu_env`: not bound.

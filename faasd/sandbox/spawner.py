@@ -97,6 +97,7 @@ def worker_spec(
         shared_threshold_bytes=sharedmem.THRESHOLD_BYTES,
         uid=uid,
         max_pids=MAX_PIDS,
+        network=settings.network,
         gpu_env=dict(gpu.env) if gpu is not None else {},
         cuda_options=dict(gpu.cuda_options) if gpu is not None else {},
         gpu_fake=gpu.fake if gpu is not None else False,

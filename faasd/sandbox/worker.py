@@ -137,7 +137,7 @@ def _load_parts(
         confine(spec, cgroup_fds)
         _set_environment(spec)
         if spec.uid:
-            identity.become(spec.uid, spec.max_pids)
+            identity.become(spec.uid, spec.max_pids, spec.network)
             _die_with_parent()  # a change of uid clears the parent-death signal
         _prepare_process(spec)
     except OSError as exc:

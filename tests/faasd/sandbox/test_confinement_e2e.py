@@ -8,6 +8,7 @@ test `test_without_namespaces_the_escapes_work` shows it, so the others can fail
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -56,6 +57,22 @@ def attempt(action, arg):
         return dict(os.environ)
     if action == "whoami":
         return [os.getuid(), os.geteuid(), os.getgid(), os.getgroups()]
+    if action == "namespaces":  # after `arg` seconds, so two calls overlap in two sandboxes
+        time.sleep(float(arg))
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        lines = open("/proc/self/status").read().splitlines()
+        status = dict(line.split(":\t", 1) for line in lines)
+        kinds = ("user", "net", "ipc", "mnt", "uts", "pid")
+        ns = {n: os.readlink(f"/proc/self/ns/{n}") for n in kinds}
+        made = libc.unshare(0x10000000)  # CLONE_NEWUSER, after reading its own
+        devices = open("/proc/self/net/dev").read().splitlines()[2:]
+        return {
+            "ns": ns,
+            "caps": [status["CapEff"], status["CapPrm"], status["CapBnd"]],
+            "userns": "made" if made == 0 else os.strerror(ctypes.get_errno()),
+            "links": [line.split(":")[0].strip() for line in devices],
+        }
     if action == "forkbomb":
         made = 0
         for _ in range(int(arg)):
@@ -222,6 +239,31 @@ async def test_without_namespaces_the_escapes_work(tmp_path: Path, functions_dir
         assert "ok" in await _try(daemon, f"connect 127.0.0.1:{daemon.port}")
     finally:
         await daemon.stop()
+
+
+@pytest.mark.skipif(bubblewrap.probe() is not None, reason="this host cannot make namespaces")
+async def test_each_sandbox_has_namespaces_of_its_own_and_no_capabilities(
+        tmp_path: Path, functions_dir: Path) -> None:
+    """Two sandboxes of one function share its box (and its PID namespace), but not a user,
+    network, IPC, mount or UTS namespace; neither has a capability or can make a user
+    namespace."""
+    (functions_dir / "hostile" / "faasd.yaml").write_text(
+        "batching: {max_batch_size: 1}\nscale: {max_instances: 2}\n")
+    daemon = await _start(tmp_path, functions_dir)
+    try:
+        first, second = await asyncio.gather(*(_try(daemon, "namespaces 1") for _ in "ab"))
+    finally:
+        await daemon.stop()
+    one, two = first["ok"], second["ok"]
+    assert isinstance(one, dict) and isinstance(two, dict)
+    ns_one, ns_two = one["ns"], two["ns"]
+    assert {n for n in ns_one if ns_one[n] != ns_two[n]} == {"user", "net", "ipc", "mnt", "uts"}
+    own = {n: os.readlink(f"/proc/self/ns/{n}") for n in ns_one}
+    assert all(ns_one[n] != own[n] for n in own)  # and none of them the host's
+    for seen in (one, two):
+        assert seen["caps"] == ["0000000000000000"] * 3
+        assert seen["userns"] == "No space left on device"  # max_user_namespaces is 0
+        assert seen["links"] == ["lo"]
 
 
 @pytest.mark.skipif(bubblewrap.probe() is not None, reason="this host cannot make namespaces")

@@ -37,7 +37,6 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
-SYS_CAPSET = 126  # x86_64 and (as __NR_capset) the only ABI faasd runs on
 CAPABILITY_VERSION_3 = 0x20080522
 #: Sandbox uids: UID_BASE + SLOTS * (the daemon's pid) + a slot among its live sandboxes. A
 #: pid is at most 2**22, so every uid stays below 2**31 and never meets a real account's.
@@ -106,7 +105,7 @@ def _drop_capabilities(libc: ctypes.CDLL) -> None:
                     ("inheritable", ctypes.c_uint32))
 
     none = (Data * 2)()  # two 32-bit halves, all zero
-    if libc.syscall(SYS_CAPSET, ctypes.byref(Header(CAPABILITY_VERSION_3, 0)), none) != 0:
+    if libc.capset(ctypes.byref(Header(CAPABILITY_VERSION_3, 0)), none) != 0:
         err = ctypes.get_errno()
         raise IdentityError(err, f"dropping capabilities: {os.strerror(err)}")
 

@@ -26,11 +26,14 @@ and its workers are forked inside that box. Inside it:
    kills whatever that uid left when the worker ends.
 
 What is shared, and why: the sandboxes of one function (one version, one `network` setting)
-share a box, so they share its namespaces and its `/tmp`; they run the same code for the same
-owner. Between them stand their own user ids and cgroups; between functions, and between a
-function and the host, stands bubblewrap. A user namespace is not used: the daemon is root, so
-bubblewrap needs none to make the others, and a worker that runs as an unprivileged host uid is
-weaker than one that is root of a user namespace mapped onto the host's root.
+share a box, so they share its PID namespace and its `/tmp`; they run the same code for the
+same owner. Each worker then makes user, mount, IPC, UTS and (without `network: true`) network
+namespaces of its own inside the box and keeps no capability in them
+(`faasd.sandbox.identity.isolate`), so between sandboxes stand their uids, those namespaces and
+their cgroups; between functions, and between a function and the host, stands bubblewrap. The
+box itself has no user namespace: the daemon is root, so bubblewrap needs none, and a root of
+a box's user namespace would map onto the host's root; each worker's own user namespace maps
+only its unprivileged uid.
 """
 
 from __future__ import annotations

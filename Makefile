@@ -18,15 +18,17 @@ models: $(STAMP)
 run: models bubblewrap
 	$(VENV)/bin/faasd up --host 127.0.0.1 --port 8080 --functions functions --workflows workflows --state-dir state
 
-# The cluster's engines (Debian serf and etcd-server), for the `cluster` tests; as root, once.
+# The cluster's engines (Debian serf and etcd-server), for the `cluster` tests, and iptables,
+# with which the partition test cuts a node off inside namespaces of its own; as root, once.
 # Without root they stay missing and those tests are skipped, saying so.
 engines:
-	@command -v serf >/dev/null && command -v etcd >/dev/null || { \
-	  [ "$$(id -u)" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -q serf \
-	    etcd-server >/dev/null 2>&1 || { apt-get update -q >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q serf etcd-server >/dev/null; }; } \
-	  || echo "serf/etcd missing (as root: apt-get install serf etcd-server);" \
-	    "the cluster tests will be skipped"; }
+	@command -v serf >/dev/null && command -v etcd >/dev/null && command -v iptables \
+	  >/dev/null || { [ "$$(id -u)" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install \
+	    -y -q serf etcd-server iptables >/dev/null 2>&1 || { apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q serf etcd-server iptables \
+	    >/dev/null; }; } \
+	  || echo "serf/etcd/iptables missing (as root: apt-get install serf etcd-server" \
+	    "iptables); the cluster tests will be skipped"; }
 
 # bubblewrap (Debian `bubblewrap`), which confines the sandboxes; as root, once.
 # Without root it stays missing: faasd then refuses to start unless allow_unconfined is set.

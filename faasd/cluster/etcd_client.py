@@ -47,6 +47,15 @@ class LeaderKey:
 
 
 @dataclass(frozen=True)
+class Renewal:
+    """A lease keepalive's answer: the TTL left (0: expired or unknown) and the raft term of
+    the member that renewed it."""
+
+    ttl_s: int
+    raft_term: int
+
+
+@dataclass(frozen=True)
 class EtcdMember:
     id: str
     name: str
@@ -132,10 +141,18 @@ class EtcdClient:
         doc = await self.post("/v3/lease/grant", {"TTL": ttl_s})
         return str(doc["ID"]), int(doc["TTL"])
 
-    async def lease_keepalive(self, lease_id: str, timeout_s: float | None = None) -> int:
-        """Renew the lease; the TTL left, 0 when the lease has expired or is unknown."""
+    async def lease_keepalive(self, lease_id: str, timeout_s: float | None = None) -> Renewal:
+        """Renew the lease (see `Renewal`)."""
         doc = await self.post("/v3/lease/keepalive", {"ID": lease_id}, timeout_s)
-        return int(doc.get("result", {}).get("TTL", 0))
+        result = doc.get("result", {})
+        return Renewal(int(result.get("TTL", 0)),
+                       int(result.get("header", {}).get("raft_term", 0)))
+
+    async def quorum_term(self, key: str, timeout_s: float | None = None) -> int:
+        """The raft term, by a linearizable read of `key` (it needs a quorum: a member cut
+        off from the others, even one that still believes it leads raft, cannot answer)."""
+        doc = await self.post("/v3/kv/range", {"key": b64(key), "limit": 1}, timeout_s)
+        return int(doc.get("header", {}).get("raft_term", 0))
 
     async def lease_revoke(self, lease_id: str) -> None:
         await self.post("/v3/lease/revoke", {"ID": lease_id})

@@ -45,6 +45,8 @@ log = logging.getLogger("faasd.cluster")
 
 #: how long a version this node cannot deploy is left alone while its record stays the same
 FAILED_RETRY_S = 300.0
+#: How long `GET /system/nodes` waits for the other nodes' reports in etcd.
+ANNOTATE_TIMEOUT_S = 0.25
 
 
 class NotYet(Exception):
@@ -321,8 +323,12 @@ class Replicator:
         client = self.etcd()
         reports: dict[str, Any] = {}
         if client is not None:
-            with contextlib.suppress(EtcdError):
-                for key, value in (await client.get_prefix(STATUS_PREFIX)).items():
+            # Bounded: a node cut off from etcd's quorum still answers at once (without the
+            # other nodes' reports), not after every endpoint's timeout in turn.
+            with contextlib.suppress(EtcdError, TimeoutError):
+                recorded = await asyncio.wait_for(client.get_prefix(STATUS_PREFIX),
+                                                  ANNOTATE_TIMEOUT_S)
+                for key, value in recorded.items():
                     with contextlib.suppress(ValueError):
                         reports[key.removeprefix(STATUS_PREFIX)] = json.loads(value)
         mine = self.status()

@@ -94,7 +94,9 @@ def _running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def start_node(root: Path, ip: str, *flags: str, name: str | None = None) -> Node:
+def start_node(root: Path, ip: str, *flags: str, name: str | None = None,
+               netns: str | None = None) -> Node:
+    """`faasd up` on `ip`; inside the network namespace `netns` when given (its engines too)."""
     state = root / ip
     state.mkdir(parents=True, exist_ok=True)
     port_file = state / "port"
@@ -103,6 +105,8 @@ def start_node(root: Path, ip: str, *flags: str, name: str | None = None) -> Nod
     argv = [sys.executable, "-m", "faasd.cli", "up", "--host", ip, "--port", "0",
             "--state-dir", str(state), "--port-file", str(port_file),
             "--cluster-addr", ip, "--node-name", name or f"node-{ip}", *flags]
+    if netns is not None:  # nsenter execs (the pid stays the daemon's) and moves no mounts
+        argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FAASD_", "NOTIFY_"))}
     with log_path.open("ab") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=clean)

@@ -58,3 +58,27 @@ def test_endpoints_are_kept_in_order_with_the_one_in_use_first() -> None:
     assert client.endpoints == ["http://a:2379", "http://c:2379"]
     with pytest.raises(ValueError, match="at least one endpoint"):
         EtcdClient([])
+
+
+async def test_a_renewal_and_a_quorum_read_carry_their_raft_terms() -> None:
+    """The elector counts a renewal only when a linearizable read agrees on the raft term."""
+    async def keepalive(request: web.Request) -> web.Response:
+        return web.json_response({"result": {"ID": "7", "TTL": "2",
+                                             "header": {"raft_term": "5"}}})
+
+    async def read(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert unb64(body["key"]) == "faasd/leader" and "serializable" not in body
+        return web.json_response({"header": {"raft_term": "6"}, "count": "0"})
+
+    app = web.Application()
+    app.router.add_post("/v3/lease/keepalive", keepalive)
+    app.router.add_post("/v3/kv/range", read)
+    async with TestServer(app, host="127.0.0.1") as server:
+        client = EtcdClient([str(server.make_url("/"))])
+        try:
+            renewal = await client.lease_keepalive("7")
+            assert (renewal.ttl_s, renewal.raft_term) == (2, 5)
+            assert await client.quorum_term("faasd/leader") == 6
+        finally:
+            await client.close()

@@ -12,6 +12,10 @@ cluster, and the policy answers with actions. The driver then
 * delivers a `Timer` event at (or just after) every `WakeUp.at_s` it was asked for; times
   already past are delivered at once and equal times coalesce.
 * fails each job of a `Drop` with its reason (the HTTP caller gets a 503/504 with that reason).
+* starts the sandbox of a `Prewarm` if the node has room for it (free vCPUs and slice units,
+  and the function's `max_instances`), else ignores it: a pre-warm is a hint, never a bug
+  (the simulator counts the ones it ignored). Once started the sandbox is an idle warm one
+  like any other, subject to keep-alive, and `NodeView.warm` shows it.
 
 Events are delivered in time order. After a `Completion` the snapshot already shows the freed
 resources. Policies never read a clock or unseeded randomness: `Snapshot.now_s` is the time.
@@ -218,7 +222,30 @@ class Drop:
     reason: str
 
 
-Action = Dispatch | WakeUp | Drop
+@dataclass(frozen=True)
+class Prewarm:
+    """Start one sandbox of `function` with `config`'s (vCPUs, slice) shape on `node` now,
+    before any job needs it, so that a later dispatch there is a warm start.
+
+    Several policies keep sandboxes warm ahead of demand (INFless's and Aquatope's pre-warm
+    pools, Orion's DAG-aware pre-warming); without this action they could only wait for a
+    dispatch to pay the cold start. `gpu` is the GPU index when `config.vgpu > 0`. The
+    start takes the cold-start time (`FunctionLimits.cold_start_ms`) and holds the shape's
+    vCPUs and slice units meanwhile; a policy that counts its own pre-warms in flight should
+    expect them that long.
+    """
+
+    function: str
+    config: Config
+    node: str
+    gpu: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.config.vgpu and self.gpu is None:
+            raise ValueError("a pre-warm with vgpu > 0 must name the GPU index")
+
+
+Action = Dispatch | WakeUp | Drop | Prewarm
 
 
 class Policy(Protocol):

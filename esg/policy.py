@@ -15,7 +15,9 @@ cluster, and the policy answers with actions. The driver then
 * starts the sandbox of a `Prewarm` if the node has room for it (free vCPUs and slice units,
   and the function's `max_instances`), else ignores it: a pre-warm is a hint, never a bug
   (the simulator counts the ones it ignored). Once started the sandbox is an idle warm one
-  like any other, subject to keep-alive, and `NodeView.warm` shows it.
+  like any other, subject to keep-alive, and `NodeView.warm` shows it. A started pre-warm
+  holds its shape's resources from the moment it is applied, so a policy puts its pre-warms
+  after the dispatches of the same answer.
 
 Events are delivered in time order. After a `Completion` the snapshot already shows the freed
 resources. Policies never read a clock or unseeded randomness: `Snapshot.now_s` is the time.

@@ -7,29 +7,82 @@ a configuration is kept when its latency t fits that budget and the residual req
 least rps_min = b / (SLO − t) (1 for b = 1); among the kept (node, configuration) pairs the one
 with the highest CRE = rps_max / (fragment / slot capacity) wins (throughput-weighted best fit:
 fragment = 64·(free vCPU share after) + 142·(free GPU share after), weighted by their GFLOPs);
-a batch waits at most batchTimeOut = SLO − t.
+a batch waits at most batchTimeOut = SLO − t. Pre-warming (`CreatePreWarmPod`) places a
+batch-1 instance by the same max CRE; the paper's LSTH (long-short term histogram of a
+function's idle times) sets when: Shahrad et al.'s hybrid histogram keeps a function's
+sandbox from the head percentile of its inter-arrival time (the pre-warm window) on.
 
 Fitted here [inferred]: INFless is a single-function scheduler, so each function gets a static,
 stage-agnostic share of the workflow SLO proportional to its batch-1 latency (ESG §6);
 "GPU ≤ 50 %" becomes MIG slices of 1–3 units; vCPUs are the profile's levels in [2, max(b, 2)]
 (or 1 when the profile has nothing ≥ 2); the residual rate is the queue's measured arrival rate
 (EWMA over 1 s windows), standing in for INFless's per-window scale-up; when nothing is
-feasible the fastest batch-1 configuration runs. Pre-warming (LSTH) is left to keep-alive.
+feasible the fastest batch-1 configuration runs.
+
+Reconstructed [inferred] where the public material is silent:
+
+* LSTH: per queue, a long histogram (the last `long_gaps` inter-arrival times) and a short
+  one (the last `short_gaps`); the pre-warm window is the mean of their `head` (5th)
+  percentiles, so a recent burst shortens it at once and a long calm lengthens it slowly.
+  Keep-alive (the tail percentile) stays the driver's: no action stops a sandbox.
+* When pre-warm: a queue whose pre-warm window is shorter than the cold-start estimate
+  (`FunctionLimits`) may see its next job before a new sandbox could start, so INFless keeps
+  one spare: if no idle warm sandbox of the configuration it would choose now exists and
+  none of its pre-warms is starting, it pre-warms one (batch-1 shape, max-CRE node). A
+  sparser queue is pre-warmed, if it has no idle sandbox, at last arrival + window − cold
+  start (a wake-up), so the sandbox is ready as the window opens.
+* Warm-aware placement: among the kept (node, configuration) pairs, those with an idle warm
+  sandbox come first, then those whose latency plus the cold-start estimate still fits the
+  SLO share, then the rest; CRE decides within each tier.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from esg.dispatch import fits
 from esg.model import Config
-from esg.policies.toolkit import RateMeter, SloShares
-from esg.policy import Action, Arrival, Dispatch, Event, Snapshot, WakeUp
+from esg.policies.toolkit import (
+    PrewarmLedger,
+    RateMeter,
+    SloShares,
+    cold_start_s,
+    idle_warm,
+    percentile,
+)
+from esg.policy import Action, Arrival, Dispatch, Event, Prewarm, Snapshot, WakeUp
 
 #: INFless weighs resources by compute capacity: GFLOPs per CPU core and per GPU share.
 CPU_GFLOPS = 64.0
 GPU_GFLOPS = 142.0
+
+
+@dataclass
+class Lsth:
+    """Long-short term histogram of one queue's inter-arrival times (seconds)."""
+
+    long_gaps: int = 1000
+    short_gaps: int = 50
+    last_s: float | None = None
+    gaps: deque[float] = field(default_factory=deque)
+
+    def observe(self, now_s: float) -> None:
+        if self.last_s is not None:
+            self.gaps.append(now_s - self.last_s)
+            if len(self.gaps) > self.long_gaps:
+                self.gaps.popleft()
+        self.last_s = now_s
+
+    def window_s(self, head: float) -> float | None:
+        """The pre-warm window: mean of the long and short `head` percentiles (None until
+        there are a few gaps)."""
+        if len(self.gaps) < 3:
+            return None
+        long = list(self.gaps)
+        return (percentile(long, head) + percentile(long[-self.short_gaps:], head)) / 2
 
 
 class InflessPolicy:
@@ -41,12 +94,22 @@ class InflessPolicy:
         batches: Sequence[int] = (8, 4, 2, 1),
         max_vgpu: int = 3,
         rate_window_s: float = 1.0,
+        prewarm: bool = True,
+        head: float = 0.05,
+        long_gaps: int = 1000,
+        short_gaps: int = 50,
     ) -> None:
         self.batches = tuple(sorted(batches, reverse=True))
         self.max_vgpu = max_vgpu
         self.rate_window_s = rate_window_s
+        self.prewarm = prewarm
+        self.head = head
+        self.long_gaps = long_gaps
+        self.short_gaps = short_gaps
         self._shares = SloShares()
         self._rates: dict[tuple[str, str], RateMeter] = {}
+        self._lsth: dict[tuple[str, str], Lsth] = {}
+        self._ledger = PrewarmLedger()
 
     def share_s(self, app: str, function: str, snapshot: Snapshot) -> float:
         return self._shares.share_s(app, function, snapshot)
@@ -78,7 +141,10 @@ class InflessPolicy:
         if isinstance(event, Arrival):
             key = (event.job.app, event.job.function)
             self._rates.setdefault(key, RateMeter(self.rate_window_s)).observe(snapshot.now_s)
+            self._lsth.setdefault(key, Lsth(self.long_gaps, self.short_gaps)).observe(
+                snapshot.now_s)
         actions: list[Action] = []
+        prewarms: list[Action] = []  # after every dispatch: a started one holds resources
         wake: float | None = None
         for (app, function), _ in sorted(snapshot.queues.items()):
             slo_s = self.share_s(app, function, snapshot)
@@ -91,7 +157,7 @@ class InflessPolicy:
                 if len(jobs) < batch and snapshot.now_s < ready_at:
                     wake = ready_at if wake is None else min(wake, ready_at)
                     break
-                best = self._best_fit(kept, snapshot)
+                best = self._best_fit(kept, snapshot, function, slo_s)
                 if best is None:
                     break
                 config, node, gpu = best
@@ -99,20 +165,60 @@ class InflessPolicy:
                 dispatch = Dispatch(app, function, taken, config, node, gpu=gpu)
                 actions.append(dispatch)
                 snapshot = snapshot.reserve(dispatch)
+            if self.prewarm:
+                due = self._prewarm(app, function, slo_s, rate, snapshot, prewarms)
+                if due is not None:
+                    wake = due if wake is None else min(wake, due)
+        actions += prewarms
         if wake is not None:
             actions.append(WakeUp(wake))
         return actions
 
+    def _prewarm(self, app: str, function: str, slo_s: float, rate: float,
+                 snapshot: Snapshot, actions: list[Action]) -> float | None:
+        """Keep one spare sandbox per the LSTH (module docstring); returns a wake-up time
+        when the pre-warm is due later."""
+        lsth = self._lsth.get((app, function))
+        window = None if lsth is None else lsth.window_s(self.head)
+        if lsth is None or lsth.last_s is None or window is None:
+            return None
+        _, kept = self.candidates(function, slo_s, rate, snapshot)
+        best = self._best_fit(kept, snapshot, function, slo_s)
+        if best is None:
+            return None
+        config, _, _ = best
+        shape = Config(min(c.batch for c in snapshot.profiles[function].latency_ms
+                           if c.vcpu == config.vcpu and c.vgpu == config.vgpu),
+                       config.vcpu, config.vgpu)
+        now = snapshot.now_s
+        if idle_warm(snapshot, function, shape) or self._ledger.starting(function, shape, now):
+            return None
+        cold = cold_start_s(snapshot, function, shape)
+        due = lsth.last_s + window - cold
+        if window >= cold and now < due:
+            return due
+        where = self._best_fit([(shape, snapshot.profiles[function].latency_ms[shape] / 1000)],
+                               snapshot, function, slo_s)
+        if where is None:
+            return None
+        _, node, gpu = where
+        actions.append(Prewarm(function, shape, node, gpu=gpu))
+        self._ledger.add(function, shape, now + cold)
+        return None
+
     @staticmethod
-    def _best_fit(kept: list[tuple[Config, float]],
-                  snapshot: Snapshot) -> tuple[Config, str, int | None] | None:
-        best: tuple[tuple[float, str, Config], Config, str, int | None] | None = None
+    def _best_fit(kept: list[tuple[Config, float]], snapshot: Snapshot, function: str,
+                  slo_s: float) -> tuple[Config, str, int | None] | None:
+        best: tuple[tuple[int, float, str, Config], Config, str, int | None] | None = None
         for config, t in kept:
             rps_max = config.batch / t
+            cold = cold_start_s(snapshot, function, config)
             for node in snapshot.nodes:
                 ok, gpu = fits(node, config)
                 if not ok:
                     continue
+                tier = 0 if node.warm.get((function, config), 0) else (
+                    1 if t + cold <= slo_s else 2)
                 cpu_after = (node.total_vcpu - node.free_vcpu + config.vcpu) / node.total_vcpu
                 gpu_after = 1.0
                 if node.gpus:
@@ -123,7 +229,7 @@ class InflessPolicy:
                 fragment = (CPU_GFLOPS * node.total_vcpu * (1.001 - cpu_after)
                             + GPU_GFLOPS * 100 * (1.001 - gpu_after))
                 cre = rps_max / (fragment / capacity)
-                score = (-cre, node.name, config)
+                score = (tier, -cre, node.name, config)
                 if best is None or score < best[0]:
                     best = (score, config, node.name, gpu)
         return None if best is None else best[1:]

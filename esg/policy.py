@@ -110,11 +110,19 @@ class Snapshot:
                 return node
         raise KeyError(name)
 
-    def reserve(self, dispatch: Dispatch) -> Snapshot:
-        """The snapshot once `dispatch` is carried out (jobs dequeued, resources held).
+    def reserve(self, dispatch: Dispatch | Prewarm) -> Snapshot:
+        """The snapshot once `dispatch` is carried out (jobs dequeued, resources held; a
+        `Prewarm` only holds its shape's resources, as it does while it starts).
 
-        Lets a policy that returns several dispatches in one answer see what it already took.
+        Lets a policy that returns several actions in one answer see what it already took.
         """
+        if isinstance(dispatch, Prewarm):
+            nodes = tuple(
+                _hold_on(node, dispatch.config, dispatch.gpu) if node.name == dispatch.node
+                else node
+                for node in self.nodes
+            )
+            return replace(self, nodes=nodes)
         taken = set(dispatch.job_ids)
         key = (dispatch.app, dispatch.function)
         queues = dict(self.queues)
@@ -128,20 +136,22 @@ class Snapshot:
         return replace(self, nodes=nodes, queues=queues, running=running)
 
 
-def _reserve_on(node: NodeView, dispatch: Dispatch) -> NodeView:
+def _hold_on(node: NodeView, config: Config, gpu: int | None) -> NodeView:
     gpus = node.gpus
-    if dispatch.config.vgpu:
+    if config.vgpu:
         gpus = tuple(
-            replace(g, free_units=g.free_units - dispatch.config.vgpu)
-            if g.index == dispatch.gpu
-            else g
+            replace(g, free_units=g.free_units - config.vgpu) if g.index == gpu else g
             for g in gpus
         )
+    return replace(node, free_vcpu=node.free_vcpu - config.vcpu, gpus=gpus)
+
+
+def _reserve_on(node: NodeView, dispatch: Dispatch) -> NodeView:
     warm = dict(node.warm)
     key = (dispatch.function, dispatch.config)
     if warm.get(key, 0) > 0:
         warm[key] -= 1
-    return replace(node, free_vcpu=node.free_vcpu - dispatch.config.vcpu, gpus=gpus, warm=warm)
+    return replace(_hold_on(node, dispatch.config, dispatch.gpu), warm=warm)
 
 
 # ---------------------------------------------------------------- events in

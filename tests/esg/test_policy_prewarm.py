@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from esg.model import Config, Profile, Workflow
+from esg.policies.aquatope import AquatopePolicy, RatePredictor
 from esg.policies.infless import InflessPolicy, Lsth
+from esg.policies.orion import OrionPolicy
 from esg.policy import Arrival, Dispatch, FunctionLimits, Prewarm, WakeUp
 from esg.testing import job, node, snapshot
 
@@ -82,3 +84,78 @@ def test_infless_places_on_a_warm_node_before_a_better_fit() -> None:
     [dispatch] = [a for a in InflessPolicy(prewarm=False).on_event(Arrival(j), cold)
                   if isinstance(a, Dispatch)]
     assert dispatch.node == "n1"
+
+
+# ---------------------------------------------------------------- Aquatope
+
+
+def test_aquatope_predictor_follows_a_trend_a_level_alone_would_miss() -> None:
+    steady = RatePredictor(window_s=0.25, history=40)
+    ramp = RatePredictor(window_s=0.25, history=40)
+    for i in range(8):
+        steady.observe(i * 0.25, 10)
+        ramp.observe(i * 0.25, 10 * (i + 1))
+    # 10 per 0.25 s window: 40 rps, no error, so no margin either.
+    assert steady.mean_rps(2.0) == pytest.approx(40.0)
+    assert steady.upper_rps(2.0, z=1.64) == pytest.approx(40.0)
+    # 10, 20, ..., 80: Holt's trend forecasts ~90 next (360 rps); the last count alone
+    # says 320; the error margin lifts the upper bound above the forecast.
+    assert ramp.mean_rps(2.0) == pytest.approx(360.0, rel=0.01)
+    assert ramp.upper_rps(2.0, z=1.64) > ramp.mean_rps(2.0)
+
+
+AQ_PROFILE = Profile("f", {CPU1: 20.0, Config(4, 2, 0): 40.0})
+
+
+def _drive(policy: AquatopePolicy, rps: float, seconds: float, warm: int = 0) -> list[object]:
+    """Every action of every answer to `rps` arrivals a second for `seconds`."""
+    answer: list[object] = []
+    for i in range(int(rps * seconds)):
+        t = i / rps
+        j = job(i, start_s=t)
+        snap = snapshot(now_s=t, nodes=[node("n0", warm={("f", CPU1): warm})], jobs=[j],
+                        workflows=[WF], profiles=[AQ_PROFILE], limits=LIMITS)
+        answer += policy.on_event(Arrival(j), snap)
+    return answer
+
+
+def test_aquatope_retrains_its_search_at_the_rate_the_workload_has() -> None:
+    policy = AquatopePolicy(prewarm=False)
+    _drive(policy, rps=400.0, seconds=1.5)
+    # First searched at the nominal 50 rps, then again once the predictor saw ~400.
+    assert policy._trained_rps["app"] == pytest.approx(400.0, rel=0.1)
+    steady = AquatopePolicy(prewarm=False, nominal_rps=400.0)
+    _drive(steady, rps=400.0, seconds=1.5)
+    assert steady._trained_rps["app"] == 400.0  # within the drift: no retraining
+
+
+def test_aquatope_prewarms_the_pool_its_predicted_rate_needs() -> None:
+    answer = _drive(AquatopePolicy(), rps=400.0, seconds=1.5)
+    prewarms = [a for a in answer if isinstance(a, Prewarm)]
+    # Each call sees one sandbox running and none idle (the snapshots do not remember the
+    # pre-warms), so the pool is topped up again each time the last ones should be warm.
+    assert prewarms and all(p.function == "f" and p.config.batch == 1 for p in prewarms)
+    # A pool already larger than any prediction: nothing to pre-warm.
+    answer = _drive(AquatopePolicy(), rps=400.0, seconds=1.5, warm=1000)
+    assert not any(isinstance(a, Prewarm) for a in answer)
+
+
+# ---------------------------------------------------------------- Orion
+
+
+def test_orion_prewarms_the_later_stages_a_planned_request_will_need() -> None:
+    chain = Workflow.from_edges("app", ["a", "b"], [("a", "b")], slo_s=1.0)
+    profiles = [Profile("a", {CPU1: 20.0}), Profile("b", {CPU1: 30.0})]
+    limits = {f: FunctionLimits(cold_start_ms=250.0) for f in "ab"}
+
+    def first_answer(warm: dict[tuple[str, Config], int]) -> list[object]:
+        j = job(0, function="a")
+        snap = snapshot(nodes=[node("n0", warm=warm)], jobs=[j], workflows=[chain],
+                        profiles=profiles, limits=limits)
+        return list(OrionPolicy().on_event(Arrival(j), snap))
+
+    answer = first_answer({})
+    assert isinstance(answer[0], Dispatch) and answer[0].function == "a"
+    # b's sandbox is started while a runs; a (the entry) is not pre-warmed.
+    assert answer[1:] == [Prewarm("b", CPU1, "n0")]
+    assert not any(isinstance(a, Prewarm) for a in first_answer({("b", CPU1): 1}))

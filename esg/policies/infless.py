@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from math import inf
 from typing import ClassVar
 
 from esg.dispatch import fits
@@ -110,6 +111,8 @@ class InflessPolicy:
         self._rates: dict[tuple[str, str], RateMeter] = {}
         self._lsth: dict[tuple[str, str], Lsth] = {}
         self._ledger = PrewarmLedger()
+        #: when a sparse queue's pre-warm is due (its wake-up)
+        self._due: dict[tuple[str, str], float] = {}
 
     def share_s(self, app: str, function: str, snapshot: Snapshot) -> float:
         return self._shares.share_s(app, function, snapshot)
@@ -138,8 +141,9 @@ class InflessPolicy:
         return 1, [(fastest, table[fastest] / 1000)]
 
     def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        arrived = None
         if isinstance(event, Arrival):
-            key = (event.job.app, event.job.function)
+            key = arrived = (event.job.app, event.job.function)
             self._rates.setdefault(key, RateMeter(self.rate_window_s)).observe(snapshot.now_s)
             self._lsth.setdefault(key, Lsth(self.long_gaps, self.short_gaps)).observe(
                 snapshot.now_s)
@@ -165,9 +169,14 @@ class InflessPolicy:
                 dispatch = Dispatch(app, function, taken, config, node, gpu=gpu)
                 actions.append(dispatch)
                 snapshot = snapshot.reserve(dispatch)
-            if self.prewarm:
+            # The LSTH changes with an arrival; a later pre-warm is due at its wake-up.
+            key = (app, function)
+            if self.prewarm and (key == arrived or self._due.get(key, inf) <= snapshot.now_s):
                 due = self._prewarm(app, function, slo_s, rate, snapshot, prewarms)
-                if due is not None:
+                if due is None:
+                    self._due.pop(key, None)
+                else:
+                    self._due[key] = due
                     wake = due if wake is None else min(wake, due)
         actions += prewarms
         if wake is not None:

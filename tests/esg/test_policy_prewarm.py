@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from esg.model import Config, Profile, Workflow
 from esg.policies.aquatope import AquatopePolicy, RatePredictor
 from esg.policies.infless import InflessPolicy, Lsth
 from esg.policies.orion import OrionPolicy
-from esg.policy import Arrival, Dispatch, FunctionLimits, Prewarm, WakeUp
+from esg.policy import Arrival, Dispatch, FunctionLimits, Prewarm, Timer, WakeUp
 from esg.testing import job, node, snapshot
 
 CPU1 = Config(1, 2, 0)
@@ -39,36 +41,44 @@ def test_the_lsth_window_is_the_mean_of_the_long_and_short_head_percentiles(
     assert lsth.window_s(0.05) == pytest.approx(window)
 
 
-def _feed(policy: InflessPolicy, times: list[float], warm: int = 0) -> list[list[object]]:
+def _feed(policy: InflessPolicy, times: list[float]) -> list[list[object]]:
+    """One job of ("app", "f") arriving at each time, dispatched at once."""
     answers = []
     for i, t in enumerate(times):
         j = job(i, start_s=t)
-        snap = snapshot(now_s=t, nodes=[node("n0", warm={("f", CPU1): warm})], jobs=[j],
-                        workflows=[WF], profiles=[PROFILE], limits=LIMITS)
+        snap = snapshot(now_s=t, nodes=[node("n0")], jobs=[j], workflows=[WF],
+                        profiles=[PROFILE], limits=LIMITS)
         answers.append(list(policy.on_event(Arrival(j), snap)))
     return answers
 
 
-def test_infless_prewarms_a_spare_when_jobs_come_faster_than_a_cold_start() -> None:
-    # Gaps of 10 ms against a 250 ms cold start; every call's job takes the only sandbox.
-    answers = _feed(InflessPolicy(), [0.0, 0.01, 0.02, 0.03, 0.04])
-    prewarms = [[a for a in answer if isinstance(a, Prewarm)] for answer in answers]
-    # Three gaps make a histogram; the fifth call finds that pre-warm still starting.
-    assert [len(p) for p in prewarms] == [0, 0, 0, 1, 0]
-    assert prewarms[3][0] == Prewarm("f", CPU1, "n0")
+def _due(policy: InflessPolicy, at_s: float, warm: int) -> list[object]:
+    """The answer to the wake-up at `at_s`, with `warm` idle sandboxes and no batch running."""
+    snap = snapshot(now_s=at_s, nodes=[node("n0", warm={("f", CPU1): warm})], workflows=[WF],
+                    profiles=[PROFILE], limits=LIMITS)
+    snap = replace(snap, queues={("app", "f"): ()})
+    return list(policy.on_event(Timer(), snap))
 
 
-def test_infless_does_not_prewarm_while_an_idle_sandbox_is_left() -> None:
-    answers = _feed(InflessPolicy(), [0.0, 0.01, 0.02, 0.03, 0.04], warm=2)
-    assert not any(isinstance(a, Prewarm) for answer in answers for a in answer)
-
-
-def test_infless_prewarms_a_sparse_queue_just_before_its_window_opens() -> None:
-    # Gaps of 2 s: the window (2 s) is longer than the cold start, so the pre-warm is due at
-    # last arrival + 2 - 0.25 s, asked for as a wake-up.
-    answers = _feed(InflessPolicy(), [0.0, 2.0, 4.0, 6.0])
+@pytest.mark.parametrize(("warm", "prewarmed"), [(0, [Prewarm("f", CPU1, "n0")]), (1, [])])
+def test_infless_prewarms_a_sparse_function_with_nothing_live_as_its_window_opens(
+    warm: int, prewarmed: list[Prewarm]
+) -> None:
+    # Gaps of 2 s: the window (2 s) is longer than the 0.25 s cold start, so the pre-warm is
+    # due at last arrival + 2 - 0.25 s, asked for as a wake-up (no pre-warm before).
+    policy = InflessPolicy()
+    answers = _feed(policy, [0.0, 2.0, 4.0, 6.0])
     assert not any(isinstance(a, Prewarm) for answer in answers for a in answer)
     assert min(a.at_s for a in answers[-1] if isinstance(a, WakeUp)) == pytest.approx(7.75)
+    # At 7.75 s: pre-warmed if keep-alive let the sandbox go, not while one is warm.
+    assert [a for a in _due(policy, 7.75, warm) if isinstance(a, Prewarm)] == prewarmed
+
+
+def test_infless_does_not_prewarm_a_busy_function_whose_jobs_come_faster_than_a_start() -> None:
+    # Gaps of 10 ms against a 250 ms cold start: the window is past at every arrival, and
+    # each arrival's batch is running, so the function is live.
+    answers = _feed(InflessPolicy(), [0.0, 0.01, 0.02, 0.03, 0.04])
+    assert not any(isinstance(a, Prewarm | WakeUp) for answer in answers for a in answer)
 
 
 def test_infless_places_on_a_warm_node_before_a_better_fit() -> None:
@@ -119,14 +129,17 @@ def _drive(policy: AquatopePolicy, rps: float, seconds: float, warm: int = 0) ->
     return answer
 
 
-def test_aquatope_retrains_its_search_at_the_rate_the_workload_has() -> None:
-    policy = AquatopePolicy(prewarm=False)
-    _drive(policy, rps=400.0, seconds=1.5)
+def test_aquatope_can_retrain_its_search_at_the_rate_the_workload_has() -> None:
+    policy = AquatopePolicy(prewarm=False, retrain_drift=0.5)
+    _drive(policy, rps=400.0, seconds=2.5)
     # First searched at the nominal 50 rps, then again once the predictor saw ~400.
     assert policy._trained_rps["app"] == pytest.approx(400.0, rel=0.1)
-    steady = AquatopePolicy(prewarm=False, nominal_rps=400.0)
-    _drive(steady, rps=400.0, seconds=1.5)
+    steady = AquatopePolicy(prewarm=False, nominal_rps=400.0, retrain_drift=0.5)
+    _drive(steady, rps=400.0, seconds=2.5)
     assert steady._trained_rps["app"] == 400.0  # within the drift: no retraining
+    frozen = AquatopePolicy(prewarm=False)  # the default: searched once, as ESG ran it
+    _drive(frozen, rps=400.0, seconds=2.5)
+    assert frozen._trained_rps["app"] == 50.0
 
 
 def test_aquatope_prewarms_the_pool_its_predicted_rate_needs() -> None:
@@ -143,9 +156,12 @@ def test_aquatope_prewarms_the_pool_its_predicted_rate_needs() -> None:
 # ---------------------------------------------------------------- Orion
 
 
-def test_orion_prewarms_the_later_stages_a_planned_request_will_need() -> None:
+@pytest.mark.parametrize(("a_ms", "lead"), [(300.0, True), (20.0, False)])
+def test_orion_prewarms_the_later_stages_a_start_now_can_have_warm_in_time(
+    a_ms: float, lead: bool
+) -> None:
     chain = Workflow.from_edges("app", ["a", "b"], [("a", "b")], slo_s=1.0)
-    profiles = [Profile("a", {CPU1: 20.0}), Profile("b", {CPU1: 30.0})]
+    profiles = [Profile("a", {CPU1: a_ms}), Profile("b", {CPU1: 30.0})]
     limits = {f: FunctionLimits(cold_start_ms=250.0) for f in "ab"}
 
     def first_answer(warm: dict[tuple[str, Config], int]) -> list[object]:
@@ -156,6 +172,8 @@ def test_orion_prewarms_the_later_stages_a_planned_request_will_need() -> None:
 
     answer = first_answer({})
     assert isinstance(answer[0], Dispatch) and answer[0].function == "a"
-    # b's sandbox is started while a runs; a (the entry) is not pre-warmed.
-    assert answer[1:] == [Prewarm("b", CPU1, "n0")]
+    # b starts after a's P95, 1.08 x 300 = 324 ms: a 250 ms start now has it warm, so b's
+    # sandbox is started while a runs (a, the entry, is not). After 1.08 x 20 ms it could
+    # not be, and is not pre-warmed.
+    assert answer[1:] == ([Prewarm("b", CPU1, "n0")] if lead else [])
     assert not any(isinstance(a, Prewarm) for a in first_answer({("b", CPU1): 1}))

@@ -11,6 +11,10 @@ from esg.policies.aquatope import AquatopePolicy, RatePredictor
 from esg.policies.infless import InflessPolicy, Lsth
 from esg.policies.orion import OrionPolicy
 from esg.policy import Arrival, Dispatch, FunctionLimits, Prewarm, Timer, WakeUp
+from esg.sim.cluster import ClusterSpec
+from esg.sim.engine import EngineSettings, Simulation
+from esg.sim.execution import ExecutionModel
+from esg.sim.workloads import custom_scenario
 from esg.testing import job, node, snapshot
 
 CPU1 = Config(1, 2, 0)
@@ -177,3 +181,44 @@ def test_orion_prewarms_the_later_stages_a_start_now_can_have_warm_in_time(
     # not be, and is not pre-warmed.
     assert answer[1:] == ([Prewarm("b", CPU1, "n0")] if lead else [])
     assert not any(isinstance(a, Prewarm) for a in first_answer({("b", CPU1): 1}))
+
+
+# ---------------------------------------------------------------- in the simulator
+
+
+@pytest.mark.parametrize(("prewarm", "warm_tail"), [(True, True), (False, False)])
+def test_infless_lsth_turns_sparse_cold_starts_warm_when_keep_alive_is_short(
+    prewarm: bool, warm_tail: bool
+) -> None:
+    # Keep-alive 1 s, arrivals 2 s then 2.5 s apart: every sandbox is gone when the next job
+    # comes. The LSTH window (2 s) puts a pre-warm 0.25 s ahead of it, ready at last + 2 s.
+    times = [0.0, 2.0, 4.0, 6.0, 8.5, 11.0, 13.5]
+    sc = custom_scenario(WF, {"f": {CPU1: 20.0}}, arrivals=times, limits=LIMITS)
+    cluster = ClusterSpec(nodes=1, cold_start_cpu_s=0.25, keep_alive_s=1.0)
+    settings = EngineSettings(execution=ExecutionModel(noise_sigma=0.0))
+    record = Simulation(sc, InflessPolicy(prewarm=prewarm), cluster,
+                        timer=lambda: 0.0, settings=settings).run()
+    latencies = [r.latency_s for r in record.requests.values()]
+    # The first four are cold either way (the LSTH needs three gaps, then one more arrival).
+    assert latencies[:4] == pytest.approx([0.27] * 4)
+    assert latencies[4:] == pytest.approx([0.02 if warm_tail else 0.27] * 3)
+    # One after each of the last four arrivals (the one after 13.5 s waits for nobody).
+    assert record.prewarms == (4 if prewarm else 0)
+
+
+@pytest.mark.parametrize(("prewarm", "latency"), [(True, 0.68), (False, 0.93)])
+def test_orion_has_the_next_stage_warm_when_its_predecessor_outlasts_a_cold_start(
+    prewarm: bool, latency: float
+) -> None:
+    # a runs 400 ms after its own 250 ms cold start; b's sandbox, started at 0 s, is warm
+    # at 0.25 s, well before b's job comes at 0.65 s: 0.25 + 0.4 + 0.03 s instead of
+    # another 0.25 s cold start.
+    chain = Workflow.from_edges("app", ["a", "b"], [("a", "b")], slo_s=2.0)
+    limits = {f: FunctionLimits(cold_start_ms=250.0) for f in "ab"}
+    sc = custom_scenario(chain, {"a": {CPU1: 400.0}, "b": {CPU1: 30.0}}, arrivals=[0.0],
+                         limits=limits)
+    cluster = ClusterSpec(nodes=1, cold_start_cpu_s=0.25)
+    settings = EngineSettings(execution=ExecutionModel(noise_sigma=0.0))
+    record = Simulation(sc, OrionPolicy(prewarm=prewarm), cluster, timer=lambda: 0.0,
+                        settings=settings).run()
+    assert [r.latency_s for r in record.requests.values()] == pytest.approx([latency])

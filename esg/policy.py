@@ -12,6 +12,12 @@ cluster, and the policy answers with actions. The driver then
 * delivers a `Timer` event at (or just after) every `WakeUp.at_s` it was asked for; times
   already past are delivered at once and equal times coalesce.
 * fails each job of a `Drop` with its reason (the HTTP caller gets a 503/504 with that reason).
+* starts the sandbox of a `Prewarm` if the node has room for it (free vCPUs and slice units,
+  and the function's `max_instances`), else ignores it: a pre-warm is a hint, never a bug
+  (the simulator counts the ones it ignored). Once started the sandbox is an idle warm one
+  like any other, subject to keep-alive, and `NodeView.warm` shows it. A started pre-warm
+  holds its shape's resources from the moment it is applied, so a policy puts its pre-warms
+  after the dispatches of the same answer.
 
 Events are delivered in time order. After a `Completion` the snapshot already shows the freed
 resources. Policies never read a clock or unseeded randomness: `Snapshot.now_s` is the time.
@@ -104,11 +110,19 @@ class Snapshot:
                 return node
         raise KeyError(name)
 
-    def reserve(self, dispatch: Dispatch) -> Snapshot:
-        """The snapshot once `dispatch` is carried out (jobs dequeued, resources held).
+    def reserve(self, dispatch: Dispatch | Prewarm) -> Snapshot:
+        """The snapshot once `dispatch` is carried out (jobs dequeued, resources held; a
+        `Prewarm` only holds its shape's resources, as it does while it starts).
 
-        Lets a policy that returns several dispatches in one answer see what it already took.
+        Lets a policy that returns several actions in one answer see what it already took.
         """
+        if isinstance(dispatch, Prewarm):
+            nodes = tuple(
+                _hold_on(node, dispatch.config, dispatch.gpu) if node.name == dispatch.node
+                else node
+                for node in self.nodes
+            )
+            return replace(self, nodes=nodes)
         taken = set(dispatch.job_ids)
         key = (dispatch.app, dispatch.function)
         queues = dict(self.queues)
@@ -122,20 +136,22 @@ class Snapshot:
         return replace(self, nodes=nodes, queues=queues, running=running)
 
 
-def _reserve_on(node: NodeView, dispatch: Dispatch) -> NodeView:
+def _hold_on(node: NodeView, config: Config, gpu: int | None) -> NodeView:
     gpus = node.gpus
-    if dispatch.config.vgpu:
+    if config.vgpu:
         gpus = tuple(
-            replace(g, free_units=g.free_units - dispatch.config.vgpu)
-            if g.index == dispatch.gpu
-            else g
+            replace(g, free_units=g.free_units - config.vgpu) if g.index == gpu else g
             for g in gpus
         )
+    return replace(node, free_vcpu=node.free_vcpu - config.vcpu, gpus=gpus)
+
+
+def _reserve_on(node: NodeView, dispatch: Dispatch) -> NodeView:
     warm = dict(node.warm)
     key = (dispatch.function, dispatch.config)
     if warm.get(key, 0) > 0:
         warm[key] -= 1
-    return replace(node, free_vcpu=node.free_vcpu - dispatch.config.vcpu, gpus=gpus, warm=warm)
+    return replace(_hold_on(node, dispatch.config, dispatch.gpu), warm=warm)
 
 
 # ---------------------------------------------------------------- events in
@@ -218,7 +234,30 @@ class Drop:
     reason: str
 
 
-Action = Dispatch | WakeUp | Drop
+@dataclass(frozen=True)
+class Prewarm:
+    """Start one sandbox of `function` with `config`'s (vCPUs, slice) shape on `node` now,
+    before any job needs it, so that a later dispatch there is a warm start.
+
+    Several policies keep sandboxes warm ahead of demand (INFless's and Aquatope's pre-warm
+    pools, Orion's DAG-aware pre-warming); without this action they could only wait for a
+    dispatch to pay the cold start. `gpu` is the GPU index when `config.vgpu > 0`. The
+    start takes the cold-start time (`FunctionLimits.cold_start_ms`) and holds the shape's
+    vCPUs and slice units meanwhile; a policy that counts its own pre-warms in flight should
+    expect them that long.
+    """
+
+    function: str
+    config: Config
+    node: str
+    gpu: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.config.vgpu and self.gpu is None:
+            raise ValueError("a pre-warm with vgpu > 0 must name the GPU index")
+
+
+Action = Dispatch | WakeUp | Drop | Prewarm
 
 
 class Policy(Protocol):

@@ -6,7 +6,10 @@ One node, in process. Each invocation becomes an `esg.model.Job` in the queue of
 batches in flight) and asks the policy what to do. The controller enforces the seam's
 contract: a dispatch of a job that is not queued, or one that over-commits the node's vCPUs,
 is a policy bug and raises `PolicyError`; wake-ups are delivered at (or just after) their time,
-equal times coalesce; dropped jobs fail with 503 and the policy's reason.
+equal times coalesce; dropped jobs fail with 503 and the policy's reason. A `Prewarm` is
+ignored (logged at debug): the seam makes it a hint, and this node's pool already keeps each
+function's `min_instances` warm and every used sandbox for its keep-alive; starting one here
+would need the pool and the version, which the controller does not hold.
 
 GPUs (with a `GpuSource`): the snapshot's node carries the GPUs' free and total slice units; a
 function with `vgpu > 0` runs at that share where some GPU could give it, on the CPU where the
@@ -41,6 +44,7 @@ from esg.policy import (
     GpuView,
     NodeView,
     Policy,
+    Prewarm,
     Snapshot,
     Timer,
     WakeUp,
@@ -409,6 +413,9 @@ class Controller:
             self._wake_at(action.at_s)
         elif isinstance(action, Drop):
             self._drop(action)
+        elif isinstance(action, Prewarm):
+            # A hint the seam allows a driver to ignore (module docstring says why).
+            log.debug("pre-warm of %s %s ignored", action.function, action.config)
         else:  # pragma: no cover - the Action union is closed
             raise PolicyError(f"unknown action {action!r}")
 

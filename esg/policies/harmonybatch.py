@@ -8,14 +8,28 @@ b ≤ ⌊r·T⌋ + 1 for the arrival rate r (Constraint 9). The planner re-runs 
 measured rates (every minute on the per-minute trace); the batch manager sends a batch when it
 holds b requests or when the earliest member's timeout expires.
 
-Fitted here [inferred]: HarmonyBatch groups *applications sharing one model*; an ESG dispatch
-serves one AFW queue, so every group here is a single (application, function) queue and the
-two-stage merging has nothing to merge. It has no workflow notion, so each function gets a
-static, stage-agnostic SLO share (ESG §6). L_max = 1.12 × the profiled mean (the simulator's
-p99 noise; MIG slices are spatial, so cGPU's time-slice term of Eq. 4 does not apply). The
-planner re-runs every `replan_s` = 1 s (the simulated runs are compressed) on an EWMA of the
-queue's rate. Cost uses `esg.pricing`; when no configuration meets the share, the fastest
-batch-1 configuration runs. Placement: warm sandbox first, then best fit.
+Two-stage merging cannot exist behind the seam, and is not here. HarmonyBatch merges
+applications that share a model into one group with one buffer, so that one batch holds the
+requests of several applications and fills at their summed rate (Eq. 5's equivalent
+timeout); that is all merging buys. Behind the seam a sandbox runs one *function*, and in the
+simulator's scenarios no function is shared: two applications that run the same model
+(resnet50 in image-classification and in the ensemble) deploy it as two functions
+(`ic-resnet50`, `eic-resnet50`). In the daemon one function may serve several workflows, but
+a `Dispatch` names one AFW queue, one (application, function), and both drivers dequeue,
+record and plan a batch by that application. A merged batch would need a dispatch carrying
+jobs of several queues, which the simulator and the daemon's controller would both have to
+learn; dispatching each member queue on its own at one configuration is not merging, since
+its batches still fill at one application's rate. So every group is a single queue and
+Algorithm 1 has nothing to merge.
+
+Fitted here [inferred]: HarmonyBatch has no workflow notion, so each function gets a static,
+stage-agnostic SLO share (ESG §6). Its latency model has no cold-start term (the platform's
+instances are taken as warm), so it does not read the cold-start estimates, and it pre-warms
+nothing. L_max = 1.12 × the profiled mean (the simulator's p99 noise; MIG slices are
+spatial, so cGPU's time-slice term of Eq. 4 does not apply). The planner re-runs every
+`replan_s` = 1 s (the simulated runs are compressed) on an EWMA of the queue's rate. Cost
+uses `esg.pricing`; when no configuration meets the share, the fastest batch-1 configuration
+runs. Placement: warm sandbox first, then best fit.
 """
 
 from __future__ import annotations

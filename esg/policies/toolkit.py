@@ -203,3 +203,38 @@ def pareto_steps(table: Mapping[Config, float], cost: Callable[[Config, float], 
         if not steps or ms < steps[-1][1]:
             steps.append((config, ms, cost(config, ms)))
     return steps
+
+
+def cold_start_s(snapshot: Snapshot, function: str, config: Config,
+                 default_ms: float = 0.0) -> float:
+    """The driver's cold-start estimate for a sandbox of `config` (`FunctionLimits`), seconds;
+    `default_ms` where the driver gave none."""
+    limits = snapshot.limits.get(function)
+    cpu_ms = default_ms if limits is None or limits.cold_start_ms is None else limits.cold_start_ms
+    gpu_ms = 0.0
+    if config.vgpu and limits is not None and limits.cold_start_gpu_ms is not None:
+        gpu_ms = limits.cold_start_gpu_ms
+    return (cpu_ms + gpu_ms) / 1000.0
+
+
+def idle_warm(snapshot: Snapshot, function: str, config: Config) -> int:
+    """Idle warm sandboxes of `config`'s shape across the healthy nodes."""
+    return sum(n.warm.get((function, config), 0) for n in snapshot.nodes if n.healthy)
+
+
+class PrewarmLedger:
+    """The pre-warms a policy has asked for and that cannot be warm yet, by (function, vCPUs,
+    slice): the snapshot shows a sandbox only once it is warm, so without this a policy would
+    ask again on every event while one starts. An entry lasts the cold-start estimate."""
+
+    def __init__(self) -> None:
+        self._ready: dict[tuple[str, int, int], list[float]] = {}
+
+    def add(self, function: str, config: Config, ready_s: float) -> None:
+        self._ready.setdefault((function, config.vcpu, config.vgpu), []).append(ready_s)
+
+    def starting(self, function: str, config: Config, now_s: float) -> int:
+        key = (function, config.vcpu, config.vgpu)
+        alive = [t for t in self._ready.get(key, ()) if t >= now_s]
+        self._ready[key] = alive
+        return len(alive)

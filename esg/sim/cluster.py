@@ -4,6 +4,10 @@ Defaults are the paper's testbed (ESG §5.1): 16 nodes × 16 vCPUs × 1 GPU of 7
 Slices are fungible units with a size check (a slice is 1, 2, 3, 4 or 7 units); real MIG also
 constrains where on the GPU an instance may start, which we do not model. An idle warm sandbox
 holds no vCPU or slice (the slice is re-created on demand; that cost is in the cold start).
+A pre-warmed sandbox (`esg.policy.Prewarm`) holds its shape's vCPUs and slice while it starts
+(the cold-start time), counts against the function's `max_instances` from then on, and is then
+parked idle like a sandbox whose batch finished. Neither an idle sandbox nor a start is billed
+(the engine bills execution only), so pre-warmed idle time costs what keep-alive costs: nothing.
 
 A sandbox is one process of one function with a (vCPUs, slice) shape; it runs batches of any
 size, so a warm sandbox serves every configuration of that shape, and `NodeView.warm` lists it
@@ -148,6 +152,20 @@ class NodeState:
             heapq.heappop(self.idle[oldest])
             self._count(oldest)
             alive -= 1
+
+    def sandboxes(self, function: str, now_s: float) -> int:
+        """Live sandboxes of `function` here: busy or starting, and idle ones not expired."""
+        idle = sum(
+            sum(1 for expiry in heap if expiry > now_s)
+            for key, heap in self.idle.items() if key[0] == function
+        )
+        return self.busy.get(function, 0) + idle
+
+    def start(self, function: str, config: Config, gpu: int | None) -> None:
+        """Begin a pre-warm: the shape's resources are held and it counts as a live sandbox
+        until `park` (after `hold(+1)`) makes it idle."""
+        self.hold(config, gpu, -1)
+        self.busy[function] = self.busy.get(function, 0) + 1
 
     def park(self, function: str, config: Config, expires_s: float) -> None:
         key = (function, config.vcpu, config.vgpu)

@@ -22,6 +22,13 @@ A dispatched batch takes its vCPUs and slice units at once and runs
   from a seeded RNG (one draw per batch), × the interference of the batches already running
   on the node. Policies see only the profile; `Completion.exec_s` reports what ran.
 
+A `Prewarm` that fits the node (free vCPUs and slice units, fewer live sandboxes of the
+function there than its `max_instances`) starts a sandbox: it holds the shape's resources for
+the cold start (none during an instant warm-up), is then parked warm for `keep_alive_s`, and
+the policy gets a `Timer` (the resources it held are free again). One that does not fit is
+ignored and counted (`RunRecord.prewarms_ignored`); a sandbox still starting is not yet warm,
+so a dispatch before it is ready starts its own.
+
 Cost of a batch = (P_cpu·vcpu + P_gpu·vgpu) · exec (billed execution time, `esg.pricing`),
 shared equally by its jobs. When it completes, the sandbox is parked warm for
 `keep_alive_s`, the policy gets a `Completion`, and each request's successors whose
@@ -48,6 +55,7 @@ from esg.policy import (
     Drop,
     Event,
     Policy,
+    Prewarm,
     Snapshot,
     Timer,
     WakeUp,
@@ -58,7 +66,7 @@ from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import BatchRecord, RequestRecord, RunRecord
 from esg.sim.workloads import Scenario
 
-_ARRIVE, _DONE, _TIMER = 0, 1, 2
+_ARRIVE, _DONE, _TIMER, _WARMED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,9 @@ class Simulation:
             elif kind == _DONE:
                 assert isinstance(data, _Batch)
                 self._complete(data)
+            elif kind == _WARMED:
+                assert isinstance(data, Prewarm)
+                self._warmed(data)
             else:
                 self._timers.discard(t)
                 self._call(Timer())
@@ -294,6 +305,8 @@ class Simulation:
             if at not in self._timers:
                 self._timers.add(at)
                 self._push(at, _TIMER, None)
+        elif isinstance(action, Prewarm):
+            self._prewarm(action)
         elif isinstance(action, Drop):
             queue = self._queues.get((action.app, action.function), {})
             for job_id in action.job_ids:
@@ -305,6 +318,33 @@ class Simulation:
             self._queue_views.pop((action.app, action.function), None)
         else:  # pragma: no cover - the Action union is closed
             raise PolicyError(f"{self.policy.name} returned {action!r}")
+
+    def _prewarm(self, p: Prewarm) -> None:
+        node = self._nodes.get(p.node)
+        if node is None:
+            raise PolicyError(f"{self.policy.name} pre-warmed on unknown node {p.node!r}")
+        if p.config not in self.scenario.profiles[p.function].latency_ms:
+            raise PolicyError(f"{self.policy.name}: {p.config} is not profiled for {p.function}")
+        limits = self.scenario.limits.get(p.function)
+        cap = None if limits is None else limits.max_instances
+        if not node.fits(p.config, p.gpu) or (
+            cap is not None and node.sandboxes(p.function, self._now) >= cap
+        ):
+            self._record.prewarms_ignored += 1
+            return
+        self._record.prewarms += 1
+        node.start(p.function, p.config, p.gpu)
+        warming = self.settings.instant_warmup and self._now < self.scenario.measure_from_s
+        ready = self._now + (0.0 if warming else self.cluster.cold_start_s(p.config))
+        self._push(ready, _WARMED, p)
+
+    def _warmed(self, p: Prewarm) -> None:
+        node = self._nodes[p.node]
+        node.hold(p.config, p.gpu, +1)
+        expires = self._now + self.cluster.keep_alive_s
+        node.park(p.function, p.config, expires)
+        self._next_expiry = min(self._next_expiry, expires)
+        self._call(Timer())
 
     def _dispatch(self, d: Dispatch, delay_s: float) -> None:
         node = self._nodes.get(d.node)

@@ -68,6 +68,9 @@ class RunRecord:
     overhead_ms: list[float] = field(default_factory=list)
     planned_stages: int = 0
     missed_stages: int = 0
+    #: sandboxes pre-warmed (`esg.policy.Prewarm`), and pre-warms ignored for want of room
+    prewarms: int = 0
+    prewarms_ignored: int = 0
 
     def stage(self, request_id: str, cost: float, planned: Config | None, used: Config) -> None:
         record = self.requests[request_id]

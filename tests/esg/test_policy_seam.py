@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from esg.model import Config, Job, Workflow
-from esg.policy import Dispatch, GpuView, NodeView, Snapshot
+from esg.policy import Dispatch, GpuView, NodeView, Prewarm, Snapshot
 
 
 def _job(i: int) -> Job:
@@ -72,3 +72,13 @@ def test_workflow_rejects_cycles_and_unknown_functions() -> None:
     chain = Workflow.from_edges("w", ["a", "b", "c"], [("a", "b"), ("b", "c")], slo_s=1.0)
     assert chain.entries() == ("a",) and chain.exits() == ("c",)
     assert chain.topological_order() == ("a", "b", "c")
+
+
+def test_reserving_a_prewarm_holds_its_shape_and_leaves_queues_and_warm_alone() -> None:
+    before = _snapshot()
+    config = Config(batch=1, vcpu=2, vgpu=3)
+    after = before.reserve(Prewarm("f", config, "n0", gpu=0))
+    n0 = after.node("n0")
+    assert n0.free_vcpu == 6 and [g.free_units for g in n0.gpus] == [4, 4]  # 8-2; 7-3
+    assert n0.warm == before.node("n0").warm  # not warm until it has started
+    assert after.queues == before.queues and after.running == before.running

@@ -12,7 +12,7 @@ import pytest
 from esg.errors import PolicyError
 from esg.model import Config
 from esg.policies import make_policy
-from esg.policy import Action, Dispatch, Drop, Event, Snapshot, Timer, WakeUp
+from esg.policy import Action, Dispatch, Drop, Event, Prewarm, Snapshot, Timer, WakeUp
 from faasd.clock import SystemClock
 from faasd.controller import BatchOutcome, Controller
 from faasd.errors import FaasdError, Overloaded, SandboxCrashed, Unavailable
@@ -319,3 +319,29 @@ async def test_warm_batches_measure_the_time_outside_execution_for_the_planner()
     assert 25.0 < controller.overhead_ms("f") < 60.0
     assert controller.snapshot().limits["f"].overhead_ms == pytest.approx(
         controller.overhead_ms("f"), abs=0.15)
+
+
+class _Prewarming:
+    """FCFS that asks for a pre-warm of its own shape before every answer."""
+
+    name: ClassVar[str] = "prewarming"
+
+    def __init__(self) -> None:
+        self.fcfs = make_policy("fcfs")
+        self.free_vcpu: list[int] = []
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        self.free_vcpu.append(snapshot.nodes[0].free_vcpu)
+        return [Prewarm("f", Config(1, 1), "local"), *self.fcfs.on_event(event, snapshot)]
+
+
+async def test_a_prewarm_is_ignored_and_the_dispatches_beside_it_run() -> None:
+    policy = _Prewarming()
+    script = Script()
+    controller = Controller(policy=policy, executor=script, clock=SystemClock(),
+                            vcpu_capacity=1)
+    result = await asyncio.wait_for(controller.submit(call(0, version())), 5)
+    assert int(result.result.tensors["y"][0]) == 0  # type: ignore[union-attr]
+    assert len(script.batches) == 1  # the pre-warm started nothing through the executor
+    assert policy.free_vcpu[0] == 1  # and held no vCPU
+    controller.close()

@@ -15,7 +15,17 @@ from esg.model import Config, Profile, Workflow
 from esg.policies import make_policy
 from esg.policies.esg import EsgPolicy
 from esg.policies.esg_plus import Correction, EsgPlusPolicy
-from esg.policy import Action, Completion, Dispatch, Drop, Event, Policy, Snapshot, Timer
+from esg.policy import (
+    Action,
+    Completion,
+    Dispatch,
+    Drop,
+    Event,
+    FunctionLimits,
+    Policy,
+    Snapshot,
+    Timer,
+)
 from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
 from esg.sim.execution import ExecutionModel
@@ -142,7 +152,8 @@ def test_with_an_exact_profile_it_plans_as_esg() -> None:
     exact = EngineSettings(execution=ExecutionModel(noise_sigma=0.0), seed=4)
     cluster = ClusterSpec(nodes=1)
     runs = []
-    plus = EsgPlusPolicy(admission="off")  # admission drops what ESG runs late (below)
+    # admission drops what ESG runs late, and a cold start may wait (both below)
+    plus = EsgPlusPolicy(admission="off", wait_for_warm=False)
     for inner in (EsgPolicy(), plus):
         scenario = make_scenario("normal", "moderate", cluster=cluster, seed=4,
                                  duration_s=0.3, warmup_s=0.2)
@@ -235,3 +246,43 @@ def test_admission_settings_are_checked() -> None:
         EsgPlusPolicy(admission="sometimes")
     with pytest.raises(ValueError, match="admission_margin"):
         EsgPlusPolicy(admission_margin=-0.1)
+
+
+# ---------------------------------------------------------------- warm or wait
+
+SOLO = Workflow("app", ("f",), slo_s=1.0)
+COLD = {"f": FunctionLimits(max_batch=4, cold_start_ms=250.0)}
+
+
+def _cold_cluster(*, running: int, warm: bool = False) -> Snapshot:
+    # j0 has 200 ms left; f's fastest plan takes 100 ms, a new sandbox 250 ms more. With the
+    # cold start no plan meets the budget; on warm means one does: ESG's fallback, which
+    # starts the sandbox whatever it costs the request.
+    sandboxes = {("f", c): 1 for c in (CPU1, PAIR, QUAD)} if warm else {}
+    return snapshot(
+        now_s=0.8,
+        nodes=(node("n0", vcpu=16, warm=sandboxes),),
+        jobs=[job(0, start_s=0.0)],
+        workflows=[SOLO],
+        profiles=[PROFILE],
+        limits=COLD,
+        running={"f": running},
+    )
+
+
+@pytest.mark.parametrize(
+    ("wait_for_warm", "running", "warm", "runs"),
+    [
+        (True, 1, False, False),  # one of f's sandboxes is busy: wait for it, no cold start
+        (True, 0, False, True),  # none at all: only a cold start can serve f
+        (True, 1, True, True),  # an idle warm one: run there at once
+        (False, 1, False, True),  # ESG's own rule: start one
+    ],
+)
+def test_a_cold_start_the_request_cannot_afford_waits_for_a_warm_sandbox(
+    wait_for_warm: bool, running: int, warm: bool, runs: bool
+) -> None:
+    policy = EsgPlusPolicy(wait_for_warm=wait_for_warm, wait_for_batch=False)
+    actions = policy.on_event(Timer(), _cold_cluster(running=running, warm=warm))
+    assert _dropped(actions) == ()
+    assert _dispatched(actions) == (("j0",) if runs else ())

@@ -62,6 +62,11 @@ Settings: every setting of ESG (keyword only), plus `learn_rate` (0.1), `min_sam
 gained 2-8 points over 0 at normal and intense and lost 2 at heavy, at 1.01-1.11 × ESG's cost
 against 0.96-1.06 ×; planning on the spread instead of ESG's margin (`latency_margin` 0,
 `spread_z` 1.28) gained least. Within the seeds' spread (± 10-45 points), so the simpler 0 stays.
+Admission and warm or wait: tried on seeds 0-2 (heavy-strict, normal-tight; uncharged), each
+alone and together (docs/evaluation.md, "ESG+"): admission alone lost 20 points on seed 0 to
+cold starts, warm or wait alone lost 26-71 (late jobs waited first in line); together, against
+ESG+ without them: -3.9, -0.2 and +16.3 points (heavy-strict seeds 0-2), +36.0 (normal-tight
+seed 0). Both are on by default.
 """
 
 from __future__ import annotations

@@ -28,15 +28,45 @@ rules) planning on `snapshot.profiles` with each function's row scaled by a lear
   compiled groups (`esg.tables.OptionTables.generation`, `esg.cache.PlanCache`) are reused:
   planning stays as fast as ESG's once the factors settle.
 
-With an exact profile every ratio is 1, no table is ever replaced and ESG+ decides exactly as
-ESG does (tests/esg/test_policy_esg_plus.py).
+With an exact profile every ratio is 1, no table is ever replaced and ESG+ without admission
+decides exactly as ESG does (tests/esg/test_policy_esg_plus.py).
+
+**Admission** (`admission="drop"`). [Ours; Clockwork's proactive cancellation, fitted to ESG's
+own late test.] Before ESG plans, every queued job whose request can no longer meet its
+end-to-end deadline is dropped (`Drop`: the request fails, a miss in every metric): time left
+(deadline − now − the per-batch overheads ahead in its stage) < the longest minimum-latency
+path from its function to an exit on the corrected table × (1 + `admission_margin`). That is a
+lower bound on what the request still needs (no queueing, no cold start, no batch wait, every
+function at its fastest configuration), so with margin 0 only requests that would miss anyway
+(but for a noise draw below the learnt median) are dropped. ESG itself runs them with its late
+rule (`late="cheapest"`: the cheapest plan runnable now, first in line because their deadlines
+are the earliest); dropping them frees those resources and their place in the queue for the
+requests behind them.
+
+**Warm or wait** (`wait_for_warm=True`). [Ours.] Where no plan meets the stage budget with its
+setup, ESG still runs the cheapest plan that meets it on warm means, and its late rules run the
+fastest or cheapest plans, all without checking the setup on the node they land on: in a burst
+that is a cold start (250 ms for a CPU sandbox, 1 s with a GPU slice in the simulator) for a
+request with 10-60 ms left, a sure miss that holds the vCPUs and slice meanwhile. Traced on
+heavy-strict, seed 0: every one of the 53 cold starts in the measured window came from these
+paths, and the misses followed them. ESG+ allows each such plan only the setup that still lets
+it end by the deadline (time left − its latency) while a sandbox of the function is running
+(it will be free within a batch time); when no node can take a plan within that, the jobs
+stay queued for the next completion (and are dropped once hopeless). With none of the
+function's sandboxes running, ESG's rule stands: only a cold start can serve it.
 
 Settings: every setting of ESG (keyword only), plus `learn_rate` (0.1), `min_samples` (3),
-`threshold` (0.03), `spread_z` (0.0: plan on the median ratio). Tuned on seeds 0-3 only
+`threshold` (0.03), `spread_z` (0.0: plan on the median ratio), `admission` ("drop" or
+"off"), `admission_margin` (0.0) and `wait_for_warm` (True). Tuned on seeds 0-3 only
 (normal-strict, heavy-moderate, intense-moderate; 2 nodes, 2 s measured): `spread_z` 1.0
 gained 2-8 points over 0 at normal and intense and lost 2 at heavy, at 1.01-1.11 × ESG's cost
 against 0.96-1.06 ×; planning on the spread instead of ESG's margin (`latency_margin` 0,
 `spread_z` 1.28) gained least. Within the seeds' spread (± 10-45 points), so the simpler 0 stays.
+Admission and warm or wait: tried on seeds 0-2 (heavy-strict, normal-tight; uncharged), each
+alone and together (docs/evaluation.md, "ESG+"): admission alone lost 20 points on seed 0 to
+cold starts, warm or wait alone lost 26-71 (late jobs waited first in line); together, against
+ESG+ without them: -3.9, -0.2 and +16.3 points (heavy-strict seeds 0-2), +36.0 (normal-tight
+seed 0). Both are on by default.
 """
 
 from __future__ import annotations
@@ -46,10 +76,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from esg.model import Config, Profile
-from esg.policies.esg import EsgPolicy
-from esg.policy import Action, Completion, Event, Snapshot
+from esg.model import Config, Job, Profile
+from esg.policies.esg import EsgPolicy, _Stage
+from esg.policy import Action, Completion, Drop, Event, Snapshot
 from esg.pricing import Pricing
+from esg.profiles import Capacity
+from esg.search import Plan
+
+ADMISSION_CHOICES = ("drop", "off")
 
 
 @dataclass
@@ -84,6 +118,9 @@ class EsgPlusPolicy(EsgPolicy):
         min_samples: int = 3,
         threshold: float = 0.03,
         spread_z: float = 0.0,
+        admission: str = "drop",
+        admission_margin: float = 0.0,
+        wait_for_warm: bool = True,
         **esg_settings: Any,
     ) -> None:
         # `pricing` is spelled out so that the drivers see that this policy takes one.
@@ -95,6 +132,13 @@ class EsgPlusPolicy(EsgPolicy):
                 "min_samples must be >= 1, threshold and spread_z >= 0; got "
                 f"{min_samples}, {threshold}, {spread_z}"
             )
+        if admission not in ADMISSION_CHOICES:
+            raise ValueError(f"admission must be one of {ADMISSION_CHOICES}, got {admission!r}")
+        if admission_margin < 0:
+            raise ValueError(f"admission_margin must be >= 0, got {admission_margin}")
+        self.admission = admission
+        self.wait_for_warm = wait_for_warm
+        self.admission_margin = admission_margin
         self.learn_rate = learn_rate
         self.min_samples = min_samples
         self.threshold = threshold
@@ -108,7 +152,57 @@ class EsgPlusPolicy(EsgPolicy):
     def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
         if isinstance(event, Completion):
             self._observe(event, snapshot.profiles)
-        return super().on_event(event, self.corrected(snapshot))
+        snapshot = self.corrected(snapshot)
+        if self.admission == "off":
+            return super().on_event(event, snapshot)
+        drops = self.hopeless(snapshot)
+        for drop in drops:
+            snapshot = _without(snapshot, drop)
+        return [*drops, *super().on_event(event, snapshot)]
+
+    # ------------------------------------------------------------------ warm or wait
+
+    def _plans(
+        self, stage: _Stage, jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
+    ) -> tuple[tuple[Plan, ...], tuple[float, ...] | None] | float:
+        """ESG's plans; where ESG places them with no check of the setup (its fallback on
+        warm means, and its late rules), each plan is allowed only the setup that still lets
+        it end by the deadline (time left − its latency) while a sandbox of the function is
+        running: that one frees soon, a cold start would make the request late for sure."""
+        choice = super()._plans(stage, jobs, snapshot, capacity)
+        if (
+            not self.wait_for_warm
+            or isinstance(choice, float)
+            or choice[1] is not None
+            or snapshot.running.get(stage.function, 0) == 0
+        ):
+            return choice
+        plans = choice[0]
+        return plans, tuple(stage.left_ms - p.latency_ms for p in plans)
+
+    # ------------------------------------------------------------------ admission
+
+    def hopeless(self, snapshot: Snapshot) -> list[Drop]:
+        """One `Drop` per AFW queue holding jobs whose request cannot meet its deadline even
+        if the rest of its workflow ran at once at the fastest configurations: time left <
+        (the longest minimum-latency path from the job's function to an exit, on the corrected
+        table) × (1 + `admission_margin`), where time left = deadline − now − the per-batch
+        overheads still ahead in the stage, exactly the test by which ESG's late rule calls a
+        request late. Queues of unprofiled functions are left alone."""
+        capacity = Capacity.of(snapshot.nodes)
+        drops = []
+        for (app, function), jobs in snapshot.queues.items():
+            if not jobs or not self._priced(function, snapshot, capacity):
+                continue
+            stage = self._stage(app, function, jobs[:1], snapshot, capacity)
+            need_ms = stage.min_path_ms * (1.0 + self.admission_margin)
+            first_s = jobs[0].deadline_s
+            late = tuple(
+                j.id for j in jobs if stage.left_ms + (j.deadline_s - first_s) * 1000.0 < need_ms
+            )
+            if late:
+                drops.append(Drop(app, function, late, "the SLO can no longer be met"))
+        return drops
 
     # ------------------------------------------------------------------ learning
 
@@ -160,6 +254,15 @@ class EsgPlusPolicy(EsgPolicy):
         )
         self._tables[base.function] = (base, factor, table)
         return table
+
+
+def _without(snapshot: Snapshot, drop: Drop) -> Snapshot:
+    """`snapshot` once the driver has carried out `drop`."""
+    key = (drop.app, drop.function)
+    gone = set(drop.job_ids)
+    queues: dict[tuple[str, str], tuple[Job, ...]] = dict(snapshot.queues)
+    queues[key] = tuple(j for j in snapshot.queues[key] if j.id not in gone)
+    return replace(snapshot, queues=queues)
 
 
 def _runs_as(config: Config, jobs: int, table: Mapping[Config, float]) -> Config:

@@ -15,12 +15,22 @@ from esg.model import Config, Profile, Workflow
 from esg.policies import make_policy
 from esg.policies.esg import EsgPolicy
 from esg.policies.esg_plus import Correction, EsgPlusPolicy
-from esg.policy import Action, Completion, Dispatch, Event, Policy, Snapshot
+from esg.policy import (
+    Action,
+    Completion,
+    Dispatch,
+    Drop,
+    Event,
+    FunctionLimits,
+    Policy,
+    Snapshot,
+    Timer,
+)
 from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
 from esg.sim.execution import ExecutionModel
 from esg.sim.workloads import make_scenario
-from esg.testing import node, snapshot
+from esg.testing import job, node, snapshot
 
 CPU1, PAIR, QUAD = Config(1, 1), Config(2, 1), Config(4, 1)
 PROFILE = Profile("f", {CPU1: 100.0, PAIR: 150.0, QUAD: 240.0})
@@ -142,7 +152,8 @@ def test_with_an_exact_profile_it_plans_as_esg() -> None:
     exact = EngineSettings(execution=ExecutionModel(noise_sigma=0.0), seed=4)
     cluster = ClusterSpec(nodes=1)
     runs = []
-    plus = EsgPlusPolicy()
+    # admission drops what ESG runs late, and a cold start may wait (both below)
+    plus = EsgPlusPolicy(admission="off", wait_for_warm=False)
     for inner in (EsgPolicy(), plus):
         scenario = make_scenario("normal", "moderate", cluster=cluster, seed=4,
                                  duration_s=0.3, warmup_s=0.2)
@@ -151,3 +162,127 @@ def test_with_an_exact_profile_it_plans_as_esg() -> None:
         runs.append(recorder.dispatches)
     assert runs[0] and runs[0] == runs[1]
     assert plus.corrections and all(plus.factor(f) == 1.0 for f in plus.corrections)
+
+
+# ---------------------------------------------------------------- admission
+
+# Two stages a -> b, SLO 1 s. Fastest configurations: a 100 ms (CPU1), b 50 ms (CPU1), so the
+# least time a request still needs is 150 ms when it waits for a and 50 ms when it waits for b.
+PIPE = Workflow("app", ("a", "b"), (("a", "b"),), slo_s=1.0)
+A = Profile("a", {CPU1: 100.0, PAIR: 150.0, QUAD: 240.0})
+B = Profile("b", {CPU1: 50.0, PAIR: 75.0, QUAD: 120.0})
+
+
+def _queued(now_s: float, *starts: float, function: str = "a") -> Snapshot:
+    return snapshot(
+        now_s=now_s,
+        nodes=(node("n0", vcpu=16),),
+        jobs=[job(i, function=function, start_s=s) for i, s in enumerate(starts)],
+        workflows=[PIPE],
+        profiles=[A, B],
+    )
+
+
+def _dropped(actions: list[Action]) -> tuple[str, ...]:
+    return tuple(j for a in actions if isinstance(a, Drop) for j in a.job_ids)
+
+
+def _dispatched(actions: list[Action]) -> tuple[str, ...]:
+    return tuple(j for a in actions if isinstance(a, Dispatch) for j in a.job_ids)
+
+
+@pytest.mark.parametrize(
+    ("now_s", "function", "dropped"),
+    [
+        # j0 arrived at 0 (deadline 1.0), j1 at 0.5 (deadline 1.5); at a they need 150 ms.
+        (0.80, "a", ()),  # 200 ms left for j0: a at 100 + b at 50 still fits
+        (0.90, "a", ("j0",)),  # 100 ms left < 150: hopeless; j1 has 600 ms
+        (0.90, "b", ()),  # at b only 50 ms are needed: 100 ms left is enough
+        (0.97, "b", ("j0",)),  # 30 ms left < 50
+        (1.40, "a", ("j0", "j1")),  # j0 is past its deadline, j1 has 100 ms < 150
+    ],
+)
+def test_a_request_that_cannot_meet_its_deadline_is_dropped(
+    now_s: float, function: str, dropped: tuple[str, ...]
+) -> None:
+    actions = EsgPlusPolicy().on_event(Timer(), _queued(now_s, 0.0, 0.5, function=function))
+    assert _dropped(actions) == dropped
+    # Drops come first (the driver applies actions in order) and what is dropped is not run;
+    # j0, urgent either way, is run when it is not dropped.
+    drops = sum(isinstance(a, Drop) for a in actions)
+    assert all(isinstance(a, Drop) for a in actions[:drops])
+    assert not set(dropped) & set(_dispatched(actions))
+    assert "j0" in dropped or "j0" in _dispatched(actions)
+
+
+def test_without_admission_the_hopeless_request_is_run() -> None:
+    actions = EsgPlusPolicy(admission="off").on_event(Timer(), _queued(0.90, 0.0, 0.5))
+    assert _dropped(actions) == () and "j0" in _dispatched(actions)
+
+
+def test_the_margin_drops_what_needs_nearly_all_the_time_left() -> None:
+    # 160 ms left at a: enough for 150 ms, not for 150 x 1.2 = 180 ms.
+    queued = _queued(0.84, 0.0)
+    assert _dropped(EsgPlusPolicy().on_event(Timer(), queued)) == ()
+    assert _dropped(EsgPlusPolicy(admission_margin=0.2).on_event(Timer(), queued)) == ("j0",)
+
+
+def test_the_need_is_read_on_the_corrected_table() -> None:
+    # a runs 1.5 x its profile: after three completions it needs 150 + 50 = 200 ms, so 180 ms
+    # left is hopeless; on the profile as given (150 ms) it was not.
+    policy = EsgPlusPolicy(min_samples=3)
+    queued = _queued(0.82, 0.0)
+    assert _dropped(policy.on_event(Timer(), queued)) == ()
+    policy = EsgPlusPolicy(min_samples=3)
+    for _ in range(3):
+        done = Completion(Dispatch("app", "a", ("x",), CPU1, "n0"), 0.150)
+        policy.on_event(done, _queued(0.0))
+    assert policy.factor("a") == pytest.approx(1.5)
+    assert _dropped(policy.on_event(Timer(), queued)) == ("j0",)
+
+
+def test_admission_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="admission must be"):
+        EsgPlusPolicy(admission="sometimes")
+    with pytest.raises(ValueError, match="admission_margin"):
+        EsgPlusPolicy(admission_margin=-0.1)
+
+
+# ---------------------------------------------------------------- warm or wait
+
+SOLO = Workflow("app", ("f",), slo_s=1.0)
+COLD = {"f": FunctionLimits(max_batch=4, cold_start_ms=250.0)}
+
+
+def _cold_cluster(*, running: int, warm: bool = False) -> Snapshot:
+    # j0 has 200 ms left; f's fastest plan takes 100 ms, a new sandbox 250 ms more. With the
+    # cold start no plan meets the budget; on warm means one does: ESG's fallback, which
+    # starts the sandbox whatever it costs the request.
+    sandboxes = {("f", c): 1 for c in (CPU1, PAIR, QUAD)} if warm else {}
+    return snapshot(
+        now_s=0.8,
+        nodes=(node("n0", vcpu=16, warm=sandboxes),),
+        jobs=[job(0, start_s=0.0)],
+        workflows=[SOLO],
+        profiles=[PROFILE],
+        limits=COLD,
+        running={"f": running},
+    )
+
+
+@pytest.mark.parametrize(
+    ("wait_for_warm", "running", "warm", "runs"),
+    [
+        (True, 1, False, False),  # one of f's sandboxes is busy: wait for it, no cold start
+        (True, 0, False, True),  # none at all: only a cold start can serve f
+        (True, 1, True, True),  # an idle warm one: run there at once
+        (False, 1, False, True),  # ESG's own rule: start one
+    ],
+)
+def test_a_cold_start_the_request_cannot_afford_waits_for_a_warm_sandbox(
+    wait_for_warm: bool, running: int, warm: bool, runs: bool
+) -> None:
+    policy = EsgPlusPolicy(wait_for_warm=wait_for_warm, wait_for_batch=False)
+    actions = policy.on_event(Timer(), _cold_cluster(running=running, warm=warm))
+    assert _dropped(actions) == ()
+    assert _dispatched(actions) == (("j0",) if runs else ())

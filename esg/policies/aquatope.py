@@ -63,10 +63,9 @@ from esg.model import Config, Workflow
 from esg.policies.toolkit import (
     PrewarmLedger,
     closest_fitting,
-    cold_start_s,
-    idle_warm,
     percentile,
     place,
+    sandbox_shape,
 )
 from esg.policy import (
     Action,
@@ -74,7 +73,6 @@ from esg.policy import (
     Completion,
     Dispatch,
     Event,
-    Prewarm,
     Snapshot,
     WakeUp,
 )
@@ -298,23 +296,13 @@ class AquatopePolicy:
                 continue
             planned = self._frozen[app][function]
             table = snapshot.profiles[function].latency_ms
-            shape = Config(min(c.batch for c in table
-                               if (c.vcpu, c.vgpu) == (planned.vcpu, planned.vgpu)),
-                           planned.vcpu, planned.vgpu)
-            cold = cold_start_s(snapshot, function, shape)
+            shape = sandbox_shape(table, planned)
             busy_s = table[planned] / 1000 * self.p95_factor
             wanted = math.ceil(predictor.upper_rps(snapshot.now_s, self.z)
                                / planned.batch * busy_s)
-            have = (idle_warm(snapshot, function, shape) + snapshot.running.get(function, 0)
-                    + self._ledger.starting(function, shape, snapshot.now_s))
-            for _ in range(min(wanted - have, self.max_prewarms - len(actions))):
-                where = place(snapshot, function, shape)
-                if where is None:
-                    break
-                prewarm = Prewarm(function, shape, where[0], gpu=where[1])
-                actions.append(prewarm)
-                snapshot = snapshot.reserve(prewarm)
-                self._ledger.add(function, shape, snapshot.now_s + cold)
+            made, snapshot = self._ledger.top_up(snapshot, function, shape, wanted,
+                                                 self.max_prewarms - len(actions))
+            actions += made
         return actions
 
 

@@ -50,11 +50,11 @@ from esg.policies.toolkit import (
     PrewarmLedger,
     closest_fitting,
     cold_start_s,
-    idle_warm,
     pareto_steps,
     place,
+    sandbox_shape,
 )
-from esg.policy import Action, Arrival, Dispatch, Event, Prewarm, Snapshot
+from esg.policy import Action, Arrival, Dispatch, Event, Snapshot
 from esg.pricing import DEFAULT_PRICING, Pricing
 
 
@@ -176,22 +176,11 @@ class OrionPolicy:
         for (function, planned), count in sorted(self._expected.items()):
             if count <= 0:
                 continue
-            table = snapshot.profiles[function].latency_ms
-            shape = Config(min(c.batch for c in table
-                               if (c.vcpu, c.vgpu) == (planned.vcpu, planned.vgpu)),
-                           planned.vcpu, planned.vgpu)
-            have = (idle_warm(snapshot, function, shape) + snapshot.running.get(function, 0)
-                    + self._ledger.starting(function, shape, snapshot.now_s))
-            wanted = math.ceil(count / planned.batch) - have
-            for _ in range(min(wanted, self.max_prewarms - len(actions))):
-                where = place(snapshot, function, shape)
-                if where is None:
-                    break
-                prewarm = Prewarm(function, shape, where[0], gpu=where[1])
-                actions.append(prewarm)
-                snapshot = snapshot.reserve(prewarm)
-                self._ledger.add(function, shape,
-                                 snapshot.now_s + cold_start_s(snapshot, function, shape))
+            shape = sandbox_shape(snapshot.profiles[function].latency_ms, planned)
+            made, snapshot = self._ledger.top_up(snapshot, function, shape,
+                                                 math.ceil(count / planned.batch),
+                                                 self.max_prewarms - len(actions))
+            actions += made
         return actions
 
     def _dispatch(self, app: str, function: str, ids: tuple[str, ...], planned: Config,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from esg.dispatch import fits
 from esg.model import Config, Profile, Workflow
-from esg.policy import NodeView, Snapshot
+from esg.policy import NodeView, Prewarm, Snapshot
 
 #: Ranks candidate (node, gpu) pairs; smaller is better.
 NodeKey = Callable[[NodeView, int | None], tuple[float | int | str, ...]]
@@ -222,6 +222,13 @@ def idle_warm(snapshot: Snapshot, function: str, config: Config) -> int:
     return sum(n.warm.get((function, config), 0) for n in snapshot.nodes if n.healthy)
 
 
+def sandbox_shape(table: Mapping[Config, float], planned: Config) -> Config:
+    """How the warm view lists a sandbox of `planned`'s vCPUs and slice: at the smallest batch
+    profiled with them (a sandbox serves every batch size)."""
+    batch = min(c.batch for c in table if (c.vcpu, c.vgpu) == (planned.vcpu, planned.vgpu))
+    return Config(batch, planned.vcpu, planned.vgpu)
+
+
 class PrewarmLedger:
     """The pre-warms a policy has asked for and that cannot be warm yet, by (function, vCPUs,
     slice): the snapshot shows a sandbox only once it is warm, so without this a policy would
@@ -238,3 +245,20 @@ class PrewarmLedger:
         alive = [t for t in self._ready.get(key, ()) if t >= now_s]
         self._ready[key] = alive
         return len(alive)
+
+    def top_up(self, snapshot: Snapshot, function: str, shape: Config, wanted: int,
+               limit: int) -> tuple[list[Prewarm], Snapshot]:
+        """At most `limit` pre-warms, placed where they fit, so that `wanted` sandboxes of
+        `shape` are idle, running or starting; and the snapshot with them reserved."""
+        have = (idle_warm(snapshot, function, shape) + snapshot.running.get(function, 0)
+                + self.starting(function, shape, snapshot.now_s))
+        made: list[Prewarm] = []
+        for _ in range(min(wanted - have, limit)):
+            where = place(snapshot, function, shape)
+            if where is None:
+                break
+            prewarm = Prewarm(function, shape, where[0], gpu=where[1])
+            made.append(prewarm)
+            snapshot = snapshot.reserve(prewarm)
+            self.add(function, shape, snapshot.now_s + cold_start_s(snapshot, function, shape))
+        return made, snapshot

@@ -1,8 +1,8 @@
 """A leader cut off from the other two voters, each node in a network namespace of its own
 that this test creates and wires to a bridge (no host interface or rule is touched): it stops
 leading on its own clock, the majority elects another at a higher term, and no poll shows the
-old leader still claiming after the new one's claim was seen. Healed, it follows the new
-leader.
+old leader still claiming after the new one's claim was seen. Healed, all three agree on a
+leader again, at a term no lower.
 
 Namespaces: `sw` holds the bridge (10.213.0.1/24), each node's namespace a veth on it
 (10.213.0.11, .12, .13). The daemons, their serf agents and etcd members run in their node's
@@ -186,7 +186,11 @@ def test_a_partitioned_leader_steps_down_and_never_overlaps_the_new_one(
         new = (first_new[1], first_new[2])
 
         spaces.run(name, "iptables", "-F")
-        assert wait_for("the healed node follows the new leader", cluster.agreed, 30) == new
+        # Healed, all three agree again. Not necessarily on `new`: the returning etcd member
+        # may disrupt raft (etcd 3.4 has no pre-vote by default), a lease can lapse, and the
+        # election may move on, but only ever to a higher term.
+        healed = wait_for("the healed cluster agrees on a leader", cluster.agreed, 30)
+        assert healed[1] >= new[1]
     finally:
         for node in cluster.nodes:
             node.kill()

@@ -78,10 +78,10 @@ def isolate(libc: ctypes.CDLL, uid: int, network: bool) -> None:
     if libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         raise IdentityError(err, f"namespaces of its own (unshare): {os.strerror(err)}")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                       ("gid_map", f"{uid} {uid} 1"),
-                       ("sys/user/max_user_namespaces", "0")):
-        path = f"/proc/self/{name}" if not name.startswith("sys/") else f"/proc/{name}"
+    for path, text in (("/proc/self/setgroups", "deny"),
+                       ("/proc/self/uid_map", f"{uid} {uid} 1"),
+                       ("/proc/self/gid_map", f"{uid} {uid} 1"),
+                       ("/proc/sys/user/max_user_namespaces", "0")):
         try:
             with open(path, "w") as file:
                 file.write(text)

@@ -541,7 +541,7 @@ def _invoke(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.verbose:
         for key in ("X-Call-Id", "X-Duration-Seconds", "X-Faasd-Cold-Start", "X-Faasd-Device",
-                    "X-Faasd-Slo-Ms", "X-Faasd-Slo-Met", "Content-Type"):
+                    "X-Faasd-Node", "X-Faasd-Slo-Ms", "X-Faasd-Slo-Met", "Content-Type"):
             if key in reply.headers:
                 print(f"{key}: {reply.headers[key]}", file=sys.stderr)
     sys.stdout.buffer.write(reply.body)

@@ -11,6 +11,14 @@ ignored (logged at debug): the seam makes it a hint, and this node's pool alread
 function's `min_instances` warm and every used sandbox for its keep-alive; starting one here
 would need the pool and the version, which the controller does not hold.
 
+In a cluster the leader's controller schedules the whole cluster (with a `Remote`): the
+snapshot adds the other nodes as they reported themselves, less the vCPUs of the batches
+placed there that have not ended; calls that entered at other nodes are queued by their
+metadata alone (`Invocation.entry`); and a batch placed on another node, or holding calls of
+other entry nodes, runs through `Remote.execute` (`faasd.cluster.dispatcher`). A batch of this
+node's own calls on this node runs as on a lone node. `evict_queued` gives up what is queued
+when this node stops leading: the entry nodes place those calls with the new leader.
+
 GPUs (with a `GpuSource`): the snapshot's node carries the GPUs' free and total slice units; a
 function with `vgpu > 0` runs at that share where some GPU could give it, on the CPU where the
 node has no GPU units at all (as before GPUs were known), and is refused with GpuUnavailable
@@ -25,8 +33,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -113,6 +122,24 @@ class Executor(Protocol):
     ) -> BatchOutcome: ...
 
 
+class Remote(Protocol):
+    """The cluster's other nodes while this node leads (`faasd.cluster.dispatcher`)."""
+
+    def views(self) -> tuple[NodeView, ...]:
+        """The other nodes as they reported themselves (all vCPUs free; the controller
+        subtracts its own batches); empty while this node does not lead."""
+        ...
+
+    async def execute(self, dispatch: Dispatch, invocations: list[Invocation]) -> BatchOutcome:
+        """Run a batch placed elsewhere or holding other entry nodes' calls."""
+        ...
+
+    def drop(self, entry: str, app: str, function: str, ids: Sequence[str],
+             reason: str) -> None:
+        """Tell the entry node `entry` the policy dropped these calls of its."""
+        ...
+
+
 @dataclass
 class _Pending:
     invocation: Invocation
@@ -157,8 +184,14 @@ class Controller:
         max_queue: int = 1024,
         profiles: ProfileSource | None = None,
         gpus: GpuSource | None = None,
+        node_name: str = NODE,
     ) -> None:
         self._policy = policy
+        self.node_name = node_name
+        self._remote: Remote | None = None
+        #: the other nodes in the last snapshot, and the vCPUs of batches running on each
+        self._remote_views: dict[str, NodeView] = {}
+        self._remote_used: dict[str, int] = {}
         self._gpus = gpus
         self._executor = executor
         self._clock = clock
@@ -191,11 +224,21 @@ class Controller:
         #: told whenever what the snapshot shows changes (a call queued, a batch started or
         #: ended, jobs dropped): the cluster's state reporter
         self.on_change: Callable[[], None] | None = None
+        #: told how long each decision took (snapshot and policy call, seconds): the metrics
+        self.on_decision: Callable[[float], None] | None = None
+
+    def lead_cluster(self, remote: Remote) -> None:
+        """Schedule the other nodes too while this node leads (see the module docstring)."""
+        self._remote = remote
 
     # ------------------------------------------------------------ calls in
 
     def submit(self, invocation: Invocation) -> asyncio.Future[CallResult]:
-        """Queue `invocation`; the future resolves to its result or a FaasdError."""
+        """Queue `invocation`; the future resolves to its result or a FaasdError. A call
+        already queued or running (an entry node placing it again) keeps its place."""
+        known = self._pending.get(invocation.id)
+        if known is not None:
+            return known.future
         if not self._accepting:
             raise Unavailable("faasd is shutting down; retry on another node", retry_after_s=5)
         name = invocation.function
@@ -228,6 +271,8 @@ class Controller:
             deadline_s=invocation.deadline_s,
         )
         future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+        if invocation.entry:  # its entry node hears how it went; nobody here awaits it
+            future.add_done_callback(_retrieve)
         if self._completions:  # what ended before this call came is told first
             self._deliver_completions()
         self._pending[invocation.id] = _Pending(invocation, future, job)
@@ -248,6 +293,22 @@ class Controller:
         if queue is not None and job in queue:
             queue.remove(job)
         self._forget(invocation_id)
+
+    def evict_queued(self) -> list[Invocation]:
+        """Give up every queued call (this node no longer leads): their futures are
+        cancelled; calls already running finish. Returns what was evicted."""
+        evicted = [self._pending[job.id].invocation
+                   for queue in self._queues.values() for job in queue]
+        if not evicted:
+            return []
+        for queue in self._queues.values():
+            queue.clear()
+        for invocation in evicted:
+            self._forget(invocation.id)
+        log.info("gave up %d queued call(s): this node no longer leads", len(evicted))
+        if self.on_change is not None:
+            self.on_change()
+        return evicted
 
     # ------------------------------------------------------------ lifecycle
 
@@ -310,15 +371,22 @@ class Controller:
         """This node as the policy sees it. Built on every event, so it copies only what
         changes under the policy's feet (queues, counts); the rest are read-only views."""
         node = NodeView(
-            name=NODE,
+            name=self.node_name,
             total_vcpu=self._capacity,
             free_vcpu=self._capacity - self._used_vcpu,
             warm=self._warm(),
             gpus=self._gpus.views() if self._gpus is not None else (),
         )
+        nodes: tuple[NodeView, ...] = (node,)
+        if self._remote is not None:
+            others = self._remote.views()
+            self._remote_views = {v.name: v for v in others}
+            nodes += tuple(
+                dataclasses.replace(v, free_vcpu=v.total_vcpu - self._remote_used.get(v.name, 0))
+                for v in others)
         return Snapshot(
             now_s=self._clock.now(),
-            nodes=(node,),
+            nodes=nodes,
             queues={k: tuple(q) for k, q in self._queues.items()},
             workflows=MappingProxyType(self._workflows),
             profiles=self._runnable_profiles(),
@@ -402,7 +470,10 @@ class Controller:
         self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
+        started = time.perf_counter()
         actions = self._policy.on_event(event, self.snapshot())
+        if self.on_decision is not None:
+            self.on_decision(time.perf_counter() - started)
         for action in actions:
             self._apply(action)
 
@@ -420,8 +491,9 @@ class Controller:
             raise PolicyError(f"unknown action {action!r}")
 
     def _dispatch(self, dispatch: Dispatch) -> None:
-        if dispatch.node != NODE:
-            raise PolicyError(f"dispatch to unknown node {dispatch.node!r}")
+        if dispatch.node != self.node_name:
+            self._dispatch_remote(dispatch)
+            return
         if self._used_vcpu + dispatch.config.vcpu > self._capacity:
             raise PolicyError(
                 f"dispatch of {dispatch.function} needs {dispatch.config.vcpu} vCPU but only "
@@ -436,6 +508,22 @@ class Controller:
                 )
         self._dequeue(dispatch)
         self._used_vcpu += dispatch.config.vcpu
+        self._start(dispatch)
+
+    def _dispatch_remote(self, dispatch: Dispatch) -> None:
+        view = self._remote_views.get(dispatch.node)
+        if view is None:
+            raise PolicyError(f"dispatch to unknown node {dispatch.node!r}")
+        used = self._remote_used.get(dispatch.node, 0)
+        if used + dispatch.config.vcpu > view.total_vcpu:
+            raise PolicyError(
+                f"dispatch of {dispatch.function} to {dispatch.node} needs "
+                f"{dispatch.config.vcpu} vCPU but only {view.total_vcpu - used} are free")
+        self._dequeue(dispatch)
+        self._remote_used[dispatch.node] = used + dispatch.config.vcpu
+        self._start(dispatch)
+
+    def _start(self, dispatch: Dispatch) -> None:
         function = dispatch.function
         self._running_count[function] = self._running_count.get(function, 0) + 1
         invocations = []
@@ -471,16 +559,15 @@ class Controller:
 
     async def _run(self, batch_id: int, dispatch: Dispatch, invocations: list[Invocation]) -> None:
         started_s = self._clock.now()
-        try:
-            outcome = await self._executor.execute(dispatch.config, invocations, started_s)
-        except Exception as exc:  # a bug in the invoker: fail the calls, keep serving
-            log.exception("batch %d of %s failed unexpectedly", batch_id, dispatch.function)
-            error = FaasdError(f"internal error while running {dispatch.function}: {exc}")
-            outcome = BatchOutcome([error] * len(invocations), 0.0, False, False)
-        if outcome.ok and not outcome.cold_start:
+        local = dispatch.node == self.node_name and not any(i.entry for i in invocations)
+        outcome = await self._execute(batch_id, dispatch, invocations, local)
+        if local and outcome.ok and not outcome.cold_start:
             wall_s = self._clock.now() - started_s
             self._observe_overhead(dispatch.function, wall_s - outcome.exec_s)
-        self._used_vcpu -= dispatch.config.vcpu
+        if dispatch.node == self.node_name:
+            self._used_vcpu -= dispatch.config.vcpu
+        else:
+            self._remote_used[dispatch.node] -= dispatch.config.vcpu
         del self._running[batch_id]
         if self.on_change is not None:
             self.on_change()
@@ -517,6 +604,21 @@ class Controller:
         if len(self._completions) == 1:
             asyncio.get_running_loop().call_soon(self._deliver_completions)
 
+    async def _execute(self, batch_id: int, dispatch: Dispatch, invocations: list[Invocation],
+                       local: bool) -> BatchOutcome:
+        """Run the batch here (`local`: this node's calls on this node), or through the
+        cluster; a bug in either fails the batch's calls, and the node keeps serving."""
+        try:
+            if local:
+                return await self._executor.execute(dispatch.config, invocations,
+                                                    self._clock.now())
+            assert self._remote is not None
+            return await self._remote.execute(dispatch, invocations)
+        except Exception as exc:
+            log.exception("batch %d of %s failed unexpectedly", batch_id, dispatch.function)
+            error = FaasdError(f"internal error while running {dispatch.function}: {exc}")
+            return BatchOutcome([error] * len(invocations), 0.0, False, False)
+
     def overhead_ms(self, function: str) -> float:
         """What a warm batch of `function` takes beyond its execution (ms), smoothed."""
         return self._overhead_ms.get(function, 0.0)
@@ -549,11 +651,17 @@ class Controller:
         taken = set(drop.job_ids)
         key = (drop.app, drop.function)
         self._queues[key] = deque(j for j in self._queues.get(key, ()) if j.id not in taken)
+        elsewhere: dict[str, list[str]] = {}
         for job_id in drop.job_ids:
             pending = self._pending.get(job_id)
+            if pending is not None and pending.invocation.entry:
+                elsewhere.setdefault(pending.invocation.entry, []).append(job_id)
             if pending is not None and not pending.future.done():
                 pending.future.set_exception(Unavailable(drop.reason, retry_after_s=1))
             self._forget(job_id)
+        if self._remote is not None:
+            for entry, ids in elsewhere.items():
+                self._remote.drop(entry, drop.app, drop.function, ids, drop.reason)
         if self.on_change is not None:
             self.on_change()
 
@@ -574,3 +682,9 @@ class Controller:
             pending.future.cancel()
         if not self._pending:
             self._idle.set()
+
+
+def _retrieve(future: asyncio.Future[CallResult]) -> None:
+    """Mark the outcome of a call another node answers as seen (no "never retrieved")."""
+    if not future.cancelled():
+        future.exception()

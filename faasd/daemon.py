@@ -50,15 +50,19 @@ from faasd.auth.tokens import cluster_token, exposure_error
 from faasd.catalog import Catalog
 from faasd.clock import Clock, SystemClock
 from faasd.cluster import replicated_functions, replicated_workflows
+from faasd.cluster.dispatcher import ClusterNodes, Dispatcher
+from faasd.cluster.entry import Entry
 from faasd.cluster.node import Cluster, ClusterNode, make_cluster
 from faasd.cluster.node_state import StateBook
+from faasd.cluster.peers import Peers
 from faasd.cluster.replicated_functions import FunctionKind
 from faasd.cluster.replicated_workflows import WorkflowKind, users_in
 from faasd.cluster.replication import Replicator
 from faasd.cluster.settings import SERF_PORT, split_hostport
 from faasd.cluster.state_reporter import StateReporter
+from faasd.cluster.worker import Worker
 from faasd.config import ConfigError, DaemonConfig, faasd_version
-from faasd.controller import Controller, ProfileSource
+from faasd.controller import NODE, Controller, ProfileSource
 from faasd.durable.runner import AsyncCalls
 from faasd.durable.runner import Limits as AsyncLimits
 from faasd.durable.store import CallStore, Kind
@@ -73,7 +77,7 @@ from faasd.invoker import Invoker
 from faasd.metrics import Metrics
 from faasd.profiles.service import ProfileService
 from faasd.profiles.store import ProfileStore
-from faasd.sandbox.pool import SandboxPool
+from faasd.sandbox.pool import SandboxPool, batch_sizes
 from faasd.services import Services
 from faasd.systemd import Notifier
 from faasd.workflows.runner import WorkflowRunner
@@ -131,6 +135,8 @@ class Daemon:
         self._services: Services | None = None
         self._cluster: Cluster | None = None
         self._reporter: StateReporter | None = None
+        self._entry: Entry | None = None
+        self._peers: Peers | None = None
         self._stopped = False
 
     @property
@@ -213,9 +219,10 @@ class Daemon:
             node_vcpu=config.vcpu_capacity,
             profile_on_deploy=config.profile_on_deploy,
         )
+        invoker = Invoker(pool, metrics, on_batch=profiles.on_batch)
         controller = Controller(
             policy=policy,
-            executor=Invoker(pool, metrics, on_batch=profiles.on_batch),
+            executor=invoker,
             clock=self.clock,
             vcpu_capacity=config.vcpu_capacity,
             warm=pool.warm_counts,
@@ -223,6 +230,7 @@ class Daemon:
             profiles=self._profiles or profiles,
             # no GPU found: the controller's per-event path stays what it was without GPUs
             gpus=gpus if gpus.table.gpus else None,
+            node_name=cluster.name if isinstance(cluster, ClusterNode) else NODE,
         )
         registry = Registry(state_dir, config.function_defaults)
         node_limits = config.limits.resolved(
@@ -235,14 +243,18 @@ class Daemon:
         workflows = Workflows(WorkflowStore(state_dir), catalog, controller, self.clock)
         replicator = None
         book = None
+        entry = worker = None
         if isinstance(cluster, ClusterNode):
             replicator = _replicator(cluster, catalog, workflows, config, state_dir)
             listeners.append(replicator.hook(replicated_functions.LABEL))
             book = StateBook()
+            entry, worker = self._cross_node(cluster, catalog, controller, invoker, book,
+                                             replicator.token)
         profiles.bind(catalog, busy=controller.pending_total)
         profiles.start()
         metrics.watch(controller.queue_lengths, lambda: pool.stats().idle)
-        gateway = Gateway(controller, self.clock, metrics)
+        controller.on_decision = metrics.decided
+        gateway = Gateway(entry or controller, self.clock, metrics)
         metrics.registry.register(profiles.collector())
         services = Services(
             config=config,
@@ -259,6 +271,8 @@ class Daemon:
             cluster=cluster,
             replicator=replicator,
             state_book=book,
+            entry=entry,
+            worker=worker,
         )
         # an async call runs through the services (functions and workflows alike), and the
         # services hold the async calls: the executor gets them without, which it never uses
@@ -306,17 +320,40 @@ class Daemon:
         if replicator is not None:  # after the startup deploys: they are recorded first
             replicator.start()
         if book is not None:
-            reporter = self._reporter = StateReporter(
-                name=cluster.name, snapshot=controller.snapshot, cluster=cluster, book=book,
-                clock=self.clock, token=replicator.token if replicator else None,
-                arrived=self._services.state_arrived)
-            controller.on_change = reporter.changed
-            reporter.start()
+            self._start_cluster_work(cluster, controller, book,
+                                     replicator.token if replicator else None)
         await async_calls.start()  # after the functions: calls left by a stopped daemon run
         self._services.readiness.ready = True
         loaded = len(catalog.list())
         self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
         self.notifier.start_watchdog()
+
+    def _start_cluster_work(self, cluster: Cluster, controller: Controller, book: StateBook,
+                            token: str | None) -> None:
+        """Report this node's state to the leader, and start placing calls through it."""
+        assert self._services is not None
+        if self._entry is not None:
+            self._entry.start()
+        reporter = self._reporter = StateReporter(
+            name=cluster.name, snapshot=controller.snapshot, cluster=cluster, book=book,
+            clock=self.clock, token=token, arrived=self._services.state_arrived)
+        controller.on_change = reporter.changed
+        reporter.start()
+
+    def _cross_node(self, cluster: ClusterNode, catalog: Catalog, controller: Controller,
+                    invoker: Invoker, book: StateBook, token: str | None) -> tuple[Entry, Worker]:
+        """The parts that place calls across the cluster (`faasd/cluster/entry.py`)."""
+        self._peers = peers = Peers(token)
+        worker = Worker(name=cluster.name, fence=cluster.fence, executor=invoker,
+                        versions=lambda name: _current(catalog, name),
+                        clock=self.clock)
+        entry = self._entry = Entry(name=cluster.name, cluster=cluster, controller=controller,
+                                    worker=worker, peers=peers, clock=self.clock)
+        nodes = ClusterNodes(name=cluster.name, cluster=cluster, book=book, clock=self.clock,
+                             batch_sizes=lambda name: _batch_sizes(catalog, name))
+        controller.lead_cluster(Dispatcher(name=cluster.name, cluster=cluster, entry=entry,
+                                           peers=peers, nodes=nodes))
+        return entry, worker
 
     def _http_address(self) -> str:
         """HOST:PORT where other nodes reach this API (the cluster address's host when the
@@ -371,6 +408,7 @@ class Daemon:
             await self._runner.cleanup()
         if self.connections is not None:
             await self.connections.stop()
+        await self._stop_placing()
         if services is not None:
             if not await services.controller.drain(timeout_s=1.0):
                 log.warning("calls still queued after the drain; failing them")
@@ -392,6 +430,16 @@ class Daemon:
         if self._reporter is not None:
             services.controller.on_change = None
             await self._reporter.stop()
+
+    async def _stop_placing(self) -> None:
+        """After the handlers ended (their calls were placed to the end): no more placing of
+        calls across the cluster."""
+        if self._entry is not None:
+            await self._entry.stop()
+        if self._services is not None and self._services.worker is not None:
+            await self._services.worker.close()
+        if self._peers is not None:
+            await self._peers.close()
 
     async def serve_until_signalled(self, on_ready: Callable[[Daemon], Any] | None = None) -> None:
         """Start, run until SIGTERM or SIGINT, then stop in order (what `faasd up` runs)."""
@@ -420,6 +468,21 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
+
+
+def _current(catalog: Catalog, name: str) -> FunctionVersion | None:
+    """The version of `name` deployed here, if any (a worker runs it; see `worker.py`)."""
+    try:
+        return catalog.get(name)[0]
+    except FaasdError:
+        return None
+
+
+def _batch_sizes(catalog: Catalog, name: str) -> range:
+    try:
+        return batch_sizes(catalog.get(name)[0])
+    except FaasdError:
+        return range(1, 2)
 
 
 def _replicator(cluster: ClusterNode, catalog: Catalog, workflows: Workflows,

@@ -89,6 +89,9 @@ class Invocation:
     #: When it joined its queue: `start_s` for a call alone, later for a workflow's later
     #: stages (which share the workflow call's start and deadline). Queue times count from here.
     submitted_s: float | None = None
+    #: The cluster node the call entered at, when that is not this node: the leader queues
+    #: such a call by its metadata alone (`item` is `NO_ITEM`), its payload stays there.
+    entry: str = ""
 
     def queued_for_s(self, dispatched_s: float) -> float:
         """How long it waited in its queue if it was dispatched at `dispatched_s`."""
@@ -98,6 +101,10 @@ class Invocation:
     @property
     def application(self) -> str:
         return self.app or self.function
+
+
+#: The item of a call queued at the leader by its metadata: its payload is at its entry node.
+NO_ITEM: Item = BodyItem(b"", "")
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,8 @@ class CallResult:
     device: str = "cpu"
     #: the configuration the batch ran at (None where no batch ran, e.g. a merged answer)
     config: Config | None = None
+    #: the cluster node that ran it, where that is not the node the call entered at
+    node: str = ""
 
     def cost(self, pricing: Pricing) -> float:
         """This call's share of its batch's resource-time cost (dollars)."""

@@ -34,6 +34,11 @@ LATENCY_BUCKETS_S = (
     30.0, 60.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+#: 10 µs … 100 ms: one policy decision (a snapshot and the policy's call).
+DECISION_BUCKETS_S = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.1,
+)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -100,6 +105,7 @@ class Metrics:
         self._workflows: dict[str, _WorkflowStats] = {}
         #: at the leader: how stale each node's state report was when it arrived, per node
         self._state_staleness: dict[str, _Histogram] = {}
+        self._decisions = _Histogram(DECISION_BUCKETS_S)
         self.registry.register(_CallMetrics(self))
 
     def watch(
@@ -173,7 +179,16 @@ class Metrics:
             histogram = self._state_staleness[node] = _Histogram(LATENCY_BUCKETS_S)
         histogram.observe(max(0.0, staleness_s))
 
+    def decided(self, seconds: float) -> None:
+        """The controller asked its policy once (snapshot and decision) in `seconds`."""
+        self._decisions.observe(seconds)
+
     def _cluster_families(self) -> Iterator[Metric]:
+        decisions = HistogramMetricFamily(
+            "faasd_scheduler_decision_seconds",
+            "One scheduling decision: the snapshot of the nodes and the policy's call.")
+        decisions.add_metric([], self._decisions.buckets(), self._decisions.total)
+        yield decisions
         family = HistogramMetricFamily(
             "faasd_cluster_state_staleness_seconds",
             "At the leader: time from a change on a node to its state report's arrival.",

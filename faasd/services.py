@@ -8,9 +8,11 @@ from typing import Any
 
 from faasd.catalog import Catalog
 from faasd.clock import Clock
+from faasd.cluster.entry import Entry
 from faasd.cluster.node import Cluster
 from faasd.cluster.node_state import NodeState, StateBook
 from faasd.cluster.replication import Replicator
+from faasd.cluster.worker import Worker
 from faasd.config import DaemonConfig
 from faasd.controller import Controller
 from faasd.durable.runner import AsyncCalls
@@ -54,6 +56,9 @@ class Services:
     replicator: Replicator | None = None
     #: the nodes' own reports of their state, kept while this node leads; None on a lone node
     state_book: StateBook | None = None
+    #: in a cluster: where calls entering here are placed, and where others' batches run
+    entry: Entry | None = None
+    worker: Worker | None = None
 
     def state_arrived(self, state: NodeState, received_wall: float) -> None:
         """The leader took a node's report: how long its oldest change took to get here."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from faasd.api import (
+    cluster_calls,
     functions,
     health,
     invocations,
@@ -75,6 +76,9 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("GET", "/system/profile/{name}", profiles.get_profile)
     add("GET", "/system/nodes", nodes.list_nodes)
     add("PUT", "/system/nodes/{name}/state", nodes.put_state)
+    add("POST", "/system/cluster/jobs", cluster_calls.take_jobs)
+    add("POST", "/system/cluster/assign", cluster_calls.assign)
+    add("POST", "/system/cluster/run", cluster_calls.run)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)
     add("GET", "/v2", v2.server_metadata)

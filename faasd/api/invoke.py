@@ -4,7 +4,8 @@ Both go the same way (gateway → controller → invoker → sandbox); the V2 pa
 requests and always answers with the model's tensors (a handler's hooks are skipped there, see
 `faasd/gateway.py`). Every answer carries `X-Call-Id`, `X-Start-Time` (Unix nanoseconds, as
 OpenFaaS), `X-Duration-Seconds` and, on success, `X-Faasd-Cold-Start` and `X-Faasd-Device` (where
-it ran: `cpu`, `cuda:MIG-…`, `cuda:0 (mps 43%)`, or under a fake GPU `cpu (fake MIG-…)`).
+it ran: `cpu`, `cuda:MIG-…`, `cuda:0 (mps 43%)`, or under a fake GPU `cpu (fake MIG-…)`); in a
+cluster, `X-Faasd-Node` names the node that ran a call entering elsewhere.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamRes
     headers["X-Duration-Seconds"] = f"{services.clock.now() - start_s:.6f}"
     headers["X-Faasd-Cold-Start"] = "true" if result.cold_start else "false"
     headers["X-Faasd-Device"] = result.device
+    if result.node:
+        headers["X-Faasd-Node"] = result.node
     return render(version.name, str(version.version), payload, result, headers)
 
 

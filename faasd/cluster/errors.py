@@ -30,3 +30,27 @@ class SerfRpcError(ClusterError):
 
 class EtcdError(ClusterError):
     """etcd answered with an error, or no endpoint could be reached."""
+
+
+class StaleTerm(ClusterError):
+    """A command carried a term older than one this node has seen: a deposed leader sent it."""
+
+    status = 409
+
+    def __init__(self, term: int, seen: int) -> None:
+        super().__init__(f"stale term {term}: this node has seen term {seen}; a newer leader "
+                         "places this work", reason="stale_term", term=term, seen=seen)
+
+
+class NotRun(ClusterError):
+    """The call did not run (its worker was unreachable, refused it, or lacks the version):
+    its entry node places it again."""
+
+    status = 503
+
+
+class WorkerLost(ClusterError):
+    """The node running the call stopped answering mid-run, and the function says
+    `idempotent: false`, so it is not run again (it may have run once)."""
+
+    status = 502

@@ -13,7 +13,7 @@ etcd 3.4 specifics: `--logger=zap` (its default logger is deprecated and noisy);
 default) and election timeout 500 ms (default 1000 ms): when a node dies with etcd's raft
 leadership, etcd elects a new raft leader sooner, and only then renews every lease, so this
 timeout adds straight to faasd's failover (median 4.9 s with 1000 ms, 3.3 s with 500 ms in
-`benchmarks/cluster_failover.py` on a loaded 2-core machine). A spurious raft election on a
+`benchmarks/cluster_chaos.py` on a loaded 2-core machine). A spurious raft election on a
 busy host costs nothing to faasd: leases are only extended by it.
 """
 

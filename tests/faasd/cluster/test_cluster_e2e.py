@@ -141,7 +141,7 @@ def test_killing_the_leaders_daemon_elects_another_at_a_higher_term(
           f"in {failover_s:.2f} s")
     assert new_term > term
     # The target (5 s at the median, 10 s at most) is measured by
-    # benchmarks/cluster_failover.py; this bound only catches a broken failover on a busy box.
+    # benchmarks/cluster_chaos.py; this bound only catches a broken failover on a busy box.
     assert failover_s < 12
     wait_for("the killed node seen as failed", lambda: all(
         m["status"] == "failed" for n in others for m in n.nodes()["nodes"]

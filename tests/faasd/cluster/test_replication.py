@@ -91,11 +91,13 @@ def test_every_node_reports_its_state_to_the_leader(apis: list[Api], root: Path)
     assert other.call("probe") == pytest.approx(expected_y(X), rel=1e-6)
 
     def reported() -> dict[str, Any] | None:
+        """The state of the node holding probe's warm sandbox (the leader placed the call:
+        on any node), once that node's report of it reached the leader."""
         doc = leader.request("GET", "/system/nodes")[1]
-        state: dict[str, Any] | None = next(n for n in doc["nodes"] if n["name"] == name).get(
-            "state")
-        if state and any(w["function"] == "probe" and w["idle"] for w in state["warm"]):
-            return state
+        for node in doc["nodes"]:
+            state: dict[str, Any] | None = node.get("state")
+            if state and any(w["function"] == "probe" and w["idle"] for w in state["warm"]):
+                return state
         return None
 
     state = wait_for("the leader sees the warm sandbox of probe", reported, 10)

@@ -1,0 +1,95 @@
+"""The daemon-to-daemon paths of a call placed across the cluster (msgpack; admin scope, which
+the cluster's token has). `faasd/cluster/entry.py` has the protocol.
+
+* `POST /system/cluster/jobs` (to the leader): an entry node's tickets; the leader queues them
+  and answers with the ones it refused and why (409 on a node that does not lead);
+* `POST /system/cluster/assign` (to an entry node): run these calls of a batch on a worker;
+  answered with how the batch went, once it has run (409 for a stale term);
+* `POST /system/cluster/run` (to a worker): an entry node's share of a batch, answered with
+  each call's result (409 for a stale term).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from faasd.api.keys import SERVICES
+from faasd.cluster.errors import NotRun
+from faasd.cluster.messages import (
+    MessageError,
+    decode_assignment,
+    decode_run,
+    decode_tickets,
+    encode_refusals,
+    encode_run_reply,
+    encode_summary,
+)
+from faasd.cluster.peers import MSGPACK
+from faasd.errors import BadRequest, Conflict, FaasdError, NotFound
+from faasd.gateway import NO_ITEM, Invocation
+from faasd.services import Services
+
+
+def _in_cluster(services: Services) -> None:
+    if services.cluster is None or services.entry is None or services.worker is None:
+        raise NotFound("this node is not in a cluster: no other node places calls here")
+
+
+async def _body(request: web.Request) -> bytes:
+    return await request.read()
+
+
+async def take_jobs(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    _in_cluster(services)
+    cluster = services.cluster
+    assert cluster is not None
+    if not cluster.is_leader():
+        leader = cluster.leader().name
+        raise Conflict(f"{cluster.name} is not the leader; place calls with "
+                       f"{leader or 'the leader, once one is elected'}", leader=leader)
+    try:
+        tickets = decode_tickets(await _body(request))
+    except MessageError as exc:
+        raise BadRequest(str(exc)) from None
+    now = services.clock.now()
+    refused: dict[str, FaasdError] = {}
+    for ticket in tickets:
+        try:
+            try:
+                version, _ = services.catalog.get(ticket.function)
+            except NotFound:
+                raise NotRun(f"the leader {cluster.name} has no function {ticket.function!r} "
+                             "yet (its deployment is still reaching every node)") from None
+            services.controller.submit(Invocation(
+                id=ticket.id, function=ticket.function, version=version, item=NO_ITEM,
+                start_s=now - ticket.age_s, deadline_s=now + ticket.left_s, app=ticket.app,
+                request_id=ticket.request_id, submitted_s=now, entry=ticket.entry))
+        except FaasdError as exc:
+            refused[ticket.id] = exc
+    return web.Response(body=encode_refusals(refused), content_type=MSGPACK)
+
+
+async def assign(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    _in_cluster(services)
+    assert services.entry is not None
+    try:
+        assignment = decode_assignment(await _body(request))
+    except MessageError as exc:
+        raise BadRequest(str(exc)) from None
+    summary = await services.entry.assigned(assignment)
+    return web.Response(body=encode_summary(summary), content_type=MSGPACK)
+
+
+async def run(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    _in_cluster(services)
+    assert services.worker is not None
+    try:
+        run_request = decode_run(await _body(request))
+    except MessageError as exc:
+        raise BadRequest(str(exc)) from None
+    reply = await services.worker.run(run_request)
+    return web.Response(body=b"".join(bytes(b) for b in encode_run_reply(reply)),
+                        content_type=MSGPACK)

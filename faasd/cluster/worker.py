@@ -1,0 +1,174 @@
+"""The worker's side of a placed batch: gather its calls from their entry nodes, run it once.
+
+The leader places a batch on a worker and tells each entry node holding some of its calls
+(`faasd.cluster.messages.Assignment`); each entry sends its share of the payloads here
+(`RunRequest`). The batch runs when every call it names has arrived, or `gather_s` after the
+first share came (an entry that died, or whose client left, does not hold the others up), on
+this node's sandboxes through the same invoker a local batch uses. Each entry gets its own
+calls' results in the answer to its request.
+
+Fencing: a request whose term is older than the highest this node has seen is refused
+(`StaleTerm`, 409): a deposed leader's placements never run after its successor's.
+
+Versions: a batch runs this node's current version of its function. Nodes number the
+versions they install on their own, and a redeploy reaches them one after another, so for a
+moment two nodes may answer with different versions, as replicas do in a rolling update. A
+function this node does not have (yet) runs nothing: the entry node places the calls again.
+
+Deduplication: a call id this node runs or ran in the last `keep_s` is not run again; a second
+request for it waits for (or gets) the first run's result. The batch itself runs in a task of
+its own: an entry that hangs up does not cancel its batch-mates, and its result is kept for a
+retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from faasd.clock import Clock
+from faasd.cluster.errors import NotRun, StaleTerm
+from faasd.cluster.leadership import Fence
+from faasd.cluster.messages import BatchSummary, Job, RunReply, RunRequest
+from faasd.controller import Executor
+from faasd.errors import FaasdError
+from faasd.functions.spec import FunctionVersion
+from faasd.gateway import CallResult, Invocation
+
+log = logging.getLogger("faasd.cluster")
+
+#: How long a batch waits for the shares of entries that have not sent theirs.
+GATHER_S = 0.2
+#: How long a finished call's result is kept for a retried request.
+KEEP_S = 60.0
+
+
+@dataclass
+class _Batch:
+    request: RunRequest
+    expected: set[str]
+    jobs: dict[str, Job] = field(default_factory=dict)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    summary: asyncio.Future[BatchSummary] | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        name: str,
+        fence: Fence,
+        executor: Executor,
+        versions: Callable[[str], FunctionVersion | None],
+        clock: Clock,
+        gather_s: float = GATHER_S,
+        keep_s: float = KEEP_S,
+    ) -> None:
+        self.name = name
+        self._fence = fence
+        self._executor = executor
+        self._versions = versions
+        self._clock = clock
+        self._gather_s = gather_s
+        self._keep_s = keep_s
+        self._batches: dict[str, _Batch] = {}
+        #: every call this node runs or ran lately, by id
+        self._calls: dict[str, asyncio.Future[CallResult | FaasdError]] = {}
+        self._expiry: deque[tuple[float, str]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches_run = 0
+
+    async def run(self, request: RunRequest) -> RunReply:
+        """Run this entry's share of a batch; its calls' results (see the module docstring)."""
+        if not self._fence.admit(request.term):
+            raise StaleTerm(request.term, self._fence.max_term)
+        self._expire()
+        batch = self._batches.get(request.batch)
+        if batch is None:
+            batch = self._batches[request.batch] = _Batch(request, set(request.batch_ids))
+            loop = asyncio.get_running_loop()
+            batch.summary = loop.create_future()
+            task = loop.create_task(self._run_batch(batch), name=f"faasd-remote-{request.batch}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        batch.expected.difference_update(request.skipped)
+        mine: dict[str, asyncio.Future[CallResult | FaasdError]] = {}
+        for job in request.jobs:
+            known = self._calls.get(job.id)
+            if known is None:  # a new call: it joins the batch
+                known = self._calls[job.id] = asyncio.get_running_loop().create_future()
+                batch.jobs[job.id] = job
+            else:  # run or running already: this batch does not wait for it
+                batch.expected.discard(job.id)
+            mine[job.id] = known
+        if batch.expected <= batch.jobs.keys():
+            batch.complete.set()
+        assert batch.summary is not None
+        # shielded: a request whose entry hangs up does not cancel what runs for others
+        results = {i: await asyncio.shield(f) for i, f in mine.items()}
+        summary = await asyncio.shield(batch.summary)
+        return RunReply(summary, results)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        assert batch.summary is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(batch.complete.wait(), self._gather_s)
+        del self._batches[batch.request.batch]  # late shares start a batch of their own
+        now = self._clock.now()
+        runnable: list[Invocation] = []
+        version = self._versions(batch.request.function)
+        for job in batch.jobs.values():
+            if version is None:
+                self._settle(job.id, NotRun(
+                    f"{batch.request.function} is not deployed on {self.name} (yet); placing "
+                    "the call again"))
+                continue
+            runnable.append(Invocation(
+                id=job.id, function=batch.request.function, version=version, item=job.item,
+                start_s=now, deadline_s=now + job.left_s, postprocess=job.postprocess))
+        summary = BatchSummary(ok=False)
+        if runnable:
+            try:
+                outcome = await self._executor.execute(batch.request.config, runnable, now)
+            except Exception as exc:  # an invoker bug: the calls fail, the node serves on
+                log.exception("batch %s of %s failed", batch.request.batch,
+                              batch.request.function)
+                for invocation in runnable:
+                    self._settle(invocation.id, FaasdError(f"internal error on {self.name}: "
+                                                           f"{exc}"))
+            else:
+                self.batches_run += 1
+                summary = BatchSummary(outcome.exec_s, outcome.cold_start, outcome.ok)
+                for invocation, result in zip(runnable, outcome.results, strict=True):
+                    if isinstance(result, CallResult):
+                        result = dataclasses.replace(result, node=self.name)
+                    self._settle(invocation.id, result)
+        batch.summary.set_result(summary)
+
+    def _settle(self, call_id: str, result: CallResult | FaasdError) -> None:
+        future = self._calls.get(call_id)
+        if future is not None and not future.done():
+            future.set_result(result)
+        if isinstance(result, NotRun):
+            self._calls.pop(call_id, None)  # not run: a later request may run it
+        else:
+            self._expiry.append((self._clock.now() + self._keep_s, call_id))
+
+    def _expire(self) -> None:
+        now = self._clock.now()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, call_id = self._expiry.popleft()
+            future = self._calls.get(call_id)
+            if future is not None and future.done():
+                del self._calls[call_id]

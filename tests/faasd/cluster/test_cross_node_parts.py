@@ -1,0 +1,205 @@
+"""The parts of cross-node placement without daemons: the wire messages, the worker's
+gathering, fencing and deduplication, and the leader's controller scheduling other nodes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from esg.model import Config
+from esg.policies import make_policy
+from esg.policy import Dispatch, NodeView
+from faasd.clock import SystemClock
+from faasd.cluster.errors import NotRun, StaleTerm
+from faasd.cluster.leadership import Fence
+from faasd.cluster.messages import (
+    Assignment,
+    BatchSummary,
+    Job,
+    MessageError,
+    RunReply,
+    RunRequest,
+    Ticket,
+    decode_assignment,
+    decode_refusals,
+    decode_run,
+    decode_run_reply,
+    decode_tickets,
+    encode_assignment,
+    encode_refusals,
+    encode_run,
+    encode_run_reply,
+    encode_tickets,
+)
+from faasd.cluster.worker import Worker
+from faasd.controller import BatchOutcome, Controller
+from faasd.errors import FaasdError, Overloaded
+from faasd.functions.spec import FunctionVersion
+from faasd.gateway import NO_ITEM, CallResult, Invocation
+from faasd.sandbox.items import BodyItem, TensorItem, TensorResult
+from tests.faasd.test_controller import Script, version
+
+CONFIG = Config(batch=4, vcpu=1)
+
+
+def frame(buffers: Sequence[object]) -> bytes:
+    return b"".join(bytes(b) for b in buffers)  # type: ignore[call-overload]
+
+
+def test_messages_round_trip_and_garbage_is_a_message_error() -> None:
+    tickets = [Ticket("a", "r", "wf", "f", 0.25, 1.5, "node-b", 2)]
+    assert decode_tickets(encode_tickets("node-b", tickets)) == tickets
+    assignment = Assignment(7, "n/7/1", "f", CONFIG, None, "node-c", "127.0.0.4:8080",
+                            ("a", "b"), ("a",))
+    assert decode_assignment(encode_assignment(assignment)) == assignment
+    x = np.arange(6, dtype=np.float32).reshape(1, 6)
+    request = RunRequest(7, "n/7/1", "f", CONFIG, 2, ("a", "b"),
+                         (Job("a", TensorItem({"x": x}), True, 0.5),
+                          Job("b", BodyItem(b"png", "image/png"), False, float("inf"))),
+                         skipped=("c",))
+    decoded = decode_run(frame(encode_run(request)))
+    assert decoded.jobs[0].item.tensors["x"].tolist() == x.tolist()  # type: ignore[union-attr]
+    assert decoded.jobs[1] == request.jobs[1] and decoded.skipped == ("c",)
+    result = CallResult(TensorResult({"y": x}), True, 0.01, 0.002, 2, config=CONFIG, node="c")
+    reply = decode_run_reply(frame(encode_run_reply(RunReply(
+        BatchSummary(0.01, True, True), {"a": result, "b": Overloaded("full")}))))
+    got = reply.results["a"]
+    assert isinstance(got, CallResult) and got.node == "c" and got.config == CONFIG
+    error = reply.results["b"]
+    assert isinstance(error, FaasdError) and error.status == 429 and error.message == "full"
+    refused = decode_refusals(encode_refusals({"a": NotRun("later")}))
+    assert refused["a"].status == 503
+    for decode in (decode_tickets, decode_assignment, decode_run, decode_run_reply):
+        with pytest.raises(MessageError):
+            decode(b"\x93not a message")
+
+
+def worker(script: Script, fence: Fence | None = None, gather_s: float = 0.5,
+           versions: dict[str, FunctionVersion] | None = None) -> Worker:
+    known = versions if versions is not None else {"f": version(batch=4)}
+    return Worker(name="w", fence=fence or Fence(), executor=script,
+                  versions=known.get,
+                  clock=SystemClock(), gather_s=gather_s)
+
+
+def share(ids: Sequence[str], batch_ids: Sequence[str], term: int = 1, batch: str = "b1",
+          skipped: Sequence[str] = ()) -> RunRequest:
+    return RunRequest(term, batch, "f", CONFIG, None, tuple(batch_ids),
+                      tuple(Job(i, TensorItem({"x": np.zeros((1, 1))}), True, 5.0)
+                            for i in ids), tuple(skipped))
+
+
+async def test_shares_of_two_entries_run_as_one_batch_and_each_gets_its_own_results() -> None:
+    script = Script()
+    w = worker(script, gather_s=5.0)  # complete at once: the gather timeout is not waited
+    first, second = await asyncio.wait_for(asyncio.gather(
+        w.run(share(["1", "2"], ["1", "2", "3"])), w.run(share(["3"], ["1", "2", "3"]))), 2)
+    assert script.batches == [(CONFIG, ["1", "2", "3"])]
+    assert set(first.results) == {"1", "2"} and set(second.results) == {"3"}
+    answer = first.results["2"]
+    assert isinstance(answer, CallResult) and answer.node == "w"
+    assert int(answer.result.tensors["y"][0]) == 2  # type: ignore[union-attr]
+
+
+async def test_a_share_that_never_comes_holds_the_batch_only_for_the_gather_time() -> None:
+    script = Script()
+    w = worker(script, gather_s=0.05)
+    reply = await asyncio.wait_for(w.run(share(["1"], ["1", "2"])), 2)
+    assert script.batches == [(CONFIG, ["1"])]
+    assert isinstance(reply.results["1"], CallResult)
+    # a share naming the other call as skipped does not wait at all
+    w2 = worker(script, gather_s=30.0)
+    await asyncio.wait_for(w2.run(share(["3"], ["3", "4"], batch="b2", skipped=["4"])), 2)
+
+
+async def test_a_stale_term_is_refused_and_a_call_runs_once_however_often_it_is_sent() -> None:
+    script = Script(delay_s=0.05)
+    fence = Fence()
+    fence.see(5)
+    w = worker(script, fence=fence)
+    with pytest.raises(StaleTerm) as refused:
+        await w.run(share(["1"], ["1"], term=4))
+    assert refused.value.status == 409
+    once, again = await asyncio.gather(w.run(share(["1"], ["1"], term=5)),
+                                       w.run(share(["1"], ["1"], term=5, batch="b9")))
+    assert [ids for _, ids in script.batches] == [["1"]]
+    assert once.results["1"] is again.results["1"]
+    later = await w.run(share(["1"], ["1"], term=6, batch="b10"))  # after it ended, too
+    assert later.results["1"] is once.results["1"] and len(script.batches) == 1
+    with pytest.raises(StaleTerm):  # the term it admitted is the new floor
+        await w.run(share(["2"], ["2"], term=5))
+
+
+async def test_a_function_the_worker_lacks_is_not_run_and_may_be_placed_again() -> None:
+    script = Script()
+    w = worker(script, versions={})
+    reply = await w.run(share(["1"], ["1"]))
+    assert isinstance(reply.results["1"], NotRun) and script.batches == []
+    assert not reply.summary.ok
+
+
+class FakeRemote:
+    """Another node `n2` with 2 vCPUs; records the batches placed through the cluster."""
+
+    def __init__(self) -> None:
+        self.executed: list[tuple[str, list[str]]] = []
+        self.dropped: list[tuple[str, list[str]]] = []
+        self.release = asyncio.Event()
+
+    def views(self) -> tuple[NodeView, ...]:
+        return (NodeView("n2", total_vcpu=2, free_vcpu=2),)
+
+    async def execute(self, dispatch: Dispatch, invocations: list[Invocation]) -> BatchOutcome:
+        self.executed.append((dispatch.node, [i.id for i in invocations]))
+        await self.release.wait()
+        return BatchOutcome([NotRun("answered by its entry node")] * len(invocations), 0.01,
+                            False, True)
+
+    def drop(self, entry: str, app: str, function: str, ids: Sequence[str],
+             reason: str) -> None:
+        self.dropped.append((entry, list(ids)))
+
+
+def remote_call(n: int, v: FunctionVersion, entry: str = "n2") -> Invocation:
+    now = SystemClock().now()
+    return Invocation(str(n), v.name, v, NO_ITEM, now, float("inf"), entry=entry)
+
+
+async def test_the_leaders_controller_fills_its_own_node_then_places_on_the_others() -> None:
+    script = Script(delay_s=0.2)
+    remote = FakeRemote()
+    controller = Controller(policy=make_policy("fcfs"), executor=script, clock=SystemClock(),
+                            vcpu_capacity=2, node_name="n1")
+    controller.lead_cluster(remote)
+    v = version(batch=1)
+    # FCFS: the most free vCPUs, then the name: n1, n2, then n1 again (its own calls and
+    # others' alike); the calls of another entry or on another node go through the cluster
+    controller.submit(remote_call(1, v, entry=""))
+    controller.submit(remote_call(2, v))
+    again = controller.submit(remote_call(2, v))  # placed again by its entry: kept, once
+    await asyncio.sleep(0.05)
+    assert [ids for _, ids in script.batches] == [["1"]]
+    assert remote.executed == [("n2", ["2"])]
+    controller.submit(remote_call(3, v))  # a remote entry's call on this node: the cluster
+    await asyncio.sleep(0.05)
+    assert remote.executed == [("n2", ["2"]), ("n1", ["3"])]
+    snapshot = controller.snapshot()
+    assert [(n.name, n.free_vcpu) for n in snapshot.nodes] == [("n1", 0), ("n2", 1)]
+    remote.release.set()
+    await asyncio.sleep(0.3)
+    assert again.done() and [(n.free_vcpu) for n in controller.snapshot().nodes] == [2, 2]
+
+
+async def test_losing_the_leadership_gives_up_what_is_queued_not_what_runs() -> None:
+    script = Script(delay_s=0.1)
+    controller = Controller(policy=make_policy("fcfs"), executor=script, clock=SystemClock(),
+                            vcpu_capacity=1, node_name="n1")
+    v = version(batch=1)
+    running = controller.submit(remote_call(1, v, entry=""))
+    queued = controller.submit(remote_call(2, v, entry=""))
+    evicted = controller.evict_queued()
+    assert [i.id for i in evicted] == ["2"] and queued.cancelled()
+    assert isinstance((await running).result, TensorResult)

@@ -338,6 +338,8 @@ class Daemon:
             name=cluster.name, snapshot=controller.snapshot, cluster=cluster, book=book,
             clock=self.clock, token=token, arrived=self._services.state_arrived)
         controller.on_change = reporter.changed
+        if self._services.worker is not None:
+            self._services.worker.on_change = reporter.changed
         reporter.start()
 
     def _cross_node(self, cluster: ClusterNode, catalog: Catalog, controller: Controller,
@@ -429,6 +431,8 @@ class Daemon:
             await services.replicator.stop()
         if self._reporter is not None:
             services.controller.on_change = None
+            if services.worker is not None:
+                services.worker.on_change = None
             await self._reporter.stop()
 
     async def _stop_placing(self) -> None:

@@ -82,6 +82,8 @@ class Worker:
         self._expiry: deque[tuple[float, str]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches_run = 0
+        #: told when a batch starts or ends here (the state reporter: warm sandboxes changed)
+        self.on_change: Callable[[], None] | None = None
 
     async def run(self, request: RunRequest) -> RunReply:
         """Run this entry's share of a batch; its calls' results (see the module docstring)."""
@@ -138,6 +140,8 @@ class Worker:
                 id=job.id, function=batch.request.function, version=version, item=job.item,
                 start_s=now, deadline_s=now + job.left_s, postprocess=job.postprocess))
         summary = BatchSummary(ok=False)
+        if runnable and self.on_change is not None:
+            self.on_change()
         if runnable:
             try:
                 outcome = await self._executor.execute(batch.request.config, runnable, now)
@@ -155,6 +159,8 @@ class Worker:
                         result = dataclasses.replace(result, node=self.name)
                     self._settle(invocation.id, result)
         batch.summary.set_result(summary)
+        if runnable and self.on_change is not None:
+            self.on_change()
 
     def _settle(self, call_id: str, result: CallResult | FaasdError) -> None:
         future = self._calls.get(call_id)

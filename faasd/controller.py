@@ -227,9 +227,12 @@ class Controller:
         #: told how long each decision took (snapshot and policy call, seconds): the metrics
         self.on_decision: Callable[[float], None] | None = None
 
-    def lead_cluster(self, remote: Remote) -> None:
-        """Schedule the other nodes too while this node leads (see the module docstring)."""
+    def lead_cluster(self, remote: Remote, local: Executor) -> None:
+        """Schedule the other nodes too while this node leads (see the module docstring);
+        this node's own batches run through `local` (the cluster's worker, which reads a
+        workflow stage's inputs held on other nodes)."""
         self._remote = remote
+        self._executor = local
 
     # ------------------------------------------------------------ calls in
 
@@ -269,6 +272,7 @@ class Controller:
             request_start_s=invocation.start_s,
             enqueued_s=now,
             deadline_s=invocation.deadline_s,
+            input_node=invocation.input_node or None,
         )
         future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
         if invocation.entry:  # its entry node hears how it went; nobody here awaits it

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -52,7 +53,7 @@ from faasd.clock import Clock, SystemClock
 from faasd.cluster import replicated_functions, replicated_workflows
 from faasd.cluster.dispatcher import ClusterNodes, Dispatcher
 from faasd.cluster.entry import Entry
-from faasd.cluster.node import Cluster, ClusterNode, make_cluster
+from faasd.cluster.node import Cluster, ClusterNode, http_address, make_cluster
 from faasd.cluster.node_state import StateBook
 from faasd.cluster.peers import Peers
 from faasd.cluster.replicated_functions import FunctionKind
@@ -347,14 +348,14 @@ class Daemon:
         """The parts that place calls across the cluster (`faasd/cluster/entry.py`)."""
         self._peers = peers = Peers(token)
         worker = Worker(name=cluster.name, fence=cluster.fence, executor=invoker,
-                        versions=lambda name: _current(catalog, name),
-                        clock=self.clock)
+                        versions=lambda name: _current(catalog, name), clock=self.clock,
+                        peers=peers, address=functools.partial(http_address, cluster))
         entry = self._entry = Entry(name=cluster.name, cluster=cluster, controller=controller,
                                     worker=worker, peers=peers, clock=self.clock)
         nodes = ClusterNodes(name=cluster.name, cluster=cluster, book=book, clock=self.clock,
                              batch_sizes=lambda name: _batch_sizes(catalog, name))
         controller.lead_cluster(Dispatcher(name=cluster.name, cluster=cluster, entry=entry,
-                                           peers=peers, nodes=nodes))
+                                           peers=peers, nodes=nodes), local=worker)
         return entry, worker
 
     def _http_address(self) -> str:

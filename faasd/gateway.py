@@ -31,7 +31,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
@@ -71,6 +71,16 @@ class Payload:
 
 
 @dataclass(frozen=True)
+class Held:
+    """Output `output` of call `call_id` of a workflow stage, kept on cluster node `node`
+    until its successors have read it (`faasd.cluster.outputs`)."""
+
+    node: str
+    call_id: str
+    output: str
+
+
+@dataclass(frozen=True)
 class Invocation:
     """One call of one function version, owned by the gateway until it is answered."""
 
@@ -92,6 +102,13 @@ class Invocation:
     #: The cluster node the call entered at, when that is not this node: the leader queues
     #: such a call by its metadata alone (`item` is `NO_ITEM`), its payload stays there.
     entry: str = ""
+    #: In a cluster, a workflow stage's inputs still on the nodes that produced them (by input
+    #: name; `item` holds the others), and how many successor stages will read this stage's
+    #: outputs (0: answer with them; more: the node that runs it keeps them for those reads).
+    held: Mapping[str, Held] = field(default_factory=dict)
+    keep_for: int = 0
+    #: The node holding its held inputs (a join's first), where the scheduler prefers to run it
+    input_node: str = ""
 
     def queued_for_s(self, dispatched_s: float) -> float:
         """How long it waited in its queue if it was dispatched at `dispatched_s`."""
@@ -122,6 +139,9 @@ class CallResult:
     config: Config | None = None
     #: the cluster node that ran it, where that is not the node the call entered at
     node: str = ""
+    #: the cluster node keeping this call's outputs for the next stages (`result` then has
+    #: no tensors: see `Invocation.keep_for`)
+    held_at: str = ""
 
     def cost(self, pricing: Pricing) -> float:
         """This call's share of its batch's resource-time cost (dollars)."""
@@ -390,12 +410,16 @@ class Gateway:
         start_s: float,
         deadline_s: float,
         postprocess: bool,
+        held: Mapping[str, Held] | None = None,
+        keep_for: int = 0,
     ) -> Invocation:
         """One stage of the workflow call `request_id`: it shares that call's start and deadline
-        (the SLO is end to end) and is queued in the AFW queue of (`app`, its function)."""
+        (the SLO is end to end) and is queued in the AFW queue of (`app`, its function).
+        `held` and `keep_for`: see `Invocation`."""
         return Invocation(
             f"{request_id}.{version.name}", version.name, version, item, start_s, deadline_s,
-            postprocess, app, request_id, self._clock.now(),
+            postprocess, app, request_id, self._clock.now(), held=held or {},
+            keep_for=keep_for, input_node=next((h.node for h in (held or {}).values()), ""),
         )
 
     async def call(self, invocation: Invocation) -> CallResult:

@@ -79,6 +79,7 @@ def create_app(config: DaemonConfig, services: Services) -> web.Application:
     add("POST", "/system/cluster/jobs", cluster_calls.take_jobs)
     add("POST", "/system/cluster/assign", cluster_calls.assign)
     add("POST", "/system/cluster/run", cluster_calls.run)
+    add("POST", "/system/cluster/outputs", cluster_calls.outputs)
     add("GET", "/healthz", health.healthz)
     add("GET", "/metrics", metrics.metrics)
     add("GET", "/v2", v2.server_metadata)

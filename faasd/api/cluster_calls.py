@@ -6,7 +6,9 @@ the cluster's token has). `faasd/cluster/entry.py` has the protocol.
 * `POST /system/cluster/assign` (to an entry node): run these calls of a batch on a worker;
   answered with how the batch went, once it has run (409 for a stale term);
 * `POST /system/cluster/run` (to a worker): an entry node's share of a batch, answered with
-  each call's result (409 for a stale term).
+  each call's result (409 for a stale term);
+* `POST /system/cluster/outputs` (to the node holding a workflow stage's outputs): a
+  successor's node reads them, once (`faasd/cluster/outputs.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from faasd.cluster.messages import (
     encode_run_reply,
     encode_summary,
 )
+from faasd.cluster.outputs import decode_pull, encode_pulled
 from faasd.cluster.peers import MSGPACK
 from faasd.errors import BadRequest, Conflict, FaasdError, NotFound
 from faasd.gateway import NO_ITEM, Invocation
@@ -64,7 +67,8 @@ async def take_jobs(request: web.Request) -> web.Response:
             services.controller.submit(Invocation(
                 id=ticket.id, function=ticket.function, version=version, item=NO_ITEM,
                 start_s=now - ticket.age_s, deadline_s=now + ticket.left_s, app=ticket.app,
-                request_id=ticket.request_id, submitted_s=now, entry=ticket.entry))
+                request_id=ticket.request_id, submitted_s=now, entry=ticket.entry,
+                input_node=ticket.input_node))
         except FaasdError as exc:
             refused[ticket.id] = exc
     return web.Response(body=encode_refusals(refused), content_type=MSGPACK)
@@ -80,6 +84,18 @@ async def assign(request: web.Request) -> web.Response:
         raise BadRequest(str(exc)) from None
     summary = await services.entry.assigned(assignment)
     return web.Response(body=encode_summary(summary), content_type=MSGPACK)
+
+
+async def outputs(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    _in_cluster(services)
+    assert services.worker is not None
+    try:
+        wanted = decode_pull(await _body(request))
+    except MessageError as exc:
+        raise BadRequest(str(exc)) from None
+    return web.Response(body=encode_pulled(services.worker.serve_outputs(wanted)),
+                        content_type=MSGPACK)
 
 
 async def run(request: web.Request) -> web.Response:

@@ -36,12 +36,15 @@ from faasd.services import Services
 def this_node(services: Services) -> dict[str, Any]:
     """This node's resources as the scheduler sees them."""
     node = services.controller.snapshot().nodes[0]
-    return {
+    doc = {
         "healthy": node.healthy,
         "total_vcpu": node.total_vcpu,
         "free_vcpu": node.free_vcpu,
         "gpus": services.gpus.describe(),
     }
+    if services.worker is not None:  # workflow stages' outputs kept here for their successors
+        doc["outputs"] = services.worker.outputs.describe()
+    return doc
 
 
 async def list_nodes(request: web.Request) -> web.Response:

@@ -33,7 +33,7 @@ from faasd.cluster.messages import (
     decode_summary,
     encode_assignment,
 )
-from faasd.cluster.node import Cluster
+from faasd.cluster.node import Cluster, http_address
 from faasd.cluster.node_state import StateBook
 from faasd.cluster.peers import PeerLost, Peers, PeerUnreachable
 from faasd.controller import BatchOutcome
@@ -106,7 +106,7 @@ class Dispatcher:
         placeholder: list[CallResult | FaasdError] = [NotRun("answered by its entry node")]
         placeholder *= len(invocations)
         leader = self._cluster.leader()
-        worker = self._address(dispatch.node)
+        worker = http_address(self._cluster, dispatch.node)
         if not self._cluster.is_leader() or worker is None:
             # deposed, or the worker left: nothing was sent; the entries place the calls again
             return BatchOutcome(placeholder, 0.0, False, False)
@@ -149,7 +149,7 @@ class Dispatcher:
             except FaasdError as exc:  # a stale term: this node was deposed meanwhile
                 log.info("batch %s not run: %s", assignment.batch, exc.message)
                 return BatchSummary(ok=False)
-        address = self._address(entry)
+        address = http_address(self._cluster, entry)
         if address is None:
             return BatchSummary(ok=False)  # the entry left: its callers left with it
         try:
@@ -169,6 +169,3 @@ class Dispatcher:
                         assignment.batch, exc)
             return BatchSummary(ok=False)
 
-    def _address(self, node: str) -> str | None:
-        return next((m.http for m in self._cluster.members()
-                     if m.name == node and m.alive and m.http), None)

@@ -60,7 +60,7 @@ from faasd.cluster.messages import (
     encode_tickets,
     remote_error,
 )
-from faasd.cluster.node import Cluster
+from faasd.cluster.node import Cluster, http_address
 from faasd.cluster.peers import PeerLost, Peers, PeerUnreachable
 from faasd.cluster.worker import Worker
 from faasd.errors import FaasdError, Unavailable
@@ -232,11 +232,12 @@ class Entry:
         task.add_done_callback(self._sends.discard)
 
     async def _send_tickets(self, leader: Leader, calls: list[_Call]) -> None:
-        address = self._address(leader.name)
+        address = http_address(self._cluster, leader.name)
         now = self._clock.now()
         tickets = [Ticket(c.invocation.id, c.invocation.request_id, c.invocation.app,
                           c.invocation.function, now - c.invocation.start_s,
-                          c.invocation.deadline_s - now, self.name, c.attempt) for c in calls]
+                          c.invocation.deadline_s - now, self.name, c.attempt,
+                          c.invocation.input_node) for c in calls]
         status, body = 0, b""
         if address is not None:
             try:
@@ -262,10 +263,6 @@ class Entry:
                 call.placed = None
                 call.not_before_s = self._clock.now() + self._backoff_s
         self._wake.set()
-
-    def _address(self, node: str | None) -> str | None:
-        return next((m.http for m in self._cluster.members()
-                     if m.name == node and m.alive and m.http), None)
 
     # ------------------------------------------------------------ running what was assigned
 
@@ -297,7 +294,8 @@ class Entry:
             term=a.term, batch=a.batch, function=a.function, config=a.config, gpu=a.gpu,
             batch_ids=a.batch_ids, skipped=tuple(skipped),
             jobs=tuple(Job(c.invocation.id, c.invocation.item, c.invocation.postprocess,
-                           c.invocation.deadline_s - now)
+                           c.invocation.deadline_s - now, c.invocation.held,
+                           c.invocation.keep_for)
                        for c in calls))
         try:
             reply = await self._exchange(a, request, calls)

@@ -26,7 +26,7 @@ import msgpack
 
 from esg.model import Config
 from faasd.errors import FaasdError
-from faasd.gateway import CallResult
+from faasd.gateway import CallResult, Held
 from faasd.sandbox import framing
 from faasd.sandbox.items import Item
 from faasd.sandbox.protocol import (
@@ -56,6 +56,8 @@ class Ticket:
     left_s: float
     entry: str
     attempt: int = 0
+    #: the node holding its inputs (a workflow stage's predecessor's outputs), "" if none
+    input_node: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ class Job:
     item: Item
     postprocess: bool
     left_s: float
+    #: inputs still on the nodes that produced them, and how many successors read its outputs
+    held: Mapping[str, Held] = field(default_factory=dict)
+    keep_for: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ class RunReply:
 
 def encode_tickets(entry: str, tickets: Sequence[Ticket]) -> bytes:
     return _pack({"entry": entry, "tickets": [
-        [t.id, t.request_id, t.app, t.function, t.age_s, t.left_s, t.attempt]
+        [t.id, t.request_id, t.app, t.function, t.age_s, t.left_s, t.attempt, t.input_node]
         for t in tickets]})
 
 
@@ -132,8 +137,8 @@ def decode_tickets(data: bytes) -> list[Ticket]:
     try:
         entry = str(doc["entry"])
         return [Ticket(str(i), str(r), str(a), str(f), float(age), float(left), entry,
-                       int(attempt))
-                for i, r, a, f, age, left, attempt in doc["tickets"]]
+                       int(attempt), str(near))
+                for i, r, a, f, age, left, attempt, near in doc["tickets"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageError(f"malformed tickets: {exc}") from None
 
@@ -190,7 +195,8 @@ def decode_summary(data: bytes) -> BatchSummary:
 
 
 def encode_run(r: RunRequest) -> list[framing.Buffer]:
-    jobs = [[j.id, items_to_wire([j.item])[0], j.postprocess, j.left_s]
+    jobs = [[j.id, items_to_wire([j.item])[0], j.postprocess, j.left_s, j.keep_for,
+             {i: [h.node, h.call_id, h.output] for i, h in j.held.items()}]
             for j in r.jobs]
     return framing.encode({
         "term": r.term, "batch": r.batch, "fn": r.function, "config": _config(r.config),
@@ -201,8 +207,10 @@ def encode_run(r: RunRequest) -> list[framing.Buffer]:
 def decode_run(data: bytes) -> RunRequest:
     doc = _unframe(data, "run request")
     try:
-        jobs = tuple(Job(str(i), items_from_wire([item])[0], bool(post), float(left))
-                     for i, item, post, left in doc["jobs"])
+        jobs = tuple(Job(str(i), items_from_wire([item])[0], bool(post), float(left),
+                         {str(k): Held(str(n), str(c), str(o)) for k, (n, c, o) in held.items()},
+                         int(keep))
+                     for i, item, post, left, keep, held in doc["jobs"])
         return RunRequest(
             term=int(doc["term"]), batch=str(doc["batch"]), function=str(doc["fn"]),
             config=_config_of(doc["config"]), gpu=_gpu_of(doc["gpu"]),
@@ -222,7 +230,7 @@ def encode_run_reply(reply: RunReply) -> list[framing.Buffer]:
             results[call_id] = {
                 "r": results_to_wire([result.result])[0], "cold": result.cold_start,
                 "exec_s": result.exec_s, "queue_s": result.queue_s, "n": result.batch_size,
-                "device": result.device, "node": result.node,
+                "device": result.device, "node": result.node, "held_at": result.held_at,
                 "config": None if result.config is None else _config(result.config),
             }
     s = reply.summary
@@ -245,7 +253,7 @@ def decode_run_reply(data: bytes) -> RunReply:
                     result=results_from_wire([entry["r"]])[0], cold_start=bool(entry["cold"]),
                     exec_s=float(entry["exec_s"]), queue_s=float(entry["queue_s"]),
                     batch_size=int(entry["n"]), device=str(entry["device"]),
-                    node=str(entry["node"]),
+                    node=str(entry["node"]), held_at=str(entry["held_at"]),
                     config=None if config is None else _config_of(config),
                 )
         return RunReply(BatchSummary(float(exec_s), bool(cold), bool(ok), bool(unreachable)),

@@ -68,6 +68,12 @@ class Cluster(Protocol):
     async def stop(self) -> None: ...
 
 
+def http_address(cluster: Cluster, node: str | None) -> str | None:
+    """The HTTP address (HOST:PORT) of `node` if the gossip has it alive, else None."""
+    return next((m.http for m in cluster.members()
+                 if m.name == node and m.alive and m.http), None)
+
+
 class SoloCluster:
     """One node alone: its own leader at term 1, nothing started."""
 

@@ -26,7 +26,7 @@ import aiohttp
 
 from esg.policy import Snapshot
 from faasd.clock import Clock
-from faasd.cluster.node import Cluster
+from faasd.cluster.node import Cluster, http_address
 from faasd.cluster.node_state import GpuUnits, NodeState, Shape, StateBook
 
 log = logging.getLogger("faasd.cluster")
@@ -145,8 +145,7 @@ class StateReporter:
             take(self._book, state, self._clock.wall(), self._arrived)
             return True
         leader = self._cluster.leader().name
-        address = next((m.http for m in self._cluster.members()
-                        if m.name == leader and m.alive and m.http), None)
+        address = http_address(self._cluster, leader)
         if address is None:
             return False
         if self._session is None:

@@ -15,6 +15,15 @@ versions they install on their own, and a redeploy reaches them one after anothe
 moment two nodes may answer with different versions, as replicas do in a rolling update. A
 function this node does not have (yet) runs nothing: the entry node places the calls again.
 
+Workflow stages (`faasd.cluster.outputs`): before a batch runs, the inputs its calls hold as
+`Held` references are read, from this node's `OutputStore` or from the node that produced
+them (one request per node and batch); after it ran, a call with successors (`keep_for`)
+leaves its outputs in the store and answers with `held_at` instead of tensors. `execute` does
+both around the invoker, so it is also the leader's executor for its own calls
+(`faasd.controller.Executor`). An input that cannot be read (its node died, or it expired)
+fails that call with a 502 that says so: the tensors are gone, and running the stage again
+would not bring them back.
+
 Deduplication: a call id this node runs or ran in the last `keep_s` is not run again; a second
 request for it waits for (or gets) the first run's result. The batch itself runs in a task of
 its own: an entry that hangs up does not cancel its batch-mates, and its result is kept for a
@@ -31,16 +40,24 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from esg.model import Config
 from faasd.clock import Clock
 from faasd.cluster.errors import NotRun, StaleTerm
 from faasd.cluster.leadership import Fence
-from faasd.cluster.messages import BatchSummary, Job, RunReply, RunRequest
-from faasd.controller import Executor
+from faasd.cluster.messages import BatchSummary, Job, MessageError, RunReply, RunRequest
+from faasd.cluster.outputs import OutputStore, decode_pulled, encode_pull
+from faasd.cluster.peers import PeerLost, Peers, PeerUnreachable
+from faasd.controller import BatchOutcome, Executor
 from faasd.errors import FaasdError
 from faasd.functions.spec import FunctionVersion
 from faasd.gateway import CallResult, Invocation
+from faasd.sandbox.items import TensorItem, TensorResult
 
 log = logging.getLogger("faasd.cluster")
+
+Tensors = dict[str, np.ndarray]
 
 #: How long a batch waits for the shares of entries that have not sent theirs.
 GATHER_S = 0.2
@@ -66,10 +83,16 @@ class Worker:
         executor: Executor,
         versions: Callable[[str], FunctionVersion | None],
         clock: Clock,
+        peers: Peers | None = None,
+        address: Callable[[str], str | None] = lambda node: None,
         gather_s: float = GATHER_S,
         keep_s: float = KEEP_S,
     ) -> None:
+        """`address(node)` is another node's HTTP address (to read the outputs it holds)."""
         self.name = name
+        self._peers = peers
+        self._address = address
+        self.outputs = OutputStore()
         self._fence = fence
         self._executor = executor
         self._versions = versions
@@ -138,13 +161,14 @@ class Worker:
                 continue
             runnable.append(Invocation(
                 id=job.id, function=batch.request.function, version=version, item=job.item,
-                start_s=now, deadline_s=now + job.left_s, postprocess=job.postprocess))
+                start_s=now, deadline_s=now + job.left_s, postprocess=job.postprocess,
+                held=job.held, keep_for=job.keep_for))
         summary = BatchSummary(ok=False)
         if runnable and self.on_change is not None:
             self.on_change()
         if runnable:
             try:
-                outcome = await self._executor.execute(batch.request.config, runnable, now)
+                outcome = await self.execute(batch.request.config, runnable, now)
             except Exception as exc:  # an invoker bug: the calls fail, the node serves on
                 log.exception("batch %s of %s failed", batch.request.batch,
                               batch.request.function)
@@ -161,6 +185,99 @@ class Worker:
         batch.summary.set_result(summary)
         if runnable and self.on_change is not None:
             self.on_change()
+
+    # ------------------------------------------------------------ workflow stages' outputs
+
+    async def execute(self, config: Config, invocations: list[Invocation],
+                      now_s: float) -> BatchOutcome:
+        """Run a batch on this node: held inputs read first, outputs kept after (see the
+        module docstring)."""
+        order = [i.id for i in invocations]  # results go back in the batch's order
+        failed: dict[str, FaasdError] = {}
+        if any(i.held for i in invocations):
+            invocations, failed = await self._resolve(invocations)
+        outcome = BatchOutcome([], 0.0, False, True)
+        if invocations:
+            outcome = await self._executor.execute(config, invocations, now_s)
+        results: dict[str, CallResult | FaasdError] = dict(failed)
+        for invocation, result in zip(invocations, outcome.results, strict=True):
+            if (invocation.keep_for and isinstance(result, CallResult)
+                    and isinstance(result.result, TensorResult)):
+                self.outputs.put(invocation.id, result.result.tensors, invocation.keep_for,
+                                 self._clock.now())
+                result = dataclasses.replace(result, result=TensorResult({}),
+                                             held_at=self.name)
+            results[invocation.id] = result
+        return BatchOutcome([results[i] for i in order], outcome.exec_s, outcome.cold_start,
+                            outcome.ok and not failed)
+
+    def serve_outputs(self, wanted: dict[str, list[str]]) -> dict[str, Tensors | None]:
+        """Another node's read of outputs held here (None for a call not held)."""
+        now = self._clock.now()
+        found: dict[str, Tensors | None] = {}
+        for call_id, names in wanted.items():
+            taken = self.outputs.take(call_id, names, now, local=False)
+            found[call_id] = None if taken is None else dict(taken)
+        return found
+
+    async def _resolve(self, invocations: list[Invocation]
+                       ) -> tuple[list[Invocation], dict[str, FaasdError]]:
+        """The invocations with their held inputs read in; those whose inputs are gone."""
+        wanted: dict[str, dict[str, set[str]]] = {}
+        for invocation in invocations:
+            for held in invocation.held.values():
+                wanted.setdefault(held.node, {}).setdefault(held.call_id, set()).add(held.output)
+        nodes = list(wanted)
+        reads = await asyncio.gather(*(self._read(node, wanted[node]) for node in nodes))
+        found: dict[tuple[str, str], Tensors | None] = {}
+        problems: dict[str, str] = {}
+        for node, (got, problem) in zip(nodes, reads, strict=True):
+            for call_id in wanted[node]:
+                found[(node, call_id)] = got.get(call_id)
+            if problem:
+                problems[node] = problem
+        ready: list[Invocation] = []
+        failed: dict[str, FaasdError] = {}
+        for invocation in invocations:
+            tensors = dict(invocation.item.tensors) if isinstance(invocation.item,
+                                                                  TensorItem) else {}
+            missing = None
+            for name, held in invocation.held.items():
+                kept = found.get((held.node, held.call_id))
+                if kept is None or held.output not in kept:
+                    missing = held
+                    break
+                tensors[name] = kept[held.output]
+            if missing is None:
+                ready.append(dataclasses.replace(invocation, item=TensorItem(tensors), held={}))
+                continue
+            why = problems.get(missing.node, "it is no longer there (expired or already read)")
+            failed[invocation.id] = FaasdError(
+                f"the input {missing.output!r} of {invocation.function}, kept on "
+                f"{missing.node}, could not be read: {why}", reason="input_lost")
+            failed[invocation.id].status = 502
+        return ready, failed
+
+    async def _read(self, node: str, wanted: dict[str, set[str]]
+                    ) -> tuple[dict[str, Tensors | None], str]:
+        """The outputs `wanted` (call id → names) from `node`, and what went wrong if any."""
+        now = self._clock.now()
+        if node == self.name:
+            return {c: self.outputs.take(c, names, now) for c, names in wanted.items()}, ""
+        address = self._address(node)
+        if address is None or self._peers is None:
+            return {}, f"{node} is not an alive member of the cluster"
+        try:
+            status, body = await self._peers.post(address, "/system/cluster/outputs",
+                                                  encode_pull(wanted), 30.0)
+        except (PeerUnreachable, PeerLost) as exc:
+            return {}, str(exc)
+        if status != 200:
+            return {}, f"{node} answered {status}"
+        try:
+            return dict(decode_pulled(body)), ""
+        except MessageError as exc:
+            return {}, str(exc)
 
     def _settle(self, call_id: str, result: CallResult | FaasdError) -> None:
         future = self._calls.get(call_id)

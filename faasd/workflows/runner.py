@@ -12,6 +12,13 @@ always hand over the model's tensors.
 A stage that fails fails the call with `StageFailed`, which names the stage and its cause; the
 other stages of that call still queued are cancelled (their jobs leave the queues), and no
 other call is affected.
+
+In a cluster a stage may run on another node; that node keeps its outputs until the stage's
+successors have read them (`Invocation.keep_for`) and answers with where they are
+(`CallResult.held_at`). A successor's inputs are then `Held` references, which the node that
+runs it reads from the producing node directly, or from its own memory when it is the same
+node (`faasd.cluster.outputs`): intermediate tensors go worker → worker, never back through
+the entry node.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 from esg.pricing import Pricing
 from faasd.errors import FaasdError
 from faasd.functions.spec import FunctionVersion
-from faasd.gateway import CallResult, Gateway
+from faasd.gateway import CallResult, Gateway, Held
 from faasd.sandbox.items import Item, TensorItem, TensorResult
 from faasd.workflows.spec import WorkflowSpec
 from faasd.workflows.wiring import Wiring
@@ -103,25 +110,31 @@ class WorkflowRunner:
         deadline_s = start_s + spec.slo_ms / 1000.0
         sinks = set(spec.sinks())
         result = WorkflowResult()
-        done: dict[str, asyncio.Future[dict[str, np.ndarray]]] = {}
+        done: dict[str, asyncio.Future[dict[str, np.ndarray | Held]]] = {}
         loop = asyncio.get_running_loop()
         for function in spec.functions:
             done[function] = loop.create_future()
 
         async def stage(function: str) -> None:
             preds = spec.predecessors(function)
+            held: dict[str, Held] = {}
             if preds:
                 await asyncio.gather(*(done[p] for p in preds))
                 version = self._current(function)
-                item: Item = TensorItem({
-                    feed.input: done[feed.source].result()[feed.output]
-                    for feed in workflow.wiring[function]
-                })
+                tensors: dict[str, np.ndarray] = {}
+                for feed in workflow.wiring[function]:
+                    value = done[feed.source].result()[feed.output]
+                    if isinstance(value, Held):
+                        held[feed.input] = value
+                    else:
+                        tensors[feed.input] = value
+                item: Item = TensorItem(tensors)
             else:
                 item, version = source_item, source_version
             invocation = self._gateway.stage_invocation(
                 version, item, app=spec.name, request_id=call_id, start_s=start_s,
                 deadline_s=deadline_s, postprocess=postprocess and function in sinks,
+                held=held, keep_for=sum(1 for e in spec.edges if e.source == function),
             )
             try:
                 answer = await self._gateway.call(invocation)
@@ -130,8 +143,12 @@ class WorkflowRunner:
             result.stages[function] = answer
             if function in sinks:
                 result.sinks[function] = answer
-            tensors = answer.result.tensors if isinstance(answer.result, TensorResult) else {}
-            done[function].set_result(dict(tensors))
+            if answer.held_at:
+                done[function].set_result({
+                    o.name: Held(answer.held_at, invocation.id, o.name) for o in version.outputs})
+            else:
+                out = answer.result.tensors if isinstance(answer.result, TensorResult) else {}
+                done[function].set_result(dict(out))
 
         tasks = [
             loop.create_task(stage(f), name=f"faasd-{spec.name}-{f}") for f in spec.functions

@@ -1,5 +1,7 @@
 """Calls placed across three real voters by the leader (`faasd/cluster/entry.py`): a call can
-enter at any node and run on any node; a worker killed mid-batch costs no call of an
+enter at any node and run on any node; a workflow's stages run on several nodes and each
+intermediate output is read once, by its successor's node, from the node that made it; a
+worker killed mid-batch costs no call of an
 idempotent function and runs no call of a non-idempotent one twice; a leader stopped
 (SIGSTOP) or killed under a steady load loses none of the calls that entered at the nodes that
 stay up.
@@ -26,6 +28,7 @@ from tests.faasd.cluster.addresses import Addresses
 from tests.faasd.cluster.apis import Api, X, keyed_root, start
 from tests.faasd.cluster.nodes import wait_for
 from tests.faasd.cluster.recorder import Recorder
+from tests.faasd.workflows.builders import workflow_dir, write_op_model
 
 pytestmark = pytest.mark.cluster
 
@@ -208,6 +211,75 @@ def test_a_worker_killed_mid_batch_costs_no_idempotent_call_and_runs_none_twice(
             assert runs[k] == 1 if status == 200 else runs[k] <= 1, (k, status, runs[k])
         else:  # at least once
             assert runs[k] >= 1, (k, status)
+
+
+def test_a_workflows_stages_run_on_several_nodes_and_each_output_is_read_once(
+        apis: list[Api], root: Path) -> None:
+    recorder = Recorder()
+    try:
+        directory = workflow_dir(root / "wf", "pipe", """
+            slo_ms: 5000
+            functions: [pipe-src, pipe-add]
+            edges: [{from: pipe-src, to: pipe-add}]
+        """)
+        # the source holds its sandbox 50 ms a call: twelve callers keep more of them running
+        # than one node has vCPUs, so stages land on different nodes
+        recorder.function(directory, "pipe-src", True, hold_s=0.05)
+        write_op_model(directory / "pipe-add" / "model.onnx", ["y"], "g", "Add", 1.0, width=3)
+        (directory / "pipe-add" / "faasd.yaml").write_text("batching: {max_batch_size: 1}\n")
+        status, doc = apis[0].request("POST", "/system/workflows", {"path": str(directory)})
+        assert status == 201, doc
+        for api in apis:
+            wait_for("pipe everywhere", lambda api=api: api.request(
+                "GET", "/system/workflow/pipe")[0] == 200, 30)
+        answers: list[tuple[int, object, int]] = []
+        lock = threading.Lock()
+
+        def caller(api: Api, first: int) -> None:
+            for k in range(first, first + 10):
+                status, doc = post_workflow(api, "pipe", str(k))
+                with lock:
+                    answers.append((status, doc, k))
+
+        threads = [threading.Thread(target=caller, args=(api, 1000 * (i + 1)))
+                   for i, api in enumerate(apis * 4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        recorder.close()
+    assert len(answers) == 120
+    for status, doc, k in answers:
+        assert status == 200, doc
+        assert doc["g"][0] == pytest.approx([1.0, 1 + 0.1 * k, 1 + 0.2 * k], rel=1e-5)
+
+    def reads() -> dict[str, int] | None:
+        totals = {"held": 0, "served": 0, "read_here": 0}
+        for api in apis:
+            doc = api.request("GET", "/system/nodes")[1]
+            me = doc["self"]["name"]
+            outputs = next(n for n in doc["nodes"] if n["name"] == me)["outputs"]
+            for key in totals:
+                totals[key] += outputs[key]
+        return totals if totals["held"] == 0 else None
+
+    totals = wait_for("no output left held", reads, 10)
+    # every call's intermediate output was read exactly once (a second read finds it gone),
+    # and some were read across nodes, straight from the node that made them
+    assert totals["served"] + totals["read_here"] == len(answers), totals
+    assert totals["served"] > 0, totals
+
+
+def post_workflow(api: Api, workflow: str, text: str) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        api.node.url + f"/workflow/{workflow}", data=text.encode(), method="POST",
+        headers={"Authorization": f"Bearer {api.token}", "Content-Type": "text/plain"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
 
 
 def test_a_stopped_leader_is_replaced_under_load_and_its_calls_end_once_it_resumes(

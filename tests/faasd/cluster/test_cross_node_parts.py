@@ -1,5 +1,6 @@
 """The parts of cross-node placement without daemons: the wire messages, the worker's
-gathering, fencing and deduplication, and the leader's controller scheduling other nodes."""
+gathering, fencing and deduplication, workflow stages' kept outputs, and the leader's
+controller scheduling other nodes."""
 
 from __future__ import annotations
 
@@ -34,11 +35,18 @@ from faasd.cluster.messages import (
     encode_run_reply,
     encode_tickets,
 )
+from faasd.cluster.outputs import (
+    OutputStore,
+    decode_pull,
+    decode_pulled,
+    encode_pull,
+    encode_pulled,
+)
 from faasd.cluster.worker import Worker
 from faasd.controller import BatchOutcome, Controller
 from faasd.errors import FaasdError, Overloaded
 from faasd.functions.spec import FunctionVersion
-from faasd.gateway import NO_ITEM, CallResult, Invocation
+from faasd.gateway import NO_ITEM, CallResult, Held, Invocation
 from faasd.sandbox.items import BodyItem, TensorItem, TensorResult
 from tests.faasd.test_controller import Script, version
 
@@ -50,7 +58,7 @@ def frame(buffers: Sequence[object]) -> bytes:
 
 
 def test_messages_round_trip_and_garbage_is_a_message_error() -> None:
-    tickets = [Ticket("a", "r", "wf", "f", 0.25, 1.5, "node-b", 2)]
+    tickets = [Ticket("a", "r", "wf", "f", 0.25, 1.5, "node-b", 2, input_node="node-c")]
     assert decode_tickets(encode_tickets("node-b", tickets)) == tickets
     assignment = Assignment(7, "n/7/1", "f", CONFIG, None, "node-c", "127.0.0.4:8080",
                             ("a", "b"), ("a",))
@@ -58,16 +66,19 @@ def test_messages_round_trip_and_garbage_is_a_message_error() -> None:
     x = np.arange(6, dtype=np.float32).reshape(1, 6)
     request = RunRequest(7, "n/7/1", "f", CONFIG, 2, ("a", "b"),
                          (Job("a", TensorItem({"x": x}), True, 0.5),
-                          Job("b", BodyItem(b"png", "image/png"), False, float("inf"))),
+                          Job("b", BodyItem(b"png", "image/png"), False, float("inf"),
+                              held={"h": Held("node-c", "r.pre", "h")}, keep_for=2)),
                          skipped=("c",))
     decoded = decode_run(frame(encode_run(request)))
     assert decoded.jobs[0].item.tensors["x"].tolist() == x.tolist()  # type: ignore[union-attr]
     assert decoded.jobs[1] == request.jobs[1] and decoded.skipped == ("c",)
-    result = CallResult(TensorResult({"y": x}), True, 0.01, 0.002, 2, config=CONFIG, node="c")
+    result = CallResult(TensorResult({"y": x}), True, 0.01, 0.002, 2, config=CONFIG, node="c",
+                        held_at="c")
     reply = decode_run_reply(frame(encode_run_reply(RunReply(
         BatchSummary(0.01, True, True), {"a": result, "b": Overloaded("full")}))))
     got = reply.results["a"]
     assert isinstance(got, CallResult) and got.node == "c" and got.config == CONFIG
+    assert got.held_at == "c"
     error = reply.results["b"]
     assert isinstance(error, FaasdError) and error.status == 429 and error.message == "full"
     refused = decode_refusals(encode_refusals({"a": NotRun("later")}))
@@ -173,7 +184,7 @@ async def test_the_leaders_controller_fills_its_own_node_then_places_on_the_othe
     remote = FakeRemote()
     controller = Controller(policy=make_policy("fcfs"), executor=script, clock=SystemClock(),
                             vcpu_capacity=2, node_name="n1")
-    controller.lead_cluster(remote)
+    controller.lead_cluster(remote, local=script)
     v = version(batch=1)
     # FCFS: the most free vCPUs, then the name: n1, n2, then n1 again (its own calls and
     # others' alike); the calls of another entry or on another node go through the cluster
@@ -203,3 +214,43 @@ async def test_losing_the_leadership_gives_up_what_is_queued_not_what_runs() -> 
     evicted = controller.evict_queued()
     assert [i.id for i in evicted] == ["2"] and queued.cancelled()
     assert isinstance((await running).result, TensorResult)
+
+
+def test_kept_outputs_go_after_their_last_read_or_their_time() -> None:
+    store = OutputStore(ttl_s=10.0)
+    y = np.ones((1, 3), dtype=np.float32)
+    store.put("c1", {"y": y, "z": y}, reads=2, now=0.0)
+    assert store.take("c1", ["y"], now=1.0) is not None
+    assert store.take("c1", ["nope"], now=1.0) is None  # a name it does not have: no read
+    assert store.take("c1", ["y", "z"], now=1.0, local=False) is not None
+    assert store.take("c1", ["y"], now=1.0) is None and len(store) == 0
+    assert store.describe() == {"held": 0, "served": 1, "read_here": 1}
+    store.put("c2", {"y": y}, reads=1, now=0.0)
+    assert store.take("c2", ["y"], now=10.0) is None  # nobody read it in time
+    wanted = {"c1": ["y"], "c2": ["y", "z"]}
+    assert decode_pull(encode_pull(wanted)) == wanted
+    pulled = decode_pulled(encode_pulled({"c1": {"y": y}, "c2": None}))
+    assert pulled["c2"] is None and pulled["c1"]["y"].tolist() == y.tolist()  # type: ignore[index]
+
+
+async def test_a_stage_keeps_its_outputs_and_its_successor_here_reads_them_in() -> None:
+    script = Script()
+    w = worker(script)
+    v = version(batch=4)
+    now = SystemClock().now()
+    first = Invocation("1", "f", v, TensorItem({"x": np.zeros((1, 1))}), now,
+                       float("inf"), keep_for=1)
+    outcome = await w.execute(CONFIG, [first], now)
+    kept = outcome.results[0]
+    assert isinstance(kept, CallResult) and kept.held_at == "w"
+    assert kept.result == TensorResult({}) and len(w.outputs) == 1
+    second = Invocation("2", "f", v, TensorItem({}), now, float("inf"),
+                        held={"x": Held("w", "1", "y")})
+    lost = Invocation("3", "f", v, TensorItem({}), now, float("inf"),
+                      held={"x": Held("w", "9", "y")})
+    outcome = await w.execute(CONFIG, [lost, second], now)
+    assert isinstance(outcome.results[1], CallResult)  # in the batch's order
+    error = outcome.results[0]
+    assert isinstance(error, FaasdError) and error.status == 502
+    assert "'y'" in error.message and error.extra["reason"] == "input_lost"
+    assert script.batches[-1] == (CONFIG, ["2"]) and len(w.outputs) == 0

@@ -25,7 +25,8 @@ Nothing accepted is lost (`reconcile`, every `tick_s` and at once on a new call)
 * a worker that stopped answering mid-run (the connection dropped, or the gossip declared it
   failed) may have run the call: it is placed again unless the function says
   `idempotent: false`, which answers 502 (`WorkerLost`) instead;
-* a call still unplaced at its deadline (no leader for that long) answers 503.
+* a call that no leader took for `place_timeout_s` (a node in a minority partition, or no
+  leader at all), or still unplaced at its deadline, answers 503 with `"reason": "no_leader"`.
 
 An assignment names each call at most once per entry: a call already assigned (to a batch of
 a deposed leader, say) is listed as skipped, so it never runs twice from here, and the worker
@@ -70,6 +71,9 @@ log = logging.getLogger("faasd.cluster")
 
 #: How long a worker may take beyond the function's own timeout (a cold start loads the model).
 LOAD_ALLOWANCE_S = 60.0
+#: How long a call waits for a leader to take it: twice the longest failover measured (etcd's
+#: own re-election plus a 2 s lease), so only a node cut off from the majority gives up.
+PLACE_TIMEOUT_S = 15.0
 #: How often a waiting run checks the gossip for its worker's failure.
 WATCH_S = 0.25
 
@@ -94,6 +98,8 @@ class _Call:
     #: the batch it was assigned to: from then on only its worker's answer settles it
     batch: str | None = None
     not_before_s: float = 0.0
+    #: since when no leader has taken it (None: one has, or it has not been tried yet)
+    leaderless_since: float | None = None
 
 
 class Entry:
@@ -110,6 +116,7 @@ class Entry:
         backoff_s: float = 0.1,
         max_backoff_s: float = 1.0,
         max_attempts: int = 20,
+        place_timeout_s: float = PLACE_TIMEOUT_S,
     ) -> None:
         self.name = name
         self._cluster = cluster
@@ -121,6 +128,7 @@ class Entry:
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
         self._max_attempts = max_attempts
+        self._place_timeout_s = place_timeout_s
         self._calls: dict[str, _Call] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -200,17 +208,15 @@ class Entry:
         now = self._clock.now()
         tickets: list[_Call] = []
         for call in list(self._calls.values()):
-            if call.batch is not None or call.local is not None:
-                continue
-            if call.placed is not None and call.placed == leader:
-                continue
+            if call.batch is not None or call.local is not None or call.placed == leader:
+                continue  # running, queued here, or placed with the leader there is
             if call.placed is not None:  # its leader is gone: nothing ran, place it again
                 call.placed = None
                 self.replaced += 1
-            if now >= call.invocation.deadline_s:
+            if self._too_late(call, now):
                 self._fail(call, Unavailable(
-                    "no leader placed this call before its deadline (the cluster has no "
-                    "leader, or this node cannot reach it); retry later", retry_after_s=1,
+                    "no leader took this call in time (the cluster has no leader, or this "
+                    "node cannot reach it); retry later, or at another node", retry_after_s=1,
                     reason="no_leader"))
                 continue
             if now < call.not_before_s:
@@ -223,8 +229,16 @@ class Entry:
             elif leader.name is not None:
                 call.placed = leader
                 tickets.append(call)
+            elif call.leaderless_since is None:
+                call.leaderless_since = now
         if tickets:
             self._send(leader, tickets)
+
+    def _too_late(self, call: _Call, now: float) -> bool:
+        """Past its deadline, or no leader has taken it for `place_timeout_s`."""
+        return now >= call.invocation.deadline_s or (
+            call.leaderless_since is not None
+            and now - call.leaderless_since >= self._place_timeout_s)
 
     def _send(self, leader: Leader, calls: list[_Call]) -> None:
         task = asyncio.get_running_loop().create_task(self._send_tickets(leader, calls))
@@ -246,6 +260,8 @@ class Entry:
             except (PeerUnreachable, PeerLost) as exc:
                 log.debug("placing %d call(s) with %s failed: %s", len(calls), leader.name, exc)
         if status == 200:
+            for call in calls:
+                call.leaderless_since = None
             try:
                 refused = decode_refusals(body)
             except MessageError as exc:
@@ -258,10 +274,13 @@ class Entry:
                     # stopping): placed again; anything else (a full queue) is the answer
                     self._settle(call, NotRun(error.message) if error.status == 503 else error)
             return
+        now = self._clock.now()
         for call in calls:  # not placed: the next round places them again
             if call.placed == leader and call.batch is None:
                 call.placed = None
-                call.not_before_s = self._clock.now() + self._backoff_s
+                call.not_before_s = now + self._backoff_s
+                if call.leaderless_since is None:
+                    call.leaderless_since = now
         self._wake.set()
 
     # ------------------------------------------------------------ running what was assigned

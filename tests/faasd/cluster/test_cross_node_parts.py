@@ -13,9 +13,11 @@ import pytest
 from esg.model import Config
 from esg.policies import make_policy
 from esg.policy import Dispatch, NodeView
-from faasd.clock import SystemClock
+from faasd.clock import ManualClock, SystemClock
+from faasd.cluster.entry import Entry
 from faasd.cluster.errors import NotRun, StaleTerm
-from faasd.cluster.leadership import Fence
+from faasd.cluster.leadership import Fence, Leader
+from faasd.cluster.members import Member
 from faasd.cluster.messages import (
     Assignment,
     BatchSummary,
@@ -42,6 +44,7 @@ from faasd.cluster.outputs import (
     encode_pull,
     encode_pulled,
 )
+from faasd.cluster.peers import Peers
 from faasd.cluster.worker import Worker
 from faasd.controller import BatchOutcome, Controller
 from faasd.errors import FaasdError, Overloaded
@@ -254,3 +257,77 @@ async def test_a_stage_keeps_its_outputs_and_its_successor_here_reads_them_in() 
     assert isinstance(error, FaasdError) and error.status == 502
     assert "'y'" in error.message and error.extra["reason"] == "input_lost"
     assert script.batches[-1] == (CONFIG, ["2"]) and len(w.outputs) == 0
+
+
+class LonelyCluster:
+    """A cluster as a node that does not lead sees it (leader `leader`, or none known)."""
+
+    def __init__(self, leader: str | None = None, term: int = 3) -> None:
+        self.name = "n1"
+        self.fence = Fence()
+        self.fence.see(term)
+        self._leader = Leader(leader, term)
+
+    def leader(self) -> Leader:
+        return self._leader
+
+    def is_leader(self) -> bool:
+        return False
+
+    def members(self) -> list[Member]:
+        return []
+
+
+class NoController:
+    def submit(self, invocation: Invocation) -> asyncio.Future[CallResult]:
+        raise AssertionError("a node that does not lead queues nothing")
+
+    def cancel(self, invocation_id: str) -> None:
+        return None
+
+    def evict_queued(self) -> list[Invocation]:
+        return []
+
+
+def entry(cluster: LonelyCluster, script: Script, clock: ManualClock | None = None) -> Entry:
+    return Entry(name="n1", cluster=cluster, controller=NoController(),  # type: ignore[arg-type]
+                 worker=worker(script), peers=Peers(None), clock=clock or ManualClock(),
+                 place_timeout_s=15.0)
+
+
+async def test_a_call_no_leader_takes_answers_503_no_leader_after_the_place_timeout() -> None:
+    clock = ManualClock()
+    e = entry(LonelyCluster(leader=None), Script(), clock)
+    future = e.submit(remote_call(1, version(batch=4), entry=""))
+    e.reconcile()
+    clock.advance(14.9)
+    e.reconcile()
+    assert not future.done()
+    clock.advance(0.2)
+    e.reconcile()
+    error = future.exception()
+    assert isinstance(error, FaasdError) and error.status == 503
+    assert error.extra["reason"] == "no_leader" and e.pending() == 0
+
+
+async def test_an_assignment_runs_each_call_once_and_a_stale_or_dropping_one_runs_none() -> None:
+    script = Script()
+    e = entry(LonelyCluster(leader="n2", term=3), script)
+    v = version(batch=4)
+    futures = [e.submit(remote_call(i, v, entry="")) for i in range(1, 4)]
+
+    def assignment(ids: tuple[str, ...], term: int = 3, batch: str = "n2/3/1",
+                   drop: str | None = None) -> Assignment:
+        return Assignment(term, batch, "f", CONFIG, None, "n1", "", ids, ids, drop)
+
+    with pytest.raises(StaleTerm):
+        await e.assigned(assignment(("1",), term=2))
+    summary = await e.assigned(assignment(("1", "2")))
+    assert summary.ok and script.batches == [(CONFIG, ["1", "2"])]
+    assert futures[0].result().node == "w"  # the worker that ran it
+    again = await e.assigned(assignment(("1", "2"), batch="n2/3/2"))  # a second placement
+    assert len(script.batches) == 1 and not again.ok  # skipped: nothing ran twice
+    await e.assigned(assignment(("3",), batch="n2/3/3", drop="hopeless: past its deadline"))
+    dropped = futures[2].exception()
+    assert isinstance(dropped, FaasdError) and dropped.status == 503
+    assert dropped.message == "hopeless: past its deadline" and e.pending() == 0

@@ -126,8 +126,8 @@ class Remote(Protocol):
     """The cluster's other nodes while this node leads (`faasd.cluster.dispatcher`)."""
 
     def views(self) -> tuple[NodeView, ...]:
-        """The other nodes as they reported themselves (all vCPUs free; the controller
-        subtracts its own batches); empty while this node does not lead."""
+        """The other nodes as they reported themselves (the controller also subtracts the
+        batches it placed there); empty while this node does not lead."""
         ...
 
     async def execute(self, dispatch: Dispatch, invocations: list[Invocation]) -> BatchOutcome:
@@ -385,9 +385,8 @@ class Controller:
         if self._remote is not None:
             others = self._remote.views()
             self._remote_views = {v.name: v for v in others}
-            nodes += tuple(
-                dataclasses.replace(v, free_vcpu=v.total_vcpu - self._remote_used.get(v.name, 0))
-                for v in others)
+            nodes += tuple(dataclasses.replace(v, free_vcpu=self._remote_free(v))
+                           for v in others)
         return Snapshot(
             now_s=self._clock.now(),
             nodes=nodes,
@@ -514,16 +513,23 @@ class Controller:
         self._used_vcpu += dispatch.config.vcpu
         self._start(dispatch)
 
+    def _remote_free(self, view: NodeView) -> int:
+        """Free vCPUs of another node: the lesser of its report and what this leader's
+        batches there leave (its report lags this leader's placements; this leader does not
+        know what a previous one placed)."""
+        return min(view.free_vcpu, view.total_vcpu - self._remote_used.get(view.name, 0))
+
     def _dispatch_remote(self, dispatch: Dispatch) -> None:
         view = self._remote_views.get(dispatch.node)
         if view is None:
             raise PolicyError(f"dispatch to unknown node {dispatch.node!r}")
-        used = self._remote_used.get(dispatch.node, 0)
-        if used + dispatch.config.vcpu > view.total_vcpu:
+        free = self._remote_free(view)
+        if dispatch.config.vcpu > free:
             raise PolicyError(
                 f"dispatch of {dispatch.function} to {dispatch.node} needs "
-                f"{dispatch.config.vcpu} vCPU but only {view.total_vcpu - used} are free")
+                f"{dispatch.config.vcpu} vCPU but only {free} are free")
         self._dequeue(dispatch)
+        used = self._remote_used.get(dispatch.node, 0)
         self._remote_used[dispatch.node] = used + dispatch.config.vcpu
         self._start(dispatch)
 

@@ -335,12 +335,14 @@ class Daemon:
         assert self._services is not None
         if self._entry is not None:
             self._entry.start()
+        worker = self._services.worker
         reporter = self._reporter = StateReporter(
             name=cluster.name, snapshot=controller.snapshot, cluster=cluster, book=book,
-            clock=self.clock, token=token, arrived=self._services.state_arrived)
+            clock=self.clock, token=token, arrived=self._services.state_arrived,
+            busy_vcpu=(lambda: worker.busy_vcpu) if worker is not None else lambda: 0)
         controller.on_change = reporter.changed
-        if self._services.worker is not None:
-            self._services.worker.on_change = reporter.changed
+        if worker is not None:
+            worker.on_change = reporter.changed
         reporter.start()
 
     def _cross_node(self, cluster: ClusterNode, catalog: Catalog, controller: Controller,

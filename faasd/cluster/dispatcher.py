@@ -3,11 +3,12 @@ carrying out a batch whose node or calls are elsewhere.
 
 `ClusterNodes.views()` turns the nodes' own reports (`faasd.cluster.node_state.StateBook`)
 into the policy's `NodeView`s: every alive member that reported within `max_age_s`, with its
-total vCPUs and GPU units, its idle warm sandboxes (a shape listed under each batch size of
-its function, as the local pool lists its own), and unhealthy for `suspect_s` after an entry
-node could not reach it. What is free there the controller decides: it subtracts the vCPUs of
-the batches it placed there and has not seen end. (A new leader does not know the batches its
-predecessor placed until they end: for that long it may place more on a node than it has.)
+total and free vCPUs and GPU units, its idle warm sandboxes (a shape listed under each batch
+size of its function, as the local pool lists its own), and unhealthy for `suspect_s` after
+an entry node could not reach it. The controller counts as free the lesser of what the node
+reported and what the batches it placed there since leave: its own placements count at once,
+and the batches another leader placed there before a failover count from the node's next
+report (a few milliseconds).
 
 `Dispatcher.execute` is the controller's executor for such a batch: it tells each entry node
 holding some of its calls to send them to the worker (`Assignment`, fenced by this leader's
@@ -81,7 +82,7 @@ class ClusterNodes:
                     warm[(shape.function, Config(batch, shape.vcpu, shape.vgpu))] = shape.idle
             healthy = state.healthy and self._suspect_until.get(member.name, 0.0) <= now
             views.append(NodeView(
-                name=member.name, total_vcpu=state.total_vcpu, free_vcpu=state.total_vcpu,
+                name=member.name, total_vcpu=state.total_vcpu, free_vcpu=state.free_vcpu,
                 gpus=tuple(GpuView(g.index, g.total_units, g.free_units) for g in state.gpus),
                 warm=warm, healthy=healthy))
         return tuple(views)

@@ -35,8 +35,9 @@ CONTENT_TYPE = "application/msgpack"
 
 
 def state_of(snapshot: Snapshot, *, node: str, epoch: str, seq: int, as_of_wall: float,
-             changed_wall: float) -> NodeState:
-    """This node's report, from the controller's snapshot (one node: this one)."""
+             changed_wall: float, busy_vcpu: int = 0) -> NodeState:
+    """This node's report, from the controller's snapshot (its first node: this one), less
+    `busy_vcpu` taken by batches its controller does not count (other nodes' calls)."""
     view = snapshot.nodes[0]
     queued: Counter[str] = Counter()
     for (_, function), jobs in snapshot.queues.items():
@@ -48,7 +49,8 @@ def state_of(snapshot: Snapshot, *, node: str, epoch: str, seq: int, as_of_wall:
         shapes[key] = max(shapes.get(key, 0), idle)
     return NodeState(
         node=node, epoch=epoch, seq=seq, as_of_wall=as_of_wall, changed_wall=changed_wall,
-        total_vcpu=view.total_vcpu, free_vcpu=max(0, view.free_vcpu), healthy=view.healthy,
+        total_vcpu=view.total_vcpu, free_vcpu=max(0, view.free_vcpu - busy_vcpu),
+        healthy=view.healthy,
         queued=dict(queued), running=dict(snapshot.running),
         warm=tuple(Shape(f, c, g, n) for (f, c, g), n in sorted(shapes.items()) if n),
         gpus=tuple(GpuUnits(g.index, g.total_units, g.free_units) for g in view.gpus),
@@ -66,13 +68,15 @@ class StateReporter:
         clock: Clock,
         token: str | None,
         arrived: Callable[[NodeState, float], None],
+        busy_vcpu: Callable[[], int] = lambda: 0,
         coalesce_s: float = 0.005,
         heartbeat_s: float = 1.0,
         timeout_s: float = 2.0,
         retry_s: float = 0.1,
     ) -> None:
         """`arrived(state, received_wall)` is told of each report this node takes as leader
-        (its own included)."""
+        (its own included); `busy_vcpu()` is what batches of other nodes' calls take here
+        (the cluster's worker), which a node that does not lead reports as not free."""
         self.name = name
         self._snapshot = snapshot
         self._cluster = cluster
@@ -80,6 +84,7 @@ class StateReporter:
         self._clock = clock
         self._token = token
         self._arrived = arrived
+        self._busy_vcpu = busy_vcpu
         self._coalesce_s = coalesce_s
         self._heartbeat_s = heartbeat_s
         self._timeout_s = timeout_s
@@ -131,8 +136,11 @@ class StateReporter:
         """Read the state and send it now; False (and `since` kept for the next) if it failed."""
         now = self._clock.wall()
         self._seq += 1
+        # the leader counts the batches it placed here in its controller already
+        busy = 0 if self._cluster.is_leader() else self._busy_vcpu()
         state = state_of(self._snapshot(), node=self.name, epoch=self._epoch, seq=self._seq,
-                         as_of_wall=now, changed_wall=now if since is None else since)
+                         as_of_wall=now, changed_wall=now if since is None else since,
+                         busy_vcpu=busy)
         if await self._deliver(state):
             return True
         self.failures += 1

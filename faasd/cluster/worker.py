@@ -105,6 +105,9 @@ class Worker:
         self._expiry: deque[tuple[float, str]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches_run = 0
+        #: vCPUs of the batches other nodes' calls run here now (the state report subtracts
+        #: them: this node's controller does not count them)
+        self.busy_vcpu = 0
         #: told when a batch starts or ends here (the state reporter: warm sandboxes changed)
         self.on_change: Callable[[], None] | None = None
 
@@ -164,6 +167,8 @@ class Worker:
                 start_s=now, deadline_s=now + job.left_s, postprocess=job.postprocess,
                 held=job.held, keep_for=job.keep_for))
         summary = BatchSummary(ok=False)
+        vcpu = batch.request.config.vcpu if runnable else 0
+        self.busy_vcpu += vcpu
         if runnable and self.on_change is not None:
             self.on_change()
         if runnable:
@@ -183,6 +188,7 @@ class Worker:
                         result = dataclasses.replace(result, node=self.name)
                     self._settle(invocation.id, result)
         batch.summary.set_result(summary)
+        self.busy_vcpu -= vcpu
         if runnable and self.on_change is not None:
             self.on_change()
 

@@ -192,6 +192,8 @@ class Controller:
         #: the other nodes in the last snapshot, and the vCPUs of batches running on each
         self._remote_views: dict[str, NodeView] = {}
         self._remote_used: dict[str, int] = {}
+        #: GPU units of the batches running on each (node, GPU index) of the other nodes
+        self._remote_gpu_used: dict[tuple[str, int | None], int] = {}
         self._gpus = gpus
         self._executor = executor
         self._clock = clock
@@ -385,7 +387,8 @@ class Controller:
         if self._remote is not None:
             others = self._remote.views()
             self._remote_views = {v.name: v for v in others}
-            nodes += tuple(dataclasses.replace(v, free_vcpu=self._remote_free(v))
+            nodes += tuple(dataclasses.replace(v, free_vcpu=self._remote_free(v),
+                                               gpus=self._remote_gpus(v))
                            for v in others)
         return Snapshot(
             now_s=self._clock.now(),
@@ -519,6 +522,13 @@ class Controller:
         know what a previous one placed)."""
         return min(view.free_vcpu, view.total_vcpu - self._remote_used.get(view.name, 0))
 
+    def _remote_gpus(self, view: NodeView) -> tuple[GpuView, ...]:
+        """Another node's GPUs, each with the lesser of its reported free units and what this
+        leader's batches on it leave."""
+        return tuple(dataclasses.replace(g, free_units=min(
+            g.free_units, g.total_units - self._remote_gpu_used.get((view.name, g.index), 0)))
+            for g in view.gpus)
+
     def _dispatch_remote(self, dispatch: Dispatch) -> None:
         view = self._remote_views.get(dispatch.node)
         if view is None:
@@ -528,6 +538,15 @@ class Controller:
             raise PolicyError(
                 f"dispatch of {dispatch.function} to {dispatch.node} needs "
                 f"{dispatch.config.vcpu} vCPU but only {free} are free")
+        if dispatch.config.vgpu:
+            gpu = next((g for g in self._remote_gpus(view) if g.index == dispatch.gpu), None)
+            if gpu is None or gpu.free_units < dispatch.config.vgpu:
+                raise PolicyError(
+                    f"dispatch of {dispatch.function} to {dispatch.node} needs "
+                    f"{dispatch.config.vgpu} units of GPU {dispatch.gpu}, which that node "
+                    f"{'does not have' if gpu is None else f'has {gpu.free_units} free of'}")
+            key = (dispatch.node, dispatch.gpu)
+            self._remote_gpu_used[key] = self._remote_gpu_used.get(key, 0) + dispatch.config.vgpu
         self._dequeue(dispatch)
         used = self._remote_used.get(dispatch.node, 0)
         self._remote_used[dispatch.node] = used + dispatch.config.vcpu
@@ -574,10 +593,7 @@ class Controller:
         if local and outcome.ok and not outcome.cold_start:
             wall_s = self._clock.now() - started_s
             self._observe_overhead(dispatch.function, wall_s - outcome.exec_s)
-        if dispatch.node == self.node_name:
-            self._used_vcpu -= dispatch.config.vcpu
-        else:
-            self._remote_used[dispatch.node] -= dispatch.config.vcpu
+        self._release(dispatch)
         del self._running[batch_id]
         if self.on_change is not None:
             self.on_change()
@@ -613,6 +629,15 @@ class Controller:
         )
         if len(self._completions) == 1:
             asyncio.get_running_loop().call_soon(self._deliver_completions)
+
+    def _release(self, dispatch: Dispatch) -> None:
+        """The resources of a batch that ended, on this node or another."""
+        if dispatch.node == self.node_name:
+            self._used_vcpu -= dispatch.config.vcpu
+            return
+        self._remote_used[dispatch.node] -= dispatch.config.vcpu
+        if dispatch.config.vgpu:
+            self._remote_gpu_used[(dispatch.node, dispatch.gpu)] -= dispatch.config.vgpu
 
     async def _execute(self, batch_id: int, dispatch: Dispatch, invocations: list[Invocation],
                        local: bool) -> BatchOutcome:

@@ -83,7 +83,9 @@ class ClusterNodes:
             healthy = state.healthy and self._suspect_until.get(member.name, 0.0) <= now
             views.append(NodeView(
                 name=member.name, total_vcpu=state.total_vcpu, free_vcpu=state.free_vcpu,
-                gpus=tuple(GpuView(g.index, g.total_units, g.free_units) for g in state.gpus),
+                gpus=tuple(GpuView(index=g.index, free_units=g.free_units,
+                                   total_units=g.total_units, mode=g.mode)
+                           for g in state.gpus),
                 warm=warm, healthy=healthy))
         return tuple(views)
 

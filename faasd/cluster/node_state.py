@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 #: Bumped when the encoding changes; a report of another format is refused, not misread.
-FORMAT = 1
+FORMAT = 2
 #: No node reports more than this (a bound on what a malformed or hostile report can cost).
 MAX_REPORT_BYTES = 1 << 20
 
@@ -49,6 +49,8 @@ class GpuUnits:
     index: int
     total_units: int
     free_units: int
+    #: "mig" (only existing instance sizes can be handed out) or "mps"
+    mode: str = "mig"
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class NodeState:
             self.total_vcpu,
             self.free_vcpu, self.healthy, dict(self.queued), dict(self.running),
             [[s.function, s.vcpu, s.vgpu, s.idle] for s in self.warm],
-            [[g.index, g.total_units, g.free_units] for g in self.gpus],
+            [[g.index, g.total_units, g.free_units, g.mode] for g in self.gpus],
         ]
         packed: bytes = msgpack.packb(body, use_bin_type=True)
         return packed
@@ -106,8 +108,8 @@ class NodeState:
                              _count(g, "warm vgpu"), _count(n, "warm idle"))
                        for f, c, g, n in _rows(warm, "warm", 4)),
             gpus=tuple(GpuUnits(_count(i, "gpu index"), _count(t, "gpu total_units"),
-                                _count(u, "gpu free_units"))
-                       for i, t, u in _rows(gpus, "gpus", 3)),
+                                _count(u, "gpu free_units"), _text(m, "gpu mode"))
+                       for i, t, u, m in _rows(gpus, "gpus", 4)),
         )
 
     def as_json(self, age_s: float) -> dict[str, Any]:
@@ -121,7 +123,7 @@ class NodeState:
             "warm": [{"function": s.function, "vcpu": s.vcpu, "vgpu": s.vgpu, "idle": s.idle}
                      for s in self.warm],
             "gpus": [{"index": g.index, "total_units": g.total_units,
-                      "free_units": g.free_units} for g in self.gpus],
+                      "free_units": g.free_units, "mode": g.mode} for g in self.gpus],
             "age_ms": round(max(0.0, age_s) * 1000, 1),
         }
 

@@ -53,7 +53,7 @@ def state_of(snapshot: Snapshot, *, node: str, epoch: str, seq: int, as_of_wall:
         healthy=view.healthy,
         queued=dict(queued), running=dict(snapshot.running),
         warm=tuple(Shape(f, c, g, n) for (f, c, g), n in sorted(shapes.items()) if n),
-        gpus=tuple(GpuUnits(g.index, g.total_units, g.free_units) for g in view.gpus),
+        gpus=tuple(GpuUnits(g.index, g.total_units, g.free_units, g.mode) for g in view.gpus),
     )
 
 

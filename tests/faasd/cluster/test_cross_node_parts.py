@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
+from esg.errors import PolicyError
 from esg.model import Config
 from esg.policies import make_policy
-from esg.policy import Dispatch, NodeView
+from esg.policy import Action, Dispatch, Event, GpuView, NodeView, Snapshot
 from faasd.clock import ManualClock, SystemClock
 from faasd.cluster.entry import Entry
 from faasd.cluster.errors import NotRun, StaleTerm
@@ -331,3 +333,43 @@ async def test_an_assignment_runs_each_call_once_and_a_stale_or_dropping_one_run
     dropped = futures[2].exception()
     assert isinstance(dropped, FaasdError) and dropped.status == 503
     assert dropped.message == "hopeless: past its deadline" and e.pending() == 0
+
+
+class GpuPlacer:
+    """Places every queued job alone on n2's GPU 0 at 3 units (and records the snapshots)."""
+
+    name: ClassVar[str] = "gpu-placer"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[GpuView, ...]] = []
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        n2 = next(n for n in snapshot.nodes if n.name == "n2")
+        self.seen.append(n2.gpus)
+        return [Dispatch(app, function, (job.id,), Config(1, 1, 3), "n2", gpu=0)
+                for (app, function), jobs in snapshot.queues.items() for job in jobs[:1]]
+
+
+class GpuRemote(FakeRemote):
+    def views(self) -> tuple[NodeView, ...]:
+        return (NodeView("n2", total_vcpu=8, free_vcpu=8,
+                         gpus=(GpuView(index=0, free_units=7, total_units=7, mode="mps"),)),)
+
+
+async def test_the_leader_counts_the_gpu_units_it_places_on_other_nodes() -> None:
+    policy = GpuPlacer()
+    remote = GpuRemote()
+    controller = Controller(policy=policy, executor=Script(), clock=SystemClock(),
+                            vcpu_capacity=1, node_name="n1")
+    controller.lead_cluster(remote, local=Script())
+    v = version(batch=1)
+    controller.submit(remote_call(1, v))
+    controller.submit(remote_call(2, v))
+    await asyncio.sleep(0.05)
+    assert [ids for _, ids in remote.executed] == [["1"], ["2"]]
+    assert controller.snapshot().nodes[1].gpus[0].free_units == 1  # 7 - 3 - 3
+    with pytest.raises(PolicyError):  # a third would over-commit the GPU
+        controller.submit(remote_call(3, v))
+    remote.release.set()
+    await asyncio.sleep(0.05)
+    assert controller.snapshot().nodes[1].gpus[0].free_units == 7

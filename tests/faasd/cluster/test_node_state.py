@@ -38,7 +38,7 @@ def _fields() -> list[object]:
 
 
 @pytest.mark.parametrize(("index", "value", "message"), [
-    (0, 99, "format 99 is not 1"),
+    (0, 99, "format 99 is not 2"),
     (1, "", "node must be a non-empty string"),
     (3, -1, "seq must be a whole number >= 0"),
     (5, "soon", "changed_wall must be a number"),

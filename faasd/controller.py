@@ -20,9 +20,10 @@ node's own calls on this node runs as on a lone node. `evict_queued` gives up wh
 when this node stops leading: the entry nodes place those calls with the new leader.
 
 GPUs (with a `GpuSource`): the snapshot's node carries the GPUs' free and total slice units; a
-function with `vgpu > 0` runs at that share where some GPU could give it, on the CPU where the
-node has no GPU units at all (as before GPUs were known), and is refused with GpuUnavailable
-where the node has GPUs but no slice of that size (MIG: no such instance). A dispatch naming a
+function with `vgpu > 0` runs at that share where some GPU could give it (in a cluster, on
+any node), on the CPU where no node has GPU units at all (as before GPUs were known), and is
+refused with GpuUnavailable where the node has GPUs but no slice of that size (MIG: no such
+instance). A dispatch naming a
 GPU the node does not have is a policy bug. The slice itself is taken when the sandbox starts
 (`faasd.gpu.slices.SliceTable` never over-commits), since a warm sandbox keeps its own.
 """
@@ -259,10 +260,10 @@ class Controller:
             self._refresh_limits(invocation.version)
         elif (
             invocation.version.settings.vgpu
-            and self._gpus is not None
+            and (self._gpus is not None or self._remote is not None)
             and self._limits[name].vgpu != self._vgpu_for(invocation.version)
         ):
-            self._refresh_limits(invocation.version)  # the node's GPUs changed (one was lost)
+            self._refresh_limits(invocation.version)  # the GPUs changed (one was lost)
         if app not in self._workflows:
             self._workflows[app] = Workflow.single(name)
         now = self._clock.now()
@@ -453,13 +454,16 @@ class Controller:
         self._limits_of[version.name] = version
 
     def _vgpu_for(self, version: FunctionVersion) -> int:
-        """The GPU units `version` runs with here (see the module docstring)."""
+        """The GPU units `version` runs with here (see the module docstring); in a cluster,
+        its units where another node has a GPU that large (the policy places it there)."""
         units = version.settings.vgpu
-        if units == 0 or self._gpus is None:
+        if units == 0:
             return 0
-        sizes = self._gpus.sizes()
+        if any(g.total_units >= units for v in self._remote_views.values() for g in v.gpus):
+            return units
+        sizes = self._gpus.sizes() if self._gpus is not None else frozenset()
         if not sizes:
-            return 0  # no GPU units on this node: on the CPU, as without GPU support
+            return 0  # no GPU units on any node: on the CPU, as without GPU support
         if units not in sizes:
             have = ", ".join(map(str, sorted(sizes)))
             raise GpuUnavailable(

@@ -5,6 +5,7 @@ controller scheduling other nodes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -163,6 +164,7 @@ class FakeRemote:
     def __init__(self) -> None:
         self.executed: list[tuple[str, list[str]]] = []
         self.dropped: list[tuple[str, list[str]]] = []
+        self.configs: list[Config] = []
         self.release = asyncio.Event()
 
     def views(self) -> tuple[NodeView, ...]:
@@ -170,6 +172,7 @@ class FakeRemote:
 
     async def execute(self, dispatch: Dispatch, invocations: list[Invocation]) -> BatchOutcome:
         self.executed.append((dispatch.node, [i.id for i in invocations]))
+        self.configs.append(dispatch.config)
         await self.release.wait()
         return BatchOutcome([NotRun("answered by its entry node")] * len(invocations), 0.01,
                             False, True)
@@ -373,3 +376,17 @@ async def test_the_leader_counts_the_gpu_units_it_places_on_other_nodes() -> Non
     remote.release.set()
     await asyncio.sleep(0.05)
     assert controller.snapshot().nodes[1].gpus[0].free_units == 7
+
+
+async def test_a_leader_without_gpus_places_a_gpu_function_on_a_node_with_one() -> None:
+    remote = GpuRemote()
+    controller = Controller(policy=make_policy("fcfs"), executor=Script(), clock=SystemClock(),
+                            vcpu_capacity=2, node_name="n1")
+    controller.lead_cluster(remote, local=Script())
+    controller.snapshot()  # the first event's snapshot reads the other nodes
+    settings = dataclasses.replace(version().settings, vgpu=2, max_batch_size=1)
+    v = dataclasses.replace(version(), settings=settings)
+    controller.submit(remote_call(1, v))
+    await asyncio.sleep(0.05)
+    assert remote.executed == [("n2", ["1"])] and remote.configs[0].vgpu == 2
+    remote.release.set()

@@ -23,9 +23,9 @@ GPUs (with a `GpuSource`): the snapshot's node carries the GPUs' free and total 
 function with `vgpu > 0` runs at that share where some GPU could give it (in a cluster, on
 any node), on the CPU where no node has GPU units at all (as before GPUs were known), and is
 refused with GpuUnavailable where the node has GPUs but no slice of that size (MIG: no such
-instance). A dispatch naming a
-GPU the node does not have is a policy bug. The slice itself is taken when the sandbox starts
-(`faasd.gpu.slices.SliceTable` never over-commits), since a warm sandbox keeps its own.
+instance). A dispatch naming a GPU the node does not have is a policy bug. The slice itself is
+taken when the sandbox starts (`faasd.gpu.slices.SliceTable` never over-commits), since a warm
+sandbox keeps its own.
 """
 
 from __future__ import annotations

@@ -248,6 +248,22 @@ def test_at_the_instance_cap_a_cold_start_is_charged_the_restart_of_the_sandbox_
     assert _dispatches(_policy().on_event(Timer(), full))[0].config == CPU4
 
 
+def test_at_the_instance_cap_a_shape_that_only_meets_the_budget_warm_does_not_evict() -> None:
+    # 60 ms left, a warm idle CPU1 sandbox (110 ms planned: too slow), cold starts of 240 ms.
+    # CPU4 meets the budget warm (44 ms) but not cold (284 ms). With room for another sandbox
+    # ESG starts it anyway (later requests want that configuration); at an instance cap of one
+    # that start would stop the CPU1 sandbox, and the next batch could want it back: the late
+    # rules run the warm CPU1 instead (it finishes first, cold start counted).
+    warm_node = node("n0", vcpu=16, gpu_units=(0,), warm={("f", CPU1): 1})
+    jobs = [job(0, slo_s=0.06)]
+    roomy = {"f": FunctionLimits(max_batch=1, cold_start_ms=240.0)}
+    capped = {"f": FunctionLimits(max_batch=1, max_instances=1, cold_start_ms=240.0)}
+    free = _snap(0.0, jobs, slo_s=0.06, nodes=(warm_node,), limits=roomy)
+    assert _dispatches(_policy().on_event(Timer(), free))[0].config == CPU4
+    full = _snap(0.0, jobs, slo_s=0.06, nodes=(warm_node,), limits=capped)
+    assert _dispatches(_policy().on_event(Timer(), full))[0].config == CPU1
+
+
 def test_nothing_fits_keeps_the_jobs_queued() -> None:
     full = (node("n0", vcpu=16, free_vcpu=0, gpu_units=(0,)),)
     jobs = [job(0), job(1)]

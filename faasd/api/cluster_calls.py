@@ -13,6 +13,9 @@ the cluster's token has). `faasd/cluster/entry.py` has the protocol.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
@@ -32,14 +35,20 @@ from faasd.errors import BadRequest, Conflict, FaasdError, NotFound
 from faasd.gateway import NO_ITEM, Invocation
 from faasd.services import Services
 
+T = TypeVar("T")
+
 
 def _in_cluster(services: Services) -> None:
     if services.cluster is None or services.entry is None or services.worker is None:
         raise NotFound("this node is not in a cluster: no other node places calls here")
 
 
-async def _body(request: web.Request) -> bytes:
-    return await request.read()
+async def _decoded(request: web.Request, decode: Callable[[bytes], T]) -> T:
+    """The request's body as `decode` reads it; a malformed one is a 400 that says why."""
+    try:
+        return decode(await request.read())
+    except MessageError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 async def take_jobs(request: web.Request) -> web.Response:
@@ -51,10 +60,7 @@ async def take_jobs(request: web.Request) -> web.Response:
         leader = cluster.leader().name
         raise Conflict(f"{cluster.name} is not the leader; place calls with "
                        f"{leader or 'the leader, once one is elected'}", leader=leader)
-    try:
-        tickets = decode_tickets(await _body(request))
-    except MessageError as exc:
-        raise BadRequest(str(exc)) from None
+    tickets = await _decoded(request, decode_tickets)
     now = services.clock.now()
     refused: dict[str, FaasdError] = {}
     for ticket in tickets:
@@ -78,10 +84,7 @@ async def assign(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     _in_cluster(services)
     assert services.entry is not None
-    try:
-        assignment = decode_assignment(await _body(request))
-    except MessageError as exc:
-        raise BadRequest(str(exc)) from None
+    assignment = await _decoded(request, decode_assignment)
     summary = await services.entry.assigned(assignment)
     return web.Response(body=encode_summary(summary), content_type=MSGPACK)
 
@@ -90,10 +93,7 @@ async def outputs(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     _in_cluster(services)
     assert services.worker is not None
-    try:
-        wanted = decode_pull(await _body(request))
-    except MessageError as exc:
-        raise BadRequest(str(exc)) from None
+    wanted = await _decoded(request, decode_pull)
     return web.Response(body=encode_pulled(services.worker.serve_outputs(wanted)),
                         content_type=MSGPACK)
 
@@ -102,10 +102,7 @@ async def run(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     _in_cluster(services)
     assert services.worker is not None
-    try:
-        run_request = decode_run(await _body(request))
-    except MessageError as exc:
-        raise BadRequest(str(exc)) from None
+    run_request = await _decoded(request, decode_run)
     reply = await services.worker.run(run_request)
     return web.Response(body=b"".join(bytes(b) for b in encode_run_reply(reply)),
                         content_type=MSGPACK)

@@ -76,6 +76,21 @@ def start(root: Path, ip: str, *flags: str) -> Api:
 
 
 @contextmanager
+def voters(root: Path, ips: list[str]) -> Iterator[list[Api]]:
+    """A voter on each of `ips` (the first starts the cluster, the others join it), each with
+    a token of its own; killed when the block ends."""
+    started: list[Api] = []
+    try:
+        started.append(start(root, ips[0], "--voter"))
+        for ip in ips[1:]:
+            started.append(start(root, ip, "--voter", "--join", ips[0]))
+        yield started
+    finally:
+        for api in started:
+            api.node.kill()
+
+
+@contextmanager
 def keyed_root() -> Iterator[Path]:
     """A tmpfs directory for the nodes' state, with a fresh gossip key in `gossip.key`."""
     require_engines()

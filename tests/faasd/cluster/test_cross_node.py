@@ -25,7 +25,7 @@ import pytest
 
 from tests.faasd.builders import expected_y, make_function
 from tests.faasd.cluster.addresses import Addresses
-from tests.faasd.cluster.apis import Api, X, keyed_root, start
+from tests.faasd.cluster.apis import Api, X, keyed_root, start, voters
 from tests.faasd.cluster.nodes import wait_for
 from tests.faasd.cluster.recorder import Recorder
 from tests.faasd.workflows.builders import workflow_dir, write_op_model
@@ -60,11 +60,7 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def apis(root: Path, ips: list[str]) -> Iterator[list[Api]]:
-    started: list[Api] = []
-    try:
-        started.append(start(root, ips[0], "--voter"))
-        for ip in ips[1:3]:
-            started.append(start(root, ip, "--voter", "--join", ips[0]))
+    with voters(root, ips[:3]) as started:
         source = make_function(root / "src", "slow", handler=SLOW,
                                yaml="batching: {max_batch_size: 1}\n")
         status, doc = started[1].request("POST", "/system/functions", {"path": str(source)})
@@ -72,9 +68,6 @@ def apis(root: Path, ips: list[str]) -> Iterator[list[Api]]:
         for api in started:
             wait_for(f"{api.node.ip} serves slow", lambda api=api: api.has("slow"), 30)
         yield started
-    finally:
-        for api in started:
-            api.node.kill()
 
 
 def call(api: Api, timeout_s: float = 60) -> tuple[int, str, object]:
@@ -282,77 +275,65 @@ def post_workflow(api: Api, workflow: str, text: str) -> tuple[int, dict[str, ob
         return exc.code, json.load(exc)
 
 
+class SteadyLoad:
+    """Closed-loop callers of `slow`, `per_node` at each of `apis`, from `with` to its end;
+    every answer that is not a 200 with the right tensor is kept in `errors`."""
+
+    def __init__(self, apis: list[Api], per_node: int) -> None:
+        self.answered = 0
+        self.errors: list[object] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._caller, args=(api,))
+                         for api in apis for _ in range(per_node)]
+
+    def _caller(self, api: Api) -> None:
+        while not self._stop.is_set():
+            status, _, answer = call(api)
+            with self._lock:
+                self.answered += 1
+                if status != 200 or answer != pytest.approx(WANTED, rel=1e-6):
+                    self.errors.append((status, answer))
+
+    def __enter__(self) -> SteadyLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(120)
+        assert not any(t.is_alive() for t in self._threads), "a call was never answered"
+
+
 def test_a_stopped_leader_is_replaced_under_load_and_its_calls_end_once_it_resumes(
         apis: list[Api]) -> None:
     leader, term = leader_of(apis)
     others = [api for api in apis if api is not leader]
-    outcomes: Counter[int] = Counter()
-    errors: list[object] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def caller(api: Api) -> None:
-        while not stop.is_set():
-            status, _, answer = call(api)
-            with lock:
-                outcomes[status] += 1
-                if status != 200 or answer != pytest.approx(WANTED, rel=1e-6):
-                    errors.append((status, answer))
-
-    threads = [threading.Thread(target=caller, args=(api,)) for api in apis for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    try:
+    with SteadyLoad(apis, per_node=2) as load:
         time.sleep(1.0)
         leader.node.process.send_signal(signal.SIGSTOP)
         try:
             leader_of(others, above=term)
-            before = sum(outcomes.values())
+            before = load.answered
             wait_for("calls answered through the new leader",
-                     lambda: sum(outcomes.values()) > before + 20, 30)
+                     lambda: load.answered > before + 20, 30)
         finally:
             leader.node.process.send_signal(signal.SIGCONT)
         time.sleep(2.0)  # the resumed node's queued calls go to the new leader
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(120)
-    assert not any(t.is_alive() for t in threads), "a call was never answered"
-    assert errors == []
+    assert load.errors == []
 
 
 def test_killing_the_leader_under_load_loses_no_call_entering_at_the_others(
         apis: list[Api]) -> None:
     leader, term = leader_of(apis)
     others = [api for api in apis if api is not leader]
-    outcomes: Counter[int] = Counter()
-    errors: list[object] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def caller(api: Api) -> None:
-        while not stop.is_set():
-            status, _, answer = call(api)
-            with lock:
-                outcomes[status] += 1
-                if status != 200 or answer != pytest.approx(WANTED, rel=1e-6):
-                    errors.append((status, answer))
-
-    threads = [threading.Thread(target=caller, args=(api,)) for api in others for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
+    with SteadyLoad(others, per_node=3) as load:
         time.sleep(1.0)
-        before = sum(outcomes.values())
+        before = load.answered
         leader.node.kill()
         leader_of(others, above=term)
         # the calls go on through the new leader
-        wait_for("calls answered after the failover",
-                 lambda: sum(outcomes.values()) > before + 20, 30)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(120)
-    assert errors == []
-    assert not any(t.is_alive() for t in threads), "a call was never answered"
-    assert outcomes[200] > 20
+        wait_for("calls answered after the failover", lambda: load.answered > before + 20, 30)
+    assert load.errors == []

@@ -76,6 +76,12 @@ LOAD_ALLOWANCE_S = 60.0
 PLACE_TIMEOUT_S = 15.0
 #: How often a waiting run checks the gossip for its worker's failure.
 WATCH_S = 0.25
+#: How often a waiting run probes its worker's liveness, how long a probe waits, and how many
+#: in a row may go unanswered (about 9 s in all): a stopped daemon (SIGSTOP, a frozen VM) keeps its sockets and its Serf agent
+#: (a process of its own) keeps gossiping, so only a probe tells it does not run.
+PROBE_EVERY_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+PROBE_MISSES = 3
 
 
 class Submitter(Protocol):
@@ -339,7 +345,7 @@ class Entry:
         post = asyncio.ensure_future(self._peers.post(
             a.worker_address, "/system/cluster/run", encode_run(request),
             timeout + LOAD_ALLOWANCE_S))
-        watch = asyncio.ensure_future(self._watch(a.worker))
+        watch = asyncio.ensure_future(self._watch(a.worker, a.worker_address))
         try:
             await asyncio.wait([post, watch], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -359,14 +365,22 @@ class Entry:
             raise PeerUnreachable(f"{a.worker} answered {status}")
         return _all(calls, _error_reply(status, body), BatchSummary(ok=False))
 
-    async def _watch(self, worker: str) -> str:
-        """Returns once the gossip says `worker` is no longer alive (its status)."""
+    async def _watch(self, worker: str, address: str) -> str:
+        """Returns once the gossip says `worker` is no longer alive (its status), or it left
+        `PROBE_MISSES` liveness probes in a row unanswered ("unresponsive")."""
+        loop = asyncio.get_running_loop()
+        next_probe, misses = loop.time() + PROBE_EVERY_S, 0
         while True:
             await asyncio.sleep(WATCH_S)
             member: Member | None = next(
                 (m for m in self._cluster.members() if m.name == worker), None)
             if member is None or not member.alive:
                 return "gone" if member is None else str(member.status)
+            if loop.time() >= next_probe:
+                misses = 0 if await self._peers.alive(address, PROBE_TIMEOUT_S) else misses + 1
+                if misses >= PROBE_MISSES:
+                    return "unresponsive"
+                next_probe = loop.time() + PROBE_EVERY_S
 
     # ------------------------------------------------------------ answering
 

@@ -58,6 +58,19 @@ class Peers:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PeerLost(f"{address} did not answer: {exc or type(exc).__name__}") from None
 
+    async def alive(self, address: str, timeout_s: float) -> bool:
+        """Whether the daemon at `address` answers its liveness probe within `timeout_s` (a
+        stopped process keeps its sockets open, so only an answer tells it is running)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+        try:
+            async with self._session.get(f"http://{address}/v2/health/live",
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as reply:
+                return reply.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -77,8 +77,9 @@ PLACE_TIMEOUT_S = 15.0
 #: How often a waiting run checks the gossip for its worker's failure.
 WATCH_S = 0.25
 #: How often a waiting run probes its worker's liveness, how long a probe waits, and how many
-#: in a row may go unanswered (about 9 s in all): a stopped daemon (SIGSTOP, a frozen VM) keeps its sockets and its Serf agent
-#: (a process of its own) keeps gossiping, so only a probe tells it does not run.
+#: in a row may go unanswered (about 9 s in all): a stopped daemon (SIGSTOP, a frozen VM) keeps
+#: its sockets, and its Serf agent (a process of its own) keeps gossiping, so only a probe
+#: tells it does not run.
 PROBE_EVERY_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 PROBE_MISSES = 3

@@ -84,9 +84,10 @@ def call(api: Api, timeout_s: float = 60) -> tuple[int, str, object]:
         return exc.code, "", json.load(exc)
 
 
-def post_text(api: Api, function: str, text: str) -> tuple[int, dict[str, object]]:
+def post_text(api: Api, path: str, text: str) -> tuple[int, dict[str, object]]:
+    """POST `text` (text/plain) to `path` on `api`'s node: (status, JSON answer)."""
     request = urllib.request.Request(
-        api.node.url + f"/function/{function}", data=text.encode(), method="POST",
+        api.node.url + path, data=text.encode(), method="POST",
         headers={"Authorization": f"Bearer {api.token}", "Content-Type": "text/plain"})
     try:
         with urllib.request.urlopen(request, timeout=60) as reply:
@@ -175,7 +176,7 @@ def test_a_worker_lost_mid_batch_costs_no_idempotent_call_and_runs_none_twice(
             with lock:
                 k = str(next(keys))
             started = time.monotonic()
-            status, doc = post_text(api, function, k)
+            status, doc = post_text(api, f"/function/{function}", k)
             with lock:
                 outcomes[(function, status, str(doc.get("reason", "")))] += 1
                 answered[k] = (function, status)
@@ -247,7 +248,7 @@ def test_a_workflows_stages_run_on_several_nodes_and_each_output_is_read_once(
 
         def caller(api: Api, first: int) -> None:
             for k in range(first, first + 10):
-                status, doc = post_workflow(api, "pipe", str(k))
+                status, doc = post_text(api, "/workflow/pipe", str(k))
                 with lock:
                     answers.append((status, doc, k))
 
@@ -279,17 +280,6 @@ def test_a_workflows_stages_run_on_several_nodes_and_each_output_is_read_once(
     # and some were read across nodes, straight from the node that made them
     assert totals["served"] + totals["read_here"] == len(answers), totals
     assert totals["served"] > 0, totals
-
-
-def post_workflow(api: Api, workflow: str, text: str) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(
-        api.node.url + f"/workflow/{workflow}", data=text.encode(), method="POST",
-        headers={"Authorization": f"Bearer {api.token}", "Content-Type": "text/plain"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, json.load(reply)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
 
 
 class SteadyLoad:

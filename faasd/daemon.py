@@ -321,28 +321,26 @@ class Daemon:
         if replicator is not None:  # after the startup deploys: they are recorded first
             replicator.start()
         if book is not None:
-            self._start_cluster_work(cluster, controller, book,
-                                     replicator.token if replicator else None)
+            self._start_cluster_work(cluster, controller, book)
         await async_calls.start()  # after the functions: calls left by a stopped daemon run
         self._services.readiness.ready = True
         loaded = len(catalog.list())
         self.notifier.ready(f"serving {loaded} function(s) on {self.url}")
         self.notifier.start_watchdog()
 
-    def _start_cluster_work(self, cluster: Cluster, controller: Controller, book: StateBook,
-                            token: str | None) -> None:
-        """Report this node's state to the leader, and start placing calls through it."""
-        assert self._services is not None
-        if self._entry is not None:
-            self._entry.start()
-        worker = self._services.worker
+    def _start_cluster_work(self, cluster: Cluster, controller: Controller,
+                            book: StateBook) -> None:
+        """Report this node's state to the leader, and start placing calls through it (the
+        parts `_cross_node` made)."""
+        assert self._services is not None and self._entry is not None
+        worker, peers = self._services.worker, self._peers
+        assert worker is not None and peers is not None
+        self._entry.start()
         reporter = self._reporter = StateReporter(
             name=cluster.name, snapshot=controller.snapshot, cluster=cluster, book=book,
-            clock=self.clock, token=token, arrived=self._services.state_arrived,
-            busy_vcpu=(lambda: worker.busy_vcpu) if worker is not None else lambda: 0)
-        controller.on_change = reporter.changed
-        if worker is not None:
-            worker.on_change = reporter.changed
+            clock=self.clock, peers=peers, arrived=self._services.state_arrived,
+            busy_vcpu=lambda: worker.busy_vcpu)
+        controller.on_change = worker.on_change = reporter.changed
         reporter.start()
 
     def _cross_node(self, cluster: ClusterNode, catalog: Catalog, controller: Controller,

@@ -32,6 +32,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, Protocol
 
 import numpy as np
@@ -80,6 +81,11 @@ class Held:
     output: str
 
 
+#: No inputs held elsewhere (every call outside a cluster's workflow): one shared, read-only
+#: mapping, not a new dict per call.
+NOTHING_HELD: Mapping[str, Held] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Invocation:
     """One call of one function version, owned by the gateway until it is answered."""
@@ -105,7 +111,7 @@ class Invocation:
     #: In a cluster, a workflow stage's inputs still on the nodes that produced them (by input
     #: name; `item` holds the others), and how many successor stages will read this stage's
     #: outputs (0: answer with them; more: the node that runs it keeps them for those reads).
-    held: Mapping[str, Held] = field(default_factory=dict)
+    held: Mapping[str, Held] = field(default_factory=lambda: NOTHING_HELD)
     keep_for: int = 0
     #: The node holding its held inputs (a join's first), where the scheduler prefers to run it
     input_node: str = ""
@@ -418,7 +424,7 @@ class Gateway:
         `held` and `keep_for`: see `Invocation`."""
         return Invocation(
             f"{request_id}.{version.name}", version.name, version, item, start_s, deadline_s,
-            postprocess, app, request_id, self._clock.now(), held=held or {},
+            postprocess, app, request_id, self._clock.now(), held=held or NOTHING_HELD,
             keep_for=keep_for, input_node=next((h.node for h in (held or {}).values()), ""),
         )
 

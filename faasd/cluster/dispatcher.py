@@ -19,6 +19,7 @@ with how it went. The calls' answers go from the worker to their entry nodes, no
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
@@ -35,7 +36,7 @@ from faasd.cluster.messages import (
     encode_assignment,
 )
 from faasd.cluster.node import Cluster, http_address
-from faasd.cluster.node_state import StateBook
+from faasd.cluster.node_state import NodeState, StateBook
 from faasd.cluster.peers import PeerLost, Peers, PeerUnreachable
 from faasd.controller import BatchOutcome
 from faasd.errors import FaasdError
@@ -61,6 +62,9 @@ class ClusterNodes:
         self._max_age_s = max_age_s
         self._suspect_s = suspect_s
         self._suspect_until: dict[str, float] = {}
+        #: each node's view as built from its last report (the controller asks on every
+        #: event; a report comes a few times a second at most)
+        self._built: dict[str, tuple[NodeState, NodeView]] = {}
 
     def suspect(self, node: str) -> None:
         self._suspect_until[node] = self._clock.now() + self._suspect_s
@@ -76,18 +80,28 @@ class ClusterNodes:
             if (member.name == self._name or not member.alive or state is None
                     or wall - state.as_of_wall > self._max_age_s):
                 continue
-            warm: dict[tuple[str, Config], int] = {}
-            for shape in state.warm:
-                for batch in self._batch_sizes(shape.function):
-                    warm[(shape.function, Config(batch, shape.vcpu, shape.vgpu))] = shape.idle
-            healthy = state.healthy and self._suspect_until.get(member.name, 0.0) <= now
-            views.append(NodeView(
-                name=member.name, total_vcpu=state.total_vcpu, free_vcpu=state.free_vcpu,
-                gpus=tuple(GpuView(index=g.index, free_units=g.free_units,
-                                   total_units=g.total_units, mode=g.mode)
-                           for g in state.gpus),
-                warm=warm, healthy=healthy))
+            built = self._built.get(member.name)
+            if built is None or built[0] is not state:
+                built = self._built[member.name] = (state, _view(state, self._batch_sizes))
+            view = built[1]
+            if view.healthy and self._suspect_until.get(member.name, 0.0) > now:
+                view = dataclasses.replace(view, healthy=False)
+            views.append(view)
         return tuple(views)
+
+
+def _view(state: NodeState, batch_sizes: Callable[[str], Sequence[int]]) -> NodeView:
+    """A node's report as the policy sees it: each warm shape under every batch size of its
+    function (as the local pool lists its own)."""
+    warm: dict[tuple[str, Config], int] = {}
+    for shape in state.warm:
+        for batch in batch_sizes(shape.function):
+            warm[(shape.function, Config(batch, shape.vcpu, shape.vgpu))] = shape.idle
+    return NodeView(
+        name=state.node, total_vcpu=state.total_vcpu, free_vcpu=state.free_vcpu,
+        gpus=tuple(GpuView(index=g.index, free_units=g.free_units, total_units=g.total_units,
+                           mode=g.mode) for g in state.gpus),
+        warm=warm, healthy=state.healthy)
 
 
 class Dispatcher:

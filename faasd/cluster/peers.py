@@ -36,13 +36,17 @@ class Peers:
         self._token = token
         self._session: aiohttp.ClientSession | None = None
 
-    async def post(self, address: str, path: str, body: bytes | Sequence[framing.Buffer],
-                   timeout_s: float) -> tuple[int, bytes]:
-        """POST `body` (bytes, or a frame's buffers) to `http://address/path`: (status, body)."""
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             # no connection limit per host: a batch's requests must not queue behind others
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+        return self._session
+
+    async def post(self, address: str, path: str, body: bytes | Sequence[framing.Buffer],
+                   timeout_s: float, method: str = "POST") -> tuple[int, bytes]:
+        """Send `body` (bytes, or a frame's buffers) to `http://address/path` (POST, or
+        `method`): (status, body)."""
         headers = {"Content-Type": MSGPACK}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -50,8 +54,8 @@ class Peers:
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=CONNECT_TIMEOUT_S)
         url = f"http://{address}{path}"
         try:
-            async with self._session.post(url, data=data, headers=headers,
-                                          timeout=timeout) as reply:
+            async with self._client().request(method, url, data=data, headers=headers,
+                                              timeout=timeout) as reply:
                 return reply.status, await reply.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise PeerUnreachable(f"{address} could not be reached: {exc}") from None
@@ -61,11 +65,8 @@ class Peers:
     async def alive(self, address: str, timeout_s: float) -> bool:
         """Whether the daemon at `address` answers its liveness probe within `timeout_s` (a
         stopped process keeps its sockets open, so only an answer tells it is running)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
         try:
-            async with self._session.get(f"http://{address}/v2/health/live",
+            async with self._client().get(f"http://{address}/v2/health/live",
                                          timeout=aiohttp.ClientTimeout(total=timeout_s)) as reply:
                 return reply.status == 200
         except (aiohttp.ClientError, TimeoutError):

@@ -3,12 +3,12 @@
 The controller calls `changed()` whenever a call is queued, a batch starts or ends, or a job is
 dropped. The reporter waits `coalesce_s` for the rest of a burst, reads the node's state and
 sends it: `PUT /system/nodes/{name}/state` on the leader's API (msgpack, with the cluster's
-token), or straight into the book when this node leads. Without changes it reports every
-`heartbeat_s`, which also carries what changes outside the controller (a sandbox expiring).
-One report is in flight at a time; changes meanwhile go into the next. After a report fails
-(no leader known, the leader unreachable or no longer leading) the reporter waits `retry_s`,
-then the next change or heartbeat sends the state as it is then, still dated from the oldest
-change it carries.
+token, through `faasd.cluster.peers`), or straight into the book when this node leads.
+Without changes it reports every `heartbeat_s`, which also carries what changes outside the
+controller (a sandbox expiring). One report is in flight at a time; changes meanwhile go into
+the next. After a report fails (no leader known, the leader unreachable or no longer
+leading) the reporter waits `retry_s`, then the next change or heartbeat sends the state as
+it is then, still dated from the oldest change it carries.
 
 `state_of` (pure) turns the controller's `Snapshot` into the report.
 """
@@ -22,16 +22,13 @@ import os
 from collections import Counter
 from collections.abc import Callable
 
-import aiohttp
-
 from esg.policy import Snapshot
 from faasd.clock import Clock
 from faasd.cluster.node import Cluster, http_address
 from faasd.cluster.node_state import GpuUnits, NodeState, Shape, StateBook
+from faasd.cluster.peers import PeerLost, Peers, PeerUnreachable
 
 log = logging.getLogger("faasd.cluster")
-
-CONTENT_TYPE = "application/msgpack"
 
 
 def state_of(snapshot: Snapshot, *, node: str, epoch: str, seq: int, as_of_wall: float,
@@ -66,7 +63,7 @@ class StateReporter:
         cluster: Cluster,
         book: StateBook,
         clock: Clock,
-        token: str | None,
+        peers: Peers,
         arrived: Callable[[NodeState, float], None],
         busy_vcpu: Callable[[], int] = lambda: 0,
         coalesce_s: float = 0.005,
@@ -82,7 +79,7 @@ class StateReporter:
         self._cluster = cluster
         self._book = book
         self._clock = clock
-        self._token = token
+        self._peers = peers
         self._arrived = arrived
         self._busy_vcpu = busy_vcpu
         self._coalesce_s = coalesce_s
@@ -95,7 +92,6 @@ class StateReporter:
         self._unsent_since: float | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
         self.failures = 0
 
     def changed(self) -> None:
@@ -113,9 +109,6 @@ class StateReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def _run(self) -> None:
         while True:
@@ -156,23 +149,17 @@ class StateReporter:
         address = http_address(self._cluster, leader)
         if address is None:
             return False
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        headers = {"Content-Type": CONTENT_TYPE}
-        if self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token}"
-        url = f"http://{address}/system/nodes/{self.name}/state"
         try:
-            async with self._session.put(
-                url, data=state.encode(), headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-            ) as reply:
-                if reply.status == 204:
-                    return True
-                log.debug("the leader %s refused this node's state: %d %s", leader,
-                          reply.status, await reply.text())
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            status, body = await self._peers.post(
+                address, f"/system/nodes/{self.name}/state", state.encode(), self._timeout_s,
+                method="PUT")
+        except (PeerUnreachable, PeerLost) as exc:
             log.debug("could not report this node's state to %s: %s", leader, exc)
+            return False
+        if status == 204:
+            return True
+        log.debug("the leader %s refused this node's state: %d %s", leader, status,
+                  body[:200].decode("utf-8", "replace"))
         return False
 
 

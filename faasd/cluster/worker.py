@@ -52,7 +52,7 @@ from faasd.cluster.peers import PeerLost, Peers, PeerUnreachable
 from faasd.controller import BatchOutcome, Executor
 from faasd.errors import FaasdError
 from faasd.functions.spec import FunctionVersion
-from faasd.gateway import CallResult, Invocation
+from faasd.gateway import NOTHING_HELD, CallResult, Invocation
 from faasd.sandbox.items import TensorItem, TensorResult
 
 log = logging.getLogger("faasd.cluster")
@@ -255,7 +255,8 @@ class Worker:
                     break
                 tensors[name] = kept[held.output]
             if missing is None:
-                ready.append(dataclasses.replace(invocation, item=TensorItem(tensors), held={}))
+                ready.append(dataclasses.replace(invocation, item=TensorItem(tensors),
+                                               held=NOTHING_HELD))
                 continue
             why = problems.get(missing.node, "it is no longer there (expired or already read)")
             failed[invocation.id] = FaasdError(

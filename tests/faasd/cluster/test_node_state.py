@@ -14,6 +14,7 @@ from faasd.clock import ManualClock
 from faasd.cluster.leadership import Leader
 from faasd.cluster.members import Member
 from faasd.cluster.node_state import GpuUnits, NodeState, Shape, StateBook
+from faasd.cluster.peers import Peers
 from faasd.cluster.state_reporter import StateReporter, state_of
 
 
@@ -124,7 +125,8 @@ async def test_a_burst_of_changes_goes_out_as_one_report_dated_from_its_first_ch
     book, arrivals = StateBook(), []
     reporter = StateReporter(
         name="a", snapshot=lambda: Snapshot(0.0, (view,), {}, {}), cluster=cluster,  # type: ignore[arg-type]
-        book=book, clock=clock, token=None, arrived=lambda s, t: arrivals.append((s, t)),
+        book=book, clock=clock, peers=Peers(None),
+        arrived=lambda s, t: arrivals.append((s, t)),
         coalesce_s=0.02, heartbeat_s=60.0)
     reporter.start()
     try:

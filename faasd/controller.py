@@ -12,12 +12,13 @@ function's `min_instances` warm and every used sandbox for its keep-alive; start
 would need the pool and the version, which the controller does not hold.
 
 In a cluster the leader's controller schedules the whole cluster (with a `Remote`): the
-snapshot adds the other nodes as they reported themselves, less the vCPUs of the batches
-placed there that have not ended; calls that entered at other nodes are queued by their
-metadata alone (`Invocation.entry`); and a batch placed on another node, or holding calls of
-other entry nodes, runs through `Remote.execute` (`faasd.cluster.dispatcher`). A batch of this
-node's own calls on this node runs as on a lone node. `evict_queued` gives up what is queued
-when this node stops leading: the entry nodes place those calls with the new leader.
+snapshot adds the other nodes as they reported themselves, each with the lesser of its
+reported free vCPUs and GPU units and what this leader's batches there leave; calls that
+entered at other nodes are queued by their metadata alone (`Invocation.entry`); and a batch
+placed on another node, or holding calls of other entry nodes, runs through
+`Remote.execute` (`faasd.cluster.dispatcher`). A batch of this node's own calls on this node
+runs as on a lone node. `evict_queued` gives up what is queued when this node stops leading:
+the entry nodes place those calls with the new leader.
 
 GPUs (with a `GpuSource`): the snapshot's node carries the GPUs' free and total slice units; a
 function with `vgpu > 0` runs at that share where some GPU could give it (in a cluster, on

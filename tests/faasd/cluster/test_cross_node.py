@@ -189,7 +189,10 @@ def test_a_worker_lost_mid_batch_costs_no_idempotent_call_and_runs_none_twice(
     try:
         for thread in threads:
             thread.start()
-        time.sleep(2.0)
+        time.sleep(1.0)
+        # the fault lands while the worker holds a call (each holds its sandbox 0.3 s)
+        wait_for("the worker runs a call", lambda: recorder.running_under(
+            worker.node.state_dir, answered, within_s=0.1), 30, every_s=0.01)
         if fault == "kill":
             worker.node.kill()
             time.sleep(3.0)

@@ -185,6 +185,7 @@ class GpuService:
         )
 
     def started(self, owner: str, pid: int) -> None:
+        """`owner`'s process is `pid` (known at its fork, then again once it has loaded)."""
         holder = self._holders.get(owner)
         if holder is not None:
             holder.pid = pid

@@ -17,23 +17,23 @@ and its workers are forked inside that box. Inside it:
    whose root is a tmpfs with read-only binds of the system (`/usr`, `/lib*`, `/bin`, `/sbin`,
    a few files of `/etc`, no `shadow`), Python's standard library and site-packages, the
    faasd package, the CPU topology in `/sys`, bubblewrap's minimal `/dev`, the function's own
-   version directory at its usual path, a `/proc` of the box's own processes and a private
-   writable `/tmp` of `tmp_mb`. The daemon's state directory, other functions and the host's
-   `/tmp` are not in it.
+   version directory at its usual path, a `/proc` of the box's own processes and a `/tmp` of
+   `tmp_mb` (each worker mounts its own over it). The daemon's state directory, other
+   functions and the host's `/tmp` are not in it.
 2. The fork server keeps only CAP_SETUID and CAP_SETGID, and only to hand each worker a user
    id of its own (`faasd.sandbox.identity`): a worker gives up root, its capabilities and
    the right to gain privileges before it loads anything of the function, and the fork server
    kills whatever that uid left when the worker ends.
 
 What is shared, and why: the sandboxes of one function (one version, one `network` setting)
-share a box, so they share its PID namespace and its `/tmp`; they run the same code for the
-same owner. Each worker then makes user, mount, IPC, UTS and (without `network: true`) network
-namespaces of its own inside the box and keeps no capability in them
-(`faasd.sandbox.identity.isolate`), so between sandboxes stand their uids, those namespaces and
+share a box, the read-only root above and its fork server; they run the same code for the same
+owner. Each worker then makes user, PID, mount, IPC, UTS and (without `network: true`) network
+namespaces of its own inside the box, with a `/tmp` of its own, and keeps no capability in
+them (`faasd.sandbox.identity`), so between sandboxes stand their uids, those namespaces and
 their cgroups; between functions, and between a function and the host, stands bubblewrap. The
-box itself has no user namespace: the daemon is root, so bubblewrap needs none, and a root of
-a box's user namespace would map onto the host's root; each worker's own user namespace maps
-only its unprivileged uid.
+box's own `/tmp` holds only what is bound below it. The box itself has no user namespace: the
+daemon is root, so bubblewrap needs none, and a root of a box's user namespace would map onto
+the host's root; each worker's own user namespace maps only its unprivileged uid.
 """
 
 from __future__ import annotations

@@ -472,6 +472,7 @@ class SandboxPool:
             self._counters.reserved[name] -= 1
             self._wake()
         self._counters.cold_starts += 1
+        self._spawner.loaded(process)
         now = self._clock.now()
         entry = _Entry(sandbox_key(version, config), version, process, cpus, now, now)
         entry.start_s = now - began

@@ -74,6 +74,22 @@ class Death:
         return f"exited with code {self.code}"
 
 
+def sandbox_pid(keeper: int) -> int | None:
+    """A confined sandbox's pid: the one child of the one child of the process its fork server
+    forked (its keeper, then its PID namespace's init: `faasd.sandbox.identity`); None where
+    the kernel does not list them so."""
+    pid = keeper
+    for _ in range(2):
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return None
+        if len(children) != 1:
+            return None
+        pid = int(children[0])
+    return pid
+
+
 class _StderrRelay:
     """Logs a worker's stderr, one record per line, tagged with its function and pid."""
 
@@ -127,8 +143,13 @@ class SandboxProcess:
         groups: SandboxGroups | None,
         tmp_dir: Path | None,
         shared: SharedPair | None = None,
+        confined: bool = False,
     ) -> None:
         self.id = sandbox_id
+        #: A confined worker runs as the child of the process its fork server forked
+        #: (`faasd.sandbox.identity`): `pid` names it once it has said anything.
+        self.confined = confined
+        self._pid = spawned.pid
         #: Where large tensors cross (see `faasd.sandbox.sharedmem`); None: all in frames.
         self.shared = shared
         self.spawned = spawned
@@ -145,7 +166,8 @@ class SandboxProcess:
 
     @property
     def pid(self) -> int:
-        return self.spawned.pid
+        """The process that runs the function (signals go to the forked one, `spawned`)."""
+        return self._pid
 
     @classmethod
     async def start(
@@ -191,7 +213,7 @@ class SandboxProcess:
                 shared.close()
             raise
         relay = _StderrRelay(stderr_r, f"{spec.name} v{spec.version} [{spawned.pid}]")
-        return cls(sandbox_id, spawned, chan, relay, groups, tmp_dir, shared)
+        return cls(sandbox_id, spawned, chan, relay, groups, tmp_dir, shared, bool(spec.uid))
 
     async def wait_ready(self, timeout_s: float) -> ModelInfo:
         """The worker's model info once loaded. LoadFailed if it says why it could not load;
@@ -199,6 +221,10 @@ class SandboxProcess:
         the worker was at (protocol.STAGE_*) when it last said so."""
         async with asyncio.timeout(timeout_s):
             message = await self._recv()
+            if self.confined:  # it has confined itself: its keeper has forked it
+                self._pid = sandbox_pid(self.spawned.pid) or self._pid
+                self.relay.label = self.relay.label.replace(f"[{self.spawned.pid}]",
+                                                            f"[{self._pid}]")
             while message.get("op") == "loading":
                 self.loading = str(message.get("stage"))
                 message = await self._recv()

@@ -66,6 +66,8 @@ class WorkerSpec:
     max_pids: int = 64
     #: A confined worker keeps its box's network (`network: true`) instead of one of its own.
     network: bool = False
+    #: The size of a confined worker's own `/tmp` (a tmpfs, charged to its memory).
+    tmp_mb: int = 64
     #: A sandbox bound to a GPU slice: the slice's environment (set before onnxruntime
     #: touches CUDA), onnxruntime's CUDA options, and whether the slice is a fake one (then
     #: the model runs on the CPU provider). Empty `gpu_env`: not bound.

@@ -98,10 +98,16 @@ def worker_spec(
         uid=uid,
         max_pids=MAX_PIDS,
         network=settings.network,
+        tmp_mb=tmp_mb_for(settings.memory_mb),
         gpu_env=dict(gpu.env) if gpu is not None else {},
         cuda_options=dict(gpu.cuda_options) if gpu is not None else {},
         gpu_fake=gpu.fake if gpu is not None else False,
     )
+
+
+def tmp_mb_for(memory_mb: int) -> int:
+    """A sandbox's /tmp is a tmpfs charged to its memory: a quarter of it, at most 256 MiB."""
+    return max(16, min(256, memory_mb // 4))
 
 
 def box_for(version: FunctionVersion, config: Config) -> bubblewrap.Box:
@@ -109,8 +115,8 @@ def box_for(version: FunctionVersion, config: Config) -> bubblewrap.Box:
     return bubblewrap.Box(
         function_dir=str(version.directory),
         network=settings.network,
-        # /tmp is a tmpfs charged to the sandboxes' memory: a quarter of it, at most 256 MiB
-        tmp_mb=max(16, min(256, settings.memory_mb // 4)),
+        # the fork server's /tmp: each sandbox mounts its own (`worker_spec`)
+        tmp_mb=1,
         gpu=config.vgpu > 0,
         inode=os.stat(version.directory).st_ino,
     )
@@ -301,8 +307,8 @@ class Spawner:
             process.spawned.exited.add_done_callback(
                 lambda _: self._left(box, slot))
         logger.info(
-            "sandbox [%d] forked for %s v%d at %s on cpus %s%s",
-            process.pid,
+            "sandbox %s forked for %s v%d at %s on cpus %s%s",
+            process.id,
             version.name,
             version.version,
             config,
@@ -313,6 +319,12 @@ class Spawner:
 
     def release(self, cpus: tuple[int, ...]) -> None:
         self._cpu_load.subtract(cpus)
+
+    def loaded(self, process: SandboxProcess) -> None:
+        """A sandbox is ready: the holder of its GPU slice, if it has one, is now the process
+        that runs the function (a confined one is known once it has confined itself)."""
+        if self.gpu is not None:
+            self.gpu.started(process.id, process.pid)
 
     def occupy(self, groups: SandboxGroups | None, cpus: tuple[int, ...]) -> tuple[int, ...]:
         """The CPUs a batch of the sandbox on `cpus` runs on; `vacate` them when it ends.

@@ -137,7 +137,7 @@ def _load_parts(
         confine(spec, cgroup_fds)
         _set_environment(spec)
         if spec.uid:
-            identity.become(spec.uid, spec.max_pids, spec.network)
+            identity.become(spec.uid, spec.max_pids, spec.network, spec.tmp_mb)
             _die_with_parent()  # a change of uid clears the parent-death signal
         _prepare_process(spec)
     except OSError as exc:

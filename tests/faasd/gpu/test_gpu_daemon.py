@@ -137,8 +137,9 @@ async def test_a_mig_sandbox_carries_its_instance_and_gives_it_back(tmp_path: Pa
         assert line.startswith('faasd_gpu_memory_used_bytes{function_name="onmig"} ')
         assert float(line.split()[-1]) == 300 * 2**20
 
-        # the fork server never gets a slice, nor CUDA
-        fork_server = parent_of(pid)
+        # the fork server never gets a slice, nor CUDA (above the sandbox: its PID
+        # namespace's init, then its keeper, `faasd.sandbox.identity`)
+        fork_server = parent_of(parent_of(parent_of(pid)))
         assert "CUDA_VISIBLE_DEVICES" not in environ(fork_server)
         assert "libcuda" not in Path(f"/proc/{fork_server}/maps").read_text()
 

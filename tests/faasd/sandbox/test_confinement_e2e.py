@@ -20,6 +20,7 @@ import pytest
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
 from faasd.sandbox import bubblewrap, identity
+from faasd.sandbox.spawner import tmp_mb_for
 from tests.faasd.builders import make_function
 
 pytestmark = pytest.mark.slow
@@ -78,6 +79,19 @@ def attempt(action, arg):
             "tmp": sorted(os.listdir("/tmp")),
             "uid": os.getuid(),
         }
+    if action == "fill":  # /tmp, a MiB at a time, until it is full
+        written = 0
+        try:
+            with open("/tmp/fill", "wb") as f:
+                while written < int(arg):
+                    f.write(b"x" * 2**20)
+                    f.flush()
+                    written += 1
+        except OSError as exc:
+            return {"mib": written, "error": exc.strerror}
+        finally:
+            os.unlink("/tmp/fill")
+        return {"mib": written}
     if action == "forkbomb":
         made = 0
         for _ in range(int(arg)):
@@ -201,6 +215,15 @@ async def test_the_environment_is_only_what_the_function_names(
     assert isinstance(env, dict)
     assert set(env) == {"PATH", "HOME", "TMPDIR", "LANG", "GREETING"}, env
     assert env["GREETING"] == "hello"
+
+
+@pytest.mark.skipif(bubblewrap.probe() is not None, reason="this host cannot make namespaces")
+async def test_a_sandboxs_tmp_is_bounded(daemon: Daemon) -> None:
+    """A quarter of the function's memory_mb (512 here): 128 MiB, then ENOSPC."""
+    wanted = tmp_mb_for(512)
+    filled = (await _try(daemon, f"fill {2 * wanted}"))["ok"]
+    assert filled == {"mib": wanted, "error": "No space left on device"}, filled
+    await _serves(daemon)
 
 
 def _uid_processes(uid: int) -> list[int]:

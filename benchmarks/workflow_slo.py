@@ -29,9 +29,9 @@ What it does, in order:
    to ESG's in the same setting, p50 and p99 latency, requests. Written to
    `docs/evaluation/real.csv` (or `--out`).
 5. The same settings in `esg.sim` (one node of the daemon's vCPUs, no GPU, the measured
-   profiles, cold starts and per-batch overheads, the same arrivals): `real_vs_sim.csv`
-   beside it, and a Markdown table with the Spearman correlation of the policies' hit rates
-   per setting.
+   profiles, cold starts and per-batch overheads, the same arrivals, and executions as noisy
+   as the daemon measured them: see `measured_noise_sigma`): `real_vs_sim.csv` beside it, and
+   a Markdown table with the Spearman correlation of the policies' hit rates per setting.
 
 The load generator shares the 2 cores with the daemon and its sandboxes; the figures are this
 machine's (see docs/benchmarks.md for how to read them).
@@ -66,6 +66,7 @@ from esg.policies import make_policy
 from esg.policy import FunctionLimits
 from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
+from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import summarize
 from esg.sim.workloads import LOAD_LEVELS, SLO_FACTORS, ArrivalModel, Scenario
 
@@ -172,6 +173,18 @@ def functions_of(daemon: Daemon) -> dict[str, Workflow]:
 
 def measured_profiles(daemon: Daemon, names: Sequence[str]) -> dict[str, dict[str, Any]]:
     return {name: daemon.get(f"/system/profile/{name}") for name in names}
+
+
+def measured_noise_sigma(docs: Mapping[str, Mapping[str, Any]]) -> float:
+    """The lognormal sigma of the simulator's executions: from the median coefficient of
+    variation of the configurations the daemon measured at least twice (sigma^2 = ln(1 +
+    CV^2)). On this machine's two shared cores it is about 0.2, where the simulator's default
+    is 0.05; the drop rule of Clockwork and InferFair turns the difference into dropped calls."""
+    cvs = [r["std_ms"] / r["latency_ms"] for d in docs.values() for r in d["configurations"]
+           if r.get("count", 0) >= 2 and r.get("std_ms") is not None and r["latency_ms"] > 0]
+    if not cvs:
+        return ExecutionModel().noise_sigma
+    return min(1.0, math.sqrt(math.log(1 + statistics.median(cvs) ** 2)))
 
 
 def profile_of(doc: Mapping[str, Any]) -> Profile:
@@ -293,7 +306,7 @@ def row(policy: str, load: str, slo: str, outcomes: Sequence[Outcome]) -> dict[s
 def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow],
              profiles: Mapping[str, Profile], limits: Mapping[str, FunctionLimits],
              schedule: list[tuple[float, str]], plan: Plan, vcpu: int,
-             cold_start_s: float) -> dict[str, Any]:
+             cold_start_s: float, noise_sigma: float) -> dict[str, Any]:
     cluster = ClusterSpec(nodes=1, vcpu_per_node=vcpu, gpus_per_node=0,
                           cold_start_cpu_s=cold_start_s)
     functions = {f for w in workflows.values() for f in w.functions}
@@ -303,7 +316,9 @@ def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow]
         measure_from_s=plan.warmup_s,
     )
     record = Simulation(scenario, make_policy(policy), cluster, timer=time.perf_counter,
-                        settings=EngineSettings(seed=plan.seed)).run()
+                        settings=EngineSettings(
+                            seed=plan.seed,
+                            execution=ExecutionModel(noise_sigma=noise_sigma))).run()
     metrics = summarize(record)
     stages: dict[str, list[float]] = {}
     for batch in record.batches:
@@ -437,6 +452,8 @@ def run(plan: Plan, out: Path) -> int:
     }
     print(f"per-batch overhead (ms): { {n: round(v, 2) for n, v in overheads.items()} }",
           file=sys.stderr)
+    sigma = measured_noise_sigma(docs)
+    print(f"execution noise (lognormal sigma) for the simulator: {sigma:.2f}", file=sys.stderr)
     reference = {n: reference_ms(w, profiles, min(2, vcpu)) for n, w in workflows.items()}
     print(f"L (ms): { {n: round(v, 1) for n, v in reference.items()} }; capacity "
           f"{capacity:.1f} requests/s measured on {vcpu} vCPUs", file=sys.stderr)
@@ -459,7 +476,7 @@ def run(plan: Plan, out: Path) -> int:
                 flows = {n: Workflow.from_edges(n, w.functions, w.edges, slo_ms[n] / 1000)
                          for n, w in workflows.items()}
                 sim.append(simulate(policy, load, slo, flows, profiles, limits, schedule, plan,
-                                    vcpu, cold_s))
+                                    vcpu, cold_s, sigma))
                 r, s = real[-1], sim[-1]
                 print(f"{policy:>12} {load:>6}/{slo:<8} real {r['slo_hit_rate']:6.1%} "
                       f"p50 {r['p50_ms']:7.1f} ms  sim {s['slo_hit_rate']:6.1%} "

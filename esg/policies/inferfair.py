@@ -44,10 +44,11 @@ class InferFairPolicy(ClockworkPolicy):
         window_s: float = 1.0,
         epsilon: float = 0.05,
         overload_at: float = 0.7,
+        sample_ttl_s: float = 10.0,
     ) -> None:
         super().__init__(batches=batches, buffer_s=buffer_s, window=window,
                          estimate_percentile=estimate_percentile, prior_margin=prior_margin,
-                         gpu_units=gpu_units)
+                         gpu_units=gpu_units, sample_ttl_s=sample_ttl_s)
         self.window_s = window_s
         self.epsilon = epsilon
         self.overload_at = overload_at

@@ -2,7 +2,11 @@
 
 Pure functions over `esg.policy` values. Placement always checks the node's free vCPUs and the
 GPU's free slice units against the snapshot, so a policy built on `place` cannot over-commit a
-node; slice sizes are the MIG sizes (1, 2, 3, 4, 7).
+node; slice sizes are the MIG sizes (1, 2, 3, 4, 7). It also keeps the seam's cap on a
+function's concurrent batches (`FunctionLimits.max_instances`), as FCFS and ESG do [ours]: the
+papers of the baselines have no such cap, and a batch past it waited in the daemon's sandbox
+pool for a busy instance while holding its vCPUs (so the node's other functions waited too),
+where the simulator ran it at once on a new one.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ def warm_then_fullest(function: str, config: Config) -> NodeKey:
 def place(
     snapshot: Snapshot, function: str, config: Config, key: NodeKey | None = None
 ) -> tuple[str, int | None] | None:
-    """The best (node, gpu) where `config` fits now, by `key` (default: warm, then best fit)."""
+    """The best (node, gpu) where `config` fits now, by `key` (default: warm, then best fit);
+    None while the function runs its `max_instances` batches."""
+    limits = snapshot.limits.get(function)
+    cap = None if limits is None else limits.max_instances
+    if cap is not None and snapshot.running.get(function, 0) >= cap:
+        return None
     rank = key or warm_then_fullest(function, config)
     best: tuple[tuple[float | int | str, ...], str, int | None] | None = None
     for node in snapshot.nodes:

@@ -21,6 +21,8 @@ from esg.policies.orion import OrionPolicy
 from esg.policies.toolkit import RateMeter, critical_path_s, home_order, static_slo_shares
 from esg.policy import (
     Action,
+    Arrival,
+    Completion,
     Dispatch,
     Drop,
     Event,
@@ -156,6 +158,42 @@ def test_clockwork_drops_late_jobs_and_runs_the_largest_batch_that_meets_the_hea
     # Three fresh jobs, deadline 0.1 - 5 ms buffer: batch 2 (22.4 ms est.) is the largest that
     # has enough jobs (4 needs 4), then the third runs alone.
     assert [len(d.job_ids) for d in dispatches] == [2, 1]
+
+
+def test_clockwork_forgets_a_slow_spell_so_a_function_it_dropped_runs_again() -> None:
+    """A burst's slow executions made every job of `f` look late; with no batch of it running,
+    only the measurements' age can bring the estimate back (see the module docstring)."""
+    table = {Config(b, 2, 1): 10.0 * b for b in (1, 2, 4)}
+    workflows = {"a": Workflow.single("f", 0.1)}
+    policy = ClockworkPolicy(batches=(1, 2, 4), sample_ttl_s=10.0)
+    slow = Dispatch("a", "f", ("a0",), Config(1, 2, 1), "n0", gpu=0)
+    policy.on_event(Completion(slow, exec_s=0.5), _snapshot({}, {"f": table}, workflows))
+
+    def run(now: float) -> list[Action]:
+        job = _job(1, start=now, slo=0.1)
+        snap = _snapshot({("a", "f"): (job,)}, {"f": table}, workflows, now=now)
+        return policy.on_event(Timer(), snap)
+
+    assert [type(a) for a in run(now=5.0)] == [Drop]  # 0.5 s estimated against 0.1 s
+    assert [type(a) for a in run(now=10.5)] == [Dispatch]  # the 0.5 s is forgotten
+
+
+def test_the_baselines_keep_a_functions_cap_on_concurrent_batches() -> None:
+    """With `f` at its `max_instances` (1, one batch running), MQFQ-Sticky serves `g`, although
+    `f` was first in line and a node has room for both."""
+    from dataclasses import replace
+
+    table = {Config(1, 2, 1): 10.0}
+    workflows = {"a": Workflow.single("f", 1.0), "b": Workflow.single("g", 1.0)}
+    queues = {("a", "f"): (_job(1),), ("b", "g"): (_job(2, app="b", function="g", start=0.1),)}
+    snap = _snapshot(queues, {"f": table, "g": table}, workflows)
+    snap = replace(snap, running={"f": 1},
+                   limits={**snap.limits, "f": FunctionLimits(vcpu=2, vgpu=1, max_instances=1)})
+    policy = MqfqStickyPolicy()
+    for job in (*queues[("a", "f")], *queues[("b", "g")]):
+        policy.on_event(Arrival(job), replace(snap, queues={}))
+    dispatches = [a for a in policy.on_event(Timer(), snap) if isinstance(a, Dispatch)]
+    assert [d.function for d in dispatches] == ["g"]
 
 
 def test_harmonybatch_provision_is_the_cheapest_feasible_config() -> None:

@@ -150,6 +150,8 @@ class SandboxProcess:
         #: (`faasd.sandbox.identity`): `pid` names it once it has said anything.
         self.confined = confined
         self._pid = spawned.pid
+        #: a pidfd of that process once it is known (never a recycled pid)
+        self._pidfd = -1
         #: Where large tensors cross (see `faasd.sandbox.sharedmem`); None: all in frames.
         self.shared = shared
         self.spawned = spawned
@@ -222,9 +224,7 @@ class SandboxProcess:
         async with asyncio.timeout(timeout_s):
             message = await self._recv()
             if self.confined:  # it has confined itself: its keeper has forked it
-                self._pid = sandbox_pid(self.spawned.pid) or self._pid
-                self.relay.label = self.relay.label.replace(f"[{self.spawned.pid}]",
-                                                            f"[{self._pid}]")
+                self._find_sandbox()
             while message.get("op") == "loading":
                 self.loading = str(message.get("stage"))
                 message = await self._recv()
@@ -267,7 +267,26 @@ class SandboxProcess:
         kill(self.spawned, signal.SIGTERM)
 
     def kill(self) -> None:
-        kill(self.spawned, signal.SIGKILL)
+        """SIGKILL the process that runs the function where it is known, else the forked one.
+        A confined sandbox's keeper and init end only after it has (they end as it ended), so
+        once `join` sees the forked one gone, the sandbox is gone too; killed the other way
+        round, the sandbox would outlive its keeper for a moment."""
+        if self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        else:
+            kill(self.spawned, signal.SIGKILL)
+
+    def _find_sandbox(self) -> None:
+        pid = sandbox_pid(self.spawned.pid)
+        if pid is None:
+            return
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:
+            return  # it has ended already: the forked one follows it
+        self._pid = pid
+        self.relay.label = self.relay.label.replace(f"[{self.spawned.pid}]", f"[{pid}]")
 
     async def join(self, timeout_s: float) -> int | None:
         """The exit code once the worker has ended, or None if it has not within `timeout_s`."""
@@ -305,6 +324,9 @@ class SandboxProcess:
         self.channel.close()
         self.relay.close()
         self.spawned.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
         if self.shared is not None:  # results were copied out: nothing views the mappings
             self.shared.close()
             self.shared = None

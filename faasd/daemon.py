@@ -484,10 +484,8 @@ def _current(catalog: Catalog, name: str) -> FunctionVersion | None:
 
 
 def _batch_sizes(catalog: Catalog, name: str) -> range:
-    try:
-        return batch_sizes(catalog.get(name)[0])
-    except FaasdError:
-        return range(1, 2)
+    version = _current(catalog, name)
+    return range(1, 2) if version is None else batch_sizes(version)
 
 
 def _replicator(cluster: ClusterNode, catalog: Catalog, workflows: Workflows,

@@ -19,6 +19,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
+from faasd.cluster.entry import Entry
 from faasd.cluster.errors import NotRun
 from faasd.cluster.messages import (
     MessageError,
@@ -29,8 +30,10 @@ from faasd.cluster.messages import (
     encode_run_reply,
     encode_summary,
 )
+from faasd.cluster.node import Cluster
 from faasd.cluster.outputs import decode_pull, encode_pulled
 from faasd.cluster.peers import MSGPACK
+from faasd.cluster.worker import Worker
 from faasd.errors import BadRequest, Conflict, FaasdError, NotFound
 from faasd.gateway import NO_ITEM, Invocation
 from faasd.services import Services
@@ -38,9 +41,10 @@ from faasd.services import Services
 T = TypeVar("T")
 
 
-def _in_cluster(services: Services) -> None:
+def _in_cluster(services: Services) -> tuple[Cluster, Entry, Worker]:
     if services.cluster is None or services.entry is None or services.worker is None:
         raise NotFound("this node is not in a cluster: no other node places calls here")
+    return services.cluster, services.entry, services.worker
 
 
 async def _decoded(request: web.Request, decode: Callable[[bytes], T]) -> T:
@@ -51,11 +55,13 @@ async def _decoded(request: web.Request, decode: Callable[[bytes], T]) -> T:
         raise BadRequest(str(exc)) from None
 
 
+def _msgpack(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type=MSGPACK)
+
+
 async def take_jobs(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    _in_cluster(services)
-    cluster = services.cluster
-    assert cluster is not None
+    cluster, _, _ = _in_cluster(services)
     if not cluster.is_leader():
         leader = cluster.leader().name
         raise Conflict(f"{cluster.name} is not the leader; place calls with "
@@ -77,32 +83,22 @@ async def take_jobs(request: web.Request) -> web.Response:
                 input_node=ticket.input_node))
         except FaasdError as exc:
             refused[ticket.id] = exc
-    return web.Response(body=encode_refusals(refused), content_type=MSGPACK)
+    return _msgpack(encode_refusals(refused))
 
 
 async def assign(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    _in_cluster(services)
-    assert services.entry is not None
-    assignment = await _decoded(request, decode_assignment)
-    summary = await services.entry.assigned(assignment)
-    return web.Response(body=encode_summary(summary), content_type=MSGPACK)
+    _, entry, _ = _in_cluster(request.app[SERVICES])
+    summary = await entry.assigned(await _decoded(request, decode_assignment))
+    return _msgpack(encode_summary(summary))
 
 
 async def outputs(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    _in_cluster(services)
-    assert services.worker is not None
+    _, _, worker = _in_cluster(request.app[SERVICES])
     wanted = await _decoded(request, decode_pull)
-    return web.Response(body=encode_pulled(services.worker.serve_outputs(wanted)),
-                        content_type=MSGPACK)
+    return _msgpack(encode_pulled(worker.serve_outputs(wanted)))
 
 
 async def run(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    _in_cluster(services)
-    assert services.worker is not None
-    run_request = await _decoded(request, decode_run)
-    reply = await services.worker.run(run_request)
-    return web.Response(body=b"".join(bytes(b) for b in encode_run_reply(reply)),
-                        content_type=MSGPACK)
+    _, _, worker = _in_cluster(request.app[SERVICES])
+    reply = await worker.run(await _decoded(request, decode_run))
+    return _msgpack(b"".join(bytes(b) for b in encode_run_reply(reply)))

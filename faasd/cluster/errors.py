@@ -54,3 +54,10 @@ class WorkerLost(ClusterError):
     `idempotent: false`, so it is not run again (it may have run once)."""
 
     status = 502
+
+
+class InputLost(ClusterError):
+    """A workflow stage's input, kept on the node that produced it, could not be read (that
+    node died, or the tensors expired): running the stage again would not bring them back."""
+
+    status = 502

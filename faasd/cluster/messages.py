@@ -127,13 +127,13 @@ class RunReply:
 
 
 def encode_tickets(entry: str, tickets: Sequence[Ticket]) -> bytes:
-    return _pack({"entry": entry, "tickets": [
+    return pack({"entry": entry, "tickets": [
         [t.id, t.request_id, t.app, t.function, t.age_s, t.left_s, t.attempt, t.input_node]
         for t in tickets]})
 
 
 def decode_tickets(data: bytes) -> list[Ticket]:
-    doc = _unpack(data, "tickets")
+    doc = unpack(data, "tickets")
     try:
         entry = str(doc["entry"])
         return [Ticket(str(i), str(r), str(a), str(f), float(age), float(left), entry,
@@ -145,11 +145,11 @@ def decode_tickets(data: bytes) -> list[Ticket]:
 
 def encode_refusals(refused: Mapping[str, FaasdError]) -> bytes:
     """The leader's answer to tickets: the calls it refused (the others are queued)."""
-    return _pack({i: [e.status, e.message] for i, e in refused.items()})
+    return pack({i: [e.status, e.message] for i, e in refused.items()})
 
 
 def decode_refusals(data: bytes) -> dict[str, FaasdError]:
-    doc = _unpack(data, "refusals") if data else {}
+    doc = unpack(data, "refusals") if data else {}
     try:
         return {str(i): remote_error(int(s), str(m), {}) for i, (s, m) in doc.items()}
     except (AttributeError, TypeError, ValueError) as exc:
@@ -157,7 +157,7 @@ def decode_refusals(data: bytes) -> dict[str, FaasdError]:
 
 
 def encode_assignment(a: Assignment) -> bytes:
-    return _pack({
+    return pack({
         "term": a.term, "batch": a.batch, "fn": a.function, "config": _config(a.config),
         "gpu": a.gpu, "worker": a.worker, "addr": a.worker_address,
         "all": list(a.batch_ids), "ids": list(a.ids), "drop": a.drop,
@@ -165,7 +165,7 @@ def encode_assignment(a: Assignment) -> bytes:
 
 
 def decode_assignment(data: bytes) -> Assignment:
-    doc = _unpack(data, "assignment")
+    doc = unpack(data, "assignment")
     try:
         return Assignment(
             term=int(doc["term"]), batch=str(doc["batch"]), function=str(doc["fn"]),
@@ -179,14 +179,13 @@ def decode_assignment(data: bytes) -> Assignment:
 
 
 def encode_summary(s: BatchSummary) -> bytes:
-    return _pack([s.exec_s, s.cold_start, s.ok, s.unreachable])
+    return pack(_summary(s))
 
 
 def decode_summary(data: bytes) -> BatchSummary:
-    doc = _unpack(data, "batch summary")
+    doc = unpack(data, "batch summary")
     try:
-        exec_s, cold, ok, unreachable = doc
-        return BatchSummary(float(exec_s), bool(cold), bool(ok), bool(unreachable))
+        return _summary_of(doc)
     except (TypeError, ValueError) as exc:
         raise MessageError(f"malformed batch summary: {exc}") from None
 
@@ -205,7 +204,7 @@ def encode_run(r: RunRequest) -> list[framing.Buffer]:
 
 
 def decode_run(data: bytes) -> RunRequest:
-    doc = _unframe(data, "run request")
+    doc = unframe(data, "run request")
     try:
         jobs = tuple(Job(str(i), items_from_wire([item])[0], bool(post), float(left),
                          {str(k): Held(str(n), str(c), str(o)) for k, (n, c, o) in held.items()},
@@ -233,15 +232,12 @@ def encode_run_reply(reply: RunReply) -> list[framing.Buffer]:
                 "device": result.device, "node": result.node, "held_at": result.held_at,
                 "config": None if result.config is None else _config(result.config),
             }
-    s = reply.summary
-    return framing.encode({"summary": [s.exec_s, s.cold_start, s.ok, s.unreachable],
-                           "results": results})
+    return framing.encode({"summary": _summary(reply.summary), "results": results})
 
 
 def decode_run_reply(data: bytes) -> RunReply:
-    doc = _unframe(data, "run reply")
+    doc = unframe(data, "run reply")
     try:
-        exec_s, cold, ok, unreachable = doc["summary"]
         results: dict[str, CallResult | FaasdError] = {}
         for call_id, entry in doc["results"].items():
             if "e" in entry:
@@ -256,8 +252,7 @@ def decode_run_reply(data: bytes) -> RunReply:
                     node=str(entry["node"]), held_at=str(entry["held_at"]),
                     config=None if config is None else _config_of(config),
                 )
-        return RunReply(BatchSummary(float(exec_s), bool(cold), bool(ok), bool(unreachable)),
-                        results)
+        return RunReply(_summary_of(doc["summary"]), results)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MessageError(f"malformed run reply: {exc}") from None
 
@@ -270,6 +265,15 @@ def remote_error(status: int, message: str, extra: Mapping[str, Any]) -> FaasdEr
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _summary(s: BatchSummary) -> list[Any]:
+    return [s.exec_s, s.cold_start, s.ok, s.unreachable]
+
+
+def _summary_of(raw: Any) -> BatchSummary:
+    exec_s, cold, ok, unreachable = raw
+    return BatchSummary(float(exec_s), bool(cold), bool(ok), bool(unreachable))
 
 
 def _config(config: Config) -> list[int]:
@@ -285,12 +289,14 @@ def _gpu_of(raw: Any) -> int | None:
     return None if raw is None else int(raw)
 
 
-def _pack(value: Any) -> bytes:
+def pack(value: Any) -> bytes:
+    """A control message's bytes (msgpack)."""
     packed: bytes = msgpack.packb(value)
     return packed
 
 
-def _unpack(data: bytes, what: str) -> Any:
+def unpack(data: bytes, what: str) -> Any:
+    """A control message `what` from its bytes; MessageError if it is not one."""
     if len(data) > MAX_CONTROL_BYTES:
         raise MessageError(f"{what} of {len(data)} bytes exceeds {MAX_CONTROL_BYTES}")
     try:
@@ -299,7 +305,8 @@ def _unpack(data: bytes, what: str) -> Any:
         raise MessageError(f"{what} is not msgpack: {exc}") from None
 
 
-def _unframe(data: bytes, what: str) -> Any:
+def unframe(data: bytes, what: str) -> Any:
+    """A payload message `what` from its frame; MessageError if it is not one."""
     try:
         return framing.decode_frame(data)
     except framing.FrameError as exc:

@@ -13,12 +13,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import msgpack
 import numpy as np
 
-from faasd.cluster.messages import MessageError
+from faasd.cluster.messages import MessageError, pack, unframe, unpack
 from faasd.sandbox import framing
 
 #: How long outputs wait for a successor that never reads them.
@@ -75,17 +73,14 @@ class OutputStore:
 
 def encode_pull(wanted: Mapping[str, Iterable[str]]) -> bytes:
     """A read of other nodes' outputs: call id → output names."""
-    packed: bytes = msgpack.packb([[call_id, sorted(names)] for call_id, names in
-                                   wanted.items()])
-    return packed
+    return pack([[call_id, sorted(names)] for call_id, names in wanted.items()])
 
 
 def decode_pull(data: bytes) -> dict[str, list[str]]:
+    doc = unpack(data, "output read")
     try:
-        return {str(call_id): [str(n) for n in names]
-                for call_id, names in msgpack.unpackb(data, raw=False)}
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError) as exc:
+        return {str(call_id): [str(n) for n in names] for call_id, names in doc}
+    except (ValueError, TypeError) as exc:
         raise MessageError(f"malformed output read: {exc}") from None
 
 
@@ -95,9 +90,9 @@ def encode_pulled(found: Mapping[str, Mapping[str, np.ndarray] | None]) -> bytes
 
 
 def decode_pulled(data: bytes) -> dict[str, dict[str, np.ndarray] | None]:
+    doc = unframe(data, "outputs")
     try:
-        doc: Any = framing.decode_frame(data)
         return {str(k): None if v is None else {str(n): t for n, t in v.items()}
                 for k, v in doc.items()}
-    except (framing.FrameError, AttributeError, TypeError) as exc:
+    except (AttributeError, TypeError) as exc:
         raise MessageError(f"malformed outputs: {exc}") from None

@@ -44,7 +44,7 @@ import numpy as np
 
 from esg.model import Config
 from faasd.clock import Clock
-from faasd.cluster.errors import NotRun, StaleTerm
+from faasd.cluster.errors import InputLost, NotRun, StaleTerm
 from faasd.cluster.leadership import Fence
 from faasd.cluster.messages import BatchSummary, Job, MessageError, RunReply, RunRequest
 from faasd.cluster.outputs import OutputStore, decode_pulled, encode_pull
@@ -167,30 +167,34 @@ class Worker:
                 start_s=now, deadline_s=now + job.left_s, postprocess=job.postprocess,
                 held=job.held, keep_for=job.keep_for))
         summary = BatchSummary(ok=False)
-        vcpu = batch.request.config.vcpu if runnable else 0
-        self.busy_vcpu += vcpu
-        if runnable and self.on_change is not None:
-            self.on_change()
         if runnable:
-            try:
-                outcome = await self.execute(batch.request.config, runnable, now)
-            except Exception as exc:  # an invoker bug: the calls fail, the node serves on
-                log.exception("batch %s of %s failed", batch.request.batch,
-                              batch.request.function)
-                for invocation in runnable:
-                    self._settle(invocation.id, FaasdError(f"internal error on {self.name}: "
-                                                           f"{exc}"))
-            else:
-                self.batches_run += 1
-                summary = BatchSummary(outcome.exec_s, outcome.cold_start, outcome.ok)
-                for invocation, result in zip(runnable, outcome.results, strict=True):
-                    if isinstance(result, CallResult):
-                        result = dataclasses.replace(result, node=self.name)
-                    self._settle(invocation.id, result)
+            summary = await self._run_here(batch.request, runnable, now)
         batch.summary.set_result(summary)
-        self.busy_vcpu -= vcpu
-        if runnable and self.on_change is not None:
+
+    async def _run_here(self, request: RunRequest, runnable: list[Invocation],
+                        now: float) -> BatchSummary:
+        """Run the gathered calls, counted as busy vCPUs here while they run; each call's
+        result settled, and how the batch went."""
+        self.busy_vcpu += request.config.vcpu
+        if self.on_change is not None:
             self.on_change()
+        try:
+            outcome = await self.execute(request.config, runnable, now)
+        except Exception as exc:  # an invoker bug: the calls fail, the node serves on
+            log.exception("batch %s of %s failed", request.batch, request.function)
+            for invocation in runnable:
+                self._settle(invocation.id, FaasdError(f"internal error on {self.name}: {exc}"))
+            return BatchSummary(ok=False)
+        finally:
+            self.busy_vcpu -= request.config.vcpu
+            if self.on_change is not None:
+                self.on_change()
+        self.batches_run += 1
+        for invocation, result in zip(runnable, outcome.results, strict=True):
+            if isinstance(result, CallResult):
+                result = dataclasses.replace(result, node=self.name)
+            self._settle(invocation.id, result)
+        return BatchSummary(outcome.exec_s, outcome.cold_start, outcome.ok)
 
     # ------------------------------------------------------------ workflow stages' outputs
 
@@ -259,10 +263,9 @@ class Worker:
                                                held=NOTHING_HELD))
                 continue
             why = problems.get(missing.node, "it is no longer there (expired or already read)")
-            failed[invocation.id] = FaasdError(
+            failed[invocation.id] = InputLost(
                 f"the input {missing.output!r} of {invocation.function}, kept on "
                 f"{missing.node}, could not be read: {why}", reason="input_lost")
-            failed[invocation.id].status = 502
         return ready, failed
 
     async def _read(self, node: str, wanted: dict[str, set[str]]

@@ -7,7 +7,7 @@ its own, started as
 
     bwrap --unshare-pid --unshare-ipc --unshare-uts --unshare-net --die-with-parent
           --new-session --cap-drop ALL --cap-add CAP_SETUID --cap-add CAP_SETGID
-          --tmpfs /tmp (tmp_mb) --ro-bind /usr ... --ro-bind FUNCTION_DIR ... --proc /proc
+          --tmpfs /tmp (1 MiB) --ro-bind /usr ... --ro-bind FUNCTION_DIR ... --proc /proc
           --dev /dev -- python -m faasd.sandbox.forkserver FD
 
 and its workers are forked inside that box. Inside it:
@@ -18,7 +18,7 @@ and its workers are forked inside that box. Inside it:
    a few files of `/etc`, no `shadow`), Python's standard library and site-packages, the
    faasd package, the CPU topology in `/sys`, bubblewrap's minimal `/dev`, the function's own
    version directory at its usual path, a `/proc` of the box's own processes and a `/tmp` of
-   `tmp_mb` (each worker mounts its own over it). The daemon's state directory, other
+   `BOX_TMP_MB` (each worker mounts its own over it). The daemon's state directory, other
    functions and the host's `/tmp` are not in it.
 2. The fork server keeps only CAP_SETUID and CAP_SETGID, and only to hand each worker a user
    id of its own (`faasd.sandbox.identity`): a worker gives up root, its capabilities and
@@ -55,6 +55,9 @@ CPU_TOPOLOGY = "/sys/devices/system/cpu"
 #: The capabilities the fork server keeps inside the box, to give each worker its own uid.
 KEPT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID")
 INSTALL_HINT = "install bubblewrap (apt-get install bubblewrap)"
+#: The box's own /tmp: only the fork server's, and the mount points of what is bound below
+#: it; each worker mounts a /tmp of its own over it (`faasd.sandbox.identity`).
+BOX_TMP_MB = 1
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,6 @@ class Box:
 
     function_dir: str
     network: bool = False
-    tmp_mb: int = 64
     #: bind the NVIDIA device nodes (sandboxes with a GPU slice)
     gpu: bool = False
     #: the directory's inode: a box binds the directory it found, so a version directory
@@ -102,7 +104,7 @@ def mount_args(box: Box) -> list[str]:
     wanted = [*SYSTEM_DIRS, *ETC_FILES, CPU_TOPOLOGY, *python_dirs(), box.function_dir]
     sources = sorted({p for p in wanted if os.path.lexists(p)},
                      key=lambda p: (p.count("/"), p))
-    args = ["--size", str(max(1, box.tmp_mb) * 2**20), "--perms", "1777", "--tmpfs", "/tmp",
+    args = ["--size", str(BOX_TMP_MB * 2**20), "--perms", "1777", "--tmpfs", "/tmp",
             "--dev", "/dev", "--proc", "/proc"]
     done = {"/proc"}  # bound: nothing is bound below it
     # directories that exist, below which binds may go (a state directory in /dev/shm)

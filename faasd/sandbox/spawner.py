@@ -115,8 +115,6 @@ def box_for(version: FunctionVersion, config: Config) -> bubblewrap.Box:
     return bubblewrap.Box(
         function_dir=str(version.directory),
         network=settings.network,
-        # the fork server's /tmp: each sandbox mounts its own (`worker_spec`)
-        tmp_mb=1,
         gpu=config.vgpu > 0,
         inode=os.stat(version.directory).st_ino,
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.faasd.cluster.addresses import Addresses
+from tests.faasd.cluster.apis import keyed_root
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +30,10 @@ def loopback(addresses: Addresses) -> Iterator[Callable[[int], list[str]]]:
 
     yield take
     addresses.release(taken)
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[Path]:
+    """A module's nodes' state directories, with a gossip key in `gossip.key`."""
+    with keyed_root() as directory:
+        yield directory

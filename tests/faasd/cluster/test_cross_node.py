@@ -25,7 +25,7 @@ import pytest
 
 from tests.faasd.builders import expected_y, make_function
 from tests.faasd.cluster.addresses import Addresses
-from tests.faasd.cluster.apis import Api, X, keyed_root, start, voters
+from tests.faasd.cluster.apis import Api, X, start, voters
 from tests.faasd.cluster.nodes import wait_for
 from tests.faasd.cluster.recorder import Recorder
 from tests.faasd.workflows.builders import workflow_dir, write_op_model
@@ -50,12 +50,6 @@ def ips(addresses: Addresses) -> Iterator[list[str]]:
     """Three voters, then a worker."""
     with addresses.lease(4) as taken:
         yield taken
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    with keyed_root() as root:
-        yield root
 
 
 @pytest.fixture(scope="module")

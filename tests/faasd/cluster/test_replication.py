@@ -17,7 +17,7 @@ import pytest
 
 from tests.faasd.builders import expected_y, make_function
 from tests.faasd.cluster.addresses import Addresses
-from tests.faasd.cluster.apis import Api, X, keyed_root, start, voters
+from tests.faasd.cluster.apis import Api, X, start, voters
 from tests.faasd.cluster.nodes import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.cluster
 def ips(addresses: Addresses) -> Iterator[list[str]]:
     with addresses.lease(4) as taken:
         yield taken
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    with keyed_root() as root:
-        yield root
 
 
 @pytest.fixture(scope="module")

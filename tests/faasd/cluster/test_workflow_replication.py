@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.faasd.cluster.addresses import Addresses
-from tests.faasd.cluster.apis import Api, X, keyed_root, start
+from tests.faasd.cluster.apis import Api, X, start
 from tests.faasd.cluster.nodes import wait_for
 from tests.faasd.workflows.builders import op_function, workflow_dir
 
@@ -62,12 +62,6 @@ def matches(got: list[float] | None, add: float) -> bool:
 def ips(addresses: Addresses) -> Iterator[list[str]]:
     with addresses.lease(3) as taken:
         yield taken
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    with keyed_root() as root:
-        yield root
 
 
 @pytest.fixture(scope="module")

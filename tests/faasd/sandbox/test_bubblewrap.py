@@ -16,10 +16,10 @@ def _pairs(args: list[str], option: str) -> list[tuple[str, str]]:
 def test_a_function_under_tmp_is_bound_after_the_private_tmp(tmp_path: Path) -> None:
     function_dir = tmp_path / "functions" / "f" / "1"
     function_dir.mkdir(parents=True)
-    args = bubblewrap.mount_args(Box(str(function_dir), tmp_mb=32))
+    args = bubblewrap.mount_args(Box(str(function_dir)))
     tmpfs = args.index("--tmpfs")
-    assert args[tmpfs - 4:tmpfs + 2] == ["--size", str(32 * 2**20), "--perms", "1777",
-                                         "--tmpfs", "/tmp"]
+    assert args[tmpfs - 4:tmpfs + 2] == ["--size", str(bubblewrap.BOX_TMP_MB * 2**20), "--perms",
+                                         "1777", "--tmpfs", "/tmp"]
     bound = args.index(str(function_dir))
     assert bound > tmpfs and (str(function_dir), str(function_dir)) in _pairs(args, "--ro-bind")
     # its parents exist in the box and are open to the worker's uid (bwrap would make 0700)

@@ -29,9 +29,10 @@ What it does, in order:
    to ESG's in the same setting, p50 and p99 latency, requests. Written to
    `docs/evaluation/real.csv` (or `--out`).
 5. The same settings in `esg.sim` (one node of the daemon's vCPUs, no GPU, the measured
-   profiles, cold starts and per-batch overheads, the same arrivals, and executions as noisy
-   as the daemon measured them: see `measured_noise_sigma`): `real_vs_sim.csv` beside it, and
-   a Markdown table with the Spearman correlation of the policies' hit rates per setting.
+   profiles, cold starts, per-batch overheads and time outside the stages, the same arrivals,
+   and executions as noisy as the daemon measured them: see `measured_noise_sigma`):
+   `real_vs_sim.csv` beside it, and a Markdown table with the Spearman correlation of the
+   policies' hit rates per setting.
 
 The load generator shares the 2 cores with the daemon and its sandboxes; the figures are this
 machine's (see docs/benchmarks.md for how to read them).
@@ -88,6 +89,20 @@ class Plan:
     profile_kind: str
     seed: int
     capacity_s: float
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the first daemon measured, for the simulator: profiles, limits (with cold starts
+    and per-batch overheads), the node's vCPUs, the mean cold start, the executions' noise, and
+    what a call of each workflow spends outside its stages."""
+
+    profiles: Mapping[str, Profile]
+    limits: Mapping[str, FunctionLimits]
+    vcpu: int
+    cold_start_s: float
+    noise_sigma: float
+    outside_ms: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -304,21 +319,18 @@ def row(policy: str, load: str, slo: str, outcomes: Sequence[Outcome]) -> dict[s
 
 
 def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow],
-             profiles: Mapping[str, Profile], limits: Mapping[str, FunctionLimits],
-             schedule: list[tuple[float, str]], plan: Plan, vcpu: int,
-             cold_start_s: float, noise_sigma: float) -> dict[str, Any]:
-    cluster = ClusterSpec(nodes=1, vcpu_per_node=vcpu, gpus_per_node=0,
-                          cold_start_cpu_s=cold_start_s)
+             measured: Measured, schedule: list[tuple[float, str]], plan: Plan) -> dict[str, Any]:
+    cluster = ClusterSpec(nodes=1, vcpu_per_node=measured.vcpu, gpus_per_node=0,
+                          cold_start_cpu_s=measured.cold_start_s)
     functions = {f for w in workflows.values() for f in w.functions}
     scenario = Scenario(
-        name=f"{load}/{slo}", workflows=workflows, profiles=profiles, limits=limits,
-        output_bytes=dict.fromkeys(functions, 0.0), arrivals=tuple(schedule),
-        measure_from_s=plan.warmup_s,
+        name=f"{load}/{slo}", workflows=workflows, profiles=measured.profiles,
+        limits=measured.limits, output_bytes=dict.fromkeys(functions, 0.0),
+        arrivals=tuple(schedule), measure_from_s=plan.warmup_s, outside_ms=measured.outside_ms,
     )
+    execution = ExecutionModel(noise_sigma=measured.noise_sigma)
     record = Simulation(scenario, make_policy(policy), cluster, timer=time.perf_counter,
-                        settings=EngineSettings(
-                            seed=plan.seed,
-                            execution=ExecutionModel(noise_sigma=noise_sigma))).run()
+                        settings=EngineSettings(seed=plan.seed, execution=execution)).run()
     metrics = summarize(record)
     stages: dict[str, list[float]] = {}
     for batch in record.batches:
@@ -438,6 +450,8 @@ def run(plan: Plan, out: Path) -> int:
         settings = {n: d["settings"] for n, d in described.items()}
         overheads = {n: float(d.get("overhead_ms", 0.0)) for n, d in described.items()}
         vcpu = int(first.get("/healthz").get("vcpu_capacity", os.cpu_count() or 1))
+        outside = {n: float(first.get(f"/system/workflow/{n}").get("outside_ms", 0.0))
+                   for n in workflows}
     finally:
         first.stop()
     profiles = {n: profile_of(d) for n, d in docs.items()}
@@ -454,6 +468,9 @@ def run(plan: Plan, out: Path) -> int:
           file=sys.stderr)
     sigma = measured_noise_sigma(docs)
     print(f"execution noise (lognormal sigma) for the simulator: {sigma:.2f}", file=sys.stderr)
+    print(f"time outside the stages per call (ms): "
+          f"{ {n: round(v, 2) for n, v in outside.items()} }", file=sys.stderr)
+    measured = Measured(profiles, limits, vcpu, cold_s, sigma, outside)
     reference = {n: reference_ms(w, profiles, min(2, vcpu)) for n, w in workflows.items()}
     print(f"L (ms): { {n: round(v, 1) for n, v in reference.items()} }; capacity "
           f"{capacity:.1f} requests/s measured on {vcpu} vCPUs", file=sys.stderr)
@@ -475,8 +492,7 @@ def run(plan: Plan, out: Path) -> int:
                 real.append(row(policy, load, slo, outcomes))
                 flows = {n: Workflow.from_edges(n, w.functions, w.edges, slo_ms[n] / 1000)
                          for n, w in workflows.items()}
-                sim.append(simulate(policy, load, slo, flows, profiles, limits, schedule, plan,
-                                    vcpu, cold_s, sigma))
+                sim.append(simulate(policy, load, slo, flows, measured, schedule, plan))
                 r, s = real[-1], sim[-1]
                 print(f"{policy:>12} {load:>6}/{slo:<8} real {r['slo_hit_rate']:6.1%} "
                       f"p50 {r['p50_ms']:7.1f} ms  sim {s['slo_hit_rate']:6.1%} "

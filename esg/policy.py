@@ -103,6 +103,11 @@ class Snapshot:
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     limits: Mapping[str, FunctionLimits] = field(default_factory=dict)
     running: Mapping[str, int] = field(default_factory=dict)
+    #: Per application: what a call spends outside its stages' batches once its first stage
+    #: is queued (ms): the hops from a stage's answer to the next stage's queue and the
+    #: rendering of the answer. Measured by the daemon; a planner that spends the SLO reserves
+    #: it, or finishes late by that much. Absent: 0.
+    outside_ms: Mapping[str, float] = field(default_factory=dict)
 
     def node(self, name: str) -> NodeView:
         for node in self.nodes:

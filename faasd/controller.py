@@ -68,7 +68,8 @@ from faasd.gateway import CallResult, Invocation
 log = logging.getLogger("faasd.controller")
 
 NODE = "local"
-#: Weight of the newest warm batch in the smoothed per-batch overhead (an EWMA).
+#: Weight of the newest sample in the smoothed per-batch overhead and time outside stages
+#: (EWMAs).
 OVERHEAD_SMOOTHING = 0.1
 
 
@@ -223,6 +224,10 @@ class Controller:
         self._batch_ids = 0
         #: smoothed time of a warm batch outside its execution, ms, per function
         self._overhead_ms: dict[str, float] = {}
+        #: smoothed time a workflow call spends outside its stages, ms, per workflow: as
+        #: measured, and as the policies see it (changed in steps of 0.1 ms)
+        self._outside_ms: dict[str, float] = {}
+        self._outside_shown: dict[str, float] = {}
         #: completions not yet told to the policy (delivered on the next loop turn)
         self._completions: deque[Completion] = deque()
         #: told whenever what the snapshot shows changes (a call queued, a batch started or
@@ -361,6 +366,8 @@ class Controller:
 
     def remove_workflow(self, name: str) -> None:
         self._workflows.pop(name, None)
+        self._outside_ms.pop(name, None)
+        self._outside_shown.pop(name, None)
 
     def pending_total(self) -> int:
         """Calls admitted and not yet answered (queued or running), all functions."""
@@ -400,6 +407,7 @@ class Controller:
             profiles=self._runnable_profiles(),
             limits=MappingProxyType(self._limits),
             running=dict(self._running_count),
+            outside_ms=MappingProxyType(self._outside_shown),
         )
 
     def _runnable_profiles(self) -> Mapping[str, Profile]:
@@ -678,6 +686,23 @@ class Controller:
         limits = self._limits.get(function)
         if limits is not None and abs(limits.overhead_ms - new) >= 0.1:
             self._limits[function] = dataclasses.replace(limits, overhead_ms=round(new, 1))
+
+    def outside_ms(self, workflow: str) -> float:
+        """What a call of `workflow` spends outside its stages (ms), smoothed."""
+        return self._outside_ms.get(workflow, 0.0)
+
+    def observe_outside(self, workflow: str, seconds: float) -> None:
+        """Smooth one call's time outside its stages (`WorkflowResult.outside_s`: the hops
+        between stages and the rendering of the answer) into what the policies see
+        (`Snapshot.outside_ms`). A planner that spends the SLO to its end is late by this
+        much unless it leaves it over; like the per-batch overhead, the figure the policies
+        see moves in steps of 0.1 ms or more."""
+        ms = max(0.0, seconds * 1000.0)
+        old = self._outside_ms.get(workflow)
+        new = ms if old is None else old + OVERHEAD_SMOOTHING * (ms - old)
+        self._outside_ms[workflow] = new
+        if abs(self._outside_shown.get(workflow, 0.0) - new) >= 0.1:
+            self._outside_shown[workflow] = round(new, 1)
 
     def _deliver_completions(self) -> None:
         while self._completions:

@@ -266,7 +266,7 @@ class Daemon:
             metrics=metrics,
             pool_stats=_stats_view(pool),
             workflows=workflows,
-            runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0]),
+            runner=WorkflowRunner(gateway, lambda name: catalog.get(name)[0], self.clock),
             profiles=profiles,
             gpus=gpus,
             cluster=cluster,

@@ -16,6 +16,8 @@ A dispatched batch takes its vCPUs and slice units at once and runs
   sandbox of another shape, as the daemon's pool does);
 * the function's `FunctionLimits.overhead_ms` (what the daemon measured a warm batch to take
   beyond its execution) is added after exec: it occupies the vCPUs but is not billed;
+* a call also takes its application's `Scenario.outside_ms` (the daemon's hops between
+  stages and the rendering of its answer), added when its last exit finishes;
 * exec = the profile's mean latency (of the smallest profiled batch holding the jobs, at the
   same vCPUs and slice, for a partial batch) made wrong by `EngineSettings.execution`
   (`esg.sim.execution`): × the function's systematic factor, × a lognormal noise factor drawn
@@ -252,8 +254,11 @@ class Simulation:
             if not successors:
                 request.exits_left -= 1
                 if request.exits_left == 0:
-                    request.finish_s = self._now
-                    self._record.requests[request.id].finish_s = self._now
+                    # The time outside the stages comes at the end here; on the daemon part of
+                    # it lies between stages, which adds the same to a call's latency.
+                    finish_s = self._now + self.scenario.outside_ms.get(request.app, 0.0) / 1000
+                    request.finish_s = finish_s
+                    self._record.requests[request.id].finish_s = finish_s
             for succ in successors:
                 request.waiting_on[succ] -= 1
                 if request.waiting_on[succ] == 0:
@@ -285,6 +290,7 @@ class Simulation:
             profiles=self.scenario.profiles,
             limits=self.scenario.limits,
             running=dict(self._running),
+            outside_ms=self.scenario.outside_ms,
         )
 
     def _call(self, event: Event) -> None:

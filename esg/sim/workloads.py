@@ -39,7 +39,7 @@ import itertools
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from esg.model import Config, Profile, Workflow
 from esg.policy import FunctionLimits
@@ -235,6 +235,10 @@ class Scenario:
     arrivals: tuple[tuple[float, str], ...]
     measure_from_s: float = 0.0
     reference_s: Mapping[str, float] | None = None
+    #: Per application: what a call spends outside its stages' batches (ms; hops between
+    #: stages and the answer's rendering, as the daemon measures them). The engine adds it to
+    #: each call's latency and the policies see it (`Snapshot.outside_ms`). Absent: 0.
+    outside_ms: Mapping[str, float] = field(default_factory=dict)
 
 
 def _applications(apps: tuple[App, ...]) -> tuple[Application, ...]:

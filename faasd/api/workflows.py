@@ -82,7 +82,9 @@ async def answer(
     headers["X-Faasd-Slo-Met"] = "true" if met else "false"
     headers["X-Faasd-Cold-Start"] = "true" if result.cold_start else "false"
     headers["X-Faasd-Cost"] = f"{result.cost(DEFAULT_PRICING):.6g}"
-    return _render(workflow, payload, result, headers)
+    response = _render(workflow, payload, result, headers)
+    services.controller.observe_outside(name, result.outside_s(workflow.spec, services.clock.now()))
+    return response
 
 
 def _render(
@@ -203,6 +205,9 @@ def status(services: Services, workflow: DeployedWorkflow) -> dict[str, Any]:
         "sinks": list(spec.sinks()),
         "function_status": functions,
         "scheduler": services.config.scheduler,
+        # what a call spends outside its stages (hops and the answer), smoothed: the
+        # planners leave it over from the SLO
+        "outside_ms": round(services.controller.outside_ms(spec.name), 3),
         "urls": {"invoke": f"/workflow/{spec.name}", "v2": f"/v2/models/{spec.name}/infer"},
     })
     return doc

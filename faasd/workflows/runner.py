@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from esg.pricing import Pricing
+from faasd.clock import Clock
 from faasd.errors import FaasdError
 from faasd.functions.spec import FunctionVersion
 from faasd.gateway import CallResult, Gateway, Held
@@ -71,6 +72,24 @@ class WorkflowResult:
 
     sinks: dict[str, CallResult] = field(default_factory=dict)
     stages: dict[str, CallResult] = field(default_factory=dict)
+    #: per stage: when it was submitted and when it answered (the clock's seconds)
+    timeline: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def outside_s(self, spec: WorkflowSpec, end_s: float) -> float:
+        """The time the call spent outside its stages once its source was submitted, along
+        the path that decided when it ended: from the last stage to answer back to the
+        source, each hop from the predecessor that answered last to the stage's submission,
+        plus the time from that last answer to `end_s` (the answer rendered). What a planner
+        that spends the SLO must leave over (`esg.policy.Snapshot.outside_ms`)."""
+        if not self.timeline:
+            return 0.0
+        at = max(self.timeline, key=lambda f: self.timeline[f][1])
+        total = end_s - self.timeline[at][1]
+        while preds := [p for p in spec.predecessors(at) if p in self.timeline]:
+            last = max(preds, key=lambda p: self.timeline[p][1])
+            total += self.timeline[at][0] - self.timeline[last][1]
+            at = last
+        return max(0.0, total)
 
     @property
     def cold_start(self) -> bool:
@@ -84,9 +103,12 @@ class WorkflowResult:
 class WorkflowRunner:
     """Runs workflow calls; `current(name)` is the version of a function that serves now."""
 
-    def __init__(self, gateway: Gateway, current: Callable[[str], FunctionVersion]) -> None:
+    def __init__(
+        self, gateway: Gateway, current: Callable[[str], FunctionVersion], clock: Clock
+    ) -> None:
         self._gateway = gateway
         self._current = current
+        self._clock = clock
 
     async def run(
         self,
@@ -136,11 +158,13 @@ class WorkflowRunner:
                 deadline_s=deadline_s, postprocess=postprocess and function in sinks,
                 held=held, keep_for=sum(1 for e in spec.edges if e.source == function),
             )
+            submitted_s = self._clock.now()
             try:
                 answer = await self._gateway.call(invocation)
             except FaasdError as exc:
                 raise StageFailed(spec.name, function, exc, not preds) from exc
             result.stages[function] = answer
+            result.timeline[function] = (submitted_s, self._clock.now())
             if function in sinks:
                 result.sinks[function] = answer
             if answer.held_at:

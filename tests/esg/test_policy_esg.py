@@ -85,14 +85,39 @@ def test_a_lone_job_waits_for_a_pair_while_the_budget_allows() -> None:
     assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.89975)
 
 
-@pytest.mark.parametrize(("free_vcpu", "waits"), [(4, False), (16, True)])
-def test_a_batch_the_arrival_rate_cannot_fill_in_time_is_not_waited_for_on_a_busy_node(
-    free_vcpu: int, waits: bool
+def test_the_time_a_call_spends_outside_its_stages_is_left_over_from_the_slo() -> None:
+    # The daemon measured 10 ms per call of "app" outside its batches (hops, the answer): the
+    # lone job's slack is 890 - 10 = 880 ms, so the wait ends 10 ms earlier than above; the
+    # figure of another application changes nothing.
+    j0 = job(0, start_s=0.0, slo_s=1.0)
+    snap = dataclasses.replace(_snap(0.0, [j0]), outside_ms={"app": 10.0})
+    [wake] = _policy().on_event(Arrival(j0), snap)
+    assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.87975)
+    other = dataclasses.replace(snap, outside_ms={"g": 10.0})
+    [wake] = _policy().on_event(Arrival(j0), other)
+    assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.88975)
+    # When the wait is over, the 10 ms are not spent either: at 0.87975 s the budget is
+    # 1000 - 879.75 - 10 = 110.25 ms, which CPU1 (1.1 * 100 ms) meets.
+    [dispatch] = _dispatches(_policy().on_event(Timer(), dataclasses.replace(
+        _snap(0.87975, [j0]), outside_ms={"app": 10.0})))
+    assert dispatch.config == CPU1
+    [dispatch] = _dispatches(_policy().on_event(Timer(), dataclasses.replace(
+        _snap(0.88475, [j0]), outside_ms={"app": 10.0})))
+    assert dispatch.config == CPU4
+
+
+@pytest.mark.parametrize(
+    ("free_vcpu", "busy_above", "waits"),
+    [(4, 0.0, False), (16, 0.0, False), (4, 0.1, False), (16, 0.1, True)],
+)
+def test_a_batch_the_arrival_rate_cannot_fill_in_time_is_not_waited_for(
+    free_vcpu: int, busy_above: float, waits: bool
 ) -> None:
     # Jobs arrive 1 s apart; a lone job's slack is 890 ms (see above), so a pair is not
-    # expected before the wait is over. On a node with 12 of 16 vCPUs in use since the first
-    # arrival it runs at once (CPU1); on an idle node it waits as ESG without the estimate.
-    policy = _policy()
+    # expected before the wait is over: the second job runs at once (CPU1), on a busy node
+    # (12 of 16 vCPUs in use since the first arrival) and an idle one. With the earlier rule
+    # (busy_above=0.1) an idle node waits as ESG without the estimate.
+    policy = EsgPolicy(pricing=PRICES, busy_above=busy_above)
     busy = (node("n0", vcpu=16, free_vcpu=free_vcpu, gpu_units=(7,)),)
     j0 = job(0, start_s=0.0, slo_s=1.0)
     assert isinstance(policy.on_event(Arrival(j0), _snap(0.0, [j0], nodes=busy))[0], WakeUp)

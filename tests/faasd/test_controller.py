@@ -321,6 +321,21 @@ async def test_warm_batches_measure_the_time_outside_execution_for_the_planner()
         controller.overhead_ms("f"), abs=0.15)
 
 
+def test_the_time_calls_spend_outside_their_stages_reaches_the_policies_in_steps() -> None:
+    controller = make(Slow(delay_s=0.0, exec_s=0.0))
+    assert controller.snapshot().outside_ms == {}
+    controller.observe_outside("classify", 0.002)
+    assert controller.outside_ms("classify") == pytest.approx(2.0)
+    assert controller.snapshot().outside_ms == {"classify": 2.0}
+    controller.observe_outside("classify", 0.0025)  # smoothed: 2.05 ms, shown still as 2.0
+    assert controller.outside_ms("classify") == pytest.approx(2.05)
+    assert controller.snapshot().outside_ms == {"classify": 2.0}
+    controller.observe_outside("classify", 0.004)  # 2.245 ms: moved by 0.1 ms or more
+    assert controller.snapshot().outside_ms == {"classify": 2.2}
+    controller.remove_workflow("classify")
+    assert controller.snapshot().outside_ms == {}
+
+
 class _Prewarming:
     """FCFS that asks for a pre-warm of its own shape before every answer."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import ClassVar
 
@@ -298,6 +299,24 @@ def test_the_measured_overhead_of_a_batch_adds_to_its_time_but_not_its_cost() ->
     [(bare, bare_cost)] = [(r.latency_s, r.cost) for r in plain.requests.values()]
     assert slow == pytest.approx(bare + 0.005)
     assert slow_cost == pytest.approx(bare_cost)
+
+
+def test_the_time_outside_stages_adds_to_each_call_and_the_policy_sees_it() -> None:
+    wf = Workflow.single("f", slo_s=1.0)
+    sc = replace(scenario(wf, {"f": {CPU: 40.0}}, arrivals=[0.0]), outside_ms={"f": 3.0})
+    seen: list[Mapping[str, float]] = []
+
+    class Watching(Fixed):
+        def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+            seen.append(snapshot.outside_ms)
+            return super().on_event(event, snapshot)
+
+    plain = run(Fixed(CPU), scenario(wf, {"f": {CPU: 40.0}}, arrivals=[0.0]))
+    record = run(Watching(CPU), sc)
+    [late] = [r.latency_s for r in record.requests.values()]
+    [bare] = [r.latency_s for r in plain.requests.values()]
+    assert late == pytest.approx(bare + 0.003)
+    assert seen and all(s == {"f": 3.0} for s in seen)
 
 
 class PrewarmFirst:

@@ -175,7 +175,14 @@ def test_esg_meets_a_tight_slo_on_a_wide_dag_and_a_loose_one_at_one_group_cost()
     whole = run_workflow(loose, make_policy("esg", {"group_size": 16}), settings, lambda: 0.0)
     savings = run_workflow(loose, make_policy("esg", {"slo_split": "savings"}), settings,
                            lambda: 0.0)
-    assert split["slo_hit_rate"] == whole["slo_hit_rate"] == 1.0
+    # By default ESG does not wait for a batch the arrival rate cannot fill (requests are
+    # 0.5 s apart here), so each stage runs at once with the cheapest plan that fits its
+    # share, and 5 % noise on its 200 ms branches makes 1-3 requests in 60 late; the earlier
+    # rule waited on idle nodes, ran a fast plan at the end of the wait, and met every one.
+    assert split["slo_hit_rate"] >= 0.95 and whole["slo_hit_rate"] >= 0.95
+    waiting = run_workflow(loose, make_policy("esg", {"busy_above": 0.1}), settings,
+                           lambda: 0.0)
+    assert waiting["slo_hit_rate"] == 1.0
     assert split["cost_per_request"] <= 1.2 * whole["cost_per_request"]
     assert savings["slo_hit_rate"] >= 0.95
     assert savings["cost_per_request"] <= 1.2 * whole["cost_per_request"]

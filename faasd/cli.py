@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--workflows", type=Path,
                     help="then deploy every workflow directory (with a workflow.yaml) in DIR")
     up.add_argument("--config", type=Path, help="faasd.yaml with the daemon's settings")
-    up.add_argument("--scheduler", help="policy name (default fcfs)")
+    up.add_argument("--scheduler", help="policy name (default esg)")
     up.add_argument("--port-file", type=Path, help="write the bound port here once ready")
     up.add_argument("--log-level", default=None)
     cluster = up.add_argument_group("cluster (none of these: one node, its own leader)")

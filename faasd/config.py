@@ -56,7 +56,7 @@ class DaemonConfig:
     state_dir: Path = Path("state")
     functions_dir: Path | None = None
     workflows_dir: Path | None = None
-    scheduler: str = "fcfs"
+    scheduler: str = "esg"
     max_body_mb: int = 64
     node_vcpu: int = 0
     max_sandboxes: int = 32

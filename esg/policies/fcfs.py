@@ -1,4 +1,4 @@
-"""FCFS with dynamic batching: the daemon's default policy and the simplest baseline.
+"""FCFS with dynamic batching: the simplest baseline (ESG runs a function without a profile so too).
 
 Each AFW queue is served oldest job first. A batch leaves when `max_batch` jobs are waiting or
 when the oldest has waited `max_queue_delay_s` (Triton's dynamic batcher), at the function's

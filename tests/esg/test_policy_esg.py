@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 import pytest
@@ -329,6 +330,22 @@ def test_a_function_without_a_profile_runs_fcfs_at_its_limits() -> None:
         Dispatch("app", "x", ("j0", "j1", "j2", "j3"), Config(4, 2), "local"),
         WakeUp(1.01),  # the fifth waits up to max_queue_delay_s for company
     ]
+
+
+def test_a_call_without_a_deadline_runs_at_the_functions_limits_though_it_has_a_profile() -> None:
+    # A function without an SLO called alone: nothing to plan for, so its faasd.yaml batching
+    # applies (the profile would have picked PAIR at 1 vCPU and dispatched the lone job).
+    limits = {"f": FunctionLimits(max_batch=4, max_queue_delay_s=0.01, vcpu=2)}
+    jobs = [job(i, start_s=1.0, slo_s=math.inf) for i in range(5)]
+    actions = _policy().on_event(Arrival(jobs[-1]), _snap(1.0, jobs, limits=limits))
+    assert actions == [
+        Dispatch("app", "f", ("j0", "j1", "j2", "j3"), Config(4, 2), "n0"),
+        WakeUp(1.01),
+    ]
+    # The same jobs with a deadline are planned from the profile.
+    timed = [job(i, start_s=1.0, slo_s=1.0) for i in range(5)]
+    planned = _dispatches(_policy().on_event(Arrival(timed[-1]), _snap(1.0, timed, limits=limits)))
+    assert planned and all(d.config in PROFILE.latency_ms for d in planned)
 
 
 def test_the_daemon_bounds_batch_and_has_no_gpu() -> None:

@@ -22,9 +22,8 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     root = tmp_path / "functions"
     make_function(root, "batchy", BATCHING, TEXT_HANDLER)
     make_function(root, "fragile", BATCHING + "idempotent: false\n", TEXT_HANDLER)
-    # FCFS's batcher holds the burst together for max_queue_delay_ms (ESG sends what it has)
     config = DaemonConfig(port=0, state_dir=tmp_path / "state", functions_dir=root,
-                          drain_timeout_s=5, scheduler="fcfs")
+                          drain_timeout_s=5)
     async with Daemon(config) as running:
         assert not running.load_errors, running.load_errors
         yield running

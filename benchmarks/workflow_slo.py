@@ -74,6 +74,7 @@ from esg.sim.workloads import LOAD_LEVELS, SLO_FACTORS, ArrivalModel, Scenario
 ROOT = Path(__file__).resolve().parent.parent
 FAASD = Path(sys.executable).with_name("faasd")
 WORKFLOWS = ("classify", "ensemble", "cutout")
+DECISIONS = "(decisions)"  # the policy's decisions among stage_totals' stages
 POLICIES = ("esg", "fcfs", "infless", "fast-gshare", "orion", "aquatope", "mqfq-sticky",
             "harmonybatch", "inferfair", "clockwork")
 COLUMNS = ["policy", "workload", "slo", "slo_hit_rate", "cost_norm", "p50_ms", "p99_ms",
@@ -158,16 +159,22 @@ class Daemon:
                     raise RuntimeError(f"profiling {name} failed: {event['error']}")
 
     def stage_totals(self) -> dict[str, list[float]]:
-        """Per stage: [queue seconds, stage count, execution seconds], summed since start."""
+        """Per stage: [queue seconds, stage count, execution seconds], summed since start; and
+        under DECISIONS the policy's decisions: [seconds, count, 0]."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=60) as answer:
             text = answer.read().decode()
-        totals: dict[str, list[float]] = {}
+        totals: dict[str, list[float]] = {DECISIONS: [0.0, 0.0, 0.0]}
         fields = {"faasd_workflow_stage_queue_seconds_sum": 0,
                   "faasd_workflow_stage_queue_seconds_count": 1,
                   "faasd_workflow_stage_exec_seconds_sum": 2}
         for line in text.splitlines():
             metric, _, rest = line.partition("{")
-            if metric in fields:
+            if metric.startswith("faasd_scheduler_decision_seconds_"):
+                metric, value = line.split()
+                kind = metric.removeprefix("faasd_scheduler_decision_seconds_")
+                if kind in ("sum", "count"):
+                    totals[DECISIONS][kind == "count"] = float(value)
+            elif metric in fields:
                 function = rest.split('function_name="', 1)[1].split('"', 1)[0]
                 totals.setdefault(function, [0.0, 0.0, 0.0])[fields[metric]] += float(
                     line.rsplit(" ", 1)[1])
@@ -345,6 +352,24 @@ def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow]
             "stages": stages}
 
 
+def decision_line(decisions: Sequence[float], calls: int) -> str:
+    """The policy's time on the daemon's event loop: a decision's mean, and per workflow call."""
+    seconds, count = decisions[0], decisions[1]
+    return (f"{'decisions':>16}  {count:.0f}, mean {1e6 * seconds / max(1.0, count):.0f} us, "
+            f"{1000 * seconds / max(1, calls):.2f} ms per call")
+
+
+def workflow_line(outcomes: Sequence[Outcome]) -> str:
+    """SLO hits and p50 per workflow on the daemon: which workflow a policy loses calls on."""
+    parts = []
+    for name in sorted({o.workflow for o in outcomes}):
+        mine = [o for o in outcomes if o.workflow == name]
+        median = statistics.median(o.latency_ms for o in mine)
+        parts.append(f"{name} {sum(o.hit for o in mine) / len(mine):.0%} "
+                     f"(p50 {median:.1f} of {mine[0].slo_ms:.1f} ms)")
+    return f"{'per workflow':>16}  " + ", ".join(parts)
+
+
 def stage_lines(real: Mapping[str, Sequence[float]], sim: Mapping[str, Sequence[float]]) -> str:
     """Mean queue and execution time per stage, daemon against simulator (ms): where the two
     part ways."""
@@ -497,6 +522,8 @@ def run(plan: Plan, out: Path) -> int:
                 print(f"{policy:>12} {load:>6}/{slo:<8} real {r['slo_hit_rate']:6.1%} "
                       f"p50 {r['p50_ms']:7.1f} ms  sim {s['slo_hit_rate']:6.1%} "
                       f"({r['requests']} calls)", file=sys.stderr)
+                print(workflow_line(outcomes), file=sys.stderr)
+                print(decision_line(stages.pop(DECISIONS), len(schedule)), file=sys.stderr)
                 print(stage_lines(stages, s.pop("stages")), file=sys.stderr)
         finally:
             daemon.stop()

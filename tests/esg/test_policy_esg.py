@@ -107,6 +107,17 @@ def test_the_time_a_call_spends_outside_its_stages_is_left_over_from_the_slo() -
     assert dispatch.config == CPU4
 
 
+def test_the_split_slo_moves_in_steps_of_two_percent_so_small_changes_reuse_it() -> None:
+    # SLO 1 s: steps of 20 ms, rounded up. 0.61 and 15 ms of outside time both narrow the split
+    # SLO to 980 ms (the same split, computed once); 21 ms narrows it to 960 ms.
+    policy, flow = _policy(), Workflow.single("f", 1.0)
+    snap = _snap(0.0, [job(0)])
+    narrowed = [policy._workflow("f", "f", dataclasses.replace(snap, workflows={"f": flow}), ms)
+                for ms in (0.61, 15.0, 21.0)]
+    assert [w.slo_s for w in narrowed] == pytest.approx([0.98, 0.98, 0.96])
+    assert narrowed[0] is narrowed[1]
+
+
 @pytest.mark.parametrize(
     ("free_vcpu", "busy_above", "waits"),
     [(4, 0.0, False), (16, 0.0, False), (4, 0.1, False), (16, 0.1, True)],

@@ -107,7 +107,8 @@ class Track:
     #: recordings of each are under way
     pending: dict[str, Deployment | None] = field(default_factory=dict)
     writers: Counter[str] = field(default_factory=Counter)
-    applying: set[str] = field(default_factory=set)  # changes the replicator is making
+    #: changes the replicator is making: name -> whether it is removing it
+    applying: dict[str, bool] = field(default_factory=dict)
     #: each local change's number (`changes` counts them): a round leaves alone the names
     #: changed here since it began reading etcd, whose records it may have read stale
     changes: int = 0
@@ -155,14 +156,17 @@ class Replicator:
 
     def hook(self, label: str) -> Callable[[str, object], None]:
         """The listener a kind's service calls after each deploy or removal of `name`."""
-        def changed(name: str, _: object = None) -> None:
-            self.on_change(label, name)
+        def changed(name: str, deployed: object = None) -> None:
+            self.on_change(label, name, removed=deployed is None)
         return changed
 
-    def on_change(self, label: str, name: str) -> None:
-        """A deploy or removal made here, by a user, is recorded."""
+    def on_change(self, label: str, name: str, removed: bool = False) -> None:
+        """A deploy or removal made here, by a user, is recorded. The change the replicator
+        is making to `name` itself is not; a user's change of the other kind while it does
+        (a removal while it installs) is: the install's last steps still ran when a user's
+        removal came in, and the removal was taken for the replicator's own."""
         track = self._tracks[label]
-        if name in track.applying:
+        if track.applying.get(name) is removed:
             return
         track.pending.setdefault(name, None)
         track.writers[name] += 1
@@ -239,7 +243,7 @@ class Replicator:
         records.update({n: track.records[n] for n in fresh if n in track.records})
         track.records = records
         now = asyncio.get_running_loop().time()
-        busy = set(track.pending) | track.applying | fresh | {
+        busy = set(track.pending) | set(track.applying) | fresh | {
             n for n, f in track.failures.items()
             if n in records and records[n].digest == f.digest and now < f.retry_at}
         for action in plan(records, local, busy):
@@ -248,11 +252,11 @@ class Replicator:
             if action.step is Step.PUBLISH:
                 self.on_change(track.kind.label, action.name)
             else:
-                track.applying.add(action.name)
+                track.applying[action.name] = action.step is Step.REMOVE
                 try:
                     await self._apply(track, action, now)
                 finally:
-                    track.applying.discard(action.name)
+                    track.applying.pop(action.name, None)
         for name in [n for n, f in track.failures.items()
                      if n not in records or records[n].digest != f.digest]:
             del track.failures[name]  # the cluster moved on from what failed here

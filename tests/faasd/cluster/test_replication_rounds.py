@@ -213,3 +213,30 @@ async def test_a_removal_made_here_while_a_round_reads_etcd_is_not_undone_by_it(
         assert rep.recorded("base")["f"].removed
     finally:
         await rep.stop()
+
+
+async def test_a_removal_made_here_while_the_same_name_installs_is_recorded(
+        etcd: EtcdClient, kinds: tuple[Shelf, Shelf]) -> None:
+    base = kinds[0]
+    await put(etcd, base, "f", "d1")
+    rep = replicator(etcd, kinds)
+    install = base.install
+
+    async def install_then_removed_here(record: Deployment, sources: list[str]) -> None:
+        await install(record, sources)
+        rep.on_change("base", "f")  # the install's own change: not recorded
+        # a user's removal before the install has returned (its clean-up still running)
+        del base.items["f"]
+        rep.on_change("base", "f", removed=True)
+
+    base.install = install_then_removed_here  # type: ignore[method-assign]
+    try:
+        await rep.sync_once()
+        await asyncio.gather(*rep._tasks)
+        assert rep.recorded("base")["f"].removed
+        record = Deployment.from_json((await etcd.get_prefix(base.prefix))[base.prefix + "f"])
+        assert record is not None and record.removed and record.origin == "me"
+        await rep.sync_once()  # and the next round does not bring f back
+        assert base.items == {} and base.installs == ["f"]
+    finally:
+        await rep.stop()

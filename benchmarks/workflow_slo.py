@@ -74,7 +74,6 @@ from esg.sim.workloads import LOAD_LEVELS, SLO_FACTORS, ArrivalModel, Scenario
 ROOT = Path(__file__).resolve().parent.parent
 FAASD = Path(sys.executable).with_name("faasd")
 WORKFLOWS = ("classify", "ensemble", "cutout")
-DECISIONS = "(decisions)"  # the policy's decisions among stage_totals' stages
 POLICIES = ("esg", "fcfs", "infless", "fast-gshare", "orion", "aquatope", "mqfq-sticky",
             "harmonybatch", "inferfair", "clockwork")
 COLUMNS = ["policy", "workload", "slo", "slo_hit_rate", "cost_norm", "p50_ms", "p99_ms",
@@ -158,23 +157,30 @@ class Daemon:
                 if event.get("event") == "error":
                     raise RuntimeError(f"profiling {name} failed: {event['error']}")
 
-    def stage_totals(self) -> dict[str, list[float]]:
-        """Per stage: [queue seconds, stage count, execution seconds], summed since start; and
-        under DECISIONS the policy's decisions: [seconds, count, 0]."""
+    def _metrics(self) -> list[str]:
         with urllib.request.urlopen(self.url + "/metrics", timeout=60) as answer:
-            text = answer.read().decode()
-        totals: dict[str, list[float]] = {DECISIONS: [0.0, 0.0, 0.0]}
+            text: str = answer.read().decode()
+            return text.splitlines()
+
+    def decision_totals(self) -> list[float]:
+        """The policy's decisions since start: [seconds, count]."""
+        totals = [0.0, 0.0]
+        for line in self._metrics():
+            metric, _, value = line.partition(" ")
+            if metric in ("faasd_scheduler_decision_seconds_sum",
+                          "faasd_scheduler_decision_seconds_count"):
+                totals[metric.endswith("_count")] = float(value)
+        return totals
+
+    def stage_totals(self) -> dict[str, list[float]]:
+        """Per stage: [queue seconds, stage count, execution seconds], summed since start."""
+        totals: dict[str, list[float]] = {}
         fields = {"faasd_workflow_stage_queue_seconds_sum": 0,
                   "faasd_workflow_stage_queue_seconds_count": 1,
                   "faasd_workflow_stage_exec_seconds_sum": 2}
-        for line in text.splitlines():
+        for line in self._metrics():
             metric, _, rest = line.partition("{")
-            if metric.startswith("faasd_scheduler_decision_seconds_"):
-                metric, value = line.split()
-                kind = metric.removeprefix("faasd_scheduler_decision_seconds_")
-                if kind in ("sum", "count"):
-                    totals[DECISIONS][kind == "count"] = float(value)
-            elif metric in fields:
+            if metric in fields:
                 function = rest.split('function_name="', 1)[1].split('"', 1)[0]
                 totals.setdefault(function, [0.0, 0.0, 0.0])[fields[metric]] += float(
                     line.rsplit(" ", 1)[1])
@@ -510,7 +516,7 @@ def run(plan: Plan, out: Path) -> int:
                 slo_ms = {n: SLO_FACTORS[slo] * reference[n] for n in workflows}
                 set_slos(daemon, scratch, slo_ms)
                 schedule = arrivals(sorted(workflows), LOAD_LEVELS[load] * capacity, plan, load)
-                before = daemon.stage_totals()
+                before, decided = daemon.stage_totals(), daemon.decision_totals()
                 outcomes = asyncio.run(drive(daemon.url, schedule, bodies, slo_ms, plan.warmup_s))
                 stages = {f: [a - b for a, b in zip(t, before.get(f, [0.0] * 3), strict=True)]
                           for f, t in daemon.stage_totals().items()}
@@ -523,7 +529,8 @@ def run(plan: Plan, out: Path) -> int:
                       f"p50 {r['p50_ms']:7.1f} ms  sim {s['slo_hit_rate']:6.1%} "
                       f"({r['requests']} calls)", file=sys.stderr)
                 print(workflow_line(outcomes), file=sys.stderr)
-                print(decision_line(stages.pop(DECISIONS), len(schedule)), file=sys.stderr)
+                decisions = [a - b for a, b in zip(daemon.decision_totals(), decided, strict=True)]
+                print(decision_line(decisions, len(schedule)), file=sys.stderr)
                 print(stage_lines(stages, s.pop("stages")), file=sys.stderr)
         finally:
             daemon.stop()

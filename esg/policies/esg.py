@@ -59,18 +59,16 @@ daemon's warm path about 0.2 ms a call for no gain.]
 
 Settings (keyword only, all with defaults): `k` plans per search (8), `group_size` (3),
 `pricing` (a `Pricing`, a mapping or YAML text; default `configs/pricing.yaml`'s values),
-`wait_for_batch` (True), `min_wait_ms` (0.5: shorter waits dispatch at once),
-`late`
-("cheapest" or "fastest"), `latency_margin` (0.1: plan on mean × 1.1, about the p95 of
-execution noise with a 6 % spread), `cold_start_ms` and `cold_start_gpu_ms` (0.0, 0.0: the
-cold-start estimate of a sandbox and the extra for one with a GPU slice, used for functions
-whose `FunctionLimits` do not carry their own), `net_bytes_per_s` (1.25e9, 10 GbE) and
-`net_latency_ms` (0.2) for input transfers, `busy_above` (0.0: the share of vCPUs in use
-above which a batch the arrival rate cannot fill in time is not waited for, so by default
-always; 0.1 gives the earlier rule, which waited on idle nodes; see `_fill_ms`),
-`slo_split` ("fastest": the SLO's slack is shared in proportion to the functions' minimum
-latencies, `esg.slo` rule 2; "savings": in proportion to how much slower each function's
-cheapest configuration for one request is, rule 2b).
+`wait_for_batch` (True), `min_wait_ms` (0.5: shorter waits dispatch at once), `late` ("cheapest"
+or "fastest"), `latency_margin` (0.1: plan on mean × 1.1, about the p95 of execution noise with
+a 6 % spread), `cold_start_ms` and `cold_start_gpu_ms` (0.0, 0.0: the cold-start estimate of a
+sandbox and the extra for one with a GPU slice, used for functions whose `FunctionLimits` do not
+carry their own), `net_bytes_per_s` (1.25e9, 10 GbE) and `net_latency_ms` (0.2) for input
+transfers, `busy_above` (0.0: the share of vCPUs in use above which a batch the arrival rate
+cannot fill in time is not waited for, so by default always; 0.1 gives the earlier rule, which
+waited on idle nodes; see `_fill_ms`), `slo_split` ("fastest": the SLO's slack is shared in
+proportion to the functions' minimum latencies, `esg.slo` rule 2; "savings": in proportion to
+how much slower each function's cheapest configuration for one request is, rule 2b).
 Measured on 12-16-function DAGs (docs/evaluation.md, "Large workflows"): "savings" costs
 0.96-1.05 x the one-group plan at 3 x the critical path where "fastest" costs 1.0-1.19 x, but
 its tighter stages miss 1-4 requests in 600 where "fastest" missed none, so "fastest" is the

@@ -147,7 +147,7 @@ async def test_a_local_change_is_recorded_and_stands_in_for_the_record_until_the
         # once, though it is not recorded yet
         offline.etcd = lambda: None
         del elsewhere.items["w"]
-        offline.on_change("built", "w")
+        offline.on_change("built", "w", removed=True)
         await asyncio.sleep(0)
         assert offline.recorded("built")["w"].removed
         assert (await etcd.get_prefix(built.prefix)) == {
@@ -202,7 +202,7 @@ async def test_a_removal_made_here_while_a_round_reads_etcd_is_not_undone_by_it(
 
         async def remove_and_record() -> None:  # etcd has answered "f is deployed"
             del base.items["f"]
-            rep.on_change("base", "f")
+            rep.on_change("base", "f", removed=True)
             await asyncio.gather(*rep._tasks)  # the removal is recorded
 
         slow.meanwhile = remove_and_record

@@ -301,6 +301,37 @@ def test_at_the_instance_cap_a_shape_that_only_meets_the_budget_warm_does_not_ev
     assert _dispatches(_policy().on_event(Timer(), full))[0].config == CPU1
 
 
+def test_a_late_batch_at_the_instance_cap_runs_the_idle_shape_not_a_cheaper_cold_one() -> None:
+    # Two jobs already late. The two cheapest plans (PAIR $0.075, CPU1 $0.100) are of the
+    # 1-vCPU shape, cold; the idle sandbox is CPU4's. With room for another sandbox the late
+    # rule runs the cheapest, PAIR; at an instance cap of one PAIR's start would stop the CPU4
+    # sandbox, so CPU4 runs.
+    warm_node = node("n0", vcpu=16, gpu_units=(0,), warm={("f", CPU4): 1})
+    jobs = [job(0, slo_s=0.001), job(1, slo_s=0.001)]
+    roomy = {"f": FunctionLimits(max_batch=2, cold_start_ms=100.0)}
+    capped = {"f": FunctionLimits(max_batch=2, max_instances=1, cold_start_ms=100.0)}
+    policy = EsgPolicy(pricing=PRICES, k=2)
+    free = _snap(0.01, jobs, slo_s=0.001, nodes=(warm_node,), limits=roomy)
+    assert _dispatches(policy.on_event(Timer(), free))[0].config == PAIR
+    full = _snap(0.01, jobs, slo_s=0.001, nodes=(warm_node,), limits=capped)
+    assert _dispatches(policy.on_event(Timer(), full))[0].config == CPU4
+
+
+def test_at_the_instance_cap_a_late_batch_waits_for_its_idle_shape_to_fit() -> None:
+    # 15 ms left: late whatever runs (GPU1 takes 20 ms). The idle CPU4 sandbox needs 4 vCPUs
+    # and 2 are free, so the late rule runs the cheapest plan that fits, CPU1, cold. At an
+    # instance cap of one that start stops the CPU4 sandbox: the batch waits for the next
+    # completion instead.
+    busy_node = node("n0", vcpu=16, free_vcpu=2, gpu_units=(0,), warm={("f", CPU4): 1})
+    jobs = [job(0, slo_s=0.015)]
+    roomy = {"f": FunctionLimits(max_batch=1, cold_start_ms=240.0)}
+    capped = {"f": FunctionLimits(max_batch=1, max_instances=1, cold_start_ms=240.0)}
+    free = _snap(0.0, jobs, slo_s=0.015, nodes=(busy_node,), limits=roomy)
+    assert _dispatches(_policy().on_event(Timer(), free))[0].config == CPU1
+    full = _snap(0.0, jobs, slo_s=0.015, nodes=(busy_node,), limits=capped)
+    assert _policy().on_event(Timer(), full) == []
+
+
 def test_nothing_fits_keeps_the_jobs_queued() -> None:
     full = (node("n0", vcpu=16, free_vcpu=0, gpu_units=(0,)),)
     jobs = [job(0), job(1)]

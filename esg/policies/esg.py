@@ -319,7 +319,10 @@ class EsgPolicy:
             wait_until = self._wait_until(snapshot, slack_ms)
             return (now[0], now[1]) if wait_until is None else wait_until
         # No plan meets the budget with its setup and margin on a node that can take it now.
-        result = self._search(stage, snapshot, capacity, stage.budget_ms, None, None)
+        # What runs from here runs at once, with the jobs queued: plans are priced for them (a
+        # plan priced for a full batch started, with one request, a sandbox of the shape the
+        # full batch wanted, which the requests that followed, never enough to fill it, kept).
+        result = self._search(stage, snapshot, capacity, stage.budget_ms, len(jobs), None)
         kept = _warm_at_cap(result.plans, stage.function, snapshot) if result.feasible else ()
         if kept:
             # On mean latencies and warm it would make it: run it (a sandbox started now has the

@@ -164,7 +164,7 @@ class EsgPlusPolicy(EsgPolicy):
 
     def _plans(
         self, stage: _Stage, jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
-    ) -> tuple[tuple[Plan, ...], tuple[float, ...] | None] | float:
+    ) -> tuple[tuple[Plan, ...], tuple[float, ...] | None] | float | None:
         """ESG's plans; where ESG places them with no check of the setup (its fallback on
         warm means, and its late rules), each plan is allowed only the setup that still lets
         it end by the deadline (time left − its latency) while a sandbox of the function is
@@ -172,6 +172,7 @@ class EsgPlusPolicy(EsgPolicy):
         choice = super()._plans(stage, jobs, snapshot, capacity)
         if (
             not self.wait_for_warm
+            or choice is None
             or isinstance(choice, float)
             or choice[1] is not None
             or snapshot.running.get(stage.function, 0) == 0

@@ -332,6 +332,18 @@ def test_at_the_instance_cap_a_late_batch_waits_for_its_idle_shape_to_fit() -> N
     assert _policy().on_event(Timer(), full) == []
 
 
+def test_a_plan_run_at_once_is_priced_for_the_jobs_queued() -> None:
+    # One job, 300 ms left, cold starts of 500 ms: no plan is ready, but PAIR (165 ms planned)
+    # and CPU1 (110 ms) meet the budget warm, so one runs at once. For a full batch PAIR is
+    # the cheaper ($0.075 against $0.100); for the one job there, PAIR costs $0.150 and takes
+    # 150 ms: CPU1 runs.
+    jobs = [job(0, slo_s=0.3)]
+    limits = {"f": FunctionLimits(max_batch=2, cold_start_ms=500.0)}
+    snap = _snap(0.0, jobs, slo_s=0.3, nodes=(node("n0", vcpu=16, gpu_units=(0,)),),
+                 limits=limits)
+    assert _dispatches(_policy().on_event(Timer(), snap))[0].config == CPU1
+
+
 def test_nothing_fits_keeps_the_jobs_queued() -> None:
     full = (node("n0", vcpu=16, free_vcpu=0, gpu_units=(0,)),)
     jobs = [job(0), job(1)]

@@ -84,6 +84,18 @@ def test_one_function_cold_then_warm_latencies_and_costs_are_exact() -> None:
     assert metrics.p50_ms == pytest.approx(40.0)
 
 
+def test_a_cold_start_the_functions_limits_carry_replaces_the_clusters() -> None:
+    # The cluster starts a sandbox in 0.25 s; f's limits say 0.1 s (a daemon measured it), g
+    # carries none: f's first request takes 0.1 s + 40 ms, g's 0.25 s + 40 ms.
+    wf = Workflow.from_edges("app", ["f", "g"], [("f", "g")], slo_s=1.0)
+    limits = {"f": FunctionLimits(cold_start_ms=100.0), "g": FunctionLimits()}
+    sc = scenario(wf, {"f": {CPU: 40.0}, "g": {CPU: 40.0}}, arrivals=[0.0], limits=limits)
+    record = run(Fixed(CPU), sc, small_cluster(cold_start_cpu_s=0.25))
+    (request,) = record.requests.values()
+    assert request.latency_s == pytest.approx(0.1 + 0.04 + 0.25 + 0.04)
+    assert [b.cold for b in record.batches] == [True, True]
+
+
 def test_gpu_cost_and_cold_start_include_the_slice() -> None:
     wf = Workflow.single("f", slo_s=1.0)
     sc = scenario(wf, {"f": {GPU: 10.0}}, arrivals=[0.0])

@@ -3,7 +3,9 @@
 These commands work on the state directory's `tokens.sqlite` directly (no daemon needed, and
 the daemon picks changes up on its next request). The state directory is `--state-dir`, else
 the one `--config` names, else the installed daemon's (`/etc/faasd/faasd.yaml`), else the
-default `state`. `create` prints the token once, as the last word of its last line.
+default `state`. `create` prints the token once, as the last word of its last line;
+`create --token-file F` records the token in F instead (the same token on every node of a
+cluster: each node keeps its own tokens) and prints nothing secret.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def add_token_commands(sub: Any) -> None:
     create.add_argument("--scope", choices=[s.value for s in Scope], required=True)
     create.add_argument("--name", help="a label for people (default: scope-id)")
     create.add_argument("--expires", help="lifetime, e.g. 30d, 12h, 15m (default: never)")
+    create.add_argument("--token-file", type=Path,
+                        help="record the token in this file (its first line) instead of a new "
+                             "one: the same token on every node of a cluster")
     create.set_defaults(func=_create)
     listing = verb("list", "list tokens (never the tokens themselves)")
     listing.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -72,10 +77,24 @@ def _create(args: argparse.Namespace) -> int:
         lifetime = None if args.expires is None else parse_duration_s(args.expires)
     except ValueError as exc:
         raise TokenError(f"--expires: {exc}") from None
+    given = None
+    if args.token_file is not None:
+        try:
+            given = read_client_token(args.token_file)
+        except OSError as exc:
+            raise TokenError(f"--token-file: cannot read {args.token_file}: "
+                             f"{exc.strerror or exc}") from None
+        if given is None:
+            raise TokenError(f"--token-file: {args.token_file} is empty")
     now = time.time()
     store = _store(args)
     record, token = store.create(Scope(args.scope), args.name, None if lifetime is None
-                                 else now + lifetime, now)
+                                 else now + lifetime, now, token=given)
+    if given is not None:
+        print(f"recorded the {record.scope.value} token of {args.token_file} as "
+              f"{record.name!r} (id {record.id}, expires {_when(record.expires_s)}) in "
+              f"{store.path}")
+        return 0
     print(f"created {record.scope.value} token {record.name!r} (id {record.id}, expires "
           f"{_when(record.expires_s)}) in {store.path}; it is shown only now:")
     print(token)

@@ -67,13 +67,24 @@ class TokenStore:
             db.close()
 
     def create(self, scope: Scope, name: str | None, expires_s: float | None,
-               now_s: float) -> tuple[TokenRecord, str]:
-        """A new token and its record; the token itself exists only in the return value."""
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+               now_s: float, token: str | None = None) -> tuple[TokenRecord, str]:
+        """A new token and its record; the token itself exists only in the return value.
+        `token`: record that one instead of a fresh one (the same token on every node of a
+        cluster); it must look like one this store makes."""
+        if token is None:
+            token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        elif not _well_formed(token):
+            raise TokenError(f"not a faasd token: it must be {TOKEN_PREFIX!r} and at least "
+                             f"{_MIN_SECRET_CHARS} more letters, digits, '-' or '_' (make one "
+                             "with `faasd token create` and copy it)")
         token_id = secrets.token_hex(6)
         record = TokenRecord(token_id, name or f"{scope.value}-{token_id}", scope,
                              digest(token), now_s, expires_s)
         with self._connect() as db:
+            known = db.execute("SELECT name FROM tokens WHERE digest = ?",
+                               (record.digest,)).fetchone()
+            if known is not None:
+                raise TokenError(f"this token is already on record here as {known[0]!r}")
             db.execute(f"INSERT INTO tokens({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (record.id, record.name, record.scope.value, record.digest,
                         record.created_s, record.expires_s, None))
@@ -140,3 +151,13 @@ class TokenCache:
         finally:
             db.close()
         return {str(row[3]): _record(row) for row in rows}
+
+
+#: a fresh token's secret is 43 characters (32 random bytes); a given one needs at least this
+_MIN_SECRET_CHARS = 32
+
+
+def _well_formed(token: str) -> bool:
+    secret = token.removeprefix(TOKEN_PREFIX)
+    return (token.startswith(TOKEN_PREFIX) and len(secret) >= _MIN_SECRET_CHARS
+            and all(c.isascii() and (c.isalnum() or c in "-_") for c in secret))

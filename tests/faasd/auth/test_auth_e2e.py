@@ -8,14 +8,15 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from faasd.auth.store import TokenStore
-from faasd.auth.tokens import Scope
+from faasd.auth.store import TokenCache, TokenStore
+from faasd.auth.tokens import Scope, authorize
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
 from tests.faasd.builders import make_function
@@ -142,6 +143,27 @@ async def test_the_cli_creates_tokens_and_sends_them(secured: tuple[Daemon, Toke
     bad = await _acli("token", "create", "--scope", "invoke", "--expires", "soon",
                       "--state-dir", state)
     assert bad.returncode == 1 and "write e.g. 30d" in bad.stderr
+
+
+def test_the_same_token_goes_on_every_node_from_a_file(tmp_path: Path) -> None:
+    first, second = tmp_path / "n1", tmp_path / "n2"
+    made = _cli("token", "create", "--scope", "admin", "--name", "ops", "--state-dir", str(first))
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(made.stdout.split()[-1] + "\n")
+    copied = _cli("token", "create", "--scope", "admin", "--name", "ops", "--token-file",
+                  str(token_file), "--state-dir", str(second))
+    assert copied.returncode == 0, copied.stderr
+    assert token_file.read_text().strip() not in copied.stdout  # nothing secret printed
+    records = TokenCache(second).records()
+    bearer = f"Bearer {token_file.read_text().strip()}"
+    assert authorize(records, bearer, Scope.ADMIN, time.time()).status == 200
+    missing = _cli("token", "create", "--scope", "admin", "--token-file",
+                   str(tmp_path / "nope"), "--state-dir", str(second))
+    assert missing.returncode == 1 and "--token-file: cannot read" in missing.stderr
+    token_file.write_text("hunter2\n")
+    bad = _cli("token", "create", "--scope", "admin", "--token-file", str(token_file),
+               "--state-dir", str(second))
+    assert bad.returncode == 1 and "not a faasd token" in bad.stderr
 
 
 def test_up_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:

@@ -43,3 +43,19 @@ def test_the_cache_sees_every_change_at_once(tmp_path: Path) -> None:
         assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 401
     store.path.unlink()
     assert cache.records() == {}
+
+
+def test_a_given_token_is_recorded_once_and_must_look_like_one(tmp_path: Path) -> None:
+    _, token = TokenStore(tmp_path / "first").create(Scope.ADMIN, "ops", None, 1.0)
+    second = TokenStore(tmp_path / "second")
+    record, same = second.create(Scope.ADMIN, "ops", None, 1.0, token=token)
+    assert same == token and record.name == "ops"
+    assert authorize(TokenCache(tmp_path / "second").records(), f"Bearer {token}",
+                     Scope.ADMIN, 2.0).status == 200
+    assert token.encode() not in second.path.read_bytes()
+    with pytest.raises(TokenError, match="already on record here as 'ops'"):
+        second.create(Scope.INVOKE, "again", None, 1.0, token=token)
+    for bad in ("secret", "fdt_short", "fdt_" + "x" * 40 + " y", "fdt_" + "é" * 40):
+        with pytest.raises(TokenError, match="not a faasd token"):
+            second.create(Scope.ADMIN, None, None, 1.0, token=bad)
+    assert [r.name for r in second.list()] == ["ops"]

@@ -26,7 +26,11 @@ Nothing accepted is lost (`reconcile`, every `tick_s` and at once on a new call)
   failed) may have run the call: it is placed again unless the function says
   `idempotent: false`, which answers 502 (`WorkerLost`) instead;
 * a call that no leader took for `place_timeout_s` (a node in a minority partition, or no
-  leader at all), or still unplaced at its deadline, answers 503 with `"reason": "no_leader"`.
+  leader at all) answers 503 with `"reason": "no_leader"`. Its SLO deadline is no reason to
+  give up: a failover takes seconds, longer than most SLOs, and a call that waited it out
+  runs late and says so (`X-Faasd-Slo-Met: false`), as on a lone node. [An earlier version
+  answered 503 at the deadline: during a leader's failover every workflow call with a
+  400 ms SLO failed at once.]
 
 An assignment names each call at most once per entry: a call already assigned (to a batch of
 a deposed leader, say) is listed as skipped, so it never runs twice from here, and the worker
@@ -242,10 +246,9 @@ class Entry:
             self._send(leader, tickets)
 
     def _too_late(self, call: _Call, now: float) -> bool:
-        """Past its deadline, or no leader has taken it for `place_timeout_s`."""
-        return now >= call.invocation.deadline_s or (
-            call.leaderless_since is not None
-            and now - call.leaderless_since >= self._place_timeout_s)
+        """No leader has taken it for `place_timeout_s`."""
+        return (call.leaderless_since is not None
+                and now - call.leaderless_since >= self._place_timeout_s)
 
     def _send(self, leader: Leader, calls: list[_Call]) -> None:
         task = asyncio.get_running_loop().create_task(self._send_tickets(leader, calls))

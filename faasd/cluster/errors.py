@@ -58,6 +58,7 @@ class WorkerLost(ClusterError):
 
 class InputLost(ClusterError):
     """A workflow stage's input, kept on the node that produced it, could not be read (that
-    node died, or the tensors expired): running the stage again would not bring them back."""
+    node died, or the tensors expired): running the stage again would not bring them back,
+    so the workflow runner runs the whole call again (`faasd.workflows.runner`)."""
 
     status = 502

@@ -18,7 +18,10 @@ successors have read them (`Invocation.keep_for`) and answers with where they ar
 (`CallResult.held_at`). A successor's inputs are then `Held` references, which the node that
 runs it reads from the producing node directly, or from its own memory when it is the same
 node (`faasd.cluster.outputs`): intermediate tensors go worker → worker, never back through
-the entry node.
+the entry node. When a node dies holding a stage's outputs before its successors read them,
+the tensors are gone: the call then runs again from its source, once, under new stage ids
+(the entry still holds the call's body), unless a function of the workflow says
+`idempotent: false`, whose call answers the 502 (`"reason": "input_lost"`) instead.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from faasd.workflows.spec import WorkflowSpec
 from faasd.workflows.wiring import Wiring
 
 log = logging.getLogger("faasd.workflows")
+
+#: A call whose stage input was lost with a node runs at most this many times in all.
+LOST_INPUT_ATTEMPTS = 2
 
 
 class StageFailed(FaasdError):
@@ -126,8 +132,34 @@ class WorkflowRunner:
         later stage at the version that serves when it is submitted. A redeploy during the call
         therefore never sends a stage to a version already retired, and a redeploy that would
         not fit the workflow's edges is refused (`faasd.workflows.service`), so the stages of
-        one call always fit together.
+        one call always fit together. A stage whose input was lost with the node that held it
+        runs the whole call again (see the module docstring), its stages as `CALL~2.STAGE`.
         """
+        for attempt in range(1, LOST_INPUT_ATTEMPTS + 1):
+            request_id = call_id if attempt == 1 else f"{call_id}~{attempt}"
+            try:
+                return await self._attempt(workflow, source_version, source_item,
+                                           request_id=request_id, start_s=start_s,
+                                           postprocess=postprocess)
+            except StageFailed as failed:
+                if (failed.extra.get("reason") != "input_lost" or attempt == LOST_INPUT_ATTEMPTS
+                        or not all(self._current(f).settings.idempotent
+                                   for f in workflow.spec.functions)):
+                    raise
+                log.warning("workflow call %s of %s: %s; running it again from its source",
+                            call_id, workflow.spec.name, failed.message)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _attempt(
+        self,
+        workflow: DeployedWorkflow,
+        source_version: FunctionVersion,
+        source_item: Item,
+        *,
+        request_id: str,
+        start_s: float,
+        postprocess: bool,
+    ) -> WorkflowResult:
         spec = workflow.spec
         deadline_s = start_s + spec.slo_ms / 1000.0
         sinks = set(spec.sinks())
@@ -154,7 +186,7 @@ class WorkflowRunner:
             else:
                 item, version = source_item, source_version
             invocation = self._gateway.stage_invocation(
-                version, item, app=spec.name, request_id=call_id, start_s=start_s,
+                version, item, app=spec.name, request_id=request_id, start_s=start_s,
                 deadline_s=deadline_s, postprocess=postprocess and function in sinks,
                 held=held, keep_for=sum(1 for e in spec.edges if e.source == function),
             )

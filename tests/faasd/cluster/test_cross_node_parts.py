@@ -315,6 +315,24 @@ async def test_a_call_no_leader_takes_answers_503_no_leader_after_the_place_time
     assert error.extra["reason"] == "no_leader" and e.pending() == 0
 
 
+async def test_a_call_past_its_slo_still_waits_out_a_failover() -> None:
+    # A 400 ms SLO, no leader for a second: the call is not given up at its deadline (a late
+    # answer is still an answer), only when no leader took it for the place timeout.
+    clock = ManualClock()
+    e = entry(LonelyCluster(leader=None), Script(), clock)
+    call = dataclasses.replace(remote_call(1, version(batch=4), entry=""),
+                               start_s=clock.now(), deadline_s=clock.now() + 0.4)
+    future = e.submit(call)
+    e.reconcile()
+    clock.advance(1.0)
+    e.reconcile()
+    assert not future.done() and e.pending() == 1
+    clock.advance(14.1)
+    e.reconcile()
+    error = future.exception()
+    assert isinstance(error, FaasdError) and error.extra["reason"] == "no_leader"
+
+
 async def test_an_assignment_runs_each_call_once_and_a_stale_or_dropping_one_runs_none() -> None:
     script = Script()
     e = entry(LonelyCluster(leader="n2", term=3), script)

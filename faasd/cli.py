@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import mimetypes
+import os
 import sys
 import threading
 import time
@@ -39,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"faasd: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # the reader went away (`faasd nodes | head`): stop quietly, as `cat` does; what is
+        # still buffered goes nowhere, so the flush at exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except (ConfigError, OSError, TokenError, FaasdError) as exc:  # FaasdError: e.g. an engine
         print(f"faasd: {exc}", file=sys.stderr)
         return EXIT_ERROR

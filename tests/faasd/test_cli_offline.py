@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from faasd.auth.store import TokenStore
+from faasd.auth.tokens import Scope
 from faasd.cli import main
 
 
@@ -67,3 +71,13 @@ def test_the_readme_examples_plan_and_split(capsys: pytest.CaptureFixture[str]) 
     split = json.loads(capsys.readouterr().out)
     assert split["dominators"] == ["preprocess", "composite", "encode"]
     assert sum(g["budget_ms"] for g in split["groups"]) == pytest.approx(40.0)
+
+
+def test_a_listing_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path)
+    for i in range(600):  # the JSON listing outgrows a pipe's 64 KiB buffer
+        store.create(Scope.INVOKE, f"t{i}", None, 1.0)
+    faasd = f"{sys.executable} -m faasd.cli"
+    done = subprocess.run(["sh", "-c", f"{faasd} token list -o json --state-dir {tmp_path} "
+                           "| head -c 1"], capture_output=True, text=True, timeout=120)
+    assert done.stdout == "[" and done.stderr == ""

@@ -59,3 +59,4 @@ def test_a_given_token_is_recorded_once_and_must_look_like_one(tmp_path: Path) -
         with pytest.raises(TokenError, match="not a faasd token"):
             second.create(Scope.ADMIN, None, None, 1.0, token=bad)
     assert [r.name for r in second.list()] == ["ops"]
+

@@ -332,16 +332,20 @@ def test_at_the_instance_cap_a_late_batch_waits_for_its_idle_shape_to_fit() -> N
     assert _policy().on_event(Timer(), full) == []
 
 
-def test_a_plan_run_at_once_is_priced_for_the_jobs_queued() -> None:
+def test_the_sandbox_that_reaches_the_cap_is_priced_for_the_jobs_queued() -> None:
     # One job, 300 ms left, cold starts of 500 ms: no plan is ready, but PAIR (165 ms planned)
-    # and CPU1 (110 ms) meet the budget warm, so one runs at once. For a full batch PAIR is
-    # the cheaper ($0.075 against $0.100); for the one job there, PAIR costs $0.150 and takes
-    # 150 ms: CPU1 runs.
+    # and CPU1 (110 ms) meet the budget warm, so one starts at once. For a full batch PAIR is
+    # the cheaper ($0.075 against $0.100), and without a cap it runs (later requests may fill
+    # it). At an instance cap of one the sandbox started now serves every later batch: for the
+    # one job there PAIR costs $0.150 and takes 150 ms, so CPU1 runs.
     jobs = [job(0, slo_s=0.3)]
-    limits = {"f": FunctionLimits(max_batch=2, cold_start_ms=500.0)}
-    snap = _snap(0.0, jobs, slo_s=0.3, nodes=(node("n0", vcpu=16, gpu_units=(0,)),),
-                 limits=limits)
-    assert _dispatches(_policy().on_event(Timer(), snap))[0].config == CPU1
+    nodes = (node("n0", vcpu=16, gpu_units=(0,)),)
+    free = {"f": FunctionLimits(max_batch=2, cold_start_ms=500.0)}
+    capped = {"f": FunctionLimits(max_batch=2, max_instances=1, cold_start_ms=500.0)}
+    roomy = _snap(0.0, jobs, slo_s=0.3, nodes=nodes, limits=free)
+    assert _dispatches(_policy().on_event(Timer(), roomy))[0].config == PAIR
+    full = _snap(0.0, jobs, slo_s=0.3, nodes=nodes, limits=capped)
+    assert _dispatches(_policy().on_event(Timer(), full))[0].config == CPU1
 
 
 def test_nothing_fits_keeps_the_jobs_queued() -> None:

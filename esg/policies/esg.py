@@ -47,7 +47,11 @@ oldest job has the earliest deadline first:
    happens), `late="cheapest"` (default) runs the cheapest plan runnable now, one with a warm
    head first: the most requests per resource, so that late work does not starve requests that
    can still make it; `late="fastest"` keeps running the fastest plans. Nothing is dropped: a
-   late answer is still an answer, and dropping is admission control's.
+   late answer is still an answer, and dropping is admission control's. At the function's
+   instance cap with a sandbox idle, these rules keep to the idle sandbox's shape, and wait
+   for the next completion when it does not fit the node now (`_idle_shapes_at_cap`); a
+   sandbox that brings the function to its cap is chosen for the jobs queued, not for a full
+   batch (`_fills_cap`). [Ours: ESG's paper has no instance caps.]
 
 Functions without a profile (a function the daemon deployed a moment ago) are run FCFS-style
 at their `FunctionLimits` (max_batch, vcpu, vgpu), waiting at most `max_queue_delay_s` for a

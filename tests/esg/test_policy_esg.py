@@ -271,18 +271,30 @@ def test_the_measured_overhead_of_a_batch_is_reserved_from_the_budget() -> None:
     assert {d.config for d in _dispatches(_policy().on_event(Timer(), costly))} == {CPU4}
 
 
+def _uncapped_then_capped(
+    jobs: list[Job], at: NodeView, *, max_batch: int, cold_start_ms: float, slo_s: float = 1.0,
+    now_s: float = 0.0, policy: EsgPolicy | None = None,
+) -> tuple[Config | None, Config | None]:
+    """The configuration ESG dispatches first (None: nothing) on node `at` without an instance
+    cap, then with a cap of one."""
+    chosen: list[Config | None] = []
+    for cap in (None, 1):
+        limits = {"f": FunctionLimits(max_batch=max_batch, max_instances=cap,
+                                      cold_start_ms=cold_start_ms)}
+        snap = _snap(now_s, jobs, slo_s=slo_s, nodes=(at,), limits=limits)
+        dispatches = _dispatches((policy or _policy()).on_event(Timer(), snap))
+        chosen.append(dispatches[0].config if dispatches else None)
+    return chosen[0], chosen[1]
+
+
 def test_at_the_instance_cap_a_cold_start_is_charged_the_restart_of_the_sandbox_it_stops() -> None:
     # A warm CPU4 sandbox ($0.160 per request), cold starts of 100 ms. PAIR cold costs $0.075
     # + 1 * 0.1 / 2 = $0.125 and wins; at an instance cap of one it would stop the CPU4 sandbox,
     # which costs another 100 ms start later: $0.175, and the warm CPU4 stays.
     warm_node = node("n0", vcpu=16, gpu_units=(7,), warm={("f", CPU4): 1})
     jobs = [job(0, slo_s=1.0), job(1, slo_s=1.0)]
-    free = {"f": FunctionLimits(max_batch=2, cold_start_ms=100.0)}
-    capped = {"f": FunctionLimits(max_batch=2, max_instances=1, cold_start_ms=100.0)}
-    roomy = _snap(0.0, jobs, nodes=(warm_node,), limits=free)
-    assert _dispatches(_policy().on_event(Timer(), roomy))[0].config == PAIR
-    full = _snap(0.0, jobs, nodes=(warm_node,), limits=capped)
-    assert _dispatches(_policy().on_event(Timer(), full))[0].config == CPU4
+    assert _uncapped_then_capped(jobs, warm_node, max_batch=2, cold_start_ms=100.0) == (
+        PAIR, CPU4)
 
 
 def test_at_the_instance_cap_a_shape_that_only_meets_the_budget_warm_does_not_evict() -> None:
@@ -293,12 +305,8 @@ def test_at_the_instance_cap_a_shape_that_only_meets_the_budget_warm_does_not_ev
     # rules run the warm CPU1 instead (it finishes first, cold start counted).
     warm_node = node("n0", vcpu=16, gpu_units=(0,), warm={("f", CPU1): 1})
     jobs = [job(0, slo_s=0.06)]
-    roomy = {"f": FunctionLimits(max_batch=1, cold_start_ms=240.0)}
-    capped = {"f": FunctionLimits(max_batch=1, max_instances=1, cold_start_ms=240.0)}
-    free = _snap(0.0, jobs, slo_s=0.06, nodes=(warm_node,), limits=roomy)
-    assert _dispatches(_policy().on_event(Timer(), free))[0].config == CPU4
-    full = _snap(0.0, jobs, slo_s=0.06, nodes=(warm_node,), limits=capped)
-    assert _dispatches(_policy().on_event(Timer(), full))[0].config == CPU1
+    assert _uncapped_then_capped(jobs, warm_node, max_batch=1, cold_start_ms=240.0,
+                                 slo_s=0.06) == (CPU4, CPU1)
 
 
 def test_a_late_batch_at_the_instance_cap_runs_the_idle_shape_not_a_cheaper_cold_one() -> None:
@@ -308,13 +316,9 @@ def test_a_late_batch_at_the_instance_cap_runs_the_idle_shape_not_a_cheaper_cold
     # sandbox, so CPU4 runs.
     warm_node = node("n0", vcpu=16, gpu_units=(0,), warm={("f", CPU4): 1})
     jobs = [job(0, slo_s=0.001), job(1, slo_s=0.001)]
-    roomy = {"f": FunctionLimits(max_batch=2, cold_start_ms=100.0)}
-    capped = {"f": FunctionLimits(max_batch=2, max_instances=1, cold_start_ms=100.0)}
-    policy = EsgPolicy(pricing=PRICES, k=2)
-    free = _snap(0.01, jobs, slo_s=0.001, nodes=(warm_node,), limits=roomy)
-    assert _dispatches(policy.on_event(Timer(), free))[0].config == PAIR
-    full = _snap(0.01, jobs, slo_s=0.001, nodes=(warm_node,), limits=capped)
-    assert _dispatches(policy.on_event(Timer(), full))[0].config == CPU4
+    assert _uncapped_then_capped(jobs, warm_node, max_batch=2, cold_start_ms=100.0,
+                                 slo_s=0.001, now_s=0.01,
+                                 policy=EsgPolicy(pricing=PRICES, k=2)) == (PAIR, CPU4)
 
 
 def test_at_the_instance_cap_a_late_batch_waits_for_its_idle_shape_to_fit() -> None:
@@ -324,12 +328,8 @@ def test_at_the_instance_cap_a_late_batch_waits_for_its_idle_shape_to_fit() -> N
     # completion instead.
     busy_node = node("n0", vcpu=16, free_vcpu=2, gpu_units=(0,), warm={("f", CPU4): 1})
     jobs = [job(0, slo_s=0.015)]
-    roomy = {"f": FunctionLimits(max_batch=1, cold_start_ms=240.0)}
-    capped = {"f": FunctionLimits(max_batch=1, max_instances=1, cold_start_ms=240.0)}
-    free = _snap(0.0, jobs, slo_s=0.015, nodes=(busy_node,), limits=roomy)
-    assert _dispatches(_policy().on_event(Timer(), free))[0].config == CPU1
-    full = _snap(0.0, jobs, slo_s=0.015, nodes=(busy_node,), limits=capped)
-    assert _policy().on_event(Timer(), full) == []
+    assert _uncapped_then_capped(jobs, busy_node, max_batch=1, cold_start_ms=240.0,
+                                 slo_s=0.015) == (CPU1, None)
 
 
 def test_the_sandbox_that_reaches_the_cap_is_priced_for_the_jobs_queued() -> None:
@@ -339,13 +339,9 @@ def test_the_sandbox_that_reaches_the_cap_is_priced_for_the_jobs_queued() -> Non
     # it). At an instance cap of one the sandbox started now serves every later batch: for the
     # one job there PAIR costs $0.150 and takes 150 ms, so CPU1 runs.
     jobs = [job(0, slo_s=0.3)]
-    nodes = (node("n0", vcpu=16, gpu_units=(0,)),)
-    free = {"f": FunctionLimits(max_batch=2, cold_start_ms=500.0)}
-    capped = {"f": FunctionLimits(max_batch=2, max_instances=1, cold_start_ms=500.0)}
-    roomy = _snap(0.0, jobs, slo_s=0.3, nodes=nodes, limits=free)
-    assert _dispatches(_policy().on_event(Timer(), roomy))[0].config == PAIR
-    full = _snap(0.0, jobs, slo_s=0.3, nodes=nodes, limits=capped)
-    assert _dispatches(_policy().on_event(Timer(), full))[0].config == CPU1
+    empty = node("n0", vcpu=16, gpu_units=(0,))
+    assert _uncapped_then_capped(jobs, empty, max_batch=2, cold_start_ms=500.0,
+                                 slo_s=0.3) == (PAIR, CPU1)
 
 
 def test_nothing_fits_keeps_the_jobs_queued() -> None:

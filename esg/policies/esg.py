@@ -381,7 +381,7 @@ class EsgPolicy:
             only = frozenset(c for c, s in head_setup.items() if s <= setup_ms)
             result = self._search(stage, snapshot, capacity, budget_ms, count, only)
             for plan in result.plans:
-                key = tuple(sorted(plan.configs.items()))
+                key = tuple(plan.configs.items())  # one group: its members in one order
                 if plan.feasible and key not in found:
                     found[key] = (plan, head_setup[plan.configs[stage.function]])
         if not found:
@@ -418,7 +418,7 @@ class EsgPolicy:
             only = frozenset(c for c, s in head_setup.items() if s <= setup_ms)
             result = self._search(stage, snapshot, capacity, stage.budget_ms, None, only)
             for plan in result.plans:
-                key = tuple(sorted(plan.configs.items()))
+                key = tuple(plan.configs.items())  # one group: its members in one order
                 ends = head_setup[plan.configs[stage.function]] + plan.latency_ms
                 if key not in finishing or ends < finishing[key][0]:
                     finishing[key] = (ends, plan)

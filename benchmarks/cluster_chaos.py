@@ -7,8 +7,9 @@ Three voters and one worker (no --voter) on 127.0.0.x addresses that nothing els
 /dev/shm; encrypted gossip. Two functions report every run of a call to a recorder of this
 script (`tests/faasd/cluster/recorder.py`) and hold their sandbox `--hold-ms`: `again`
 (idempotent) and `once` (`idempotent: false`, so a call is never run twice: a call whose
-worker dies mid-run answers 502 worker_lost). Closed-loop callers, `--callers` per function
-at each node, send each call a key of its own.
+worker dies mid-run answers 502 worker_lost). Both have an SLO (`--slo-ms`, 200 ms), shorter
+than a failover: a call that waits one out must be answered late, not given up. Closed-loop
+callers, `--callers` per function at each node, send each call a key of its own.
 
 Rounds alternate: a leader kill, then a worker kill (the worker node, or a voter that does not
 lead when `--worker-kills` exceeds the leader kills). A leader kill is timed from the kill to
@@ -143,6 +144,9 @@ def main() -> int:
     parser.add_argument("--worker-kills", type=int, default=5)
     parser.add_argument("--callers", type=int, default=2, help="per function at each node")
     parser.add_argument("--hold-ms", type=float, default=50.0)
+    parser.add_argument("--slo-ms", type=float, default=200.0,
+                        help="both functions' SLO: a call that waits out a failover is "
+                             "answered late, not given up (0: no SLO)")
     parser.add_argument("--settle", type=float, default=2.0)
     args = parser.parse_args()
     with Addresses().lease(4) as ips:
@@ -166,7 +170,8 @@ def run(ips: list[str], args: argparse.Namespace) -> int:
             nodes[ip] = start_node(root, ip, *flags[ip], "--join", ips[0])
         for function in FUNCTIONS:
             deploy(nodes[ips[0]], recorder.function(root / "src", function,
-                                                    function == "again", args.hold_ms / 1000))
+                                                    function == "again", args.hold_ms / 1000,
+                                                    args.slo_ms or None))
         for node in nodes.values():
             wait_for("both functions on every node", lambda n=node: serves_all(n), 60)
         load = Load(nodes, args.callers)

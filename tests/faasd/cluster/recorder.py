@@ -77,9 +77,11 @@ class Recorder:
         self._server.shutdown()
         self._server.server_close()
 
-    def function(self, root: Path, name: str, idempotent: bool, hold_s: float) -> Path:
+    def function(self, root: Path, name: str, idempotent: bool, hold_s: float,
+                 slo_ms: float | None = None) -> Path:
         """A one-call-a-batch function that reports each call here before it runs."""
         yaml = (f"batching: {{max_batch_size: 1}}\nnetwork: true\n"
                 f"env: {{RECORDER: '{self.url}', HOLD_S: '{hold_s}'}}\n"
-                f"idempotent: {'true' if idempotent else 'false'}\n")
+                f"idempotent: {'true' if idempotent else 'false'}\n"
+                + ("" if slo_ms is None else f"slo_ms: {slo_ms:g}\n"))
         return make_function(root, name, handler=RECORDING, yaml=yaml)

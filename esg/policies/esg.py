@@ -328,13 +328,14 @@ class EsgPolicy:
         # are priced for the jobs there (see `_fills_cap`).
         count = len(jobs) if _fills_cap(stage.function, snapshot) else None
         result = self._search(stage, snapshot, capacity, stage.budget_ms, count, None)
-        kept = _warm_at_cap(result.plans, stage.function, snapshot) if result.feasible else ()
+        idle = _idle_shapes_at_cap(stage.function, snapshot)
+        kept = _of_shapes(result.plans, stage.function, idle) if result.feasible else ()
         if kept:
             # On mean latencies and warm it would make it: run it (a sandbox started now has the
             # configuration later requests want) rather than give up on the request. [Requiring
             # the setup here too cost ESG 10-70 points on the simulator's grid: the next
             # branches then ran the fastest plans for requests that did not need them.] At the
-            # function's instance cap only the shapes it has warm (see `_warm_at_cap`).
+            # function's instance cap only the shapes it has idle (see `_idle_shapes_at_cap`).
             return kept, None
         # plans[0] is the fastest plan: the stage already misses its deadline. The request
         # can still make it when the time left covers the longest minimum-latency path
@@ -345,7 +346,6 @@ class EsgPolicy:
         # At the function's instance cap with a sandbox idle, they keep to its shapes: another
         # shape's cold start would stop it (see `_idle_shapes_at_cap`).
         only = None
-        idle = _idle_shapes_at_cap(stage.function, snapshot)
         if idle is not None:
             head_setup = {c: s for c, s in head_setup.items() if (c.vcpu, c.vgpu) in idle}
             if not head_setup:
@@ -469,13 +469,7 @@ class EsgPolicy:
         whose 2-vCPU configuration was a little cheaper per request than its 1-vCPU one went
         back and forth between them, with a cold start each time the vCPUs free changed, at an
         instance cap of one.]"""
-        limits = snapshot.limits.get(function)
-        cap = None if limits is None else limits.max_instances
-        running = snapshot.running.get(function, 0)
-        evicts = cap is not None and any(
-            0 < idle <= cap and idle + running >= cap
-            for idle in (_sandboxes(node, function) for node in snapshot.nodes)
-        )
+        evicts = _at_cap_with_idle(function, snapshot)
         cpu_ms, gpu_ms = self._cold_ms(function, snapshot)
 
         def charge(config: Config, setup_ms: float) -> float:
@@ -741,15 +735,30 @@ def _longest_path(
     return max((longest(f) for f in members), default=0.0)
 
 
-def _warm_at_cap(plans: tuple[Plan, ...], function: str,
-                 snapshot: Snapshot) -> tuple[Plan, ...]:
-    """`plans`, less those whose shape (vCPUs, slice) of `function` no node has idle while the
-    function is at its instance cap (see `_idle_shapes_at_cap`)."""
-    idle = _idle_shapes_at_cap(function, snapshot)
-    if idle is None:
+def _of_shapes(plans: tuple[Plan, ...], function: str,
+               shapes: frozenset[tuple[int, int]] | None) -> tuple[Plan, ...]:
+    """`plans` whose configuration of `function` has one of `shapes` (vCPUs, slice); all of
+    them when `shapes` is None."""
+    if shapes is None:
         return plans
     return tuple(p for p in plans
-                 if (p.configs[function].vcpu, p.configs[function].vgpu) in idle)
+                 if (p.configs[function].vcpu, p.configs[function].vgpu) in shapes)
+
+
+def _instance_cap(function: str, snapshot: Snapshot) -> int | None:
+    limits = snapshot.limits.get(function)
+    return None if limits is None else limits.max_instances
+
+
+def _at_cap_with_idle(function: str, snapshot: Snapshot) -> bool:
+    """Whether `function` is at its instance cap on a node that holds an idle sandbox of it:
+    a cold start there stops that sandbox."""
+    cap = _instance_cap(function, snapshot)
+    if cap is None:
+        return False
+    running = snapshot.running.get(function, 0)
+    return any(idle > 0 and idle + running >= cap
+               for idle in (_sandboxes(node, function) for node in snapshot.nodes))
 
 
 def _idle_shapes_at_cap(function: str, snapshot: Snapshot) -> frozenset[tuple[int, int]] | None:
@@ -764,11 +773,7 @@ def _idle_shapes_at_cap(function: str, snapshot: Snapshot) -> frozenset[tuple[in
     one vCPU and two): a late batch took the cheapest plans, none of the K of its idle shape,
     and a batch whose idle shape did not fit the vCPUs free at that moment took another shape
     cold rather than wait for the next completion.]"""
-    limits = snapshot.limits.get(function)
-    cap = None if limits is None else limits.max_instances
-    running = snapshot.running.get(function, 0)
-    idle = [_sandboxes(n, function) for n in snapshot.nodes]
-    if cap is None or not any(i > 0 and i + running >= cap for i in idle):
+    if not _at_cap_with_idle(function, snapshot):
         return None
     return frozenset((c.vcpu, c.vgpu) for n in snapshot.nodes for (f, c), count in n.warm.items()
                      if f == function and count)
@@ -783,8 +788,7 @@ def _fills_cap(function: str, snapshot: Snapshot) -> bool:
     profiles). Without a cap the paper's rule stands (the sandbox has the configuration later
     requests want): pricing for the jobs queued there cost ESG 10 points of SLO hits on
     average on held-out seeds 100-101 of the simulator's grid, 26-34 at light load.]"""
-    limits = snapshot.limits.get(function)
-    cap = None if limits is None else limits.max_instances
+    cap = _instance_cap(function, snapshot)
     if cap is None:
         return False
     idle = sum(_sandboxes(n, function) for n in snapshot.nodes)

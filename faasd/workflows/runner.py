@@ -135,20 +135,24 @@ class WorkflowRunner:
         one call always fit together. A stage whose input was lost with the node that held it
         runs the whole call again (see the module docstring), its stages as `CALL~2.STAGE`.
         """
-        for attempt in range(1, LOST_INPUT_ATTEMPTS + 1):
-            request_id = call_id if attempt == 1 else f"{call_id}~{attempt}"
+        attempt, request_id = 1, call_id
+        while True:
             try:
                 return await self._attempt(workflow, source_version, source_item,
                                            request_id=request_id, start_s=start_s,
                                            postprocess=postprocess)
             except StageFailed as failed:
-                if (failed.extra.get("reason") != "input_lost" or attempt == LOST_INPUT_ATTEMPTS
-                        or not all(self._current(f).settings.idempotent
-                                   for f in workflow.spec.functions)):
+                if not (failed.extra.get("reason") == "input_lost"
+                        and attempt < LOST_INPUT_ATTEMPTS and self._idempotent(workflow)):
                     raise
                 log.warning("workflow call %s of %s: %s; running it again from its source",
                             call_id, workflow.spec.name, failed.message)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            attempt += 1
+            request_id = f"{call_id}~{attempt}"
+
+    def _idempotent(self, workflow: DeployedWorkflow) -> bool:
+        """Whether every function of `workflow` may run a call twice."""
+        return all(self._current(f).settings.idempotent for f in workflow.spec.functions)
 
     async def _attempt(
         self,

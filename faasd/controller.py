@@ -573,6 +573,8 @@ class Controller:
             pending = self._pending[job_id]
             pending.running = True
             invocations.append(pending.invocation)
+            if pending.invocation.on_dispatch is not None:
+                pending.invocation.on_dispatch()
         self._batch_ids += 1
         batch_id = self._batch_ids
         running = _Running(dispatch)

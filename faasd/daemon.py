@@ -8,7 +8,8 @@ Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the ne
 
 1. stop accepting: STOPPING=1; the controller answers new calls 503; the listener closes;
 2. drain: calls already admitted finish (queued ones are still dispatched), up to
-   `drain_timeout_s`; HTTP handlers answer them;
+   `drain_timeout_s`; HTTP handlers answer them; async calls under way finish too (then up
+   to `drain_timeout_s` more), while queued ones stay recorded for the next start;
 3. stop sandboxes: the pool stops every sandbox and the fork server;
 4. GPUs: the MPS control daemon faasd started is stopped.
 5. leave the cluster: resign the leadership, stop the etcd member, leave the gossip (with a
@@ -101,8 +102,9 @@ async def _stop_taking_work(services: Services) -> None:
     if services.profiles is not None:  # no new sandbox for a profile from now on
         await services.profiles.stop()
     if services.invocations is not None:
-        # running async calls stay recorded as running: the next start runs them
-        await services.invocations.stop()
+        # queued async calls stay recorded: the next start runs them (the runs under way
+        # finish in the drain)
+        services.invocations.stop_taking()
 
 
 def workflow_dirs(root: Path) -> list[Path]:
@@ -411,6 +413,9 @@ class Daemon:
             await self._runner.cleanup()
         if self.connections is not None:
             await self.connections.stop()
+        if services is not None and services.invocations is not None:
+            # what still runs after this stays recorded as running: the next start runs it
+            await services.invocations.stop(self.config.drain_timeout_s)
         await self._stop_placing()
         if services is not None:
             if not await services.controller.drain(timeout_s=1.0):

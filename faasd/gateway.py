@@ -30,7 +30,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Protocol
@@ -115,6 +115,10 @@ class Invocation:
     keep_for: int = 0
     #: The node holding its held inputs (a join's first), where the scheduler prefers to run it
     input_node: str = ""
+    #: Called, synchronously, when the call is handed to a sandbox (or, at a cluster entry
+    #: that does not lead, to the leader that places it), before the sandbox gets it: an async
+    #: call to a function that must not run twice records it there (`faasd.durable.runner`).
+    on_dispatch: Callable[[], None] | None = field(default=None, compare=False)
 
     def queued_for_s(self, dispatched_s: float) -> float:
         """How long it waited in its queue if it was dispatched at `dispatched_s`."""
@@ -398,13 +402,15 @@ class Gateway:
         self.calls: dict[str, int] = {}
 
     def new_invocation(
-        self, version: FunctionVersion, item: Item, postprocess: bool = True
+        self, version: FunctionVersion, item: Item, postprocess: bool = True,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> Invocation:
         now = self._clock.now()
         slo_ms = version.settings.slo_ms
         deadline = now + slo_ms / 1000 if slo_ms else float("inf")
         call_id = os.urandom(16).hex()  # a random 128-bit id, as uuid4().hex, at a third the cost
-        return Invocation(call_id, version.name, version, item, now, deadline, postprocess)
+        return Invocation(call_id, version.name, version, item, now, deadline, postprocess,
+                          on_dispatch=on_dispatch)
 
     def stage_invocation(
         self,
@@ -418,6 +424,7 @@ class Gateway:
         postprocess: bool,
         held: Mapping[str, Held] | None = None,
         keep_for: int = 0,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> Invocation:
         """One stage of the workflow call `request_id`: it shares that call's start and deadline
         (the SLO is end to end) and is queued in the AFW queue of (`app`, its function).
@@ -426,6 +433,7 @@ class Gateway:
             f"{request_id}.{version.name}", version.name, version, item, start_s, deadline_s,
             postprocess, app, request_id, self._clock.now(), held=held or NOTHING_HELD,
             keep_for=keep_for, input_node=next((h.node for h in (held or {}).values()), ""),
+            on_dispatch=on_dispatch,
         )
 
     async def call(self, invocation: Invocation) -> CallResult:

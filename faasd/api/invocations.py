@@ -27,7 +27,7 @@ from faasd.api import workflows
 from faasd.api.errors import render_error
 from faasd.api.invoke import read_body, render
 from faasd.api.keys import SERVICES
-from faasd.durable.runner import AsyncCalls, Execute, Outcome, name_header
+from faasd.durable.runner import AsyncCalls, Execute, OnDispatch, Outcome, name_header
 from faasd.durable.store import Call, Kind
 from faasd.errors import BadRequest, Conflict, FaasdError, NotFound, Unavailable
 from faasd.functions.spec import FunctionVersion, ModelInfo
@@ -46,12 +46,12 @@ def executor(services: Services) -> Execute:
     or workflow, rendered. The target is looked up again (it may have been redeployed, or
     removed: then the call fails with the 404 a synchronous call would get)."""
 
-    async def execute(call: Call) -> Outcome:
+    async def execute(call: Call, on_dispatch: OnDispatch | None) -> Outcome:
         try:
             if call.kind is Kind.WORKFLOW:
-                response = await _run_workflow(services, call)
+                response = await _run_workflow(services, call, on_dispatch)
             else:
-                response = await _run_function(services, call)
+                response = await _run_function(services, call, on_dispatch)
         except FaasdError as exc:
             response = render_error(exc)
         return Outcome(response.status, response.headers.get("Content-Type", "application/json"),
@@ -60,22 +60,26 @@ def executor(services: Services) -> Execute:
     return execute
 
 
-async def _run_function(services: Services, call: Call) -> web.Response:
+async def _run_function(services: Services, call: Call,
+                        on_dispatch: OnDispatch | None) -> web.Response:
     version, info = services.catalog.get(call.name)
     payload = parse_payload(version, info, call.body, call.content_type, call.header_length)
-    invocation = services.gateway.new_invocation(version, payload.item, payload.postprocess)
+    invocation = services.gateway.new_invocation(version, payload.item, payload.postprocess,
+                                                 on_dispatch)
     result = await services.gateway.call(invocation)
     return render(version.name, str(version.version), payload, result, {})
 
 
-async def _run_workflow(services: Services, call: Call) -> web.Response:
+async def _run_workflow(services: Services, call: Call,
+                        on_dispatch: OnDispatch | None) -> web.Response:
     # the SLO counts from the run's start: the time the call waited in the async queue was
     # the caller's choice, and no stage can win it back
     start_s = services.clock.now()
     workflow = services.workflows.get(call.name)
     version, info = services.catalog.get(workflow.spec.source)
     payload = parse_payload(version, info, call.body, call.content_type, call.header_length)
-    return await workflows.answer(services, workflow, version, payload, call.id, start_s)
+    return await workflows.answer(services, workflow, version, payload, call.id, start_s,
+                                  on_dispatch)
 
 
 def _calls(services: Services) -> AsyncCalls:

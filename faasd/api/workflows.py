@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +56,18 @@ async def answer(
     payload: Payload,
     call_id: str,
     start_s: float,
+    on_dispatch: Callable[[], None] | None = None,
 ) -> web.Response:
     """Run one workflow call and render its answer, or its failure as a JSON error, with the
     workflow's headers; counted in the workflow metrics. The synchronous handler and an
     asynchronous call's run (`faasd.api.invocations`) both answer through here. `start_s`
-    (monotonic seconds) is where the call's SLO starts."""
+    (monotonic seconds) is where the call's SLO starts; `on_dispatch`: see `Invocation`."""
     name = workflow.spec.name
     headers = {"X-Call-Id": call_id, "X-Faasd-Slo-Ms": f"{workflow.spec.slo_ms:g}"}
     try:
         result = await services.runner.run(
             workflow, source_version, payload.item, call_id=call_id, start_s=start_s,
-            postprocess=payload.postprocess,
+            postprocess=payload.postprocess, on_dispatch=on_dispatch,
         )
     except FaasdError as exc:
         elapsed_s = services.clock.now() - start_s

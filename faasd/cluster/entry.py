@@ -251,6 +251,9 @@ class Entry:
                 and now - call.leaderless_since >= self._place_timeout_s)
 
     def _send(self, leader: Leader, calls: list[_Call]) -> None:
+        for call in calls:  # the leader may hand it to a sandbox from here on
+            if call.invocation.on_dispatch is not None:
+                call.invocation.on_dispatch()
         task = asyncio.get_running_loop().create_task(self._send_tickets(leader, calls))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)

@@ -4,15 +4,20 @@ A call's target is a function or a workflow (`Kind`); this module treats both al
 the `execute` callable the HTTP layer provides tells them apart. `accept` records a call
 durably and queues it; `workers` tasks run queued calls through the same path as a
 synchronous call (`execute`) and record the answer; `start` first re-queues every call a
-previous daemon left queued or running. Inference functions are pure, so a run cut short by a
-restart is run again (unless `rerun_refusal` gives a reason not to, as for a function, or a
-workflow with a stage, that says `idempotent: false`: then the call fails, 502 worker_lost,
-with that reason); after `max_attempts` runs that never finished, the call fails with that
-reason. A call whose target is busy (the controller answers 429) waits and tries again without
-using an attempt; one refused because the daemon is stopping (503) stays running and is taken
-up at the next start. (A workflow answers 429 only when its source was refused, before any
-stage ran: a later stage refused fails the call as a 502, see `StageFailed` in
-`faasd.workflows.runner`, so trying again never runs a stage twice.)
+previous daemon left queued or running (a call accepted while the daemon was starting is both
+on the record and already queued: it is queued once). Inference functions are pure, so a run
+cut short by a restart is run again (unless `rerun_refusal` gives a reason not to, as for a
+function, or a workflow with a stage, that says `idempotent: false`: then the call fails, 502
+worker_lost, with that reason, if the run cut short had handed it to a sandbox; for such a
+target the first dispatch is recorded, synced, before the sandbox gets the call, so a run that
+never got that far runs again); after `max_attempts` runs that never finished, the call fails
+with that reason. A stop first lets the runs under way finish (`stop(drain_s)`), as a
+synchronous call would, and takes no queued call meanwhile. A call whose target is busy (the
+controller answers 429) waits and tries again without using an attempt; one refused because
+the daemon is stopping (503) stays running and is taken up at the next start. (A workflow
+answers 429 only when its source was refused, before any stage ran: a later stage refused
+fails the call as a 502, see `StageFailed` in `faasd.workflows.runner`, so trying again never
+runs a stage twice.)
 
 Callbacks: when a call ends and it named `X-Callback-Url`, the answer is POSTed there with
 `X-Call-Id`, `X-Function-Name` (a workflow's call: `X-Workflow-Name`) and `X-Function-Status`
@@ -35,7 +40,15 @@ from typing import TypeVar
 import aiohttp
 
 from faasd.clock import Clock
-from faasd.durable.store import Call, CallStore, Kind, State, StoreClosed, fingerprint
+from faasd.durable.store import (
+    Call,
+    CallStore,
+    Kind,
+    QueueFull,
+    State,
+    StoreClosed,
+    fingerprint,
+)
 from faasd.errors import FaasdError, Overloaded, Unavailable
 
 log = logging.getLogger("faasd.durable")
@@ -56,7 +69,10 @@ class Outcome:
     body: bytes
 
 
-Execute = Callable[[Call], Awaitable[Outcome]]
+#: Runs a call; the callable it is given (None: none needed) is called, synchronously, when
+#: the call is handed to a sandbox, before the sandbox gets it.
+OnDispatch = Callable[[], None]
+Execute = Callable[[Call, OnDispatch | None], Awaitable[Outcome]]
 #: why a run of the target (kind, name) that a restart cut short must not run again; None: it may
 RerunRefusal = Callable[[Kind, str], str | None]
 T = TypeVar("T")
@@ -85,6 +101,11 @@ class AsyncCalls:
         self._rerun_refusal = rerun_refusal
         self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()
+        #: the calls queued or running in this daemon: each is queued once
+        self._known: set[str] = set()
+        #: the runs under way (a stop lets them finish)
+        self._runs: set[asyncio.Future[None]] = set()
+        self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
@@ -98,7 +119,7 @@ class AsyncCalls:
             timeout=aiohttp.ClientTimeout(total=self.limits.callback_timeout_s))
         left = await asyncio.to_thread(self.store.open_calls)
         for call in left:
-            self._queue.put_nowait(call.id)
+            self._enqueue(call.id)
         if left:
             log.info("taking up %d async call(s) a previous daemon left queued or running",
                      len(left))
@@ -108,8 +129,16 @@ class AsyncCalls:
             self._spawn(self._work())
         self._spawn(self._purge())
 
-    async def stop(self) -> None:
-        """Stop running calls (they stay `running` and run again at the next start)."""
+    def stop_taking(self) -> None:
+        """Take no queued call from now on (the first step of a stop)."""
+        self._draining = True
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Let the runs under way finish, for up to `drain_s`; then stop what still runs (it
+        stays `running` and runs again at the next start)."""
+        self._draining = True
+        if self._runs and drain_s > 0:
+            await asyncio.wait(set(self._runs), timeout=drain_s)
         self._stopping = True
         for waiting in self._waiters.values():  # keyed synchronous calls: answered 503
             for future in waiting:
@@ -140,22 +169,28 @@ class AsyncCalls:
         Overloaded (429) past `max_queued_per_target` calls to this target; KeyReused (422)
         when the key came with another body; the row is synced to disk before this returns."""
         fp = fingerprint(name, body, content_type, header_length)
-        queued = await self._read(self.store.queued_count, kind, name)
-        if queued >= self.limits.max_queued_per_target:
-            raise Overloaded(f"{kind.value} {name!r} has {queued} async calls waiting, the most "
-                             "it takes; retry later", retry_after_s=5.0)
         call = Call(id=os.urandom(16).hex(), name=name, state=State.QUEUED, body=body,
                     content_type=content_type, header_length=header_length,
                     callback_url=callback_url, idem_key=idem_key, fingerprint=fp, attempts=0,
                     created_s=self._clock.wall(), kind=kind)
-        stored = await self._read(self.store.accept, call)
+        try:
+            stored = await self._read(self.store.accept, call,
+                                      self.limits.max_queued_per_target)
+        except QueueFull as full:
+            raise Overloaded(f"{kind.value} {name!r} has {full.count} async calls waiting, the "
+                             "most it takes; retry later", retry_after_s=5.0) from None
         if stored.id != call.id:
             if stored.fingerprint != fp:
                 raise KeyReused(f"Idempotency-Key {idem_key!r} was used for another request "
                                 f"to {kind.value} {name!r}; use a new key for a new request")
             return stored, True
-        self._queue.put_nowait(call.id)
+        self._enqueue(call.id)
         return stored, False
+
+    def _enqueue(self, call_id: str) -> None:
+        if call_id not in self._known:
+            self._known.add(call_id)
+            self._queue.put_nowait(call_id)
 
     async def wait(self, call_id: str) -> Call:
         """The call once it has finished (at once if it has). Unavailable (503) once the
@@ -201,8 +236,12 @@ class AsyncCalls:
     # ------------------------------------------------------------ running
 
     async def _work(self) -> None:
-        while True:
+        while not self._draining:
             call_id = await self._queue.get()
+            if self._draining:  # stopping: it stays queued, and the next start runs it
+                return
+            run: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._runs.add(run)
             try:
                 await self._run(call_id)
             except asyncio.CancelledError:
@@ -210,6 +249,10 @@ class AsyncCalls:
             except Exception:
                 log.exception("async call %s: unexpected error; it runs again at the next "
                               "start", call_id)
+            finally:
+                self._known.discard(call_id)
+                self._runs.discard(run)
+                run.set_result(None)
 
     async def _run(self, call_id: str) -> None:
         call = await asyncio.to_thread(self.store.get, call_id)
@@ -223,22 +266,36 @@ class AsyncCalls:
                                f"gave up after {attempt - 1} runs that the daemon never "
                                "finished (it stopped during each)")
             return
-        refusal = self._rerun_refusal(call.kind, call.name) if attempt > 1 else None
-        if refusal is not None:
+        refusal = self._rerun_refusal(call.kind, call.name)
+        if refusal is not None and call.dispatched_s is not None:
             outcome = Outcome(502, "application/json", json.dumps({
                 "error": f"worker_lost: the daemon stopped while this call ran, and {refusal}, "
                          "so it was not run again", "attempts": attempt - 1}).encode())
             await self._finish(call, attempt, outcome, None)
             return
         log.info("async call %s to %s %s: run %d", call_id, call.kind.value, call.name, attempt)
+        on_dispatch = None if refusal is None else self._dispatch_marker(call.id)
         while True:
-            outcome = await self._execute(call)
+            outcome = await self._execute(call, on_dispatch)
             if outcome.status_code != 429 or self._stopping:
                 break
             await asyncio.sleep(self.limits.busy_retry_s)  # busy: wait, no attempt used
         if outcome.status_code == 503:  # the daemon is stopping: the next start runs it
             return
         await self._finish(call, attempt, outcome, None)
+
+    def _dispatch_marker(self, call_id: str) -> OnDispatch:
+        """Marks the call dispatched, synced, once. It runs on the event loop, inside the
+        dispatch: a short blocking write, only for targets that must not run twice."""
+        marked = False
+
+        def mark() -> None:
+            nonlocal marked
+            if not marked:
+                marked = True
+                self.store.mark_dispatched(call_id, self._clock.wall())
+
+        return mark
 
     async def _finish(self, call: Call, attempt: int, outcome: Outcome,
                       error: str | None) -> None:
@@ -309,4 +366,5 @@ def _error_text(outcome: Outcome) -> str:
         return outcome.body[:200].decode(errors="replace")
 
 
-__all__ = ["AsyncCalls", "KeyReused", "Limits", "Outcome", "RerunRefusal", "name_header"]
+__all__ = ["AsyncCalls", "Execute", "KeyReused", "Limits", "OnDispatch", "Outcome", "RerunRefusal",
+           "name_header"]

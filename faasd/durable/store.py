@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS invocations(
   error TEXT,
   callback_attempts INTEGER NOT NULL DEFAULT 0,
   callback_status TEXT,
-  kind TEXT NOT NULL DEFAULT 'function'
+  kind TEXT NOT NULL DEFAULT 'function',
+  dispatched_s REAL
 );
 """
 
@@ -66,9 +67,20 @@ DROP INDEX IF EXISTS inv_idem;
 DROP INDEX IF EXISTS inv_function;
 """
 
+#: A record written before a run's first dispatch was recorded (see `mark_dispatched`).
+_WITHOUT_DISPATCH = "ALTER TABLE invocations ADD COLUMN dispatched_s REAL;"
+
 
 class StoreClosed(RuntimeError):
     """The daemon closed the record (it is stopping)."""
+
+
+class QueueFull(Exception):
+    """The target already has `count` calls queued or running, the most it takes."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} calls queued or running")
+        self.count = count
 
 
 class Kind(StrEnum):
@@ -121,6 +133,8 @@ class Call:
     callback_attempts: int = 0
     callback_status: str | None = None
     kind: Kind = Kind.FUNCTION
+    #: when a run first handed the call to a sandbox (None: no run got that far)
+    dispatched_s: float | None = None
 
     @property
     def done(self) -> bool:
@@ -129,7 +143,7 @@ class Call:
 
 _COLUMNS = ("id, name, state, body, content_type, header_length, callback_url, idem_key, "
             "fingerprint, attempts, created_s, started_s, finished_s, status_code, "
-            "result_type, result, error, callback_attempts, callback_status, kind")
+            "result_type, result, error, callback_attempts, callback_status, kind, dispatched_s")
 
 
 def _call(row: tuple[object, ...]) -> Call:
@@ -159,6 +173,9 @@ class CallStore:
         if "kind" not in columns:
             # one transaction: a daemon killed halfway finds the old record, and migrates again
             self._db.executescript(f"BEGIN IMMEDIATE;\n{_FROM_FUNCTIONS_ONLY}COMMIT;")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(invocations)")}
+        if "dispatched_s" not in columns:
+            self._db.execute(_WITHOUT_DISPATCH)
         self._db.executescript(_INDEXES)
 
     def close(self) -> None:
@@ -176,26 +193,34 @@ class CallStore:
             rows = self._conn().execute(sql, args).fetchall()
         return (_call(r) for r in rows)
 
-    def accept(self, call: Call) -> Call:
+    def accept(self, call: Call, limit: int | None = None) -> Call:
         """Record `call` (queued) and sync it; if its idempotency key is taken, the call that
-        holds it instead (the caller compares fingerprints)."""
+        holds it instead (the caller compares fingerprints). QueueFull when the target has
+        `limit` calls queued or running: counted and inserted in one transaction, so calls
+        accepted at once cannot pass the limit together. A replay is no new call: it is
+        answered whatever the count."""
         with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._conn().execute(
-                    f"INSERT INTO invocations({_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, "
-                    "NULL, ?)",
-                    (call.id, call.name, State.QUEUED.value, call.body, call.content_type,
-                     call.header_length, call.callback_url, call.idem_key, call.fingerprint,
-                     call.created_s, call.kind.value))
-                return call
-            except sqlite3.IntegrityError:
-                if call.idem_key is None:
-                    raise
-                row = self._conn().execute(
+                held = None if call.idem_key is None else db.execute(
                     f"SELECT {_COLUMNS} FROM invocations WHERE kind = ? AND name = ? AND "
                     "idem_key = ?", (call.kind.value, call.name, call.idem_key)).fetchone()
-        return _call(row)
+                if held is None:
+                    count = self._open_count(call.kind, call.name)
+                    if limit is not None and count >= limit:
+                        raise QueueFull(count)
+                    db.execute(
+                        f"INSERT INTO invocations({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                        "0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, ?, NULL)",
+                        (call.id, call.name, State.QUEUED.value, call.body, call.content_type,
+                         call.header_length, call.callback_url, call.idem_key,
+                         call.fingerprint, call.created_s, call.kind.value))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return call if held is None else _call(held)
 
     def get(self, call_id: str) -> Call | None:
         return next(self._rows(f"SELECT {_COLUMNS} FROM invocations WHERE id = ?",
@@ -229,9 +254,12 @@ class CallStore:
     def queued_count(self, kind: Kind, name: str) -> int:
         """Calls to the target that are queued or running."""
         with self._lock:
-            (count,) = self._conn().execute(
-                "SELECT COUNT(*) FROM invocations WHERE kind = ? AND name = ? AND state IN "
-                "('queued', 'running')", (kind.value, name)).fetchone()
+            return self._open_count(kind, name)
+
+    def _open_count(self, kind: Kind, name: str) -> int:
+        (count,) = self._conn().execute(
+            "SELECT COUNT(*) FROM invocations WHERE kind = ? AND name = ? AND state IN "
+            "('queued', 'running')", (kind.value, name)).fetchone()
         return int(count)
 
     def start(self, call_id: str, now_s: float) -> int:
@@ -243,6 +271,15 @@ class CallStore:
             (attempts,) = self._conn().execute("SELECT attempts FROM invocations WHERE id = ?",
                                            (call_id,)).fetchone()
         return int(attempts)
+
+    def mark_dispatched(self, call_id: str, now_s: float) -> None:
+        """Record, synced, that a run handed the call to a sandbox: from here on a run cut
+        short may have had effects (what a function that is not idempotent must not repeat).
+        The first mark stays."""
+        with self._lock:
+            self._conn().execute(
+                "UPDATE invocations SET dispatched_s = ? WHERE id = ? AND dispatched_s IS NULL",
+                (now_s, call_id))
 
     def finish(self, call_id: str, attempt: int, state: State, now_s: float, status_code: int,
                result_type: str | None, result: bytes | None, error: str | None) -> bool:

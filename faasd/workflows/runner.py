@@ -125,8 +125,10 @@ class WorkflowRunner:
         call_id: str,
         start_s: float,
         postprocess: bool,
+        on_dispatch: Callable[[], None] | None = None,
     ) -> WorkflowResult:
         """Run every stage of `workflow` for one call; StageFailed if one fails.
+        `on_dispatch`: see `Invocation` (the source's; every other stage comes after it).
 
         The source runs at `source_version` (the one its body was checked against); every
         later stage at the version that serves when it is submitted. A redeploy during the call
@@ -140,7 +142,7 @@ class WorkflowRunner:
             try:
                 return await self._attempt(workflow, source_version, source_item,
                                            request_id=request_id, start_s=start_s,
-                                           postprocess=postprocess)
+                                           postprocess=postprocess, on_dispatch=on_dispatch)
             except StageFailed as failed:
                 if not (failed.extra.get("reason") == "input_lost"
                         and attempt < LOST_INPUT_ATTEMPTS and self._idempotent(workflow)):
@@ -163,6 +165,7 @@ class WorkflowRunner:
         request_id: str,
         start_s: float,
         postprocess: bool,
+        on_dispatch: Callable[[], None] | None,
     ) -> WorkflowResult:
         spec = workflow.spec
         deadline_s = start_s + spec.slo_ms / 1000.0
@@ -193,6 +196,7 @@ class WorkflowRunner:
                 version, item, app=spec.name, request_id=request_id, start_s=start_s,
                 deadline_s=deadline_s, postprocess=postprocess and function in sinks,
                 held=held, keep_for=sum(1 for e in spec.edges if e.source == function),
+                on_dispatch=None if preds else on_dispatch,
             )
             submitted_s = self._clock.now()
             try:

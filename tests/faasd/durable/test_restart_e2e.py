@@ -69,6 +69,20 @@ def _states(state_dir: Path) -> dict[str, tuple[str, int]]:
     return {i: (s, a) for i, (_, s, a) in _kinds(state_dir).items()}
 
 
+def _dispatched(state_dir: Path) -> set[str]:
+    """The calls a run handed to a sandbox (recorded for targets that must not run twice)."""
+    db = sqlite3.connect(state_dir / "invocations.sqlite")
+    try:
+        return {i for (i,) in db.execute(
+            "SELECT id FROM invocations WHERE dispatched_s IS NOT NULL")}
+    finally:
+        db.close()
+
+
+def _all_done(state_dir: Path) -> bool:
+    return all(s in ("succeeded", "failed") for s, _ in _states(state_dir).values())
+
+
 def test_kill_9_with_calls_in_flight_loses_none(tmp_path: Path) -> None:
     functions, workflows = tmp_path / "functions", tmp_path / "workflows"
     make_function(functions, "texty", "timeout_s: 10\n", TEXT_HANDLER)
@@ -135,7 +149,8 @@ def test_kill_9_fails_a_non_idempotent_call_it_cut_short(tmp_path: Path) -> None
             ids.append(_post(f"{first.url}/async-function/once", b"sleep:0.5"))
             workflow_ids.append(_post(f"{first.url}/async-workflow/onceflow", b"sleep:0.5"))
         deadline = time.monotonic() + 30
-        while not _running_of_both_kinds(tmp_path / "state"):
+        while not (_dispatched(tmp_path / "state") & set(workflow_ids)
+                   and _dispatched(tmp_path / "state") - set(workflow_ids)):
             assert time.monotonic() < deadline, first.log()
             time.sleep(0.02)
     finally:
@@ -143,7 +158,8 @@ def test_kill_9_fails_a_non_idempotent_call_it_cut_short(tmp_path: Path) -> None
         first.process.wait(10)
     ids += workflow_ids
     before = _states(tmp_path / "state")
-    cut_short = {i for i, (s, _) in before.items() if s == "running"}
+    cut_short = {i for i, (s, _) in before.items() if s == "running"} & _dispatched(
+        tmp_path / "state")
     assert cut_short & set(workflow_ids) and cut_short - set(workflow_ids)
     (tmp_path / "port").unlink()
     second = start_daemon(tmp_path, functions, "--workflows", str(workflows))
@@ -163,5 +179,39 @@ def test_kill_9_fails_a_non_idempotent_call_it_cut_short(tmp_path: Path) -> None
                     assert "workflow 'onceflow' has stage(s) once" in str(doc["error"])
             elif before[call_id][0] != "succeeded":
                 assert doc["status"] == "succeeded", doc
+    finally:
+        assert second.stop() == 0, second.log()
+
+
+def test_kill_9_runs_a_non_idempotent_call_that_never_reached_a_sandbox(tmp_path: Path) -> None:
+    """`once` takes one call at a time, so of the calls the async workers hold, one is in a
+    sandbox and the others wait in the scheduler's queue: only the first was cut short."""
+    functions = tmp_path / "functions"
+    make_function(functions, "once", "timeout_s: 10\nidempotent: false\nmax_instances: 1\n",
+                  TEXT_HANDLER)
+    first = start_daemon(tmp_path, functions)
+    try:
+        ids = [_post(f"{first.url}/async-function/once", b"sleep:2") for _ in range(4)]
+        deadline = time.monotonic() + 30
+        while not _dispatched(tmp_path / "state"):
+            assert time.monotonic() < deadline, first.log()
+            time.sleep(0.02)
+    finally:
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+    before = _states(tmp_path / "state")
+    in_sandbox = _dispatched(tmp_path / "state")
+    waiting = {i for i, (s, _) in before.items() if s == "running"} - in_sandbox
+    assert len(in_sandbox) == 1 and waiting, before  # the workers held more than one
+    (tmp_path / "port").unlink()
+    second = start_daemon(tmp_path, functions)
+    try:
+        deadline = time.monotonic() + 60
+        while not _all_done(tmp_path / "state"):
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.05)
+        states = {i: str(_get(f"{second.url}/system/invocations/{i}")["status"]) for i in ids}
+        assert [states[i] for i in in_sandbox] == ["failed"]
+        assert all(s == "succeeded" for i, s in states.items() if i not in in_sandbox), states
     finally:
         assert second.stop() == 0, second.log()

@@ -169,11 +169,15 @@ def _workflow_plan(argv: list[str]) -> int:
     parser.add_argument("workflow")
     parser.add_argument("-g", "--gateway", help="daemon URL (default $FAASD_URL)")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument("--token-file", type=Path,
+                        help="file holding the API token (default: $FAASD_TOKEN)")
     args = parser.parse_args(argv)
     try:
-        doc = Client(gateway_url(args.gateway)).json(
-            "GET", f"/system/workflow/{args.workflow}/plan")
-    except ClientError as exc:
+        doc = _client(args).json("GET", f"/system/workflow/{args.workflow}/plan")
+    except (ClientError, TokenError) as exc:
+        if isinstance(exc, TokenError):
+            print(f"faasd: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"faasd: {exc.message}", file=sys.stderr)
         return exc.exit_code
     if args.output == "json":
@@ -245,6 +249,7 @@ def _up(args: argparse.Namespace) -> int:
 
     from faasd import malloc
     from faasd.daemon import Daemon
+    from faasd.sandbox.launcher import LaunchError
     from faasd.systemd import Notifier
 
     config = load_config(
@@ -290,7 +295,11 @@ def _up(args: argparse.Namespace) -> int:
             tmp.replace(args.port_file)
 
     daemon = Daemon(config, notifier=Notifier())
-    _run_async(daemon.serve_until_signalled(ready))
+    try:
+        _run_async(daemon.serve_until_signalled(ready))
+    except LaunchError as exc:  # no sandbox can start here (no bubblewrap, no namespaces)
+        print(f"faasd: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -309,7 +318,8 @@ def _run_async(coro: Any) -> None:
 def _install(args: argparse.Namespace) -> int:
     from faasd import install
 
-    steps = install.plan(install.faasd_executable(), install.CONFIG_PATH.exists())
+    executable = install.faasd_executable()
+    steps = install.plan(executable, install.CONFIG_PATH.exists())
     if args.dry_run:
         print("faasd install would:")
         for step in steps:
@@ -322,8 +332,11 @@ def _install(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise ClientError("faasd install needs root: run it with sudo "
                           "(or with --dry-run to see what it would do)")
-    install.apply(steps)
-    print("faasd is installed and running; follow its log with: journalctl -u faasd -f")
+    try:
+        install.apply(steps)
+    except install.InstallError as exc:
+        raise ClientError(str(exc)) from None
+    print(install.next_steps(executable))
     return EXIT_OK
 
 
@@ -539,9 +552,17 @@ def _invoke(args: argparse.Namespace) -> int:
     try:
         reply = client.request("POST", f"{prefix}function/{args.name}", body, headers)
     except ClientError as exc:
-        if exc.status != 404 or not _is_workflow(client, args.name):
+        if exc.status != 404:
             raise
-        reply = client.request("POST", f"{prefix}workflow/{args.name}", body, headers)
+        # No function of that name (nothing ran): a workflow, then. Asked by calling it, not
+        # by reading its description, which needs an admin token where an invoke one calls.
+        try:
+            reply = client.request("POST", f"{prefix}workflow/{args.name}", body, headers)
+        except ClientError as again:
+            if again.status != 404:
+                raise
+            raise ClientError(f"no function or workflow named {args.name!r}; deploy one with "
+                              "faasd deploy DIR", status=404) from None
     if args.async_call:
         print(reply.headers["X-Call-Id"])
         return EXIT_OK

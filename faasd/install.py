@@ -31,7 +31,8 @@ After=network-online.target
 # READY=1 once the listener is bound and the functions are loaded; WATCHDOG=1 every 15 s
 Type=notify
 NotifyAccess=main
-ExecStart={exec_start} up --config /etc/faasd/faasd.yaml --state-dir /var/lib/faasd
+# the state directory is the one faasd.yaml names (`faasd token create` reads it there too)
+ExecStart={exec_start} up --config /etc/faasd/faasd.yaml
 WorkingDirectory=/var/lib/faasd
 StateDirectory=faasd
 RuntimeDirectory=faasd
@@ -103,10 +104,23 @@ def default_config_text() -> str:
 
 
 def faasd_executable() -> str:
+    """The faasd that runs this command (not whichever `faasd` comes first on PATH)."""
+    running = Path(sys.argv[0])
+    if running.name == "faasd" and running.is_file():
+        return str(running.resolve())
+    beside = Path(sys.executable).with_name("faasd")
+    if beside.is_file():
+        return str(beside)
     found = shutil.which("faasd")
-    if found:
-        return str(Path(found).resolve())
-    return str(Path(sys.executable).with_name("faasd"))
+    return str(Path(found).resolve()) if found else str(beside)
+
+
+class InstallError(Exception):
+    """The installation cannot go on; the message says why and what to do instead."""
+
+
+#: Where a host booted with systemd keeps its runtime state (sd_booted(3) tests the same).
+SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 
 
 #: Debian's bubblewrap confines the sandboxes; without it the daemon refuses to start.
@@ -130,13 +144,41 @@ def plan(exec_start: str, config_exists: bool, have_bwrap: bool | None = None) -
 
 
 def apply(steps: list[Step]) -> None:
+    """Carry out `steps`, in order. InstallError, before any step, on a host not booted with
+    systemd; and at the first step that fails, naming it (the steps before it stay done:
+    running the installation again redoes them all)."""
+    if not SYSTEMD_RUN_DIR.is_dir():
+        raise InstallError(
+            f"systemd is not running on this host ({SYSTEMD_RUN_DIR} is missing), and faasd "
+            "install sets faasd up as a systemd service; nothing was changed. Run the daemon "
+            "under your own supervisor instead: faasd up --config FILE --state-dir DIR")
     for step in steps:
-        if step.kind == "mkdir":
-            Path(step.target).mkdir(parents=True, exist_ok=True)
-        elif step.kind == "write":
-            path = Path(step.target)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(step.content)
-            tmp.replace(path)
-        else:
-            subprocess.run(step.target.split(), check=True)
+        try:
+            _apply(step)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise InstallError(f"faasd install stopped at `{step.describe()}`: {exc}") from None
+
+
+def _apply(step: Step) -> None:
+    if step.kind == "mkdir":
+        Path(step.target).mkdir(parents=True, exist_ok=True)
+    elif step.kind == "write":
+        path = Path(step.target)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(step.content)
+        tmp.replace(path)
+    else:
+        subprocess.run(step.target.split(), check=True)
+
+
+def next_steps(exec_start: str) -> str:
+    """What to do after an installation: where things are, and how to serve other hosts."""
+    faasd = exec_start.split()[-1] if exec_start.startswith("/usr/bin/env") else exec_start
+    return (
+        f"faasd is installed and running on 127.0.0.1 (settings: {CONFIG_PATH}, state: "
+        f"{STATE_DIRS[0]}).\n"
+        "To serve other machines, which needs an API token:\n"
+        f"  sudo {faasd} token create --scope admin     # its last word is the token\n"
+        f"  set host: 0.0.0.0 in {CONFIG_PATH}, then: sudo systemctl restart faasd\n"
+        "Follow its log with: journalctl -u faasd -f"
+    )

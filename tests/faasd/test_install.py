@@ -84,3 +84,46 @@ def test_a_host_without_bubblewrap_gets_it_first() -> None:
     assert missing[0] == install.Step("run", install.SANDBOX_PACKAGE_STEP)
     assert missing[1:] == present
     assert all("bubblewrap" not in step.target for step in present)
+
+
+def test_a_host_without_systemd_is_told_so_and_nothing_is_written(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(install, "SYSTEMD_RUN_DIR", tmp_path / "no-systemd")
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    target = tmp_path / "etc" / "faasd.yaml"
+    monkeypatch.setattr(install, "plan", lambda *a, **k: [
+        install.Step("write", str(target), "host: 127.0.0.1\n")])
+    assert main(["install"]) == 1
+    err = capsys.readouterr().err
+    assert "systemd is not running on this host" in err and "nothing was changed" in err
+    assert "Traceback" not in err and not target.exists()
+
+
+def test_a_step_that_fails_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(install, "SYSTEMD_RUN_DIR", tmp_path)
+    done = tmp_path / "made"
+    with pytest.raises(install.InstallError, match="stopped at `false`"):
+        install.apply([install.Step("mkdir", str(done)), install.Step("run", "false"),
+                       install.Step("mkdir", str(tmp_path / "never"))])
+    assert done.is_dir() and not (tmp_path / "never").exists()
+
+
+def test_the_unit_runs_the_faasd_that_installs_it(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    running = tmp_path / "venv" / "bin" / "faasd"
+    running.parent.mkdir(parents=True)
+    running.write_text("#!/bin/sh\n")
+    elsewhere = tmp_path / "path"
+    elsewhere.mkdir()
+    (elsewhere / "faasd").write_text("#!/bin/sh\n")
+    (elsewhere / "faasd").chmod(0o755)
+    monkeypatch.setenv("PATH", str(elsewhere))  # another faasd first on PATH
+    monkeypatch.setattr("sys.argv", [str(running), "install"])
+    assert install.faasd_executable() == str(running)
+
+
+def test_after_installing_it_says_how_to_serve_other_hosts() -> None:
+    text = install.next_steps("/opt/faasd/bin/faasd")
+    assert "sudo /opt/faasd/bin/faasd token create --scope admin" in text
+    assert "host: 0.0.0.0" in text and "systemctl restart faasd" in text

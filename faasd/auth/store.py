@@ -5,11 +5,16 @@ SQLite's rollback journal, not WAL, so that every commit rewrites the database h
 change counter (bytes 24-27): `TokenCache` reads those four bytes (and the file's inode) on
 each request and reloads the records only when they changed. A token created or revoked by
 the CLI therefore counts from the daemon's next request, without a restart or a poll interval.
+
+The cache fails closed: once it has seen a token, a file that vanishes, or that cannot be read
+or holds no token any more, keeps the records it knew (with a warning), so deleting or
+damaging the file never reopens an API that tokens had closed. A restart starts afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import sqlite3
@@ -17,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from faasd.auth.tokens import TOKEN_PREFIX, Scope, TokenRecord, digest
+
+log = logging.getLogger("faasd.auth")
 
 FILE_NAME = "tokens.sqlite"
 
@@ -126,7 +133,14 @@ class TokenCache:
     def records(self) -> Mapping[str, TokenRecord]:
         signature = self._signature_now()
         if signature != self._signature:
-            self._records = self._load() if signature else {}
+            loaded = self._load() if signature else None
+            if loaded:
+                self._records = loaded
+            elif self._records:
+                log.warning("%s %s; keeping the %d token(s) already known, so the API stays "
+                            "closed (restart faasd to read the tokens afresh)", self.path,
+                            "is gone" if not signature else "holds no readable token",
+                            len(self._records))
             self._signature = signature
         return self._records
 
@@ -142,12 +156,16 @@ class TokenCache:
             os.close(fd)
         return (st.st_ino, st.st_size, st.st_mtime_ns, int.from_bytes(counter or b"\0", "big"))
 
-    def _load(self) -> dict[str, TokenRecord]:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)
+    def _load(self) -> dict[str, TokenRecord] | None:
+        """The records; None when the file cannot be read (or its table is not there yet)."""
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)
+        except sqlite3.Error:
+            return None
         try:
             rows = db.execute(f"SELECT {_COLUMNS} FROM tokens").fetchall()
-        except sqlite3.OperationalError:  # created, table not there yet
-            return {}
+        except sqlite3.Error:  # created, table not there yet; or not a database
+            return None
         finally:
             db.close()
         return {str(row[3]): _record(row) for row in rows}

@@ -19,7 +19,8 @@ from faasd.auth.store import TokenCache, TokenStore
 from faasd.auth.tokens import Scope, authorize
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
-from tests.faasd.builders import make_function
+from tests.faasd.builders import expected_y, make_function
+from tests.faasd.workflows.builders import workflow_dir, write_op_model
 
 pytestmark = pytest.mark.slow
 
@@ -205,3 +206,40 @@ async def test_tokens_over_http_need_an_admin_token(secured: tuple[Daemon, Token
             assert resp.status == 404
         async with s.post(f"{daemon.url}/function/linear", json=CALL, headers=call) as resp:
             assert resp.status == 401
+
+
+async def test_an_invoke_token_calls_a_workflow_from_the_cli_and_plan_takes_a_token(
+        tmp_path: Path) -> None:
+    functions, workflows = tmp_path / "functions", tmp_path / "workflows"
+    make_function(functions, "linear")
+    write_op_model(functions / "incy" / "model.onnx", ["y"], "z", "Add", 1.0, width=3)
+    workflow_dir(workflows, "flow", """
+        slo_ms: 10000
+        functions: [linear, incy]
+        edges: [{from: linear, to: incy}]
+    """)
+    store = TokenStore(tmp_path / "state")
+    _, invoke = store.create(Scope.INVOKE, "caller", None, 0.0)
+    _, admin = store.create(Scope.ADMIN, "ops", None, 0.0)
+    admin_file = tmp_path / "admin.token"
+    admin_file.write_text(admin + "\n")
+    config = DaemonConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
+                          functions_dir=functions, workflows_dir=workflows)
+    async with Daemon(config) as daemon:
+        as_caller = {"FAASD_TOKEN": invoke}
+        body = json.dumps(CALL)
+        ran = await _acli("invoke", "flow", "-g", daemon.url, "-d", body, env=as_caller)
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout)["z"][0] == pytest.approx(
+            [y + 1 for y in expected_y([1, 2, 3, 4])], rel=1e-5)
+        queued = await _acli("invoke", "flow", "--async", "-g", daemon.url, "-d", body,
+                             env=as_caller)
+        assert queued.returncode == 0 and len(queued.stdout.strip()) == 32, queued.stderr
+        unknown = await _acli("invoke", "nothing", "-g", daemon.url, "-d", body, env=as_caller)
+        assert unknown.returncode == 1
+        assert "no function or workflow named 'nothing'" in unknown.stderr
+
+        planned = await _acli("plan", "flow", "-g", daemon.url, "--token-file", str(admin_file))
+        assert planned.returncode == 0 and "workflow flow" in planned.stdout, planned.stderr
+        refused = await _acli("plan", "flow", "-g", daemon.url)
+        assert refused.returncode == 1 and "HTTP 401" in refused.stderr

@@ -41,8 +41,28 @@ def test_the_cache_sees_every_change_at_once(tmp_path: Path) -> None:
         assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 200
         store.revoke(f"t{i}", 1.5)
         assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 401
-    store.path.unlink()
-    assert cache.records() == {}
+
+
+@pytest.mark.parametrize("damage", ["delete", "garble", "empty"])
+def test_the_cache_fails_closed(tmp_path: Path, damage: str,
+                                caplog: pytest.LogCaptureFixture) -> None:
+    """Deleting or damaging the file never reopens an API that tokens closed."""
+    cache = TokenCache(tmp_path)
+    store = TokenStore(tmp_path)
+    _, token = store.create(Scope.INVOKE, "a", None, 1.0)
+    assert authorize(cache.records(), None, Scope.INVOKE, 2.0).status == 401
+    if damage == "delete":
+        store.path.unlink()
+    elif damage == "garble":
+        store.path.write_bytes(b"not a database at all" * 100)
+    else:
+        store.path.write_bytes(b"")
+    assert authorize(cache.records(), None, Scope.INVOKE, 2.0).status == 401
+    assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 200
+    assert "keeping the 1 token(s) already known" in caplog.text
+    store.path.unlink(missing_ok=True)
+    TokenStore(tmp_path).create(Scope.INVOKE, "b", None, 3.0)  # a new file is read again
+    assert [r.name for r in cache.records().values()] == ["b"]
 
 
 def test_a_given_token_is_recorded_once_and_must_look_like_one(tmp_path: Path) -> None:

@@ -197,7 +197,9 @@ def describe(call: Call, with_result: bool = True) -> dict[str, Any]:
     }
     if call.callback_url:
         doc["callback"] = {"url": call.callback_url, "attempts": call.callback_attempts,
-                           "status": call.callback_status}
+                           "status": call.callback_status,
+                           "tries": [{"at": at, "outcome": what}
+                                     for at, what in call.callback_tries]}
     if with_result and call.done and call.result is not None:
         if (call.result_type or "").endswith("json"):
             import json

@@ -322,24 +322,28 @@ class AsyncCalls:
         headers = {"X-Call-Id": call.id, name_header(call): call.name,
                    "X-Function-Status": str(call.status_code),
                    "Content-Type": call.result_type or "application/octet-stream"}
-        status: str | None = None
+        last = call.callback_tries[-1][1] if call.callback_tries else "no try left"
         tries = call.callback_attempts
-        while tries < self.limits.callback_attempts:
+        final = None
+        while final is None and tries < self.limits.callback_attempts:
             if tries:
                 await asyncio.sleep(self.limits.callback_backoff_s * 2 ** (tries - 1))
             tries += 1
             try:
                 async with self._session.post(call.callback_url, data=call.result or b"",
                                               headers=headers) as resp:
-                    status = f"HTTP {resp.status}"
-                    if resp.status < 500:
-                        break
+                    last = f"HTTP {resp.status}"
+                    if resp.status < 500:  # delivered; a 4xx is the receiver's final word
+                        final = last
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                status = f"{type(exc).__name__}: {exc}"
-            await asyncio.to_thread(self.store.callback_tried, call.id, tries, None)
-        final = status if status and status.startswith("HTTP ") and int(status[5:]) < 500 \
-            else f"gave up: {status}"
-        await asyncio.to_thread(self.store.callback_tried, call.id, tries, final)
+                last = f"{type(exc).__name__}: {exc}"
+            if final is None and tries >= self.limits.callback_attempts:
+                final = f"gave up: {last}"
+            await asyncio.to_thread(self.store.callback_tried, call.id, self._clock.wall(),
+                                    last, final)
+        if final is None:  # a restart found every try used
+            final = f"gave up: {last}"
+            await asyncio.to_thread(self.store.callback_settled, call.id, final)
         log.info("async call %s: callback %s after %d attempt(s)", call.id, final, tries)
 
     async def _purge(self) -> None:

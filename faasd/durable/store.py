@@ -15,6 +15,7 @@ restart cut short is retried. Idempotency keys are unique per target.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS invocations(
   callback_attempts INTEGER NOT NULL DEFAULT 0,
   callback_status TEXT,
   kind TEXT NOT NULL DEFAULT 'function',
-  dispatched_s REAL
+  dispatched_s REAL,
+  callback_tries TEXT
 );
 """
 
@@ -69,6 +71,8 @@ DROP INDEX IF EXISTS inv_function;
 
 #: A record written before a run's first dispatch was recorded (see `mark_dispatched`).
 _WITHOUT_DISPATCH = "ALTER TABLE invocations ADD COLUMN dispatched_s REAL;"
+#: ... or before each callback try was recorded (see `callback_tried`).
+_WITHOUT_TRIES = "ALTER TABLE invocations ADD COLUMN callback_tries TEXT;"
 
 
 class StoreClosed(RuntimeError):
@@ -135,6 +139,8 @@ class Call:
     kind: Kind = Kind.FUNCTION
     #: when a run first handed the call to a sandbox (None: no run got that far)
     dispatched_s: float | None = None
+    #: each callback try, in order: (Unix seconds, "HTTP 503" or the connection error)
+    callback_tries: tuple[tuple[float, str], ...] = ()
 
     @property
     def done(self) -> bool:
@@ -143,7 +149,8 @@ class Call:
 
 _COLUMNS = ("id, name, state, body, content_type, header_length, callback_url, idem_key, "
             "fingerprint, attempts, created_s, started_s, finished_s, status_code, "
-            "result_type, result, error, callback_attempts, callback_status, kind, dispatched_s")
+            "result_type, result, error, callback_attempts, callback_status, kind, dispatched_s, "
+            "callback_tries")
 
 
 def _call(row: tuple[object, ...]) -> Call:
@@ -153,6 +160,7 @@ def _call(row: tuple[object, ...]) -> Call:
     if values[15] is not None:
         values[15] = bytes(values[15])  # type: ignore[call-overload]
     values[19] = Kind(str(values[19]))
+    values[21] = tuple((float(at), str(what)) for at, what in json.loads(str(values[21] or "[]")))
     return Call(*values)  # type: ignore[arg-type]
 
 
@@ -176,6 +184,8 @@ class CallStore:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(invocations)")}
         if "dispatched_s" not in columns:
             self._db.execute(_WITHOUT_DISPATCH)
+        if "callback_tries" not in columns:
+            self._db.execute(_WITHOUT_TRIES)
         self._db.executescript(_INDEXES)
 
     def close(self) -> None:
@@ -212,7 +222,7 @@ class CallStore:
                         raise QueueFull(count)
                     db.execute(
                         f"INSERT INTO invocations({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                        "0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, ?, NULL)",
+                        "0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, ?, NULL, NULL)",
                         (call.id, call.name, State.QUEUED.value, call.body, call.content_type,
                          call.header_length, call.callback_url, call.idem_key,
                          call.fingerprint, call.created_s, call.kind.value))
@@ -292,11 +302,25 @@ class CallStore:
                 (state.value, now_s, status_code, result_type, result, error, call_id, attempt))
         return cursor.rowcount == 1
 
-    def callback_tried(self, call_id: str, attempts: int, status: str | None) -> None:
+    def callback_tried(self, call_id: str, at_s: float, outcome: str,
+                       final: str | None) -> None:
+        """Record one callback try (`outcome`: "HTTP 200", or the error), and the callback's
+        final status once it is settled (`final`; None while tries remain)."""
         with self._lock:
-            self._conn().execute(
-                "UPDATE invocations SET callback_attempts = ?, callback_status = ? WHERE id = ?",
-                (attempts, status, call_id))
+            db = self._conn()
+            (raw,) = db.execute("SELECT callback_tries FROM invocations WHERE id = ?",
+                                (call_id,)).fetchone() or (None,)
+            tries = [*json.loads(raw or "[]"), [at_s, outcome[:300]]]
+            db.execute("UPDATE invocations SET callback_attempts = ?, callback_status = ?, "
+                       "callback_tries = ? WHERE id = ?",
+                       (len(tries), final, json.dumps(tries), call_id))
+
+    def callback_settled(self, call_id: str, final: str) -> None:
+        """The callback's final status, when no try is left to record (a restart found its
+        tries used up)."""
+        with self._lock:
+            self._conn().execute("UPDATE invocations SET callback_status = ? WHERE id = ?",
+                                 (final, call_id))
 
     def purge(self, before_s: float) -> int:
         """Delete finished calls that ended before `before_s`; how many."""

@@ -100,4 +100,4 @@ async def test_async_workflow_calls_from_the_cli(daemon: Daemon) -> None:
     assert {r.split()[0]: r.split()[2] for r in everything} == {
         call_id: "workflow", function_call: "function"}
     unknown = await _faasd(daemon, "invoke", "nosuch", "--async", "-d", "1,2,3,4")
-    assert unknown.returncode == 1 and "no function named 'nosuch'" in unknown.stderr
+    assert unknown.returncode == 1 and "no function or workflow named 'nosuch'" in unknown.stderr

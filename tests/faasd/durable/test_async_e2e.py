@@ -114,7 +114,12 @@ async def test_callback_receives_the_answer(daemon: Daemon) -> None:
                 if done["callback"]["status"] is not None:
                     break
                 await asyncio.sleep(0.05)
-            assert done["callback"] == {"url": hook_url, "attempts": 2, "status": "HTTP 204"}
+            callback = done["callback"]
+            assert (callback["url"], callback["attempts"], callback["status"]) == (
+                hook_url, 2, "HTTP 204")
+            first, second = callback["tries"]  # each try, when and how it went
+            assert (first["outcome"], second["outcome"]) == ("HTTP 503", "HTTP 204")
+            assert second["at"] - first["at"] >= 0.5  # the backoff
     finally:
         await runner.cleanup()
 

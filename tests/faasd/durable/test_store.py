@@ -125,3 +125,15 @@ def test_a_record_from_before_workflows_is_taken_over(tmp_path: Path) -> None:
     indexes = {row[0] for row in sqlite3.connect(tmp_path / "invocations.sqlite").execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'inv_%'")}
     assert indexes == {"inv_target_idem", "inv_open", "inv_target"}
+
+
+def test_each_callback_try_is_recorded(store: CallStore) -> None:
+    store.accept(_call("a"))
+    store.callback_tried("a", 1.0, "ClientConnectorError: refused", None)
+    store.callback_tried("a", 2.0, "HTTP 503", None)
+    store.callback_tried("a", 4.0, "HTTP 200", "HTTP 200")
+    call = store.get("a")
+    assert call is not None and call.callback_attempts == 3
+    assert call.callback_status == "HTTP 200"
+    assert call.callback_tries == ((1.0, "ClientConnectorError: refused"), (2.0, "HTTP 503"),
+                                   (4.0, "HTTP 200"))

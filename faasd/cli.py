@@ -625,14 +625,17 @@ def _profile(args: argparse.Namespace) -> int:
 def _version(args: argparse.Namespace) -> int:
     server: Any
     client = _client(args)  # a malformed --gateway is an error, not "not reachable"
+    why = None
     try:
         server = client.json("GET", "/v2").get("version")
     except ClientError as exc:
-        server = None if exc.exit_code == EXIT_UNREACHABLE else "?"
+        server = None
+        why = "not reachable" if exc.exit_code == EXIT_UNREACHABLE else exc.message
     if args.output == "json":
-        return _print_json({"client": faasd_version(), "server": server})
+        return _print_json({"client": faasd_version(), "server": server}
+                           | ({"error": why} if why else {}))
     print(f"client: faasd {faasd_version()}")
-    print(f"server: {'faasd ' + server if server else 'not reachable'}")
+    print(f"server: {'faasd ' + server if server else why}")
     return EXIT_OK
 
 

@@ -243,3 +243,5 @@ async def test_an_invoke_token_calls_a_workflow_from_the_cli_and_plan_takes_a_to
         assert planned.returncode == 0 and "workflow flow" in planned.stdout, planned.stderr
         refused = await _acli("plan", "flow", "-g", daemon.url)
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr
+        version = await _acli("version", "-g", daemon.url)  # says why it cannot tell
+        assert "HTTP 401" in version.stdout and "faasd token create" in version.stdout

@@ -42,7 +42,7 @@ import numpy  # noqa: F401  imported here so every worker inherits it
 import onnxruntime  # noqa: F401  the import a cold start must not pay
 
 from faasd.runtime import onnx
-from faasd.sandbox import identity, protocol, worker
+from faasd.sandbox import descriptors, identity, protocol, worker
 
 # Handlers decode images with pillow; importing it once here saves each worker ~30 ms.
 with contextlib.suppress(ImportError):
@@ -173,7 +173,11 @@ class ForkServer:
 
 
 def main(argv: list[str]) -> int:
-    control = socket.socket(fileno=int(argv[1]))
+    control_fd = int(argv[1])
+    # Before anything is forked: only stdio and the control socket of what the daemon left
+    # open reach here (`faasd.sandbox.descriptors`).
+    descriptors.keep_only({0, 1, 2, control_fd}, inherited_only=True)
+    control = socket.socket(fileno=control_fd)
     control.setblocking(True)
     onnx.preload_cuda()  # GPU builds: the CUDA libraries a GPU sandbox's session needs
     server = ForkServer(control)

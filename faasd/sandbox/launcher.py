@@ -3,8 +3,11 @@
 See `faasd.sandbox.forkserver` for the control protocol. If the fork server dies, every
 worker dies with it (parent-death signal); the next spawn starts a new fork server. A launcher
 made with a `wrapper` (`faasd.sandbox.bubblewrap.command`) runs its fork server inside it,
-with an environment of PATH and LANG only: a forked worker's /proc/PID/environ shows the fork
-server's, which must hold nothing of the daemon's.
+with an environment of PATH, LANG and ORT_DISABLE_TELEMETRY only: a forked worker's
+/proc/PID/environ shows the fork server's, which must hold nothing of the daemon's.
+
+A fork server's stdin is /dev/null; its stdout and stderr are the daemon's (where its own
+tracebacks belong; each worker points both at its relay pipe before anything else).
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ logger = logging.getLogger("faasd.sandbox")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
 _MAX_CONTROL_BYTES = 1 << 16
+#: Without it, `import onnxruntime` opens a telemetry database (SQLite, read-write, in the
+#: fork server's home) and every forked worker would inherit it: a file that all the sandboxes
+#: of a box could write (`faasd.sandbox.descriptors`). A sandbox has no network to send
+#: telemetry with anyway.
+NO_TELEMETRY = {"ORT_DISABLE_TELEMETRY": "1"}
 #: The whole environment of a wrapped fork server.
-WRAPPED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+WRAPPED_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **NO_TELEMETRY}
 
 
 class LaunchError(RuntimeError):
@@ -105,7 +113,8 @@ class Launcher:
                 "faasd.sandbox.forkserver",
                 str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
-                env=WRAPPED_ENV if self.wrapper else None,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=WRAPPED_ENV if self.wrapper else {**os.environ, **NO_TELEMETRY},
             )
         except BaseException:
             ours.close()

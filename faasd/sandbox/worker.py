@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from faasd.functions.spec import ModelInfo
 from faasd.runtime.onnx import CUDA_PROVIDER, ModelLoadError, OnnxModel, choose_providers
-from faasd.sandbox import cgroups, channel, environ, identity, protocol
+from faasd.sandbox import cgroups, channel, descriptors, environ, identity, protocol
 from faasd.sandbox.batching import Handler, execute
 from faasd.sandbox.sharedmem import SharedArea, SharedPair
 
@@ -248,11 +248,17 @@ def main(
     shared_fds: tuple[int, ...] = (),
     cgroup_fds: tuple[int, ...] = (),
 ) -> NoReturn:
-    """The forked child's whole life. Exit 0 when told to stop or when the daemon lets go."""
+    """The forked child's whole life. Exit 0 when told to stop or when the daemon lets go.
+
+    It holds no file descriptor but stdin (/dev/null), stdout and stderr (its relay pipe),
+    its channel and its shared-memory areas (and the `cgroup.procs` files it joins, closed
+    once joined): nothing of its fork server's or of the daemon's."""
     os.environ.update(spec.gpu_env)  # first: nothing may initialise CUDA before the slice is set
     os.dup2(stderr_fd, 1)
     os.dup2(stderr_fd, 2)
     os.close(stderr_fd)
+    descriptors.stdin_from_devnull()
+    descriptors.keep_only({0, 1, 2, sock_fd, *shared_fds, *cgroup_fds})
     _die_with_parent()
     code = 0
     try:

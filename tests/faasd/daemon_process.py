@@ -38,8 +38,11 @@ class DaemonProcess:
 
 
 def start_daemon(
-    tmp: Path, functions: Path | None, *extra: str, env: dict[str, str] | None = None
+    tmp: Path, functions: Path | None, *extra: str, env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> DaemonProcess:
+    """`faasd up` with stdout and stderr in `tmp`/daemon.log; `pass_fds` stay open in it, as
+    descriptors its parent left it would."""
     port_file = tmp / "port"
     log_path = tmp / "daemon.log"
     args = [sys.executable, "-m", "faasd.cli", "up", "--host", "127.0.0.1", "--port", "0",
@@ -49,7 +52,8 @@ def start_daemon(
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FAASD_", "NOTIFY_"))}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env={**clean, **(env or {})}
+            args, stdout=log, stderr=subprocess.STDOUT, env={**clean, **(env or {})},
+            pass_fds=pass_fds,
         )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not port_file.exists():

@@ -58,6 +58,8 @@ class DaemonConfig:
     workflows_dir: Path | None = None
     scheduler: str = "esg"
     max_body_mb: int = 64
+    #: the largest answer frame a sandbox may send the daemon (see `max_answer_bytes`)
+    max_answer_mb: int = 64
     node_vcpu: int = 0
     max_sandboxes: int = 32
     cgroup_parent: str = "faasd"
@@ -101,6 +103,15 @@ class DaemonConfig:
         return self.max_body_mb * MIB
 
     @property
+    def max_answer_bytes(self) -> int:
+        """A sandbox's answer is read into the daemon's memory before anything can look at
+        it, so what a sandbox may make the daemon hold is bounded like a request body, and by
+        default as large: the frame carries a batch's results but not its large tensors, which
+        cross through shared memory (up to 256 MiB more). A larger frame is a protocol
+        violation: the sandbox is killed and its call answers 502."""
+        return self.max_answer_mb * MIB
+
+    @property
     def max_unpacked_bytes(self) -> int:
         return (self.max_unpacked_mb or 4 * self.max_body_mb) * MIB
 
@@ -133,6 +144,8 @@ class DaemonConfig:
             raise fail("port", f"must be in 0..65535, got {self.port}")
         if self.max_body_mb < 1:
             raise fail("max_body_mb", f"must be >= 1, got {self.max_body_mb}")
+        if self.max_answer_mb < 1:
+            raise fail("max_answer_mb", f"must be >= 1, got {self.max_answer_mb}")
         if self.node_vcpu < 0:
             raise fail("node_vcpu", f"must be >= 0 (0 = all cores), got {self.node_vcpu}")
         if self.max_sandboxes < 1:

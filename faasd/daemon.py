@@ -205,6 +205,7 @@ class Daemon:
                 namespaces="auto" if config.allow_unconfined else "on",
                 reap_leftovers=True,
                 gpu=gpus,
+                max_answer_bytes=config.max_answer_bytes,
             )
         )
         gpus.on_lost(pool.kill_sandboxes)

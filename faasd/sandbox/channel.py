@@ -6,7 +6,10 @@ view, so a tensor is copied once by the kernel each way and never in Python.
 
 The daemon's side reads through an asyncio protocol (`AsyncChannel`): the event loop reads a
 small frame whole in one `read` and a large body straight into its buffer, with no
-`add_reader`/`remove_reader` per receive.
+`add_reader`/`remove_reader` per receive. What a sandbox sends is not trusted: a frame over
+the channel's limit is refused at its prefix (`framing.FrameTooLarge`), and a large body's
+buffer grows as its bytes arrive, so a prefix that declares more than is sent costs the
+daemon nothing.
 
 With a `SharedPair`, large tensors cross through shared memory instead (one `memcpy` by the
 sender; see `faasd.sandbox.sharedmem`) and only the frame's header goes through the socket.
@@ -116,6 +119,10 @@ class Receiver:
 
 #: What one read may take when no large body is being filled: a whole small frame, usually.
 _SCRATCH_BYTES = 64 * 2**10
+#: A body's buffer is allocated up to this at once; past it, it doubles as bytes arrive.
+_FIRST_BODY_BYTES = 2**20
+#: The largest frame a channel takes unless told otherwise (`AsyncChannel.open`).
+DEFAULT_MAX_FRAME_BYTES = 64 * 2**20
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):
@@ -123,10 +130,12 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
     A small frame is read into a scratch buffer together with its prefix (one `read` a frame);
     the rest of a large body is read straight into its own buffer. Whole frames wait, undecoded,
-    in `frames` until `AsyncChannel.recv` takes them.
+    in `frames` until `AsyncChannel.recv` takes them. A prefix over `max_body_bytes` fails the
+    channel with `framing.FrameTooLarge`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_body_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_body_bytes = max_body_bytes
         self.frames: collections.deque[tuple[bytearray, int]] = collections.deque()
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -134,6 +143,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._scratch = bytearray(_SCRATCH_BYTES)
         self._prefix = bytearray()
         self._body: bytearray | None = None
+        #: the body's size as its prefix says (its buffer, `_body`, grows up to it)
+        self._body_bytes = 0
         self._header_bytes = 0
         self._filled = 0
         self._direct = False
@@ -144,11 +155,21 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         body = self._body
-        if body is not None and len(body) - self._filled >= _SCRATCH_BYTES:
+        if body is not None and self._body_bytes - self._filled >= _SCRATCH_BYTES:
+            self._make_room(body)
             self._direct = True
             return memoryview(body)[self._filled :]
         self._direct = False
         return memoryview(self._scratch)
+
+    def _make_room(self, body: bytearray) -> None:
+        """Grow `body` (doubling, up to the size its prefix says) until the next read has at
+        least a scratch buffer's room, or all the rest of the body. Only while no view of it
+        is alive: from `get_buffer`, or `_feed`, which reads from the scratch buffer."""
+        room = min(_SCRATCH_BYTES, self._body_bytes - self._filled)
+        if len(body) - self._filled < room:
+            size = min(self._body_bytes, max(2 * len(body), self._filled + room))
+            body.extend(bytes(size - len(body)))  # calloc'd: only `body`'s pages are written
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
@@ -170,10 +191,13 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                 data = data[take:]
                 if len(self._prefix) < framing.PREFIX_SIZE:
                     return
-                body_bytes, self._header_bytes = framing.parse_prefix(self._prefix)
+                self._body_bytes, self._header_bytes = framing.parse_prefix(
+                    self._prefix, self.max_body_bytes)
                 self._prefix = bytearray()
-                self._body, self._filled = bytearray(body_bytes), 0
+                self._body = bytearray(min(self._body_bytes, _FIRST_BODY_BYTES))
+                self._filled = 0
             else:
+                self._make_room(self._body)
                 take = min(len(data), len(self._body) - self._filled)
                 self._body[self._filled : self._filled + take] = data[:take]
                 self._filled += take
@@ -181,7 +205,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self._finish_body()
 
     def _finish_body(self) -> None:
-        if self._body is None or self._filled < len(self._body):
+        if self._body is None or self._filled < self._body_bytes:
             return
         self.frames.append((self._body, self._header_bytes))
         self._body = None
@@ -237,10 +261,18 @@ class AsyncChannel:
         self.shared = shared
 
     @classmethod
-    async def open(cls, sock: socket.socket, shared: SharedPair | None = None) -> AsyncChannel:
-        """Wrap a connected non-blocking stream socket; the channel owns it from now on."""
+    async def open(
+        cls,
+        sock: socket.socket,
+        shared: SharedPair | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> AsyncChannel:
+        """Wrap a connected non-blocking stream socket; the channel owns it from now on. A
+        frame from the peer whose body is over `max_frame_bytes` fails `recv` with
+        `framing.FrameTooLarge` and closes the channel."""
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_unix_connection(_FrameProtocol, sock=sock)
+        transport, protocol = await loop.create_unix_connection(
+            lambda: _FrameProtocol(max_frame_bytes), sock=sock)
         transport.set_write_buffer_limits(high=0)  # pause_writing whenever bytes are queued
         return cls(sock, transport, protocol, shared)
 

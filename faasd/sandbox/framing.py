@@ -50,6 +50,16 @@ class FrameError(ValueError):
     """The bytes are not a frame this module wrote (corrupt, truncated or too large)."""
 
 
+class FrameTooLarge(FrameError):
+    """A frame's prefix declares a body over what its reader accepts."""
+
+    def __init__(self, body_bytes: int, limit_bytes: int) -> None:
+        super().__init__(f"a frame declares a body of {body_bytes} bytes, over the limit of "
+                         f"{limit_bytes}")
+        self.body_bytes = body_bytes
+        self.limit_bytes = limit_bytes
+
+
 def _pad(size: int) -> int:
     return -size % _ALIGN
 
@@ -125,13 +135,16 @@ def encode_bytes(message: Any) -> bytes:
     return b"".join(encode(message))
 
 
-def parse_prefix(prefix: Buffer) -> tuple[int, int]:
-    """(body length, header length) of the frame whose first 8 bytes are `prefix`."""
+def parse_prefix(prefix: Buffer, max_body_bytes: int = MAX_BODY_BYTES - 1) -> tuple[int, int]:
+    """(body length, header length) of the frame whose first 8 bytes are `prefix`;
+    FrameTooLarge if the body would be over `max_body_bytes`."""
     if len(prefix) != PREFIX_SIZE:
         raise FrameError(f"a frame prefix is {PREFIX_SIZE} bytes, got {len(prefix)}")
     body_bytes, header_bytes = PREFIX.unpack(prefix)
-    if body_bytes >= MAX_BODY_BYTES or header_bytes > body_bytes:
+    if header_bytes > body_bytes:
         raise FrameError(f"bad frame prefix: body {body_bytes} bytes, header {header_bytes}")
+    if body_bytes > min(max_body_bytes, MAX_BODY_BYTES - 1):
+        raise FrameTooLarge(body_bytes, min(max_body_bytes, MAX_BODY_BYTES - 1))
     return body_bytes, header_bytes
 
 

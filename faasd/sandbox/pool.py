@@ -36,10 +36,17 @@ from esg.model import Config
 from faasd.clock import Clock, SystemClock
 from faasd.errors import GpuUnavailable, SandboxCrashed, SandboxTimeout, Unavailable
 from faasd.functions.spec import FunctionVersion, ModelInfo
-from faasd.sandbox import protocol
+from faasd.sandbox import channel, protocol
 from faasd.sandbox.cgroups import Backend
 from faasd.sandbox.items import Execution, Item, PoolStats
-from faasd.sandbox.process import Death, LoadFailed, SandboxDied, SandboxProcess, State
+from faasd.sandbox.process import (
+    Death,
+    LoadFailed,
+    ProtocolViolation,
+    SandboxDied,
+    SandboxProcess,
+    State,
+)
 from faasd.sandbox.spawner import GpuBinder, Spawner
 from faasd.sandbox.validation import deploy_error, oversized_batch
 
@@ -106,11 +113,14 @@ class SandboxPool:
         reap_interval_s: float = 1.0,
         load_timeout_s: float = LOAD_TIMEOUT_S,
         gpu: GpuBinder | None = None,
+        max_answer_bytes: int = channel.DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
+        """`max_answer_bytes`: the largest frame a sandbox may send; a larger one is a
+        protocol violation (the sandbox is killed, its call fails with SandboxCrashed)."""
         self.state_dir = Path(state_dir)
         self.max_sandboxes = max_sandboxes
         self._spawner = Spawner(self.state_dir, cgroup_parent, confinement, namespaces,
-                                reap_leftovers, gpu)
+                                reap_leftovers, gpu, max_answer_bytes)
         self._clock = clock or SystemClock()
         self._reap_interval_s = reap_interval_s
         self._load_timeout_s = load_timeout_s
@@ -172,8 +182,10 @@ class SandboxPool:
             if failed.kind == protocol.FAILED_SANDBOX:
                 raise SandboxCrashed(f"{version.name}: {failed.message}") from None
             raise deploy_error(version, failed.kind, failed.message) from None
-        except SandboxDied:
+        except SandboxDied as died:
             death = await process.death()
+            if isinstance(died, ProtocolViolation):
+                raise deploy_error(version, "died", f"was killed: {died}") from None
             raise deploy_error(version, "died", death.describe(), death.out_of_memory) from None
         except TimeoutError:
             process.kill()
@@ -230,10 +242,16 @@ class SandboxPool:
                 f"{version.settings.timeout_s:g} s; its sandbox (pid {process.pid}) was killed",
                 function=version.name,
             ) from None
-        except SandboxDied:
+        except SandboxDied as died:
             self._counters.crashes += 1
             death = await process.death()
             await self._drop(entry)
+            if isinstance(died, ProtocolViolation):
+                logger.warning("sandbox [%d] of %s killed: %s", process.pid, version.name, died)
+                raise SandboxCrashed(
+                    f"{version.name}'s sandbox (pid {process.pid}) was killed and will be "
+                    f"replaced: {died}", function=version.name
+                ) from None
             logger.warning("sandbox [%d] of %s %s", process.pid, version.name, death.describe())
             raise SandboxCrashed(
                 self._crash_message(version, process.pid, death), function=version.name
@@ -486,6 +504,9 @@ class SandboxPool:
     async def _start_failure(self, process: SandboxProcess, exc: BaseException) -> str:
         if isinstance(exc, LoadFailed):
             return exc.message
+        if isinstance(exc, ProtocolViolation):
+            await process.death()
+            return f"the sandbox was killed while loading: {exc}"
         if isinstance(exc, TimeoutError):
             process.kill()
             return "loading the model took too long"

@@ -44,6 +44,11 @@ class SandboxDied(Exception):
     """The worker's end of the channel closed: it exited or was killed."""
 
 
+class ProtocolViolation(SandboxDied):
+    """The worker sent what no worker of faasd's sends (garbage, a frame over the channel's
+    limit); it has been killed. The message says what it sent."""
+
+
 class LoadFailed(Exception):
     """The worker could not load its function; `kind` says which part (protocol.FAILED_*)."""
 
@@ -179,8 +184,10 @@ class SandboxProcess:
         spec: protocol.WorkerSpec,
         groups: SandboxGroups | None,
         tmp_dir: Path | None,
+        max_answer_bytes: int = channel.DEFAULT_MAX_FRAME_BYTES,
     ) -> SandboxProcess:
-        """Fork a worker; it is STARTING until `wait_ready`."""
+        """Fork a worker; it is STARTING until `wait_ready`. A frame from it over
+        `max_answer_bytes` is a `ProtocolViolation`."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stderr_r, stderr_w = os.pipe()
         shared = _shared_pair(sandbox_id, spec)
@@ -205,7 +212,7 @@ class SandboxProcess:
             os.close(stderr_w)
         ours.setblocking(False)
         try:
-            chan = await channel.AsyncChannel.open(ours, shared)
+            chan = await channel.AsyncChannel.open(ours, shared, max_answer_bytes)
         except BaseException:
             kill(spawned, signal.SIGKILL)
             spawned.close()
@@ -238,7 +245,11 @@ class SandboxProcess:
     async def _recv(self) -> dict[str, Any]:
         try:
             message = await self.channel.recv()
-        except (OSError, framing.FrameError) as exc:  # ChannelClosed, reset, garbage
+        except framing.FrameError as exc:
+            # It is alive and sends what no worker sends: nothing more it says can be trusted.
+            self.kill()
+            raise ProtocolViolation(_violation(exc)) from exc
+        except OSError as exc:  # ChannelClosed, reset
             raise SandboxDied(str(exc)) from exc
         if not isinstance(message, dict):
             raise SandboxDied(f"worker answered {type(message).__name__}, not a message")
@@ -336,6 +347,13 @@ class SandboxProcess:
         if self.tmp_dir is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir = None
+
+
+def _violation(exc: framing.FrameError) -> str:
+    if isinstance(exc, framing.FrameTooLarge):
+        return (f"it sent a frame of {exc.body_bytes} bytes, over the limit of "
+                f"{exc.limit_bytes / 2**20:g} MiB on a sandbox's answer (max_answer_mb)")
+    return f"it sent what is not a frame: {exc}"
 
 
 def _shared_pair(sandbox_id: str, spec: protocol.WorkerSpec) -> SharedPair | None:

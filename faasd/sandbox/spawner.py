@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from esg.model import Config
 from faasd.errors import SandboxCrashed
 from faasd.functions.spec import FunctionVersion
-from faasd.sandbox import bubblewrap, identity, protocol, sharedmem
+from faasd.sandbox import bubblewrap, channel, identity, protocol, sharedmem
 from faasd.sandbox.cgroups import (
     ADDRESS_SPACE_HEADROOM_MB,
     Backend,
@@ -137,10 +137,13 @@ class Spawner:
         namespaces: str = "auto",
         reap_leftovers: bool = False,
         gpu: GpuBinder | None = None,
+        max_answer_bytes: int = channel.DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         """`namespaces`: "on" (refuse to start where `bubblewrap.probe` fails), "auto" (use
-        them where the host allows, else warn), "off"."""
+        them where the host allows, else warn), "off". `max_answer_bytes`: the largest frame a
+        sandbox may send (`SandboxProcess.start`)."""
         self.state_dir = state_dir
+        self.max_answer_bytes = max_answer_bytes
         self.gpu = gpu
         self.cgroup_parent = cgroup_parent
         self._choice = confinement
@@ -282,7 +285,8 @@ class Spawner:
             tmp_dir.mkdir(parents=True, exist_ok=True)
             groups = self.confinement.create(sandbox_id, limits)
             spec = worker_spec(version, config, groups, cpus, tmp_dir, uid, binding)
-            process = await SandboxProcess.start(launcher, sandbox_id, spec, groups, tmp_dir)
+            process = await SandboxProcess.start(launcher, sandbox_id, spec, groups, tmp_dir,
+                                                 self.max_answer_bytes)
         except BaseException as exc:
             if box is not None:
                 self._uid_slots.discard(slot)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
+import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -143,3 +146,63 @@ def test_the_daemon_side_works_on_uvloop() -> None:
         assert ours.fileno() == -1  # the transport closed the socket, once
 
     uvloop.run(scenario())
+
+
+async def test_a_frame_over_the_limit_is_refused_at_its_prefix() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    chan = await channel.AsyncChannel.open(ours, max_frame_bytes=2**20)
+    with theirs:
+        theirs.sendall(framing.PREFIX.pack(2**31 - 1, 0))  # 8 bytes that claim 2 GiB
+        with pytest.raises(framing.FrameTooLarge) as refused:
+            await chan.recv()
+        assert (refused.value.body_bytes, refused.value.limit_bytes) == (2**31 - 1, 2**20)
+        theirs.settimeout(5)
+        assert await asyncio.to_thread(theirs.recv, 1) == b""  # the channel was closed on it
+    chan.close()
+
+
+async def test_a_body_grows_as_its_bytes_arrive_not_as_its_prefix_says() -> None:
+    """A prefix that claims 512 MiB and sends 8 bytes costs about a MiB, not 512."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    chan = await channel.AsyncChannel.open(ours, max_frame_bytes=2**30)
+    tracemalloc.start()
+    try:
+        with theirs:
+            theirs.sendall(framing.PREFIX.pack(512 * 2**20, 0) + b"12345678")
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await chan.recv()
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        chan.close()
+    assert peak < 8 * 2**20
+
+
+async def test_a_large_frame_sent_in_uneven_pieces_arrives_whole() -> None:
+    """Its buffer grows several times while it arrives, in reads of every size."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    chan = await channel.AsyncChannel.open(ours)
+    big = np.arange(3 * 2**20 + 5, dtype=np.uint8)
+    frame = b"".join(bytes(b) for b in framing.encode({"x": big, "n": 1}))
+    pieces, start = [], 0
+    for size in itertools.cycle((1, 7, 65535, 65536, 65537, 300_000, 3)):
+        if start >= len(frame):
+            break
+        pieces.append(frame[start:start + size])
+        start += size
+
+    def send_slowly() -> None:
+        for i, piece in enumerate(pieces):
+            theirs.sendall(piece)
+            if i % 16 == 0:
+                time.sleep(0.001)  # let the daemon's side read what has come so far
+
+    with theirs:
+        received, _ = await asyncio.gather(chan.recv(), asyncio.to_thread(send_slowly))
+    chan.close()
+    np.testing.assert_array_equal(received["x"], big)
+    assert received["n"] == 1

@@ -150,14 +150,28 @@ def parse_prefix(prefix: Buffer, max_body_bytes: int = MAX_BODY_BYTES - 1) -> tu
 
 def decode(body: Buffer, header_bytes: int, shared: SharedPair | None = None) -> Any:
     """The message of one frame body; tensors are views of `body` (writable if it is), shared
-    ones whatever `shared.read` makes of them (FrameError if there is no `shared`)."""
+    ones whatever `shared.read` makes of them (FrameError if there is no `shared`).
+
+    The tensors `encode` writes lie side by side, in the frame's data and in the shared
+    area, so their sizes add up to at most the data's size and the area's cap: a header that
+    names one range many times (a forged one, a few bytes a name) is a FrameError, not as
+    many copies of it in the daemon."""
     data_start = header_bytes + _pad(header_bytes)
+    # bytes of tensor still possible: in the frame's data, in the shared area
+    left = [len(body) - data_start, shared.into.cap_bytes if shared is not None else 0]
+
+    def spend(where: int, nbytes: int) -> None:
+        left[where] -= nbytes
+        if left[where] < 0:
+            place = ("frame", "shared area")[where]
+            raise FrameError(f"the frame's tensors add up to more than its {place} holds")
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code == TENSOR_EXT:
             dtype, shape, offset, nbytes = _read_tensor_meta(data)
             if nbytes == 0:
                 return np.empty(shape, dtype=dtype)
+            spend(0, nbytes)
             start = data_start + offset
             if start + nbytes > len(body):
                 raise FrameError("tensor runs past the end of the frame")
@@ -167,6 +181,7 @@ def decode(body: Buffer, header_bytes: int, shared: SharedPair | None = None) ->
             dtype, shape, offset, nbytes = _read_tensor_meta(data)
             if shared is None:
                 raise FrameError("a shared tensor arrived on a channel without shared memory")
+            spend(1, nbytes)
             return shared.read(dtype, offset, nbytes).reshape(shape)
         if code == OBJECT_TENSOR_EXT:
             shape, items = msgpack.unpackb(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given
@@ -73,6 +74,20 @@ def test_unframeable_values_raise_type_error() -> None:
 def test_corrupt_frames_raise_frame_error(frame: bytes) -> None:
     with pytest.raises(framing.FrameError):
         framing.decode_frame(frame)
+
+
+def test_a_header_naming_one_tensor_many_times_is_a_frame_error() -> None:
+    """The data holds one 4 KiB tensor; a header naming it 1000 times is not `encode`'s."""
+    data = bytes(4096)
+    name = msgpack.ExtType(framing.TENSOR_EXT, framing._tensor_meta("|u1", (4096,), 0, 4096))
+    for count, fine in ((1, True), (1000, False)):
+        header = msgpack.packb([name] * count)
+        body = bytearray(header + bytes(-len(header) % 8) + data)
+        if fine:
+            assert len(framing.decode(body, len(header))[0]) == 4096
+        else:
+            with pytest.raises(framing.FrameError, match="more than its frame holds"):
+                framing.decode(body, len(header))
 
 
 def test_truncated_body_is_detected() -> None:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -135,6 +136,25 @@ def test_a_shared_tensor_without_its_area_is_a_frame_error(
     with pytest.raises(framing.FrameError, match="runs past the area"):
         framing.decode(bytearray(frame[framing.PREFIX_SIZE :]), header_bytes, elsewhere)
     elsewhere.close()
+
+
+def test_a_header_naming_one_range_many_times_is_a_frame_error(
+    sides: tuple[SharedPair, SharedPair],
+) -> None:
+    """A forged answer that names the whole response area 1000 times would make the daemon
+    copy it 1000 times (1 GiB here); real frames never name a byte twice."""
+    daemon, worker = sides
+    worker.out.begin_frame()
+    whole = np.ones(CAP // 4, dtype=np.float32)
+    place = worker.out.place(whole)
+    assert place == 0
+    name = msgpack.ExtType(framing.SHARED_TENSOR_EXT,
+                           framing._tensor_meta("<f4", whole.shape, place, whole.nbytes))
+    header = msgpack.packb([name] * 1000)
+    with pytest.raises(framing.FrameError, match="more than its shared area holds"):
+        framing.decode(bytearray(header), len(header), daemon)
+    assert framing.decode(bytearray(msgpack.packb([name])), len(msgpack.packb([name])),
+                          daemon)[0].sum() == CAP // 4  # named once, it is what was placed
 
 
 def test_the_cap_follows_the_memory_limit() -> None:

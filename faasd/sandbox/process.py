@@ -24,6 +24,7 @@ from faasd.functions.spec import ModelInfo
 from faasd.sandbox import cgroups, channel, framing, protocol
 from faasd.sandbox.cgroups import SandboxGroups
 from faasd.sandbox.launcher import Launcher, Spawned, kill
+from faasd.sandbox.lines import LineBuffer
 from faasd.sandbox.sharedmem import SharedArea, SharedPair, create_fd
 
 logger = logging.getLogger("faasd.sandbox")
@@ -95,13 +96,19 @@ def sandbox_pid(keeper: int) -> int | None:
     return pid
 
 
+#: What closing a relay still reads of its pipe: what the worker wrote just before it ended,
+#: but not forever from a process of the sandbox's that lives on and keeps writing.
+_DRAIN_BYTES = 2**20
+
+
 class _StderrRelay:
-    """Logs a worker's stderr, one record per line, tagged with its function and pid."""
+    """Logs a worker's stderr, one record per line (at most `lines.MAX_LINE_BYTES` of it),
+    tagged with its function and pid."""
 
     def __init__(self, fd: int, label: str) -> None:
         self.fd = fd
         self.label = label
-        self.partial = b""
+        self.lines = LineBuffer()
         os.set_blocking(fd, False)
         asyncio.get_running_loop().add_reader(fd, self.on_readable)
 
@@ -115,22 +122,21 @@ class _StderrRelay:
         if not data:
             self.close()
             return
-        *lines, self.partial = (self.partial + data).split(b"\n")
+        self._log(self.lines.feed(data))
+
+    def _log(self, lines: list[str]) -> None:
         for line in lines:
-            logger.info("%s: %s", self.label, line.decode(errors="replace").rstrip())
+            logger.info("%s: %s", self.label, line)
 
     def close(self) -> None:
         if self.fd < 0:
             return
+        drained = 0
         with contextlib.suppress(OSError):  # what the worker wrote just before it exited
-            while data := os.read(self.fd, 65536):
-                self.partial += data
-        *lines, self.partial = self.partial.split(b"\n")
-        for line in lines:
-            logger.info("%s: %s", self.label, line.decode(errors="replace").rstrip())
-        if self.partial:
-            logger.info("%s: %s", self.label, self.partial.decode(errors="replace"))
-            self.partial = b""
+            while drained < _DRAIN_BYTES and (data := os.read(self.fd, 65536)):
+                drained += len(data)
+                self._log(self.lines.feed(data))
+        self._log(self.lines.finish())
         asyncio.get_running_loop().remove_reader(self.fd)
         os.close(self.fd)
         self.fd = -1

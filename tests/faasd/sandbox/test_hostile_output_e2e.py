@@ -5,7 +5,10 @@ other calls stay as they were."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
+from faasd.sandbox import lines
 from tests.faasd.builders import make_function
 
 pytestmark = pytest.mark.slow
@@ -129,3 +133,31 @@ def test_the_limit_is_a_setting_of_its_own() -> None:
     assert DaemonConfig(max_answer_mb=8).max_answer_bytes == 8 * 2**20
     with pytest.raises(ValueError, match="max_answer_mb must be >= 1"):
         DaemonConfig(max_answer_mb=0).validate()
+
+
+async def test_megabytes_of_stderr_without_a_newline_make_one_bounded_log_line(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    """16 MiB with no newline: logged as one line cut at 64 KiB that says how much was
+    dropped, then the next line as usual; the daemon answers /healthz meanwhile."""
+    caplog.set_level(logging.INFO, logger="faasd.sandbox")
+    flood = asyncio.create_task(_call(daemon, "shout 16"))
+    async with aiohttp.ClientSession() as s:
+        while not flood.done():
+            started = time.perf_counter()
+            async with s.get(f"{daemon.url}/healthz") as resp:
+                assert resp.status == 200
+            assert time.perf_counter() - started < 0.5
+            await asyncio.sleep(0.05)
+    assert await flood == (200, {"ok": True})
+    for _ in range(100):  # the relay logs what the sandbox wrote as it reads it
+        if any("after the flood" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.02)
+    relayed = [r.getMessage() for r in caplog.records if r.name == "faasd.sandbox"
+               and r.getMessage().startswith("hostile v1 [")]
+    (cut,) = [m for m in relayed if "xxxx" in m]
+    assert len(cut) < lines.MAX_LINE_BYTES + 200
+    assert cut.endswith(f"the other {16 * 2**20 - lines.MAX_LINE_BYTES} bytes of it were "
+                        "dropped]")
+    assert any(m.endswith(": after the flood") for m in relayed)
+    assert await _call(daemon, "hello") == (200, {"ok": True})

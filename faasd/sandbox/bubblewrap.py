@@ -142,15 +142,25 @@ def command(box: Box) -> list[str]:
             *mount_args(box), "--chdir", box.function_dir, "--"]
 
 
+#: What the probe runs in its box: a worker's own confinement (`identity.probe`). `-P`: the
+#: box's working directory (this package's) is not put on `sys.path`.
+_PROBE = ("-P", "-c", "import sys; from faasd.sandbox import identity; sys.exit(identity.probe())")
+
+
 def probe() -> str | None:
-    """None when bubblewrap can confine sandboxes on this host, else why not (one line)."""
+    """None when bubblewrap can confine sandboxes on this host, else why not (one line).
+
+    It makes a box as a function's is made and, inside it, does what each worker does to
+    confine itself (a uid, then user, PID, mount, IPC, UTS and network namespaces of its
+    own): the box alone needs no user namespace (bubblewrap runs as root), so a host without
+    them would pass, and every sandbox would then fail to start."""
     if shutil.which("bwrap") is None:
         return f"bubblewrap is not installed: {INSTALL_HINT}"
     if os.geteuid() != 0:
         return "faasd is not running as root (bubblewrap needs it to give each worker a uid)"
     box = Box(function_dir=str(Path(__file__).resolve().parent))
     try:
-        result = subprocess.run([*command(box), sys.executable, "-c", "pass"],
+        result = subprocess.run([*command(box), sys.executable, *_PROBE],
                                 capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bubblewrap did not run: {exc}"

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import resource
 import signal
+import sys
 from typing import NoReturn
 
 PR_SET_PDEATHSIG = 1
@@ -67,6 +69,8 @@ CAPABILITY_VERSION_3 = 0x20080522
 #: pid is at most 2**22, so every uid stays below 2**31 and never meets a real account's.
 UID_BASE = 1_000_000
 SLOTS = 256
+#: The uid the daemon's start-up check (`probe`) confines itself as: below every sandbox's.
+PROBE_UID = UID_BASE - 1
 
 
 class IdentityError(OSError):
@@ -96,6 +100,23 @@ def become(uid: int, max_pids: int, network: bool = False, tmp_mb: int = 64) -> 
     sandbox = _fork("the sandbox below its PID namespace's init")
     if sandbox:
         _wait_as(libc, sandbox, init=True)
+
+
+def probe() -> int:
+    """Confine the calling process as a worker confines itself (`become`), then end: 0 when
+    it could, else 1 after saying why on stderr (one line). Run inside a box by
+    `bubblewrap.probe` at the daemon's start, so that a host where a sandbox cannot make its
+    namespaces (user namespaces turned off, a seccomp filter) is found then, not at the first
+    deploy."""
+    try:
+        become(PROBE_UID, max_pids=8, tmp_mb=1)
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.ENOSPC:
+            hint = " (user namespaces are turned off here: user.max_user_namespaces is 0?)"
+        print(f"a sandbox could not confine itself: {exc}{hint}", file=sys.stderr)
+        return 1
+    return 0  # the sandbox's end, below its init and keeper, which end as it does
 
 
 def _fork(what: str) -> int:

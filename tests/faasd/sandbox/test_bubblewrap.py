@@ -1,9 +1,17 @@
-"""The bwrap command line a function's box is started with (what it binds, in what order)."""
+"""The bwrap command line a function's box is started with (what it binds, in what order),
+and the start-up probe, on a host without user namespaces made for real."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
+
+import pytest
 
 from faasd.sandbox import bubblewrap
 from faasd.sandbox.bubblewrap import Box
@@ -64,3 +72,62 @@ def test_a_function_in_dev_shm_is_bound_below_the_box_s_own_dev() -> None:
         args = bubblewrap.mount_args(Box(directory))
     assert (directory, directory) in _pairs(args, "--ro-bind")
     assert args.index(directory) > args.index("--dev")
+
+
+USERNS = Path(__file__).with_name("userns.py")
+needs_namespaces = pytest.mark.skipif(
+    bubblewrap.probe() is not None, reason="this host cannot make namespaces")
+
+
+def _in_user_namespace(*command: str, user_namespaces: bool) -> list[str]:
+    """`command`, run as root of a user namespace of its own that allows (or not) further
+    user namespaces; the command line for Popen."""
+    flags = [] if user_namespaces else ["--no-user-namespaces"]
+    return [sys.executable, str(USERNS), *flags, "--", *command]
+
+
+@needs_namespaces
+@pytest.mark.parametrize("user_namespaces", [True, False])
+def test_the_probe_finds_a_host_without_user_namespaces(user_namespaces: bool) -> None:
+    """bubblewrap itself needs none (it runs as root), but every sandbox makes one: the probe
+    tries, as a worker does."""
+    code = "from faasd.sandbox import bubblewrap; print(bubblewrap.probe())"
+    done = subprocess.run(_in_user_namespace(sys.executable, "-c", code,
+                                             user_namespaces=user_namespaces),
+                          capture_output=True, text=True, timeout=60, check=True)
+    if user_namespaces:
+        assert done.stdout.strip() == "None", done.stderr
+    else:
+        assert "(unshare): No space left on device" in done.stdout
+        assert "max_user_namespaces" in done.stdout
+
+
+@needs_namespaces
+@pytest.mark.slow
+def test_without_user_namespaces_the_daemon_refuses_to_start_unless_allowed(
+        tmp_path: Path) -> None:
+    up = [sys.executable, "-m", "faasd.cli", "up", "--host", "127.0.0.1", "--port", "0",
+          "--state-dir", str(tmp_path / "state"), "--port-file", str(tmp_path / "port")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAASD_", "NOTIFY_"))}
+    refused = subprocess.run(_in_user_namespace(*up, user_namespaces=False), env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0
+    assert "cannot be confined in namespaces here" in refused.stderr
+    assert "No space left on device" in refused.stderr and "allow_unconfined" in refused.stderr
+    assert not (tmp_path / "port").exists()
+
+    log = tmp_path / "allowed.log"
+    with log.open("wb") as out:
+        allowed = subprocess.Popen(_in_user_namespace(*up, user_namespaces=False),
+                                   env={**env, "FAASD_ALLOW_UNCONFINED": "true"},
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "port").exists():
+            assert allowed.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        allowed.send_signal(signal.SIGTERM)
+        assert allowed.wait(30) == 0, log.read_text()
+    assert "sandboxes run WITHOUT namespaces" in log.read_text()

@@ -158,6 +158,8 @@ class Spawner:
         self._box_timers: dict[bubblewrap.Box, asyncio.TimerHandle] = {}
         self._box_stops: set[asyncio.Task[None]] = set()
         self._uid_slots: set[int] = set()
+        #: this daemon's range of sandbox uids (`identity.daemon_range`), found at `start`
+        self._uid_range = 0
         #: sandboxes per CPU (idle or not): where a new one is least in the way
         self._cpu_load: Counter[int] = Counter()
         #: batches running per CPU now (see `occupy`)
@@ -181,6 +183,8 @@ class Spawner:
                 logger.warning("sandboxes run WITHOUT namespaces (network, file system and "
                                "user are the daemon's): %s", why_not)
             self.boxed = why_not is None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._uid_range = identity.daemon_range(self.state_dir)
         self.confinement = Confinement.detect(self.cgroup_parent, self._choice)
         if self._reap_leftovers:
             self._reap()
@@ -251,7 +255,7 @@ class Spawner:
         if free is None:
             raise OSError(f"more than {identity.SLOTS} confined sandboxes in one daemon")
         self._uid_slots.add(free)
-        return identity.uid_for(os.getpid(), free), free
+        return identity.uid_for(self._uid_range, free), free
 
     async def spawn(
         self, version: FunctionVersion, config: Config

@@ -48,6 +48,17 @@ def _die_with_parent() -> None:
         pass  # not Linux: the socket's EOF still ends an idle worker
 
 
+#: A sandbox's oom_score_adj: under memory pressure the kernel kills a sandbox (the largest
+#: first) before anything else, the daemon least of all (its unit sets -500, which a sandbox
+#: would inherit). Raising it is always permitted.
+OOM_SCORE_ADJ = 1000
+
+
+def _first_to_go_out_of_memory() -> None:
+    with open("/proc/self/oom_score_adj", "w") as adj:
+        adj.write(str(OOM_SCORE_ADJ))
+
+
 def confine(spec: protocol.WorkerSpec, cgroup_fds: tuple[int, ...]) -> None:
     """Join the sandbox's cgroups (their `cgroup.procs`, opened by the daemon), or fall back to
     CPU affinity and an address-space limit."""
@@ -134,6 +145,7 @@ def _load_parts(
     spec: protocol.WorkerSpec, cgroup_fds: tuple[int, ...], announce: Callable[[str], None]
 ) -> tuple[OnnxModel, Handler]:
     try:
+        _first_to_go_out_of_memory()  # before the model's memory is the sandbox's
         confine(spec, cgroup_fds)
         _set_environment(spec)
         if spec.uid:

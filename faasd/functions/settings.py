@@ -5,7 +5,7 @@ the section it belongs to:
 
     timeout_s: 30                 # per call, seconds
     batching:  {max_batch_size: 8, max_queue_delay_ms: 2}
-    resources: {vcpu: 1, vgpu: 0, memory_mb: 1024, gpu_memory_mb: 0}
+    resources: {vcpu: 1, vgpu: 0, memory_mb: 1024, gpu_memory_mb: 0, max_pids: 64}
     scale:     {min_instances: 0, max_instances: 4, keep_alive_s: 300}
     slo_ms: 200
     env: {OMP_WAIT_POLICY: PASSIVE}
@@ -37,7 +37,7 @@ from faasd.functions.spec import FunctionSettings
 #: Sections of faasd.yaml and the FunctionSettings fields each holds.
 SECTIONS: Mapping[str, tuple[str, ...]] = {
     "batching": ("max_batch_size", "max_queue_delay_ms"),
-    "resources": ("vcpu", "vgpu", "memory_mb", "gpu_memory_mb"),
+    "resources": ("vcpu", "vgpu", "memory_mb", "gpu_memory_mb", "max_pids"),
     "scale": ("min_instances", "max_instances", "keep_alive_s"),
 }
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FunctionSettings))
@@ -50,6 +50,9 @@ _FLAGS = {
 }
 #: The smallest memory limit a sandbox can start onnxruntime in.
 MIN_MEMORY_MB = 64
+#: The fewest processes and threads a sandbox can start in: its keeper, its PID namespace's
+#: init, itself and a few threads of onnxruntime's.
+MIN_PIDS = 8
 
 
 class _LinedDict(dict[Any, Any]):
@@ -121,6 +124,8 @@ _RULES: Mapping[str, _Rule] = {
                        whole=True, minimum=MIN_MEMORY_MB),
     "gpu_memory_mb": _Rule("a whole number of MiB of device memory >= 0 (0 = the slice's own)",
                            "2048", whole=True),
+    "max_pids": _Rule(f"a whole number of processes and threads >= {MIN_PIDS}", "64",
+                      whole=True, minimum=MIN_PIDS),
     "min_instances": _Rule("a whole number >= 0", "0", whole=True),
     "max_instances": _Rule("a whole number >= 1", "4", whole=True, minimum=1),
     "keep_alive_s": _Rule("a number of seconds >= 0", "300"),

@@ -54,7 +54,8 @@ class FunctionSettings:
     """A function's faasd.yaml, merged over the daemon's defaults (configs/faasd.yaml).
 
     `max_batch_size` 1 means no dynamic batching; `vgpu` 0 means CPU only; `gpu_memory_mb` 0
-    means the GPU slice's own memory (a MIG instance's, or an MPS share's g/7 of the GPU's).
+    means the GPU slice's own memory (a MIG instance's, or an MPS share's g/7 of the GPU's);
+    `max_pids` counts the sandbox's processes and threads together.
     `max_image_pixels` bounds what an image body may declare (checked before any decoding);
     `idempotent` False turns off the retry of batch-mates when a sandbox dies mid-batch.
     """
@@ -66,6 +67,9 @@ class FunctionSettings:
     vgpu: int = 0
     memory_mb: int = 1024
     gpu_memory_mb: int = 0
+    #: processes and threads one sandbox may have (its cgroup's pids.max and its uid's
+    #: RLIMIT_NPROC): onnxruntime's threads and a handler's helpers; a fork loop stops there
+    max_pids: int = 64
     min_instances: int = 0
     max_instances: int = 4
     keep_alive_s: float = 300.0

@@ -96,7 +96,7 @@ def worker_spec(
         shared_cap_bytes=sharedmem.cap_for_memory(settings.memory_mb),
         shared_threshold_bytes=sharedmem.THRESHOLD_BYTES,
         uid=uid,
-        max_pids=MAX_PIDS,
+        max_pids=settings.max_pids,
         network=settings.network,
         tmp_mb=tmp_mb_for(settings.memory_mb),
         gpu_env=dict(gpu.env) if gpu is not None else {},
@@ -120,9 +120,6 @@ def box_for(version: FunctionVersion, config: Config) -> bubblewrap.Box:
     )
 
 
-#: Processes and threads one sandbox may have (pids.max of its cgroup and RLIMIT_NPROC of its
-#: own uid): onnxruntime's threads plus a handler's helpers, while a fork loop stops here.
-MAX_PIDS = 64
 #: How long a function's box (its fork server) outlives its last sandbox: a sandbox started
 #: again soon after forks at once instead of paying the box's start (about 0.3 s here).
 BOX_IDLE_S = 60.0
@@ -278,7 +275,7 @@ class Spawner:
         # each other's CPUs, or they all land on the same least-loaded one.
         self._cpu_load.update(cpus)
         limits = Limits(vcpu=config.vcpu, cpus=cpus, memory_mb=version.settings.memory_mb,
-                        max_pids=MAX_PIDS)
+                        max_pids=version.settings.max_pids)
         tmp_dir = self.state_dir / "sandboxes" / sandbox_id
         groups: SandboxGroups | None = None
         launcher = self._take_box(box) if box is not None else self.launcher

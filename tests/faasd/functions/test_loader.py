@@ -18,7 +18,7 @@ timeout_s: 5
 batching:
   max_batch_size: 16
   max_queue_delay_ms: 3
-resources: {vcpu: 2, vgpu: 1, memory_mb: 512}
+resources: {vcpu: 2, vgpu: 1, memory_mb: 512, max_pids: 32}
 scale:
   min_instances: 1
   max_instances: 3
@@ -59,7 +59,8 @@ def test_everything_is_found_and_yaml_is_merged_over_defaults(source_root: Path)
     loaded = load_function(directory, defaults)
     assert loaded.settings == FunctionSettings(
         timeout_s=5.0, max_batch_size=16, max_queue_delay_ms=3.0, vcpu=2, vgpu=1,
-        memory_mb=512, min_instances=1, max_instances=3, keep_alive_s=60.0, slo_ms=150.0,
+        memory_mb=512, max_pids=32, min_instances=1, max_instances=3, keep_alive_s=60.0,
+        slo_ms=150.0,
         env={"OMP_NUM_THREADS": "1", "MODE": "fast"},
     )
     assert loaded.handler_path == directory / "handler.py"
@@ -167,6 +168,8 @@ BAD_DIRECTORIES = [
      ["from 0 (CPU only) to 7"]),
     ("tiny memory", {"faasd.yaml": "resources: {memory_mb: 8}\n"}, "faasd.yaml",
      ["memory_mb must be a whole number of MiB >= 64"]),
+    ("too few pids", {"faasd.yaml": "resources: {max_pids: 2}\n"}, "faasd.yaml",
+     ["max_pids must be a whole number of processes and threads >= 8", "e.g. max_pids: 64"]),
     ("min above max", {"faasd.yaml": "scale: {min_instances: 5, max_instances: 2}\n"},
      "faasd.yaml", ["min_instances (5) is larger than max_instances (2)"]),
     ("bool as number", {"faasd.yaml": "batching: {max_batch_size: true}\n"}, "faasd.yaml",

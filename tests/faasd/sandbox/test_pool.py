@@ -23,7 +23,6 @@ from faasd.sandbox import pool as pool_module
 from faasd.sandbox.cgroups import Backend
 from faasd.sandbox.items import BodyItem, BodyResult, ItemFailure, TensorItem, TensorResult
 from faasd.sandbox.pool import SandboxPool
-from faasd.sandbox.spawner import MAX_PIDS
 
 from .conftest import (
     MISCHIEF_HANDLER,
@@ -70,7 +69,7 @@ async def test_sandbox_is_confined_to_its_cgroups(
 ) -> None:
     if pool.backend is Backend.NONE:
         pytest.skip("no writable cgroups here (needs root): the rlimit fallback is tested apart")
-    version = make_version(function_dir(), memory_mb=256)
+    version = make_version(function_dir(), memory_mb=256, max_pids=40)
     execution = await pool.run(version, Config(1, 1), [TensorItem({"x": rows(1, 0)})])
     lines = Path(f"/proc/{execution.sandbox_pid}/cgroup").read_text().splitlines()
     wanted = {"memory", "cpu", "cpuset"} if pool.backend is Backend.V1 else {""}
@@ -78,7 +77,11 @@ async def test_sandbox_is_confined_to_its_cgroups(
     assert len(groups) == len(wanted) and all(f"/{cgroup_parent}/tiny-v1-" in g for g in groups)
     pids = [line.split(":", 2)[2] for line in lines if line.split(":")[1] == "pids"]
     if pool.backend is Backend.V1 and Path("/sys/fs/cgroup/pids").is_dir():  # host has it
-        assert Path(f"/sys/fs/cgroup/pids{pids[0]}/pids.max").read_text().strip() == str(MAX_PIDS)
+        assert Path(f"/sys/fs/cgroup/pids{pids[0]}/pids.max").read_text().strip() == "40"
+    if Path(f"/proc/{execution.sandbox_pid}").stat().st_uid != 0:  # confined: its uid's too
+        limits = Path(f"/proc/{execution.sandbox_pid}/limits").read_text().splitlines()
+        (nproc,) = [line.split()[2:4] for line in limits if line.startswith("Max processes")]
+        assert nproc == ["40", "40"]
     await pool.retire("tiny")
     assert pool.stats().alive == {}
 

@@ -233,6 +233,10 @@ def _wait_as(libc: ctypes.CDLL, child: int, init: bool) -> NoReturn:
     that back into the signal. Killed itself, a waiter takes `child` along (its parent-death
     signal); neither forwards signals, which an init would ignore."""
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # a uid change cleared the keeper's
+    # Not dumpable: the sandbox below runs as the same uid and sees this process in the box's
+    # /proc; it must not write its memory (/proc/PID/mem) or trace it, and so run code here,
+    # outside its own PID namespace.
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     while True:
         pid, status = os.waitpid(-1 if init else child, 0)

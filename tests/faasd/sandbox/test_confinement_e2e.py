@@ -92,6 +92,23 @@ def attempt(action, arg):
         finally:
             os.unlink("/tmp/fill")
         return {"mib": written}
+    if action == "poke":  # open for writing the memory of its uid's other processes
+        found = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                status = dict(line.split(":\t", 1) for line in
+                              open(f"/proc/{pid}/status").read().splitlines())
+            except (OSError, ValueError):
+                continue
+            nspid = status["NSpid"].split()
+            if int(status["Uid"].split()[0]) != os.getuid() or nspid[-1] == str(os.getpid()):
+                continue  # another's, or itself
+            try:
+                with open(f"/proc/{pid}/mem", "r+b"):
+                    found[pid] = "opened"
+            except OSError as exc:
+                found[pid] = exc.strerror
+        return found
     if action == "forkbomb":
         made = 0
         for _ in range(int(arg)):
@@ -201,6 +218,10 @@ async def test_every_escape_fails_and_the_daemon_serves_on(daemon: Daemon,
     assert await _try(daemon, "write /tmp/scratch") == {"ok": "wrote"}  # private /tmp works
     uid, euid, gid, groups = (await _try(daemon, "whoami"))["ok"]  # type: ignore[misc]
     assert uid == euid == gid and uid >= identity.UID_BASE and groups == []
+    # its keeper and its namespace's init run as its uid, and their memory is not its to write
+    poked = (await _try(daemon, "poke"))["ok"]
+    assert isinstance(poked, dict) and len(poked) == 2, poked
+    assert "opened" not in poked.values(), poked
 
 
 async def test_the_environment_is_only_what_the_function_names(

@@ -7,11 +7,18 @@ holds the function's files at its top level, or inside one top-level directory.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
+import itertools
+import lzma
 import os
 import tarfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from faasd.errors import DeployError
 
@@ -55,31 +62,117 @@ def tree_digest(directory: Path) -> str:
 
 #: Entries one archive may hold (a function is a handful of files).
 MAX_MEMBERS = 10_000
+#: Bytes of metadata (pax records, GNU long names) one entry may carry before its data: a
+#: path is at most 4 KiB on Linux, so this is generous, and it keeps a header that claims
+#: gigabytes from being read into memory whatever the expansion limit is.
+MAX_HEADER_BYTES = 2**20
+#: The most characters of a name or of an exception's text an error message repeats.
+MAX_ECHO_CHARS = 200
+
+#: The compressions `unpack` reads, by their magic bytes (as tarfile's `r|*` knows them); the
+#: file objects they open are closed by `unpack`.
+_DECOMPRESSORS: tuple[tuple[bytes, Callable[[BinaryIO], io.BufferedIOBase]], ...] = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", lambda raw: bz2.BZ2File(raw)),
+    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),  # noqa: SIM115
+)
+
+
+def echo(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` as an error message may repeat it: at most `limit` characters, with an
+    ellipsis when cut (a client-chosen name can be megabytes long)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+class _TooLarge(Exception):
+    """The decompressed stream passed a limit (raised inside tarfile's reads)."""
+
+
+class _Bounded(io.RawIOBase):
+    """The decompressed tar stream, counted: reading past `limit` bytes in all, or past
+    `window_left` bytes while a window is open (an entry's headers: open from the start, as
+    `tarfile.open` reads the first entry's), raises `_TooLarge`. tarfile reads it in 10 KiB
+    records, so no more than that is read past a limit."""
+
+    def __init__(self, stream: io.BufferedIOBase, limit: int | None) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.read_bytes = 0
+        self.window_left: int | None = MAX_HEADER_BYTES
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size if size >= 0 else io.DEFAULT_BUFFER_SIZE)
+        self.read_bytes += len(data)
+        if self.limit is not None and self.read_bytes > self.limit:
+            raise _TooLarge("total")
+        if self.window_left is not None:
+            self.window_left -= len(data)
+            if self.window_left < 0:
+                raise _TooLarge("header")
+        return data
+
+
+def _decompressed(data: bytes) -> io.BufferedIOBase:
+    raw = io.BytesIO(data)
+    for magic, opener in _DECOMPRESSORS:
+        if data.startswith(magic):
+            return opener(raw)
+    return raw
 
 
 def unpack(data: bytes, destination: Path, max_bytes: int | None = None) -> Path:
-    """Unpack `data` into `destination`; returns the function directory inside it.
+    """Unpack `data` into `destination`; returns the function directory inside it. Blocking:
+    callers on the event loop run it in a thread.
 
-    With `max_bytes`, an archive whose files add up to more is refused (DeployError) as soon
-    as the member that crosses the limit is read, before it is written: a small gzip body
-    cannot unpack into gigabytes. The archive is read as a stream, member by member."""
-    total = 0
+    With `max_bytes`, an archive whose decompressed tar stream (its files, and the headers,
+    pax records and long names that describe them) is longer is refused (DeployError) as
+    soon as that many bytes have been read, and a member that would cross the limit is
+    refused before it is written: a small gzip body cannot unpack into gigabytes, on disk or
+    in memory. An entry whose headers exceed `MAX_HEADER_BYTES` is refused whatever the
+    limit. The archive is read as a stream, member by member."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r|*") as tar:
-            for count, member in enumerate(tar, start=1):
-                total += max(0, member.size) if member.isfile() else 0
-                if max_bytes is not None and total > max_bytes:
-                    raise DeployError(
-                        f"the archive unpacks to more than {max_bytes // 2**20} MiB (the "
-                        "limit is max_unpacked_mb); send a smaller function", file="(upload)")
-                if count > MAX_MEMBERS:
-                    raise DeployError(f"the archive holds more than {MAX_MEMBERS} entries; a "
-                                      "function needs a handful of files", file="(upload)")
-                tar.extract(member, destination, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DeployError(f"the upload is not a readable tar archive: {exc}",
+        with _decompressed(data) as raw:
+            stream = _Bounded(raw, max_bytes)
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                _extract_all(tar, stream, destination, max_bytes)
+    except _TooLarge as exc:
+        raise _too_large(str(exc), max_bytes) from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+        raise DeployError(f"the upload is not a readable tar archive: {echo(str(exc))}",
                           file="(upload)") from None
     entries = [p for p in destination.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return destination
+
+
+def _extract_all(tar: tarfile.TarFile, stream: _Bounded, destination: Path,
+                 max_bytes: int | None) -> None:
+    files_bytes = 0
+    for count in itertools.count(1):
+        stream.window_left = MAX_HEADER_BYTES  # what tarfile reads to find the next entry
+        member = tar.next()
+        stream.window_left = None
+        if member is None:
+            return
+        files_bytes += max(0, member.size) if member.isfile() else 0
+        if max_bytes is not None and files_bytes > max_bytes:
+            raise _TooLarge("total")
+        if count > MAX_MEMBERS:
+            raise DeployError(f"the archive holds more than {MAX_MEMBERS} entries; a "
+                              "function needs a handful of files", file="(upload)")
+        tar.extract(member, destination, filter="data")
+
+
+def _too_large(which: str, max_bytes: int | None) -> DeployError:
+    if which == "header":
+        return DeployError(
+            f"an entry of the archive has more than {MAX_HEADER_BYTES // 2**10} KiB of "
+            "headers (pax records or GNU long names); give the function's files short names",
+            file="(upload)")
+    return DeployError(
+        f"the archive unpacks to more than {(max_bytes or 0) // 2**20} MiB (the limit is "
+        "max_unpacked_mb); send a smaller function", file="(upload)")

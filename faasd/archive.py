@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from faasd.errors import DeployError
+from faasd.errors import DeployError, clip
 
 TAR_TYPES = ("application/x-tar", "application/tar", "application/gzip", "application/x-gzip",
              "application/x-gtar", "application/x-compressed-tar")
@@ -66,8 +66,6 @@ MAX_MEMBERS = 10_000
 #: path is at most 4 KiB on Linux, so this is generous, and it keeps a header that claims
 #: gigabytes from being read into memory whatever the expansion limit is.
 MAX_HEADER_BYTES = 2**20
-#: The most characters of a name or of an exception's text an error message repeats.
-MAX_ECHO_CHARS = 200
 
 #: The compressions `unpack` reads, by their magic bytes (as tarfile's `r|*` knows them); the
 #: file objects they open are closed by `unpack`.
@@ -76,12 +74,6 @@ _DECOMPRESSORS: tuple[tuple[bytes, Callable[[BinaryIO], io.BufferedIOBase]], ...
     (b"BZh", lambda raw: bz2.BZ2File(raw)),
     (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),  # noqa: SIM115
 )
-
-
-def echo(text: str, limit: int = MAX_ECHO_CHARS) -> str:
-    """`text` as an error message may repeat it: at most `limit` characters, with an
-    ellipsis when cut (a client-chosen name can be megabytes long)."""
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 class _TooLarge(Exception):
@@ -141,7 +133,7 @@ def unpack(data: bytes, destination: Path, max_bytes: int | None = None) -> Path
     except _TooLarge as exc:
         raise _too_large(str(exc), max_bytes) from None
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
-        raise DeployError(f"the upload is not a readable tar archive: {echo(str(exc))}",
+        raise DeployError(f"the upload is not a readable tar archive: {clip(str(exc))}",
                           file="(upload)") from None
     entries = [p for p in destination.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir():

@@ -9,6 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+#: The most characters of a client-chosen name, or of an exception's text, a message repeats.
+MAX_ECHO_CHARS = 200
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` as a message may repeat it: at most `limit` characters, with an ellipsis when
+    cut (a name in an upload or a request body can be megabytes long)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
 
 class FaasdError(Exception):
     """Root of every error the daemon turns into a JSON `{"error": ...}` response."""

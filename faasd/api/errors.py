@@ -2,7 +2,8 @@
 
 `FaasdError`s carry their status (and Retry-After for 429/503); aiohttp's own 404, 405 and 413
 are rewritten the same way, and anything unexpected becomes a logged 500 — tritonclient and
-curl users always get a body they can parse.
+curl users always get a body they can parse. An answer's text is bounded (`MAX_ERROR_CHARS`):
+a message that repeats what a client sent cannot grow with it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from faasd.api.keys import SERVICES
-from faasd.errors import FaasdError, Overloaded
+from faasd.errors import FaasdError, Overloaded, clip
 
 log = logging.getLogger("faasd.api")
+
+#: The most characters of an error's message, or of a text field beside it, an answer carries:
+#: long enough for any message faasd writes (a list of not-ready functions, say), and a bound
+#: on one that quotes, unclipped, a name a client sent.
+MAX_ERROR_CHARS = 4000
 
 
 def error_response(
@@ -29,8 +35,9 @@ def error_response(
     extra: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    doc: dict[str, Any] = {"error": message}
-    doc.update({k: v for k, v in (extra or {}).items() if v is not None})
+    doc: dict[str, Any] = {"error": clip(message, MAX_ERROR_CHARS)}
+    doc.update({k: clip(v, MAX_ERROR_CHARS) if isinstance(v, str) else v
+                for k, v in (extra or {}).items() if v is not None})
     return web.Response(
         status=status,
         body=json.dumps(doc).encode(),

@@ -21,7 +21,7 @@ from aiohttp import web
 from faasd.api.keys import SERVICES
 from faasd.archive import TAR_TYPES, pack, tree_digest
 from faasd.catalog import Deployed
-from faasd.errors import BadRequest, FaasdError
+from faasd.errors import BadRequest, FaasdError, clip
 from faasd.functions.spec import FunctionVersion, ModelInfo
 from faasd.services import Services
 from faasd.v2 import tensor_meta
@@ -62,7 +62,7 @@ async def deploy(request: web.Request) -> web.Response:
                 raise BadRequest('deploy needs {"path": "/absolute/dir/on/the/daemon/host"}')
             if name is not None and not isinstance(name, str):
                 raise BadRequest("name must be a string")
-            source = path
+            source = clip(path)
             deployed = await services.catalog.deploy(Path(path), name, mode=mode)
     except FaasdError as exc:  # the client gets the reason; the operator's log gets it too
         log.warning("deploy of %s rejected: %s", source, exc.message)

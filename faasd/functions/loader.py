@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from faasd.errors import DeployError
+from faasd.errors import DeployError, clip
 from faasd.functions.pbtxt import ModelConfig, load_model_config
 from faasd.functions.settings import merge_settings, parse_settings
 from faasd.functions.spec import NAME_PATTERN, FunctionSettings, TensorSpec
@@ -83,7 +83,7 @@ def check_name(name: str, file: str | None, source: str) -> None:
     fix = (f"choose another --name{example}" if source == "--name"
            else f"rename it or deploy with --name{example}")
     raise DeployError(
-        f"bad function name {name!r} (from {source}): use lowercase letters, digits and '-', "
+        f"bad function name {clip(name)!r} (from {source}): use lowercase letters, digits and '-', "
         f"starting and ending with a letter or digit, at most 63 characters "
         f"(pattern {NAME_PATTERN.pattern}); {fix}",
         file=file,

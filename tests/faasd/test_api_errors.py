@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from faasd.api.errors import json_errors
+from faasd.api.errors import MAX_ERROR_CHARS, json_errors
 from faasd.errors import BadRequest, Overloaded, SandboxTimeout, Unavailable
 
 
@@ -22,6 +23,9 @@ async def _raise(request: web.Request) -> web.Response:
         raise Unavailable("shutting down", retry_after_s=5)
     if kind == "slow":
         raise SandboxTimeout("too slow", function="f")
+    if kind == "echo":
+        said = "n" * 10**6
+        raise BadRequest(f"no function named {said!r}", file=said)
     raise BadRequest("bad", file=None)
 
 
@@ -70,3 +74,15 @@ async def test_aiohttp_404_and_405_are_json_with_allow(url: str) -> None:
             assert resp.status == 405
             assert "GET" in resp.headers["Allow"]
             assert "use GET" in (await resp.json())["error"]
+
+
+async def test_a_message_quoting_a_huge_name_is_cut(url: str) -> None:
+    """An error that repeats, unclipped, a megabyte a client sent answers 4000 characters
+    of it at most, ending in an ellipsis."""
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/x/echo") as resp:
+        assert resp.status == 400
+        body = await resp.read()
+    assert len(body) < 10_000
+    doc = json.loads(body)
+    assert doc["error"].startswith("no function named 'nnn") and doc["error"].endswith("\u2026")
+    assert len(doc["error"]) == len(doc["file"]) == MAX_ERROR_CHARS

@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from faasd.archive import MAX_ECHO_CHARS, unpack
+from faasd.archive import unpack
 from faasd.daemon import Daemon
-from faasd.errors import DeployError
+from faasd.errors import MAX_ECHO_CHARS, DeployError
 
 
 class _Zeros(io.RawIOBase):

@@ -124,3 +124,19 @@ async def test_nan_outputs_are_valid_json_on_both_paths(daemon: Daemon) -> None:
     assert resp.status in (200, 400), text
     if resp.status == 200:
         assert strict(text)["outputs"][0]["data"] == ["NaN", "NaN", "NaN"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("method", "path", "doc"), [
+    ("DELETE", "/system/functions", {"functionName": "n" * 500_000}),
+    ("POST", "/system/functions", {"path": "/nonexistent", "name": "N" * 500_000}),
+    ("DELETE", "/system/workflows", {"name": "w" * 500_000}),
+])
+async def test_a_huge_name_in_a_body_is_not_echoed_in_full(
+        daemon: Daemon, method: str, path: str, doc: dict[str, str]) -> None:
+    async with aiohttp.ClientSession() as s, s.request(method, daemon.url + path,
+                                                       json=doc) as resp:
+        body = await resp.read()
+        assert 400 <= resp.status < 500 and resp.content_type == "application/json", body[:200]
+    assert len(body) < 10_000, len(body)
+    assert json.loads(body)["error"]
+    await _served(daemon)

@@ -140,3 +140,45 @@ async def test_a_huge_name_in_a_body_is_not_echoed_in_full(
     assert len(body) < 10_000, len(body)
     assert json.loads(body)["error"]
     await _served(daemon)
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("http://[::1", "not a valid URL"),
+    ("http://127.0.0.1:99999/cb", "invalid port"),
+    ("http://127.0.0.1:abc/cb", "invalid port"),
+    ("http://127.0.0.1:-1/cb", "invalid port"),
+    ("http://a b/cb", "spaces or control characters"),
+    ("http:///cb", "names no host"),
+    ("ftp://127.0.0.1/cb", "http or https"),
+])
+async def test_a_callback_url_that_cannot_be_called_is_400(daemon: Daemon, url: str,
+                                                           fragment: str) -> None:
+    """Before, the first answered 500 (urlsplit's ValueError) and the rest 202, failing only
+    after the fifth delivery attempt."""
+    async with aiohttp.ClientSession() as s, s.post(
+            f"{daemon.url}/async-function/linear", json={"x": [[1, 2, 3, 4]]},
+            headers={"X-Callback-Url": url}) as resp:
+        assert resp.status == 400, await resp.text()
+        assert resp.content_type == "application/json"
+        assert fragment in (await resp.json())["error"]
+    await _served(daemon)
+
+
+@pytest.mark.parametrize("path", [b"/function/linear", b"/healthz", b"/no/such/path",
+                                  b"/system/functions"])
+async def test_an_unknown_expectation_is_a_417_in_json(daemon: Daemon, path: bytes) -> None:
+    """aiohttp answers Expect before any middleware runs: it was `417 text/plain`."""
+    request = _post(path, b'{"x": [[1, 2, 3, 4]]}', b"application/json").replace(
+        b"Host: x\r\n", b"Host: x\r\nExpect: foo\r\n")
+    status, headers, body = await _raw(daemon, request)
+    assert status == 417, body
+    assert headers["content-type"].startswith("application/json"), headers
+    assert "Expect: 'foo' is not supported" in json.loads(body)["error"]
+    await _served(daemon)
+
+
+async def test_expect_100_continue_still_works(daemon: Daemon) -> None:
+    request = _post(b"/function/linear", b'{"x": [[1, 2, 3, 4]]}', b"application/json").replace(
+        b"Host: x\r\n", b"Host: 127.0.0.1\r\nExpect: 100-continue\r\n")
+    status, _, body = await _raw(daemon, request)
+    assert status == 100 and b"HTTP/1.1 200" in body, body[:200]

@@ -4,12 +4,16 @@
 OpenFaaS semantics: the call is checked as a synchronous one would be (404 unknown function or
 workflow, 400 a body the function, or the workflow's source, cannot take, 413 too large) and
 then recorded durably; only then the answer is `202 Accepted` with `X-Call-Id` and `Location`.
-`X-Callback-Url` (http or https) receives the answer when the call ends. `Idempotency-Key` (at
-most 255 characters): the same key and body for the same function or workflow answer 202 with
-the first call's id (and `X-Idempotent-Replay: true`) instead of a second call; the same key
-with another body is 422. `GET /system/invocations/{id}` gives the call's status and timings,
-`.../result` the answer the function or workflow gave (its status, type and body), 202 while it
-has none yet. A call runs through the same code as its synchronous twin (`executor`).
+`X-Callback-Url` (an http or https URL the daemon can call, checked before the call is
+accepted) receives the answer when the call ends. `Idempotency-Key` (at most 255 characters):
+the same key and body for the same function or workflow answer 202 with the first call's id
+(and `X-Idempotent-Replay: true`) instead of a second call; the same key with another body is
+422. `GET /system/invocations/{id}` gives the call's status and timings, `.../result` the
+answer the function or workflow gave (its status, type, V2 header length and body), 202 while
+it has none yet. A call runs through the same code as its synchronous twin (`executor`).
+A synchronous call with a key is recorded the same way (`idempotent_calls`), on the V2
+inference path too, where the key's request is the V2 one (the same key on `/function/NAME`
+is another request: 422).
 """
 
 from __future__ import annotations
@@ -28,20 +32,66 @@ from aiohttp.typedefs import Handler
 
 from faasd.api import workflows
 from faasd.api.errors import render_error
-from faasd.api.invoke import read_body, render
+from faasd.api.invoke import header_length, parse, read_body, render, v2_workflow
 from faasd.api.keys import SERVICES
 from faasd.durable.runner import AsyncCalls, Execute, OnDispatch, Outcome, name_header
 from faasd.durable.store import Call, Kind
 from faasd.errors import BadRequest, Conflict, FaasdError, NotFound, Unavailable, clip
 from faasd.functions.spec import FunctionVersion, ModelInfo
-from faasd.gateway import parse_payload
+from faasd.gateway import Payload, parse_payload
 from faasd.services import Services
 from faasd.v2 import HEADER_LENGTH
 
 MAX_KEY_CHARS = 255
 
-#: the synchronous paths an Idempotency-Key turns into a recorded call, and what they call
-KEYED_PATHS = {"/function/": Kind.FUNCTION, "/workflow/": Kind.WORKFLOW}
+#: The synchronous routes (POST) an Idempotency-Key turns into a recorded call, and what they
+#: call: None for the V2 inference path, whose model is a function or a workflow served as an
+#: ensemble (`invoke.v2_workflow` decides, as for a call without a key).
+KEYED_ROUTES: dict[str, Kind | None] = {
+    "/function/{name}": Kind.FUNCTION,
+    "/workflow/{name}": Kind.WORKFLOW,
+    "/v2/models/{name}/infer": None,
+    "/v2/models/{name}/versions/{version}/infer": None,
+}
+
+#: How a call made on the V2 inference path is recorded (the record has no column for the
+#: path): its content type behind this prefix. A header value cannot hold a line feed, so no
+#: request's own type starts with it. Such a call takes V2 requests only and answers with the
+#: model's tensors, as `POST /v2/models/{name}/infer` does without a key.
+V2_PATH_PREFIX = "v2-infer\n"
+#: How a V2 answer with a binary tail is recorded: its content type with the JSON header's
+#: length as this parameter (the record keeps a type, not headers); replays and results give
+#: it back as the `Inference-Header-Content-Length` header the first answer had.
+_LENGTH_PARAMETER = re.compile(rf";\s*{HEADER_LENGTH}=(\d+)\s*$", re.IGNORECASE)
+
+
+def recorded_type(content_type: str, v2_only: bool) -> str:
+    """The content type a call is recorded with (see `V2_PATH_PREFIX`)."""
+    return V2_PATH_PREFIX + content_type if v2_only else content_type
+
+
+def request_type(recorded: str) -> tuple[str, bool]:
+    """The request's content type, and whether it came on the V2 inference path."""
+    if recorded.startswith(V2_PATH_PREFIX):
+        return recorded[len(V2_PATH_PREFIX):], True
+    return recorded, False
+
+
+def result_type(response: web.Response) -> str:
+    """The type an answer is recorded with: its Content-Type, and its V2 header length when it
+    has a binary tail (see `_LENGTH_PARAMETER`)."""
+    content_type = response.headers.get("Content-Type", "application/json")
+    length = response.headers.get(HEADER_LENGTH)
+    return content_type if length is None else f"{content_type}; {HEADER_LENGTH}={length}"
+
+
+def answer_headers(recorded: str | None) -> dict[str, str]:
+    """The Content-Type (and V2 header length) of a recorded answer, as first given."""
+    recorded = recorded or "application/octet-stream"
+    match = _LENGTH_PARAMETER.search(recorded)
+    if match is None:
+        return {"Content-Type": recorded}
+    return {"Content-Type": recorded[:match.start()], HEADER_LENGTH: match.group(1)}
 
 
 def executor(services: Services) -> Execute:
@@ -57,8 +107,7 @@ def executor(services: Services) -> Execute:
                 response = await _run_function(services, call, on_dispatch)
         except FaasdError as exc:
             response = render_error(exc)
-        return Outcome(response.status, response.headers.get("Content-Type", "application/json"),
-                       cast(bytes, response.body))
+        return Outcome(response.status, result_type(response), cast(bytes, response.body))
 
     return execute
 
@@ -66,7 +115,7 @@ def executor(services: Services) -> Execute:
 async def _run_function(services: Services, call: Call,
                         on_dispatch: OnDispatch | None) -> web.Response:
     version, info = services.catalog.get(call.name)
-    payload = parse_payload(version, info, call.body, call.content_type, call.header_length)
+    payload = _payload(version, info, call)
     invocation = services.gateway.new_invocation(version, payload.item, payload.postprocess,
                                                  on_dispatch)
     result = await services.gateway.call(invocation)
@@ -80,9 +129,14 @@ async def _run_workflow(services: Services, call: Call,
     start_s = services.clock.now()
     workflow = services.workflows.get(call.name)
     version, info = services.catalog.get(workflow.spec.source)
-    payload = parse_payload(version, info, call.body, call.content_type, call.header_length)
+    payload = _payload(version, info, call)
     return await workflows.answer(services, workflow, version, payload, call.id, start_s,
                                   on_dispatch)
+
+
+def _payload(version: FunctionVersion, info: ModelInfo, call: Call) -> Payload:
+    content_type, v2_only = request_type(call.content_type)
+    return parse_payload(version, info, call.body, content_type, call.header_length, v2_only)
 
 
 def _calls(services: Services) -> AsyncCalls:
@@ -113,17 +167,17 @@ async def _accept(request: web.Request, kind: Kind) -> web.Response:
                              headers=headers)
 
 
-async def _checked(request: web.Request, services: Services, kind: Kind,
-                   name: str) -> tuple[bytes, str, int | None]:
-    """The body, its type and V2 header length, checked as a synchronous call to the target
-    checks them before it runs (404, 413, 400), so that no call is accepted that such a call
-    would refuse at once. (What only the function's handler can find wrong fails the run.)"""
+async def _checked(request: web.Request, services: Services, kind: Kind, name: str,
+                   v2_only: bool = False) -> tuple[bytes, str, int | None]:
+    """The body, its type as recorded (`recorded_type`) and V2 header length, checked as a
+    synchronous call to the target checks them before it runs (404, 413, 400), so that no
+    call is accepted that such a call would refuse at once. (What only the function's handler
+    can find wrong fails the run.) `v2_only`: the call came on the V2 inference path."""
     version, info = _entry(services, kind, name)
     body = await read_body(request, services.config.max_body_bytes)
+    await parse(request, version, info, body, v2_only)
     content_type = request.headers.get("Content-Type", "")
-    header_length = _header_length(request)
-    parse_payload(version, info, body, content_type, header_length)
-    return body, content_type, header_length
+    return body, recorded_type(content_type, v2_only), header_length(request)
 
 
 def _entry(services: Services, kind: Kind, name: str) -> tuple[FunctionVersion, ModelInfo]:
@@ -148,8 +202,8 @@ async def get_result(request: web.Request) -> web.Response:
 
 def _answer(call: Call, headers: dict[str, str]) -> web.Response:
     """The answer to a finished call, as its function or workflow gave it (status, type,
-    body)."""
-    headers["Content-Type"] = call.result_type or "application/octet-stream"
+    V2 header length, body)."""
+    headers.update(answer_headers(call.result_type))
     return web.Response(status=call.status_code or 500, body=call.result or b"",
                         headers=headers)
 
@@ -214,16 +268,6 @@ def describe(call: Call, with_result: bool = True) -> dict[str, Any]:
         else:
             doc["result_base64"] = base64.b64encode(call.result).decode()
     return doc
-
-
-def _header_length(request: web.Request) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {raw!r}") from None
 
 
 def _callback_url(request: web.Request) -> str | None:
@@ -293,32 +337,41 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-def _keyed_target(request: web.Request) -> tuple[Kind, str] | None:
-    """(kind, name) of a synchronous call that carries an Idempotency-Key; None otherwise."""
+def _keyed_target(request: web.Request) -> tuple[Kind, str, bool] | None:
+    """(kind, name, whether on the V2 inference path) of a synchronous call that carries an
+    Idempotency-Key; None otherwise. NotFound for a V2 path that names another version."""
     if request.method != "POST" or "Idempotency-Key" not in request.headers:
         return None
-    for prefix, kind in KEYED_PATHS.items():
-        if request.path.startswith(prefix):
-            return kind, request.path[len(prefix):]
-    return None
+    resource = request.match_info.route.resource
+    if resource is None or resource.canonical not in KEYED_ROUTES:
+        return None  # not a call (an unknown path, say): the route answers
+    name = request.match_info["name"]
+    kind = KEYED_ROUTES[resource.canonical]
+    if kind is not None:
+        return kind, name, False
+    services = request.app[SERVICES]
+    workflow = v2_workflow(services, name, request.match_info.get("version"))
+    return (Kind.FUNCTION if workflow is None else Kind.WORKFLOW), name, True
 
 
 @web.middleware
 async def idempotent_calls(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """`Idempotency-Key` on a synchronous `POST /function/{name}` or `POST /workflow/{name}`:
-    the call is recorded and run as an async call whose answer this request waits for, so the
-    answer is kept. The same key and body again: the first call's answer
-    (`X-Idempotent-Replay: true`), or 409 while that call still runs; the same key with
-    another body: 422. A call whose client went away, or whose daemon restarted, still
-    finishes, and a retry with the key gets its answer."""
+    """`Idempotency-Key` on a synchronous call (`POST /function/{name}`, `/workflow/{name}` or
+    `/v2/models/{name}[/versions/{v}]/infer`): the call is recorded and run as an async call
+    whose answer this request waits for, so the answer is kept. The same key and body again:
+    the first call's answer (`X-Idempotent-Replay: true`), or 409 while that call still runs;
+    the same key with another body: 422. A call whose client went away, or whose daemon
+    restarted, still finishes, and a retry with the key gets its answer. A V2 call's answer
+    is the V2 answer (the model's tensors, with its type and header length) whether it is
+    the first or a replay."""
     target = _keyed_target(request)
     if target is None:
         return await handler(request)
-    kind, name = target
+    kind, name, v2_only = target
     services = request.app[SERVICES]
     calls = _calls(services)
-    body, content_type, header_length = await _checked(request, services, kind, name)
-    call, replay = await calls.accept(kind, name, body, content_type, header_length, None,
+    body, content_type, length = await _checked(request, services, kind, name, v2_only)
+    call, replay = await calls.accept(kind, name, body, content_type, length, None,
                                       _idempotency_key(request))
     if replay and not call.done:
         raise Conflict(f"the call with Idempotency-Key {call.idem_key!r} is still running; "

@@ -16,11 +16,13 @@ from aiohttp import web
 
 from faasd.api.errors import render_error
 from faasd.api.keys import SERVICES
-from faasd.errors import BadRequest, FaasdError, NotFound, Unavailable
+from faasd.errors import BadRequest, FaasdError, NotFound, Unavailable, clip
 from faasd.functions.spec import FunctionVersion, ModelInfo
 from faasd.gateway import CallResult, Payload, parse_payload
 from faasd.sandbox.items import BodyResult, TensorResult
+from faasd.services import Services
 from faasd.v2 import HEADER_LENGTH, encode_plain, encode_response
+from faasd.workflows.runner import DeployedWorkflow
 
 #: A body with more JSON than this is parsed in a worker thread: a millisecond or more of
 #: parsing would stall every other request on the event loop (`/healthz` included).
@@ -33,24 +35,30 @@ async def function_call(request: web.Request) -> web.StreamResponse:
 
 async def v2_infer(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    services = request.app[SERVICES]
-    workflow = services.workflows.find(name) if not services.catalog.ready(name) else None
-    if workflow is not None:  # a workflow is a V2 ensemble model
+    if v2_workflow(request.app[SERVICES], name, request.match_info.get("version")) is not None:
         from faasd.api import workflows
 
-        _check_version(name, workflow.version, request.match_info.get("version"))
         return await workflows.call(request, name, v2_only=True)
-    wanted = request.match_info.get("version")
+    return await _call(request, name, v2_only=True)
+
+
+def v2_workflow(services: Services, name: str, wanted: str | None) -> DeployedWorkflow | None:
+    """The workflow the V2 model `name` is (an ensemble: no function of that name is ready),
+    or None when it is a function. NotFound when the path names a version (`wanted`) other
+    than the one served, or (for a function) nothing has the name."""
+    workflow = services.workflows.find(name) if not services.catalog.ready(name) else None
+    if workflow is not None:
+        _check_version(name, workflow.version, wanted)
+        return workflow
     if wanted is not None:
         version, _ = services.catalog.get(name)
-        if wanted != str(version.version):
-            raise NotFound(f"{name!r} serves version {version.version} only, not {wanted}")
-    return await _call(request, name, v2_only=True)
+        _check_version(name, version.version, wanted)
+    return None
 
 
 def _check_version(name: str, version: int, wanted: str | None) -> None:
     if wanted is not None and wanted != str(version):
-        raise NotFound(f"{name!r} serves version {version} only, not {wanted}")
+        raise NotFound(f"{name!r} serves version {version} only, not {clip(wanted)}")
 
 
 async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamResponse:

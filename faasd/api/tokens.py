@@ -1,8 +1,9 @@
 """API tokens over HTTP (admin scope, as every `/system/*` path): `/system/tokens`.
 
-POST `{"scope": "invoke"|"admin", "name": optional, "expires": optional "30d"}` creates one and
-answers 201 with the token (the only time it is shown); GET lists them without tokens;
-DELETE `/system/tokens/{id or name}` revokes one. The same store as `faasd token`.
+POST `{"scope": "invoke"|"admin", "name": optional, "expires": optional "30d"}` (at most
+"3650d") creates one and answers 201 with the token (the only time it is shown); GET lists
+them without tokens (a stored time that is not finite shows as null); DELETE
+`/system/tokens/{id or name}` revokes one. The same store as `faasd token`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from faasd.api.keys import SERVICES
 from faasd.auth.store import TokenError, TokenStore
-from faasd.auth.tokens import Scope, TokenRecord, parse_duration_s
+from faasd.auth.tokens import Scope, TokenRecord, json_time, parse_duration_s
 from faasd.errors import BadRequest, NotFound
 
 
@@ -25,8 +26,8 @@ def _store(request: web.Request) -> TokenStore:
 
 def _doc(record: TokenRecord, now_s: float) -> dict[str, Any]:
     return {"id": record.id, "name": record.name, "scope": record.scope.value,
-            "created": record.created_s, "expires": record.expires_s,
-            "revoked": record.revoked_s, "status": record.status(now_s)}
+            "created": json_time(record.created_s), "expires": json_time(record.expires_s),
+            "revoked": json_time(record.revoked_s), "status": record.status(now_s)}
 
 
 async def create_token(request: web.Request) -> web.Response:

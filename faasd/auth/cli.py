@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from faasd.auth.store import TokenError, TokenStore
-from faasd.auth.tokens import Scope, TokenRecord, parse_duration_s
+from faasd.auth.tokens import Scope, TokenRecord, json_time, parse_duration_s
 
 
 def add_token_commands(sub: Any) -> None:
@@ -35,7 +36,8 @@ def add_token_commands(sub: Any) -> None:
     create = verb("create", "create a token and print it (once)")
     create.add_argument("--scope", choices=[s.value for s in Scope], required=True)
     create.add_argument("--name", help="a label for people (default: scope-id)")
-    create.add_argument("--expires", help="lifetime, e.g. 30d, 12h, 15m (default: never)")
+    create.add_argument("--expires", help="lifetime, e.g. 30d, 12h, 15m, at most 3650d "
+                                          "(default: never)")
     create.add_argument("--token-file", type=Path,
                         help="record the token in this file (its first line) instead of a new "
                              "one: the same token on every node of a cluster")
@@ -56,20 +58,35 @@ def read_client_token(token_file: Path | None) -> str | None:
     return os.environ.get("FAASD_TOKEN", "").strip() or None
 
 
-def _store(args: argparse.Namespace) -> TokenStore:
+def _store(args: argparse.Namespace, *, existing: bool = False) -> TokenStore:
+    """The token store of the state directory `args` name. `existing`: the directory must
+    be there already (listing or revoking in a mistyped one must not make an empty one and
+    report no tokens); `create` makes it, as a first token is made before the daemon ran."""
     if args.state_dir is not None:
-        return TokenStore(args.state_dir)
-    from faasd.config import load_config
-    from faasd.install import CONFIG_PATH
+        state_dir = args.state_dir
+    else:
+        from faasd.config import load_config
+        from faasd.install import CONFIG_PATH
 
-    path = args.config or (CONFIG_PATH if CONFIG_PATH.exists() else None)
-    return TokenStore(load_config(path).state_dir)
+        path = args.config or (CONFIG_PATH if CONFIG_PATH.exists() else None)
+        state_dir = load_config(path).state_dir
+    if existing and not state_dir.is_dir():
+        raise TokenError(f"the state directory {state_dir} does not exist; pass the daemon's "
+                         "--state-dir (or the --config that names it)")
+    return TokenStore(state_dir)
 
 
 def _when(seconds: float | None) -> str:
+    """A stored time for people; any value a record may hold, even one no date can show."""
     if seconds is None:
         return "never"
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M UTC")
+    except (OverflowError, ValueError, OSError):
+        if math.isnan(seconds):
+            return "unknown"
+        return "after 9999-12-31" if seconds > 0 else "before 0001-01-01"
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -103,9 +120,10 @@ def _create(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     now = time.time()
-    records = _store(args).list()
+    store = _store(args, existing=True)
+    records = store.list() if store.path.exists() else []
     if args.output == "json":
-        print(json.dumps([_doc(r, now) for r in records], indent=2))
+        print(json.dumps([_doc(r, now) for r in records], indent=2, allow_nan=False))
         return 0
     rows = [[r.id, r.name, r.scope.value, _when(r.created_s), _when(r.expires_s),
              r.status(now)] for r in records]
@@ -118,12 +136,16 @@ def _list(args: argparse.Namespace) -> int:
 
 def _doc(record: TokenRecord, now: float) -> dict[str, Any]:
     return {"id": record.id, "name": record.name, "scope": record.scope.value,
-            "created_s": record.created_s, "expires_s": record.expires_s,
-            "revoked_s": record.revoked_s, "status": record.status(now)}
+            "created_s": json_time(record.created_s), "expires_s": json_time(record.expires_s),
+            "revoked_s": json_time(record.revoked_s), "status": record.status(now)}
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    record = _store(args).revoke(args.token, time.time())
+    store = _store(args, existing=True)
+    if not store.path.exists():
+        raise TokenError(f"no tokens in {store.path.parent} (it has no {store.path.name}); "
+                         "see `faasd token list`")
+    record = store.revoke(args.token, time.time())
     print(f"revoked token {record.name!r} (id {record.id}); the daemon refuses it from its next "
           "request")
     return 0

@@ -16,10 +16,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+
+from faasd.errors import clip
 
 TOKEN_PREFIX = "fdt_"
 
@@ -75,14 +78,32 @@ def cluster_record(token: str) -> TokenRecord:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The longest lifetime a token may be given (longer is as good as never: give none).
+MAX_LIFETIME_S = 3650 * 86400
+_LIFETIME_TEXT = "10 years (3650d)"
 
 
 def parse_duration_s(text: str) -> float:
-    """`90s`, `15m`, `12h`, `30d`, `2w` or plain seconds, as seconds; ValueError otherwise."""
+    """`90s`, `15m`, `12h`, `30d`, `2w` or plain seconds, as seconds, up to
+    `MAX_LIFETIME_S`; ValueError otherwise (an absurd lifetime is refused here, before any
+    token is stored, so no expiry past the calendar's range ever reaches the record)."""
+    shown = clip(text, 40)
     match = _DURATION.match(text.lower())
     if match is None or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration; write e.g. 30d, 12h, 15m or 3600s")
-    return float(match.group(1)) * _UNIT_S[match.group(2)]
+        raise ValueError(f"{shown!r} is not a duration; write e.g. 30d, 12h, 15m or 3600s")
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if not seconds <= MAX_LIFETIME_S:
+        raise ValueError(f"{shown!r} is longer than {_LIFETIME_TEXT}, the longest a token may "
+                         "live; write e.g. 365d, or give no expiry for a token that never "
+                         "expires")
+    return seconds
+
+
+def json_time(seconds: float | None) -> float | None:
+    """A stored time as JSON may carry it: None for a value that is not finite (a record
+    written before lifetimes were bounded, or edited by hand), which for an expiry means
+    what it did, never (`TokenRecord.status` never calls such a token expired)."""
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 @dataclass(frozen=True)

@@ -245,3 +245,31 @@ async def test_an_invoke_token_calls_a_workflow_from_the_cli_and_plan_takes_a_to
         assert refused.returncode == 1 and "HTTP 401" in refused.stderr
         version = await _acli("version", "-g", daemon.url)  # says why it cannot tell
         assert "HTTP 401" in version.stdout and "faasd token create" in version.stdout
+
+
+async def test_token_times_over_http_are_strict_json(secured: tuple[Daemon, TokenStore]) -> None:
+    """`"expires": "999…9w"` answered 201 with `"expires": Infinity`, and every later GET
+    repeated it: now a 400 that names the limit, and a record written before the limit (an
+    Infinity expiry) lists as null (never)."""
+    daemon, store = secured
+    url = f"{daemon.url}/system/tokens"
+    _, admin = store.create(Scope.ADMIN, "ops", None, 0.0)
+    store.create(Scope.INVOKE, "forever", float("inf"), time.time())
+    auth = {"Authorization": f"Bearer {admin}"}
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json={"scope": "invoke", "expires": "9" * 40 + "w"},
+                          headers=auth) as resp:
+            assert resp.status == 400
+            assert "longer than 10 years" in (await resp.json())["error"]
+        async with s.post(url, json={"scope": "invoke", "expires": "3650d"},
+                          headers=auth) as resp:
+            assert resp.status == 201
+            assert isinstance(strict(await resp.text())["expires"], float)  # type: ignore[index]
+        async with s.get(url, headers=auth) as resp:
+            listed = strict(await resp.text())
+    forever = next(t for t in listed if t["name"] == "forever")  # type: ignore[attr-defined]
+    assert forever["expires"] is None and forever["status"] == "live"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from faasd.auth.tokens import (
+    MAX_LIFETIME_S,
     AccessRules,
     Scope,
     TokenRecord,
@@ -12,6 +17,7 @@ from faasd.auth.tokens import (
     digest,
     exposure_error,
     is_loopback,
+    json_time,
     parse_duration_s,
 )
 
@@ -103,6 +109,32 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations_say_how(text: str) -> None:
     with pytest.raises(ValueError, match=r"write e\.g\. 30d"):
         parse_duration_s(text)
+
+
+@pytest.mark.parametrize("text", ["9" * 400 + "w", "99999999d", "3651d", "522w", "1e9"])
+def test_lifetimes_past_ten_years_are_refused(text: str) -> None:
+    """`999…9w` became an expiry of Infinity (GET /system/tokens answered it, `token list`
+    crashed on it), `99999999d` a year no date can show: both refused before storing."""
+    with pytest.raises(ValueError) as refused:
+        parse_duration_s(text)
+    assert "longer than 10 years" in str(refused.value) or "not a duration" in str(refused.value)
+    assert len(str(refused.value)) < 300
+
+
+@given(st.from_regex(r"\A[0-9]{1,30}(\.[0-9]{1,5})?[smhdw]?\Z"))
+def test_an_accepted_lifetime_is_finite_and_at_most_ten_years(text: str) -> None:
+    try:
+        seconds = parse_duration_s(text)
+    except ValueError:
+        return
+    assert math.isfinite(seconds) and 0 < seconds <= MAX_LIFETIME_S
+    assert parse_duration_s("3650d") == MAX_LIFETIME_S
+
+
+@pytest.mark.parametrize(("stored", "shown"), [
+    (None, None), (1.5, 1.5), (math.inf, None), (-math.inf, None), (math.nan, None)])
+def test_stored_times_as_json(stored: float | None, shown: float | None) -> None:
+    assert json_time(stored) == shown
 
 
 @pytest.mark.parametrize(("host", "loopback"), [

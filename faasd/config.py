@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from faasd.cluster.settings import ClusterConfigError, ClusterSettings, cluster_settings
+from faasd.errors import clip
 from faasd.functions.limits import NodeLimits
 from faasd.functions.settings import check_setting, merge_settings
 from faasd.functions.spec import FunctionSettings
@@ -359,7 +361,8 @@ _BOOL_TEXT = {"true": True, "yes": True, "on": True, "1": True,
 
 def _convert(key: str, value: Any, kind: type, source: str) -> Any:
     """`value` as `kind`: a value of that type (an int for a float), or text that parses as
-    one (what environment variables hold). Never a silent cut: 1.5 is not a whole number."""
+    one (what environment variables hold). Never a silent cut: 1.5 is not a whole number, and
+    a float is finite."""
     converted: Any = None
     if kind is bool:
         converted = value if isinstance(value, bool) else (
@@ -370,9 +373,16 @@ def _convert(key: str, value: Any, kind: type, source: str) -> Any:
     elif isinstance(value, bool):  # YAML's true/false is no count and no text
         converted = None
     elif kind is float and isinstance(value, int | float):
-        converted = float(value)
+        try:
+            converted = float(value)
+        except OverflowError:  # a whole number past float's range: as not finite
+            converted = math.inf
     elif isinstance(value, kind):
         converted = value
     if converted is None:
-        raise ConfigError(f"{source}: {key} must be {_KIND_NAMES[kind]}, got {value!r}")
+        raise ConfigError(f"{source}: {key} must be {_KIND_NAMES[kind]}, got "
+                          f"{clip(repr(value))}")
+    if kind is float and not math.isfinite(converted):
+        raise ConfigError(f"{source}: {key} must be a finite number, got {clip(repr(value))} "
+                          "(.inf, nan and the like are not)")
     return converted

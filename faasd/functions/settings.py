@@ -15,7 +15,8 @@ the section it belongs to:
                                   # or to a workflow with it as a stage), no retry of
                                   # batch-mates after a sandbox death
 
-Unknown keys, wrong types and out-of-range values are DeployErrors that give the file, the
+Unknown keys, wrong types, out-of-range values and numbers that are not finite (YAML's `.inf`
+and `.nan`) are DeployErrors that give the file, the
 line, and the fix (the closest known key for a typo). Pure: text in, values out.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from typing import Any
 import yaml
 
 from esg.model import GPU_UNITS
-from faasd.errors import DeployError
+from faasd.errors import DeployError, clip
 from faasd.functions.spec import FunctionSettings
 
 #: Sections of faasd.yaml and the FunctionSettings fields each holds.
@@ -53,6 +55,14 @@ MIN_MEMORY_MB = 64
 #: The fewest processes and threads a sandbox can start in: its keeper, its PID namespace's
 #: init, itself and a few threads of onnxruntime's.
 MIN_PIDS = 8
+#: The largest number any setting takes (2**53: every whole number up to it is exact as a
+#: float, and as a JSON number in any client); past it a value is a slip, not a setting.
+MAX_NUMBER = 2**53
+
+
+def _shown(value: object) -> str:
+    """`value` as a message repeats it: its first 60 characters at most."""
+    return clip(repr(value), 60)
 
 
 class _LinedDict(dict[Any, Any]):
@@ -105,6 +115,10 @@ class _Rule:
             return self.nullable
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if abs(value) > MAX_NUMBER:
+            return False
         if self.whole and not isinstance(value, int):
             return False
         if value < self.minimum or (self.above_minimum and value == self.minimum):
@@ -156,22 +170,31 @@ def _check_value(name: str, value: object, line: int) -> object:
         return _check_env(value, line)
     if name in _FLAGS:
         if not isinstance(value, bool):
-            raise _YamlProblem(line, f"{name} must be true or false, got {value!r}; "
+            raise _YamlProblem(line, f"{name} must be true or false, got {_shown(value)}; "
                                      f"e.g. {name}: {_FLAGS[name]}")
         return value
     rule = _RULES[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _YamlProblem(
+            line, f"{name} must be a finite number, {rule.must_be}; got {_shown(value)} (YAML's "
+                  f".inf and .nan are not); e.g. {name}: {rule.example}")
+    if isinstance(value, int | float) and not isinstance(value, bool) \
+            and abs(value) > MAX_NUMBER:
+        raise _YamlProblem(
+            line, f"{name} must be {rule.must_be}, got {_shown(value)}, more than any setting "
+                  f"takes (at most {MAX_NUMBER}); e.g. {name}: {rule.example}")
     if not rule.accepts(value):
         raise _YamlProblem(
-            line, f"{name} must be {rule.must_be}, got {value!r}; e.g. {name}: {rule.example}"
+            line, f"{name} must be {rule.must_be}, got {_shown(value)}; e.g. {name}: {rule.example}"
         )
     if isinstance(value, int) and not rule.whole:
-        return float(value)
+        return float(value)  # exact: accepts() bounds it by MAX_NUMBER
     return value
 
 
 def _check_env(value: object, line: int) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise _YamlProblem(line, f"env must be a mapping NAME: value, got {value!r}; "
+        raise _YamlProblem(line, f"env must be a mapping NAME: value, got {_shown(value)}; "
                                  "e.g. env: {OMP_WAIT_POLICY: PASSIVE}")
     env: dict[str, str] = {}
     for key, item in value.items():

@@ -17,6 +17,7 @@ gpu:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -93,9 +94,12 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError(f"gpu.{key} must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"gpu.{key} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"gpu.{key} must be a finite number, got {value!r}")
+        return number
     if not isinstance(value, str):
         raise ValueError(f"gpu.{key} must be text, got {value!r}")
     return value

@@ -27,7 +27,7 @@ import networkx as nx
 import yaml
 
 from esg.model import Workflow
-from faasd.errors import DeployError
+from faasd.errors import DeployError, clip
 
 FILE = "workflow.yaml"
 MAX_FILE_BYTES = 256 * 1024
@@ -160,13 +160,16 @@ def _slo(doc: Mapping[str, Any], file: str) -> float:
             f"{file} has no slo_ms; add the end-to-end latency objective, e.g. 'slo_ms: 150'",
             file=file, key="slo_ms")
     value = doc["slo_ms"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value > 0
-    ):
+    try:  # a whole number past float's range overflows: as not finite
+        number = float(value) if isinstance(value, int | float) else math.nan
+    except OverflowError:
+        number = math.inf
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+        shown = clip(repr(value))
         raise WorkflowSpecError(
-            f"{file}: slo_ms must be a positive number of milliseconds, got {value!r}",
-            file=file, key="slo_ms")
-    return float(value)
+            f"{file}: slo_ms must be a finite, positive number of milliseconds, got {shown}; "
+            "e.g. 'slo_ms: 150'", file=file, key="slo_ms")
+    return number
 
 
 def _functions(doc: Mapping[str, Any], file: str) -> tuple[str, ...]:

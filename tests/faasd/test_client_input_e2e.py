@@ -182,3 +182,21 @@ async def test_expect_100_continue_still_works(daemon: Daemon) -> None:
         b"Host: x\r\n", b"Host: 127.0.0.1\r\nExpect: 100-continue\r\n")
     status, _, body = await _raw(daemon, request)
     assert status == 100 and b"HTTP/1.1 200" in body, body[:200]
+
+
+@pytest.mark.parametrize("setting", ["slo_ms: .nan", "slo_ms: .inf", "scale: {keep_alive_s: .inf}",
+                                     "batching: {max_queue_delay_ms: .nan}"])
+async def test_a_setting_that_is_no_finite_number_is_refused_at_deploy(
+        daemon: Daemon, tmp_path: Path, setting: str) -> None:
+    """These deployed with 200, and GET /system/functions then answered NaN or Infinity."""
+    source = make_function(tmp_path / "src", "odd", setting + "\n")
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{daemon.url}/system/functions", json={"path": str(source)}) as resp:
+            assert resp.status == 400, await resp.text()
+            doc = await resp.json()
+        assert doc["file"] == str(source / "faasd.yaml")
+        assert f"{source / 'faasd.yaml'} line 1" in doc["error"]
+        assert "must be a finite number" in doc["error"]
+        async with s.get(f"{daemon.url}/system/functions") as resp:
+            listed = json.loads(await resp.text(), parse_constant=pytest.fail)
+        assert "odd" not in {f["name"] for f in listed}

@@ -49,6 +49,15 @@ def test_precedence_file_then_env_then_overrides(tmp_path: Path) -> None:
         ("host: 12\n", "host must be text, got 12"),
         ("log_level: verbose\n", "log_level must be one of debug, info, warning, error"),
         ("max_body_mb: -1\n", "faasd.yaml: max_body_mb must be >= 1, got -1"),
+        # every number finite: NaN passed every range check (nan < 0 is false)
+        ("drain_timeout_s: .nan\n", "faasd.yaml: drain_timeout_s must be a finite number"),
+        ("idle_timeout_s: .inf\n", "idle_timeout_s must be a finite number"),
+        ("drain_timeout_s: 1" + "0" * 400 + "\n", "drain_timeout_s must be a finite number"),
+        ("limits: {timeout_s: .inf}\n", "limits.timeout_s must be a finite number"),
+        ("gpu: {health_interval_s: .nan}\n", "gpu.health_interval_s must be a finite number"),
+        ("function_defaults: {slo_ms: .inf}\n",
+         "function_defaults: slo_ms must be a finite number"),
+        ("function_defaults: {keep_alive_s: .nan}\n", "keep_alive_s must be a finite number"),
     ],
 )
 def test_bad_files_are_errors_that_name_the_problem(tmp_path: Path, text: str,
@@ -68,6 +77,9 @@ def test_a_bad_environment_variable_is_named() -> None:
          "environment variable FAASD_LOG_LEVEL: log_level must be one of debug, info, warning, "
          "error, got 'verbose'"),
         ({}, {"port": 70000}, "the command line: port must be in 0..65535, got 70000"),
+        ({"FAASD_DRAIN_TIMEOUT_S": "nan"}, {},
+         "environment variable FAASD_DRAIN_TIMEOUT_S: drain_timeout_s must be a finite number, "
+         "got 'nan' (.inf, nan and the like are not)"),
     ]
     for env, overrides, message in cases:
         with pytest.raises(ConfigError) as info:

@@ -56,7 +56,7 @@ def test_a_missing_slo_is_refused_with_an_example() -> None:
             words=["no slo_ms", "slo_ms: 150"])
 
 
-@pytest.mark.parametrize("slo", [0, -5, "fast", True, float("nan")])
+@pytest.mark.parametrize("slo", [0, -5, "fast", True, float("nan"), float("inf"), 10**400])
 def test_an_slo_that_is_no_positive_number_is_refused(slo: object) -> None:
     refused({**CHAIN, "slo_ms": slo}, key="slo_ms", words=["positive number"])
 

@@ -8,7 +8,6 @@ a message that repeats what a client sent cannot grow with it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import dumps
 from faasd.errors import FaasdError, Overloaded, clip
 
 log = logging.getLogger("faasd.api")
@@ -40,7 +40,7 @@ def error_response(
                 for k, v in (extra or {}).items() if v is not None})
     return web.Response(
         status=status,
-        body=json.dumps(doc).encode(),
+        body=dumps(doc).encode(),
         content_type="application/json",
         headers=dict(headers or {}),
     )

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import json_response
 from faasd.archive import TAR_TYPES, pack, tree_digest
 from faasd.catalog import Deployed
 from faasd.errors import BadRequest, FaasdError, clip
@@ -34,13 +35,13 @@ log = logging.getLogger("faasd.api")
 
 async def list_functions(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    return web.json_response([status(services, v, i) for v, i in services.catalog.list()])
+    return json_response([status(services, v, i) for v, i in services.catalog.list()])
 
 
 async def get_function(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     version, info = services.catalog.get(request.match_info["name"])
-    return web.json_response(status(services, version, info))
+    return json_response(status(services, version, info))
 
 
 async def deploy(request: web.Request) -> web.Response:
@@ -85,7 +86,7 @@ async def get_archive(request: web.Request) -> web.Response:
 def _deployed(services: Services, deployed: Deployed) -> web.Response:
     body = status(services, deployed.version, deployed.info)
     body["replaced_version"] = deployed.replaced
-    return web.json_response(body, status=201 if deployed.created else 200)
+    return json_response(body, status=201 if deployed.created else 200)
 
 
 async def remove(request: web.Request) -> web.Response:
@@ -96,7 +97,7 @@ async def remove(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name:
         raise BadRequest('remove needs {"functionName": "<name>"} or ?name=<name>')
     removed = await request.app[SERVICES].catalog.remove(name)
-    return web.json_response({"removed": removed.name, "version": removed.version})
+    return json_response({"removed": removed.name, "version": removed.version})
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:

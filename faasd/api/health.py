@@ -6,12 +6,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import json_response
 from faasd.config import faasd_version
 
 
 async def healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    return web.json_response(
+    return json_response(
         {
             "status": "ok",
             "ready": services.readiness.ready and services.controller.accepting,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import json
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from faasd.api import workflows
 from faasd.api.errors import render_error
 from faasd.api.invoke import header_length, parse, read_body, render, v2_workflow
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import json_response
 from faasd.durable.runner import AsyncCalls, Execute, OnDispatch, Outcome, name_header
 from faasd.durable.store import Call, Kind
 from faasd.errors import BadRequest, Conflict, FaasdError, NotFound, Unavailable, clip
@@ -163,8 +165,8 @@ async def _accept(request: web.Request, kind: Kind) -> web.Response:
     headers = {"X-Call-Id": call.id, "Location": f"/system/invocations/{call.id}"}
     if replay:
         headers["X-Idempotent-Replay"] = "true"
-    return web.json_response({"id": call.id, "status": call.state.value}, status=202,
-                             headers=headers)
+    return json_response({"id": call.id, "status": call.state.value}, status=202,
+                         headers=headers)
 
 
 async def _checked(request: web.Request, services: Services, kind: Kind, name: str,
@@ -189,14 +191,14 @@ def _entry(services: Services, kind: Kind, name: str) -> tuple[FunctionVersion, 
 
 async def get_invocation(request: web.Request) -> web.Response:
     call = await _call(request)
-    return web.json_response(describe(call))
+    return json_response(describe(call))
 
 
 async def get_result(request: web.Request) -> web.Response:
     call = await _call(request)
     if not call.done:
-        return web.json_response({"id": call.id, "status": call.state.value}, status=202,
-                                 headers={"Retry-After": "1", "X-Call-Id": call.id})
+        return json_response({"id": call.id, "status": call.state.value}, status=202,
+                             headers={"Retry-After": "1", "X-Call-Id": call.id})
     return _answer(call, {"X-Call-Id": call.id, name_header(call): call.name})
 
 
@@ -216,7 +218,7 @@ async def list_invocations(request: web.Request) -> web.Response:
         raise BadRequest("limit must be a whole number") from None
     kind, name = _listing_filter(request.query)
     found = await calls.recent(kind, name, limit)
-    return web.json_response([describe(c, with_result=False) for c in found])
+    return json_response([describe(c, with_result=False) for c in found])
 
 
 def _listing_filter(query: Mapping[str, str]) -> tuple[Kind | None, str | None]:
@@ -259,15 +261,17 @@ def describe(call: Call, with_result: bool = True) -> dict[str, Any]:
                                      for at, what in call.callback_tries]}
     if with_result and call.done and call.result is not None:
         if (call.result_type or "").endswith("json"):
-            import json
-
-            try:
-                doc["result"] = json.loads(call.result)
+            try:  # strict: a handler's body with NaN in it goes as base64, as any non-JSON
+                doc["result"] = json.loads(call.result, parse_constant=_not_json)
             except ValueError:
                 doc["result_base64"] = base64.b64encode(call.result).decode()
         else:
             doc["result_base64"] = base64.b64encode(call.result).decode()
     return doc
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _callback_url(request: web.Request) -> str | None:

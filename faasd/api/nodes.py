@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import json_response
 from faasd.cluster.node import SoloCluster
 from faasd.cluster.node_state import NodeState
 from faasd.cluster.state_reporter import take
@@ -67,7 +68,7 @@ async def list_nodes(request: web.Request) -> web.Response:
                 node["state"] = state.as_json(now - state.as_of_wall)
     if services.replicator is not None:
         doc = await services.replicator.annotate(doc)
-    return web.json_response(doc)
+    return json_response(doc)
 
 
 async def put_state(request: web.Request) -> web.Response:

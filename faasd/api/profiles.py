@@ -10,11 +10,10 @@ once the stream has begun, a failure is its last line, `{"event": "error", "erro
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import dumps, json_response
 from faasd.errors import BadRequest, FaasdError, Unavailable
 from faasd.profiles.plan import Kind
 from faasd.profiles.service import ProfileService
@@ -53,8 +52,8 @@ async def run_profile(request: web.Request) -> web.StreamResponse:
 
 async def get_profile(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    return web.json_response(_service(services).table(request.match_info["name"]))
+    return json_response(_service(services).table(request.match_info["name"]))
 
 
 def _line(event: object) -> bytes:
-    return json.dumps(event).encode() + b"\n"
+    return dumps(event).encode() + b"\n"

@@ -17,7 +17,6 @@ middleware, so it can only be aiohttp's own, raised before them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -25,6 +24,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from faasd.api.strict_json import dumps
 from faasd.errors import clip
 
 AppHandler = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
@@ -52,7 +52,7 @@ class _JsonErrorHandler(RequestHandler):
 
 
 def _json(status: int, text: str) -> web.Response:
-    return web.Response(status=status, body=json.dumps({"error": text}).encode(),
+    return web.Response(status=status, body=dumps({"error": text}).encode(),
                         content_type="application/json")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import json_response
 from faasd.auth.store import TokenError, TokenStore
 from faasd.auth.tokens import Scope, TokenRecord, json_time, parse_duration_s
 from faasd.errors import BadRequest, NotFound
@@ -48,13 +49,13 @@ async def create_token(request: web.Request) -> web.Response:
         raise BadRequest(f"expires: {exc}") from None
     record, token = await asyncio.to_thread(_store(request).create, Scope(doc["scope"]), name,
                                             until, now)
-    return web.json_response({**_doc(record, now), "token": token}, status=201)
+    return json_response({**_doc(record, now), "token": token}, status=201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
     now = request.app[SERVICES].clock.wall()
     records = await asyncio.to_thread(_store(request).list)
-    return web.json_response([_doc(r, now) for r in records])
+    return json_response([_doc(r, now) for r in records])
 
 
 async def revoke_token(request: web.Request) -> web.Response:
@@ -66,4 +67,4 @@ async def revoke_token(request: web.Request) -> web.Response:
         if "no token" in str(exc):
             raise NotFound(str(exc)) from None
         raise BadRequest(str(exc)) from None
-    return web.json_response(_doc(record, now))
+    return json_response(_doc(record, now))

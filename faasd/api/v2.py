@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import json_response
 from faasd.config import faasd_version
 from faasd.errors import NotFound, Unavailable
 from faasd.functions.spec import FunctionVersion
@@ -21,13 +22,13 @@ PLATFORM = "onnxruntime_onnx"
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return web.json_response(
+    return json_response(
         {"name": "faasd", "version": faasd_version(), "extensions": EXTENSIONS}
     )
 
 
 async def live(request: web.Request) -> web.Response:
-    return web.json_response({"live": True})
+    return json_response({"live": True})
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -41,7 +42,7 @@ async def ready(request: web.Request) -> web.Response:
     if problems:  # as Triton's strict readiness: every deployed model must be servable
         listed = "; ".join(f"{name}: {why}" for name, why in sorted(problems.items()))
         raise Unavailable(f"function(s) not ready: {listed}", retry_after_s=60)
-    return web.json_response({"ready": True})
+    return json_response({"ready": True})
 
 
 def _version(request: web.Request) -> FunctionVersion:
@@ -100,11 +101,11 @@ def _ensemble(request: web.Request) -> dict[str, Any] | None:
 async def model_metadata(request: web.Request) -> web.Response:
     ensemble = _ensemble(request)
     if ensemble is not None:
-        return web.json_response(
+        return json_response(
             {k: ensemble[k] for k in ("name", "versions", "platform", "inputs", "outputs")}
         )
     version = _version(request)
-    return web.json_response(
+    return json_response(
         {
             "name": version.name,
             "versions": [str(version.version)],
@@ -118,19 +119,19 @@ async def model_metadata(request: web.Request) -> web.Response:
 async def model_ready(request: web.Request) -> web.Response:
     ensemble = _ensemble(request)
     if ensemble is not None:
-        return web.json_response({"name": ensemble["name"], "ready": True})
+        return json_response({"name": ensemble["name"], "ready": True})
     version = _version(request)
     problem = request.app[SERVICES].catalog.problem(version.name)
     if problem is not None:
         raise Unavailable(f"{version.name} is not ready: {problem}", retry_after_s=60)
-    return web.json_response({"name": version.name, "ready": True})
+    return json_response({"name": version.name, "ready": True})
 
 
 async def model_config(request: web.Request) -> web.Response:
     """The effective configuration in Triton's field names (max_batch_size 0 = no batching)."""
     ensemble = _ensemble(request)
     if ensemble is not None:
-        return web.json_response({
+        return json_response({
             "name": ensemble["name"],
             "platform": "ensemble",
             "max_batch_size": 0,
@@ -165,7 +166,7 @@ async def model_config(request: web.Request) -> web.Response:
         config["dynamic_batching"] = {
             "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000)
         }
-    return web.json_response(config)
+    return json_response(config)
 
 
 def _config_tensor(meta: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from faasd.api.errors import render_error
 from faasd.api.functions import json_object
 from faasd.api.invoke import parse, read_body, render
 from faasd.api.keys import SERVICES
+from faasd.api.strict_json import json_response
 from faasd.controller import limits_of
 from faasd.errors import BadRequest, FaasdError
 from faasd.functions.spec import FunctionVersion
@@ -129,12 +130,12 @@ def _as_json(answer: CallResult) -> Any:
 
 async def list_workflows(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    return web.json_response([status(services, w) for w in services.workflows.list()])
+    return json_response([status(services, w) for w in services.workflows.list()])
 
 
 async def get_workflow(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    return web.json_response(status(services, services.workflows.get(request.match_info["name"])))
+    return json_response(status(services, services.workflows.get(request.match_info["name"])))
 
 
 async def deploy(request: web.Request) -> web.Response:
@@ -149,7 +150,7 @@ async def deploy(request: web.Request) -> web.Response:
     workflow, replaced = await services.workflows.deploy(Path(path), name, mode=mode)
     body = status(services, workflow)
     body["replaced_version"] = replaced
-    return web.json_response(body, status=201 if replaced is None else 200)
+    return json_response(body, status=201 if replaced is None else 200)
 
 
 async def remove(request: web.Request) -> web.Response:
@@ -160,7 +161,7 @@ async def remove(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name:
         raise BadRequest('remove needs {"name": "<workflow>"} or ?name=<workflow>')
     removed = await request.app[SERVICES].workflows.remove(name)
-    return web.json_response({"removed": removed.spec.name, "version": removed.version})
+    return json_response({"removed": removed.spec.name, "version": removed.version})
 
 
 async def plan(request: web.Request) -> web.Response:
@@ -174,7 +175,7 @@ async def plan(request: web.Request) -> web.Response:
     doc = explain(workflow.spec.to_esg(), snapshot.profiles, max_batch, parse_pricing(None),
                   Capacity.of(snapshot.nodes))
     doc["scheduler"] = services.config.scheduler
-    return web.json_response(doc)
+    return json_response(doc)
 
 
 def status(services: Services, workflow: DeployedWorkflow) -> dict[str, Any]:

@@ -86,7 +86,8 @@ class DaemonConfig:
     async_result_retention_s: float = 86400.0
     #: async calls one function, or one workflow, may have queued or running; past it, 429
     max_async_queue_per_function: int = 1000
-    #: how large an uploaded archive may unpack (0: 4 x max_body_mb)
+    #: how large an uploaded archive's tar stream may unpack, headers included (0: 4 x
+    #: max_body_mb)
     max_unpacked_mb: int = 0
     function_defaults: FunctionSettings = field(default_factory=FunctionSettings)
     limits: NodeLimits = field(default_factory=NodeLimits)

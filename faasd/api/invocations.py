@@ -33,7 +33,7 @@ from aiohttp.typedefs import Handler
 
 from faasd.api import workflows
 from faasd.api.errors import render_error
-from faasd.api.invoke import header_length, parse, read_body, render, v2_workflow
+from faasd.api.invoke import header_length, parse, ran_headers, read_body, render, v2_workflow
 from faasd.api.keys import SERVICES
 from faasd.api.strict_json import json_response
 from faasd.durable.runner import AsyncCalls, Execute, OnDispatch, Outcome, name_header
@@ -56,44 +56,11 @@ KEYED_ROUTES: dict[str, Kind | None] = {
     "/v2/models/{name}/versions/{version}/infer": None,
 }
 
-#: How a call made on the V2 inference path is recorded (the record has no column for the
-#: path): its content type behind this prefix. A header value cannot hold a line feed, so no
-#: request's own type starts with it. Such a call takes V2 requests only and answers with the
-#: model's tensors, as `POST /v2/models/{name}/infer` does without a key.
-V2_PATH_PREFIX = "v2-infer\n"
-#: How a V2 answer with a binary tail is recorded: its content type with the JSON header's
-#: length as this parameter (the record keeps a type, not headers); replays and results give
-#: it back as the `Inference-Header-Content-Length` header the first answer had.
-_LENGTH_PARAMETER = re.compile(rf";\s*{HEADER_LENGTH}=(\d+)\s*$", re.IGNORECASE)
-
-
-def recorded_type(content_type: str, v2_only: bool) -> str:
-    """The content type a call is recorded with (see `V2_PATH_PREFIX`)."""
-    return V2_PATH_PREFIX + content_type if v2_only else content_type
-
-
-def request_type(recorded: str) -> tuple[str, bool]:
-    """The request's content type, and whether it came on the V2 inference path."""
-    if recorded.startswith(V2_PATH_PREFIX):
-        return recorded[len(V2_PATH_PREFIX):], True
-    return recorded, False
-
-
-def result_type(response: web.Response) -> str:
-    """The type an answer is recorded with: its Content-Type, and its V2 header length when it
-    has a binary tail (see `_LENGTH_PARAMETER`)."""
-    content_type = response.headers.get("Content-Type", "application/json")
-    length = response.headers.get(HEADER_LENGTH)
-    return content_type if length is None else f"{content_type}; {HEADER_LENGTH}={length}"
-
-
-def answer_headers(recorded: str | None) -> dict[str, str]:
-    """The Content-Type (and V2 header length) of a recorded answer, as first given."""
-    recorded = recorded or "application/octet-stream"
-    match = _LENGTH_PARAMETER.search(recorded)
-    if match is None:
-        return {"Content-Type": recorded}
-    return {"Content-Type": recorded[:match.start()], HEADER_LENGTH: match.group(1)}
+#: The headers of an answer that a replay, a result and a callback give back with its body
+#: and type: a V2 answer's JSON header length (the body cannot be read without it), and where
+#: and how it ran.
+REPLAYED_HEADERS = (HEADER_LENGTH, "X-Faasd-Cold-Start", "X-Faasd-Device", "X-Faasd-Node",
+                    "X-Faasd-Slo-Ms", "X-Faasd-Slo-Met", "X-Faasd-Cost")
 
 
 def executor(services: Services) -> Execute:
@@ -109,7 +76,9 @@ def executor(services: Services) -> Execute:
                 response = await _run_function(services, call, on_dispatch)
         except FaasdError as exc:
             response = render_error(exc)
-        return Outcome(response.status, result_type(response), cast(bytes, response.body))
+        kept = {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+        return Outcome(response.status, response.headers.get("Content-Type", "application/json"),
+                       cast(bytes, response.body), kept)
 
     return execute
 
@@ -121,7 +90,7 @@ async def _run_function(services: Services, call: Call,
     invocation = services.gateway.new_invocation(version, payload.item, payload.postprocess,
                                                  on_dispatch)
     result = await services.gateway.call(invocation)
-    return render(version.name, str(version.version), payload, result, {})
+    return render(version.name, str(version.version), payload, result, ran_headers(result))
 
 
 async def _run_workflow(services: Services, call: Call,
@@ -137,8 +106,8 @@ async def _run_workflow(services: Services, call: Call,
 
 
 def _payload(version: FunctionVersion, info: ModelInfo, call: Call) -> Payload:
-    content_type, v2_only = request_type(call.content_type)
-    return parse_payload(version, info, call.body, content_type, call.header_length, v2_only)
+    return parse_payload(version, info, call.body, call.content_type, call.header_length,
+                         call.v2_only)
 
 
 def _calls(services: Services) -> AsyncCalls:
@@ -171,7 +140,7 @@ async def _accept(request: web.Request, kind: Kind) -> web.Response:
 
 async def _checked(request: web.Request, services: Services, kind: Kind, name: str,
                    v2_only: bool = False) -> tuple[bytes, str, int | None]:
-    """The body, its type as recorded (`recorded_type`) and V2 header length, checked as a
+    """The body, its type and V2 header length, checked as a
     synchronous call to the target checks them before it runs (404, 413, 400), so that no
     call is accepted that such a call would refuse at once. (What only the function's handler
     can find wrong fails the run.) `v2_only`: the call came on the V2 inference path."""
@@ -179,7 +148,7 @@ async def _checked(request: web.Request, services: Services, kind: Kind, name: s
     body = await read_body(request, services.config.max_body_bytes)
     await parse(request, version, info, body, v2_only)
     content_type = request.headers.get("Content-Type", "")
-    return body, recorded_type(content_type, v2_only), header_length(request)
+    return body, content_type, header_length(request)
 
 
 def _entry(services: Services, kind: Kind, name: str) -> tuple[FunctionVersion, ModelInfo]:
@@ -204,8 +173,9 @@ async def get_result(request: web.Request) -> web.Response:
 
 def _answer(call: Call, headers: dict[str, str]) -> web.Response:
     """The answer to a finished call, as its function or workflow gave it (status, type,
-    V2 header length, body)."""
-    headers.update(answer_headers(call.result_type))
+    body, and the headers in `REPLAYED_HEADERS`)."""
+    headers.update(call.result_headers)
+    headers["Content-Type"] = call.result_type or "application/octet-stream"
     return web.Response(status=call.status_code or 500, body=call.result or b"",
                         headers=headers)
 
@@ -376,7 +346,7 @@ async def idempotent_calls(request: web.Request, handler: Handler) -> web.Stream
     calls = _calls(services)
     body, content_type, length = await _checked(request, services, kind, name, v2_only)
     call, replay = await calls.accept(kind, name, body, content_type, length, None,
-                                      _idempotency_key(request))
+                                      _idempotency_key(request), v2_only)
     if replay and not call.done:
         raise Conflict(f"the call with Idempotency-Key {call.idem_key!r} is still running; "
                        "retry shortly to get its answer", call_id=call.id)

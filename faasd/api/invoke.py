@@ -83,11 +83,17 @@ async def _call(request: web.Request, name: str, v2_only: bool) -> web.StreamRes
         headers["X-Duration-Seconds"] = f"{services.clock.now() - start_s:.6f}"
         return render_error(exc, headers)
     headers["X-Duration-Seconds"] = f"{services.clock.now() - start_s:.6f}"
-    headers["X-Faasd-Cold-Start"] = "true" if result.cold_start else "false"
-    headers["X-Faasd-Device"] = result.device
+    headers.update(ran_headers(result))
+    return render(version.name, str(version.version), payload, result, headers)
+
+
+def ran_headers(result: CallResult) -> dict[str, str]:
+    """Where and how a call that succeeded ran: cold start, device, and node in a cluster."""
+    headers = {"X-Faasd-Cold-Start": "true" if result.cold_start else "false",
+               "X-Faasd-Device": result.device}
     if result.node:
         headers["X-Faasd-Node"] = result.node
-    return render(version.name, str(version.version), payload, result, headers)
+    return headers
 
 
 async def read_body(request: web.Request, limit_bytes: int) -> bytes:

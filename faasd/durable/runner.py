@@ -33,8 +33,8 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
@@ -62,11 +62,13 @@ class KeyReused(FaasdError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a run answered, as the synchronous call would have: status, type, body."""
+    """What a run answered, as the synchronous call would have: status, type, body, and the
+    headers a replay gives back."""
 
     status_code: int
     content_type: str
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 #: Runs a call; the callable it is given (None: none needed) is called, synchronously, when
@@ -162,17 +164,17 @@ class AsyncCalls:
 
     async def accept(self, kind: Kind, name: str, body: bytes, content_type: str,
                      header_length: int | None, callback_url: str | None,
-                     idem_key: str | None) -> tuple[Call, bool]:
+                     idem_key: str | None, v2_only: bool = False) -> tuple[Call, bool]:
         """The recorded call to the function or workflow `name` and whether it is an earlier
         call with the same key (a replay).
 
         Overloaded (429) past `max_queued_per_target` calls to this target; KeyReused (422)
         when the key came with another body; the row is synced to disk before this returns."""
-        fp = fingerprint(name, body, content_type, header_length)
+        fp = fingerprint(name, body, content_type, header_length, v2_only)
         call = Call(id=os.urandom(16).hex(), name=name, state=State.QUEUED, body=body,
                     content_type=content_type, header_length=header_length,
                     callback_url=callback_url, idem_key=idem_key, fingerprint=fp, attempts=0,
-                    created_s=self._clock.wall(), kind=kind)
+                    created_s=self._clock.wall(), kind=kind, v2_only=v2_only)
         try:
             stored = await self._read(self.store.accept, call,
                                       self.limits.max_queued_per_target)
@@ -304,7 +306,7 @@ class AsyncCalls:
             error = _error_text(outcome)
         finished = await asyncio.to_thread(
             self.store.finish, call.id, attempt, state, self._clock.wall(), outcome.status_code,
-            outcome.content_type, outcome.body, error)
+            outcome.content_type, outcome.body, error, outcome.headers)
         for future in self._waiters.pop(call.id, []):
             if not future.done():
                 future.set_result(None)
@@ -319,7 +321,7 @@ class AsyncCalls:
 
     async def _deliver(self, call: Call) -> None:
         assert call.callback_url is not None and self._session is not None
-        headers = {"X-Call-Id": call.id, name_header(call): call.name,
+        headers = {**dict(call.result_headers), "X-Call-Id": call.id, name_header(call): call.name,
                    "X-Function-Status": str(call.status_code),
                    "Content-Type": call.result_type or "application/octet-stream"}
         last = call.callback_tries[-1][1] if call.callback_tries else "no try left"

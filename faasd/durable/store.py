@@ -18,7 +18,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -48,7 +48,9 @@ CREATE TABLE IF NOT EXISTS invocations(
   callback_status TEXT,
   kind TEXT NOT NULL DEFAULT 'function',
   dispatched_s REAL,
-  callback_tries TEXT
+  callback_tries TEXT,
+  v2_only INTEGER NOT NULL DEFAULT 0,
+  result_headers TEXT
 );
 """
 
@@ -71,8 +73,13 @@ DROP INDEX IF EXISTS inv_function;
 
 #: A record written before a run's first dispatch was recorded (see `mark_dispatched`).
 _WITHOUT_DISPATCH = "ALTER TABLE invocations ADD COLUMN dispatched_s REAL;"
-#: ... or before each callback try was recorded (see `callback_tried`).
+#: ... or before each callback try was recorded (see `callback_tried`) ...
 _WITHOUT_TRIES = "ALTER TABLE invocations ADD COLUMN callback_tries TEXT;"
+#: ... or before the V2 path and an answer's headers were recorded.
+_WITHOUT_FORM = """
+ALTER TABLE invocations ADD COLUMN v2_only INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE invocations ADD COLUMN result_headers TEXT;
+"""
 
 
 class StoreClosed(RuntimeError):
@@ -102,11 +109,15 @@ class State(StrEnum):
 
 
 def fingerprint(name: str, body: bytes, content_type: str,
-                header_length: int | None) -> str:
+                header_length: int | None, v2_only: bool = False) -> str:
     """What makes two calls to one target "the same call" for an idempotency key (keys are
-    unique per target, so its kind need not be part of it)."""
+    unique per target, so its kind need not be part of it). The V2 inference path answers a
+    body otherwise than `/function/` does, so a call there is another call."""
     h = hashlib.sha256()
-    for part in (name.encode(), content_type.encode(), str(header_length).encode()):
+    parts = [name.encode(), content_type.encode(), str(header_length).encode()]
+    if v2_only:
+        parts.append(b"v2")
+    for part in parts:
         h.update(len(part).to_bytes(8, "big") + part)
     h.update(body)
     return h.hexdigest()
@@ -141,6 +152,11 @@ class Call:
     dispatched_s: float | None = None
     #: each callback try, in order: (Unix seconds, "HTTP 503" or the connection error)
     callback_tries: tuple[tuple[float, str], ...] = ()
+    #: made on the V2 inference path: V2 requests only, answered with the model's tensors
+    v2_only: bool = False
+    #: the answer's headers a replay gives back besides its type (V2 header length, where and
+    #: how it ran)
+    result_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def done(self) -> bool:
@@ -150,7 +166,7 @@ class Call:
 _COLUMNS = ("id, name, state, body, content_type, header_length, callback_url, idem_key, "
             "fingerprint, attempts, created_s, started_s, finished_s, status_code, "
             "result_type, result, error, callback_attempts, callback_status, kind, dispatched_s, "
-            "callback_tries")
+            "callback_tries, v2_only, result_headers")
 
 
 def _call(row: tuple[object, ...]) -> Call:
@@ -161,6 +177,8 @@ def _call(row: tuple[object, ...]) -> Call:
         values[15] = bytes(values[15])  # type: ignore[call-overload]
     values[19] = Kind(str(values[19]))
     values[21] = tuple((float(at), str(what)) for at, what in json.loads(str(values[21] or "[]")))
+    values[22] = bool(values[22])
+    values[23] = tuple((str(k), str(v)) for k, v in json.loads(str(values[23] or "{}")).items())
     return Call(*values)  # type: ignore[arg-type]
 
 
@@ -186,6 +204,8 @@ class CallStore:
             self._db.execute(_WITHOUT_DISPATCH)
         if "callback_tries" not in columns:
             self._db.execute(_WITHOUT_TRIES)
+        if "v2_only" not in columns:
+            self._db.executescript(_WITHOUT_FORM)
         self._db.executescript(_INDEXES)
 
     def close(self) -> None:
@@ -222,10 +242,11 @@ class CallStore:
                         raise QueueFull(count)
                     db.execute(
                         f"INSERT INTO invocations({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                        "0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, ?, NULL, NULL)",
+                        "0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, ?, NULL, NULL, ?, "
+                        "NULL)",
                         (call.id, call.name, State.QUEUED.value, call.body, call.content_type,
                          call.header_length, call.callback_url, call.idem_key,
-                         call.fingerprint, call.created_s, call.kind.value))
+                         call.fingerprint, call.created_s, call.kind.value, int(call.v2_only)))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -292,14 +313,17 @@ class CallStore:
                 (now_s, call_id))
 
     def finish(self, call_id: str, attempt: int, state: State, now_s: float, status_code: int,
-               result_type: str | None, result: bytes | None, error: str | None) -> bool:
+               result_type: str | None, result: bytes | None, error: str | None,
+               result_headers: Mapping[str, str] | None = None) -> bool:
         """Record the outcome of run `attempt`; False if the call was already finished."""
+        headers = json.dumps(dict(result_headers)) if result_headers else None
         with self._lock:
             cursor = self._conn().execute(
                 "UPDATE invocations SET state = ?, finished_s = ?, status_code = ?, "
-                "result_type = ?, result = ?, error = ? WHERE id = ? AND state = 'running' "
-                "AND attempts = ?",
-                (state.value, now_s, status_code, result_type, result, error, call_id, attempt))
+                "result_type = ?, result = ?, error = ?, result_headers = ? WHERE id = ? AND "
+                "state = 'running' AND attempts = ?",
+                (state.value, now_s, status_code, result_type, result, error, headers, call_id,
+                 attempt))
         return cursor.rowcount == 1
 
     def callback_tried(self, call_id: str, at_s: float, outcome: str,

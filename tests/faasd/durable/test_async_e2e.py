@@ -178,6 +178,8 @@ async def test_idempotency_key_on_a_synchronous_call(daemon: Daemon) -> None:
         assert (again_status, again_body) == (200, body)
         assert again_headers["X-Idempotent-Replay"] == "true"
         assert again_headers["X-Call-Id"] == headers["X-Call-Id"]
+        for how_it_ran in ("X-Faasd-Cold-Start", "X-Faasd-Device"):  # as a call without a key
+            assert again_headers[how_it_ran] == headers[how_it_ran] != ""
         status, _, body = await call(b"1,2,3,4", "sync-1")
         assert status == 422
         # a failure is kept and replayed too (Stripe keeps 5xx answers as well)

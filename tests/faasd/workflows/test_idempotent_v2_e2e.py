@@ -114,9 +114,9 @@ async def test_a_key_on_the_v2_path_and_on_the_function_path_are_different_reque
 
 
 async def test_an_async_binary_v2_result_keeps_its_header_length(daemon: Daemon) -> None:
-    """The record keeps a type, not headers: the header length rides in the type (as a
-    parameter) and comes back as the header on `.../result`. (`inc` has no postprocess, so
-    its answer on the function path is the V2 one.)"""
+    """The record keeps the answer's header length, which comes back as the header on
+    `.../result`. (`inc` has no postprocess, so its answer on the function path is the V2
+    one.)"""
     from tests.faasd.builders import invocation_finished
 
     request = as_request("half", 1.0)

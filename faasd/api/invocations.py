@@ -346,7 +346,9 @@ async def idempotent_calls(request: web.Request, handler: Handler) -> web.Stream
     calls = _calls(services)
     body, content_type, length = await _checked(request, services, kind, name, v2_only)
     call, replay = await calls.accept(kind, name, body, content_type, length, None,
-                                      _idempotency_key(request), v2_only)
+                                      _idempotency_key(request), v2_only, queued=False)
+    if not replay:
+        calls.run_now(call.id)  # its caller waits: not behind the queued async calls
     if replay and not call.done:
         raise Conflict(f"the call with Idempotency-Key {call.idem_key!r} is still running; "
                        "retry shortly to get its answer", call_id=call.id)

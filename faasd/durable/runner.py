@@ -164,9 +164,11 @@ class AsyncCalls:
 
     async def accept(self, kind: Kind, name: str, body: bytes, content_type: str,
                      header_length: int | None, callback_url: str | None,
-                     idem_key: str | None, v2_only: bool = False) -> tuple[Call, bool]:
+                     idem_key: str | None, v2_only: bool = False,
+                     queued: bool = True) -> tuple[Call, bool]:
         """The recorded call to the function or workflow `name` and whether it is an earlier
-        call with the same key (a replay).
+        call with the same key (a replay). A new call is queued for the workers, or with
+        `queued` False left for the caller to start (`run_now`).
 
         Overloaded (429) past `max_queued_per_target` calls to this target; KeyReused (422)
         when the key came with another body; the row is synced to disk before this returns."""
@@ -186,7 +188,8 @@ class AsyncCalls:
                 raise KeyReused(f"Idempotency-Key {idem_key!r} was used for another request "
                                 f"to {kind.value} {name!r}; use a new key for a new request")
             return stored, True
-        self._enqueue(call.id)
+        if queued:
+            self._enqueue(call.id)
         return stored, False
 
     def _enqueue(self, call_id: str) -> None:
@@ -242,19 +245,29 @@ class AsyncCalls:
             call_id = await self._queue.get()
             if self._draining:  # stopping: it stays queued, and the next start runs it
                 return
-            run: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._runs.add(run)
-            try:
-                await self._run(call_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("async call %s: unexpected error; it runs again at the next "
-                              "start", call_id)
-            finally:
-                self._known.discard(call_id)
-                self._runs.discard(run)
-                run.set_result(None)
+            await self._take(call_id)
+
+    def run_now(self, call_id: str) -> None:
+        """Run a call accepted with `queued=False` at once, beside the workers: a keyed
+        synchronous call, whose caller waits, does not queue behind the async calls."""
+        if call_id not in self._known and not self._draining:
+            self._known.add(call_id)
+            self._spawn(self._take(call_id))
+
+    async def _take(self, call_id: str) -> None:
+        run: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._runs.add(run)
+        try:
+            await self._run(call_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("async call %s: unexpected error; it runs again at the next start",
+                          call_id)
+        finally:
+            self._known.discard(call_id)
+            self._runs.discard(run)
+            run.set_result(None)
 
     async def _run(self, call_id: str) -> None:
         call = await asyncio.to_thread(self.store.get, call_id)

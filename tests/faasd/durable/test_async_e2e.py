@@ -227,3 +227,25 @@ async def test_a_stop_lets_a_running_keyed_call_finish_and_keeps_its_answer(
             headers={"Content-Type": "text/plain", "Idempotency-Key": "k"}) as resp:
         assert resp.status == 200 and resp.headers["X-Idempotent-Replay"] == "true"
         assert await resp.text() == text
+
+
+async def test_a_keyed_synchronous_call_does_not_wait_behind_async_calls(
+        tmp_path: Path) -> None:
+    """Six async calls to `single` (one at a time) hold every async worker for seconds; a
+    keyed call to `linear` still runs at once, and ends before the first of them."""
+    root = tmp_path / "functions"
+    make_function(root, "linear")
+    make_function(root, "single", "timeout_s: 10\nmax_instances: 1\n", TEXT_HANDLER)
+    config = DaemonConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
+                          functions_dir=root)
+    async with Daemon(config) as daemon, aiohttp.ClientSession() as s:
+        queued = [(await _accept(s, daemon.url, "single", b"sleep:1.5",
+                                 {"Content-Type": "text/plain"}))[2]["id"] for _ in range(6)]
+        async with s.post(f"{daemon.url}/function/linear", json={"x": [[1, 2, 3, 4]]},
+                          headers={"Idempotency-Key": "now"}) as resp:
+            assert resp.status == 200
+            keyed = resp.headers["X-Call-Id"]
+        ends = {}
+        for call_id in [keyed, *queued]:
+            ends[call_id] = (await invocation_finished(s, daemon.url, call_id))["finished"]
+        assert ends[keyed] < min(ends[c] for c in queued)

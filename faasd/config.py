@@ -225,10 +225,10 @@ def load_config(
     values: dict[str, Any] = {}
     where: dict[str, str] = {}
     if path is not None:
-        from_file = _read_file(path)
+        from_file = _flatten_sandbox(_read_file(path), path)
         unknown = sorted(set(from_file) - set(_TOP_KEYS))
         if unknown:
-            known = ", ".join(sorted(_TOP_KEYS))
+            known = ", ".join(sorted([*_TOP_KEYS, "sandbox"]))
             raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {known}")
         values.update(from_file)
         where.update(dict.fromkeys(from_file, str(path)))
@@ -256,6 +256,32 @@ def load_config(
         else:
             kwargs[key] = _coerce(key, value, where[key])
     return DaemonConfig(**kwargs).validate(where)
+
+
+#: The keys of the file's `sandbox:` section (`sandbox: {allow_unconfined: true}`), each the
+#: same as the top-level key of its name.
+_SANDBOX_KEYS = ("allow_unconfined",)
+
+
+def _flatten_sandbox(from_file: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The file's settings with its `sandbox:` section's keys moved to the top level."""
+    if "sandbox" not in from_file:
+        return from_file
+    flat = dict(from_file)
+    section = flat.pop("sandbox")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: sandbox must be a mapping, e.g. sandbox: "
+                          "{allow_unconfined: false}")
+    unknown = sorted(set(section) - set(_SANDBOX_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) under sandbox: {', '.join(map(str, unknown))}"
+                          f"; known: {', '.join(_SANDBOX_KEYS)}")
+    for key, value in section.items():
+        if key in flat:
+            raise ConfigError(f"{path}: {key} is set both at the top level and under sandbox; "
+                              "keep one")
+        flat[key] = value
+    return flat
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -28,3 +28,21 @@ def test_allow_unconfined_from_yaml_and_its_errors(tmp_path: Path) -> None:
     path.write_text("metrics_access: everyone\n")
     with pytest.raises(ConfigError, match="metrics_access must be admin, invoke or open"):
         load_config(path, env={})
+
+
+def test_allow_unconfined_under_a_sandbox_section(tmp_path: Path) -> None:
+    """`sandbox.allow_unconfined`, as the shipped faasd.yaml writes it."""
+    path = tmp_path / "faasd.yaml"
+    path.write_text("sandbox:\n  allow_unconfined: true\n")
+    assert load_config(path, env={}).allow_unconfined is True
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "faasd.yaml"
+    assert load_config(shipped, env={}).allow_unconfined is False
+    for text, message in (
+        ("sandbox: true\n", "sandbox must be a mapping"),
+        ("sandbox: {network: true}\n", "unknown key.* under sandbox: network"),
+        ("allow_unconfined: true\nsandbox: {allow_unconfined: false}\n", "both at the top"),
+        ("sandbox: {allow_unconfined: maybe}\n", "allow_unconfined must be true or false"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, env={})

@@ -319,11 +319,14 @@ def _install(args: argparse.Namespace) -> int:
     from faasd import install
 
     executable = install.faasd_executable()
-    steps = install.plan(executable, install.CONFIG_PATH.exists())
+    systemd = install.systemd_running()
+    steps = install.plan(executable, install.CONFIG_PATH.exists(), systemd=systemd)
     if args.dry_run:
         print("faasd install would:")
         for step in steps:
             print(f"  {step.describe()}")
+        if not systemd:
+            print("  (not enable or start the service: systemd does not run on this host)")
         unit = next(s for s in steps if s.target == str(install.UNIT_PATH))
         print(f"\n--- {unit.target}\n{unit.content}", end="")
         return EXIT_OK
@@ -336,7 +339,7 @@ def _install(args: argparse.Namespace) -> int:
         install.apply(steps)
     except install.InstallError as exc:
         raise ClientError(str(exc)) from None
-    print(install.next_steps(executable))
+    print(install.next_steps(executable, systemd))
     return EXIT_OK
 
 

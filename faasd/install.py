@@ -127,8 +127,16 @@ SYSTEMD_RUN_DIR = Path("/run/systemd/system")
 SANDBOX_PACKAGE_STEP = "apt-get install -y bubblewrap"
 
 
-def plan(exec_start: str, config_exists: bool, have_bwrap: bool | None = None) -> list[Step]:
-    """`have_bwrap`: None to look on this host."""
+def systemd_running() -> bool:
+    """Whether this host was booted with systemd (what sd_booted(3) tests)."""
+    return SYSTEMD_RUN_DIR.is_dir()
+
+
+def plan(exec_start: str, config_exists: bool, have_bwrap: bool | None = None,
+         systemd: bool = True) -> list[Step]:
+    """`have_bwrap`: None to look on this host. `systemd`: whether systemd runs here; if not,
+    everything is set up but the service is not enabled or started (a container, say: the
+    unit is there for a host that boots with systemd)."""
     if have_bwrap is None:
         have_bwrap = shutil.which("bwrap") is not None
     steps = [] if have_bwrap else [Step("run", SANDBOX_PACKAGE_STEP)]
@@ -136,22 +144,17 @@ def plan(exec_start: str, config_exists: bool, have_bwrap: bool | None = None) -
     if not config_exists:  # never overwrite an administrator's settings
         steps.append(Step("write", str(CONFIG_PATH), default_config_text()))
     steps.append(Step("write", str(UNIT_PATH), render_unit(exec_start)))
-    steps += [
-        Step("run", "systemctl daemon-reload"),
-        Step("run", "systemctl enable --now faasd"),
-    ]
+    if systemd:
+        steps += [
+            Step("run", "systemctl daemon-reload"),
+            Step("run", "systemctl enable --now faasd"),
+        ]
     return steps
 
 
 def apply(steps: list[Step]) -> None:
-    """Carry out `steps`, in order. InstallError, before any step, on a host not booted with
-    systemd; and at the first step that fails, naming it (the steps before it stay done:
-    running the installation again redoes them all)."""
-    if not SYSTEMD_RUN_DIR.is_dir():
-        raise InstallError(
-            f"systemd is not running on this host ({SYSTEMD_RUN_DIR} is missing), and faasd "
-            "install sets faasd up as a systemd service; nothing was changed. Run the daemon "
-            "under your own supervisor instead: faasd up --config FILE --state-dir DIR")
+    """Carry out `steps`, in order. InstallError at the first step that fails, naming it (the
+    steps before it stay done: running the installation again redoes them all)."""
     for step in steps:
         try:
             _apply(step)
@@ -171,14 +174,26 @@ def _apply(step: Step) -> None:
         subprocess.run(step.target.split(), check=True)
 
 
-def next_steps(exec_start: str) -> str:
-    """What to do after an installation: where things are, and how to serve other hosts."""
+def next_steps(exec_start: str, systemd: bool = True) -> str:
+    """What to do after an installation: where things are, how to start it where systemd
+    does not run, and how to serve other hosts."""
     faasd = exec_start.split()[-1] if exec_start.startswith("/usr/bin/env") else exec_start
+    where = f"(settings: {CONFIG_PATH}, state: {STATE_DIRS[0]})"
+    if systemd:
+        head = f"faasd is installed and running on 127.0.0.1 {where}."
+        restart = "sudo systemctl restart faasd"
+        log = "Follow its log with: journalctl -u faasd -f"
+    else:
+        head = (f"faasd is installed {where}, but systemd does not run on this host, so it is "
+                "not running as a service (the unit is in place for a host that boots with "
+                f"systemd). Start it with:\n  sudo {faasd} up --config {CONFIG_PATH}\n"
+                "under the supervisor this host uses, to keep it running.")
+        restart = "start it again"
+        log = "It logs to standard error."
     return (
-        f"faasd is installed and running on 127.0.0.1 (settings: {CONFIG_PATH}, state: "
-        f"{STATE_DIRS[0]}).\n"
+        f"{head}\n"
         "To serve other machines, which needs an API token:\n"
         f"  sudo {faasd} token create --scope admin     # its last word is the token\n"
-        f"  set host: 0.0.0.0 in {CONFIG_PATH}, then: sudo systemctl restart faasd\n"
-        "Follow its log with: journalctl -u faasd -f"
+        f"  set host: 0.0.0.0 in {CONFIG_PATH}, then {restart}\n"
+        f"{log}"
     )

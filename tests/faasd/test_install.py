@@ -46,7 +46,9 @@ def test_plan_never_overwrites_an_existing_config() -> None:
                                               "systemctl enable --now faasd"]
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_prints_the_plan_and_writes_nothing(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "systemd_running", lambda: True)
     existed = install.UNIT_PATH.exists()
     assert main(["install", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -86,22 +88,29 @@ def test_a_host_without_bubblewrap_gets_it_first() -> None:
     assert all("bubblewrap" not in step.target for step in present)
 
 
-def test_a_host_without_systemd_is_told_so_and_nothing_is_written(
+def test_a_host_without_systemd_is_set_up_and_told_how_to_start_it(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
+    """A container, say: everything is written, no systemctl runs (it would fail), and the
+    closing lines say how to start faasd and expose it."""
     monkeypatch.setattr(install, "SYSTEMD_RUN_DIR", tmp_path / "no-systemd")
     monkeypatch.setattr("os.geteuid", lambda: 0)
-    target = tmp_path / "etc" / "faasd.yaml"
+    planned = install.plan("/usr/bin/faasd", config_exists=True, have_bwrap=True,
+                           systemd=False)
+    assert not any("systemctl" in step.target for step in planned)
+    assert str(install.UNIT_PATH) in [step.target for step in planned]
+    written = tmp_path / "etc" / "faasd.yaml"
     monkeypatch.setattr(install, "plan", lambda *a, **k: [
-        install.Step("write", str(target), "host: 127.0.0.1\n")])
-    assert main(["install"]) == 1
-    err = capsys.readouterr().err
-    assert "systemd is not running on this host" in err and "nothing was changed" in err
-    assert "Traceback" not in err and not target.exists()
+        install.Step("mkdir", str(written.parent)),
+        install.Step("write", str(written), "host: 127.0.0.1\n")])
+    assert main(["install"]) == 0
+    out = capsys.readouterr().out
+    assert written.read_text() == "host: 127.0.0.1\n"
+    assert "systemd does not run on this host" in out
+    assert f"up --config {install.CONFIG_PATH}" in out and "token create --scope admin" in out
 
 
-def test_a_step_that_fails_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(install, "SYSTEMD_RUN_DIR", tmp_path)
+def test_a_step_that_fails_is_named(tmp_path: Path) -> None:
     done = tmp_path / "made"
     with pytest.raises(install.InstallError, match="stopped at `false`"):
         install.apply([install.Step("mkdir", str(done)), install.Step("run", "false"),

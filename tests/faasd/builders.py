@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    from faasd.daemon import Daemon
 
 #: y = x @ W for x of shape [N, 4]; W maps 4 features to 3 outputs.
 WEIGHTS = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
@@ -101,3 +104,17 @@ async def invocation_finished(session: Any, url: str, call_id: str) -> dict[str,
             if doc["status"] in ("succeeded", "failed"):
                 return doc
             await asyncio.sleep(0.05)
+
+
+async def started_daemon(tmp_path: Path, functions_dir: Path, **extra: object) -> Daemon:
+    """A daemon in this process on a free port (state under `tmp_path`) that loaded every
+    function in `functions_dir`; the caller stops it."""
+    from faasd.config import DaemonConfig
+    from faasd.daemon import Daemon
+
+    config = DaemonConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
+                          functions_dir=functions_dir, **extra)  # type: ignore[arg-type]
+    daemon = Daemon(config)
+    await daemon.__aenter__()
+    assert not daemon.load_errors, daemon.load_errors
+    return daemon

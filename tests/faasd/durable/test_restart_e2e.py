@@ -10,7 +10,9 @@ import signal
 import sqlite3
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +23,7 @@ from tests.faasd.workflows.builders import workflow_dir, write_op_model
 pytestmark = pytest.mark.slow
 
 CALLS = 8  # to a function, and as many again to a workflow
+T = TypeVar("T")
 
 
 def _workflow(root: Path, name: str, first: str) -> None:
@@ -79,6 +82,22 @@ def _dispatched(state_dir: Path) -> set[str]:
         db.close()
 
 
+def _kill_9_after(daemon: DaemonProcess, send: Callable[[], T],
+                  ready: Callable[[], bool]) -> T:
+    """`send()` to `daemon`, then SIGKILL it as soon as `ready()` holds (within 30 s); what
+    `send` returned."""
+    try:
+        sent = send()
+        deadline = time.monotonic() + 30
+        while not ready():
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.02)
+        return sent
+    finally:
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(10)
+
+
 def _all_done(state_dir: Path) -> bool:
     return all(s in ("succeeded", "failed") for s, _ in _states(state_dir).values())
 
@@ -88,19 +107,17 @@ def test_kill_9_with_calls_in_flight_loses_none(tmp_path: Path) -> None:
     make_function(functions, "texty", "timeout_s: 10\n", TEXT_HANDLER)
     _incy(functions)
     _workflow(workflows, "slow", "texty")
-    first: DaemonProcess = start_daemon(tmp_path, functions, "--workflows", str(workflows))
-    try:
+    first = start_daemon(tmp_path, functions, "--workflows", str(workflows))
+
+    def send() -> tuple[list[str], list[str]]:
         ids, workflow_ids = [], []
         for _ in range(CALLS):  # alternately, so that calls of both kinds run at the kill
             ids.append(_post(f"{first.url}/async-function/texty", b"sleep:0.5"))
             workflow_ids.append(_post(f"{first.url}/async-workflow/slow", b"sleep:0.5"))
-        deadline = time.monotonic() + 30
-        while not _running_of_both_kinds(tmp_path / "state"):
-            assert time.monotonic() < deadline, first.log()
-            time.sleep(0.02)
-    finally:
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(10)
+        return ids, workflow_ids
+
+    ids, workflow_ids = _kill_9_after(first, send,
+                                      lambda: _running_of_both_kinds(tmp_path / "state"))
     ids += workflow_ids
     before = _states(tmp_path / "state")
     assert set(before) == set(ids)  # every 202 was on disk
@@ -143,19 +160,19 @@ def test_kill_9_fails_a_non_idempotent_call_it_cut_short(tmp_path: Path) -> None
     _incy(functions)
     _workflow(workflows, "onceflow", "once")
     first = start_daemon(tmp_path, functions, "--workflows", str(workflows))
-    try:
-        ids, workflow_ids = [], []
+    ids: list[str] = []
+    workflow_ids: list[str] = []
+
+    def send() -> None:
         for _ in range(4):
             ids.append(_post(f"{first.url}/async-function/once", b"sleep:0.5"))
             workflow_ids.append(_post(f"{first.url}/async-workflow/onceflow", b"sleep:0.5"))
-        deadline = time.monotonic() + 30
-        while not (_dispatched(tmp_path / "state") & set(workflow_ids)
-                   and _dispatched(tmp_path / "state") - set(workflow_ids)):
-            assert time.monotonic() < deadline, first.log()
-            time.sleep(0.02)
-    finally:
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(10)
+
+    def both_kinds_dispatched() -> bool:
+        dispatched = _dispatched(tmp_path / "state")
+        return bool(dispatched & set(workflow_ids) and dispatched - set(workflow_ids))
+
+    _kill_9_after(first, send, both_kinds_dispatched)
     ids += workflow_ids
     before = _states(tmp_path / "state")
     cut_short = {i for i, (s, _) in before.items() if s == "running"} & _dispatched(
@@ -190,15 +207,9 @@ def test_kill_9_runs_a_non_idempotent_call_that_never_reached_a_sandbox(tmp_path
     make_function(functions, "once", "timeout_s: 10\nidempotent: false\nmax_instances: 1\n",
                   TEXT_HANDLER)
     first = start_daemon(tmp_path, functions)
-    try:
-        ids = [_post(f"{first.url}/async-function/once", b"sleep:2") for _ in range(4)]
-        deadline = time.monotonic() + 30
-        while not _dispatched(tmp_path / "state"):
-            assert time.monotonic() < deadline, first.log()
-            time.sleep(0.02)
-    finally:
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(10)
+    ids = _kill_9_after(
+        first, lambda: [_post(f"{first.url}/async-function/once", b"sleep:2") for _ in range(4)],
+        lambda: bool(_dispatched(tmp_path / "state")))
     before = _states(tmp_path / "state")
     in_sandbox = _dispatched(tmp_path / "state")
     waiting = {i for i, (s, _) in before.items() if s == "running"} - in_sandbox

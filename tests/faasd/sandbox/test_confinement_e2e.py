@@ -17,11 +17,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
 from faasd.sandbox import bubblewrap, identity
 from faasd.sandbox.spawner import tmp_mb_for
-from tests.faasd.builders import make_function
+from tests.faasd.builders import make_function, started_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -147,18 +146,9 @@ def functions_dir(tmp_path: Path) -> Path:
     return root
 
 
-async def _start(tmp_path: Path, functions_dir: Path, **extra: object) -> Daemon:
-    config = DaemonConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
-                          functions_dir=functions_dir, **extra)  # type: ignore[arg-type]
-    daemon = Daemon(config)
-    await daemon.__aenter__()
-    assert not daemon.load_errors, daemon.load_errors
-    return daemon
-
-
 @pytest.fixture
 async def daemon(tmp_path: Path, functions_dir: Path) -> AsyncIterator[Daemon]:
-    running = await _start(tmp_path, functions_dir)
+    running = await started_daemon(tmp_path, functions_dir)
     yield running
     await running.stop()
 
@@ -228,7 +218,7 @@ async def test_the_environment_is_only_what_the_function_names(
         tmp_path: Path, functions_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAASD_TEST_SECRET", "hunter2")  # the daemon's: never a sandbox's
     (functions_dir / "hostile" / "faasd.yaml").write_text("env: {GREETING: hello}\n")
-    daemon = await _start(tmp_path, functions_dir)
+    daemon = await started_daemon(tmp_path, functions_dir)
     try:
         env = (await _try(daemon, "env"))["ok"]
     finally:
@@ -284,8 +274,8 @@ async def test_without_namespaces_the_escapes_work(tmp_path: Path, functions_dir
     reads what it should not (so the tests above can fail), and the daemon says so."""
     monkeypatch.setattr(bubblewrap, "probe", lambda: "no namespaces on this pretend host")
     with pytest.raises(Exception, match="cannot be confined in namespaces here"):
-        await _start(tmp_path, functions_dir)
-    daemon = await _start(tmp_path, functions_dir, allow_unconfined=True)
+        await started_daemon(tmp_path, functions_dir)
+    daemon = await started_daemon(tmp_path, functions_dir, allow_unconfined=True)
     try:
         state = daemon.config.state_dir.resolve()
         assert "ok" in await _try(daemon, "read /etc/shadow")
@@ -302,7 +292,7 @@ async def test_each_sandbox_has_namespaces_of_its_own_and_no_capabilities(
     or UTS namespace, nor a `/tmp`; neither has a capability or can make a user namespace."""
     (functions_dir / "hostile" / "faasd.yaml").write_text(
         "batching: {max_batch_size: 1}\nscale: {max_instances: 2}\n")
-    daemon = await _start(tmp_path, functions_dir)
+    daemon = await started_daemon(tmp_path, functions_dir)
     try:
         first, second = await asyncio.gather(*(_try(daemon, "namespaces 1") for _ in "ab"))
     finally:
@@ -328,7 +318,7 @@ async def test_each_sandbox_has_namespaces_of_its_own_and_no_capabilities(
 @pytest.mark.skipif(bubblewrap.probe() is not None, reason="this host cannot make namespaces")
 async def test_network_true_opens_the_network(tmp_path: Path, functions_dir: Path) -> None:
     (functions_dir / "hostile" / "faasd.yaml").write_text("network: true\n")
-    daemon = await _start(tmp_path, functions_dir)
+    daemon = await started_daemon(tmp_path, functions_dir)
     try:
         assert await _try(daemon, f"connect 127.0.0.1:{daemon.port}") == {"ok": "connected"}
         assert "error" in await _try(daemon, "read /etc/shadow")  # the rest stays confined

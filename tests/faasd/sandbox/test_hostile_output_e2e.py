@@ -18,7 +18,7 @@ import pytest
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
 from faasd.sandbox import lines
-from tests.faasd.builders import make_function
+from tests.faasd.builders import make_function, started_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -61,12 +61,7 @@ def postprocess(outputs):
 async def _start(tmp_path: Path, yaml: str = "", **extra: object) -> Daemon:
     functions = tmp_path / "functions"
     make_function(functions, "hostile", yaml, HOSTILE)
-    config = DaemonConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state",
-                          functions_dir=functions, **extra)  # type: ignore[arg-type]
-    daemon = Daemon(config)
-    await daemon.__aenter__()
-    assert not daemon.load_errors, daemon.load_errors
-    return daemon
+    return await started_daemon(tmp_path, functions, **extra)
 
 
 @pytest.fixture

@@ -36,6 +36,8 @@ from faasd.api.errors import render_error
 from faasd.api.invoke import header_length, parse, ran_headers, read_body, render, v2_workflow
 from faasd.api.keys import SERVICES
 from faasd.api.strict_json import json_response
+from faasd.auth.middleware import caller
+from faasd.auth.tokens import Scope
 from faasd.durable.runner import AsyncCalls, Execute, OnDispatch, Outcome, name_header
 from faasd.durable.store import Call, Kind
 from faasd.errors import BadRequest, Conflict, FaasdError, NotFound, Unavailable, clip
@@ -130,7 +132,8 @@ async def _accept(request: web.Request, kind: Kind) -> web.Response:
     name = request.match_info["name"]
     body, content_type, header_length = await _checked(request, services, kind, name)
     call, replay = await calls.accept(kind, name, body, content_type, header_length,
-                                      _callback_url(request), _idempotency_key(request))
+                                      _callback_url(request), _idempotency_key(request),
+                                      owner=_owner(request))
     headers = {"X-Call-Id": call.id, "Location": f"/system/invocations/{call.id}"}
     if replay:
         headers["X-Idempotent-Replay"] = "true"
@@ -187,7 +190,7 @@ async def list_invocations(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("limit must be a whole number") from None
     kind, name = _listing_filter(request.query)
-    found = await calls.recent(kind, name, limit)
+    found = await calls.recent(kind, name, limit, _only_own(request))
     return json_response([describe(c, with_result=False) for c in found])
 
 
@@ -203,8 +206,24 @@ def _listing_filter(query: Mapping[str, str]) -> tuple[Kind | None, str | None]:
     return (None if key == "name" else Kind(key)), name
 
 
+def _owner(request: web.Request) -> str | None:
+    """Who makes a call: the id of the request's API token (None while the API is open)."""
+    token = caller(request)
+    return None if token is None else token.id
+
+
+def _only_own(request: web.Request) -> str | None:
+    """Whose calls the request may see: an invoke token its own only (None: every call, for an
+    admin token or an open API)."""
+    token = caller(request)
+    return token.id if token is not None and token.scope is Scope.INVOKE else None
+
+
 async def _call(request: web.Request) -> Call:
     call = await _calls(request.app[SERVICES]).get(request.match_info["id"])
+    own = _only_own(request)
+    if call is not None and own is not None and call.owner != own:
+        call = None  # another token's call: as if there were none (its id says nothing)
     if call is None:
         raise NotFound(f"no async call {request.match_info['id']!r} (results are kept for "
                        "async_result_retention_s after a call ends)")
@@ -346,7 +365,8 @@ async def idempotent_calls(request: web.Request, handler: Handler) -> web.Stream
     calls = _calls(services)
     body, content_type, length = await _checked(request, services, kind, name, v2_only)
     call, replay = await calls.accept(kind, name, body, content_type, length, None,
-                                      _idempotency_key(request), v2_only, queued=False)
+                                      _idempotency_key(request), v2_only, queued=False,
+                                      owner=_owner(request))
     if not replay:
         calls.run_now(call.id)  # its caller waits: not behind the queued async calls
     if replay and not call.done:

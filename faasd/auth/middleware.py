@@ -37,6 +37,12 @@ class Access:
 
 
 ACCESS = web.AppKey("access", Access)
+#: The token a request was let through with (absent: no token on record, the API is open).
+CALLER = web.RequestKey("caller", TokenRecord)
+
+
+def caller(request: web.Request) -> TokenRecord | None:
+    return request.get(CALLER)
 
 
 @web.middleware
@@ -48,6 +54,8 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     verdict = authorize(access.records(), request.headers.get("Authorization"),
                         required, access.now_s())
     if verdict.status == 200:
+        if verdict.token is not None:
+            request[CALLER] = verdict.token
         return await handler(request)
     # the token's name only, never the token or its digest
     log.info("%s %s refused (%d)%s", request.method, request.path, verdict.status,

@@ -165,7 +165,7 @@ class AsyncCalls:
     async def accept(self, kind: Kind, name: str, body: bytes, content_type: str,
                      header_length: int | None, callback_url: str | None,
                      idem_key: str | None, v2_only: bool = False,
-                     queued: bool = True) -> tuple[Call, bool]:
+                     queued: bool = True, owner: str | None = None) -> tuple[Call, bool]:
         """The recorded call to the function or workflow `name` and whether it is an earlier
         call with the same key (a replay). A new call is queued for the workers, or with
         `queued` False left for the caller to start (`run_now`).
@@ -176,7 +176,7 @@ class AsyncCalls:
         call = Call(id=os.urandom(16).hex(), name=name, state=State.QUEUED, body=body,
                     content_type=content_type, header_length=header_length,
                     callback_url=callback_url, idem_key=idem_key, fingerprint=fp, attempts=0,
-                    created_s=self._clock.wall(), kind=kind, v2_only=v2_only)
+                    created_s=self._clock.wall(), kind=kind, v2_only=v2_only, owner=owner)
         try:
             stored = await self._read(self.store.accept, call,
                                       self.limits.max_queued_per_target)
@@ -226,8 +226,9 @@ class AsyncCalls:
     async def get(self, call_id: str) -> Call | None:
         return await self._read(self.store.get, call_id)
 
-    async def recent(self, kind: Kind | None, name: str | None, limit: int) -> list[Call]:
-        return await self._read(self.store.recent, kind, name, limit)
+    async def recent(self, kind: Kind | None, name: str | None, limit: int,
+                     owner: str | None = None) -> list[Call]:
+        return await self._read(self.store.recent, kind, name, limit, owner)
 
     async def _read(self, method: Callable[..., T], *args: object) -> T:
         """`method(*args)` off the event loop; 503 once the daemon is stopping."""

@@ -9,7 +9,8 @@ A call's target is a function or a workflow (`Kind`; the two never share a name 
 are deployed, but one may take the other's name later, so the record keeps both). States:
 queued → running → succeeded | failed. A row leaves `running` only through `finish`, guarded
 by its attempt number, so a call completes exactly once even when a run that the daemon's
-restart cut short is retried. Idempotency keys are unique per target.
+restart cut short is retried. Idempotency keys are unique per target and per owner (the API
+token that made the call).
 """
 
 from __future__ import annotations
@@ -50,13 +51,14 @@ CREATE TABLE IF NOT EXISTS invocations(
   dispatched_s REAL,
   callback_tries TEXT,
   v2_only INTEGER NOT NULL DEFAULT 0,
-  result_headers TEXT
+  result_headers TEXT,
+  owner TEXT
 );
 """
 
 _INDEXES = """
-CREATE UNIQUE INDEX IF NOT EXISTS inv_target_idem ON invocations(kind, name, idem_key)
-  WHERE idem_key IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS inv_owner_idem ON invocations(kind, name, COALESCE(owner, ''),
+  idem_key) WHERE idem_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS inv_open ON invocations(state)
   WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS inv_target ON invocations(kind, name, created_s);
@@ -75,6 +77,11 @@ DROP INDEX IF EXISTS inv_function;
 _WITHOUT_DISPATCH = "ALTER TABLE invocations ADD COLUMN dispatched_s REAL;"
 #: ... or before each callback try was recorded (see `callback_tried`) ...
 _WITHOUT_TRIES = "ALTER TABLE invocations ADD COLUMN callback_tries TEXT;"
+#: ... or before each call's owner was (keys were then one space per target).
+_WITHOUT_OWNER = """
+ALTER TABLE invocations ADD COLUMN owner TEXT;
+DROP INDEX IF EXISTS inv_target_idem;
+"""
 #: ... or before the V2 path and an answer's headers were recorded.
 _WITHOUT_FORM = """
 ALTER TABLE invocations ADD COLUMN v2_only INTEGER NOT NULL DEFAULT 0;
@@ -157,6 +164,9 @@ class Call:
     #: the answer's headers a replay gives back besides its type (V2 header length, where and
     #: how it ran)
     result_headers: tuple[tuple[str, str], ...] = ()
+    #: the id of the API token that made the call (None: made while the API was open); its
+    #: idempotency keys are its own, and an invoke token sees only its own calls
+    owner: str | None = None
 
     @property
     def done(self) -> bool:
@@ -166,7 +176,7 @@ class Call:
 _COLUMNS = ("id, name, state, body, content_type, header_length, callback_url, idem_key, "
             "fingerprint, attempts, created_s, started_s, finished_s, status_code, "
             "result_type, result, error, callback_attempts, callback_status, kind, dispatched_s, "
-            "callback_tries, v2_only, result_headers")
+            "callback_tries, v2_only, result_headers, owner")
 
 
 def _call(row: tuple[object, ...]) -> Call:
@@ -206,6 +216,8 @@ class CallStore:
             self._db.execute(_WITHOUT_TRIES)
         if "v2_only" not in columns:
             self._db.executescript(_WITHOUT_FORM)
+        if "owner" not in columns:
+            self._db.executescript(_WITHOUT_OWNER)
         self._db.executescript(_INDEXES)
 
     def close(self) -> None:
@@ -235,7 +247,8 @@ class CallStore:
             try:
                 held = None if call.idem_key is None else db.execute(
                     f"SELECT {_COLUMNS} FROM invocations WHERE kind = ? AND name = ? AND "
-                    "idem_key = ?", (call.kind.value, call.name, call.idem_key)).fetchone()
+                    "COALESCE(owner, '') = ? AND idem_key = ?",
+                    (call.kind.value, call.name, call.owner or "", call.idem_key)).fetchone()
                 if held is None:
                     count = self._open_count(call.kind, call.name)
                     if limit is not None and count >= limit:
@@ -243,10 +256,11 @@ class CallStore:
                     db.execute(
                         f"INSERT INTO invocations({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
                         "0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, ?, NULL, NULL, ?, "
-                        "NULL)",
+                        "NULL, ?)",
                         (call.id, call.name, State.QUEUED.value, call.body, call.content_type,
                          call.header_length, call.callback_url, call.idem_key,
-                         call.fingerprint, call.created_s, call.kind.value, int(call.v2_only)))
+                         call.fingerprint, call.created_s, call.kind.value, int(call.v2_only),
+                         call.owner))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -257,11 +271,16 @@ class CallStore:
         return next(self._rows(f"SELECT {_COLUMNS} FROM invocations WHERE id = ?",
                                (call_id,)), None)
 
-    def recent(self, kind: Kind | None, name: str | None, limit: int) -> list[Call]:
+    def recent(self, kind: Kind | None, name: str | None, limit: int,
+               owner: str | None = None) -> list[Call]:
         """The latest `limit` calls, newest first; only those of `kind` and `name` where given
-        (a name alone: a function's calls and those of a workflow that had its name)."""
+        (a name alone: a function's calls and those of a workflow that had its name), and of
+        `owner` where given."""
         where: list[str] = []
         args: list[object] = []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if kind is not None:
             where.append("kind = ?")
             args.append(kind.value)

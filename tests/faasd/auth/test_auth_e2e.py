@@ -273,3 +273,37 @@ async def test_token_times_over_http_are_strict_json(secured: tuple[Daemon, Toke
             listed = strict(await resp.text())
     forever = next(t for t in listed if t["name"] == "forever")  # type: ignore[attr-defined]
     assert forever["expires"] is None and forever["status"] == "live"
+
+
+async def test_an_invoke_token_sees_its_own_calls_and_keys(
+        secured: tuple[Daemon, TokenStore]) -> None:
+    """Two clients with invoke tokens: neither reads the other's async calls, nor gets the
+    other's answer by sending the same Idempotency-Key; an admin token sees every call."""
+    daemon, store = secured
+    url = daemon.url
+    _, ann = store.create(Scope.INVOKE, "ann", None, 0.0)
+    _, bob = store.create(Scope.INVOKE, "bob", None, 0.0)
+    _, ops = store.create(Scope.ADMIN, "ops", None, 0.0)
+
+    def auth(token: str, **more: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", **more}
+
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/async-function/linear", json=CALL,
+                          headers=auth(ann, **{"Idempotency-Key": "same"})) as resp:
+            assert resp.status == 202
+            anns = resp.headers["X-Call-Id"]
+        async with s.post(f"{url}/async-function/linear", json=CALL,
+                          headers=auth(bob, **{"Idempotency-Key": "same"})) as resp:
+            assert resp.status == 202 and "X-Idempotent-Replay" not in resp.headers
+            bobs = resp.headers["X-Call-Id"]
+        assert bobs != anns
+        for path in (f"/system/invocations/{anns}", f"/system/invocations/{anns}/result"):
+            async with s.get(url + path, headers=auth(bob)) as resp:
+                assert resp.status == 404 and "no async call" in (await resp.json())["error"]
+            async with s.get(url + path, headers=auth(ops)) as resp:
+                assert resp.status in (200, 202)
+        async with s.get(f"{url}/system/invocations", headers=auth(bob)) as resp:
+            assert [c["id"] for c in await resp.json()] == [bobs]
+        async with s.get(f"{url}/system/invocations", headers=auth(ops)) as resp:
+            assert {c["id"] for c in await resp.json()} == {anns, bobs}

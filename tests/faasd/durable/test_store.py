@@ -4,6 +4,7 @@ targets of both kinds, and a record from before workflows taken over as it is.""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_a_record_from_before_workflows_is_taken_over(tmp_path: Path) -> None:
     assert {c.id for c in reopened.open_calls()} == {"old", "w"}
     indexes = {row[0] for row in sqlite3.connect(tmp_path / "invocations.sqlite").execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'inv_%'")}
-    assert indexes == {"inv_target_idem", "inv_open", "inv_target"}
+    assert indexes == {"inv_owner_idem", "inv_open", "inv_target"}
 
 
 def test_each_callback_try_is_recorded(store: CallStore) -> None:
@@ -137,3 +138,13 @@ def test_each_callback_try_is_recorded(store: CallStore) -> None:
     assert call.callback_status == "HTTP 200"
     assert call.callback_tries == ((1.0, "ClientConnectorError: refused"), (2.0, "HTTP 503"),
                                    (4.0, "HTTP 200"))
+
+
+def test_keys_are_each_owners_own(store: CallStore) -> None:
+    """The same key from two API tokens is two calls; from one token, one call."""
+    first = store.accept(replace(_call("a", key="k"), owner="token-1"))
+    assert store.accept(replace(_call("b", key="k"), owner="token-2")).id == "b"
+    assert store.accept(replace(_call("c", key="k"), owner="token-1")).id == first.id
+    assert store.accept(_call("d", key="k")).id == "d"  # an open API: no owner
+    assert store.accept(_call("e", key="k")).id == "d"
+    assert [c.id for c in store.recent(None, None, 10, owner="token-2")] == ["b"]

@@ -225,12 +225,28 @@ def from_json_data(name: str, data: Any, shape: tuple[int, ...], datatype: str) 
 
 def as_array(name: str, data: Any, dtype: Any, datatype: str) -> np.ndarray:
     """JSON values as an array of `dtype`, or BadRequest: a value out of the datatype's range
-    (INT32 4294967296, UINT8 -1, FP32 1e40) is refused, never wrapped or made infinite."""
+    (INT32 4294967296, UINT8 -1, FP32 1e40) is refused, never wrapped or made infinite, and so
+    is a number with a fraction for an integer datatype (INT32 1.5), never truncated (Triton
+    refuses it too)."""
     try:
         with np.errstate(over="raise", invalid="raise"):
+            if np.dtype(dtype).kind in "iu":
+                _whole(name, data, datatype)
             return np.asarray(data, dtype=dtype)
     except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
         raise BadRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
+
+
+def _whole(name: str, data: Any, datatype: str) -> None:
+    """BadRequest if `data` (JSON numbers, nested) holds one with a fraction. Integer inputs
+    are rare and small (token ids, indices), so looking at them twice costs little."""
+    probe = np.asarray(data)
+    if probe.dtype.kind != "f":
+        return  # whole numbers (or not numbers at all: the conversion says so)
+    fractional = probe[np.mod(probe, 1) != 0]
+    if fractional.size:
+        raise BadRequest(f"input {name!r}: {datatype} takes whole numbers, got "
+                         f"{float(fractional.flat[0])!r}; send integers")
 
 
 def _to_bytes(value: Any) -> bytes:

@@ -155,6 +155,8 @@ def _v2(extra: str, data: str = "[1, 2]", datatype: str = "FP32",
         (_v2("", "[-1, 1]", "UINT8"), "out of bounds for uint8"),
         (_v2("", "[18446744073709551616, 1]", "INT64"), "not INT64"),
         (_v2("", "[1e40, 1]", "FP32"), "overflow"),
+        (_v2("", "[1.5, 1]", "INT32"), "INT32 takes whole numbers, got 1.5"),
+        (_v2("", "[2, 2.9]", "UINT8"), "UINT8 takes whole numbers, got 2.9"),
     ],
 )
 def test_malformed_v2_fields_are_bad_requests_not_crashes(body: bytes, fragment: str) -> None:
@@ -166,6 +168,9 @@ def test_plain_json_out_of_range_is_a_bad_request() -> None:
     spec = TensorSpec("x", "UINT8", (-1, 2))
     with pytest.raises(BadRequest, match="out of bounds for uint8"):
         decode_plain({"x": [[1, 256]]}, [spec])
+    with pytest.raises(BadRequest, match="takes whole numbers"):
+        decode_plain({"x": [[1, 0.5]]}, [spec])
+    assert decode_plain({"x": [[1, 2.0]]}, [spec])["x"].tolist() == [[1, 2]]  # whole: taken
 
 
 def test_null_parameters_and_outputs_mean_the_defaults() -> None:

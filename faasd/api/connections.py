@@ -31,6 +31,8 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from faasd.api.strict_json import dumps
+
 log = logging.getLogger("faasd.api")
 
 #: File descriptors kept free for what is not a client connection: sandboxes' sockets, pipes
@@ -96,6 +98,18 @@ def overdue(state: ConnectionState, now_s: float, limits: ConnectionLimits) -> s
         return (f"body not received within {limits.body_timeout_s:g} s (at {rate:.0f} B/s, "
                 f"under the minimum of {limits.min_body_rate_bps:g} B/s)")
     return None
+
+
+#: The first word of `overdue`'s reasons for a request left half sent.
+_HALF_SENT = frozenset({"headers", "body"})
+
+
+def _timeout_answer(why: str) -> bytes:
+    """A whole HTTP/1.1 408 answer with a JSON body saying `why`; the connection closes."""
+    body = dumps({"error": f"request timeout: {why}; send the whole request at once"}).encode()
+    head = ("HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
 
 
 def raise_fd_limit() -> int:
@@ -211,12 +225,19 @@ class ConnectionGuard:
     # the sweep
 
     def sweep(self) -> int:
-        """Close every connection past its limits; how many were closed."""
+        """Close every connection past its limits; how many were closed. A client that left a
+        request half sent (its headers, or its body) is told so first: a 408 JSON answer, as
+        any other error (one that sent nothing, or sits idle between requests, is closed
+        without a word, as HTTP servers do)."""
         now = self._now()
         doomed = [(t, why) for t, s in self._open.items()
                   if (why := overdue(s, now, self.limits)) is not None]
         for transport, why in doomed:
-            self._close(transport, why.split(" ")[0])
+            reason = why.split(" ")[0]
+            if reason in _HALF_SENT:
+                with contextlib.suppress(Exception):  # the peer may be gone already
+                    transport.write(_timeout_answer(why))
+            self._close(transport, reason)
         return len(doomed)
 
     async def _sweep_forever(self) -> None:
@@ -246,7 +267,10 @@ class ConnectionGuard:
     def _close(self, transport: asyncio.Transport, reason: str) -> None:
         self._open.pop(transport, None)
         self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
-        transport.abort()
+        if reason in _HALF_SENT:
+            transport.close()  # after the 408 (a few hundred bytes: the socket takes them)
+        else:
+            transport.abort()
 
     def _log_cap(self, refused: bool) -> None:
         now = self._now()

@@ -4,6 +4,7 @@ the daemon keeps answering everyone else meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -72,16 +73,19 @@ async def _open(port: int, first: bytes = b"") -> tuple[asyncio.StreamReader,
     return reader, writer
 
 
-async def _closed_within(reader: asyncio.StreamReader, timeout_s: float) -> bool:
+async def _closed_within(reader: asyncio.StreamReader, timeout_s: float) -> bytes | None:
+    """What the daemon wrote before it closed the connection within `timeout_s`; None if it
+    stayed open."""
+    got = b""
     try:
         async with asyncio.timeout(timeout_s):
-            while await reader.read(65536):
-                pass
+            while chunk := await reader.read(65536):
+                got += chunk
     except TimeoutError:
-        return False
+        return None
     except ConnectionError:
         pass
-    return True
+    return got
 
 
 async def _healthz_ms(url: str) -> float:
@@ -108,8 +112,13 @@ async def test_slow_and_silent_connections_are_closed_while_others_are_served(
         writer.write(b" ")
     started = time.perf_counter()
     results = await asyncio.gather(*(_closed_within(r, 5) for r, _ in silent + partial + drip))
-    assert all(results), results.count(False)
+    assert None not in results, results.count(None)
     assert time.perf_counter() - started < 4
+    assert results[:10] == [b""] * 10  # never sent a byte: closed without a word
+    for answer in results[10:]:  # a request left half sent is told so, in JSON
+        head, _, body = answer.partition(b"\r\n\r\n")  # type: ignore[union-attr]
+        assert head.startswith(b"HTTP/1.1 408 ") and b"application/json" in head, head
+        assert "request timeout" in json.loads(body)["error"]
     guard = daemon.connections
     assert guard is not None
     assert guard.open_count == 0
@@ -123,7 +132,7 @@ async def test_idle_keep_alive_is_closed_after_idle_timeout(daemon: Daemon) -> N
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     started = time.perf_counter()
-    assert await _closed_within(reader, 6)
+    assert await _closed_within(reader, 6) is not None
     assert 1.5 < time.perf_counter() - started < 5  # idle_timeout_s is 2, the sweep 1 s
     writer.close()
 
@@ -138,7 +147,7 @@ async def test_past_the_cap_the_oldest_idle_connection_goes_and_it_is_logged(
     hogs = [await _open(daemon.port) for _ in range(20)]
     await asyncio.sleep(0.1)
     assert await _healthz_ms(daemon.url) < 1000
-    assert await _closed_within(hogs[0][0], 1)  # the oldest made room
+    assert await _closed_within(hogs[0][0], 1) is not None  # the oldest made room
     assert guard.open_count <= 20
     assert "connection cap of 20 reached" in caplog.text
     for _, writer in hogs:

@@ -14,6 +14,7 @@ import io
 import itertools
 import lzma
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -69,10 +70,12 @@ MAX_HEADER_BYTES = 2**20
 
 #: The compressions `unpack` reads, by their magic bytes (as tarfile's `r|*` knows them); the
 #: file objects they open are closed by `unpack`.
-_DECOMPRESSORS: tuple[tuple[bytes, Callable[[BinaryIO], io.BufferedIOBase]], ...] = (
-    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
-    (b"BZh", lambda raw: bz2.BZ2File(raw)),
-    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw)),  # noqa: SIM115
+_DECOMPRESSORS: tuple[tuple[re.Pattern[bytes], Callable[[BinaryIO], io.BufferedIOBase]], ...] = (
+    (re.compile(rb"\A\x1f\x8b"), lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    # "BZh", the block size, then the first block's magic: not a plain tar whose first
+    # member's name starts with "BZh"
+    (re.compile(rb"\ABZh[1-9]1AY&SY"), lambda raw: bz2.BZ2File(raw)),
+    (re.compile(rb"\A\xfd7zXZ\x00"), lambda raw: lzma.LZMAFile(raw)),  # noqa: SIM115
 )
 
 
@@ -110,7 +113,7 @@ class _Bounded(io.RawIOBase):
 def _decompressed(data: bytes) -> io.BufferedIOBase:
     raw = io.BytesIO(data)
     for magic, opener in _DECOMPRESSORS:
-        if data.startswith(magic):
+        if magic.match(data):
             return opener(raw)
     return raw
 

@@ -174,10 +174,10 @@ def _workflow_plan(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         doc = _client(args).json("GET", f"/system/workflow/{args.workflow}/plan")
-    except (ClientError, TokenError) as exc:
-        if isinstance(exc, TokenError):
-            print(f"faasd: {exc}", file=sys.stderr)
-            return EXIT_ERROR
+    except TokenError as exc:
+        print(f"faasd: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ClientError as exc:
         print(f"faasd: {exc.message}", file=sys.stderr)
         return exc.exit_code
     if args.output == "json":

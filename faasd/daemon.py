@@ -8,8 +8,8 @@ Shutdown order (SIGTERM, SIGINT, or `stop()`), each step finishing before the ne
 
 1. stop accepting: STOPPING=1; the controller answers new calls 503; the listener closes;
 2. drain: calls already admitted finish (queued ones are still dispatched), up to
-   `drain_timeout_s`; HTTP handlers answer them; async calls under way finish too (then up
-   to `drain_timeout_s` more), while queued ones stay recorded for the next start;
+   `drain_timeout_s`; HTTP handlers answer them; async calls under way finish too (within
+   the same `drain_timeout_s`), while queued ones stay recorded for the next start;
 3. stop sandboxes: the pool stops every sandbox and the fork server;
 4. GPUs: the MPS control daemon faasd started is stopped.
 5. leave the cluster: resign the leadership, stop the etcd member, leave the gossip (with a
@@ -403,6 +403,8 @@ class Daemon:
             return
         self._stopped = True
         self.notifier.stopping()
+        # one drain for all: the HTTP handlers' and the async calls' share `drain_timeout_s`
+        drain_until = asyncio.get_running_loop().time() + self.config.drain_timeout_s
         services = self._services
         if services is not None:
             await self._stop_cluster_traffic(services)
@@ -416,7 +418,8 @@ class Daemon:
             await self.connections.stop()
         if services is not None and services.invocations is not None:
             # what still runs after this stays recorded as running: the next start runs it
-            await services.invocations.stop(self.config.drain_timeout_s)
+            left_s = drain_until - asyncio.get_running_loop().time()
+            await services.invocations.stop(max(0.0, left_s))
         await self._stop_placing()
         if services is not None:
             if not await services.controller.drain(timeout_s=1.0):

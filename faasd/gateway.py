@@ -118,6 +118,7 @@ class Invocation:
     #: Called, synchronously, when the call is handed to a sandbox (or, at a cluster entry
     #: that does not lead, to the leader that places it), before the sandbox gets it: an async
     #: call to a function that must not run twice records it there (`faasd.durable.runner`).
+    #: It runs inside the scheduler's dispatch, so it must not raise.
     on_dispatch: Callable[[], None] | None = field(default=None, compare=False)
 
     def queued_for_s(self, dispatched_s: float) -> float:

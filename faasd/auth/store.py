@@ -128,6 +128,7 @@ class TokenCache:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / FILE_NAME
         self._signature: tuple[int, ...] | None = None
+        self._warned_for: tuple[int, ...] | None = None
         self._records: Mapping[str, TokenRecord] = {}
 
     def records(self) -> Mapping[str, TokenRecord]:
@@ -136,12 +137,16 @@ class TokenCache:
             loaded = self._load() if signature else None
             if loaded:
                 self._records = loaded
-            elif self._records:
+            elif self._records and signature != self._warned_for:
+                self._warned_for = signature
                 log.warning("%s %s; keeping the %d token(s) already known, so the API stays "
                             "closed (restart faasd to read the tokens afresh)", self.path,
                             "is gone" if not signature else "holds no readable token",
                             len(self._records))
-            self._signature = signature
+            if loaded is not None or not signature:
+                # a file that could not be read (caught mid-write, say) is read again at the
+                # next request, so a revocation in it is not missed
+                self._signature = signature
         return self._records
 
     def _signature_now(self) -> tuple[int, ...]:

@@ -13,8 +13,9 @@ target the first dispatch is recorded, synced, before the sandbox gets the call,
 never got that far runs again); after `max_attempts` runs that never finished, the call fails
 with that reason. A stop first lets the runs under way finish (`stop(drain_s)`), as a
 synchronous call would, and takes no queued call meanwhile. A call whose target is busy (the
-controller answers 429) waits and tries again without using an attempt; one refused because
-the daemon is stopping (503) stays running and is taken up at the next start. (A workflow
+controller answers 429) waits and tries again without using an attempt, and so does one
+answered 503 (no leader, say) for up to `unavailable_retry_s`; one refused because the daemon
+is stopping stays running and is taken up at the next start. (A workflow
 answers 429 only when its source was refused, before any stage ran: a later stage refused
 fails the call as a 502, see `StageFailed` in `faasd.workflows.runner`, so trying again never
 runs a stage twice.)
@@ -91,6 +92,8 @@ class Limits:
     callback_backoff_s: float = 0.5
     callback_timeout_s: float = 10.0
     busy_retry_s: float = 0.2
+    #: how long a call answered 503 (not while the daemon stops) is tried again
+    unavailable_retry_s: float = 60.0
 
 
 class AsyncCalls:
@@ -250,8 +253,14 @@ class AsyncCalls:
 
     def run_now(self, call_id: str) -> None:
         """Run a call accepted with `queued=False` at once, beside the workers: a keyed
-        synchronous call, whose caller waits, does not queue behind the async calls."""
-        if call_id not in self._known and not self._draining:
+        synchronous call, whose caller waits, does not queue behind the async calls.
+        Unavailable (503) once the daemon is stopping: the call stays recorded, and the next
+        start runs it."""
+        if self._draining:
+            raise Unavailable("faasd is stopping; the call is recorded and runs when it "
+                              "starts again: retry with the same Idempotency-Key",
+                              retry_after_s=5, call_id=call_id)
+        if call_id not in self._known:
             self._known.add(call_id)
             self._spawn(self._take(call_id))
 
@@ -291,13 +300,22 @@ class AsyncCalls:
             return
         log.info("async call %s to %s %s: run %d", call_id, call.kind.value, call.name, attempt)
         on_dispatch = None if refusal is None else self._dispatch_marker(call.id)
+        waited_s = 0.0
         while True:
             outcome = await self._execute(call, on_dispatch)
-            if outcome.status_code != 429 or self._stopping:
+            if self._draining or self._stopping:
+                if outcome.status_code == 503:  # refused because the daemon stops: the next
+                    return                      # start runs it
                 break
-            await asyncio.sleep(self.limits.busy_retry_s)  # busy: wait, no attempt used
-        if outcome.status_code == 503:  # the daemon is stopping: the next start runs it
-            return
+            # Busy (429), or not placeable for now (503: no leader, a GPU lost): wait and try
+            # again without using an attempt; a 503 for longer than `unavailable_retry_s` is
+            # the call's answer.
+            if outcome.status_code == 429 or (
+                    outcome.status_code == 503 and waited_s < self.limits.unavailable_retry_s):
+                await asyncio.sleep(self.limits.busy_retry_s)
+                waited_s += self.limits.busy_retry_s
+                continue
+            break
         await self._finish(call, attempt, outcome, None)
 
     def _dispatch_marker(self, call_id: str) -> OnDispatch:
@@ -309,7 +327,11 @@ class AsyncCalls:
             nonlocal marked
             if not marked:
                 marked = True
-                self.store.mark_dispatched(call_id, self._clock.wall())
+                try:
+                    self.store.mark_dispatched(call_id, self._clock.wall())
+                except Exception:  # inside the scheduler: the batch must go on regardless
+                    log.exception("async call %s: could not record its dispatch; if the daemon "
+                                  "dies during this run, the call runs again", call_id)
 
         return mark
 

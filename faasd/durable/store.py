@@ -3,7 +3,9 @@
 SQLite in WAL mode with `synchronous=FULL`: a call's row is committed, and the commit synced to
 disk, before the client gets its 202, so an accepted call survives `kill -9` of the daemon and
 a power loss (as far as the disk honours fsync). Every method is blocking; the runner calls
-them through `asyncio.to_thread`, one at a time (one connection, one lock).
+them through `asyncio.to_thread`, one at a time (one connection, one lock), except
+`mark_dispatched`, which must be on disk before the sandbox gets the call and so runs on the
+event loop, inside the dispatch (only for functions that must not run twice).
 
 A call's target is a function or a workflow (`Kind`; the two never share a name while both
 are deployed, but one may take the other's name later, so the record keeps both). States:
@@ -73,20 +75,19 @@ DROP INDEX IF EXISTS inv_idem;
 DROP INDEX IF EXISTS inv_function;
 """
 
-#: A record written before a run's first dispatch was recorded (see `mark_dispatched`).
-_WITHOUT_DISPATCH = "ALTER TABLE invocations ADD COLUMN dispatched_s REAL;"
-#: ... or before each callback try was recorded (see `callback_tried`) ...
-_WITHOUT_TRIES = "ALTER TABLE invocations ADD COLUMN callback_tries TEXT;"
-#: ... or before each call's owner was (keys were then one space per target).
-_WITHOUT_OWNER = """
-ALTER TABLE invocations ADD COLUMN owner TEXT;
-DROP INDEX IF EXISTS inv_target_idem;
-"""
-#: ... or before the V2 path and an answer's headers were recorded.
-_WITHOUT_FORM = """
-ALTER TABLE invocations ADD COLUMN v2_only INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE invocations ADD COLUMN result_headers TEXT;
-"""
+#: What a record written before each of these columns existed is given: (column, SQL). A
+#: call such a daemon left running may have reached a sandbox (it did not record dispatches),
+#: so it counts as dispatched (`mark_dispatched`); keys became each owner's own (`owner`).
+_ADDED_COLUMNS = (
+    ("dispatched_s", "ALTER TABLE invocations ADD COLUMN dispatched_s REAL;\n"
+                     "UPDATE invocations SET dispatched_s = COALESCE(started_s, created_s) "
+                     "WHERE state = 'running';\n"),
+    ("callback_tries", "ALTER TABLE invocations ADD COLUMN callback_tries TEXT;\n"),
+    ("v2_only", "ALTER TABLE invocations ADD COLUMN v2_only INTEGER NOT NULL DEFAULT 0;\n"),
+    ("result_headers", "ALTER TABLE invocations ADD COLUMN result_headers TEXT;\n"),
+    ("owner", "ALTER TABLE invocations ADD COLUMN owner TEXT;\n"
+              "DROP INDEX IF EXISTS inv_target_idem;\n"),
+)
 
 
 class StoreClosed(RuntimeError):
@@ -210,14 +211,9 @@ class CallStore:
             # one transaction: a daemon killed halfway finds the old record, and migrates again
             self._db.executescript(f"BEGIN IMMEDIATE;\n{_FROM_FUNCTIONS_ONLY}COMMIT;")
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(invocations)")}
-        if "dispatched_s" not in columns:
-            self._db.execute(_WITHOUT_DISPATCH)
-        if "callback_tries" not in columns:
-            self._db.execute(_WITHOUT_TRIES)
-        if "v2_only" not in columns:
-            self._db.executescript(_WITHOUT_FORM)
-        if "owner" not in columns:
-            self._db.executescript(_WITHOUT_OWNER)
+        added = "".join(sql for column, sql in _ADDED_COLUMNS if column not in columns)
+        if added:  # one transaction, for the reason above
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{added}COMMIT;")
         self._db.executescript(_INDEXES)
 
     def close(self) -> None:

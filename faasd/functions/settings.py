@@ -55,6 +55,8 @@ MIN_MEMORY_MB = 64
 #: The fewest processes and threads a sandbox can start in: its keeper, its PID namespace's
 #: init, itself and a few threads of onnxruntime's.
 MIN_PIDS = 8
+#: The kernel's PID_MAX_LIMIT: a cgroup's pids.max takes nothing larger.
+MAX_PIDS = 4_194_304
 #: The largest number any setting takes (2**53: every whole number up to it is exact as a
 #: float, and as a JSON number in any client); past it a value is a slip, not a setting.
 MAX_NUMBER = 2**53
@@ -138,8 +140,8 @@ _RULES: Mapping[str, _Rule] = {
                        whole=True, minimum=MIN_MEMORY_MB),
     "gpu_memory_mb": _Rule("a whole number of MiB of device memory >= 0 (0 = the slice's own)",
                            "2048", whole=True),
-    "max_pids": _Rule(f"a whole number of processes and threads >= {MIN_PIDS}", "64",
-                      whole=True, minimum=MIN_PIDS),
+    "max_pids": _Rule(f"a whole number of processes and threads from {MIN_PIDS} to "
+                      f"{MAX_PIDS}", "64", whole=True, minimum=MIN_PIDS, maximum=MAX_PIDS),
     "min_instances": _Rule("a whole number >= 0", "0", whole=True),
     "max_instances": _Rule("a whole number >= 1", "4", whole=True, minimum=1),
     "keep_alive_s": _Rule("a number of seconds >= 0", "300"),

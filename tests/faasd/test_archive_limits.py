@@ -154,11 +154,14 @@ def test_a_long_name_under_the_header_bound_is_echoed_cut(tmp_path: Path) -> Non
         + MAX_ECHO_CHARS
 
 
-@pytest.mark.parametrize("mode", ["w:", "w:gz", "w:bz2", "w:xz"])
-def test_every_compression_tarfile_reads_still_unpacks(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "first"), [("w:", "fn"), ("w:gz", "fn"), ("w:bz2", "fn"),
+                                             ("w:xz", "fn"), ("w:", "BZh91AY")])
+def test_every_compression_tarfile_reads_still_unpacks(tmp_path: Path, mode: str,
+                                                       first: str) -> None:
+    """Plain, gzip, bzip2, xz; and a plain tar whose first name starts as bzip2's magic."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode=mode) as tar:
-        info = tarfile.TarInfo("fn/handler.py")
+        info = tarfile.TarInfo(f"{first}/handler.py")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"x\n"))
     directory = unpack(out.getvalue(), tmp_path, max_bytes=2**20)

@@ -80,3 +80,19 @@ def test_a_given_token_is_recorded_once_and_must_look_like_one(tmp_path: Path) -
             second.create(Scope.ADMIN, None, None, 1.0, token=bad)
     assert [r.name for r in second.list()] == ["ops"]
 
+
+
+def test_a_read_that_failed_is_tried_again(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revocation landing while the file could not be read (caught mid-write) is not missed:
+    the next request reads the same file again."""
+    cache = TokenCache(tmp_path)
+    store = TokenStore(tmp_path)
+    _, token = store.create(Scope.INVOKE, "a", None, 1.0)
+    assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 200
+    real_load = cache._load
+    monkeypatch.setattr(cache, "_load", lambda: None)  # the read after the revocation fails
+    store.revoke("a", 1.5)
+    assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 200
+    monkeypatch.setattr(cache, "_load", real_load)  # the file unchanged, readable again
+    assert authorize(cache.records(), f"Bearer {token}", Scope.INVOKE, 2.0).status == 401

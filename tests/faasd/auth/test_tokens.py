@@ -111,14 +111,17 @@ def test_bad_durations_say_how(text: str) -> None:
         parse_duration_s(text)
 
 
-@pytest.mark.parametrize("text", ["9" * 400 + "w", "99999999d", "3651d", "522w", "1e9"])
+@pytest.mark.parametrize("text", ["9" * 400 + "w", "99999999d", "3651d", "522w", "999999999"])
 def test_lifetimes_past_ten_years_are_refused(text: str) -> None:
     """`999…9w` became an expiry of Infinity (GET /system/tokens answered it, `token list`
     crashed on it), `99999999d` a year no date can show: both refused before storing."""
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(ValueError, match="longer than 10 years") as refused:
         parse_duration_s(text)
-    assert "longer than 10 years" in str(refused.value) or "not a duration" in str(refused.value)
     assert len(str(refused.value)) < 300
+
+
+def test_ten_years_is_the_longest_lifetime() -> None:
+    assert parse_duration_s("3650d") == MAX_LIFETIME_S
 
 
 @given(st.from_regex(r"\A[0-9]{1,30}(\.[0-9]{1,5})?[smhdw]?\Z"))
@@ -128,7 +131,6 @@ def test_an_accepted_lifetime_is_finite_and_at_most_ten_years(text: str) -> None
     except ValueError:
         return
     assert math.isfinite(seconds) and 0 < seconds <= MAX_LIFETIME_S
-    assert parse_duration_s("3650d") == MAX_LIFETIME_S
 
 
 @pytest.mark.parametrize(("stored", "shown"), [

@@ -211,7 +211,11 @@ async def test_a_stop_lets_a_running_keyed_call_finish_and_keeps_its_answer(
                     return resp.status, await resp.text()
 
             waiting = asyncio.ensure_future(keyed())
-            await asyncio.sleep(0.5)
+            async with asyncio.timeout(20):  # until the call is running
+                while not any(c.state.value == "running"
+                              for c in await daemon.services.invocations.recent(  # type: ignore[union-attr]
+                                  None, "texty", 10)):
+                    await asyncio.sleep(0.05)
             started = asyncio.get_running_loop().time()
             await daemon.stop()
             stopped = True
@@ -232,7 +236,9 @@ async def test_a_stop_lets_a_running_keyed_call_finish_and_keeps_its_answer(
 async def test_a_keyed_synchronous_call_does_not_wait_behind_async_calls(
         tmp_path: Path) -> None:
     """Six async calls to `single` (one at a time) hold every async worker for seconds; a
-    keyed call to `linear` still runs at once, and ends before the first of them."""
+    keyed call to `linear` still runs at once. Queued behind them it would end after the
+    third (a worker frees when one ends, and takes the next queued first); at once, it ends
+    before the second, 1.5 s after the first, whatever its own cold start on a busy machine."""
     root = tmp_path / "functions"
     make_function(root, "linear")
     make_function(root, "single", "timeout_s: 10\nmax_instances: 1\n", TEXT_HANDLER)
@@ -248,4 +254,4 @@ async def test_a_keyed_synchronous_call_does_not_wait_behind_async_calls(
         ends = {}
         for call_id in [keyed, *queued]:
             ends[call_id] = (await invocation_finished(s, daemon.url, call_id))["finished"]
-        assert ends[keyed] < min(ends[c] for c in queued)
+        assert ends[keyed] < sorted(ends[c] for c in queued)[1]

@@ -148,3 +148,37 @@ def test_keys_are_each_owners_own(store: CallStore) -> None:
     assert store.accept(_call("d", key="k")).id == "d"  # an open API: no owner
     assert store.accept(_call("e", key="k")).id == "d"
     assert [c.id for c in store.recent(None, None, 10, owner="token-2")] == ["b"]
+
+
+#: The record as the daemon of stop 27 wrote it: a call to a function left running, keyed.
+STOP_27_SCHEMA = """
+CREATE TABLE invocations(
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, body BLOB NOT NULL,
+  content_type TEXT NOT NULL, header_length INTEGER, callback_url TEXT, idem_key TEXT,
+  fingerprint TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, created_s REAL NOT NULL,
+  started_s REAL, finished_s REAL, status_code INTEGER, result_type TEXT, result BLOB,
+  error TEXT, callback_attempts INTEGER NOT NULL DEFAULT 0, callback_status TEXT,
+  kind TEXT NOT NULL DEFAULT 'function');
+CREATE UNIQUE INDEX inv_target_idem ON invocations(kind, name, idem_key)
+  WHERE idem_key IS NOT NULL;
+CREATE INDEX inv_open ON invocations(state) WHERE state IN ('queued', 'running');
+CREATE INDEX inv_target ON invocations(kind, name, created_s);
+INSERT INTO invocations(id, name, state, body, content_type, idem_key, fingerprint, attempts,
+                        created_s, started_s)
+  VALUES ('cut', 'f', 'running', x'7b7d', 'application/json', 'k', 'fp', 1, 1.0, 2.0);
+"""
+
+
+def test_a_record_from_stop_27_is_taken_over_in_one_step(tmp_path: Path) -> None:
+    """Its running call may have reached a sandbox (that daemon recorded no dispatch), so a
+    function that must not run twice is not run again; keys become each owner's own."""
+    db = sqlite3.connect(tmp_path / "invocations.sqlite")
+    db.executescript(STOP_27_SCHEMA)
+    db.close()
+    store = CallStore(tmp_path)
+    [cut] = store.open_calls()
+    assert cut.dispatched_s == 2.0 and cut.owner is None and not cut.v2_only
+    assert store.accept(replace(_call("a", key="k"), owner="token-1")).id == "a"
+    assert store.accept(replace(_call("b", key="k"), owner="token-2")).id == "b"
+    store.close()
+    assert CallStore(tmp_path).get("cut") == cut  # taken over once

@@ -141,7 +141,7 @@ async def test_megabytes_of_stderr_without_a_newline_make_one_bounded_log_line(
             started = time.perf_counter()
             async with s.get(f"{daemon.url}/healthz") as resp:
                 assert resp.status == 200
-            assert time.perf_counter() - started < 0.5
+            assert time.perf_counter() - started < 2.0  # served, not stalled (a busy CI too)
             await asyncio.sleep(0.05)
     assert await flood == (200, {"ok": True})
     for _ in range(100):  # the relay logs what the sandbox wrote as it reads it

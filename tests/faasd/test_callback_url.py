@@ -9,7 +9,7 @@ import yarl
 from hypothesis import given
 from hypothesis import strategies as st
 
-from faasd.api.invocations import checked_callback_url
+from faasd.api.callback_url import checked_callback_url
 from faasd.errors import BadRequest
 
 hosts = st.one_of(

@@ -8,7 +8,9 @@ through HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,3 +120,17 @@ async def started_daemon(tmp_path: Path, functions_dir: Path, **extra: object) -
     await daemon.__aenter__()
     assert not daemon.load_errors, daemon.load_errors
     return daemon
+
+
+@contextlib.asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """`app` (an aiohttp Application) served on a free loopback port: its base URL."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from faasd.api.errors import MAX_ERROR_CHARS, json_errors
 from faasd.errors import BadRequest, Overloaded, SandboxTimeout, Unavailable
+from tests.faasd.builders import served
 
 
 async def _raise(request: web.Request) -> web.Response:
@@ -33,13 +34,8 @@ async def _raise(request: web.Request) -> web.Response:
 async def url() -> AsyncIterator[str]:
     app = web.Application(middlewares=[json_errors])
     app.router.add_get("/x/{kind}", _raise)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with served(app) as base:
+        yield base
 
 
 @pytest.mark.parametrize(

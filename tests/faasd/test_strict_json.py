@@ -16,6 +16,7 @@ from faasd.api.errors import json_errors
 from faasd.api.invocations import describe
 from faasd.api.strict_json import dumps, json_response
 from faasd.durable.store import Call, State
+from tests.faasd.builders import served
 
 API = Path(__file__).parents[2] / "faasd" / "api"
 
@@ -48,12 +49,8 @@ async def _nan(request: web.Request) -> web.Response:
 async def url() -> AsyncIterator[str]:
     app = web.Application(middlewares=[json_errors])
     app.router.add_get("/nan", _nan)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with served(app) as base:
+        yield base
 
 
 async def test_a_nan_that_reaches_an_answer_is_a_logged_500_not_invalid_json(

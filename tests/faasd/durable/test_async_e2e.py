@@ -14,7 +14,13 @@ from aiohttp import web
 
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
-from tests.faasd.builders import TEXT_HANDLER, expected_y, invocation_finished, make_function
+from tests.faasd.builders import (
+    TEXT_HANDLER,
+    expected_y,
+    invocation_finished,
+    make_function,
+    served,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -93,35 +99,28 @@ async def test_callback_receives_the_answer(daemon: Daemon) -> None:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    hook_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
-        async with aiohttp.ClientSession() as s:
-            _, _, doc = await _accept(s, daemon.url, "texty", b"1,2,3,4",
-                                      {"X-Callback-Url": hook_url})
-            async with asyncio.timeout(30):
-                while not received:
-                    await asyncio.sleep(0.05)
-            headers, body = received[0]
-            assert headers["X-Call-Id"] == doc["id"]
-            assert headers["X-Function-Status"] == "200"
-            assert json.loads(body)["sum"] == pytest.approx(sum(expected_y([1, 2, 3, 4])))
-            for _ in range(100):
-                done = await invocation_finished(s, daemon.url, doc["id"])
-                if done["callback"]["status"] is not None:
-                    break
+    async with served(app) as base, aiohttp.ClientSession() as s:
+        hook_url = f"{base}/hook"
+        _, _, doc = await _accept(s, daemon.url, "texty", b"1,2,3,4",
+                                  {"X-Callback-Url": hook_url})
+        async with asyncio.timeout(30):
+            while not received:
                 await asyncio.sleep(0.05)
-            callback = done["callback"]
-            assert (callback["url"], callback["attempts"], callback["status"]) == (
-                hook_url, 2, "HTTP 204")
-            first, second = callback["tries"]  # each try, when and how it went
-            assert (first["outcome"], second["outcome"]) == ("HTTP 503", "HTTP 204")
-            assert second["at"] - first["at"] >= 0.5  # the backoff
-    finally:
-        await runner.cleanup()
+        headers, body = received[0]
+        assert headers["X-Call-Id"] == doc["id"]
+        assert headers["X-Function-Status"] == "200"
+        assert json.loads(body)["sum"] == pytest.approx(sum(expected_y([1, 2, 3, 4])))
+        for _ in range(100):
+            done = await invocation_finished(s, daemon.url, doc["id"])
+            if done["callback"]["status"] is not None:
+                break
+            await asyncio.sleep(0.05)
+        callback = done["callback"]
+        assert (callback["url"], callback["attempts"], callback["status"]) == (
+            hook_url, 2, "HTTP 204")
+        first, second = callback["tries"]  # each try, when and how it went
+        assert (first["outcome"], second["outcome"]) == ("HTTP 503", "HTTP 204")
+        assert second["at"] - first["at"] >= 0.5  # the backoff
 
 
 async def test_idempotency_keys(daemon: Daemon) -> None:

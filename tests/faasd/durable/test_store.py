@@ -111,11 +111,16 @@ INSERT INTO invocations(id, function, state, body, content_type, idem_key, finge
 """
 
 
-def test_a_record_from_before_workflows_is_taken_over(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "invocations.sqlite")
-    db.executescript(OLD_SCHEMA)
+def _opened_after(state_dir: Path, schema: str) -> CallStore:
+    """The record an older daemon wrote (`schema`, with its rows), opened by this one."""
+    db = sqlite3.connect(state_dir / "invocations.sqlite")
+    db.executescript(schema)
     db.close()
-    store = CallStore(tmp_path)
+    return CallStore(state_dir)
+
+
+def test_a_record_from_before_workflows_is_taken_over(tmp_path: Path) -> None:
+    store = _opened_after(tmp_path, OLD_SCHEMA)
     [old] = store.open_calls()  # the call a stopped daemon left running still runs
     assert (old.id, old.name, old.kind, old.attempts) == ("old", "f", Kind.FUNCTION, 1)
     assert store.accept(_call("again", key="k")).id == "old"  # its key still holds
@@ -172,10 +177,7 @@ INSERT INTO invocations(id, name, state, body, content_type, idem_key, fingerpri
 def test_a_record_from_stop_27_is_taken_over_in_one_step(tmp_path: Path) -> None:
     """Its running call may have reached a sandbox (that daemon recorded no dispatch), so a
     function that must not run twice is not run again; keys become each owner's own."""
-    db = sqlite3.connect(tmp_path / "invocations.sqlite")
-    db.executescript(STOP_27_SCHEMA)
-    db.close()
-    store = CallStore(tmp_path)
+    store = _opened_after(tmp_path, STOP_27_SCHEMA)
     [cut] = store.open_calls()
     assert cut.dispatched_s == 2.0 and cut.owner is None and not cut.v2_only
     assert store.accept(replace(_call("a", key="k"), owner="token-1")).id == "a"

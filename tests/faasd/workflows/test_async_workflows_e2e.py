@@ -18,7 +18,13 @@ import pytest
 from aiohttp import web
 
 from faasd.daemon import Daemon
-from tests.faasd.builders import TEXT_HANDLER, expected_y, invocation_finished, make_function
+from tests.faasd.builders import (
+    TEXT_HANDLER,
+    expected_y,
+    invocation_finished,
+    make_function,
+    served,
+)
 from tests.faasd.workflows.builders import workflow_dir, write_op_model
 from tests.faasd.workflows.conftest import daemon_config
 
@@ -133,19 +139,13 @@ async def test_the_callback_receives_the_workflow_answer(daemon: Daemon) -> None
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    hook_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
-        async with aiohttp.ClientSession() as s:
-            _, _, doc = await accept(s, daemon.url, "chain", headers={"X-Callback-Url": hook_url})
-            async with asyncio.timeout(30):
-                while not received:
-                    await asyncio.sleep(0.05)
-            done = await invocation_finished(s, daemon.url, doc["id"])
-    finally:
-        await runner.cleanup()
+    async with served(app) as base, aiohttp.ClientSession() as s:
+        hook_url = f"{base}/hook"
+        _, _, doc = await accept(s, daemon.url, "chain", headers={"X-Callback-Url": hook_url})
+        async with asyncio.timeout(30):
+            while not received:
+                await asyncio.sleep(0.05)
+        done = await invocation_finished(s, daemon.url, doc["id"])
     [(headers, body)] = received
     assert headers["X-Call-Id"] == doc["id"] and headers["X-Workflow-Name"] == "chain"
     assert "X-Function-Name" not in headers and headers["X-Function-Status"] == "200"

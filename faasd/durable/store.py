@@ -246,13 +246,13 @@ class CallStore:
                     "COALESCE(owner, '') = ? AND idem_key = ?",
                     (call.kind.value, call.name, call.owner or "", call.idem_key)).fetchone()
                 if held is None:
-                    count = self._open_count(call.kind, call.name)
-                    if limit is not None and count >= limit:
+                    if limit is not None and (
+                            count := self._open_count(call.kind, call.name)) >= limit:
                         raise QueueFull(count)
-                    db.execute(
-                        f"INSERT INTO invocations({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                        "0, ?, NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, ?, NULL, NULL, ?, "
-                        "NULL, ?)",
+                    db.execute(  # what a run adds later starts as the table's default
+                        "INSERT INTO invocations(id, name, state, body, content_type, "
+                        "header_length, callback_url, idem_key, fingerprint, created_s, kind, "
+                        "v2_only, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (call.id, call.name, State.QUEUED.value, call.body, call.content_type,
                          call.header_length, call.callback_url, call.idem_key,
                          call.fingerprint, call.created_s, call.kind.value, int(call.v2_only),
@@ -297,12 +297,8 @@ class CallStore:
                                "('succeeded', 'failed') AND callback_url IS NOT NULL AND "
                                "callback_status IS NULL ORDER BY finished_s"))
 
-    def queued_count(self, kind: Kind, name: str) -> int:
-        """Calls to the target that are queued or running."""
-        with self._lock:
-            return self._open_count(kind, name)
-
     def _open_count(self, kind: Kind, name: str) -> int:
+        """Calls to the target that are queued or running (the caller holds the lock)."""
         (count,) = self._conn().execute(
             "SELECT COUNT(*) FROM invocations WHERE kind = ? AND name = ? AND state IN "
             "('queued', 'running')", (kind.value, name)).fetchone()

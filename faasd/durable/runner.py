@@ -300,23 +300,27 @@ class AsyncCalls:
             return
         log.info("async call %s to %s %s: run %d", call_id, call.kind.value, call.name, attempt)
         on_dispatch = None if refusal is None else self._dispatch_marker(call.id)
+        answer = await self._answer(call, on_dispatch)
+        if answer is not None:
+            await self._finish(call, attempt, answer, None)
+
+    async def _answer(self, call: Call, on_dispatch: OnDispatch | None) -> Outcome | None:
+        """The call's answer, or None when the daemon stopped it (the next start runs it).
+        Busy (429), or not placeable for now (503: no leader, a GPU lost), it waits and tries
+        again without using an attempt; a 503 for longer than `unavailable_retry_s` is the
+        answer."""
         waited_s = 0.0
         while True:
             outcome = await self._execute(call, on_dispatch)
-            if self._draining or self._stopping:
-                if outcome.status_code == 503:  # refused because the daemon stops: the next
-                    return                      # start runs it
-                break
-            # Busy (429), or not placeable for now (503: no leader, a GPU lost): wait and try
-            # again without using an attempt; a 503 for longer than `unavailable_retry_s` is
-            # the call's answer.
-            if outcome.status_code == 429 or (
-                    outcome.status_code == 503 and waited_s < self.limits.unavailable_retry_s):
-                await asyncio.sleep(self.limits.busy_retry_s)
-                waited_s += self.limits.busy_retry_s
-                continue
-            break
-        await self._finish(call, attempt, outcome, None)
+            stopping = self._draining or self._stopping
+            if stopping and outcome.status_code == 503:
+                return None
+            retry = outcome.status_code == 429 or (
+                outcome.status_code == 503 and waited_s < self.limits.unavailable_retry_s)
+            if stopping or not retry:
+                return outcome
+            await asyncio.sleep(self.limits.busy_retry_s)
+            waited_s += self.limits.busy_retry_s
 
     def _dispatch_marker(self, call_id: str) -> OnDispatch:
         """Marks the call dispatched, synced, once. It runs on the event loop, inside the

@@ -25,7 +25,7 @@ from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
 from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import RunMetrics, summarize
-from esg.sim.summary import pivot, summary_rows
+from esg.sim.summary import pivot, standings, standings_table, summary_rows
 from esg.sim.workloads import GRID_LOAD_LEVELS, GRID_SLO_FACTORS, make_scenario
 
 #: The columns the issue asks for, then the extra metrics, then what the run was.
@@ -188,8 +188,9 @@ def markdown_table(rows: Sequence[dict[str, object]]) -> str:
 
 
 def results_markdown(rows: Sequence[dict[str, object]]) -> str:
-    """results.md: per load, the SLO hit rate and the normalised cost (mean ± spread over
-    seeds), then every metric's mean per policy × cell."""
+    """results.md: who wins each cell (`esg.sim.summary.standings`), per load the SLO hit rate
+    and the normalised cost (mean ± spread over seeds), then every metric's mean per policy ×
+    cell."""
     summary = summary_rows(rows)
     seeds = sorted({int(str(r["seed"])) for r in rows})
     present = list(dict.fromkeys((str(r["workload"]), str(r["slo"])) for r in rows))
@@ -198,6 +199,11 @@ def results_markdown(rows: Sequence[dict[str, object]]) -> str:
     error = ", ".join(sorted({str(r["profile_error"]) for r in rows}))
     parts = [f"Seeds {', '.join(map(str, seeds))}; mean ± standard deviation across seeds. "
              f"Profile error {error}.\n"]
+    table = standings(rows)
+    if table and any(key.endswith("_wins") for key in table[0]):
+        parts.append("\n## Who wins each cell\n\nThe leader of the field is the policy not ours "
+                     "with the best mean SLO hit rate; ours win a cell with a better mean hit "
+                     "rate at no more mean cost (normalised to ESG).\n\n" + standings_table(table))
     for title, column, percent in (("SLO hit rate (%)", "slo_hit_rate", True),
                                    ("Cost per request, normalised to ESG", "cost_norm", False)):
         for load in loads:

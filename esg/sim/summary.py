@@ -83,3 +83,90 @@ def pivot(
             cells.append(mean_sd(match[0], column, percent=percent) if match else "")
         lines.append(f"| {policy} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+#: Ours: the issue's target is met in a cell where either has the best hit rate at no more
+#: cost than the best of the field.
+OURS = ("esg", "esg-plus")
+
+
+def standings(
+    rows: Sequence[dict[str, object]], ours: Sequence[str] = OURS,
+) -> list[dict[str, object]]:
+    """Per cell (in the order cells first appear in `rows`, one row per seed), our policies
+    against the leader of the field (the policy not ours with the best mean hit rate; the
+    cheaper mean cost breaks a tie):
+
+    `leader`, `leader_hits` and `leader_cost` (means of the hit rate and of `cost_norm`); per
+    policy of ours present, `<name>_hits`, `<name>_cost`, `<name>_margin` (its hit rate minus
+    the leader's, mean of the per-seed differences, and `<name>_margin_sd` their spread over
+    the seeds both ran) and `<name>_wins`: the best mean hit rate of the field at no more mean
+    cost than the leader's. NaN costs (a cell without ESG to normalise to) never win.
+    """
+    cells: dict[tuple[str, str], dict[str, dict[int, dict[str, object]]]] = {}
+    for row in rows:
+        cell = cells.setdefault((str(row["workload"]), str(row["slo"])), {})
+        cell.setdefault(str(row["policy"]), {})[int(str(row["seed"]))] = row
+    out = []
+    for (load, slo), by_policy in cells.items():
+        hits = {p: _seed_mean(runs, "slo_hit_rate") for p, runs in by_policy.items()}
+        cost = {p: _seed_mean(runs, "cost_norm") for p, runs in by_policy.items()}
+        field = [p for p in by_policy if p not in ours]
+        if not field:
+            continue
+        leader = min(field, key=lambda p: (-hits[p], cost[p]))
+        standing: dict[str, object] = {
+            "workload": load, "slo": slo, "leader": leader,
+            "leader_hits": hits[leader], "leader_cost": cost[leader],
+        }
+        for name in ours:
+            if name not in by_policy:
+                continue
+            seeds = sorted(by_policy[name].keys() & by_policy[leader].keys())
+            margins = [float(str(by_policy[name][s]["slo_hit_rate"]))
+                       - float(str(by_policy[leader][s]["slo_hit_rate"])) for s in seeds]
+            standing[f"{name}_hits"], standing[f"{name}_cost"] = hits[name], cost[name]
+            standing[f"{name}_margin"] = statistics.fmean(margins) if margins else math.nan
+            standing[f"{name}_margin_sd"] = (
+                statistics.stdev(margins) if len(margins) > 1 else 0.0 if margins else math.nan
+            )
+            standing[f"{name}_wins"] = hits[name] > hits[leader] and cost[name] <= cost[leader]
+        out.append(standing)
+    return out
+
+
+def _seed_mean(runs: dict[int, dict[str, object]], column: str) -> float:
+    """The mean over seeds; NaN if any seed has none (results.csv writes NaN as "")."""
+    return statistics.fmean(float(str(row[column]) or "nan") for row in runs.values())
+
+
+def standings_table(standings_rows: Sequence[dict[str, object]]) -> str:
+    """Markdown: one row per cell, the field's leader, then each of ours with its margin over
+    the leader (points, mean ± spread over seeds), its cost next to the leader's, and whether
+    it wins (best hit rate at no more cost)."""
+    ours = [name for name in OURS if any(f"{name}_hits" in r for r in standings_rows)]
+    head = ["load", "SLO", "leader of the field (hits %, cost)"]
+    for name in ours:
+        head += [f"{name} hits %", f"{name} margin (points)", f"{name} cost", f"{name} wins"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in standings_rows:
+        cells = [str(r["workload"]), str(r["slo"]),
+                 f"{r['leader']} ({100 * float(str(r['leader_hits'])):.1f}, "
+                 f"{float(str(r['leader_cost'])):.2f})"]
+        for name in ours:
+            if f"{name}_hits" not in r:
+                cells += ["", "", "", ""]
+                continue
+            cells += [f"{100 * float(str(r[f'{name}_hits'])):.1f}",
+                      f"{100 * float(str(r[f'{name}_margin'])):+.1f} ± "
+                      f"{100 * float(str(r[f'{name}_margin_sd'])):.1f}",
+                      f"{float(str(r[f'{name}_cost'])):.2f}",
+                      "yes" if r[f"{name}_wins"] else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    wins = {name: sum(1 for r in standings_rows if r.get(f"{name}_wins")) for name in ours}
+    either = sum(1 for r in standings_rows if any(r.get(f"{name}_wins") for name in ours))
+    lines.append("")
+    lines.append(", ".join(f"{name} wins {n} of {len(standings_rows)} cells"
+                           for name, n in wins.items())
+                 + f"; one of ours wins {either} of {len(standings_rows)}.")
+    return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from esg.sim.report import (
     table_rows,
     write_csv,
 )
-from esg.sim.summary import mean_sd, summary_rows
+from esg.sim.summary import mean_sd, standings, standings_table, summary_rows
 
 ISSUE_COLUMNS = ["policy", "workload", "slo", "slo_hit_rate", "cost_norm", "p50_ms", "p99_ms",
                  "overhead_p50_ms", "overhead_p99_ms", "config_miss_rate"]
@@ -168,3 +168,33 @@ def test_the_report_charges_scheduling_time_unless_told_not_to() -> None:
                     slow_clock())
     assert charged.overhead_p50_ms == free.overhead_p50_ms == pytest.approx(1000.0)
     assert charged.slo_hit_rate == 0.0 < free.slo_hit_rate
+
+
+def test_standings_name_the_field_leader_and_where_ours_win() -> None:
+    def run(policy: str, cell: str, seed: int, cost: float, hit: float) -> RunMetrics:
+        return replace(_metrics(policy, cell, cost, hit=hit), seed=seed)
+
+    results = [
+        # light/strict: esg-plus beats the leader (fcfs) by 5 and 15 points at 0.8-0.9 x its cost.
+        run("esg", "light/strict", 1, 1.0, 0.6), run("esg", "light/strict", 2, 1.0, 0.7),
+        run("esg-plus", "light/strict", 1, 1.2, 0.95), run("esg-plus", "light/strict", 2, 1.2, 1.0),
+        run("fcfs", "light/strict", 1, 1.5, 0.9), run("fcfs", "light/strict", 2, 1.3, 0.85),
+        run("orion", "light/strict", 1, 0.9, 0.8), run("orion", "light/strict", 2, 0.9, 0.8),
+        # heavy/relaxed: esg-plus has more hits than orion, the leader, but at more cost.
+        run("esg", "heavy/relaxed", 1, 1.0, 0.5), run("esg-plus", "heavy/relaxed", 1, 1.5, 0.9),
+        run("orion", "heavy/relaxed", 1, 1.2, 0.8), run("fcfs", "heavy/relaxed", 1, 2.0, 0.8),
+    ]
+    light, heavy = standings(table_rows(results))
+    assert (light["workload"], light["slo"], light["leader"]) == ("light", "strict", "fcfs")
+    assert light["leader_hits"] == pytest.approx(0.875)
+    assert light["leader_cost"] == pytest.approx((1.5 + 1.3) / 2)
+    assert light["esg-plus_margin"] == pytest.approx(0.1)
+    assert light["esg-plus_margin_sd"] == pytest.approx(math.sqrt(2 * 0.05**2))
+    assert light["esg-plus_wins"] is True and light["esg_wins"] is False
+    # Orion and fcfs tie at 80 %: the cheaper one leads.
+    assert heavy["leader"] == "orion" and heavy["esg-plus_margin"] == pytest.approx(0.1)
+    assert heavy["esg-plus_wins"] is False  # 1.5 x ESG's cost against the leader's 1.2
+    table = standings_table([light, heavy])
+    assert ("| light | strict | fcfs (87.5, 1.40) | 65.0 | -22.5 ± 10.6 | 1.00 | no "
+            "| 97.5 | +10.0 ± 7.1 | 1.20 | yes |") in table
+    assert "esg wins 0 of 2 cells, esg-plus wins 1 of 2 cells; one of ours wins 1 of 2." in table

@@ -63,7 +63,7 @@ import yaml
 from faasd_bench.procs import Server, free_port
 
 from esg.model import Config, Profile, Workflow
-from esg.policies import make_policy
+from esg.policies import POLICIES, make_policy
 from esg.policy import FunctionLimits
 from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
@@ -74,8 +74,6 @@ from esg.sim.workloads import LOAD_LEVELS, SLO_FACTORS, ArrivalModel, Scenario
 ROOT = Path(__file__).resolve().parent.parent
 FAASD = Path(sys.executable).with_name("faasd")
 WORKFLOWS = ("classify", "ensemble", "cutout")
-POLICIES = ("esg", "fcfs", "infless", "fast-gshare", "orion", "aquatope", "mqfq-sticky",
-            "harmonybatch", "inferfair", "clockwork")
 COLUMNS = ["policy", "workload", "slo", "slo_hit_rate", "cost_norm", "p50_ms", "p99_ms",
            "requests"]
 
@@ -558,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out.is_dir():
         args.out = args.out / "real.csv"
     policies = tuple(args.policies.split(",")) if args.policies else (
-        ("esg", "fcfs") if args.quick else POLICIES)
+        ("esg", "fcfs") if args.quick else tuple(POLICIES))
     settings = tuple(("normal", s) for s in SLO_FACTORS) if args.quick else tuple(
         (load, slo) for load in LOAD_LEVELS for slo in SLO_FACTORS)
     plan = Plan(policies, settings, warmup_s=3.0 if args.quick else 5.0,

@@ -31,6 +31,7 @@ class OptionTables:
         self._generation = 0
         self._priced: dict[Hashable, tuple[Option, ...]] = {}
         self._prepared: dict[Hashable, PreparedOptions] = {}
+        self._extremes: dict[Hashable, tuple[float, float] | None] = {}
 
     def generation(self, profile: Profile) -> int:
         """A number that changes whenever the function's table does (even if `version` did not)."""
@@ -60,6 +61,24 @@ class OptionTables:
             options = tuple(priced_options(profile, self.pricing, capacity, max_batch))
             _store(self._priced, key, options)
         return options
+
+    def extremes(
+        self, profile: Profile, capacity: Capacity, max_batch: int | None
+    ) -> tuple[float, float] | None:
+        """(the fastest runnable latency, the latency at the cheapest configuration for one
+        request alone; ties: the faster), in ms; None when nothing is runnable. The SLO split
+        asks for these on every decision: a min over every option each time was a fifth of
+        ESG+'s decision time."""
+        key = (profile.function, self.generation(profile), capacity, max_batch)
+        if key in self._extremes:
+            return self._extremes[key]
+        options = self.priced(profile, capacity, max_batch)
+        extremes = None
+        if options:
+            alone = min(options, key=lambda o: (o.cost * o.config.batch, o.latency_ms))
+            extremes = (min(o.latency_ms for o in options), alone.latency_ms)
+        _store(self._extremes, key, extremes)
+        return extremes
 
     def prepared(
         self,
@@ -110,11 +129,9 @@ def fastest_by_function(
     fastest = {}
     for f in functions:
         profile = profiles.get(f)
-        if profile is None:
-            continue
-        options = tables.priced(profile, capacity, max_batch.get(f))
-        if options:
-            fastest[f] = min(o.latency_ms for o in options)
+        extremes = None if profile is None else tables.extremes(profile, capacity, max_batch.get(f))
+        if extremes is not None:
+            fastest[f] = extremes[0]
     return fastest
 
 
@@ -130,10 +147,7 @@ def cheapest_alone_by_function(
     cheapest = {}
     for f in functions:
         profile = profiles.get(f)
-        if profile is None:
-            continue
-        options = tables.priced(profile, capacity, max_batch.get(f))
-        if options:
-            best = min(options, key=lambda o: (o.cost * o.config.batch, o.latency_ms))
-            cheapest[f] = best.latency_ms
+        extremes = None if profile is None else tables.extremes(profile, capacity, max_batch.get(f))
+        if extremes is not None:
+            cheapest[f] = extremes[1]
     return cheapest

@@ -108,6 +108,10 @@ class Snapshot:
     #: rendering of the answer. Measured by the daemon; a planner that spends the SLO reserves
     #: it, or finishes late by that much. Absent: 0.
     outside_ms: Mapping[str, float] = field(default_factory=dict)
+    #: True where the driver itself refines `profiles` from the executions it sees (the
+    #: daemon does, per configuration): a policy that corrects the table from completions
+    #: too would count the same error twice. The simulator's tables stay as profiled.
+    profiles_refined: bool = False
 
     def node(self, name: str) -> NodeView:
         for node in self.nodes:

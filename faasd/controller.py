@@ -408,6 +408,7 @@ class Controller:
             limits=MappingProxyType(self._limits),
             running=dict(self._running_count),
             outside_ms=MappingProxyType(self._outside_shown),
+            profiles_refined=True,  # every execution refines its configuration's point
         )
 
     def _runnable_profiles(self) -> Mapping[str, Profile]:

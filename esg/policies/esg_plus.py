@@ -31,6 +31,15 @@ rules) planning on `snapshot.profiles` with each function's row scaled by a lear
 With an exact profile every ratio is 1, no table is ever replaced and ESG+ without admission
 decides exactly as ESG does (tests/esg/test_policy_esg_plus.py).
 
+**Not where the driver refines the profiles** (`Snapshot.profiles_refined`: the daemon refines
+each configuration's point from every execution). There the correction would count the same
+error twice, and it was measured to hurt: in one quick run of `benchmarks/workflow_slo.py`
+(normal load, the three SLOs, 224 calls each), ESG+ with the correction on the daemon had
+8-17 points fewer SLO hits than ESG, and ESG+ with admission and warm or wait but no
+correction had -0.9, +4.9 and +3.6 points at 0.75-0.92 x ESG's cost; the correction also
+doubled the decision time (545-592 µs against ESG's 263-292). Admission and warm or wait
+stay on there.
+
 **Admission** (`admission="drop"`). [Ours; Clockwork's proactive cancellation, fitted to ESG's
 own late test.] Before ESG plans, every queued job whose request can no longer meet its
 end-to-end deadline is dropped (`Drop`: the request fails, a miss in every metric): time left
@@ -150,9 +159,10 @@ class EsgPlusPolicy(EsgPolicy):
         self._versions = 0
 
     def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
-        if isinstance(event, Completion):
-            self._observe(event, snapshot.profiles)
-        snapshot = self.corrected(snapshot)
+        if not snapshot.profiles_refined:
+            if isinstance(event, Completion):
+                self._observe(event, snapshot.profiles)
+            snapshot = self.corrected(snapshot)
         if self.admission == "off":
             return super().on_event(event, snapshot)
         drops = self.hopeless(snapshot)

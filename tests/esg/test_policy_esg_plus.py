@@ -3,6 +3,7 @@ with an exact profile ESG+ decides exactly as ESG."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -85,6 +86,32 @@ def test_a_partial_batch_is_compared_with_the_batch_it_runs_as() -> None:
     policy = EsgPlusPolicy(min_samples=1)
     policy.on_event(_done(PAIR, 1, 120.0), _idle())
     assert policy.factor("f") == pytest.approx(1.2)
+
+
+def test_where_the_driver_refines_the_profiles_nothing_is_corrected() -> None:
+    # The daemon's snapshots say so: completions 1.5x slower than profiled teach nothing, and
+    # the profiles reach ESG's planning as they came.
+    seen: list[Profile] = []
+
+    class Watching(EsgPlusPolicy):
+        def _plans(self, stage, jobs, snapshot, capacity):  # type: ignore[no-untyped-def]
+            seen.append(snapshot.profiles["f"])
+            return super()._plans(stage, jobs, snapshot, capacity)
+
+    policy = Watching(min_samples=1)
+    refined = dataclasses.replace(_idle(), profiles_refined=True)
+    for _ in range(5):
+        policy.on_event(_done(CPU1, 1, 150.0), refined)
+    assert policy.factor("f") == 1.0 and not policy.corrections
+    queued = dataclasses.replace(snapshot(
+        now_s=0.0, nodes=(node("n0", vcpu=16),), jobs=[job(0, app="f")],
+        workflows=[Workflow.single("f", 1.0)], profiles=[PROFILE],
+    ), profiles_refined=True)
+    assert policy.on_event(Timer(), queued)
+    assert seen and all(p is PROFILE for p in seen)
+    # The same completions without the flag (the simulator) do move the factor.
+    policy.on_event(_done(CPU1, 1, 150.0), _idle())
+    assert policy.factor("f") == pytest.approx(1.5)
 
 
 def test_correction_is_a_running_mean_until_the_rate_takes_over() -> None:

@@ -321,6 +321,12 @@ async def test_warm_batches_measure_the_time_outside_execution_for_the_planner()
         controller.overhead_ms("f"), abs=0.15)
 
 
+def test_the_policies_are_told_that_the_daemon_refines_the_profiles() -> None:
+    # The daemon refines each configuration's point from every batch (ProfileService.on_batch):
+    # a policy must not correct the same table again (ESG+'s correction stays off).
+    assert make(Slow(delay_s=0.0, exec_s=0.0)).snapshot().profiles_refined is True
+
+
 def test_the_time_calls_spend_outside_their_stages_reaches_the_policies_in_steps() -> None:
     controller = make(Slow(delay_s=0.0, exec_s=0.0))
     assert controller.snapshot().outside_ms == {}

@@ -33,12 +33,12 @@ decides exactly as ESG does (tests/esg/test_policy_esg_plus.py).
 
 **Not where the driver refines the profiles** (`Snapshot.profiles_refined`: the daemon refines
 each configuration's point from every execution). There the correction would count the same
-error twice, and it was measured to hurt: in one quick run of `benchmarks/workflow_slo.py`
-(normal load, the three SLOs, 224 calls each), ESG+ with the correction on the daemon had
-8-17 points fewer SLO hits than ESG, and ESG+ with admission and warm or wait but no
+error twice, and it was measured to hurt: in quick runs of `benchmarks/workflow_slo.py`
+(normal load, the three SLOs, 208-224 calls each), ESG+ with the correction had 3-17 points
+fewer SLO hits than ESG on the daemon, and ESG+ with admission and warm or wait but no
 correction had -0.9, +4.9 and +3.6 points at 0.75-0.92 x ESG's cost; the correction also
 doubled the decision time (545-592 µs against ESG's 263-292). Admission and warm or wait
-stay on there.
+stay on there (docs/evaluation.md, "ESG+ on the daemon").
 
 **Admission** (`admission="drop"`). [Ours; Clockwork's proactive cancellation, fitted to ESG's
 own late test.] Before ESG plans, every queued job whose request can no longer meet its

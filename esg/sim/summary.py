@@ -97,20 +97,23 @@ def standings(
     against the leader of the field (the policy not ours with the best mean hit rate; the
     cheaper mean cost breaks a tie):
 
-    `leader`, `leader_hits` and `leader_cost` (means of the hit rate and of `cost_norm`); per
+    `leader`, `leader_hits` and `leader_cost` (means of the hit rate and of `cost_norm`, as
+    `summary_rows` takes them); per
     policy of ours present, `<name>_hits`, `<name>_cost`, `<name>_margin` (its hit rate minus
     the leader's, mean of the per-seed differences, and `<name>_margin_sd` their spread over
     the seeds both ran) and `<name>_wins`: the best mean hit rate of the field at no more mean
-    cost than the leader's. NaN costs (a cell without ESG to normalise to) never win.
+    cost than the leader's. A NaN cost (a cell without ESG to normalise to) never wins.
     """
     cells: dict[tuple[str, str], dict[str, dict[int, dict[str, object]]]] = {}
     for row in rows:
         cell = cells.setdefault((str(row["workload"]), str(row["slo"])), {})
         cell.setdefault(str(row["policy"]), {})[int(str(row["seed"]))] = row
+    means = {(str(r["workload"]), str(r["slo"]), str(r["policy"])): r
+             for r in summary_rows(rows)}
     out = []
     for (load, slo), by_policy in cells.items():
-        hits = {p: _seed_mean(runs, "slo_hit_rate") for p, runs in by_policy.items()}
-        cost = {p: _seed_mean(runs, "cost_norm") for p, runs in by_policy.items()}
+        hits = {p: float(str(means[load, slo, p]["slo_hit_rate_mean"])) for p in by_policy}
+        cost = {p: float(str(means[load, slo, p]["cost_norm_mean"])) for p in by_policy}
         field = [p for p in by_policy if p not in ours]
         if not field:
             continue
@@ -133,11 +136,6 @@ def standings(
             standing[f"{name}_wins"] = hits[name] > hits[leader] and cost[name] <= cost[leader]
         out.append(standing)
     return out
-
-
-def _seed_mean(runs: dict[int, dict[str, object]], column: str) -> float:
-    """The mean over seeds; NaN if any seed has none (results.csv writes NaN as "")."""
-    return statistics.fmean(float(str(row[column]) or "nan") for row in runs.values())
 
 
 def standings_table(standings_rows: Sequence[dict[str, object]]) -> str:

@@ -30,7 +30,9 @@ What it does, in order:
    `docs/evaluation/real.csv` (or `--out`).
 5. The same settings in `esg.sim` (one node of the daemon's vCPUs, no GPU, the measured
    profiles, cold starts, per-batch overheads and time outside the stages, the same arrivals,
-   and executions as noisy as the daemon measured them: see `measured_noise_sigma`):
+   executions as long as under load (`under_load`) and as noisy as the daemon measured them
+   (`measured_noise_sigma`), and the policies' profiles refined by every batch as the
+   daemon's are (`esg.sim.refining`)):
    `real_vs_sim.csv` beside it, and a Markdown table with the Spearman correlation of the
    policies' hit rates per setting.
 
@@ -65,6 +67,7 @@ from faasd_bench.procs import Server, free_port
 from esg.model import Config, Profile, Workflow
 from esg.policies import POLICIES, make_policy
 from esg.policy import FunctionLimits
+from esg.refine import Point
 from esg.sim.cluster import ClusterSpec
 from esg.sim.engine import EngineSettings, Simulation
 from esg.sim.execution import ExecutionModel
@@ -91,11 +94,14 @@ class Plan:
 
 @dataclass(frozen=True)
 class Measured:
-    """What the first daemon measured, for the simulator: profiles, limits (with cold starts
-    and per-batch overheads), the node's vCPUs, the mean cold start, the executions' noise, and
-    what a call of each workflow spends outside its stages."""
+    """What the first daemon measured, for the simulator: profiles (what the daemons start
+    from, the points behind them, and what each configuration takes under load), limits (with
+    cold starts and per-batch overheads), the node's vCPUs, the mean cold start, the
+    executions' noise, and what a call of each workflow spends outside its stages."""
 
     profiles: Mapping[str, Profile]
+    points: Mapping[str, Mapping[Config, Point]]
+    loaded: Mapping[str, Profile]
     limits: Mapping[str, FunctionLimits]
     vcpu: int
     cold_start_s: float
@@ -219,6 +225,32 @@ def profile_of(doc: Mapping[str, Any]) -> Profile:
     return Profile(doc["function"], table, version=int(doc["profile_version"]))
 
 
+def points_of(doc: Mapping[str, Any]) -> dict[Config, Point]:
+    """The points behind a profile, as the daemon's store holds them: the simulator refines
+    them with the same rule, so a point resting on three quiet executions moves as fast there
+    as on the daemon."""
+    return {Config(r["batch"], r["vcpu"], r["vgpu"]): Point(
+        float(r["mean_ms"]), float(r["std_ms"]) ** 2, int(r["count"]),
+        r["source"] == "fitted", float(r["latency_ms"])) for r in doc["configurations"]}
+
+
+def under_load(alone: Mapping[str, Any], loaded: Mapping[str, Any]) -> Profile:
+    """What each configuration of a function takes beside the load, for the simulator to
+    execute. A configuration the capacity run refined (more executions than after profiling)
+    is its refined mean. One it never ran takes its profiled time times the function's median
+    slowdown over those it did run (1 where it ran none): the profiler times a configuration
+    alone on the machine, while in a run the load generator, the daemon and the other sandboxes
+    share its cores. Without this, the simulator executed `vote` at 2 vCPUs in its quiet
+    0.11 ms where the daemon took 0.2, and its planners never learned otherwise."""
+    before = {Config(r["batch"], r["vcpu"], r["vgpu"]): r for r in alone["configurations"]}
+    after = {Config(r["batch"], r["vcpu"], r["vgpu"]): r for r in loaded["configurations"]}
+    ran = {c for c, r in after.items() if c not in before or r["count"] > before[c]["count"]}
+    slowdown = statistics.median([after[c]["mean_ms"] / before[c]["mean_ms"] for c in ran
+                                  if c in before and before[c]["source"] == "measured"] or [1.0])
+    table = {c: float(r["mean_ms"]) * (1.0 if c in ran else slowdown) for c, r in after.items()}
+    return Profile(loaded["function"], table, version=int(loaded["profile_version"]))
+
+
 # ---------------------------------------------------------------- the settings
 
 
@@ -338,10 +370,12 @@ def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow]
         name=f"{load}/{slo}", workflows=workflows, profiles=measured.profiles,
         limits=measured.limits, output_bytes=dict.fromkeys(functions, 0.0),
         arrivals=tuple(schedule), measure_from_s=plan.warmup_s, outside_ms=measured.outside_ms,
+        true_profiles=measured.loaded, profile_points=measured.points,
     )
     execution = ExecutionModel(noise_sigma=measured.noise_sigma)
+    settings = EngineSettings(seed=plan.seed, execution=execution, refine_profiles=True)
     record = Simulation(scenario, make_policy(policy), cluster, timer=time.perf_counter,
-                        settings=EngineSettings(seed=plan.seed, execution=execution)).run()
+                        settings=settings).run()
     metrics = summarize(record)
     stages: dict[str, list[float]] = {}
     for batch in record.batches:
@@ -453,13 +487,24 @@ def comparison(real: list[dict[str, Any]], sim: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------- main
 
 
-def run(plan: Plan, out: Path) -> int:
+@dataclass(frozen=True)
+class Setup:
+    """Steps 1-2: the scratch copy with the profiled state every daemon starts from, what the
+    simulator gets, the workflows with their sample bodies, and the machine's capacity."""
+
+    scratch: Path
+    measured: Measured
+    workflows: Mapping[str, Workflow]
+    bodies: Mapping[str, bytes]
+    capacity: float
+
+
+def measure(plan: Plan) -> Setup:
     scratch = Path(tempfile.mkdtemp(prefix="workflow-slo-"))
     shutil.copytree(ROOT / "functions", scratch / "functions")
     shutil.copytree(ROOT / "workflows", scratch / "workflows")
-    state0 = scratch / "state0"
     print(f"scratch: {scratch}", file=sys.stderr)
-    first = Daemon(scratch, state0, "fcfs")
+    first = Daemon(scratch, scratch / "state0", "fcfs")
     try:
         workflows = {n: w for n, w in functions_of(first).items() if n in WORKFLOWS}
         names = sorted({f for w in workflows.values() for f in w.functions})
@@ -467,6 +512,7 @@ def run(plan: Plan, out: Path) -> int:
             started = time.monotonic()
             first.profile(name, plan.profile_kind)
             print(f"profiled {name} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        alone = measured_profiles(first, names)
         bodies = {n: (scratch / "workflows" / n / "sample.jpg").read_bytes() for n in workflows}
         asyncio.run(capacity_rps(first.url, bodies, 2, 3.0))  # warm every stage first
         capacity = asyncio.run(capacity_rps(first.url, bodies, 4, plan.capacity_s))
@@ -501,7 +547,16 @@ def run(plan: Plan, out: Path) -> int:
     print(f"execution noise (lognormal sigma) for the simulator: {sigma:.2f}", file=sys.stderr)
     print(f"time outside the stages per call (ms): "
           f"{ {n: round(v, 2) for n, v in outside.items()} }", file=sys.stderr)
-    measured = Measured(profiles, limits, vcpu, cold_s, sigma, outside)
+    loaded = {n: under_load(alone[n], d) for n, d in docs.items()}
+    points = {n: points_of(d) for n, d in docs.items()}
+    measured = Measured(profiles, points, loaded, limits, vcpu, cold_s, sigma, outside)
+    return Setup(scratch, measured, workflows, bodies, capacity)
+
+
+def run(plan: Plan, out: Path) -> int:
+    setup = measure(plan)
+    scratch, measured, workflows = setup.scratch, setup.measured, setup.workflows
+    profiles, vcpu, capacity = measured.profiles, measured.vcpu, setup.capacity
     reference = {n: reference_ms(w, profiles, min(2, vcpu)) for n, w in workflows.items()}
     print(f"L (ms): { {n: round(v, 1) for n, v in reference.items()} }; capacity "
           f"{capacity:.1f} requests/s measured on {vcpu} vCPUs", file=sys.stderr)
@@ -509,7 +564,7 @@ def run(plan: Plan, out: Path) -> int:
     sim: list[dict[str, Any]] = []
     for policy in plan.policies:
         state = scratch / f"state-{policy}"
-        shutil.copytree(state0, state)
+        shutil.copytree(scratch / "state0", state)
         daemon = Daemon(scratch, state, policy)
         try:
             for load, slo in plan.settings:
@@ -517,7 +572,8 @@ def run(plan: Plan, out: Path) -> int:
                 set_slos(daemon, scratch, slo_ms)
                 schedule = arrivals(sorted(workflows), LOAD_LEVELS[load] * capacity, plan, load)
                 before, decided = daemon.stage_totals(), daemon.decision_totals()
-                outcomes = asyncio.run(drive(daemon.url, schedule, bodies, slo_ms, plan.warmup_s))
+                outcomes = asyncio.run(drive(daemon.url, schedule, setup.bodies, slo_ms,
+                                             plan.warmup_s))
                 stages = {f: [a - b for a, b in zip(t, before.get(f, [0.0] * 3), strict=True)]
                           for f, t in daemon.stage_totals().items()}
                 real.append(row(policy, load, slo, outcomes))

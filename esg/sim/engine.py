@@ -23,7 +23,10 @@ A dispatched batch takes its vCPUs and slice units at once and runs
   same vCPUs and slice, for a partial batch) made wrong by `EngineSettings.execution`
   (`esg.sim.execution`): × the function's systematic factor, × a lognormal noise factor drawn
   from a seeded RNG (one draw per batch), × the interference of the batches already running
-  on the node. Policies see only the profile; `Completion.exec_s` reports what ran.
+  on the node (the scenario's `true_profiles` instead of the profile where a driver gave
+  them). Policies see only the profile; `Completion.exec_s` reports what ran. With
+  `EngineSettings.refine_profiles` the profile they see is refined by every warm batch, as the
+  daemon's is (`esg.sim.refining`).
 
 A `Prewarm` that fits the node (free vCPUs and slice units, fewer live sandboxes of the
 function there than its `max_instances`) starts a sandbox: it holds the shape's resources for
@@ -49,7 +52,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from esg.errors import PolicyError
-from esg.model import MIG_SIZES, Config, Job
+from esg.model import MIG_SIZES, Config, Job, Profile
 from esg.policy import (
     Action,
     Arrival,
@@ -67,6 +70,7 @@ from esg.pricing import DEFAULT_PRICING, Pricing
 from esg.sim.cluster import ClusterSpec, NodeState
 from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import BatchRecord, RequestRecord, RunRecord
+from esg.sim.refining import LiveProfiles
 from esg.sim.workloads import Scenario
 
 _ARRIVE, _DONE, _TIMER, _WARMED = 0, 1, 2, 3
@@ -87,6 +91,9 @@ class EngineSettings:
     #: each policy builds the sandbox pool its own choices need, as if it had been serving
     #: this load for hours; afterwards a cold start costs what the cluster says.
     instant_warmup: bool = True
+    #: Refine the profiles the policies see with every warm batch, by the daemon's rule
+    #: (`esg.sim.refining`), as the daemon does; off, the policies plan with the scenario's.
+    refine_profiles: bool = False
 
 
 @dataclass
@@ -133,6 +140,9 @@ class Simulation:
         self._timer = timer
         self._rng = random.Random(f"{self.settings.seed}:noise")
         self._factors = self.settings.execution.factors(scenario.profiles, self.settings.seed)
+        self._truth = scenario.true_profiles or scenario.profiles
+        self._live = (LiveProfiles(scenario.profiles, scenario.profile_points)
+                      if self.settings.refine_profiles else None)
         batches = {
             name: tuple(sorted({c.batch for c in profile.latency_ms}))
             for name, profile in scenario.profiles.items()
@@ -244,6 +254,11 @@ class Simulation:
                 tuple(self._now - j.enqueued_s for j in batch.jobs),
             )
         )
+        if self._live is not None and not batch.cold:
+            # as the daemon's profile store: the point of the batch's own size, not the first
+            # batch of a new sandbox
+            self._live.observe(d.function, Config(len(batch.jobs), d.config.vcpu, d.config.vgpu),
+                               batch.exec_s * 1000)
         self._call(Completion(d, batch.exec_s, cold_start=batch.cold))
         workflow = self.scenario.workflows[d.app]
         for job in batch.jobs:
@@ -288,11 +303,16 @@ class Simulation:
             nodes=tuple(self._nodes[n].view() for n in self._node_order),
             queues=queues,
             workflows=self.scenario.workflows,
-            profiles=self.scenario.profiles,
+            profiles=self._seen(),
             limits=self.scenario.limits,
             running=dict(self._running),
             outside_ms=self.scenario.outside_ms,
+            profiles_refined=self._live is not None,
         )
+
+    def _seen(self) -> Mapping[str, Profile]:
+        """The profiles the policies plan with: the scenario's, or their refined versions."""
+        return self.scenario.profiles if self._live is None else self._live.profiles
 
     def _call(self, event: Event) -> None:
         snapshot = self._snapshot()
@@ -330,7 +350,7 @@ class Simulation:
         node = self._nodes.get(p.node)
         if node is None:
             raise PolicyError(f"{self.policy.name} pre-warmed on unknown node {p.node!r}")
-        if p.config not in self.scenario.profiles[p.function].latency_ms:
+        if p.config not in self._seen()[p.function].latency_ms:
             raise PolicyError(f"{self.policy.name}: {p.config} is not profiled for {p.function}")
         limits = self.scenario.limits.get(p.function)
         cap = None if limits is None else limits.max_instances
@@ -373,8 +393,7 @@ class Simulation:
             raise PolicyError(f"{self.policy.name}: {d.config.vgpu} units is not a MIG size")
         if not node.fits(d.config, d.gpu):
             raise PolicyError(f"{self.policy.name} over-commits {d.node} with {d.config}")
-        profile = self.scenario.profiles[d.function]
-        if d.config not in profile.latency_ms:
+        if d.config not in self._seen()[d.function].latency_ms:
             raise PolicyError(f"{self.policy.name}: {d.config} is not profiled for {d.function}")
         key = (d.app, d.function)
         queue = self._queues.get(key, {})
@@ -396,9 +415,9 @@ class Simulation:
             self._cold_start_s(d.function, d.config) if cold and not warming else 0.0,
             max(self._transfer_s(job, d.node) for job in jobs),
         )
-        exec_s = self._executed_s(d, node, profile.latency_ms[
-            _run_as(d.config, len(jobs), profile.latency_ms)
-        ])
+        exec_s = self._executed_s(
+            d, node, _true_ms(d.config, len(jobs), self._truth[d.function].latency_ms)
+        )
         # The resource-time of the whole batch, shared by the jobs in it.
         batch_cost = self.settings.pricing.cost_per_request(
             d.config, exec_s * 1000 * d.config.batch
@@ -440,13 +459,21 @@ class Simulation:
         return total
 
 
-def _run_as(config: Config, jobs: int, table: Mapping[Config, float]) -> Config:
-    """The profiled configuration a partial batch runs as: the smallest profiled batch that
-    holds `jobs` at the same vCPUs and slice (dynamic batch dimension), else `config` itself."""
-    if jobs >= config.batch:
-        return config
-    for batch in range(jobs, config.batch):
-        candidate = Config(batch, config.vcpu, config.vgpu)
-        if candidate in table:
-            return candidate
-    return config
+def _true_ms(config: Config, jobs: int, table: Mapping[Config, float]) -> float:
+    """What `jobs` items take on `config`'s vCPUs and slice by `table`: a partial batch runs as
+    the smallest profiled batch that holds it (dynamic batch dimension), else as `config`. A
+    configuration the table lacks (a batch size only refinement added to the policies' view)
+    runs as the smallest batch of its shape that holds `jobs`, or as the largest, scaled."""
+    if config in table:
+        for batch in range(jobs, config.batch):
+            candidate = Config(batch, config.vcpu, config.vgpu)
+            if candidate in table:
+                return table[candidate]
+        return table[config]
+    shape = sorted(c.batch for c in table if (c.vcpu, c.vgpu) == (config.vcpu, config.vgpu))
+    if not shape:
+        raise PolicyError(f"{config} has no profiled shape to run as")
+    holding = [b for b in shape if b >= jobs]
+    if holding:
+        return table[Config(holding[0], config.vcpu, config.vgpu)]
+    return table[Config(shape[-1], config.vcpu, config.vgpu)] * jobs / shape[-1]

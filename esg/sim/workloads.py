@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from esg.model import Config, Profile, Workflow
 from esg.policy import FunctionLimits
 from esg.pricing import DEFAULT_PRICING, Pricing
+from esg.refine import Point
 from esg.sim.cluster import ClusterSpec
 from esg.sim.functions import ConfigGrid, FunctionSpec, build_profile, load_models
 from esg.sim.slo_unit import Application, slo_unit
@@ -239,6 +240,13 @@ class Scenario:
     #: stages and the answer's rendering, as the daemon measures them). The engine adds it to
     #: each call's latency and the policies see it (`Snapshot.outside_ms`). Absent: 0.
     outside_ms: Mapping[str, float] = field(default_factory=dict)
+    #: What batches really take per configuration, where a driver knows it apart from
+    #: `profiles` (the daemon benchmark: a configuration the profiler timed alone runs slower
+    #: beside the load). Absent: `profiles`, made wrong by the engine's `ExecutionModel`.
+    true_profiles: Mapping[str, Profile] | None = None
+    #: The points behind `profiles` (executions and spread of each), which the engine refines
+    #: with `EngineSettings.refine_profiles`. Absent: each counts as settled.
+    profile_points: Mapping[str, Mapping[Config, Point]] | None = None
 
 
 def _applications(apps: tuple[App, ...]) -> tuple[Application, ...]:

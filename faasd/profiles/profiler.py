@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from esg.model import Config
+from esg.refine import Point
 from faasd.functions.spec import FunctionVersion
 from faasd.profiles.fitting import fill
 from faasd.profiles.plan import Plan
-from faasd.profiles.refine import Point
 from faasd.profiles.sample import NoSample
 from faasd.profiles.store import ProfileStore
 from faasd.sandbox.items import Execution, Item, ItemFailure

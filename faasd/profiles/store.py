@@ -29,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from esg.model import Config, Profile
-from faasd.profiles.refine import DEFAULT_POLICY, Point, RefinePolicy, observe
+from esg.refine import DEFAULT_POLICY, Point, RefinePolicy, observe
 
 FILENAME = "profiles.sqlite"
 

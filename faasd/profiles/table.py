@@ -12,7 +12,7 @@ from typing import Any
 
 from esg.model import Config
 from esg.pricing import Pricing
-from faasd.profiles.refine import Point
+from esg.refine import Point
 from faasd.profiles.store import ColdStarts
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from esg.model import Config, Profile
-from faasd.profiles.refine import Point
+from esg.refine import Point
 from faasd.profiles.store import ColdStarts, ProfileStore
 
 A, B, C = Config(1, 1), Config(4, 1), Config(2, 1)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from faasd.profiles.refine import Point, RefinePolicy, observe
+from esg.refine import Point, RefinePolicy, observe
 
 
 def feed(point: Point | None, samples: list[float], policy: RefinePolicy) -> tuple[Point, int]:

@@ -1,7 +1,9 @@
 """Online refinement of one profile point: a pure rule, no clock, no I/O.
 
-A point is the mean execution time (ms) of one batch at one configuration, with the number of
-batches behind it and their spread. Every real execution adds a sample:
+The daemon's profile store applies it to every executed batch, and the simulator does the same
+where it stands in for the daemon (`esg.sim.refining`). A point is the mean execution time (ms)
+of one batch at one configuration, with the number of batches behind it and their spread.
+Every real execution adds a sample:
 
 * the first `window` samples make a running mean (Welford), so a young point is the plain
   average of what was seen;

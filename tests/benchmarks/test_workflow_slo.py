@@ -1,0 +1,54 @@
+"""What benchmarks/workflow_slo.py hands the simulator from the daemon's profile documents."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from esg.model import Config
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # the script imports its harness, faasd_bench
+    return importlib.import_module("workflow_slo")
+
+
+def _doc(rows: list[tuple[int, int, float, int, str]]) -> dict[str, Any]:
+    return {"function": "f", "profile_version": 4, "configurations": [
+        {"batch": b, "vcpu": v, "vgpu": 0, "latency_ms": ms, "mean_ms": ms, "std_ms": 0.1,
+         "count": n, "source": source} for b, v, ms, n, source in rows]}
+
+
+def test_under_load_keeps_what_ran_and_slows_what_only_the_profiler_timed(
+    bench: ModuleType,
+) -> None:
+    alone = _doc([(1, 1, 1.0, 3, "measured"), (2, 1, 2.0, 3, "measured"),
+                  (1, 2, 0.5, 3, "measured"), (2, 2, 0.9, 0, "fitted")])
+    loaded = _doc([(1, 1, 2.0, 40, "measured"), (2, 1, 6.0, 90, "measured"),
+                   (1, 2, 0.5, 3, "measured"), (2, 2, 0.9, 0, "fitted"),
+                   (3, 1, 7.0, 5, "measured")])
+    table = bench.under_load(alone, loaded).latency_ms
+    # ran under load: their refined means (batch 3 only ever ran under load)
+    assert table[Config(1, 1)] == 2.0 and table[Config(2, 1)] == 6.0
+    assert table[Config(3, 1)] == 7.0
+    # timed alone or fitted: x the median slowdown of those that ran (2 and 3: 2.5)
+    assert table[Config(1, 2)] == pytest.approx(1.25)
+    assert table[Config(2, 2)] == pytest.approx(2.25)
+    # nothing ran: nothing to scale by
+    assert bench.under_load(alone, alone).latency_ms[Config(1, 2)] == 0.5
+
+
+def test_points_of_rebuilds_the_daemons_points(bench: ModuleType) -> None:
+    points = bench.points_of(_doc([(1, 1, 2.0, 40, "measured"), (2, 2, 0.9, 0, "fitted")]))
+    assert points[Config(1, 1)].count == 40
+    assert points[Config(1, 1)].var_ms2 == pytest.approx(0.01)
+    assert points[Config(2, 2)].fitted and points[Config(2, 2)].published_ms == 0.9

@@ -178,6 +178,23 @@ def test_clockwork_forgets_a_slow_spell_so_a_function_it_dropped_runs_again() ->
     assert [type(a) for a in run(now=10.5)] == [Dispatch]  # the 0.5 s is forgotten
 
 
+def test_clockwork_does_not_time_a_new_sandboxs_first_batch() -> None:
+    """Clockwork times INFER actions on loaded models; on the daemon a new sandbox's first batch
+    also pays one-time initialisation, and counting it dropped calls for the window's life."""
+    table = {Config(b, 2, 1): 10.0 * b for b in (1, 2, 4)}
+    workflows = {"a": Workflow.single("f", 0.1)}
+    policy = ClockworkPolicy(batches=(1, 2, 4))
+    first = Dispatch("a", "f", ("a0",), Config(1, 2, 1), "n0", gpu=0)
+    policy.on_event(Completion(first, exec_s=0.5, cold_start=True),
+                    _snapshot({}, {"f": table}, workflows))
+    job = _job(1, start=1.0, slo=0.1)
+    snap = _snapshot({("a", "f"): (job,)}, {"f": table}, workflows, now=1.0)
+    assert [type(a) for a in policy.on_event(Timer(), snap)] == [Dispatch]
+    # the same execution on a warm sandbox counts
+    policy.on_event(Completion(first, exec_s=0.5), _snapshot({}, {"f": table}, workflows))
+    assert [type(a) for a in policy.on_event(Timer(), snap)] == [Drop]
+
+
 def test_the_baselines_keep_a_functions_cap_on_concurrent_batches() -> None:
     """With `f` at its `max_instances` (1, one batch running), MQFQ-Sticky serves `g`, although
     `f` was first in line and a node has room for both."""

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             seed=args.seed,
             execution=execution_model(args),
             charge_overhead=args.charge_overhead,
+            refine_profiles=args.refine_profiles,
         )
         policy = build_policy(args.policy, options, pricing)
     except InstanceError as exc:
@@ -165,7 +166,8 @@ def workflow(args: argparse.Namespace) -> int:
 def add_execution_options(
     parser: argparse.ArgumentParser, default: ExecutionModel, charged: bool
 ) -> None:
-    """`--profile-error`, `--noise-sigma`, `--interference`, `--[no-]charge-overhead`."""
+    """`--profile-error`, `--noise-sigma`, `--interference`, `--[no-]charge-overhead`,
+    `--[no-]refine-profiles`."""
     error = _pair(default.factor_low, default.factor_high, 1.0)
     interference = _pair(default.cpu_interference, default.gpu_interference, 0.0)
     parser.add_argument(
@@ -182,6 +184,10 @@ def add_execution_options(
         "--charge-overhead", action=argparse.BooleanOptionalAction, default=charged,
         help="delay each dispatch by the wall time of the policy call that made it "
              f"(default {'on' if charged else 'off'}; off keeps results a function of the seed)")
+    parser.add_argument(
+        "--refine-profiles", action=argparse.BooleanOptionalAction, default=False,
+        help="refine the profiles every policy sees with each warm batch, by the daemon's rule "
+             "(default off: the policies plan with the profile they are given)")
 
 
 def _pair(a: float, b: float, off: float) -> str:
@@ -339,6 +345,7 @@ def _report_settings(args: argparse.Namespace) -> ReportSettings:
         seeds=seeds,
         execution=execution_model(args),
         charge_overhead=args.charge_overhead,
+        refine_profiles=args.refine_profiles,
         loads=_names(args.loads) or base.loads,
         slos=_names(args.slos) or base.slos,
         nodes=base.nodes if args.nodes is None else args.nodes,

@@ -57,6 +57,9 @@ class ReportSettings:
     #: Each dispatch waits the wall time of the policy call that made it, as a real controller's
     #: would; off (`--no-charge-overhead`) keeps the results a function of the seed.
     charge_overhead: bool = True
+    #: Every policy's profiles refined by its warm batches, as the daemon refines them (off: the
+    #: policies plan with the wrong profile they are given; ESG+ and Clockwork learn on their own).
+    refine_profiles: bool = False
     loads: tuple[str, ...] = tuple(GRID_LOAD_LEVELS)
     slos: tuple[str, ...] = tuple(GRID_SLO_FACTORS)
 
@@ -110,7 +113,8 @@ def run_cell(
     record = Simulation(
         scenario, make_policy(policy), cluster, timer=timer,
         settings=EngineSettings(execution=settings.execution, seed=seed,
-                                charge_overhead=settings.charge_overhead),
+                                charge_overhead=settings.charge_overhead,
+                                refine_profiles=settings.refine_profiles),
     ).run()
     return replace(summarize(record), seed=seed,
                    profile_error=settings.execution.profile_error)

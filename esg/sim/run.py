@@ -52,6 +52,8 @@ class RunSettings:
     seed: int = 0
     execution: ExecutionModel = field(default_factory=ExecutionModel)
     charge_overhead: bool = False
+    #: The policies' profiles refined by every warm batch, as on the daemon (`esg.sim.refining`).
+    refine_profiles: bool = False
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.requests < 1:
@@ -136,7 +138,7 @@ def run_workflow(
     )
     engine = EngineSettings(
         execution=settings.execution, seed=settings.seed, pricing=pricing,
-        charge_overhead=settings.charge_overhead,
+        charge_overhead=settings.charge_overhead, refine_profiles=settings.refine_profiles,
     )
     record = Simulation(scenario, policy, cluster, timer=timer, settings=engine).run()
     metrics = summarize(record)

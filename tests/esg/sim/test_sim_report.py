@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from esg.policy import Snapshot
 from esg.sim.cli import main
 from esg.sim.execution import ExecutionModel
 from esg.sim.metrics import RunMetrics, jain, percentile
@@ -140,10 +142,12 @@ def test_report_options_build_the_grid_and_reject_what_is_not_in_it(
                         or 0)
     assert main(["report"]) == 0
     assert main(["report", "--seeds", "7-9", "--loads", "full", "--slos", "tight,strict",
-                 "--profile-error", "off", "--no-charge-overhead", "--nodes", "16"]) == 0
+                 "--profile-error", "off", "--no-charge-overhead", "--nodes", "16",
+                 "--refine-profiles"]) == 0
     default, chosen = seen
     assert default.seeds == HELD_OUT_SEEDS == (100, 101, 102, 103, 104)
     assert default.charge_overhead and default.execution == ExecutionModel.realistic()
+    assert not default.refine_profiles and chosen.refine_profiles
     assert len(default.cells()) == 20
     assert chosen.seeds == (7, 8, 9) and chosen.nodes == 16 and not chosen.charge_overhead
     assert chosen.cells() == [("full", "tight"), ("full", "strict")]
@@ -168,6 +172,28 @@ def test_the_report_charges_scheduling_time_unless_told_not_to() -> None:
                     slow_clock())
     assert charged.overhead_p50_ms == free.overhead_p50_ms == pytest.approx(1000.0)
     assert charged.slo_hit_rate == 0.0 < free.slo_hit_rate
+
+
+def test_a_report_cell_can_refine_every_policys_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`refine_profiles` reaches the engine, which then shows the policies refined profiles
+    (`esg.sim.refining`; what they see is tested in test_sim_refining)."""
+    import esg.sim.report
+
+    seen: list[bool] = []
+
+    class Spy(esg.sim.report.Simulation):
+        def _snapshot(self) -> Snapshot:
+            snapshot = super()._snapshot()
+            seen.append(snapshot.profiles_refined)
+            return snapshot
+
+    monkeypatch.setattr(esg.sim.report, "Simulation", Spy)
+    tiny = ReportSettings(nodes=1, duration_s=0.2, warmup_s=0.2, charge_overhead=False)
+    run_cell("fcfs", "light", "relaxed", tiny, time.perf_counter)
+    assert seen and not any(seen)
+    seen.clear()
+    run_cell("fcfs", "light", "relaxed", replace(tiny, refine_profiles=True), time.perf_counter)
+    assert seen and all(seen)
 
 
 def test_standings_name_the_field_leader_and_where_ours_win() -> None:

@@ -110,7 +110,8 @@ class Snapshot:
     outside_ms: Mapping[str, float] = field(default_factory=dict)
     #: True where the driver itself refines `profiles` from the executions it sees (the
     #: daemon does, per configuration): a policy that corrects the table from completions
-    #: too would count the same error twice. The simulator's tables stay as profiled.
+    #: too would count the same error twice. The simulator refines them only with
+    #: `EngineSettings.refine_profiles`.
     profiles_refined: bool = False
 
     def node(self, name: str) -> NodeView:

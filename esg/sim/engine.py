@@ -45,6 +45,7 @@ scenario, the policy and the seed.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -141,6 +142,7 @@ class Simulation:
         self._rng = random.Random(f"{self.settings.seed}:noise")
         self._factors = self.settings.execution.factors(scenario.profiles, self.settings.seed)
         self._truth = scenario.true_profiles or scenario.profiles
+        self._true_batches = _batches_by_shape(self._truth)
         self._live = (LiveProfiles(scenario.profiles, scenario.profile_points)
                       if self.settings.refine_profiles else None)
         batches = {
@@ -415,9 +417,7 @@ class Simulation:
             self._cold_start_s(d.function, d.config) if cold and not warming else 0.0,
             max(self._transfer_s(job, d.node) for job in jobs),
         )
-        exec_s = self._executed_s(
-            d, node, _true_ms(d.config, len(jobs), self._truth[d.function].latency_ms)
-        )
+        exec_s = self._executed_s(d, node, self._true_ms(d.function, d.config, len(jobs)))
         # The resource-time of the whole batch, shared by the jobs in it.
         batch_cost = self.settings.pricing.cost_per_request(
             d.config, exec_s * 1000 * d.config.batch
@@ -433,6 +433,20 @@ class Simulation:
         start = self._now + delay_s
         batch = _Batch(d, start, exec_s, cold, tuple(jobs))
         self._push(start + setup_s + exec_s + overhead_s, _DONE, batch)
+
+    def _true_ms(self, function: str, config: Config, jobs: int) -> float:
+        """What `jobs` items take on `config`'s vCPUs and slice: the smallest batch of that
+        shape in the true table that holds them (dynamic batch dimension: a partial batch runs
+        as the next profiled size; a batch size that only refinement added to the policies'
+        view runs as the one above it), or the largest, scaled."""
+        batches = self._true_batches.get((function, config.vcpu, config.vgpu))
+        if not batches:
+            raise PolicyError(f"{function}: {config} has no profiled shape to run as")
+        table = self._truth[function].latency_ms
+        i = bisect.bisect_left(batches, jobs)
+        if i < len(batches):
+            return table[Config(batches[i], config.vcpu, config.vgpu)]
+        return table[Config(batches[-1], config.vcpu, config.vgpu)] * jobs / batches[-1]
 
     def _executed_s(self, d: Dispatch, node: NodeState, profile_ms: float) -> float:
         """What the batch really runs (`esg.sim.execution`); `node` already holds its share."""
@@ -459,21 +473,10 @@ class Simulation:
         return total
 
 
-def _true_ms(config: Config, jobs: int, table: Mapping[Config, float]) -> float:
-    """What `jobs` items take on `config`'s vCPUs and slice by `table`: a partial batch runs as
-    the smallest profiled batch that holds it (dynamic batch dimension), else as `config`. A
-    configuration the table lacks (a batch size only refinement added to the policies' view)
-    runs as the smallest batch of its shape that holds `jobs`, or as the largest, scaled."""
-    if config in table:
-        for batch in range(jobs, config.batch):
-            candidate = Config(batch, config.vcpu, config.vgpu)
-            if candidate in table:
-                return table[candidate]
-        return table[config]
-    shape = sorted(c.batch for c in table if (c.vcpu, c.vgpu) == (config.vcpu, config.vgpu))
-    if not shape:
-        raise PolicyError(f"{config} has no profiled shape to run as")
-    holding = [b for b in shape if b >= jobs]
-    if holding:
-        return table[Config(holding[0], config.vcpu, config.vgpu)]
-    return table[Config(shape[-1], config.vcpu, config.vgpu)] * jobs / shape[-1]
+def _batches_by_shape(profiles: Mapping[str, Profile]) -> dict[tuple[str, int, int], list[int]]:
+    """Per (function, vCPUs, slice): the profiled batch sizes, ascending."""
+    out: dict[tuple[str, int, int], list[int]] = {}
+    for name, profile in profiles.items():
+        for config in profile.latency_ms:
+            out.setdefault((name, config.vcpu, config.vgpu), []).append(config.batch)
+    return {key: sorted(batches) for key, batches in out.items()}

@@ -219,9 +219,13 @@ def measured_noise_sigma(docs: Mapping[str, Mapping[str, Any]]) -> float:
     return min(1.0, math.sqrt(math.log(1 + statistics.median(cvs) ** 2)))
 
 
+def rows_of(doc: Mapping[str, Any]) -> dict[Config, Mapping[str, Any]]:
+    """A profile document's rows (`GET /system/profile/{name}`) by configuration."""
+    return {Config(r["batch"], r["vcpu"], r["vgpu"]): r for r in doc["configurations"]}
+
+
 def profile_of(doc: Mapping[str, Any]) -> Profile:
-    table = {Config(r["batch"], r["vcpu"], r["vgpu"]): float(r["latency_ms"])
-             for r in doc["configurations"]}
+    table = {c: float(r["latency_ms"]) for c, r in rows_of(doc).items()}
     return Profile(doc["function"], table, version=int(doc["profile_version"]))
 
 
@@ -229,9 +233,9 @@ def points_of(doc: Mapping[str, Any]) -> dict[Config, Point]:
     """The points behind a profile, as the daemon's store holds them: the simulator refines
     them with the same rule, so a point resting on three quiet executions moves as fast there
     as on the daemon."""
-    return {Config(r["batch"], r["vcpu"], r["vgpu"]): Point(
-        float(r["mean_ms"]), float(r["std_ms"]) ** 2, int(r["count"]),
-        r["source"] == "fitted", float(r["latency_ms"])) for r in doc["configurations"]}
+    return {c: Point(float(r["mean_ms"]), float(r["std_ms"]) ** 2, int(r["count"]),
+                     r["source"] == "fitted", float(r["latency_ms"]))
+            for c, r in rows_of(doc).items()}
 
 
 def under_load(alone: Mapping[str, Any], loaded: Mapping[str, Any]) -> Profile:
@@ -242,8 +246,7 @@ def under_load(alone: Mapping[str, Any], loaded: Mapping[str, Any]) -> Profile:
     alone on the machine, while in a run the load generator, the daemon and the other sandboxes
     share its cores. Without this, the simulator executed `vote` at 2 vCPUs in its quiet
     0.11 ms where the daemon took 0.2, and its planners never learned otherwise."""
-    before = {Config(r["batch"], r["vcpu"], r["vgpu"]): r for r in alone["configurations"]}
-    after = {Config(r["batch"], r["vcpu"], r["vgpu"]): r for r in loaded["configurations"]}
+    before, after = rows_of(alone), rows_of(loaded)
     ran = {c for c, r in after.items() if c not in before or r["count"] > before[c]["count"]}
     slowdown = statistics.median([after[c]["mean_ms"] / before[c]["mean_ms"] for c in ran
                                   if c in before and before[c]["source"] == "measured"] or [1.0])

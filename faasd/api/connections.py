@@ -13,6 +13,11 @@ ever. The guard wraps every accepted connection and enforces, with one sweep a s
   that has no request in progress (a slow or idle one), or, when every one is busy, itself.
   A log line (at most one every `LOG_INTERVAL_S`) says when the cap is reached.
 
+A request left half sent is answered 408 and closed the way nginx's lingering close does it:
+the answer, a half-close, then whatever the client still sends is read and dropped until it
+hangs up or `LINGER_S` passes. Closing a socket with unread bytes in it makes the kernel send
+a reset, and a reset destroys the answer before a client that reads a moment later sees it.
+
 Once a request's handler is running, the guard leaves it alone: a call has its function's
 timeout, a deploy its `deploy_timeout_s`. The rules are `overdue` (pure: state and time in, a
 reason out); `ConnectionGuard` is the shell that tracks transports and closes them.
@@ -40,6 +45,8 @@ log = logging.getLogger("faasd.api")
 FD_RESERVE = 256
 LOG_INTERVAL_S = 10.0
 SWEEP_INTERVAL_S = 1.0
+#: How long a connection told 408 may go on sending (read and dropped) before it is closed.
+LINGER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -136,21 +143,42 @@ class _Guarded(asyncio.Protocol):
         self._inner = inner
         self._guard = guard
         self.transport: asyncio.Transport | None = None
+        self._linger: asyncio.TimerHandle | None = None  # set once answered and half-closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._inner.connection_made(transport)
         self._guard.opened(self.transport)
 
+    def answer_and_linger(self, answer: bytes) -> None:
+        """Send `answer`, half-close, and from now on drop what arrives (aiohttp never sees
+        it) until the client hangs up or `LINGER_S` passes; then close."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(answer)
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if not transport.is_reading():  # aiohttp may have paused it: the bytes must be read
+            transport.resume_reading()
+        self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return
         if self.transport is not None:
             self._guard.received(self.transport, len(data))
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._linger is not None:
+            return None  # the client hung up: the transport closes
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
         if self.transport is not None:
             self._guard.closed(self.transport)
         self._inner.connection_lost(exc)
@@ -234,10 +262,7 @@ class ConnectionGuard:
                   if (why := overdue(s, now, self.limits)) is not None]
         for transport, why in doomed:
             reason = why.split(" ")[0]
-            if reason in _HALF_SENT:
-                with contextlib.suppress(Exception):  # the peer may be gone already
-                    transport.write(_timeout_answer(why))
-            self._close(transport, reason)
+            self._close(transport, reason, _timeout_answer(why) if reason in _HALF_SENT else None)
         return len(doomed)
 
     async def _sweep_forever(self) -> None:
@@ -264,12 +289,17 @@ class ConnectionGuard:
         self._close(victim, "cap")
         self._log_cap(victim is newcomer)
 
-    def _close(self, transport: asyncio.Transport, reason: str) -> None:
+    def _close(self, transport: asyncio.Transport, reason: str,
+               answer: bytes | None = None) -> None:
         self._open.pop(transport, None)
         self.closed_by_reason[reason] = self.closed_by_reason.get(reason, 0) + 1
-        if reason in _HALF_SENT:
-            transport.close()  # after the 408 (a few hundred bytes: the socket takes them)
-        else:
+        protocol = transport.get_protocol()
+        if answer is None or not isinstance(protocol, _Guarded):
+            transport.abort()
+            return
+        try:
+            protocol.answer_and_linger(answer)
+        except (OSError, RuntimeError):  # the peer is gone already, or the transport closing
             transport.abort()
 
     def _log_cap(self, refused: bool) -> None:

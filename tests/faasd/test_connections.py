@@ -12,8 +12,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from faasd.api.connections import ConnectionLimits, ConnectionState, effective_cap, overdue
+from faasd.api.connections import (
+    CONNECTIONS,
+    ConnectionGuard,
+    ConnectionLimits,
+    ConnectionState,
+    effective_cap,
+    overdue,
+    track_requests,
+)
 from faasd.config import DaemonConfig
 from faasd.daemon import Daemon
 
@@ -88,6 +97,14 @@ async def _closed_within(reader: asyncio.StreamReader, timeout_s: float) -> byte
     return got
 
 
+def _assert_timeout_answer(answer: bytes | None) -> None:
+    """A 408 with a JSON body that says the request timed out."""
+    assert answer is not None
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"application/json" in head, head
+    assert "request timeout" in json.loads(body)["error"]
+
+
 async def _healthz_ms(url: str) -> float:
     async with aiohttp.ClientSession() as session:
         started = time.perf_counter()
@@ -107,23 +124,54 @@ async def test_slow_and_silent_connections_are_closed_while_others_are_served(
     drip = [await _open(port, b"POST /system/functions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
             for _ in range(10)]
-    assert await _healthz_ms(daemon.url) < 1000  # served beside 30 slow connections
-    for _, writer in drip:  # one byte now and then: far under 1000 B/s
-        writer.write(b" ")
-    started = time.perf_counter()
-    results = await asyncio.gather(*(_closed_within(r, 5) for r, _ in silent + partial + drip))
-    assert None not in results, results.count(None)
-    assert time.perf_counter() - started < 4
-    assert results[:10] == [b""] * 10  # never sent a byte: closed without a word
-    for answer in results[10:]:  # a request left half sent is told so, in JSON
-        head, _, body = answer.partition(b"\r\n\r\n")  # type: ignore[union-attr]
-        assert head.startswith(b"HTTP/1.1 408 ") and b"application/json" in head, head
-        assert "request timeout" in json.loads(body)["error"]
-    guard = daemon.connections
-    assert guard is not None
-    assert guard.open_count == 0
-    for _, writer in silent + partial + drip:
+    try:
+        assert await _healthz_ms(daemon.url) < 1000  # served beside 30 slow connections
+        for _, writer in drip:  # one byte now and then: far under 1000 B/s
+            writer.write(b" ")
+        started = time.perf_counter()
+        results = await asyncio.gather(*(_closed_within(r, 5)
+                                         for r, _ in silent + partial + drip))
+        assert None not in results, results.count(None)
+        assert time.perf_counter() - started < 4
+        assert results[:10] == [b""] * 10  # never sent a byte: closed without a word
+        for answer in results[10:]:  # a request left half sent is told so, in JSON
+            _assert_timeout_answer(answer)
+        guard = daemon.connections
+        assert guard is not None
+        assert guard.open_count == 0
+    finally:
+        for _, writer in silent + partial + drip:
+            writer.close()
+
+
+async def test_the_408_reaches_a_client_whose_last_bytes_the_daemon_never_read() -> None:
+    """Closing a socket with unread bytes in it makes the kernel send a reset, and a reset
+    destroys what the client has not read yet: the 408 would vanish. Bytes that arrive just
+    before the sweep (a drip, the rest of the headers) are routine, so the guard half-closes
+    and reads on until the client hangs up, as nginx's lingering close does."""
+    now = [0.0]
+    guard = ConnectionGuard(LIMITS, lambda: now[0], cap=10)
+    app = web.Application(middlewares=[track_requests])
+    app[CONNECTIONS] = guard
+    runner = web.AppRunner(app)
+    await runner.setup()
+    assert runner.server is not None
+    listener = await asyncio.get_running_loop().create_server(
+        guard.factory(runner.server), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    reader, writer = await _open(port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    try:
+        await asyncio.sleep(0.1)  # the daemon has read the first half
+        writer.write(b"X-Late: 1\r\n")  # in the daemon's socket, unread: no await since
+        now[0] = LIMITS.header_timeout_s + 1
+        assert guard.sweep() == 1
+        await asyncio.sleep(0.1)  # a client that reads a moment later
+        _assert_timeout_answer(await _closed_within(reader, 5))
+        assert guard.open_count == 0
+    finally:
         writer.close()
+        listener.close()
+        await runner.cleanup()
 
 
 async def test_idle_keep_alive_is_closed_after_idle_timeout(daemon: Daemon) -> None:

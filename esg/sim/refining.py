@@ -12,7 +12,9 @@ time for the whole node to be free (queue 30-700 ms where the daemon's was 1-17 
 
 Pure bookkeeping: the engine feeds executions in; `profiles` is what the next snapshot shows.
 A function whose published latency changes gets a new profile version, as on the daemon, so the
-planners' caches stay valid.
+planners' caches stay valid. The policies see what the daemon's planners see
+(`esg.refine.planning_table`): a configuration no batch has run yet is scaled by the function's
+slowdown over those that have.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from esg.model import Config, Profile
-from esg.refine import DEFAULT_POLICY, Point, RefinePolicy, observe
+from esg.refine import DEFAULT_POLICY, Point, RefinePolicy, observe, planning_table
 
 
 class LiveProfiles:
     """Per function: the points behind its profile, and the profile they publish.
 
     `points` seeds the refinement with what the driver knows of each point (how many executions
-    it rests on, their spread); a configuration without one counts as measured `rule.window`
-    times without spread, i.e. as settled as a point gets.
+    it rests on, their spread); a configuration without one counts as profiled `rule.window`
+    times without spread (as settled as a point gets) and not yet executed.
     """
 
     def __init__(
@@ -55,13 +57,13 @@ class LiveProfiles:
 
     def observe(self, function: str, config: Config, exec_ms: float) -> bool:
         """One warm batch of `function` ran `config.batch` items on `config`'s vCPUs and slice in
-        `exec_ms`; True when its published latency changed (the profile has a new version)."""
+        `exec_ms`; True when what the policies see changed (the profile has a new version)."""
         points = self._points[function]
         refined = observe(points.get(config), exec_ms, self.rule)
         points[config] = refined.point
         if refined.changed:
             old = self._profiles[function]
-            table = {c: p.published_ms for c, p in points.items()}
+            table = planning_table(points)
             self._profiles[function] = Profile(function, table, version=old.version + 1)
             self.changes += 1
         return refined.changed

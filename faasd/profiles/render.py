@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-HEADER = ("BATCH", "VCPU", "VGPU", "LATENCY_MS", "STD_MS", "COST/REQ_$", "COUNT", "SOURCE")
+HEADER = ("BATCH", "VCPU", "VGPU", "LATENCY_MS", "STD_MS", "COST/REQ_$", "COUNT", "RUNS",
+          "SOURCE")
 
 
 def summary(doc: dict[str, Any]) -> str:
@@ -16,8 +17,11 @@ def summary(doc: dict[str, Any]) -> str:
     starts = (f"cold start {cold['mean']:.1f} ms mean, {cold['max']:.1f} max ({cold['count']})"
               if cold else "no cold start measured")
     running = " · profiling now" if doc.get("running") else ""
+    factor = doc.get("slowdown_under_load", 1.0)
+    slower = (f" · configurations not run yet ×{factor:.2f} (their slowdown under load)"
+              if factor != 1.0 else "")
     return (f"{doc['function']} v{doc['version']} · profile version {doc['profile_version']}"
-            f" · {starts}{running}")
+            f" · {starts}{slower}{running}")
 
 
 def format_table(doc: dict[str, Any]) -> str:
@@ -26,7 +30,7 @@ def format_table(doc: dict[str, Any]) -> str:
     rows = [
         (str(r["batch"]), str(r["vcpu"]), str(r["vgpu"]), f"{r['latency_ms']:.3f}",
          f"{r['std_ms']:.3f}" if r["count"] > 1 else "-", f"{r['cost_per_request']:.3g}",
-         str(r["count"]), r["source"])
+         str(r["count"]), str(r.get("executions", 0)), r["source"])
         for r in doc["configurations"]
     ]
     if not rows:

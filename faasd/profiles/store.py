@@ -11,9 +11,11 @@ Online refinements (`observe`, one per executed batch) change memory only and ar
 `flush()` — the profile service calls it every few seconds and at shutdown — so the hot path pays
 no disk write; a crash loses at most the refinements since the last flush.
 
-Profile versions come from one counter for the whole store (kept in the file), bumped whenever a
-published latency changes anywhere. A version therefore names one table exactly, across functions,
-function versions and restarts: a planner's cache keyed on it cannot mistake one for another.
+Profile versions come from one counter for the whole store (kept in the file), bumped whenever
+what planners see changes anywhere: a published latency, or a point's first execution (it stops
+being scaled by the function's slowdown under load, `esg.refine.planning_table`). A version
+therefore names one table exactly, across functions, function versions and restarts: a
+planner's cache keyed on it cannot mistake one for another.
 
 Only the function's *current* version (told by `set_current`, at every deploy and removal) is
 in `profiles()`; a redeploy starts a new, empty profile (the new version may be another model),
@@ -29,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from esg.model import Config, Profile
-from esg.refine import DEFAULT_POLICY, Point, RefinePolicy, observe
+from esg.refine import DEFAULT_POLICY, Point, RefinePolicy, observe, planning_table
 
 FILENAME = "profiles.sqlite"
 
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS points (
     batch INTEGER NOT NULL, vcpu INTEGER NOT NULL, vgpu INTEGER NOT NULL,
     mean_ms REAL NOT NULL, var_ms2 REAL NOT NULL, count INTEGER NOT NULL,
     fitted INTEGER NOT NULL, published_ms REAL NOT NULL,
+    executions INTEGER NOT NULL DEFAULT 0, profiled_ms REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (function, version, batch, vcpu, vgpu)
 );
 CREATE TABLE IF NOT EXISTS versions (
@@ -53,6 +56,13 @@ CREATE TABLE IF NOT EXISTS cold_starts (
     PRIMARY KEY (function, version)
 );
 """
+
+#: Columns added since the first release, for files written before them: an old point reads
+#: as one neither profiled nor executed, which `planning_table` leaves as it is.
+_ADDED_COLUMNS = {
+    "executions": "INTEGER NOT NULL DEFAULT 0",
+    "profiled_ms": "REAL NOT NULL DEFAULT 0",
+}
 
 Key = tuple[str, int]
 
@@ -82,6 +92,7 @@ class ProfileStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self._points: dict[Key, dict[Config, Point]] = {}
         self._versions: dict[Key, int] = {}
         self._current: dict[str, int] = {}
@@ -101,12 +112,12 @@ class ProfileStore:
     # ------------------------------------------------------------ reads
 
     def profile(self, name: str, version: int) -> Profile | None:
-        """The published profile of `name` at function version `version`; None if no point."""
+        """The profile planners use for `name` at function version `version`
+        (`esg.refine.planning_table`); None if no point."""
         points = self._points.get((name, version))
         if not points:
             return None
-        table = {c: p.published_ms for c, p in points.items()}
-        return Profile(name, table, self._versions.get((name, version), 0))
+        return Profile(name, planning_table(points), self._versions.get((name, version), 0))
 
     def profiles(self) -> Mapping[str, Profile]:
         """The profiles of the current versions (those that have one), by function name."""
@@ -194,7 +205,7 @@ class ProfileStore:
 
     def observe(self, name: str, version: int, config: Config, exec_ms: float) -> bool:
         """One real execution of a batch at `config` that took `exec_ms`; True when it changed
-        the published profile (and so its version). In memory until `flush()`."""
+        the profile planners see (and so its version). In memory until `flush()`."""
         key = (name, version)
         points = self._points.setdefault(key, {})
         refined = observe(points.get(config), exec_ms, self.policy)
@@ -259,7 +270,7 @@ class ProfileStore:
         self, name: str, version: int, items: Iterable[tuple[Config, Point]]
     ) -> None:
         self._db.executemany(
-            "INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [_point_row(name, version, c, p) for c, p in items],
         )
 
@@ -286,15 +297,24 @@ class ProfileStore:
             del self._cold[key]
         self._dirty = {d for d in self._dirty if d[0] != name or d[1] in keep}
 
+    def _add_missing_columns(self) -> None:
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(points)")}
+        with self._db:
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE points ADD COLUMN {column} {kind}")
+
     def _load(self) -> None:
         db = self._db
         row = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         self._generation = int(row[0]) if row else 0
-        for name, version, b, c, g, mean, var, count, fitted, published in db.execute(
-            "SELECT * FROM points"
+        for (name, version, b, c, g, mean, var, count, fitted, published, executions,
+             profiled) in db.execute(
+            "SELECT function, version, batch, vcpu, vgpu, mean_ms, var_ms2, count, fitted, "
+            "published_ms, executions, profiled_ms FROM points"
         ):
             self._points.setdefault((name, version), {})[Config(b, c, g)] = Point(
-                mean, var, count, bool(fitted), published
+                mean, var, count, bool(fitted), published, executions, profiled
             )
         for name, version, pv in db.execute("SELECT * FROM versions"):
             self._versions[(name, version)] = pv
@@ -306,6 +326,7 @@ class ProfileStore:
 
 def _point_row(
     name: str, version: int, config: Config, point: Point
-) -> tuple[str, int, int, int, int, float, float, int, int, float]:
+) -> tuple[str, int, int, int, int, float, float, int, int, float, int, float]:
     return (name, version, config.batch, config.vcpu, config.vgpu, point.mean_ms,
-            point.var_ms2, point.count, int(point.fitted), point.published_ms)
+            point.var_ms2, point.count, int(point.fitted), point.published_ms,
+            point.executions, point.profiled_ms)

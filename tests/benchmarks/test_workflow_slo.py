@@ -24,8 +24,10 @@ def bench() -> ModuleType:
 
 def _doc(rows: list[tuple[int, int, float, int, str]]) -> dict[str, Any]:
     return {"function": "f", "profile_version": 4, "configurations": [
-        {"batch": b, "vcpu": v, "vgpu": 0, "latency_ms": ms, "mean_ms": ms, "std_ms": 0.1,
-         "count": n, "source": source} for b, v, ms, n, source in rows]}
+        {"batch": b, "vcpu": v, "vgpu": 0, "latency_ms": ms, "published_ms": ms, "mean_ms": ms,
+         "std_ms": 0.1, "count": n, "executions": max(0, n - 3),
+         "profiled_ms": None if source == "fitted" else 1.0, "source": source}
+        for b, v, ms, n, source in rows]}
 
 
 def test_under_load_keeps_what_ran_and_slows_what_only_the_profiler_timed(
@@ -49,6 +51,8 @@ def test_under_load_keeps_what_ran_and_slows_what_only_the_profiler_timed(
 
 def test_points_of_rebuilds_the_daemons_points(bench: ModuleType) -> None:
     points = bench.points_of(_doc([(1, 1, 2.0, 40, "measured"), (2, 2, 0.9, 0, "fitted")]))
-    assert points[Config(1, 1)].count == 40
+    assert points[Config(1, 1)].count == 40 and points[Config(1, 1)].executions == 37
     assert points[Config(1, 1)].var_ms2 == pytest.approx(0.01)
+    assert points[Config(1, 1)].profiled_ms == 1.0
     assert points[Config(2, 2)].fitted and points[Config(2, 2)].published_ms == 0.9
+    assert points[Config(2, 2)].profiled_ms == 0.0

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from esg.refine import Point, RefinePolicy, observe
+from esg.model import Config
+from esg.refine import Point, RefinePolicy, observe, planning_table, slowdown
 
 
 def feed(point: Point | None, samples: list[float], policy: RefinePolicy) -> tuple[Point, int]:
@@ -20,7 +21,7 @@ def feed(point: Point | None, samples: list[float], policy: RefinePolicy) -> tup
 
 def test_first_sample_makes_a_measured_point_and_replaces_a_fit() -> None:
     fresh = observe(None, 4.0)
-    assert fresh.changed and fresh.point == Point(4.0, 0.0, 1, False, 4.0)
+    assert fresh.changed and fresh.point == Point(4.0, 0.0, 1, False, 4.0, executions=1)
     fitted = observe(Point.fit(9.0), 4.0)
     assert fitted.changed and not fitted.point.fitted and fitted.point.published_ms == 4.0
 
@@ -74,18 +75,21 @@ def test_relative_and_absolute_thresholds(
 
 def test_standard_error_threshold() -> None:
     """10 ms measured 3 times (std 0.1), then executions of 12 ms, only the z rule on:
-    n=4: mean 10.5, var 0.7575, 2·sqrt(var/4) = 0.870 > 0.5 moved: kept;
+    n=4: mean 10.5, var 0.7575, 2·sqrt(var/4) = 0.870 > 0.5 moved: kept (but the first
+    execution is a change all the same: the point is no longer scaled, see below);
     n=5: mean 10.8, var 0.966, 2·sqrt(var/5) = 0.879 > 0.8: kept;
     n=6: mean 11.0, var 1.005, 2·sqrt(var/6) = 0.819 < 1.0: published."""
     policy = RefinePolicy(rel_change=0.0, abs_change_ms=0.0, z=2.0)
     point = Point.measured(10.0, 0.1, 3)
-    seen = []
+    seen, published = [], []
     for _ in range(3):
         refined = observe(point, 12.0, policy)
         point = refined.point
         seen.append(refined.changed)
-    assert seen == [False, False, True]
-    assert point.published_ms == pytest.approx(11.0)
+        published.append(point.published_ms)
+    assert seen == [True, False, True]
+    assert published == [10.0, 10.0, pytest.approx(11.0)]
+    assert point.executions == 3 and point.profiled_ms == 10.0
 
 
 def test_noise_alone_does_not_republish() -> None:
@@ -103,3 +107,26 @@ def test_bad_input_is_refused() -> None:
         observe(None, 0.0)
     with pytest.raises(ValueError, match="window"):
         RefinePolicy(window=0)
+
+
+def test_what_only_the_profiler_timed_is_planned_at_the_functions_slowdown_under_load() -> None:
+    """Timed alone (3 samples) at 1, 2 and 4 ms; under load the first two ran 3 times at 3
+    and 6 ms, so their running means are (3·1 + 3·3) / 6 = 2 and 4 ms: ×2 each. A third
+    configuration only ever ran under load (no ratio), one is fitted."""
+    policy = RefinePolicy(window=20, rel_change=0.0, abs_change_ms=0.0, z=0.0)
+    points = {Config(1, 1): Point.measured(1.0, 0.0, 3), Config(2, 1): Point.measured(2.0, 0.0, 3),
+              Config(4, 1): Point.measured(4.0, 0.0, 3), Config(8, 1): Point.fit(7.0)}
+    assert slowdown(points) == 1.0  # nothing ran yet: the profile as measured
+    assert planning_table(points) == {c: p.published_ms for c, p in points.items()}
+    for config, ms in ((Config(1, 1), 3.0), (Config(2, 1), 6.0)):
+        point = points[config]
+        for _ in range(3):
+            point = observe(point, ms, policy).point
+        points[config] = point
+    points[Config(1, 2)] = observe(None, 0.9, policy).point
+    assert slowdown(points) == pytest.approx(2.0)
+    table = planning_table(points)
+    assert table[Config(1, 1)] == pytest.approx(2.0) and table[Config(2, 1)] == pytest.approx(4.0)
+    assert table[Config(1, 2)] == 0.9  # ran: as published
+    assert table[Config(4, 1)] == pytest.approx(8.0)  # timed alone: ×2
+    assert table[Config(8, 1)] == pytest.approx(14.0)  # fitted from quiet points: ×2

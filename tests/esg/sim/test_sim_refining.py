@@ -10,7 +10,7 @@ import pytest
 
 from esg.model import Config, Profile, Workflow
 from esg.policy import Action, Dispatch, Event, Snapshot
-from esg.refine import Point, observe
+from esg.refine import Point, RefinePolicy, observe
 from esg.sim.execution import ExecutionModel
 from esg.sim.refining import LiveProfiles
 from esg.sim.workloads import custom_scenario as scenario
@@ -92,5 +92,22 @@ def test_live_profiles_add_the_points_executions_bring_and_keep_the_rest() -> No
     assert live.observe("f", Config(2, 2, 0), 15.0) is True  # a new point: published at once
     assert live.profiles["f"].latency_ms == {CPU: 10.0, Config(2, 2, 0): 15.0}
     assert live.profiles["f"].version == 6
+    assert live.observe("f", CPU, 10.1) is True  # its first execution: no longer scaled
+    assert live.profiles["f"].latency_ms == {CPU: 10.0, Config(2, 2, 0): 15.0}
     assert live.observe("f", CPU, 10.1) is False  # within the noise: nothing published
-    assert live.profiles["f"].version == 6 and live.changes == 1
+    assert live.profiles["f"].version == 7 and live.changes == 2
+
+
+def test_live_profiles_plan_what_no_batch_ran_at_the_slowdown_of_what_did() -> None:
+    """As the daemon's planners do (`esg.refine.planning_table`): 1 vCPU ran at twice its
+    profiled time, 2 vCPUs never ran, so the policies see it twice as slow too."""
+    two = Config(1, 2, 0)
+    one = Config(1, 1, 0)
+    points = {one: Point.measured(10.0, 0.0, 1), two: Point.measured(6.0, 0.0, 1)}
+    every_change = RefinePolicy(rel_change=0.0, abs_change_ms=0.0, z=0.0)
+    live = LiveProfiles({"f": Profile("f", {one: 10.0, two: 6.0}, version=1)}, {"f": points},
+                        every_change)
+    for _ in range(9):
+        live.observe("f", one, 21.0)
+    seen = live.profiles["f"].latency_ms  # (10 + 9 · 21) / 10 = 19.9 at 1 vCPU: ×1.99
+    assert seen[one] == pytest.approx(19.9) and seen[two] == pytest.approx(6.0 * 1.99)

@@ -181,10 +181,10 @@ async def test_cli_profile_show_and_png(start: Start, tmp_path: Path) -> None:
         summary, header, *rows = out.splitlines()
         assert summary.startswith("lin v1 · profile version ")
         assert header.split() == ["BATCH", "VCPU", "VGPU", "LATENCY_MS", "STD_MS",
-                                  "COST/REQ_$", "COUNT", "SOURCE"]
+                                  "COST/REQ_$", "COUNT", "RUNS", "SOURCE"]
         table = {(int(r.split()[0]), int(r.split()[1])): r.split() for r in rows}
         assert set(table) == {(b, v) for b in (1, 2, 3, 4) for v in (1, 2)}
-        assert table[(1, 1)][-2:] == ["3", "measured"]
+        assert table[(1, 1)][-3:] == ["3", "0", "measured"]  # timed 3 times, never run
         assert table[(2, 2)][4] == "-" and table[(2, 2)][-1] == "fitted"
 
         png = tmp_path / "lin.png"

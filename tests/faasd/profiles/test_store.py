@@ -72,6 +72,7 @@ def test_unflushed_refinements_are_not_on_disk(path: Path) -> None:
 
 def test_versions_change_with_the_table_only(path: Path) -> None:
     store = recorded(path)
+    assert store.observe("f", 1, A, 2.0)  # its first execution: planned as run, not scaled
     first = store.profile_version("f", 1)
     view = store.profiles()
     assert store.profiles() is view  # cached until something changes
@@ -89,6 +90,48 @@ def test_versions_change_with_the_table_only(path: Path) -> None:
     assert store.profile_version("g", 1) > second
     store.close()
     assert ProfileStore(path).profile_version("g", 1) == store.profile_version("g", 1)
+
+
+def test_planners_see_what_only_the_profiler_timed_at_the_slowdown_under_load(
+    path: Path,
+) -> None:
+    """A (2 ms alone) runs at 4 ms under load: with the profiler's 3 samples its mean after 3
+    executions is 3 ms, ×1.5. B, timed alone only, and C, fitted, are planned ×1.5 too; the
+    store keeps what it needs for that across a restart."""
+    store = recorded(path)
+    for _ in range(3):
+        store.observe("f", 1, A, 4.0)
+    expected = {A: pytest.approx(3.0), B: pytest.approx(9.0), C: pytest.approx(6.0)}
+    assert store.profiles()["f"].latency_ms == expected
+    assert store.points("f", 1)[B].published_ms == 6.0  # the point itself is untouched
+    store.close()
+    again = ProfileStore(path)
+    assert again.points("f", 1)[A].executions == 3 and again.points("f", 1)[A].profiled_ms == 2.0
+    assert again.profiles()["f"].latency_ms == expected
+    again.close()
+
+
+def test_a_file_from_before_the_slowdown_columns_opens_as_it_was(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE points (
+                function TEXT NOT NULL, version INTEGER NOT NULL,
+                batch INTEGER NOT NULL, vcpu INTEGER NOT NULL, vgpu INTEGER NOT NULL,
+                mean_ms REAL NOT NULL, var_ms2 REAL NOT NULL, count INTEGER NOT NULL,
+                fitted INTEGER NOT NULL, published_ms REAL NOT NULL,
+                PRIMARY KEY (function, version, batch, vcpu, vgpu));
+            CREATE TABLE current (function TEXT PRIMARY KEY, version INTEGER NOT NULL);
+            INSERT INTO points VALUES ('f', 1, 1, 1, 0, 2.5, 0.0, 30, 0, 2.5);
+            INSERT INTO points VALUES ('f', 1, 4, 1, 0, 6.0, 0.0, 3, 0, 6.0);
+            INSERT INTO current VALUES ('f', 1);
+        """)
+    db.close()
+    store = ProfileStore(path)
+    assert store.profiles()["f"].latency_ms == {A: 2.5, B: 6.0}  # no factor without the facts
+    store.observe("f", 1, A, 2.5)
+    store.close()
+    assert ProfileStore(path).points("f", 1)[A].executions == 1
 
 
 def test_a_fit_never_overwrites_a_measurement(path: Path) -> None:

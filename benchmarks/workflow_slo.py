@@ -548,7 +548,7 @@ def measure(plan: Plan) -> Setup:
     print(f"per-batch overhead (ms): { {n: round(v, 2) for n, v in overheads.items()} }",
           file=sys.stderr)
     print(f"slowdown under load (what the daemons' planners scale unrun configurations by): "
-          f"{ {n: d.get('slowdown_under_load', 1.0) for n, d in docs.items()} }", file=sys.stderr)
+          f"{ {n: d['slowdown_under_load']['cpu'] for n, d in docs.items()} }", file=sys.stderr)
     sigma = measured_noise_sigma(docs)
     print(f"execution noise (lognormal sigma) for the simulator: {sigma:.2f}", file=sys.stderr)
     print(f"time outside the stages per call (ms): "

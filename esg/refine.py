@@ -26,10 +26,13 @@ that profiles are refined); `RefinePolicy` keeps them in one place.
 What planners plan with is `planning_table`: a point that executions refined shows its
 published latency; one that only the profiler timed (alone on the machine), or the model
 fitted, shows that figure times the function's slowdown under load, the median of published
-over profiled latency across the points that have both. The profiler runs one configuration at
+over profiled latency across the points that have both, on the same kind of device (CPU
+points by CPU points, GPU slices by GPU slices: cores shared with the load say little about a
+slice of a GPU). The profiler runs one configuration at
 a time on an otherwise idle node; under load the load itself, the daemon and the other
-sandboxes share the cores, and on the workflow benchmark a point timed alone took 1.2-1.8 times
-as long once executions refined it. Without the factor a planner prefers exactly the
+sandboxes share the cores. On the workflow benchmark (two shared cores) the factor after its
+capacity run was 0.88-1.34 for the image and CNN stages and 1.8-2.5 for the sub-millisecond
+ones (`vote` at 2 vCPUs: 0.11 ms alone, 0.16 under load). Without it a planner prefers the
 configurations it has never run (they look fastest), and learns otherwise one cold start
 later. A point's first execution therefore counts as a change (the profile version moves): it
 leaves the scaled set and moves the factor. The factor is our reconstruction; the ESG paper
@@ -143,17 +146,19 @@ def observe(
                    changed or point.executions == 0)
 
 
-def slowdown(points: Mapping[Config, Point]) -> float:
-    """How much slower a function runs under load than alone: the median of published over
-    profiled latency across its points that the profiler timed and executions refined; 1
-    when there are none yet."""
-    ratios = [p.published_ms / p.profiled_ms for p in points.values()
-              if p.executions and p.profiled_ms > 0]
+def slowdown(points: Mapping[Config, Point], on_gpu: bool = False) -> float:
+    """How much slower a function runs under load than alone on the CPU (or, `on_gpu`, on
+    GPU slices): the median of published over profiled latency across its points of that kind
+    that the profiler timed and executions refined; 1 when there are none yet."""
+    ratios = [p.published_ms / p.profiled_ms for c, p in points.items()
+              if (c.vgpu > 0) == on_gpu and p.executions and p.profiled_ms > 0]
     return statistics.median(ratios) if ratios else 1.0
 
 
 def planning_table(points: Mapping[Config, Point]) -> dict[Config, float]:
     """The latency (ms) planners see per configuration of one function: the published one
-    where executions refined it, the published one times `slowdown` where they have not."""
-    factor = slowdown(points)
-    return {c: p.published_ms * (1.0 if p.executions else factor) for c, p in points.items()}
+    where executions refined it, the published one times its kind's `slowdown` where they
+    have not."""
+    factor = {False: slowdown(points), True: slowdown(points, on_gpu=True)}
+    return {c: p.published_ms * (1.0 if p.executions else factor[c.vgpu > 0])
+            for c, p in points.items()}

@@ -17,9 +17,9 @@ def summary(doc: dict[str, Any]) -> str:
     starts = (f"cold start {cold['mean']:.1f} ms mean, {cold['max']:.1f} max ({cold['count']})"
               if cold else "no cold start measured")
     running = " · profiling now" if doc.get("running") else ""
-    factor = doc.get("slowdown_under_load", 1.0)
-    slower = (f" · configurations not run yet ×{factor:.2f} (their slowdown under load)"
-              if factor != 1.0 else "")
+    factors = {kind: f for kind, f in doc.get("slowdown_under_load", {}).items() if f != 1.0}
+    slower = (" · configurations not run yet planned at their slowdown under load: " + ", ".join(
+        f"{kind.upper()} ×{f:.2f}" for kind, f in factors.items()) if factors else "")
     return (f"{doc['function']} v{doc['version']} · profile version {doc['profile_version']}"
             f" · {starts}{slower}{running}")
 

@@ -56,7 +56,8 @@ def document(
         "profile_version": profile_version,
         "running": running,
         "pricing": {"cpu_per_s": pricing.cpu_per_s, "gpu_per_s": pricing.gpu_per_s},
-        "slowdown_under_load": round(slowdown(points), 3),
+        "slowdown_under_load": {"cpu": round(slowdown(points), 3),
+                                "gpu": round(slowdown(points, on_gpu=True), 3)},
         "cold_start_ms": None if cold is None else {
             "count": cold.count, "mean": round(cold.mean_ms, 2), "max": round(cold.max_ms, 2)
         },

@@ -130,3 +130,18 @@ def test_what_only_the_profiler_timed_is_planned_at_the_functions_slowdown_under
     assert table[Config(1, 2)] == 0.9  # ran: as published
     assert table[Config(4, 1)] == pytest.approx(8.0)  # timed alone: ×2
     assert table[Config(8, 1)] == pytest.approx(14.0)  # fitted from quiet points: ×2
+
+
+def test_a_gpu_slice_is_scaled_by_what_gpu_slices_did_not_by_the_cores() -> None:
+    """Shared cores slow the CPU points 2×; that says nothing about a slice of a GPU, whose
+    points stay as profiled until a GPU batch runs."""
+    policy = RefinePolicy(rel_change=0.0, abs_change_ms=0.0, z=0.0)
+    cpu, gpu, other_gpu = Config(1, 1), Config(1, 1, 1), Config(4, 1, 2)
+    points = {cpu: Point.measured(4.0, 0.0, 1), gpu: Point.measured(1.0, 0.0, 1),
+              other_gpu: Point.fit(2.0), Config(4, 1): Point.fit(10.0)}
+    points[cpu] = observe(points[cpu], 12.0, policy).point  # (4 + 12) / 2 = 8: ×2
+    assert slowdown(points) == 2.0 and slowdown(points, on_gpu=True) == 1.0
+    assert planning_table(points)[Config(4, 1)] == 20.0
+    assert planning_table(points)[other_gpu] == 2.0
+    points[gpu] = observe(points[gpu], 1.5, policy).point  # (1 + 1.5) / 2: ×1.25
+    assert planning_table(points)[other_gpu] == pytest.approx(2.5)

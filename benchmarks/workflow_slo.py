@@ -23,11 +23,14 @@ What it does, in order:
    the workflows sharing the rate equally; a warm-up (bursts at the peak rate) is not measured.
    Each arrival is one `POST /workflow/{name}` of the workflow's sample picture, sent at its
    time whatever the daemon is doing (open loop).
-4. Per policy and setting: SLO hit rate (answered 200 within the SLO, measured at the client),
-   cost per request (the daemon's `X-Faasd-Cost`: each stage's share of its batch's
-   vCPU-seconds, priced by configs/pricing.yaml; failed calls cost what they ran) normalised
-   to ESG's in the same setting, p50 and p99 latency, requests. Written to
-   `docs/evaluation/real.csv` (or `--out`).
+4. Setting by setting, every policy in turn (the first one moving on with each setting), each
+   on a daemon started for the setting from its own copy of the state (so its refined profiles
+   carry over from setting to setting): drift of the shared machine over the grid falls on
+   every policy alike. Per policy and setting: SLO hit rate (answered 200 within the SLO,
+   measured at the client), cost per request (the daemon's `X-Faasd-Cost`: each stage's
+   share of its batch's vCPU-seconds, priced by configs/pricing.yaml; failed calls cost what
+   they ran) normalised to ESG's in the same setting, p50 and p99 latency, requests. Written
+   to `docs/evaluation/real.csv` (or `--out`).
 5. The same settings in `esg.sim` (one node of the daemon's vCPUs, no GPU, the measured
    profiles, cold starts, per-batch overheads and time outside the stages, the same arrivals,
    executions as long as under load (`under_load`) and as noisy as the daemon measured them
@@ -129,13 +132,14 @@ class Outcome:
 
 
 class Daemon:
-    def __init__(self, scratch: Path, state: Path, policy: str) -> None:
+    def __init__(self, scratch: Path, state: Path, policy: str, label: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [str(FAASD), "up", "--host", "127.0.0.1", "--port", str(self.port),
                 "--functions", str(scratch / "functions"), "--workflows",
                 str(scratch / "workflows"), "--state-dir", str(state), "--scheduler", policy]
-        self.server = Server(f"faasd-{policy}", argv, scratch / f"faasd-{policy}.log")
+        name = f"faasd-{policy}{label}"
+        self.server = Server(name, argv, scratch / f"{name}.log")
         try:
             self.server.wait_http(f"{self.url}/v2/health/ready", 600)
         except BaseException:
@@ -452,6 +456,12 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return cov / var
 
 
+def rotated(items: Sequence[str], turn: int) -> tuple[str, ...]:
+    """`items` starting at position `turn` (mod their number), wrapping around."""
+    k = turn % len(items)
+    return (*items[k:], *items[:k])
+
+
 def normalise(rows: list[dict[str, Any]]) -> None:
     """cost_norm = cost per request / ESG's in the same setting (nan without an ESG row)."""
     base = {(r["workload"], r["slo"]): r["cost"] for r in rows if r["policy"] == "esg"}
@@ -573,34 +583,43 @@ def run(plan: Plan, out: Path) -> int:
           f"{capacity:.1f} requests/s measured on {vcpu} vCPUs", file=sys.stderr)
     real: list[dict[str, Any]] = []
     sim: list[dict[str, Any]] = []
-    for policy in plan.policies:
-        state = scratch / f"state-{policy}"
-        shutil.copytree(scratch / "state0", state)
-        daemon = Daemon(scratch, state, policy)
-        try:
-            for load, slo in plan.settings:
-                slo_ms = {n: SLO_FACTORS[slo] * reference[n] for n in workflows}
+    # Setting by setting, every policy in turn (the first one moving on each time), each on a
+    # daemon of its own started for the setting from its policy's state: the shared machine
+    # drifts over the hour a grid takes, and run policy by policy a policy's whole row would
+    # take the drift of its own quarter of an hour, and one policy always the first setting
+    # after the measuring daemon.
+    for turn, (load, slo) in enumerate(plan.settings):
+        slo_ms = {n: SLO_FACTORS[slo] * reference[n] for n in workflows}
+        schedule = arrivals(sorted(workflows), LOAD_LEVELS[load] * capacity, plan, load)
+        flows = {n: Workflow.from_edges(n, w.functions, w.edges, slo_ms[n] / 1000)
+                 for n, w in workflows.items()}
+        for policy in rotated(plan.policies, turn):
+            state = scratch / f"state-{policy}"
+            if not state.exists():
+                shutil.copytree(scratch / "state0", state)
+            daemon = Daemon(scratch, state, policy, f"-{load}-{slo}")
+            try:
                 set_slos(daemon, scratch, slo_ms)
-                schedule = arrivals(sorted(workflows), LOAD_LEVELS[load] * capacity, plan, load)
                 before, decided = daemon.stage_totals(), daemon.decision_totals()
                 outcomes = asyncio.run(drive(daemon.url, schedule, setup.bodies, slo_ms,
                                              plan.warmup_s))
                 stages = {f: [a - b for a, b in zip(t, before.get(f, [0.0] * 3), strict=True)]
                           for f, t in daemon.stage_totals().items()}
-                real.append(row(policy, load, slo, outcomes))
-                flows = {n: Workflow.from_edges(n, w.functions, w.edges, slo_ms[n] / 1000)
-                         for n, w in workflows.items()}
-                sim.append(simulate(policy, load, slo, flows, measured, schedule, plan))
-                r, s = real[-1], sim[-1]
-                print(f"{policy:>12} {load:>6}/{slo:<8} real {r['slo_hit_rate']:6.1%} "
-                      f"p50 {r['p50_ms']:7.1f} ms  sim {s['slo_hit_rate']:6.1%} "
-                      f"({r['requests']} calls)", file=sys.stderr)
-                print(workflow_line(outcomes), file=sys.stderr)
                 decisions = [a - b for a, b in zip(daemon.decision_totals(), decided, strict=True)]
-                print(decision_line(decisions, len(schedule)), file=sys.stderr)
-                print(stage_lines(stages, s.pop("stages")), file=sys.stderr)
-        finally:
-            daemon.stop()
+            finally:
+                daemon.stop()
+            real.append(row(policy, load, slo, outcomes))
+            sim.append(simulate(policy, load, slo, flows, measured, schedule, plan))
+            r, s = real[-1], sim[-1]
+            print(f"{policy:>12} {load:>6}/{slo:<8} real {r['slo_hit_rate']:6.1%} "
+                  f"p50 {r['p50_ms']:7.1f} ms  sim {s['slo_hit_rate']:6.1%} "
+                  f"({r['requests']} calls)", file=sys.stderr)
+            print(workflow_line(outcomes), file=sys.stderr)
+            print(decision_line(decisions, len(schedule)), file=sys.stderr)
+            print(stage_lines(stages, s.pop("stages")), file=sys.stderr)
+    order = {p: i for i, p in enumerate(plan.policies)}  # the CSVs keep a policy's rows together
+    real.sort(key=lambda r: order[r["policy"]])
+    sim.sort(key=lambda r: order[r["policy"]])
     normalise(real)
     normalise(sim)
     write_csv(real, out, COLUMNS)

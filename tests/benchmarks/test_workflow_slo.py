@@ -56,3 +56,13 @@ def test_points_of_rebuilds_the_daemons_points(bench: ModuleType) -> None:
     assert points[Config(1, 1)].profiled_ms == 1.0
     assert points[Config(2, 2)].fitted and points[Config(2, 2)].published_ms == 0.9
     assert points[Config(2, 2)].profiled_ms == 0.0
+
+
+def test_each_setting_starts_with_the_next_policy_so_none_is_always_first(
+    bench: ModuleType,
+) -> None:
+    policies = ("esg", "fcfs", "orion")
+    turns = [bench.rotated(policies, turn) for turn in range(4)]
+    assert turns == [("esg", "fcfs", "orion"), ("fcfs", "orion", "esg"),
+                     ("orion", "esg", "fcfs"), ("esg", "fcfs", "orion")]
+    assert all(sorted(t) == sorted(policies) for t in turns)

@@ -254,6 +254,16 @@ def test_the_margin_drops_what_needs_nearly_all_the_time_left() -> None:
     assert _dropped(EsgPlusPolicy(admission_margin=0.2).on_event(Timer(), queued)) == ("j0",)
 
 
+def test_the_time_outside_the_stages_does_not_make_a_request_hopeless() -> None:
+    # 160 ms left at a, 150 needed. A reading of 30 ms outside the stages (the daemon's event
+    # loop under load) would leave 130 in ESG's late rule; admission does not count it, or a
+    # high reading drops every call of the workflow and none finishes to lower it again.
+    queued = dataclasses.replace(_queued(0.84, 0.0), outside_ms={"app": 30.0})
+    assert _dropped(EsgPlusPolicy().on_event(Timer(), queued)) == ()
+    late = dataclasses.replace(_queued(0.86, 0.0), outside_ms={"app": 30.0})  # 140 < 150
+    assert _dropped(EsgPlusPolicy().on_event(Timer(), late)) == ("j0",)
+
+
 def test_the_need_is_read_on_the_corrected_table() -> None:
     # a runs 1.5 x its profile: after three completions it needs 150 + 50 = 200 ms, so 180 ms
     # left is hopeless; on the profile as given (150 ms) it was not.

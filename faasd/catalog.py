@@ -187,10 +187,21 @@ class Catalog:
 
     async def check(self, source: Path, name: str) -> ModelInfo:
         """What deploying `source` as `name` would serve, found by loading it in a throwaway
-        sandbox; nothing is installed (DeployError as `deploy` would raise it)."""
+        sandbox; nothing is installed (DeployError as `deploy` would raise it). A source the
+        current version was installed from, unchanged, is neither copied nor loaded: it would
+        serve what loading that version recorded. (A workflow's redeploy checks each of its
+        function subdirectories, then deploys them with `reuse_unchanged`, which loads an
+        unchanged one once; a copy here would spend a version number and log a staged
+        version that is never installed.)"""
         if self.guard is not None:
             self.guard.check_name(name)
         async with self._lock(name):
+            try:
+                current = await asyncio.to_thread(self._registry.unchanged, source, name)
+            except DeployError as exc:
+                raise exc.located_in(source) from None
+            if current is not None:
+                return self.get(current.name)[1]
             staged = await asyncio.to_thread(self._registry.stage, source, name)
             try:
                 self._check_resources(staged)

@@ -182,11 +182,20 @@ async def test_subdirectories_deploy_with_the_workflow_and_survive_a_restart(
         assert doc["version"] == 1 and doc["function_status"]["triple"]["version"] == 1
         status, answer, _ = await post(s, f"{first.url}/workflow/local", data=BODY)
         assert status == 200 and answer["total"] == pytest.approx(float((6 * X).sum()))
+        # Redeployed unchanged, twice: the function keeps its version, and no version number
+        # is spent on a copy that is never installed.
+        counter = tmp_path / "state" / "functions" / "triple" / "counter"
+        spent = counter.read_text()
+        for _ in range(2):
+            async with s.put(f"{first.url}/system/workflows", json={"path": str(wf)}) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["function_status"]["triple"]["version"] == 1
+        assert counter.read_text() == spent
     async with Daemon(config) as second, aiohttp.ClientSession() as s:
         status, answer, _ = await post(s, f"{second.url}/workflow/local", data=BODY)
         assert status == 200, answer
         async with s.get(f"{second.url}/system/workflow/local") as r:
-            assert (await r.json())["version"] == 1
+            assert (await r.json())["version"] == 3  # the POST and two PUTs
     stored = json.loads((tmp_path / "state" / "workflows" / "local.json").read_text())
     assert stored["spec"]["functions"] == ["src", "triple"]
 

@@ -196,10 +196,8 @@ class Catalog:
         if self.guard is not None:
             self.guard.check_name(name)
         async with self._lock(name):
-            try:
-                current = await asyncio.to_thread(self._registry.unchanged, source, name)
-            except DeployError as exc:
-                raise exc.located_in(source) from None
+            # The static checks raise here as they would in `stage`: naming files in `source`.
+            current = await asyncio.to_thread(self._registry.unchanged, source, name)
             if current is not None:
                 return self.get(current.name)[1]
             staged = await asyncio.to_thread(self._registry.stage, source, name)

@@ -35,7 +35,8 @@ PROFILE = Profile("f", {CPU1: 100.0, CPU4: 40.0, PAIR: 150.0, GPU1: 20.0})
 
 
 def _policy() -> EsgPolicy:
-    return EsgPolicy(pricing=PRICES)
+    # the paper's batch wait, to the edge of the budget (the reserve is tested on its own)
+    return EsgPolicy(pricing=PRICES, wait_reserve=0.0)
 
 
 def _snap(
@@ -81,9 +82,38 @@ def test_a_lone_job_waits_for_a_pair_while_the_budget_allows() -> None:
     [wake] = actions
     assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.88975)
     # Without the margin the slack is 1000 - 100 = 900 ms.
-    exact = EsgPolicy(pricing=PRICES, latency_margin=0.0)
+    exact = EsgPolicy(pricing=PRICES, latency_margin=0.0, wait_reserve=0.0)
     [wake] = exact.on_event(Arrival(j0), _snap(0.0, [j0]))
     assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.89975)
+
+
+def test_the_wait_for_a_batch_keeps_a_reserve_for_a_slow_batch() -> None:
+    # wait_reserve 0.25 (the default) on an idle node: the wait may spend the slack less a
+    # quarter of the latency of the plan runnable now (CPU1, 100 ms): 890 - 25 = 865 ms,
+    # waking at 0.86475 s. At that moment the budget is 1000 - 864.75 = 135.25 ms and CPU1
+    # (1.1 * 100) still meets it with 25 ms to spare for a batch slower than its mean.
+    policy = EsgPolicy(pricing=PRICES)
+    assert policy.wait_reserve == 0.25
+    j0 = job(0, start_s=0.0, slo_s=1.0)
+    [wake] = policy.on_event(Arrival(j0), _snap(0.0, [j0]))
+    assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(0.86475)
+    [dispatch] = _dispatches(policy.on_event(Timer(), _snap(0.86475, [j0])))
+    assert (dispatch.config, dispatch.job_ids) == (CPU1, ("j0",))
+    with pytest.raises(ValueError, match="wait_reserve"):
+        EsgPolicy(wait_reserve=-0.1)
+
+
+def test_the_reserve_shrinks_as_the_vcpus_fill() -> None:
+    # 12 of 16 vCPUs in use since t = 0: at t = 10 s the share in use over the last second is
+    # 0.75 (to within e^-10), so the reserve is 0.25 x (1 - 0.75) x 100 = 6.25 ms and the lone
+    # job's wait ends at 10 + (890 - 6.25 - 0.25) / 1000 s. At light load the batch wait ended
+    # calls at their SLO; at heavy load the batches carry the throughput.
+    policy = EsgPolicy(pricing=PRICES, wait_reserve=0.25)
+    busy = (node("n0", vcpu=16, free_vcpu=4, gpu_units=(7,)),)
+    policy.on_event(Timer(), _snap(0.0, [], nodes=busy))
+    j0 = job(0, start_s=10.0, slo_s=1.0)
+    [wake] = policy.on_event(Arrival(j0), _snap(10.0, [j0], nodes=busy))
+    assert isinstance(wake, WakeUp) and wake.at_s == pytest.approx(10.8835, abs=1e-6)
 
 
 def test_the_time_a_call_spends_outside_its_stages_is_left_over_from_the_slo() -> None:

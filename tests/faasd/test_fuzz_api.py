@@ -468,6 +468,10 @@ def _answered_before_auth(request: Request, status: int, answer: bytes) -> bool:
     """What is answered before any token is looked at: a request aiohttp's parser refuses
     (400), and an `Expect` other than 100-continue (417: aiohttp runs expect handlers before
     the middlewares)."""
+    if status == 400 and request.method == "HEAD":
+        # An answer to HEAD has no body to read the error from; without a token the token
+        # check answers 401 before any handler could answer 400, so this 400 is the parser's.
+        return True
     if status == 400:
         return bool(_strict(answer)["error"].startswith("the HTTP request cannot be parsed"))
     expect = request.headers.get("Expect")

@@ -76,9 +76,10 @@ sandbox and the extra for one with a GPU slice, used for functions whose `Functi
 carry their own), `net_bytes_per_s` (1.25e9, 10 GbE) and `net_latency_ms` (0.2) for input
 transfers, `busy_above` (0.0: the share of vCPUs in use above which a batch the arrival rate
 cannot fill in time is not waited for, so by default always; 0.1 gives the earlier rule, which
-waited on idle nodes; see `_fill_ms`), `wait_reserve` (0.25: the share of a plan's latency the batch wait leaves unspent on an idle
-node, see 3; 0 waits to the edge of the budget, as the paper's ESG), `slo_split` ("fastest": the SLO's slack is shared in
-proportion to the functions' minimum latencies, `esg.slo` rule 2; "savings": in proportion to
+waited on idle nodes; see `_fill_ms`), `wait_reserve` (0.25: the share of a plan's latency
+the batch wait leaves unspent on an idle node, see 3; 0 waits to the edge of the budget, as
+the paper's ESG), `slo_split` ("fastest": the SLO's slack is shared in proportion to the
+functions' minimum latencies, `esg.slo` rule 2; "savings": in proportion to
 how much slower each function's cheapest configuration for one request is, rule 2b).
 Measured on 12-16-function DAGs (docs/evaluation.md, "Large workflows"): "savings" costs
 0.96-1.05 x the one-group plan at 3 x the critical path where "fastest" costs 1.0-1.19 x, but

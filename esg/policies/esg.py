@@ -172,6 +172,8 @@ class EsgPolicy:
         )
         if not 0.0 <= busy_above <= 1.0:
             raise ValueError(f"busy_above must be within 0..1, got {busy_above}")
+        if wait_reserve < 0:
+            raise ValueError(f"wait_reserve must be >= 0, got {wait_reserve}")
         if min(nonnegative) < 0 or not net_bytes_per_s > 0:
             raise ValueError(
                 "cold starts, latency_margin, net_latency_ms and min_wait_ms "
@@ -200,8 +202,6 @@ class EsgPolicy:
         self._utilisation = 0.0
         self._in_use: tuple[float, float] | None = None
         self.busy_above = busy_above
-        if wait_reserve < 0:
-            raise ValueError(f"wait_reserve must be >= 0, got {wait_reserve}")
         self.wait_reserve = wait_reserve
         #: per AFW queue: (time of the last arrival, smoothed gap between arrivals or None)
         self._arrivals: dict[tuple[str, str], tuple[float, float | None]] = {}

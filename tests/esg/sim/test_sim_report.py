@@ -74,6 +74,7 @@ def test_percentile_and_jain() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # 48 cells and figures: 15 s alone, past 120 s beside two busy processes
 def test_quick_report_writes_every_output_and_is_reproducible(tmp_path: Path) -> None:
     policies = "fcfs,clockwork,harmonybatch"
     for out in ("a", "b"):

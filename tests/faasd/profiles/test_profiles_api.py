@@ -223,7 +223,10 @@ async def test_a_redeploy_cancels_the_old_background_profile(
         await asyncio.sleep(0.3)  # v1's small profile is under way
         assert (await get(daemon, "/system/profile/slow"))[1]["running"] is True
         assert await deploy(daemon, directory) == 2
-        for _ in range(200):
+        # v2's profile starts two sandboxes and calls each: seconds alone, far more on a
+        # loaded machine, so the wait is a generous deadline, not a count of polls
+        deadline = asyncio.get_running_loop().time() + 60
+        while asyncio.get_running_loop().time() < deadline:
             _, doc = await get(daemon, "/system/profile/slow")
             if doc["configurations"] and not doc["running"]:
                 break

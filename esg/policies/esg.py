@@ -169,14 +169,13 @@ class EsgPolicy:
             raise ValueError(f"slo_split must be one of {SPLIT_CHOICES}, got {slo_split!r}")
         nonnegative = (
             cold_start_ms, cold_start_gpu_ms, latency_margin, net_latency_ms, min_wait_ms,
+            wait_reserve,
         )
         if not 0.0 <= busy_above <= 1.0:
             raise ValueError(f"busy_above must be within 0..1, got {busy_above}")
-        if wait_reserve < 0:
-            raise ValueError(f"wait_reserve must be >= 0, got {wait_reserve}")
         if min(nonnegative) < 0 or not net_bytes_per_s > 0:
             raise ValueError(
-                "cold starts, latency_margin, net_latency_ms and min_wait_ms "
+                "cold starts, latency_margin, net_latency_ms, min_wait_ms and wait_reserve "
                 "must be >= 0 and net_bytes_per_s > 0"
             )
         self.k = k

@@ -38,7 +38,8 @@ What it does, in order:
    daemon's are (`esg.sim.refining`), and each dispatch delayed by the wall time of the
    policy call that made it (`charge_overhead`)):
    `real_vs_sim.csv` beside it, and a Markdown table with the Spearman correlation of the
-   policies' hit rates per setting.
+   policies' hit rates per setting. On stderr, per policy and setting: each stage's mean
+   queue and execution time on both sides, and the configurations their warm batches ran at.
 
 The load generator shares the 2 cores with the daemon and its sandboxes; the figures are this
 machine's (see docs/benchmarks.md for how to read them).
@@ -194,6 +195,12 @@ class Daemon:
                 totals.setdefault(function, [0.0, 0.0, 0.0])[fields[metric]] += float(
                     line.rsplit(" ", 1)[1])
         return totals
+
+    def runs(self, names: Sequence[str]) -> dict[str, dict[Config, int]]:
+        """Per function: the warm batches its profile store has refined each configuration
+        with (a batch counts at the number of calls it held, as the store keys it)."""
+        return {name: {c: int(r.get("executions", 0)) for c, r in rows_of(doc).items()}
+                for name, doc in measured_profiles(self, names).items()}
 
     def stop(self) -> None:
         self.server.stop()
@@ -390,7 +397,12 @@ def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow]
                         settings=settings).run()
     metrics = summarize(record)
     stages: dict[str, list[float]] = {}
+    runs: dict[str, dict[Config, int]] = {}
     for batch in record.batches:
+        if not batch.cold:  # counted as the daemon's store counts them (`Daemon.runs`)
+            ran = runs.setdefault(batch.function, {})
+            shape = Config(batch.jobs, batch.config.vcpu, batch.config.vgpu)
+            ran[shape] = ran.get(shape, 0) + 1
         wall_s = batch.finish_s - batch.start_s
         total = stages.setdefault(batch.function, [0.0, 0.0, 0.0])
         total[0] += sum(t - wall_s for t in batch.job_times_s)
@@ -399,7 +411,7 @@ def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow]
     return {"policy": policy, "workload": load, "slo": slo,
             "slo_hit_rate": metrics.slo_hit_rate, "cost": metrics.cost_per_request,
             "p50_ms": metrics.p50_ms, "p99_ms": metrics.p99_ms, "requests": metrics.requests,
-            "stages": stages}
+            "stages": stages, "runs": runs}
 
 
 def decision_line(decisions: Sequence[float], calls: int) -> str:
@@ -420,20 +432,37 @@ def workflow_line(outcomes: Sequence[Outcome]) -> str:
     return f"{'per workflow':>16}  " + ", ".join(parts)
 
 
-def stage_lines(real: Mapping[str, Sequence[float]], sim: Mapping[str, Sequence[float]]) -> str:
-    """Mean queue and execution time per stage, daemon against simulator (ms): where the two
-    part ways."""
+def stage_lines(real: Mapping[str, Sequence[float]], sim: Mapping[str, Sequence[float]],
+                real_runs: Mapping[str, Mapping[Config, int]] | None = None,
+                sim_runs: Mapping[str, Mapping[Config, int]] | None = None) -> str:
+    """Mean queue and execution time per stage, daemon against simulator (ms), and the
+    configurations each side's warm batches ran at: where the two part ways, and whether the
+    planners chose differently or the same choice ran differently."""
     def mean_ms(total: Sequence[float] | None, index: int) -> str:
         if not total or not total[1]:
             return "    -"
         return f"{1000 * total[index] / total[1]:5.1f}"
 
-    lines = [f"{'stage':>16}  queue real/sim ms   exec real/sim ms"]
+    lines = [f"{'stage':>16}  queue real/sim ms   exec real/sim ms   ran at real | sim"]
     for function in sorted(set(real) | set(sim)):
         r, m = real.get(function), sim.get(function)
         lines.append(f"{function:>16}  {mean_ms(r, 0)} / {mean_ms(m, 0)}      "
-                     f"{mean_ms(r, 2)} / {mean_ms(m, 2)}")
+                     f"{mean_ms(r, 2)} / {mean_ms(m, 2)}      "
+                     f"{shares((real_runs or {}).get(function, {}))} | "
+                     f"{shares((sim_runs or {}).get(function, {}))}")
     return "\n".join(lines)
+
+
+def shares(runs: Mapping[Config, int], shown: int = 3) -> str:
+    """The most-run configurations and their shares of the batches, e.g. `b1v1 80%, b2v1 20%`
+    (b = calls in the batch, v = vCPUs, g = GPU slice units where there is one)."""
+    total = sum(runs.values())
+    if not total:
+        return "-"
+    ran = [(c, n) for c, n in runs.items() if n > 0]
+    top = sorted(ran, key=lambda item: (-item[1], item[0].batch, item[0].vcpu))[:shown]
+    return ", ".join(f"b{c.batch}v{c.vcpu}{f'g{c.vgpu}' if c.vgpu else ''} {n / total:.0%}"
+                     for c, n in top)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -585,6 +614,7 @@ def run(plan: Plan, out: Path) -> int:
     reference = {n: reference_ms(w, published, min(2, vcpu)) for n, w in workflows.items()}
     print(f"L (ms): { {n: round(v, 1) for n, v in reference.items()} }; capacity "
           f"{capacity:.1f} requests/s measured on {vcpu} vCPUs", file=sys.stderr)
+    functions = sorted({f for w in workflows.values() for f in w.functions})
     real: list[dict[str, Any]] = []
     sim: list[dict[str, Any]] = []
     # Setting by setting, every policy in turn (the first one moving on each time), each on a
@@ -605,11 +635,14 @@ def run(plan: Plan, out: Path) -> int:
             try:
                 set_slos(daemon, scratch, slo_ms)
                 before, decided = daemon.stage_totals(), daemon.decision_totals()
+                ran_before = daemon.runs(functions)
                 outcomes = asyncio.run(drive(daemon.url, schedule, setup.bodies, slo_ms,
                                              plan.warmup_s))
                 stages = {f: [a - b for a, b in zip(t, before.get(f, [0.0] * 3), strict=True)]
                           for f, t in daemon.stage_totals().items()}
                 decisions = [a - b for a, b in zip(daemon.decision_totals(), decided, strict=True)]
+                ran = {f: {c: n - ran_before[f].get(c, 0) for c, n in runs.items()}
+                       for f, runs in daemon.runs(functions).items()}
             finally:
                 daemon.stop()
             real.append(row(policy, load, slo, outcomes))
@@ -620,7 +653,7 @@ def run(plan: Plan, out: Path) -> int:
                   f"({r['requests']} calls)", file=sys.stderr)
             print(workflow_line(outcomes), file=sys.stderr)
             print(decision_line(decisions, len(schedule)), file=sys.stderr)
-            print(stage_lines(stages, s.pop("stages")), file=sys.stderr)
+            print(stage_lines(stages, s.pop("stages"), ran, s.pop("runs")), file=sys.stderr)
     order = {p: i for i, p in enumerate(plan.policies)}  # the CSVs keep a policy's rows together
     real.sort(key=lambda r: order[r["policy"]])
     sim.sort(key=lambda r: order[r["policy"]])

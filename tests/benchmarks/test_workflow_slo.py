@@ -66,3 +66,14 @@ def test_each_setting_starts_with_the_next_policy_so_none_is_always_first(
     assert turns == [("esg", "fcfs", "orion"), ("fcfs", "orion", "esg"),
                      ("orion", "esg", "fcfs"), ("esg", "fcfs", "orion")]
     assert all(sorted(t) == sorted(policies) for t in turns)
+
+
+def test_shares_name_the_most_run_configurations_first(bench: ModuleType) -> None:
+    runs = {Config(1, 1): 6, Config(2, 1): 3, Config(4, 2, 1): 1, Config(8, 1): 0}
+    assert bench.shares(runs) == "b1v1 60%, b2v1 30%, b4v2g1 10%"
+    assert bench.shares(runs, shown=1) == "b1v1 60%"
+    assert bench.shares({Config(8, 1): 0}) == "-"
+    line = bench.stage_lines({"net": [0.5, 10.0, 0.2]}, {"net": [0.1, 10.0, 0.3]},
+                             {"net": {Config(1, 1): 4}}, {"net": {Config(2, 1): 4}})
+    assert line.splitlines()[1].split() == ["net", "50.0", "/", "10.0", "20.0", "/", "30.0",
+                                            "b1v1", "100%", "|", "b2v1", "100%"]

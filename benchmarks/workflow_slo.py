@@ -39,7 +39,8 @@ What it does, in order:
    policy call that made it (`charge_overhead`)):
    `real_vs_sim.csv` beside it, and a Markdown table with the Spearman correlation of the
    policies' hit rates per setting. On stderr, per policy and setting: each stage's mean
-   queue and execution time on both sides, and the configurations their warm batches ran at.
+   queue and execution time on both sides, and the configurations their warm batches ran at;
+   per workflow, what its last calls spent before the source stage and outside the stages.
 
 The load generator shares the 2 cores with the daemon and its sandboxes; the figures are this
 machine's (see docs/benchmarks.md for how to read them).
@@ -60,7 +61,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,14 @@ class Daemon:
         with (a batch counts at the number of calls it held, as the store keys it)."""
         return {name: {c: int(r.get("executions", 0)) for c, r in rows_of(doc).items()}
                 for name, doc in measured_profiles(self, names).items()}
+
+    def edges(self, names: Iterable[str]) -> dict[str, tuple[float, float]]:
+        """Per workflow, what its calls spent (ms, smoothed over the last calls) before the
+        source stage's submission and outside the stages after it: the first the simulator
+        does not model yet, the second it adds to every call (`Scenario.outside_ms`)."""
+        docs = {n: self.get(f"/system/workflow/{n}") for n in names}
+        return {n: (float(d.get("before_ms", 0.0)), float(d.get("outside_ms", 0.0)))
+                for n, d in docs.items()}
 
     def stop(self) -> None:
         self.server.stop()
@@ -643,6 +652,7 @@ def run(plan: Plan, out: Path) -> int:
                 decisions = [a - b for a, b in zip(daemon.decision_totals(), decided, strict=True)]
                 ran = {f: {c: n - ran_before[f].get(c, 0) for c, n in runs.items()}
                        for f, runs in daemon.runs(functions).items()}
+                edges = daemon.edges(workflows)
             finally:
                 daemon.stop()
             real.append(row(policy, load, slo, outcomes))
@@ -653,6 +663,9 @@ def run(plan: Plan, out: Path) -> int:
                   f"({r['requests']} calls)", file=sys.stderr)
             print(workflow_line(outcomes), file=sys.stderr)
             print(decision_line(decisions, len(schedule)), file=sys.stderr)
+            print(f"{'edges ms':>16}  " + ", ".join(
+                f"{n} before {b:.2f} outside {o:.2f}" for n, (b, o) in sorted(edges.items())),
+                file=sys.stderr)
             print(stage_lines(stages, s.pop("stages"), ran, s.pop("runs")), file=sys.stderr)
     order = {p: i for i, p in enumerate(plan.policies)}  # the CSVs keep a policy's rows together
     real.sort(key=lambda r: order[r["policy"]])

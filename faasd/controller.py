@@ -228,6 +228,7 @@ class Controller:
         #: measured, and as the policies see it (changed in steps of 0.1 ms)
         self._outside_ms: dict[str, float] = {}
         self._outside_shown: dict[str, float] = {}
+        self._before_ms: dict[str, float] = {}
         #: completions not yet told to the policy (delivered on the next loop turn)
         self._completions: deque[Completion] = deque()
         #: told whenever what the snapshot shows changes (a call queued, a batch started or
@@ -368,6 +369,7 @@ class Controller:
         self._workflows.pop(name, None)
         self._outside_ms.pop(name, None)
         self._outside_shown.pop(name, None)
+        self._before_ms.pop(name, None)
 
     def pending_total(self) -> int:
         """Calls admitted and not yet answered (queued or running), all functions."""
@@ -682,9 +684,7 @@ class Controller:
         spends its slack waiting for fuller batches finishes near the deadline, so what it does
         not plan for is what makes it late. The limits change only when the estimate moves by
         0.1 ms or more: a policy may key caches on them."""
-        ms = max(0.0, extra_s * 1000.0)
-        old = self._overhead_ms.get(function)
-        new = ms if old is None else old + OVERHEAD_SMOOTHING * (ms - old)
+        new = _smoothed(self._overhead_ms.get(function), extra_s)
         self._overhead_ms[function] = new
         limits = self._limits.get(function)
         if limits is not None and abs(limits.overhead_ms - new) >= 0.1:
@@ -700,12 +700,19 @@ class Controller:
         (`Snapshot.outside_ms`). A planner that spends the SLO to its end is late by this
         much unless it leaves it over; like the per-batch overhead, the figure the policies
         see moves in steps of 0.1 ms or more."""
-        ms = max(0.0, seconds * 1000.0)
-        old = self._outside_ms.get(workflow)
-        new = ms if old is None else old + OVERHEAD_SMOOTHING * (ms - old)
+        new = _smoothed(self._outside_ms.get(workflow), seconds)
         self._outside_ms[workflow] = new
         if abs(self._outside_shown.get(workflow, 0.0) - new) >= 0.1:
             self._outside_shown[workflow] = round(new, 1)
+
+    def before_ms(self, workflow: str) -> float:
+        """What a call of `workflow` spends before its source stage is submitted (ms),
+        smoothed (`WorkflowResult.before_s`): reported, not given to the policies, which see
+        it already as time gone from the call's deadline."""
+        return self._before_ms.get(workflow, 0.0)
+
+    def observe_before(self, workflow: str, seconds: float) -> None:
+        self._before_ms[workflow] = _smoothed(self._before_ms.get(workflow), seconds)
 
     def _deliver_completions(self) -> None:
         while self._completions:
@@ -750,6 +757,12 @@ class Controller:
             pending.future.cancel()
         if not self._pending:
             self._idle.set()
+
+
+def _smoothed(old_ms: float | None, seconds: float) -> float:
+    """A smoothed figure (ms) moved toward one new reading of `seconds` (negative reads 0)."""
+    ms = max(0.0, seconds * 1000.0)
+    return ms if old_ms is None else old_ms + OVERHEAD_SMOOTHING * (ms - old_ms)
 
 
 def _retrieve(future: asyncio.Future[CallResult]) -> None:

@@ -87,6 +87,7 @@ async def answer(
     headers["X-Faasd-Cost"] = f"{result.cost(DEFAULT_PRICING):.6g}"
     response = _render(workflow, payload, result, headers)
     services.controller.observe_outside(name, result.outside_s(workflow.spec, services.clock.now()))
+    services.controller.observe_before(name, result.before_s(workflow.spec, start_s))
     return response
 
 
@@ -211,6 +212,9 @@ def status(services: Services, workflow: DeployedWorkflow) -> dict[str, Any]:
         # what a call spends outside its stages (hops and the answer), smoothed: the
         # planners leave it over from the SLO
         "outside_ms": round(services.controller.outside_ms(spec.name), 3),
+        # what it spends before its source stage is submitted (the body read and parsed),
+        # smoothed: the planners see it as time gone from the call's deadline
+        "before_ms": round(services.controller.before_ms(spec.name), 3),
         "urls": {"invoke": f"/workflow/{spec.name}", "v2": f"/v2/models/{spec.name}/infer"},
     })
     return doc

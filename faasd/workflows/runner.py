@@ -97,6 +97,13 @@ class WorkflowResult:
             at = last
         return max(0.0, total)
 
+    def before_s(self, spec: WorkflowSpec, start_s: float) -> float:
+        """The time from `start_s` (the call's handler began: the body read and parsed) to
+        its source stage's submission. Not a reserve for the planners: the call's deadline
+        already counts from `start_s`, so they see this time gone from what is left."""
+        submitted = self.timeline.get(spec.source)
+        return 0.0 if submitted is None else max(0.0, submitted[0] - start_s)
+
     @property
     def cold_start(self) -> bool:
         return any(r.cold_start for r in self.stages.values())

@@ -342,6 +342,16 @@ def test_the_time_calls_spend_outside_their_stages_reaches_the_policies_in_steps
     assert controller.snapshot().outside_ms == {}
 
 
+def test_the_time_before_a_calls_source_is_reported_smoothed_and_forgotten_with_it() -> None:
+    controller = make(Slow(delay_s=0.0, exec_s=0.0))
+    assert controller.before_ms("classify") == 0.0
+    controller.observe_before("classify", 0.002)
+    controller.observe_before("classify", 0.004)  # smoothed like the others: 2.2 ms
+    assert controller.before_ms("classify") == pytest.approx(2.2)
+    controller.remove_workflow("classify")
+    assert controller.before_ms("classify") == 0.0
+
+
 class _Prewarming:
     """FCFS that asks for a pre-warm of its own shape before every answer."""
 

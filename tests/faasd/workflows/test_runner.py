@@ -38,6 +38,13 @@ def test_a_call_without_stages_spent_nothing_outside_them() -> None:
     assert WorkflowResult().outside_s(diamond(), 1.0) == 0.0
 
 
+def test_the_time_before_the_source_runs_from_the_handler_to_its_submission() -> None:
+    result = WorkflowResult(timeline={"pre": (0.0125, 0.020), "a": (0.021, 0.030)})
+    assert result.before_s(diamond(), 0.010) == pytest.approx(0.0025)
+    # no source stage (the call failed before it): nothing to report
+    assert WorkflowResult().before_s(diamond(), 0.010) == 0.0
+
+
 class LosingGateway:
     """Stage `a` runs on node n2, which keeps its output; the first `lost` times `b` runs, n2
     has died and `b`'s input cannot be read (as a worker answers then)."""

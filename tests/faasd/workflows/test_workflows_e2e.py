@@ -47,6 +47,11 @@ async def test_a_chain_answers_as_its_graphs_compose(daemon: Daemon) -> None:
         np.testing.assert_allclose(doc["out"], expected, rtol=1e-6)
         async with s.get(f"{daemon.url}/metrics") as resp:
             text = await resp.text()
+        async with s.get(f"{daemon.url}/system/workflow/chain") as resp:
+            described = await resp.json()
+    # the body read and parsed before the source stage was submitted, and the hops after it
+    assert 0 < described["before_ms"] < float(headers["X-Duration-Seconds"]) * 1000
+    assert described["outside_ms"] > 0
     assert 'faasd_workflow_invocations_total{slo_met="true",workflow="chain"} 2.0' in text
     assert 'faasd_workflow_duration_seconds_count{workflow="chain"} 2.0' in text
     for function in ("src", "inc", "half"):

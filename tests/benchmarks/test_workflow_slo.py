@@ -77,3 +77,13 @@ def test_shares_name_the_most_run_configurations_first(bench: ModuleType) -> Non
                              {"net": {Config(1, 1): 4}}, {"net": {Config(2, 1): 4}})
     assert line.splitlines()[1].split() == ["net", "50.0", "/", "10.0", "20.0", "/", "30.0",
                                             "b1v1", "100%", "|", "b2v1", "100%"]
+
+
+def test_the_workflow_line_shows_the_time_beyond_the_daemons_own_account(
+    bench: ModuleType,
+) -> None:
+    outcomes = [bench.Outcome("cutout", 1.0, 200, 6.0, 0.0, 9.9, 4.5),
+                bench.Outcome("cutout", 1.1, 200, 12.0, 0.0, 9.9, 10.0),
+                bench.Outcome("cutout", 1.2, 599, 120000.0, 0.0, 9.9)]  # no answer: no account
+    line = bench.workflow_line(outcomes)
+    assert "cutout 33% (p50 12.0 of 9.9 ms, +1.8 beyond the daemon's)" in line

@@ -32,7 +32,8 @@ What it does, in order:
    they ran) normalised to ESG's in the same setting, p50 and p99 latency, requests. Written
    to `docs/evaluation/real.csv` (or `--out`).
 5. The same settings in `esg.sim` (one node of the daemon's vCPUs, no GPU, the measured
-   profiles, cold starts, per-batch overheads and time outside the stages, the same arrivals,
+   profiles, cold starts, per-batch overheads and time outside the stages, the client's time
+   beyond the daemon's account (read while warming up), the same arrivals,
    executions as long as under load (`under_load`) and as noisy as the daemon measured them
    (`measured_noise_sigma`), the policies' profiles refined by every batch as the
    daemon's are (`esg.sim.refining`), and each dispatch delayed by the wall time of the
@@ -103,7 +104,8 @@ class Measured:
     """What the first daemon measured, for the simulator: profiles (what the daemons start
     from, the points behind them, and what each configuration takes under load), limits (with
     cold starts and per-batch overheads), the node's vCPUs, the mean cold start, the
-    executions' noise, and what a call of each workflow spends outside its stages."""
+    executions' noise, what a call of each workflow spends outside its stages, and what its
+    client waits beyond the daemon's account."""
 
     profiles: Mapping[str, Profile]
     points: Mapping[str, Mapping[Config, Point]]
@@ -113,6 +115,7 @@ class Measured:
     cold_start_s: float
     noise_sigma: float
     outside_ms: Mapping[str, float]
+    client_ms: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -292,11 +295,13 @@ def reference_ms(workflow: Workflow, profiles: Mapping[str, Profile], vcpu: int)
     return max(finish.values())
 
 
-async def capacity_rps(url: str, bodies: Mapping[str, bytes], clients: int,
-                       seconds: float) -> float:
+async def capacity_rps(url: str, bodies: Mapping[str, bytes], clients: int, seconds: float,
+                       beyond: dict[str, list[float]] | None = None) -> float:
     """Workflow calls per second the daemon completes with `clients` callers that each send the
     next call (the workflows in turn) as soon as the last one answered: what this machine
-    sustains, every overhead included (HTTP, stage hops, the load generator itself)."""
+    sustains, every overhead included (HTTP, stage hops, the load generator itself). Each
+    answered call's time beyond the daemon's own account (`X-Duration-Seconds`) goes to
+    `beyond`, per workflow (ms)."""
     names = sorted(bodies)
     done = 0
     async with aiohttp.ClientSession() as session:
@@ -308,10 +313,15 @@ async def capacity_rps(url: str, bodies: Mapping[str, bytes], clients: int,
             i = offset
             while loop.time() < end:
                 name = names[i % len(names)]
+                sent = loop.time()
                 async with session.post(f"{url}/workflow/{name}", data=bodies[name],
                                         headers={"Content-Type": "image/jpeg"}) as resp:
                     await resp.read()
                     done += resp.status == 200
+                    if beyond is not None and resp.status == 200:
+                        server_ms = 1000 * float(resp.headers["X-Duration-Seconds"])
+                        beyond.setdefault(name, []).append(
+                            (loop.time() - sent) * 1000 - server_ms)
                 i += 1
 
         started = loop.time()
@@ -398,6 +408,7 @@ def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow]
         name=f"{load}/{slo}", workflows=workflows, profiles=measured.profiles,
         limits=measured.limits, output_bytes=dict.fromkeys(functions, 0.0),
         arrivals=tuple(schedule), measure_from_s=plan.warmup_s, outside_ms=measured.outside_ms,
+        client_ms=measured.client_ms,
         true_profiles=measured.loaded, profile_points=measured.points,
     )
     execution = ExecutionModel(noise_sigma=measured.noise_sigma)
@@ -577,7 +588,10 @@ def measure(plan: Plan) -> Setup:
             print(f"profiled {name} in {time.monotonic() - started:.0f} s", file=sys.stderr)
         alone = measured_profiles(first, names)
         bodies = {n: (scratch / "workflows" / n / "sample.jpg").read_bytes() for n in workflows}
-        asyncio.run(capacity_rps(first.url, bodies, 2, 3.0))  # warm every stage first
+        # warm every stage first; with two callers, below the capacity run's four, the
+        # client's time beyond the daemon's account is read as at the grid's loads
+        beyond: dict[str, list[float]] = {}
+        asyncio.run(capacity_rps(first.url, bodies, 2, 3.0, beyond))
         capacity = asyncio.run(capacity_rps(first.url, bodies, 4, plan.capacity_s))
         # Read after the capacity run: its executions refined the tables online, so both the
         # daemons (which start from this state) and the simulator plan with what a batch takes
@@ -614,7 +628,10 @@ def measure(plan: Plan) -> Setup:
           f"{ {n: round(v, 2) for n, v in outside.items()} }", file=sys.stderr)
     loaded = {n: under_load(alone[n], d) for n, d in docs.items()}
     points = {n: points_of(d) for n, d in docs.items()}
-    measured = Measured(profiles, points, loaded, limits, vcpu, cold_s, sigma, outside)
+    client = {n: statistics.median(v) for n, v in beyond.items()}
+    print(f"client's time beyond the daemon's account per call (ms): "
+          f"{ {n: round(v, 2) for n, v in client.items()} }", file=sys.stderr)
+    measured = Measured(profiles, points, loaded, limits, vcpu, cold_s, sigma, outside, client)
     return Setup(scratch, measured, workflows, bodies, capacity)
 
 

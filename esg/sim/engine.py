@@ -18,7 +18,8 @@ A dispatched batch takes its vCPUs and slice units at once and runs
 * the function's `FunctionLimits.overhead_ms` (what the daemon measured a warm batch to take
   beyond its execution) is added after exec: it occupies the vCPUs but is not billed;
 * a call also takes its application's `Scenario.outside_ms` (the daemon's hops between
-  stages and the rendering of its answer), added when its last exit finishes;
+  stages and the rendering of its answer) and `Scenario.client_ms` (what the client waits
+  beyond the daemon's account), added when its last exit finishes;
 * exec = the profile's mean latency (of the smallest profiled batch holding the jobs, at the
   same vCPUs and slice, for a partial batch) made wrong by `EngineSettings.execution`
   (`esg.sim.execution`): × the function's systematic factor, × a lognormal noise factor drawn
@@ -274,7 +275,9 @@ class Simulation:
                 if request.exits_left == 0:
                     # The time outside the stages comes at the end here; on the daemon part of
                     # it lies between stages, which adds the same to a call's latency.
-                    finish_s = self._now + self.scenario.outside_ms.get(request.app, 0.0) / 1000
+                    after_ms = (self.scenario.outside_ms.get(request.app, 0.0)
+                                + self.scenario.client_ms.get(request.app, 0.0))
+                    finish_s = self._now + after_ms / 1000
                     request.finish_s = finish_s
                     self._record.requests[request.id].finish_s = finish_s
             for succ in successors:

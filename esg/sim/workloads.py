@@ -240,6 +240,11 @@ class Scenario:
     #: stages and the answer's rendering, as the daemon measures them). The engine adds it to
     #: each call's latency and the policies see it (`Snapshot.outside_ms`). Absent: 0.
     outside_ms: Mapping[str, float] = field(default_factory=dict)
+    #: Per application: what a call takes beyond what the daemon accounts for (ms; the HTTP
+    #: request before its handler runs, the answer after it, the client), measured as the
+    #: client's time less the daemon's `X-Duration-Seconds`. The engine adds it to each
+    #: call's latency; the policies do not see it, as the daemon's do not. Absent: 0.
+    client_ms: Mapping[str, float] = field(default_factory=dict)
     #: What batches really take per configuration, where a driver knows it apart from
     #: `profiles` (the daemon benchmark: a configuration the profiler timed alone runs slower
     #: beside the load). Absent: `profiles`, made wrong by the engine's `ExecutionModel`.

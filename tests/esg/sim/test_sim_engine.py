@@ -313,9 +313,14 @@ def test_the_measured_overhead_of_a_batch_adds_to_its_time_but_not_its_cost() ->
     assert slow_cost == pytest.approx(bare_cost)
 
 
-def test_the_time_outside_stages_adds_to_each_call_and_the_policy_sees_it() -> None:
+@pytest.mark.parametrize(("client_ms", "extra_s"), [({}, 0.003), ({"f": 0.7}, 0.0037)])
+def test_the_time_outside_stages_adds_to_each_call_and_the_policy_sees_it(
+    client_ms: dict[str, float], extra_s: float
+) -> None:
+    # the client's time beyond the daemon's account adds too, but no policy sees it
     wf = Workflow.single("f", slo_s=1.0)
-    sc = replace(scenario(wf, {"f": {CPU: 40.0}}, arrivals=[0.0]), outside_ms={"f": 3.0})
+    sc = replace(scenario(wf, {"f": {CPU: 40.0}}, arrivals=[0.0]), outside_ms={"f": 3.0},
+                 client_ms=client_ms)
     seen: list[Mapping[str, float]] = []
 
     class Watching(Fixed):
@@ -327,7 +332,7 @@ def test_the_time_outside_stages_adds_to_each_call_and_the_policy_sees_it() -> N
     record = run(Watching(CPU), sc)
     [late] = [r.latency_s for r in record.requests.values()]
     [bare] = [r.latency_s for r in plain.requests.values()]
-    assert late == pytest.approx(bare + 0.003)
+    assert late == pytest.approx(bare + extra_s)
     assert seen and all(s == {"f": 3.0} for s in seen)
 
 

@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,14 +320,18 @@ async def capacity_rps(url: str, bodies: Mapping[str, bytes], clients: int, seco
                     await resp.read()
                     done += resp.status == 200
                     if beyond is not None and resp.status == 200:
-                        server_ms = 1000 * float(resp.headers["X-Duration-Seconds"])
                         beyond.setdefault(name, []).append(
-                            (loop.time() - sent) * 1000 - server_ms)
+                            (loop.time() - sent) * 1000 - server_ms_of(resp))
                 i += 1
 
         started = loop.time()
         await asyncio.gather(*(caller(k) for k in range(clients)))
         return done / (loop.time() - started)
+
+
+def server_ms_of(resp: aiohttp.ClientResponse) -> float:
+    """The daemon's own account of a call (`X-Duration-Seconds`, ms; nan without one)."""
+    return 1000 * float(resp.headers.get("X-Duration-Seconds", "nan"))
 
 
 def arrivals(names: Sequence[str], rate: float, plan: Plan, load: str) -> list[tuple[float, str]]:
@@ -371,7 +376,7 @@ async def drive(url: str, schedule: list[tuple[float, str]], bodies: Mapping[str
                                         headers={"Content-Type": "image/jpeg"}) as resp:
                     await resp.read()
                     status, cost = resp.status, float(resp.headers.get("X-Faasd-Cost", 0.0))
-                    server_ms = 1000 * float(resp.headers.get("X-Duration-Seconds", "nan"))
+                    server_ms = server_ms_of(resp)
             except (aiohttp.ClientError, TimeoutError):
                 status, cost, server_ms = 599, 0.0, math.nan
             if at_s >= measure_from_s:
@@ -420,12 +425,11 @@ def simulate(policy: str, load: str, slo: str, workflows: Mapping[str, Workflow]
                         settings=settings).run()
     metrics = summarize(record)
     stages: dict[str, list[float]] = {}
-    runs: dict[str, dict[Config, int]] = {}
+    runs: dict[str, Counter[Config]] = {}
     for batch in record.batches:
         if not batch.cold:  # counted as the daemon's store counts them (`Daemon.runs`)
-            ran = runs.setdefault(batch.function, {})
             shape = Config(batch.jobs, batch.config.vcpu, batch.config.vgpu)
-            ran[shape] = ran.get(shape, 0) + 1
+            runs.setdefault(batch.function, Counter())[shape] += 1
         wall_s = batch.finish_s - batch.start_s
         total = stages.setdefault(batch.function, [0.0, 0.0, 0.0])
         total[0] += sum(t - wall_s for t in batch.job_times_s)
@@ -647,7 +651,7 @@ def run(plan: Plan, out: Path) -> int:
     reference = {n: reference_ms(w, published, min(2, vcpu)) for n, w in workflows.items()}
     print(f"L (ms): { {n: round(v, 1) for n, v in reference.items()} }; capacity "
           f"{capacity:.1f} requests/s measured on {vcpu} vCPUs", file=sys.stderr)
-    functions = sorted({f for w in workflows.values() for f in w.functions})
+    functions = sorted(measured.profiles)  # every function of the example workflows
     real: list[dict[str, Any]] = []
     sim: list[dict[str, Any]] = []
     # Setting by setting, every policy in turn (the first one moving on each time), each on a

@@ -34,6 +34,15 @@ class Config:
             raise ValueError(f"vcpu must be >= 1, got {self.vcpu}")
         if not 0 <= self.vgpu <= GPU_UNITS:
             raise ValueError(f"vgpu must be in 0..{GPU_UNITS}, got {self.vgpu}")
+        # Planners hash configurations by the hundred per decision; the generated __hash__
+        # builds a tuple each time.
+        object.__setattr__(self, "_hash", hash((self.batch, self.vcpu, self.vgpu)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
+
+    def __reduce__(self) -> tuple[type[Config], tuple[int, int, int]]:
+        return Config, (self.batch, self.vcpu, self.vgpu)  # rebuilt with its hash
 
 
 @dataclass(frozen=True)

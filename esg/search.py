@@ -48,11 +48,11 @@ cost, configs) and marked infeasible.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
 from esg.group import CompiledGroup, canonical_order, compile_group
 from esg.model import Config
@@ -83,6 +83,14 @@ class Plan:
     latency_ms: float
     feasible: bool
     configs: Mapping[str, Config]
+
+    @functools.cached_property
+    def key(self) -> str:
+        """The configurations as one string: what tells two plans of one group apart (its
+        members are always in the same order). A string keeps its hash; a tuple of
+        configurations is hashed again, configuration by configuration, on every lookup, and
+        cached plans are looked up on every decision."""
+        return ";".join(f"{c.batch},{c.vcpu},{c.vgpu}" for c in self.configs.values())
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,9 @@ def budget_units(group: CompiledGroup, budget_ms: float) -> int | None:
         return None
     if budget_ms == -math.inf:
         return -1
-    return math.floor(Fraction(budget_ms) * group.lat_scale)
+    # exact, as floor(Fraction(budget_ms) * lat_scale), without Fraction's cost on every search
+    numerator, denominator = budget_ms.as_integer_ratio()
+    return numerator * group.lat_scale // denominator
 
 
 # A search's answer and the budgets (exact units, lo <= budget < hi) on which it is valid.

@@ -90,6 +90,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -131,6 +132,29 @@ class _Stage:
     budget_ms: float  # for this stage: time left minus what the work after it is promised
     left_ms: float  # until the earliest deadline among the jobs a batch would take
     min_path_ms: float  # longest minimum-latency path from this function to an exit
+
+
+#: (members, edges, reserved after it, overheads' longest path, minimum path): `_stage_shape`
+_StageShape = tuple[tuple[str, ...], tuple[tuple[str, str], ...], float, float, float]
+
+
+@dataclass(frozen=True)
+class _Setups:
+    """The setup times of a queue's head: for each runnable configuration that fits some node
+    now, the least setup (ms) over those nodes (`EsgPolicy._head_setups`)."""
+
+    ms: Mapping[Config, float]
+
+    @functools.cached_property
+    def levels(self) -> tuple[tuple[float, frozenset[Config]], ...]:
+        """Each distinct setup time, ascending, with the configurations that need at most that
+        long: the searches `_ready` and `_first_to_finish` run. Built once per decision."""
+        ordered = sorted(self.ms.items(), key=lambda config_setup: config_setup[1])
+        return tuple(
+            (setup_ms, frozenset(c for c, _ in ordered[: i + 1]))
+            for i, (_, setup_ms) in enumerate(ordered)
+            if i + 1 == len(ordered) or ordered[i + 1][1] > setup_ms
+        )
 
 
 #: the SLO that is split is narrowed by the time outside the stages in steps of this share of
@@ -194,6 +218,8 @@ class EsgPolicy:
         self.cache = PlanCache()
         self.tables = OptionTables(self.pricing, k)
         self._splits: dict[tuple[Any, ...], SloSplit] = {}
+        self._shapes: dict[tuple[Any, ...], _StageShape] = {}
+        self._setups: dict[tuple[Any, ...], _Setups] = {}
         #: workflows with the SLO their stages may spend, by (workflow, time outside stages)
         self._narrowed: dict[tuple[Workflow, float], Workflow] = {}
         #: the share of vCPUs in use, averaged over the last second or so (see `_fill_ms`),
@@ -289,13 +315,10 @@ class EsgPolicy:
     ) -> _Stage:
         outside_ms = snapshot.outside_ms.get(app, 0.0)
         workflow = self._workflow(app, function, snapshot, outside_ms)
-        split = self._split(workflow, snapshot, capacity)
-        members, edges = split.remaining(function)
-        members = tuple(f for f in members if f == function or self._priced(f, snapshot, capacity))
-        edges = tuple((a, b) for a, b in edges if a in members and b in members)
+        members, edges, reserved_ms, overhead_ms, min_path_ms = self._stage_shape(
+            function, workflow, snapshot, capacity
+        )
         left_ms = (min(j.deadline_s for j in batch) - snapshot.now_s) * 1000.0 - outside_ms
-        reserved_ms = split.reserved_after_ms(function)
-        overhead_ms = _longest_path(members, edges, lambda f: self._overhead(f, snapshot))
         return _Stage(
             app,
             function,
@@ -303,8 +326,50 @@ class EsgPolicy:
             edges,
             left_ms - reserved_ms - overhead_ms,
             left_ms - overhead_ms,
-            split.min_path_ms(function),
+            min_path_ms,
         )
+
+    def _stage_shape(
+        self, function: str, workflow: Workflow, snapshot: Snapshot, capacity: Capacity
+    ) -> _StageShape:
+        """What a stage takes from its workflow, the SLO split and the functions' tables and
+        limits: its members and edges, what the work after it is promised, the longest path of
+        its per-batch overheads, and its minimum-latency path to an exit. It changes only with
+        them, so it is kept per (function, workflow, capacity, each function's table version,
+        max batch and overhead): working it out again took a fifth of a decision."""
+        key = (
+            function,
+            workflow,
+            capacity,
+            tuple(
+                (
+                    None if (p := snapshot.profiles.get(f)) is None else self.tables.generation(p),
+                    self._max_batch(f, snapshot),
+                    self._overhead(f, snapshot),
+                )
+                for f in workflow.functions
+            ),
+        )
+        shape = self._shapes.get(key)
+        if shape is None:
+            split = self._split(workflow, snapshot, capacity)
+            members, edges = split.remaining(function)
+            members = tuple(
+                f for f in members if f == function or self._priced(f, snapshot, capacity)
+            )
+            edges = tuple((a, b) for a, b in edges if a in members and b in members)
+            overhead_ms = _longest_path(members, edges, lambda f: self._overhead(f, snapshot))
+            shape = (
+                members,
+                edges,
+                split.reserved_after_ms(function),
+                overhead_ms,
+                split.min_path_ms(function),
+            )
+            if len(self._shapes) > 1024:
+                self._shapes.clear()
+            self._shapes[key] = shape
+        return shape
 
     def _overhead(self, function: str, snapshot: Snapshot) -> float:
         limits = snapshot.limits.get(function)
@@ -316,13 +381,14 @@ class EsgPolicy:
         """The plans to dispatch from, in priority order, with the setup time each one's budget
         allows on its node (None: no setup check), or when to look again (None: at the next
         event)."""
-        head_setup = self._head_setups(stage.function, jobs, snapshot, capacity)
-        ready = self._ready(stage, snapshot, capacity, head_setup, None)
+        setups = self._head_setups(stage.function, jobs, snapshot, capacity)
+        charge = self._setup_charge(stage.function, snapshot)
+        ready = self._ready(stage, snapshot, capacity, setups, charge, None)
         if ready is not None:
             plans, allowance, _ = ready
             if plans[0].configs[stage.function].batch <= len(jobs):
                 return plans, allowance
-            now = self._ready(stage, snapshot, capacity, head_setup, len(jobs))
+            now = self._ready(stage, snapshot, capacity, setups, charge, len(jobs))
             if now is None:
                 return plans, allowance  # odd profile: only the fuller batch is fast enough
             # what the wait may spend: the slack of the plan runnable now, less a reserve for
@@ -361,21 +427,22 @@ class EsgPolicy:
         # shape's cold start would stop it (see `_idle_shapes_at_cap`).
         only = None
         if idle is not None:
-            head_setup = {c: s for c, s in head_setup.items() if (c.vcpu, c.vgpu) in idle}
-            if not head_setup:
+            setups = _Setups({c: s for c, s in setups.ms.items() if (c.vcpu, c.vgpu) in idle})
+            if not setups.ms:
                 return None  # its shape waits for vCPUs or a slice: a completion calls again
-            only = frozenset(head_setup)
+            only = frozenset(setups.ms)
         if self.late == "fastest" or stage.left_ms >= stage.min_path_ms:
-            return self._first_to_finish(stage, snapshot, capacity, head_setup), None
+            return self._first_to_finish(stage, snapshot, capacity, setups), None
         cheapest = self._search(stage, snapshot, capacity, math.inf, len(jobs), only).plans
-        return _warm_first(cheapest, stage.function, head_setup), None
+        return _warm_first(cheapest, stage.function, setups.ms), None
 
     def _ready(
         self,
         stage: _Stage,
         snapshot: Snapshot,
         capacity: Capacity,
-        head_setup: Mapping[Config, float],
+        setups: _Setups,
+        charge: Callable[[Config, float], float],
         count: int | None,
     ) -> tuple[tuple[Plan, ...], tuple[float, ...], tuple[float, ...]] | None:
         """The top-K plans that meet the budget with the margin and the setup (cold start,
@@ -387,20 +454,17 @@ class EsgPolicy:
         with the budget (budget − s) / (1 + margin); the union is merged in cost order.
         """
         scale = 1.0 + self.latency_margin
-        found: dict[tuple[tuple[str, Config], ...], tuple[Plan, float]] = {}
-        for setup_ms in sorted(set(head_setup.values())):
+        found: dict[str, tuple[Plan, float]] = {}
+        for setup_ms, only in setups.levels:
             budget_ms = (stage.budget_ms - setup_ms) / scale
             if budget_ms <= 0:
                 break
-            only = frozenset(c for c, s in head_setup.items() if s <= setup_ms)
             result = self._search(stage, snapshot, capacity, budget_ms, count, only)
             for plan in result.plans:
-                key = tuple(plan.configs.items())  # one group: its members in one order
-                if plan.feasible and key not in found:
-                    found[key] = (plan, head_setup[plan.configs[stage.function]])
+                if plan.feasible and plan.key not in found:
+                    found[plan.key] = (plan, setups.ms[plan.configs[stage.function]])
         if not found:
             return None
-        charge = self._setup_charge(stage.function, snapshot)
 
         def total_cost(plan_setup: tuple[Plan, float]) -> tuple[float, float, float]:
             plan, setup_ms = plan_setup
@@ -419,7 +483,7 @@ class EsgPolicy:
         stage: _Stage,
         snapshot: Snapshot,
         capacity: Capacity,
-        head_setup: Mapping[Config, float],
+        setups: _Setups,
     ) -> tuple[Plan, ...]:
         """The fastest plans, in order of when they would end: head setup + latency.
 
@@ -427,36 +491,44 @@ class EsgPolicy:
         configurations whose setup is at most s ends by s + its latency, and the plan that
         truly ends first is found at s = its own setup. (A search that misses its budget
         returns the fastest plan, so the budget is the stage's, already missed.)"""
-        finishing: dict[tuple[tuple[str, Config], ...], tuple[float, Plan]] = {}
-        for setup_ms in sorted(set(head_setup.values())):
-            only = frozenset(c for c, s in head_setup.items() if s <= setup_ms)
+        finishing: dict[str, tuple[float, Plan]] = {}
+        for _, only in setups.levels:
             result = self._search(stage, snapshot, capacity, stage.budget_ms, None, only)
             for plan in result.plans:
-                key = tuple(plan.configs.items())  # one group: its members in one order
-                ends = head_setup[plan.configs[stage.function]] + plan.latency_ms
-                if key not in finishing or ends < finishing[key][0]:
-                    finishing[key] = (ends, plan)
+                ends = setups.ms[plan.configs[stage.function]] + plan.latency_ms
+                if plan.key not in finishing or ends < finishing[plan.key][0]:
+                    finishing[plan.key] = (ends, plan)
         ranked = sorted(finishing.values(), key=lambda ep: (ep[0], ep[1].cost))
         return tuple(p for _, p in ranked[: self.k])
 
     def _head_setups(
         self, function: str, jobs: tuple[Job, ...], snapshot: Snapshot, capacity: Capacity
-    ) -> dict[Config, float]:
+    ) -> _Setups:
         """For each runnable configuration of `function` that fits some node now, the least
         setup time (ms) over those nodes (as `_setup_fn` computes it), rounded up to 0.1 ms
         (fewer distinct searches). Per node the inputs are gathered once: this runs for every
         queue on every event."""
         cpu_ms, gpu_ms = self._cold_ms(function, snapshot)
         options = self._priced(function, snapshot, capacity)
-        batches = sorted({o.config.batch for o in options})
+        widest = max((o.config.batch for o in options), default=1)
         per_node = []
         for node in snapshot.nodes:
             if not node.healthy or node.free_vcpu < 1:
                 continue
-            units = {0} | {u for u in range(1, GPU_UNITS + 1) if gpu_for(node, u) is not None}
-            warm = {c for (f, c), n in node.warm.items() if f == function and n > 0}
-            xfer = {b: self._transfer_ms(jobs[:b], node.name) for b in batches}
-            per_node.append((node.free_vcpu, units, warm, xfer))
+            sizes = {0}
+            if node.gpus:
+                sizes.update(u for u in range(1, GPU_UNITS + 1) if gpu_for(node, u) is not None)
+            warm = frozenset(c for (f, c), n in node.warm.items() if f == function and n > 0)
+            xfer = self._transfers_ms(jobs[:widest], node.name)
+            per_node.append((node.free_vcpu, frozenset(sizes), warm, xfer))
+        # The same inputs give the same answer, and between two events they mostly are.
+        profile = snapshot.profiles[function]  # what `options` were priced from
+        generation = self.tables.generation(profile)
+        table = (function, generation, capacity, self._max_batch(function, snapshot))
+        key = (table, cpu_ms, gpu_ms, tuple(per_node))
+        setups = self._setups.get(key)
+        if setups is not None:
+            return setups
         best: dict[Config, float] = {}
         for option in options:
             config = option.config
@@ -465,12 +537,17 @@ class EsgPolicy:
             least = math.inf
             for free_vcpu, units, warm, xfer in per_node:
                 if vcpu <= free_vcpu and vgpu in units:
-                    ms = xfer[batch] if warm and config in warm else cold + xfer[batch]
+                    ms = xfer[min(batch, len(xfer)) - 1]
+                    if not (warm and config in warm):
+                        ms += cold
                     if ms < least:
                         least = ms
             if least < math.inf:
                 best[config] = math.ceil(least * 10 - 1e-9) / 10
-        return best
+        if len(self._setups) > 1024:
+            self._setups.clear()
+        setups = self._setups[key] = _Setups(best)
+        return setups
 
     def _setup_charge(
         self, function: str, snapshot: Snapshot
@@ -509,12 +586,18 @@ class EsgPolicy:
 
     def _transfer_ms(self, jobs: tuple[Job, ...], node_name: str) -> float:
         """T_xfer: the slowest input of `jobs` that lives on a node other than `node_name`."""
-        worst = 0.0
+        return self._transfers_ms(jobs, node_name)[-1] if jobs else 0.0
+
+    def _transfers_ms(self, jobs: tuple[Job, ...], node_name: str) -> tuple[float, ...]:
+        """T_xfer of each batch `jobs` can give, from the first: item b - 1 is the slowest
+        input among the first b jobs that lives on a node other than `node_name`."""
+        worst, out = 0.0, []
         for job in jobs:
             if job.input_node is not None and job.input_node != node_name:
                 ms = self.net_latency_ms + job.input_bytes / self.net_bytes_per_s * 1000.0
                 worst = max(worst, ms)
-        return worst
+            out.append(worst)
+        return tuple(out)
 
     def _setup_fn(
         self, function: str, jobs: tuple[Job, ...], snapshot: Snapshot
@@ -630,11 +713,9 @@ class EsgPolicy:
             ),
             edges,
             capacity,
-            self.pricing,
-            self.k,
             jobs,
             only,
-        )
+        )  # the cache is this policy's own: its pricing and K never change
 
         def build() -> CompiledGroup:
             tables = {

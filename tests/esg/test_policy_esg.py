@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 
@@ -16,6 +17,7 @@ from esg.policy import (
     Arrival,
     Completion,
     Dispatch,
+    Event,
     FunctionLimits,
     NodeView,
     Snapshot,
@@ -23,6 +25,9 @@ from esg.policy import (
     WakeUp,
 )
 from esg.pricing import Pricing
+from esg.sim.cluster import ClusterSpec
+from esg.sim.engine import Simulation
+from esg.sim.workloads import make_scenario
 from esg.testing import cluster, job, node, snapshot, synthetic_profile
 
 # Prices chosen for hand arithmetic: $1 per vCPU-second, $10 per GPU-unit-second.
@@ -603,3 +608,28 @@ def test_when_the_vcpus_run_out_the_next_plan_that_fits_runs() -> None:
 def test_bad_planning_settings_are_refused(settings: dict[str, float | str]) -> None:
     with pytest.raises(ValueError):
         EsgPolicy(**settings)  # type: ignore[arg-type]
+
+
+class _Forgetful(EsgPolicy):
+    """ESG that works out every stage's shape and every queue head's setups afresh."""
+
+    def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
+        self._shapes.clear()
+        self._setups.clear()
+        return super().on_event(event, snapshot)
+
+
+@pytest.mark.parametrize(("load", "slo"), [("light", "strict"), ("heavy", "moderate")])
+def test_what_esg_keeps_between_events_never_changes_a_decision(load: str, slo: str) -> None:
+    spec = ClusterSpec(nodes=1)
+    scenario = make_scenario(load, slo, cluster=spec, seed=2, duration_s=0.4, warmup_s=0.2)
+
+    def batches(policy: EsgPolicy) -> list[tuple[str, Config, int, float]]:
+        ticks = itertools.count()
+        record = Simulation(scenario, policy, spec, timer=lambda: next(ticks) * 1e-5).run()
+        return [(b.function, b.config, b.jobs, b.start_s) for b in record.batches]
+
+    kept = EsgPolicy()
+    ran = batches(kept)
+    assert len(ran) > 20 and kept._shapes and kept._setups
+    assert batches(_Forgetful()) == ran

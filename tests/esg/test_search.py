@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from esg.cache import PlanCache
 from esg.model import Config
-from esg.search import Option, compile_group, esg_1q, search
+from esg.search import Option, budget_units, compile_group, esg_1q, search
 from esg.testing import brute_force, options_of, synthetic_profile
 
 C1, C2, C4 = Config(1, 1), Config(1, 2), Config(1, 4)
@@ -315,3 +316,17 @@ def test_the_k_fastest_search_expands_a_handful_of_nodes(shape: str) -> None:
     assert result.expanded <= 8 * 3 * 8
     latencies = [p.latency_ms for p in result.plans]
     assert latencies == sorted(latencies)
+
+
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.integers(1, 2**40))
+def test_the_budget_in_latency_units_is_the_exact_floor(budget_ms: float, scale: int) -> None:
+    group = compile_group(("a",), (), {"a": [Option(C1, 10.0, 1.0)]}, 1)
+    group.lat_scale = scale
+    assert budget_units(group, budget_ms) == math.floor(Fraction(budget_ms) * scale)
+
+
+def test_a_plans_key_tells_its_configurations_apart() -> None:
+    plans = esg_1q(["a", "b"], [("a", "b")], CHAIN, math.inf, k=4).plans
+    assert len({p.key for p in plans}) == 4
+    again = esg_1q(["a", "b"], [("a", "b")], CHAIN, 30.0, k=4).plans
+    assert [p.key for p in again] == [p.key for p in plans]

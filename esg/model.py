@@ -99,6 +99,8 @@ class Workflow:
             cycle = " -> ".join(u for u, _ in nx.find_cycle(graph))
             raise WorkflowError(self.name, f"workflow has a cycle through {cycle}; remove an edge")
         object.__setattr__(self, "graph", graph)
+        # Planners ask for it on every SLO split: networkx sorts in tens of microseconds.
+        object.__setattr__(self, "_order", tuple(nx.lexicographical_topological_sort(graph)))
 
     @classmethod
     def single(cls, function: str, slo_s: float = float("inf")) -> Workflow:
@@ -123,7 +125,12 @@ class Workflow:
         return tuple(f for f in self.functions if self.graph.out_degree(f) == 0)
 
     def topological_order(self) -> tuple[str, ...]:
-        return tuple(nx.lexicographical_topological_sort(self.graph))
+        return self._order  # type: ignore[attr-defined,no-any-return]
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[Workflow], tuple[str, tuple[str, ...], tuple[tuple[str, str], ...], float]]:
+        return Workflow, (self.name, self.functions, self.edges, self.slo_s)  # graph rebuilt
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,33 @@ class SloSplit:
 
 def sequential_dominators(workflow: Workflow) -> tuple[str, ...]:
     """The functions every request passes through, in execution order."""
+    return _structure(workflow)[0]
+
+
+def segments(workflow: Workflow) -> tuple[tuple[str, ...], ...]:
+    """The workflow cut at its sequential dominators, each segment in topological order."""
+    return _structure(workflow)[1]
+
+
+def _structure(workflow: Workflow) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """(sequential dominators, segments) of `workflow`'s DAG: the part of a split that depends
+    on the graph alone, worked out once per graph (a planner splits the same DAG again
+    whenever a latency or the SLO moves, and this took a third of a split)."""
+    key = (workflow.functions, workflow.edges)
+    found = _STRUCTURES.get(key)
+    if found is None:
+        if len(_STRUCTURES) >= 256:
+            _STRUCTURES.clear()
+        found = _STRUCTURES[key] = _work_out_structure(workflow)
+    return found
+
+
+_STRUCTURES: dict[tuple[object, ...], tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]] = {}
+
+
+def _work_out_structure(
+    workflow: Workflow,
+) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
     graph = _with_terminals(workflow)
     idom = nx.immediate_dominators(graph, _SOURCE)
     chain = []
@@ -157,22 +184,15 @@ def sequential_dominators(workflow: Workflow) -> tuple[str, ...]:
     while at != _SOURCE:
         chain.append(at)
         at = idom[at]
-    return tuple(reversed(chain))
-
-
-def segments(workflow: Workflow) -> tuple[tuple[str, ...], ...]:
-    """The workflow cut at its sequential dominators, each segment in topological order."""
-    cuts = sequential_dominators(workflow)
-    graph = workflow.graph
-    order = workflow.topological_order()
+    cuts = tuple(reversed(chain))
     # A function belongs to the segment of the first cut point it reaches (or is);
     # functions after the last cut point form the final segment.
-    reaches = {d: nx.ancestors(graph, d) | {d} for d in cuts}
+    reaches = {d: nx.ancestors(workflow.graph, d) | {d} for d in cuts}
     buckets: list[list[str]] = [[] for _ in range(len(cuts) + 1)]
-    for f in order:
+    for f in workflow.topological_order():
         index = next((i for i, d in enumerate(cuts) if f in reaches[d]), len(cuts))
         buckets[index].append(f)
-    return tuple(tuple(b) for b in buckets if b)
+    return cuts, tuple(tuple(b) for b in buckets if b)
 
 
 def pack(
@@ -409,14 +429,12 @@ def _rest_of(
 def _critical_path(
     functions: Sequence[str], edges: Iterable[tuple[str, str]], latency: Mapping[str, Fraction]
 ) -> Fraction:
+    """The longest path's latency through `functions`, given in a topological order."""
     preds: dict[str, list[str]] = {f: [] for f in functions}
     for a, b in edges:
         preds[b].append(a)
-    graph = nx.DiGraph()
-    graph.add_nodes_from(functions)
-    graph.add_edges_from(edges)
     finish: dict[str, Fraction] = {}
-    for f in nx.lexicographical_topological_sort(graph):
+    for f in functions:
         start = max((finish[p] for p in preds[f]), default=Fraction(0))
         finish[f] = start + latency.get(f, Fraction(0))
     return max(finish.values(), default=Fraction(0))

@@ -136,6 +136,8 @@ class _Stage:
 
 #: (members, edges, reserved after it, overheads' longest path, minimum path): `_stage_shape`
 _StageShape = tuple[tuple[str, ...], tuple[tuple[str, str], ...], float, float, float]
+#: what `_stage_shape` keeps of the split: all of the above but the overheads' path
+_SplitPart = tuple[tuple[str, ...], tuple[tuple[str, str], ...], float, float]
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ class EsgPolicy:
         self.cache = PlanCache()
         self.tables = OptionTables(self.pricing, k)
         self._splits: dict[tuple[Any, ...], SloSplit] = {}
-        self._shapes: dict[tuple[Any, ...], _StageShape] = {}
+        self._shapes: dict[tuple[Any, ...], _SplitPart] = {}
+        self._overhead_paths: dict[tuple[Any, ...], float] = {}
         self._setups: dict[tuple[Any, ...], _Setups] = {}
         #: workflows with the SLO their stages may spend, by (workflow, time outside stages)
         self._narrowed: dict[tuple[Workflow, float], Workflow] = {}
@@ -334,9 +337,11 @@ class EsgPolicy:
     ) -> _StageShape:
         """What a stage takes from its workflow, the SLO split and the functions' tables and
         limits: its members and edges, what the work after it is promised, the longest path of
-        its per-batch overheads, and its minimum-latency path to an exit. It changes only with
-        them, so it is kept per (function, workflow, capacity, each function's table version,
-        max batch and overhead): working it out again took a fifth of a decision."""
+        its per-batch overheads, and its minimum-latency path to an exit. Working it out took
+        a fifth of a decision, and it changes only with those inputs, so it is kept: all but
+        the overheads per (function, workflow, capacity, each function's table version and max
+        batch), the overheads' path per (members, edges, their overheads). On the daemon the
+        overheads move in 0.1 ms steps several times a second; the split does not."""
         key = (
             function,
             workflow,
@@ -345,7 +350,6 @@ class EsgPolicy:
                 (
                     None if (p := snapshot.profiles.get(f)) is None else self.tables.generation(p),
                     self._max_batch(f, snapshot),
-                    self._overhead(f, snapshot),
                 )
                 for f in workflow.functions
             ),
@@ -358,18 +362,26 @@ class EsgPolicy:
                 f for f in members if f == function or self._priced(f, snapshot, capacity)
             )
             edges = tuple((a, b) for a, b in edges if a in members and b in members)
-            overhead_ms = _longest_path(members, edges, lambda f: self._overhead(f, snapshot))
             shape = (
                 members,
                 edges,
                 split.reserved_after_ms(function),
-                overhead_ms,
                 split.min_path_ms(function),
             )
             if len(self._shapes) > 1024:
                 self._shapes.clear()
             self._shapes[key] = shape
-        return shape
+        members, edges, reserved_ms, min_path_ms = shape
+        overheads = tuple(self._overhead(f, snapshot) for f in members)
+        path_key = (members, edges, overheads)
+        overhead_ms = self._overhead_paths.get(path_key)
+        if overhead_ms is None:
+            weights = dict(zip(members, overheads, strict=True))
+            overhead_ms = _longest_path(members, edges, weights.__getitem__)
+            if len(self._overhead_paths) > 1024:
+                self._overhead_paths.clear()
+            self._overhead_paths[path_key] = overhead_ms
+        return members, edges, reserved_ms, overhead_ms, min_path_ms
 
     def _overhead(self, function: str, snapshot: Snapshot) -> float:
         limits = snapshot.limits.get(function)

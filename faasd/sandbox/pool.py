@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Coroutine, Mapping, Sequence
@@ -64,6 +65,14 @@ def batch_sizes(version: FunctionVersion) -> range:
     """The batch sizes a planner may ask of `version`: 1 to its max_batch_size (a model that
     does not batch gets limits of batch 1 from the controller, so the rest are never asked)."""
     return range(1, max(1, version.settings.max_batch_size) + 1)
+
+@functools.lru_cache(maxsize=4096)
+def _warm_keys(name: str, shape: Config, sizes: range) -> tuple[tuple[str, Config], ...]:
+    """The keys an idle sandbox of `shape` is listed under in `warm_counts`: one per batch
+    size. Kept: the view is rebuilt on almost every event of a busy daemon, and making
+    these configurations anew was most of its time."""
+    return tuple((name, Config(b, shape.vcpu, shape.vgpu)) for b in sizes)
+
 
 #: How long loading a version (model, then handler.py) may take, at a deploy's inspection
 #: and at a cold start, unless the pool is told otherwise (the daemon's `deploy_timeout_s`).
@@ -310,12 +319,12 @@ class SandboxPool:
         """Idle warm sandboxes by (function, config), each listed under every batch size of its
         function: a read-only view, fixed once returned."""
         if self._warm_view is None:
-            counts: Counter[tuple[str, Config]] = Counter()
+            counts: dict[tuple[str, Config], int] = {}
             for (name, _, shape), idle in self._idle.items():
                 if idle:
-                    for batch in batch_sizes(idle[0].version):
-                        counts[(name, Config(batch, shape.vcpu, shape.vgpu))] += len(idle)
-            self._warm_view = MappingProxyType(dict(counts))
+                    for key in _warm_keys(name, shape, batch_sizes(idle[0].version)):
+                        counts[key] = counts.get(key, 0) + len(idle)
+            self._warm_view = MappingProxyType(counts)
         return self._warm_view
 
     def stats(self) -> PoolStats:

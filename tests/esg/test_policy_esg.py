@@ -304,6 +304,11 @@ def test_the_measured_overhead_of_a_batch_is_reserved_from_the_budget() -> None:
     assert {d.config for d in plain} == {CPU1}
     costly = _snap(0.0, jobs, slo_s=0.115, limits=slow)
     assert {d.config for d in _dispatches(_policy().on_event(Timer(), costly))} == {CPU4}
+    # One policy that sees the overhead change (the daemon measures it as it goes) follows it.
+    policy = _policy()
+    for limits, config in ((bare, CPU1), (slow, CPU4), (bare, CPU1)):
+        seen = _snap(0.0, jobs, slo_s=0.115, limits=limits)
+        assert {d.config for d in _dispatches(policy.on_event(Timer(), seen))} == {config}
 
 
 def _uncapped_then_capped(
@@ -615,6 +620,7 @@ class _Forgetful(EsgPolicy):
 
     def on_event(self, event: Event, snapshot: Snapshot) -> list[Action]:
         self._shapes.clear()
+        self._overhead_paths.clear()
         self._setups.clear()
         return super().on_event(event, snapshot)
 

@@ -157,7 +157,9 @@ def _hold_on(node: NodeView, config: Config, gpu: int | None) -> NodeView:
 
 
 def _reserve_on(node: NodeView, dispatch: Dispatch) -> NodeView:
-    warm = dict(node.warm)
+    # dict() of a read-only view hashes every key again (0.1 us a key: the daemon's view lists
+    # each idle sandbox under every batch size); a dict or a view of one copies its table
+    warm = node.warm.copy() if isinstance(node.warm, dict | MappingProxyType) else dict(node.warm)
     key = (dispatch.function, dispatch.config)
     if warm.get(key, 0) > 0:
         warm[key] -= 1

@@ -67,11 +67,13 @@ def batch_sizes(version: FunctionVersion) -> range:
     return range(1, max(1, version.settings.max_batch_size) + 1)
 
 @functools.lru_cache(maxsize=4096)
-def _warm_keys(name: str, shape: Config, sizes: range) -> tuple[tuple[str, Config], ...]:
-    """The keys an idle sandbox of `shape` is listed under in `warm_counts`: one per batch
-    size. Kept: the view is rebuilt on almost every event of a busy daemon, and making
-    these configurations anew was most of its time."""
-    return tuple((name, Config(b, shape.vcpu, shape.vgpu)) for b in sizes)
+def _warm_entries(
+    name: str, shape: Config, sizes: range, idle: int
+) -> Mapping[tuple[str, Config], int]:
+    """What `idle` sandboxes of `shape` add to `warm_counts`: `idle` under each batch size.
+    Kept, not rebuilt: the view is rebuilt on almost every event of a busy daemon, and making
+    its configurations anew (and hashing them into a new table) was most of its time."""
+    return {(name, Config(b, shape.vcpu, shape.vgpu)): idle for b in sizes}
 
 
 #: How long loading a version (model, then handler.py) may take, at a deploy's inspection
@@ -320,10 +322,17 @@ class SandboxPool:
         function: a read-only view, fixed once returned."""
         if self._warm_view is None:
             counts: dict[tuple[str, Config], int] = {}
+            shapes: set[tuple[str, Config]] = set()
             for (name, _, shape), idle in self._idle.items():
-                if idle:
-                    for key in _warm_keys(name, shape, batch_sizes(idle[0].version)):
-                        counts[key] = counts.get(key, 0) + len(idle)
+                if not idle:
+                    continue
+                entries = _warm_entries(name, shape, batch_sizes(idle[0].version), len(idle))
+                if (name, shape) not in shapes:
+                    shapes.add((name, shape))
+                    counts.update(entries)  # from a dict its stored hashes: none is computed
+                else:  # another version's sandboxes of the same shape
+                    for key, count in entries.items():
+                        counts[key] = counts.get(key, 0) + count
             self._warm_view = MappingProxyType(counts)
         return self._warm_view
 

@@ -66,6 +66,7 @@ def batch_sizes(version: FunctionVersion) -> range:
     does not batch gets limits of batch 1 from the controller, so the rest are never asked)."""
     return range(1, max(1, version.settings.max_batch_size) + 1)
 
+
 @functools.lru_cache(maxsize=4096)
 def _warm_entries(
     name: str, shape: Config, sizes: range, idle: int

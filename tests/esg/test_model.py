@@ -1,4 +1,4 @@
-"""Config: validated, hashed once, and equal to an equal Config wherever it came from."""
+"""Config and Workflow: validated, hashed or sorted once, and the same however they were copied."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from esg.model import Config
+from esg.model import Config, Workflow
 
 
 def test_equal_configurations_are_one_key_however_they_were_made() -> None:
@@ -28,3 +28,11 @@ def test_configurations_outside_their_ranges_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         Config(*args)
+
+
+def test_a_workflow_copied_or_unpickled_keeps_its_graph_and_order() -> None:
+    workflow = Workflow.from_edges("w", ["c", "a", "b"], [("a", "b"), ("a", "c")], 0.1)
+    assert workflow.topological_order() == ("a", "b", "c")
+    for other in (copy.copy(workflow), pickle.loads(pickle.dumps(workflow))):
+        assert other == workflow and other.topological_order() == ("a", "b", "c")
+        assert other.successors("a") == ("b", "c")

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import math
 import random
+from typing import Any
 
 import pytest
 
@@ -625,8 +626,29 @@ class _Forgetful(EsgPolicy):
         return super().on_event(event, snapshot)
 
 
+class _Counting(EsgPolicy):
+    """ESG as it is, counting the decisions where no job could join a batch in time."""
+
+    skipped = 0
+
+    def _no_job_in_time(self, stage: Any, snapshot: Snapshot) -> bool:
+        skip = super()._no_job_in_time(stage, snapshot)
+        self.skipped += skip
+        return skip
+
+
+class _AlwaysPlansTheFullBatch(EsgPolicy):
+    """ESG that searches for the batch it would like even when no job can join it in time."""
+
+    def _no_job_in_time(self, stage: Any, snapshot: Snapshot) -> bool:
+        return False
+
+
 @pytest.mark.parametrize(("load", "slo"), [("light", "strict"), ("heavy", "moderate")])
-def test_what_esg_keeps_between_events_never_changes_a_decision(load: str, slo: str) -> None:
+@pytest.mark.parametrize("other", [_Forgetful, _AlwaysPlansTheFullBatch])
+def test_what_esg_keeps_and_skips_never_changes_a_decision(
+    load: str, slo: str, other: type[EsgPolicy]
+) -> None:
     spec = ClusterSpec(nodes=1)
     scenario = make_scenario(load, slo, cluster=spec, seed=2, duration_s=0.4, warmup_s=0.2)
 
@@ -635,7 +657,7 @@ def test_what_esg_keeps_between_events_never_changes_a_decision(load: str, slo: 
         record = Simulation(scenario, policy, spec, timer=lambda: next(ticks) * 1e-5).run()
         return [(b.function, b.config, b.jobs, b.start_s) for b in record.batches]
 
-    kept = EsgPolicy()
+    kept = _Counting()
     ran = batches(kept)
-    assert len(ran) > 20 and kept._shapes and kept._setups
-    assert batches(_Forgetful()) == ran
+    assert len(ran) > 20 and kept._shapes and kept._setups and kept.skipped > 0
+    assert batches(other()) == ran

@@ -662,8 +662,7 @@ def run(plan: Plan, out: Path) -> int:
     # take the drift of its own quarter of an hour, and one policy always the first setting
     # after the measuring daemon.
     for turn, (load, slo) in enumerate(plan.settings):
-        slo_ms = {n: SLO_FACTORS[slo] * reference[n] for n in workflows}
-        schedule = arrivals(sorted(workflows), LOAD_LEVELS[load] * capacity, plan, load)
+        slo_ms, schedule = setting(plan, setup, reference, load, slo)
         flows = {n: Workflow.from_edges(n, w.functions, w.edges, slo_ms[n] / 1000)
                  for n, w in workflows.items()}
         for policy in rotated(plan.policies, turn):
@@ -708,6 +707,14 @@ def run(plan: Plan, out: Path) -> int:
     return 0
 
 
+def setting(plan: Plan, setup: Setup, reference: Mapping[str, float], load: str,
+            slo: str) -> tuple[dict[str, float], list[tuple[float, str]]]:
+    """One setting's SLO per workflow (ms) and its arrivals."""
+    slo_ms = {n: SLO_FACTORS[slo] * reference[n] for n in setup.workflows}
+    rate = LOAD_LEVELS[load] * setup.capacity
+    return slo_ms, arrivals(sorted(setup.workflows), rate, plan, load)
+
+
 def warm_up(plan: Plan, setup: Setup, reference: Mapping[str, float]) -> None:
     """The first setting, with the first policy, on a throwaway copy of the state, not
     measured. The first daemon after the measuring one read a few points below the same
@@ -715,8 +722,7 @@ def warm_up(plan: Plan, setup: Setup, reference: Mapping[str, float]) -> None:
     HarmonyBatch-like at 91.4 % and 91.7 % between them), and without this run that cell
     went to whichever policy came first."""
     load, slo = plan.settings[0]
-    slo_ms = {n: SLO_FACTORS[slo] * reference[n] for n in setup.workflows}
-    schedule = arrivals(sorted(setup.workflows), LOAD_LEVELS[load] * setup.capacity, plan, load)
+    slo_ms, schedule = setting(plan, setup, reference, load, slo)
     state = setup.scratch / "state-warm-up"
     shutil.copytree(setup.scratch / "state0", state)
     daemon = Daemon(setup.scratch, state, plan.policies[0], "-warm-up")

@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -418,9 +419,7 @@ class EsgPolicy:
             reserve = self.wait_reserve * (1.0 - self._utilisation)
             slack_ms = now[1][0] - now[2][0] - reserve * now[0][0].latency_ms
             missing = plans[0].configs[stage.function].batch - len(jobs)
-            if self._utilisation >= self.busy_above and self._fill_ms(
-                (stage.app, stage.function), missing, snapshot.now_s
-            ) > slack_ms:
+            if self._will_not_fill(stage, missing, snapshot, slack_ms):
                 return now[0], now[1]  # the batch will not fill in time: go while vCPUs are free
             wait_until = self._wait_until(snapshot, slack_ms)
             return (now[0], now[1]) if wait_until is None else wait_until
@@ -460,10 +459,17 @@ class EsgPolicy:
 
     def _no_job_in_time(self, stage: _Stage, snapshot: Snapshot) -> bool:
         """Whether not even one more job is expected in the stage's queue within its whole
-        budget (while the vCPUs are busy enough for `_fill_ms`'s rule to apply)."""
+        budget (`_will_not_fill`)."""
+        return self._will_not_fill(stage, 1, snapshot, stage.budget_ms)
+
+    def _will_not_fill(
+        self, stage: _Stage, missing: int, snapshot: Snapshot, within_ms: float
+    ) -> bool:
+        """Whether `missing` more jobs are not expected in the stage's queue within
+        `within_ms`, while the vCPUs are busy enough for that to stop a wait (`_fill_ms`)."""
         return self._utilisation >= self.busy_above and self._fill_ms(
-            (stage.app, stage.function), 1, snapshot.now_s
-        ) > stage.budget_ms
+            (stage.app, stage.function), missing, snapshot.now_s
+        ) > within_ms
 
     def _ready(
         self,
@@ -613,20 +619,20 @@ class EsgPolicy:
             gpu_ms = limits.cold_start_gpu_ms
         return cpu_ms, gpu_ms
 
+    def _input_ms(self, job: Job, node_name: str) -> float:
+        """Moving `job`'s input to `node_name`: 0 where it already is (or has none)."""
+        if job.input_node is None or job.input_node == node_name:
+            return 0.0
+        return self.net_latency_ms + job.input_bytes / self.net_bytes_per_s * 1000.0
+
     def _transfer_ms(self, jobs: tuple[Job, ...], node_name: str) -> float:
         """T_xfer: the slowest input of `jobs` that lives on a node other than `node_name`."""
-        return self._transfers_ms(jobs, node_name)[-1] if jobs else 0.0
+        return max((self._input_ms(j, node_name) for j in jobs), default=0.0)
 
     def _transfers_ms(self, jobs: tuple[Job, ...], node_name: str) -> tuple[float, ...]:
-        """T_xfer of each batch `jobs` can give, from the first: item b - 1 is the slowest
-        input among the first b jobs that lives on a node other than `node_name`."""
-        worst, out = 0.0, []
-        for job in jobs:
-            if job.input_node is not None and job.input_node != node_name:
-                ms = self.net_latency_ms + job.input_bytes / self.net_bytes_per_s * 1000.0
-                worst = max(worst, ms)
-            out.append(worst)
-        return tuple(out)
+        """T_xfer of each batch `jobs` can give, from the first: item b - 1 is the first b
+        jobs' `_transfer_ms`."""
+        return tuple(itertools.accumulate((self._input_ms(j, node_name) for j in jobs), max))
 
     def _setup_fn(
         self, function: str, jobs: tuple[Job, ...], snapshot: Snapshot
